@@ -1,0 +1,1 @@
+"""The qsh sans-IO protocol core and its asyncio adapter."""

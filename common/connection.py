@@ -1,0 +1,322 @@
+"""One QSMP connection, sans-IO: handshake, then transport, with the channel mux on top.
+
+The whole protocol runs through five calls, as in h11/aioquic/websockets:
+
+* ``receive_data(data, now)`` -- bytes from the socket (``b""`` for EOF);
+* ``data_to_send()`` -- bytes for the socket, as a list for ``writelines``;
+* ``events_received()`` -- what happened, as frozen dataclasses;
+* ``next_timer()`` / ``handle_timer(now)`` -- deadlines, keep-alives, chaff, rekeys.
+
+Any protocol failure ends the connection the same way: the error code is sent to the peer
+(in clear during the handshake, encrypted after it), a :class:`ConnectionTerminated` event
+is emitted, and every later call is a no-op. Nothing here raises into the caller for a
+peer's misbehaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import (
+    ErrorCode,
+    QsmpError,
+    RemoteReportedError,
+    UsageError,
+)
+from .handshake import ClientHandshake, Role, ServerHandshake, State
+from .keys import PublicKey
+from .mux import Mux
+from .negotiation import Suite
+from .rng import SYSTEM_RNG, Rng
+from .transport import Randomness, Shutdown, Transport, TransportSettings, seal_message
+from .wire import MAX_RECORD_BODY, Flag, FrameBuffer, encode_packet
+
+log = logging.getLogger("qsh.connection")
+
+
+@dataclass(frozen=True, slots=True)
+class HostKeyUnverified:
+    """Client only: the server's key is not in known_hosts. Call accept_host_key() or
+    reject_host_key(); nothing proceeds until one is called."""
+
+    host_key: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete:
+    suite: Suite
+    session_id: bytes
+    host_key: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTerminated:
+    """The connection is over. ``code`` NONE means a clean shutdown; ``by_peer`` tells who
+    ended it."""
+
+    code: ErrorCode
+    reason: str
+    by_peer: bool
+
+
+class Connection:
+    """Drive with bytes and time; read events and bytes back."""
+
+    def __init__(self, handshake: ClientHandshake | ServerHandshake, *,
+                 settings: TransportSettings | None = None, rng: Rng = SYSTEM_RNG,
+                 window: int | None = None, max_packet: int | None = None) -> None:
+        self.handshake = handshake
+        self.role = handshake.role
+        self.settings = settings or TransportSettings()
+        self._rng = rng
+        mux_args: dict[str, Any] = {}
+        if window is not None:
+            mux_args["window"] = window
+        if max_packet is not None:
+            mux_args["max_packet"] = max_packet
+        self.mux = Mux(is_client=self.role is Role.CLIENT, **mux_args)
+        self.transport: Transport | None = None
+        self._frames = FrameBuffer()
+        self._out: list[bytes | bytearray | memoryview] = []
+        self._events: list[object] = []
+        self.terminated: ConnectionTerminated | None = None
+        self._now = 0.0
+
+    @classmethod
+    def client(cls, handshake: ClientHandshake, **kwargs: Any) -> Connection:
+        return cls(handshake, **kwargs)
+
+    @classmethod
+    def server(cls, handshake: ServerHandshake, **kwargs: Any) -> Connection:
+        return cls(handshake, **kwargs)
+
+    # ------------------------------------------------------------------ driving
+
+    def start(self, now: float) -> None:
+        self._now = now
+        self._guard(lambda: self.handshake.start(now))
+        self._out.extend(self.handshake.take_outgoing())
+
+    @property
+    def established(self) -> bool:
+        return self.transport is not None
+
+    @property
+    def closed(self) -> bool:
+        return self.terminated is not None
+
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        if self.terminated is not None:
+            return
+        self._now = now
+        if not data:
+            self._terminate(ErrorCode.CHANNEL_DOWN, "connection closed by peer", by_peer=True,
+                            notify=False)
+            return
+        self._frames.feed(data)
+        self._guard(self._process)
+        self._frames.compact()
+
+    def _process(self) -> None:
+        while self.terminated is None:
+            if self.transport is None:
+                packet = self._frames.next_packet(self.handshake.max_body())
+                if packet is None:
+                    return
+                header, header_bytes, body = packet
+                if header.flag == Flag.ERROR_CONDITION:
+                    code = ErrorCode.from_wire(body[0]) if len(body) else ErrorCode.INVALID_INPUT
+                    raise RemoteReportedError(code)
+                self.handshake.receive(header, header_bytes, body, self._now)
+                self._after_handshake_step()
+            else:
+                packet = self._frames.next_packet(MAX_RECORD_BODY)
+                if packet is None:
+                    return
+                header, header_bytes, body = packet
+                message = self.transport.open(header, header_bytes, body)
+                if message is not None:
+                    self._events.extend(self.mux.handle_message(*message))
+
+    def _after_handshake_step(self) -> None:
+        hs = self.handshake
+        self._out.extend(hs.take_outgoing())
+        if isinstance(hs, ClientHandshake) and hs.state is State.AWAIT_HOST_KEY_DECISION:
+            assert hs.server_key is not None
+            self._events.append(HostKeyUnverified(hs.server_key))
+        if hs.result is not None and self.transport is None:
+            result = hs.result
+            self.transport = Transport(result, self.role, self.settings, self._rng, self._now)
+            self._events.append(HandshakeComplete(result.suite, result.session_id,
+                                                  result.host_key))
+
+    # client TOFU decision ------------------------------------------------
+
+    def accept_host_key(self) -> None:
+        hs = self.handshake
+        if not isinstance(hs, ClientHandshake):
+            raise UsageError("only a client decides on host keys")
+        self._guard(lambda: hs.accept_host_key(self._now))
+        self._guard(self._after_handshake_step)
+
+    def reject_host_key(self) -> None:
+        hs = self.handshake
+        if not isinstance(hs, ClientHandshake):
+            raise UsageError("only a client decides on host keys")
+        self._guard(hs.reject_host_key)
+
+    # ------------------------------------------------------------------ output
+
+    def data_to_send(self) -> list[bytes | bytearray | memoryview]:
+        self._flush_mux()
+        out, self._out = self._out, []
+        return out
+
+    def _flush_mux(self) -> None:
+        if self.terminated is not None:
+            return
+        messages = self.mux.take_outgoing() if self._can_send_application() else []
+        if not messages:
+            return
+        transport = self.transport
+        if transport is not None:
+            try:
+                for msg in messages:
+                    transport.send(msg.msg_type, msg.head, msg.payload)
+            except QsmpError as exc:
+                self._fail(exc)
+            self._out.extend(transport.outgoing)
+            transport.outgoing = []
+            return
+        # Client, after its establish request and before the server's response: records
+        # may follow at once under the final c2s key (saves a round trip).
+        hs = self.handshake
+        assert isinstance(hs, ClientHandshake)
+        early = _EarlySender(hs, self._rng, self.handshake_padding())
+        for msg in messages:
+            self._out.append(early.seal(msg.msg_type, msg.head, msg.payload))
+
+    def handshake_padding(self) -> int:
+        hs = self.handshake
+        suite = getattr(hs, "_suite", None)
+        return suite.padding_max if suite is not None else 0
+
+    def _can_send_application(self) -> bool:
+        if self.transport is not None:
+            return True
+        hs = self.handshake
+        return isinstance(hs, ClientHandshake) and hs.can_send_application_data
+
+    def events_received(self) -> list[object]:
+        self._flush_mux()
+        events, self._events = self._events, []
+        return events
+
+    # ------------------------------------------------------------------ timers
+
+    def next_timer(self) -> float | None:
+        if self.terminated is not None:
+            return None
+        if self.transport is None:
+            return self.handshake.deadline
+        return self.transport.next_timer()
+
+    def handle_timer(self, now: float) -> None:
+        if self.terminated is not None:
+            return
+        self._now = now
+        if self.transport is None:
+            self._guard(lambda: self.handshake.check_deadline(now))
+        else:
+            transport = self.transport
+            self._guard(lambda: transport.handle_timer(now))
+            self._collect_transport()
+
+    def _collect_transport(self) -> None:
+        if self.transport is not None and self.transport.outgoing:
+            self._out.extend(self.transport.outgoing)
+            self.transport.outgoing = []
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, reason: str = "") -> None:
+        """A clean shutdown: tell the peer, then stop."""
+        if self.terminated is not None:
+            return
+        self._flush_mux()
+        if self.transport is not None:
+            self.transport.shutdown(reason)
+            self._collect_transport()
+        else:
+            self._out.append(encode_packet(Flag.CONNECTION_TERMINATED, self.handshake.tx_seq,
+                                           b""))
+        self._terminate(ErrorCode.NONE, reason or "closed", by_peer=False, notify=False)
+
+    def request_rekey(self) -> None:
+        if self.transport is None:
+            raise UsageError("rekey before the handshake finished")
+        self.transport.request_rekey()
+        self._collect_transport()
+
+    # ------------------------------------------------------------------ failure
+
+    def _guard(self, step: Any) -> None:
+        """Run one step; turn any protocol failure into an error packet and teardown."""
+        try:
+            step()
+        except Shutdown as exc:
+            self._collect_transport()
+            self._terminate(exc.code, exc.reason or "closed by peer", by_peer=True,
+                            notify=False)
+        except RemoteReportedError as exc:
+            self._terminate(exc.code, exc.message, by_peer=True, notify=False)
+        except QsmpError as exc:
+            self._fail(exc)
+        else:
+            self._collect_transport()
+
+    def _fail(self, exc: QsmpError) -> None:
+        log.debug("connection failed: %s (code 0x%02x)", exc.message, exc.code)
+        if isinstance(self.handshake, ClientHandshake | ServerHandshake) and self.transport is None:
+            self.handshake.fail()
+        self._terminate(exc.code, exc.message, by_peer=False, notify=True)
+
+    def _terminate(self, code: ErrorCode, reason: str, *, by_peer: bool, notify: bool) -> None:
+        if self.terminated is not None:
+            return
+        if notify and code != ErrorCode.NONE:
+            if self.transport is not None:
+                self._collect_transport()
+                self.transport.send_error(code, reason)
+                self._collect_transport()
+            else:
+                self._out.append(encode_packet(Flag.ERROR_CONDITION, self.handshake.tx_seq,
+                                               bytes([code])))
+        self.terminated = ConnectionTerminated(code, reason, by_peer)
+        self._events.append(self.terminated)
+
+
+class _EarlySender:
+    """Seals application records on the client between its establish request and the
+    server's establish response, with the handshake's c2s sealer and sequence."""
+
+    def __init__(self, handshake: ClientHandshake, rng: Rng, padding_max: int) -> None:
+        self._hs = handshake
+        self._random = Randomness(rng)
+        self._padding_max = padding_max
+
+    def seal(self, inner_type: int, head: bytes, payload: bytes | memoryview) -> bytearray:
+        record = seal_message(self._hs.early_sealer, self._random, self._padding_max,
+                              inner_type, head, payload)
+        self._hs.note_early_record()
+        return record
+
+
+__all__ = [
+    "Connection",
+    "ConnectionTerminated",
+    "HandshakeComplete",
+    "HostKeyUnverified",
+]

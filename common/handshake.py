@@ -1,0 +1,696 @@
+"""The QSMP key exchange as two sans-IO state machines.
+
+Flow (QSMP rev 1a section 7, modernised; docs/PROTOCOL.md has every byte)::
+
+    client                                            server
+    CONNECT_REQUEST  (offers, kid, stok)       -->
+                                               <--    CONNECT_RESPONSE (picks, host key,
+                                                        pk_s, Sign(transcript))
+    EXSTART_REQUEST  (ct_1 = Encaps(pk_s))     -->    c2s keys from ss_1
+    EXCHANGE_REQUEST [c2s](pk_c || mk)         -->    (pipelined: no round trip)
+                                               <--    EXSTART_RESPONSE (remote connected)
+                                               <--    EXCHANGE_RESPONSE (KMAC_mk(ct_2), ct_2)
+    ESTABLISH_REQUEST [c2s](kid || H)          -->    s2c keys from ss_2 = Encaps(pk_c)
+    ... application records may follow at once ...
+                                               <--    ESTABLISH_RESPONSE [s2c](kid || H)
+
+Each direction is keyed from a KEM secret that its *transmitting* host created: the client
+encapsulates to the server's signed ephemeral key for c2s, the server encapsulates to the
+client's (encrypted, MAC-bound) ephemeral key for s2c. The transcript hash of every
+handshake packet, in protocol order, is signed, fed to both key derivations, to the exchange
+MAC and to the establish confirmations.
+
+The machines never touch sockets or clocks: packets come in through :meth:`receive`, go
+out through :attr:`outgoing`, and ``now`` is passed in to check deadlines.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from . import suites
+from .errors import (
+    ConnectFailure,
+    DecapsulationFailure,
+    EstablishFailure,
+    ExchangeFailure,
+    ExstartFailure,
+    HashInvalid,
+    InvalidInput,
+    InvalidRequest,
+    KeyExpired,
+    KeyUnrecognized,
+    PacketUnsequenced,
+    QsmpError,
+    UnknownProtocol,
+    UsageError,
+    VerifyFailure,
+)
+from .keys import HostKey, PublicKey
+from .negotiation import (
+    SUPPORTED_VERSIONS,
+    ChaffPolicy,
+    Offer,
+    ServerPolicy,
+    Suite,
+    agree_chaff,
+    pick,
+    pick_version,
+)
+from .record import RecordOpener, RecordSealer
+from .rng import SYSTEM_RNG, Rng
+from .schedule import (
+    HASH_SIZE,
+    LABEL_C2S,
+    LABEL_S2C,
+    MAC_KEY_SIZE,
+    Transcript,
+    derive_direction,
+    exchange_mac,
+    session_cookie,
+    signed_data,
+)
+from .suites import KemPrivateKey
+from .wire import (
+    MAX_CONNECT_REQUEST_BODY,
+    MAX_HANDSHAKE_BODY,
+    Flag,
+    Header,
+    Reader,
+    Writer,
+    encode_header,
+    encode_packet,
+)
+
+MAGIC = b"QSMP"
+KEY_ID_SIZE = 16
+TOKEN_SIZE = 32
+NO_KEY_ID = bytes(KEY_ID_SIZE)
+MAX_PUBLIC_KEY_BLOB = 70_000
+MAX_EXTENSIONS = 4096
+#: The single byte of an exstart response (spec 6.5: the "remote connected" flag).
+REMOTE_CONNECTED = int(Flag.REMOTE_CONNECTED)
+#: Seconds allowed for each step of the exchange.
+DEFAULT_STEP_TIMEOUT = 30.0
+
+
+class Role(Enum):
+    CLIENT = auto()
+    SERVER = auto()
+
+
+class State(Enum):
+    START = auto()
+    AWAIT_CONNECT_REQUEST = auto()
+    AWAIT_CONNECT_RESPONSE = auto()
+    AWAIT_HOST_KEY_DECISION = auto()
+    AWAIT_EXSTART_REQUEST = auto()
+    AWAIT_EXSTART_RESPONSE = auto()
+    AWAIT_EXCHANGE_REQUEST = auto()
+    AWAIT_EXCHANGE_RESPONSE = auto()
+    AWAIT_ESTABLISH_REQUEST = auto()
+    AWAIT_ESTABLISH_RESPONSE = auto()
+    ESTABLISHED = auto()
+    FAILED = auto()
+
+
+#: Which error code a failure in each state is reported with, when no more specific one fits.
+PHASE_ERROR: dict[State, type[QsmpError]] = {
+    State.AWAIT_CONNECT_REQUEST: ConnectFailure,
+    State.AWAIT_CONNECT_RESPONSE: ConnectFailure,
+    State.AWAIT_HOST_KEY_DECISION: ConnectFailure,
+    State.AWAIT_EXSTART_REQUEST: ExstartFailure,
+    State.AWAIT_EXSTART_RESPONSE: ExstartFailure,
+    State.AWAIT_EXCHANGE_REQUEST: ExchangeFailure,
+    State.AWAIT_EXCHANGE_RESPONSE: ExchangeFailure,
+    State.AWAIT_ESTABLISH_REQUEST: EstablishFailure,
+    State.AWAIT_ESTABLISH_RESPONSE: EstablishFailure,
+}
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    versions: tuple[int, ...]
+    key_id: bytes
+    session_token: bytes
+    offer: Offer
+    extensions: bytes = b""
+
+    def encode(self) -> bytes:
+        w = Writer().fixed(MAGIC).u8(len(self.versions))
+        for v in self.versions:
+            w.u8(v)
+        w.fixed(self.key_id).fixed(self.session_token)
+        w.names(self.offer.kems).names(self.offer.signatures).names(self.offer.aeads)
+        self.offer.chaff.encode(w)
+        w.u16(self.offer.padding_max).vbytes(self.extensions)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, body: bytes | memoryview) -> ConnectRequest:
+        r = Reader(body)
+        if r.fixed(4) != MAGIC:
+            raise UnknownProtocol("not a QSMP connect request")
+        count = r.u8()
+        if not 1 <= count <= 16:
+            raise InvalidInput("bad version list")
+        versions = tuple(r.u8() for _ in range(count))
+        key_id = r.fixed(KEY_ID_SIZE)
+        token = r.fixed(TOKEN_SIZE)
+        kems, sigs, aeads = r.names(), r.names(), r.names()
+        chaff = ChaffPolicy.decode(r)
+        padding = r.u16()
+        extensions = r.vbytes(MAX_EXTENSIONS)
+        r.end()
+        return cls(versions, key_id, token, Offer(kems, sigs, aeads, chaff, padding), extensions)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectResponse:
+    suite: Suite
+    host_key: bytes  # PublicKey blob
+    ephemeral_key: bytes
+    signature: bytes
+
+    def encode_unsigned(self) -> bytes:
+        s = self.suite
+        w = Writer().u8(s.version).name(s.kem).name(s.signature).name(s.aead)
+        s.chaff.encode(w)
+        w.u16(s.padding_max).vbytes(self.host_key).vbytes(self.ephemeral_key)
+        return w.getvalue()
+
+    def encode(self) -> bytes:
+        return self.encode_unsigned() + Writer().vbytes(self.signature).getvalue()
+
+    @classmethod
+    def decode(cls, body: bytes | memoryview, offer: Offer) -> tuple[ConnectResponse, int]:
+        """Return the message and the length of its signed prefix."""
+        r = Reader(body)
+        version = r.u8()
+        if version not in SUPPORTED_VERSIONS:
+            raise UnknownProtocol(f"server chose unsupported version {version}")
+        kem_name, sig_name, aead_name = r.name(), r.name(), r.name()
+        if (kem_name not in offer.kems or sig_name not in offer.signatures
+                or aead_name not in offer.aeads):
+            raise UnknownProtocol("server chose an algorithm we did not offer")
+        chaff = ChaffPolicy.decode(r)
+        padding = r.u16()
+        if padding > offer.padding_max:
+            raise InvalidInput("server chose more padding than offered")
+        host_key = r.vbytes(MAX_PUBLIC_KEY_BLOB)
+        kem = suites.kem(kem_name)
+        ephemeral = r.vbytes(kem.public_key_size)
+        if len(ephemeral) != kem.public_key_size:
+            raise InvalidInput("ephemeral key has the wrong size")
+        signed_len = len(body) - r.remaining
+        signature = r.vbytes(suites.signature(sig_name).max_signature_size)
+        r.end()
+        suite = Suite(version, kem_name, sig_name, aead_name, chaff, padding)
+        return cls(suite, host_key, ephemeral, signature), signed_len
+
+
+def _kem_ciphertext(body: bytes | memoryview, size: int) -> bytes:
+    r = Reader(body)
+    ct = r.vbytes(size)
+    r.end()
+    if len(ct) != size:
+        raise DecapsulationFailure("KEM ciphertext has the wrong size")
+    return ct
+
+
+def _confirmation(key_id: bytes, transcript_hash: bytes) -> bytes:
+    return key_id + transcript_hash
+
+
+# --------------------------------------------------------------------------- machines
+
+
+@dataclass(frozen=True, slots=True)
+class Established:
+    """What a finished handshake hands to the transport."""
+
+    suite: Suite
+    sealer: RecordSealer
+    opener: RecordOpener
+    session_id: bytes
+    host_key: PublicKey
+    tx_chain: bytes
+    rx_chain: bytes
+
+
+@dataclass(slots=True)
+class _Common:
+    rng: Rng
+    step_timeout: float
+    state: State = State.START
+    deadline: float | None = None
+    tx_seq: int = 0
+    rx_seq: int = 0
+    outgoing: list[bytes | bytearray] = field(default_factory=list)
+    transcript: Transcript = field(default_factory=Transcript)
+
+
+class _Handshake:
+    """Shared mechanics: sequencing, deadlines, the failure mapping."""
+
+    role: Role
+
+    def __init__(self, rng: Rng, step_timeout: float) -> None:
+        self._c = _Common(rng=rng, step_timeout=step_timeout)
+        self.result: Established | None = None
+
+    # -- state as seen by the connection
+    @property
+    def state(self) -> State:
+        return self._c.state
+
+    @property
+    def deadline(self) -> float | None:
+        return self._c.deadline
+
+    @property
+    def tx_seq(self) -> int:
+        return self._c.tx_seq
+
+    def take_outgoing(self) -> list[bytes | bytearray]:
+        out, self._c.outgoing = self._c.outgoing, []
+        return out
+
+    def phase_error(self) -> type[QsmpError]:
+        return PHASE_ERROR.get(self._c.state, ConnectFailure)
+
+    def check_deadline(self, now: float) -> None:
+        if self._c.deadline is not None and now >= self._c.deadline:
+            raise self.phase_error()(f"timed out in {self._c.state.name.lower()}")
+
+    def fail(self) -> None:
+        self._c.state = State.FAILED
+        self._c.deadline = None
+
+    # -- helpers
+    def _send_plain(self, flag: Flag, body: bytes) -> bytes:
+        packet = encode_packet(flag, self._c.tx_seq, body)
+        self._c.tx_seq += 1
+        self._c.outgoing.append(packet)
+        return packet
+
+    def _send_sealed(self, sealer: RecordSealer, flag: Flag, plaintext: bytes) -> bytearray:
+        sealer.sequence = self._c.tx_seq
+        packet = sealer.seal(flag, plaintext)
+        self._c.tx_seq += 1
+        self._c.outgoing.append(packet)
+        return packet
+
+    def _expect(self, header: Header, flag: Flag) -> None:
+        if header.sequence != self._c.rx_seq:
+            raise PacketUnsequenced(
+                f"packet sequence {header.sequence}, expected {self._c.rx_seq}"
+            )
+        if header.flag != flag:
+            raise InvalidRequest(
+                f"expected {flag.name.lower()}, got flag 0x{header.flag:02x}"
+            )
+        self._c.rx_seq += 1
+
+    def _arm(self, state: State, now: float | None) -> None:
+        self._c.state = state
+        self._c.deadline = None if now is None else now + self._c.step_timeout
+
+    def max_body(self) -> int:
+        raise NotImplementedError
+
+    def receive(self, header: Header, header_bytes: memoryview, body: memoryview,
+                now: float) -> None:
+        raise NotImplementedError
+
+
+class ClientHandshake(_Handshake):
+    """The initiator. If ``trusted_key`` is None the server's key is unknown (first
+    contact): the machine stops in AWAIT_HOST_KEY_DECISION until the application calls
+    :meth:`accept_host_key` or :meth:`reject_host_key` (trust on first use)."""
+
+    role = Role.CLIENT
+
+    def __init__(self, offer: Offer, trusted_key: PublicKey | None = None, *,
+                 rng: Rng = SYSTEM_RNG, step_timeout: float = DEFAULT_STEP_TIMEOUT) -> None:
+        super().__init__(rng, step_timeout)
+        for name in offer.kems:
+            suites.kem(name)
+        for name in offer.signatures:
+            suites.signature(name)
+        for name in offer.aeads:
+            suites.aead(name)
+        self.offer = offer
+        self.trusted_key = trusted_key
+        self.server_key: PublicKey | None = None
+        self._token = b""
+        self._suite: Suite | None = None
+        self._cookie = b""
+        self._server_ephemeral = b""
+        self._sealer: RecordSealer | None = None
+        self._opener: RecordOpener | None = None
+        self._tx_chain = b""
+        self._rx_chain = b""
+        self._kem_key: KemPrivateKey | None = None
+        self._mac_key = b""
+        self._exchange_request = b""
+
+    def start(self, now: float) -> None:
+        if self._c.state is not State.START:
+            raise UsageError("handshake already started")
+        self._token = self._c.rng(TOKEN_SIZE)
+        key_id = self.trusted_key.key_id if self.trusted_key else NO_KEY_ID
+        request = ConnectRequest(SUPPORTED_VERSIONS, key_id, self._token, self.offer)
+        packet = self._send_plain(Flag.CONNECT_REQUEST, request.encode())
+        self._c.transcript.add(packet)
+        self._arm(State.AWAIT_CONNECT_RESPONSE, now)
+
+    def max_body(self) -> int:
+        return MAX_HANDSHAKE_BODY
+
+    def receive(self, header: Header, header_bytes: memoryview, body: memoryview,
+                now: float) -> None:
+        state = self._c.state
+        if state is State.AWAIT_CONNECT_RESPONSE:
+            self._expect(header, Flag.CONNECT_RESPONSE)
+            self._on_connect_response(bytes(header_bytes), body, now)
+        elif state is State.AWAIT_EXSTART_RESPONSE:
+            self._expect(header, Flag.EXSTART_RESPONSE)
+            self._on_exstart_response(bytes(header_bytes), body, now)
+        elif state is State.AWAIT_EXCHANGE_RESPONSE:
+            self._expect(header, Flag.EXCHANGE_RESPONSE)
+            self._on_exchange_response(bytes(header_bytes), body, now)
+        elif state is State.AWAIT_ESTABLISH_RESPONSE:
+            self._expect(header, Flag.ESTABLISH_RESPONSE)
+            self._on_establish_response(header, bytes(header_bytes), body)
+        else:
+            raise InvalidRequest(f"unexpected packet in state {state.name.lower()}")
+
+    def _on_connect_response(self, header_bytes: bytes, body: memoryview, now: float) -> None:
+        response, signed_len = ConnectResponse.decode(body, self.offer)
+        try:
+            server_key = PublicKey.decode(response.host_key)
+        except QsmpError as exc:
+            raise InvalidInput(f"malformed host key: {exc}") from None
+        if server_key.algorithm != response.suite.signature:
+            raise UnknownProtocol("host key algorithm differs from the chosen signature")
+        if self.trusted_key is not None and not hmac.compare_digest(
+            server_key.encode(), self.trusted_key.encode()
+        ):
+            raise VerifyFailure("host key does not match the trusted key")
+        if server_key.is_expired(now):
+            raise KeyExpired("the server's host key has expired")
+        # The signature covers everything up to itself, header included.
+        signed = self._c.transcript.digest_with(header_bytes, body[:signed_len])
+        sig = suites.signature(response.suite.signature)
+        if not sig.verify(server_key.verification_key, signed_data(signed), response.signature):
+            raise VerifyFailure("host key signature does not verify")
+        self._c.transcript.add(header_bytes, body)
+        self._suite = response.suite
+        self.server_key = server_key
+        self._server_ephemeral = response.ephemeral_key
+        self._cookie = session_cookie(
+            self._token, response.suite.configuration(), response.host_key
+        )
+        if self.trusted_key is None:
+            self._arm(State.AWAIT_HOST_KEY_DECISION, None)
+        else:
+            self._send_exstart(now)
+
+    def accept_host_key(self, now: float) -> None:
+        """The user (or policy) trusts the key in :attr:`server_key`."""
+        if self._c.state is not State.AWAIT_HOST_KEY_DECISION:
+            raise UsageError("no host key decision is pending")
+        self.trusted_key = self.server_key
+        self._send_exstart(now)
+
+    def reject_host_key(self) -> None:
+        if self._c.state is not State.AWAIT_HOST_KEY_DECISION:
+            raise UsageError("no host key decision is pending")
+        raise VerifyFailure("host key not trusted")
+
+    def _send_exstart(self, now: float) -> None:
+        suite = self._suite
+        assert suite is not None
+        kem = suites.kem(suite.kem)
+        ciphertext, secret = kem.encapsulate(self._server_ephemeral, self._c.rng)
+        packet = self._send_plain(
+            Flag.EXSTART_REQUEST, Writer().vbytes(ciphertext).getvalue()
+        )
+        self._c.transcript.add(packet)
+        c2s = derive_direction(secret, self._cookie, self._c.transcript.digest(), LABEL_C2S)
+        aead = suites.aead(suite.aead)
+        self._sealer = RecordSealer(aead, c2s)
+        self._tx_chain = c2s.chain
+        # Pipelined: the exchange request depends only on keys we already hold.
+        self._kem_key = kem.generate(self._c.rng)
+        self._mac_key = self._c.rng(MAC_KEY_SIZE)
+        plaintext = (Writer().vbytes(self._kem_key.public_bytes()).fixed(self._mac_key)
+                     .getvalue())
+        # Hashed after the exstart response, in protocol order (see _on_exstart_response).
+        self._exchange_request = bytes(
+            self._send_sealed(self._sealer, Flag.EXCHANGE_REQUEST, plaintext)
+        )
+        self._arm(State.AWAIT_EXSTART_RESPONSE, now)
+
+    def _on_exstart_response(self, header_bytes: bytes, body: memoryview, now: float) -> None:
+        if bytes(body) != bytes([REMOTE_CONNECTED]):
+            raise ExstartFailure("server did not confirm the first channel")
+        self._c.transcript.add(header_bytes, body, self._exchange_request)
+        self._arm(State.AWAIT_EXCHANGE_RESPONSE, now)
+
+    def _on_exchange_response(self, header_bytes: bytes, body: memoryview, now: float) -> None:
+        suite = self._suite
+        assert suite is not None and self._kem_key is not None
+        kem = suites.kem(suite.kem)
+        r = Reader(body)
+        mac = r.fixed(HASH_SIZE)
+        ciphertext = r.vbytes(kem.ciphertext_size)
+        r.end()
+        if len(ciphertext) != kem.ciphertext_size:
+            raise DecapsulationFailure("KEM ciphertext has the wrong size")
+        expected = exchange_mac(self._mac_key, self._c.transcript.digest(), ciphertext)
+        if not hmac.compare_digest(mac, expected):
+            raise HashInvalid("exchange response MAC does not verify")
+        secret = self._kem_key.decapsulate(ciphertext)
+        self._kem_key = None
+        self._mac_key = b""
+        self._c.transcript.add(header_bytes, body)
+        th = self._c.transcript.digest()
+        s2c = derive_direction(secret, self._cookie, th, LABEL_S2C)
+        self._opener = RecordOpener(suites.aead(suite.aead), s2c, self._c.rx_seq)
+        self._rx_chain = s2c.chain
+        assert self._sealer is not None and self.server_key is not None
+        packet = self._send_sealed(
+            self._sealer, Flag.ESTABLISH_REQUEST, _confirmation(self.server_key.key_id, th)
+        )
+        self._c.transcript.add(packet)
+        self._arm(State.AWAIT_ESTABLISH_RESPONSE, now)
+
+    @property
+    def can_send_application_data(self) -> bool:
+        """True once the establish request is out: the server is authenticated and our
+        transmit key is final, so records may follow it without waiting a round trip."""
+        return self._c.state in (State.AWAIT_ESTABLISH_RESPONSE, State.ESTABLISHED)
+
+    @property
+    def early_sealer(self) -> RecordSealer:
+        assert self._sealer is not None
+        self._sealer.sequence = self._c.tx_seq
+        return self._sealer
+
+    def note_early_record(self) -> None:
+        """The connection sent an application record before establishment finished."""
+        self._c.tx_seq += 1
+
+    def _on_establish_response(self, header: Header, header_bytes: bytes,
+                               body: memoryview) -> None:
+        assert self._opener is not None and self._sealer is not None
+        assert self.server_key is not None and self._suite is not None
+        plaintext = self._opener.open(header, header_bytes, body)
+        expected = _confirmation(self.server_key.key_id, self._c.transcript.digest())
+        if not hmac.compare_digest(bytes(plaintext), expected):
+            raise EstablishFailure("server key confirmation does not match")
+        self._c.transcript.add(header_bytes, body)
+        self._sealer.sequence = self._c.tx_seq
+        self.result = Established(
+            suite=self._suite, sealer=self._sealer, opener=self._opener,
+            session_id=self._c.transcript.digest(), host_key=self.server_key,
+            tx_chain=self._tx_chain, rx_chain=self._rx_chain,
+        )
+        self._c.state = State.ESTABLISHED
+        self._c.deadline = None
+
+
+class ServerHandshake(_Handshake):
+    """The responder. Holds one host key per signature algorithm it serves."""
+
+    role = Role.SERVER
+
+    def __init__(self, host_keys: tuple[HostKey, ...] | list[HostKey],
+                 policy: ServerPolicy | None = None, *, rng: Rng = SYSTEM_RNG,
+                 step_timeout: float = DEFAULT_STEP_TIMEOUT) -> None:
+        super().__init__(rng, step_timeout)
+        if not host_keys:
+            raise UsageError("a server needs at least one host key")
+        self.host_keys = tuple(host_keys)
+        self.policy = policy or ServerPolicy()
+        self.host_key: HostKey | None = None
+        self._suite: Suite | None = None
+        self._cookie = b""
+        self._kem_key: KemPrivateKey | None = None
+        self._opener: RecordOpener | None = None
+        self._sealer: RecordSealer | None = None
+        self._rx_chain = b""
+        self._tx_chain = b""
+
+    def start(self, now: float) -> None:
+        if self._c.state is not State.START:
+            raise UsageError("handshake already started")
+        self._arm(State.AWAIT_CONNECT_REQUEST, now)
+
+    def max_body(self) -> int:
+        if self._c.state is State.AWAIT_CONNECT_REQUEST:
+            return MAX_CONNECT_REQUEST_BODY
+        return MAX_HANDSHAKE_BODY
+
+    def receive(self, header: Header, header_bytes: memoryview, body: memoryview,
+                now: float) -> None:
+        state = self._c.state
+        if state is State.AWAIT_CONNECT_REQUEST:
+            self._expect(header, Flag.CONNECT_REQUEST)
+            self._on_connect_request(bytes(header_bytes), body, now)
+        elif state is State.AWAIT_EXSTART_REQUEST:
+            self._expect(header, Flag.EXSTART_REQUEST)
+            self._on_exstart_request(bytes(header_bytes), body, now)
+        elif state is State.AWAIT_EXCHANGE_REQUEST:
+            self._expect(header, Flag.EXCHANGE_REQUEST)
+            self._on_exchange_request(header, bytes(header_bytes), body, now)
+        elif state is State.AWAIT_ESTABLISH_REQUEST:
+            self._expect(header, Flag.ESTABLISH_REQUEST)
+            self._on_establish_request(header, bytes(header_bytes), body)
+        else:
+            raise InvalidRequest(f"unexpected packet in state {state.name.lower()}")
+
+    def _choose_host_key(self, request: ConnectRequest, now: float) -> HostKey:
+        if request.key_id != NO_KEY_ID:
+            for key in self.host_keys:
+                if hmac.compare_digest(key.public.key_id, request.key_id):
+                    if key.public.algorithm not in request.offer.signatures:
+                        raise UnknownProtocol("client does not accept this key's algorithm")
+                    chosen = key
+                    break
+            else:
+                raise KeyUnrecognized("no host key with the requested key identity")
+        else:
+            algorithms = tuple(k.public.algorithm for k in self.host_keys)
+            name = pick(request.offer.signatures, self.policy.signatures, algorithms,
+                        "signature algorithm")
+            chosen = next(k for k in self.host_keys if k.public.algorithm == name)
+        if chosen.public.is_expired(now):
+            raise KeyExpired("the host key has expired")
+        return chosen
+
+    def _on_connect_request(self, header_bytes: bytes, body: memoryview, now: float) -> None:
+        request = ConnectRequest.decode(body)
+        version = pick_version(request.versions)
+        host_key = self._choose_host_key(request, now)
+        offer = request.offer
+        suite = Suite(
+            version=version,
+            kem=pick(offer.kems, self.policy.kems, suites.available_kems(), "KEM"),
+            signature=host_key.public.algorithm,
+            aead=pick(offer.aeads, self.policy.aeads, suites.available_aeads(), "cipher"),
+            chaff=agree_chaff(offer.chaff, self.policy),
+            padding_max=min(offer.padding_max, self.policy.padding_max),
+        )
+        self._c.transcript.add(header_bytes, body)
+        kem = suites.kem(suite.kem)
+        self._kem_key = kem.generate(self._c.rng)
+        host_blob = host_key.public.encode()
+        unsigned = ConnectResponse(suite, host_blob, self._kem_key.public_bytes(), b"")
+        prefix = unsigned.encode_unsigned()
+        # The signed header carries the body length, so the signature's size must be known
+        # before signing: every scheme we register has fixed-size signatures.
+        sig_len = suites.signature(suite.signature).max_signature_size
+        body_len = len(prefix) + 4 + sig_len
+        header = encode_header(Flag.CONNECT_RESPONSE, self._c.tx_seq, body_len)
+        th = self._c.transcript.digest_with(header, prefix)
+        signature = host_key.sign(signed_data(th), self._c.rng)
+        if len(signature) != sig_len:
+            raise UsageError("signature size differs from the scheme's declared size")
+        packet = self._send_plain(
+            Flag.CONNECT_RESPONSE, prefix + Writer().vbytes(signature).getvalue()
+        )
+        self._c.transcript.add(packet)
+        self.host_key = host_key
+        self._suite = suite
+        self._cookie = session_cookie(request.session_token, suite.configuration(), host_blob)
+        self._arm(State.AWAIT_EXSTART_REQUEST, now)
+
+    def _on_exstart_request(self, header_bytes: bytes, body: memoryview, now: float) -> None:
+        suite = self._suite
+        assert suite is not None and self._kem_key is not None
+        kem = suites.kem(suite.kem)
+        ciphertext = _kem_ciphertext(body, kem.ciphertext_size)
+        secret = self._kem_key.decapsulate(ciphertext)
+        self._kem_key = None
+        self._c.transcript.add(header_bytes, body)
+        c2s = derive_direction(secret, self._cookie, self._c.transcript.digest(), LABEL_C2S)
+        self._opener = RecordOpener(suites.aead(suite.aead), c2s, self._c.rx_seq)
+        self._rx_chain = c2s.chain
+        packet = self._send_plain(Flag.EXSTART_RESPONSE, bytes([REMOTE_CONNECTED]))
+        self._c.transcript.add(packet)
+        self._arm(State.AWAIT_EXCHANGE_REQUEST, now)
+
+    def _on_exchange_request(self, header: Header, header_bytes: bytes, body: memoryview,
+                             now: float) -> None:
+        suite = self._suite
+        assert suite is not None and self._opener is not None
+        kem = suites.kem(suite.kem)
+        plaintext = self._opener.open(header, header_bytes, body)
+        r = Reader(plaintext)
+        client_public = r.vbytes(kem.public_key_size)
+        mac_key = r.fixed(MAC_KEY_SIZE)
+        r.end()
+        if len(client_public) != kem.public_key_size:
+            raise InvalidInput("client ephemeral key has the wrong size")
+        self._c.transcript.add(header_bytes, body)
+        ciphertext, secret = kem.encapsulate(client_public, self._c.rng)
+        mac = exchange_mac(mac_key, self._c.transcript.digest(), ciphertext)
+        packet = self._send_plain(
+            Flag.EXCHANGE_RESPONSE, mac + Writer().vbytes(ciphertext).getvalue()
+        )
+        self._c.transcript.add(packet)
+        s2c = derive_direction(secret, self._cookie, self._c.transcript.digest(), LABEL_S2C)
+        self._sealer = RecordSealer(suites.aead(suite.aead), s2c)
+        self._tx_chain = s2c.chain
+        self._arm(State.AWAIT_ESTABLISH_REQUEST, now)
+
+    def _on_establish_request(self, header: Header, header_bytes: bytes,
+                              body: memoryview) -> None:
+        assert self._opener is not None and self._sealer is not None
+        assert self.host_key is not None and self._suite is not None
+        plaintext = self._opener.open(header, header_bytes, body)
+        key_id = self.host_key.public.key_id
+        expected = _confirmation(key_id, self._c.transcript.digest())
+        if not hmac.compare_digest(bytes(plaintext), expected):
+            raise EstablishFailure("client key confirmation does not match")
+        self._c.transcript.add(header_bytes, body)
+        packet = self._send_sealed(
+            self._sealer, Flag.ESTABLISH_RESPONSE,
+            _confirmation(key_id, self._c.transcript.digest()),
+        )
+        self._c.transcript.add(packet)
+        self.result = Established(
+            suite=self._suite, sealer=self._sealer, opener=self._opener,
+            session_id=self._c.transcript.digest(), host_key=self.host_key.public,
+            tx_chain=self._tx_chain, rx_chain=self._rx_chain,
+        )
+        self._c.state = State.ESTABLISHED
+        self._c.deadline = None

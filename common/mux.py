@@ -1,0 +1,842 @@
+"""Channel multiplexing over one secure connection: SSH's connection protocol (RFC 4254), sans-IO.
+
+Many independent byte streams (shells, copies, tunnels) share one encrypted transport. Each has
+its own flow-control window so that one slow consumer cannot make us buffer without bound, and
+cannot stall the other channels. The :class:`Mux` never touches a socket or a clock: the transport
+hands it ``(msg_type, body)`` pairs, the application calls methods, and both get back plain
+values (events to act on, messages to send).
+
+Message layouts
+===============
+
+The transport reserves inner record types 0x00-0x1F; the mux owns 0x20-0x3F. Integers are
+big-endian. Field encodings are those of :mod:`common.wire`:
+
+* ``u32``       4 bytes, unsigned.
+* ``bool``      1 byte, 0 or 1 (anything else is refused).
+* ``name``      u8 length (1..64) then that many printable-ASCII bytes (0x21..0x7E).
+* ``vbytes``    u32 length then that many bytes; at most 64 KiB (:data:`MAX_PAYLOAD`).
+* ``text``      u32 length then UTF-8; at most 1 KiB here (:data:`MAX_FAILURE_TEXT`).
+* ``raw``       everything to the end of the record: the record already carries the length,
+                so bulk data needs no prefix of its own.
+
+"recipient" is the id the *receiver* of the message chose for the channel; "sender" is the id
+the sender of the message chose. Each side picks its own ids, as in SSH.
+
+::
+
+    0x20 CHANNEL_OPEN            name kind | u32 sender | u32 initial_window | u32 max_packet
+                                 | vbytes payload
+    0x21 CHANNEL_OPEN_CONFIRM    u32 recipient | u32 sender | u32 initial_window
+                                 | u32 max_packet | vbytes payload
+    0x22 CHANNEL_OPEN_FAILURE    u32 recipient | u32 reason | text message
+    0x23 CHANNEL_WINDOW_ADJUST   u32 recipient | u32 bytes_to_add
+    0x24 CHANNEL_DATA            u32 recipient | raw data
+    0x25 CHANNEL_EXTENDED_DATA   u32 recipient | u32 data_type | raw data
+    0x26 CHANNEL_EOF             u32 recipient
+    0x27 CHANNEL_CLOSE           u32 recipient
+    0x28 CHANNEL_REQUEST         u32 recipient | name request | bool want_reply | vbytes payload
+    0x29 CHANNEL_SUCCESS         u32 recipient | vbytes payload
+    0x2A CHANNEL_FAILURE         u32 recipient | vbytes payload
+    0x2B GLOBAL_REQUEST          name request | bool want_reply | vbytes payload
+    0x2C REQUEST_SUCCESS         vbytes payload
+    0x2D REQUEST_FAILURE         vbytes payload
+
+Differences from RFC 4254, and why: lengths are our wire codec's (u8-prefixed names, no
+length on bulk data because the record frames it); replies carry a payload so an answer needs
+no second message (SSH special-cases this per request); ``max_packet`` counts *data* bytes
+only, so both sides agree on it whatever the framing overhead.
+
+Flow control
+============
+
+Each side grants the other a window of bytes (data and extended data both count). The
+receiver's application calls :meth:`Mux.acknowledge` as it consumes data; once half the window
+has been consumed we grant it back in one WINDOW_ADJUST. A reader that stops consuming thus
+stops the sender within one window, and a fast reader keeps at least half a window in flight,
+which is what keeps a long fat pipe full (AsyncSSH and OpenSSH use the same rule).
+
+Data beyond the peer's window stays in the channel as references to the caller's buffers (no
+copies); :meth:`Mux.pending` reports how much, for backpressure, and :class:`ChannelWritable`
+says when a window adjust drained it. EOF and CLOSE are queued behind buffered data so they
+never overtake it. Requests and replies are not flow-controlled (as in SSH), so they can
+overtake buffered data: anything whose meaning depends on "all output delivered" (an exit
+status) takes effect at channel close, not on arrival.
+
+Channel life
+============
+
+Ids are ours to choose and small (below 512), reused only after both CLOSEs. An open gets
+exactly one :class:`ChannelOpened` or :class:`ChannelOpenFailed`; an opened channel gets
+exactly one :class:`ChannelClosed`. As in SSH each side sends CLOSE once: when the peer's
+arrives first we answer it at once (dropping anything still buffered, which the peer would
+ignore anyway); when ours went first we drop whatever the peer had in flight until its CLOSE
+arrives. Data and EOF may be queued on a channel we are still opening; they wait for the
+confirmation.
+
+Errors
+======
+
+A peer that breaks the protocol gets a :class:`~common.errors.PeerError`; the connection layer
+answers with an error packet and tears down. Malformed fields, limits and windows raise
+:class:`~common.errors.InvalidInput`; a valid message in a state where it makes no sense (data
+after EOF, a reply nobody asked for, an unknown type) raises
+:class:`~common.errors.InvalidRequest`. Calls by our own application that make no sense raise
+:class:`~common.errors.UsageError`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+from .errors import InvalidInput, InvalidRequest, UsageError
+from .wire import MAX_NAME_LENGTH, MAX_RECORD_PAYLOAD, Reader, Writer
+
+__all__ = [
+    "DEFAULT_MAX_PACKET",
+    "DEFAULT_WINDOW",
+    "EXTENDED_DATA_STDERR",
+    "MAX_CHANNELS",
+    "MAX_FAILURE_TEXT",
+    "MAX_PACKET_CEILING",
+    "MAX_PAYLOAD",
+    "ChannelClosed",
+    "ChannelData",
+    "ChannelEof",
+    "ChannelOpenFailed",
+    "ChannelOpenRequest",
+    "ChannelOpened",
+    "ChannelRequest",
+    "ChannelRequestReply",
+    "ChannelWritable",
+    "Event",
+    "GlobalRequest",
+    "GlobalRequestReply",
+    "Mux",
+    "MuxMessage",
+    "OpenFailureReason",
+    "OutgoingMessage",
+]
+
+#: Keeps a 1 Gbit/s x 60 ms path full. It is also what a peer can make us hold per channel
+#: that our application stops reading, so it is a memory bound as much as a speed knob.
+DEFAULT_WINDOW = 8 * 1024 * 1024
+#: Big records amortise Python's per-call cost (DESIGN.md section 5).
+DEFAULT_MAX_PACKET = 256 * 1024
+#: Room in a record for the 8-byte extended-data head and the transport's inner type byte.
+MAX_PACKET_CEILING = MAX_RECORD_PAYLOAD - 16
+#: Channels each side may have open at once; the peer's excess gets RESOURCE_SHORTAGE.
+MAX_CHANNELS = 256
+#: Non-data payloads (open, request, reply): control messages, not bulk transfer.
+MAX_PAYLOAD = 64 * 1024
+#: An open failure's human-readable message.
+MAX_FAILURE_TEXT = 1024
+#: SSH's one defined extended data type.
+EXTENDED_DATA_STDERR = 1
+
+_U32_MAX = 0xFFFFFFFF
+# Both sides' channels share our id space; ids stay below this, so they stay small.
+_ID_SPACE = 2 * MAX_CHANNELS
+
+
+class MuxMessage(IntEnum):
+    """Inner record types owned by the mux (the transport reserves 0x00-0x1F)."""
+
+    CHANNEL_OPEN = 0x20
+    CHANNEL_OPEN_CONFIRM = 0x21
+    CHANNEL_OPEN_FAILURE = 0x22
+    CHANNEL_WINDOW_ADJUST = 0x23
+    CHANNEL_DATA = 0x24
+    CHANNEL_EXTENDED_DATA = 0x25
+    CHANNEL_EOF = 0x26
+    CHANNEL_CLOSE = 0x27
+    CHANNEL_REQUEST = 0x28
+    CHANNEL_SUCCESS = 0x29
+    CHANNEL_FAILURE = 0x2A
+    GLOBAL_REQUEST = 0x2B
+    REQUEST_SUCCESS = 0x2C
+    REQUEST_FAILURE = 0x2D
+
+
+class OpenFailureReason(IntEnum):
+    """RFC 4254 section 5.1 reason codes, kept so SSH users recognise them."""
+
+    ADMINISTRATIVELY_PROHIBITED = 1
+    CONNECT_FAILED = 2
+    UNKNOWN_CHANNEL_TYPE = 3
+    RESOURCE_SHORTAGE = 4
+
+
+class OutgoingMessage(NamedTuple):
+    """One message for the transport; its body is ``head + payload``.
+
+    Split in two so bulk data reaches the transport as a view of the application's buffer:
+    the transport copies both pieces straight into its plaintext buffer, the only copy on the
+    send path. Control messages have everything in ``head``.
+    """
+
+    msg_type: int
+    head: bytes
+    payload: bytes | memoryview = b""
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOpenRequest:
+    """The peer wants a channel; answer with accept_channel or reject_channel."""
+
+    channel_id: int
+    kind: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOpened:
+    channel_id: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOpenFailed:
+    """Our open was refused; the id is already free again."""
+
+    channel_id: int
+    reason: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelData:
+    """Received bytes, copied out of the record because the record's buffer gets reused.
+
+    Call :meth:`Mux.acknowledge` with ``len(data)`` once consumed, or the peer stalls.
+    """
+
+    channel_id: int
+    data: bytes
+    ext: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEof:
+    channel_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClosed:
+    """Both sides sent CLOSE; the id is free and may be reused by a later open."""
+
+    channel_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRequest:
+    """If ``want_reply``, answer with :meth:`Mux.reply`; replies go out in request order."""
+
+    channel_id: int
+    name: str
+    payload: bytes
+    want_reply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRequestReply:
+    """The answer to our oldest outstanding request on this channel."""
+
+    channel_id: int
+    ok: bool
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalRequest:
+    name: str
+    payload: bytes
+    want_reply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalRequestReply:
+    ok: bool
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelWritable:
+    """A window adjust (or the open confirmation) sent everything that was buffered, so a
+    writer paused on :meth:`Mux.pending` may resume."""
+
+    channel_id: int
+
+
+Event = (
+    ChannelOpenRequest | ChannelOpened | ChannelOpenFailed | ChannelData | ChannelEof
+    | ChannelClosed | ChannelRequest | ChannelRequestReply | GlobalRequest
+    | GlobalRequestReply | ChannelWritable
+)
+
+# ---------------------------------------------------------------------------------------------
+# Channel state
+
+_ACCEPTING = 0  # the peer opened it; we have not answered yet
+_OPENING = 1  # we opened it; the peer has not answered yet
+_OPEN = 2
+
+
+class _Channel:
+    """Book-keeping for one channel. Receive accounting keeps an invariant that makes
+    overflow impossible: recv_window + recv_outstanding + recv_unacked == our initial window."""
+
+    __slots__ = (
+        "close_pending", "close_sent", "data_head", "eof_pending", "eof_received", "eof_sent",
+        "local_id", "pending", "recv_outstanding", "recv_unacked", "recv_window", "remote_id",
+        "replies_expected", "replies_owed", "send_buf", "send_chunk", "send_window", "state",
+        "we_opened",
+    )
+
+    def __init__(self, local_id: int, state: int, recv_window: int) -> None:
+        self.local_id = local_id
+        self.state = state
+        self.we_opened = state == _OPENING
+        self.remote_id = 0
+        self.data_head = b""
+        # Sending
+        self.send_window = 0
+        self.send_chunk = 0
+        self.send_buf: deque[tuple[int | None, memoryview]] = deque()
+        self.pending = 0
+        self.eof_pending = False
+        self.eof_sent = False
+        self.close_pending = False
+        self.close_sent = False
+        self.replies_expected = 0
+        # Receiving
+        self.recv_window = recv_window
+        self.recv_outstanding = 0
+        self.recv_unacked = 0
+        self.eof_received = False
+        self.replies_owed = 0
+
+    def set_peer(self, remote_id: int, window: int, max_packet: int) -> None:
+        self.remote_id = remote_id
+        self.data_head = remote_id.to_bytes(4, "big")
+        self.send_window = window
+        self.send_chunk = min(max_packet, MAX_PACKET_CEILING)
+
+
+def _check_name(name: str) -> None:
+    raw = name.encode("utf-8")
+    if not 1 <= len(raw) <= MAX_NAME_LENGTH or not all(0x21 <= b <= 0x7E for b in raw):
+        raise UsageError(f"name {name!r} is not 1-{MAX_NAME_LENGTH} printable ASCII bytes")
+
+
+def _check_payload(payload: bytes | bytearray | memoryview) -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise UsageError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return bytes(payload)
+
+
+def _check_u32(value: int, what: str) -> None:
+    if not 0 <= value <= _U32_MAX:
+        raise UsageError(f"{what} {value} does not fit in 32 bits")
+
+
+def _peer_max_packet(value: int) -> int:
+    if value == 0:
+        raise InvalidInput("maximum packet size of 0 would block every write")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Mux:
+    """Both ends run the same machine, as in SSH: either side may open channels and send
+    requests. ``is_client`` is kept for the session layer's policy (a client refuses a
+    server's ``session`` open) and for logs; the mux itself is symmetric."""
+
+    def __init__(self, *, is_client: bool, window: int = DEFAULT_WINDOW,
+                 max_packet: int = DEFAULT_MAX_PACKET) -> None:
+        if not 1 <= window <= _U32_MAX:
+            raise UsageError(f"window {window} outside 1..{_U32_MAX}")
+        if not 1 <= max_packet <= MAX_PACKET_CEILING:
+            raise UsageError(f"max_packet {max_packet} outside 1..{MAX_PACKET_CEILING}")
+        self.is_client = is_client
+        self.window = window
+        self.max_packet = max_packet
+        # Adjusting at half the window: see the module docstring. At least 1 byte, so a
+        # one-byte window still moves.
+        self._adjust_threshold = (window + 1) // 2
+        self._channels: dict[int, _Channel] = {}
+        self._next_id = 0
+        self._opened_by_us = 0
+        self._opened_by_peer = 0
+        self._outgoing: list[OutgoingMessage] = []
+        self._global_replies_owed = 0
+        self._global_replies_expected = 0
+        self._handlers: dict[int, Callable[[Reader, list[Event]], None]] = {
+            MuxMessage.CHANNEL_DATA: self._on_data,
+            MuxMessage.CHANNEL_EXTENDED_DATA: self._on_extended_data,
+            MuxMessage.CHANNEL_WINDOW_ADJUST: self._on_window_adjust,
+            MuxMessage.CHANNEL_OPEN: self._on_open,
+            MuxMessage.CHANNEL_OPEN_CONFIRM: self._on_open_confirm,
+            MuxMessage.CHANNEL_OPEN_FAILURE: self._on_open_failure,
+            MuxMessage.CHANNEL_EOF: self._on_eof,
+            MuxMessage.CHANNEL_CLOSE: self._on_close,
+            MuxMessage.CHANNEL_REQUEST: self._on_request,
+            MuxMessage.CHANNEL_SUCCESS: self._on_channel_success,
+            MuxMessage.CHANNEL_FAILURE: self._on_channel_failure,
+            MuxMessage.GLOBAL_REQUEST: self._on_global_request,
+            MuxMessage.REQUEST_SUCCESS: self._on_global_success,
+            MuxMessage.REQUEST_FAILURE: self._on_global_failure,
+        }
+
+    # -- output -------------------------------------------------------------------------------
+
+    def take_outgoing(self) -> list[OutgoingMessage]:
+        """Everything queued since the last call, in order. Payload views point into buffers
+        passed to :meth:`send_data`; encrypt (copy) them before those buffers change."""
+        out = self._outgoing
+        self._outgoing = []
+        return out
+
+    @property
+    def has_outgoing(self) -> bool:
+        return bool(self._outgoing)
+
+    def _queue(self, msg_type: MuxMessage, writer: Writer) -> None:
+        self._outgoing.append(OutgoingMessage(msg_type, writer.getvalue()))
+
+    # -- channel lifecycle (application side) -------------------------------------------------
+
+    def open_channel(self, kind: str, payload: bytes = b"") -> int:
+        """Ask the peer for a channel. Data and EOF may be queued at once: they wait for the
+        confirmation (and go nowhere if it fails)."""
+        _check_name(kind)
+        body = _check_payload(payload)
+        if self._opened_by_us >= MAX_CHANNELS:
+            raise UsageError(f"already {MAX_CHANNELS} channels opened by this side")
+        cid = self._allocate()
+        self._channels[cid] = _Channel(cid, _OPENING, self.window)
+        self._opened_by_us += 1
+        self._queue(MuxMessage.CHANNEL_OPEN, Writer().name(kind).u32(cid).u32(self.window)
+                    .u32(self.max_packet).vbytes(body))
+        return cid
+
+    def accept_channel(self, channel_id: int, payload: bytes = b"") -> None:
+        ch = self._app_channel(channel_id)
+        if ch.state != _ACCEPTING:
+            raise UsageError(f"channel {channel_id} is not awaiting an answer to an open")
+        body = _check_payload(payload)
+        ch.state = _OPEN
+        self._queue(MuxMessage.CHANNEL_OPEN_CONFIRM, Writer().u32(ch.remote_id).u32(channel_id)
+                    .u32(self.window).u32(self.max_packet).vbytes(body))
+
+    def reject_channel(self, channel_id: int, reason: int, message: str = "") -> None:
+        ch = self._app_channel(channel_id)
+        if ch.state != _ACCEPTING:
+            raise UsageError(f"channel {channel_id} is not awaiting an answer to an open")
+        _check_u32(reason, "reason")
+        if len(message.encode("utf-8")) > MAX_FAILURE_TEXT:
+            raise UsageError(f"open failure message longer than {MAX_FAILURE_TEXT} bytes")
+        self._free(ch)
+        self._queue_open_failure(ch.remote_id, reason, message)
+
+    def send_eof(self, channel_id: int) -> None:
+        """Half-close: no more data from us. Goes out after any buffered data."""
+        ch = self._writable_channel(channel_id)
+        ch.eof_pending = True
+        if ch.state == _OPEN:
+            self._flush(ch)
+
+    def close_channel(self, channel_id: int, *, abort: bool = False) -> None:
+        """Send CLOSE once buffered data has gone out, or at once (dropping it) with
+        ``abort``: a peer that never opens its window must not keep a channel alive.
+
+        Idempotent, because adapters close from several paths (EOF, errors, teardown).
+        :class:`ChannelClosed` follows when the peer's CLOSE arrives.
+        """
+        ch = self._app_channel(channel_id)
+        if ch.state == _ACCEPTING:
+            raise UsageError(f"channel {channel_id} was never accepted; reject it instead")
+        if ch.close_sent:
+            return
+        if abort:
+            ch.send_buf.clear()
+            ch.pending = 0
+        ch.close_pending = True
+        if ch.state == _OPEN:
+            self._flush(ch)
+
+    def is_open(self, channel_id: int) -> bool:
+        """Whether the channel is open and we have not asked to close it: lets an adapter
+        whose writes race a peer's CLOSE check instead of catching :class:`UsageError`."""
+        ch = self._channels.get(channel_id)
+        return ch is not None and ch.state == _OPEN and not ch.close_pending
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def send_data(self, channel_id: int, data: bytes | bytearray | memoryview,
+                  ext: int | None = None) -> None:
+        """Queue ``data`` (as extended data of type ``ext`` if given).
+
+        Sent now as far as the peer's window allows; the rest waits for WINDOW_ADJUST. The
+        buffer is referenced, not copied: don't mutate it until :meth:`pending` says it has
+        gone and the transport has taken the messages.
+        """
+        ch = self._writable_channel(channel_id)
+        if ext is not None:
+            _check_u32(ext, "extended data type")
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        n = len(view)
+        if not n:
+            return
+        ch.send_buf.append((ext, view))
+        ch.pending += n
+        if ch.state == _OPEN:
+            self._flush(ch)
+
+    def pending(self, channel_id: int) -> int:
+        """Bytes accepted by :meth:`send_data` but still waiting for window."""
+        return self._app_channel(channel_id).pending
+
+    def acknowledge(self, channel_id: int, n: int) -> None:
+        """The application consumed ``n`` received bytes; reopen the window when worthwhile.
+
+        Batching to half the window keeps WINDOW_ADJUST traffic to two messages per window.
+        """
+        ch = self._app_channel(channel_id)
+        if not 0 <= n <= ch.recv_outstanding:
+            raise UsageError(f"acknowledging {n} bytes on channel {channel_id}, but only "
+                             f"{ch.recv_outstanding} are unacknowledged")
+        ch.recv_outstanding -= n
+        if ch.close_sent or ch.eof_received:
+            return  # the peer will send no more data: nothing to reopen
+        unacked = ch.recv_unacked + n
+        if unacked >= self._adjust_threshold:
+            ch.recv_unacked = 0
+            ch.recv_window += unacked
+            self._outgoing.append(OutgoingMessage(
+                MuxMessage.CHANNEL_WINDOW_ADJUST, ch.data_head + unacked.to_bytes(4, "big")))
+        else:
+            ch.recv_unacked = unacked
+
+    def _flush(self, ch: _Channel) -> None:
+        """Send buffered data within the window, one record per chunk (constant work per
+        record), then EOF and CLOSE if they were waiting for the buffer to drain."""
+        buf = ch.send_buf
+        out = self._outgoing
+        chunk = ch.send_chunk
+        while buf and ch.send_window:
+            ext, view = buf[0]
+            limit = ch.send_window if ch.send_window < chunk else chunk
+            n = len(view)
+            if n > limit:
+                buf[0] = (ext, view[limit:])
+                view = view[:limit]
+                n = limit
+            else:
+                buf.popleft()
+            ch.send_window -= n
+            ch.pending -= n
+            if ext is None:
+                out.append(OutgoingMessage(MuxMessage.CHANNEL_DATA, ch.data_head, view))
+            else:
+                out.append(OutgoingMessage(MuxMessage.CHANNEL_EXTENDED_DATA,
+                                           ch.data_head + ext.to_bytes(4, "big"), view))
+        if buf:
+            return
+        if ch.eof_pending and not ch.eof_sent:
+            ch.eof_sent = True
+            out.append(OutgoingMessage(MuxMessage.CHANNEL_EOF, ch.data_head))
+        if ch.close_pending and not ch.close_sent:
+            self._send_close(ch)
+
+    def _send_close(self, ch: _Channel) -> None:
+        ch.close_sent = True
+        ch.send_buf.clear()
+        ch.pending = 0
+        self._outgoing.append(OutgoingMessage(MuxMessage.CHANNEL_CLOSE, ch.data_head))
+
+    # -- requests (application side) ----------------------------------------------------------
+
+    def send_request(self, channel_id: int, name: str, payload: bytes = b"",
+                     want_reply: bool = True) -> None:
+        """Replies come back as :class:`ChannelRequestReply` in the order requests were sent."""
+        ch = self._app_channel(channel_id)
+        if ch.state != _OPEN or ch.close_pending:
+            raise UsageError(f"channel {channel_id} is not open for requests")
+        _check_name(name)
+        body = _check_payload(payload)
+        if want_reply:
+            ch.replies_expected += 1
+        self._queue(MuxMessage.CHANNEL_REQUEST, Writer().u32(ch.remote_id).name(name)
+                    .boolean(want_reply).vbytes(body))
+
+    def reply(self, channel_id: int, ok: bool, payload: bytes = b"") -> None:
+        """Answer the oldest unanswered request on the channel: SSH matches replies to
+        requests by order alone, so answering out of order is impossible by construction."""
+        ch = self._app_channel(channel_id)
+        if ch.close_sent:
+            raise UsageError(f"channel {channel_id} is closed")
+        if not ch.replies_owed:
+            raise UsageError(f"no request awaiting a reply on channel {channel_id}")
+        body = _check_payload(payload)
+        ch.replies_owed -= 1
+        msg = MuxMessage.CHANNEL_SUCCESS if ok else MuxMessage.CHANNEL_FAILURE
+        self._queue(msg, Writer().u32(ch.remote_id).vbytes(body))
+
+    def global_request(self, name: str, payload: bytes = b"", want_reply: bool = True) -> None:
+        """Replies come back as :class:`GlobalRequestReply`, in request order."""
+        _check_name(name)
+        body = _check_payload(payload)
+        if want_reply:
+            self._global_replies_expected += 1
+        self._queue(MuxMessage.GLOBAL_REQUEST, Writer().name(name).boolean(want_reply)
+                    .vbytes(body))
+
+    def global_reply(self, ok: bool, payload: bytes = b"") -> None:
+        """Answer the oldest unanswered global request."""
+        if not self._global_replies_owed:
+            raise UsageError("no global request awaiting a reply")
+        body = _check_payload(payload)
+        self._global_replies_owed -= 1
+        msg = MuxMessage.REQUEST_SUCCESS if ok else MuxMessage.REQUEST_FAILURE
+        self._queue(msg, Writer().vbytes(body))
+
+    # -- channel table ------------------------------------------------------------------------
+
+    def _allocate(self) -> int:
+        """Lowest free id at or after a rotating cursor: ids stay small, but a just-freed id
+        is not handed out again at once, so a stale reference in an adapter is far more
+        likely to hit "unknown channel" than somebody else's channel."""
+        for _ in range(_ID_SPACE):
+            cid = self._next_id
+            self._next_id = (cid + 1) % _ID_SPACE
+            if cid not in self._channels:
+                return cid
+        raise AssertionError("channel id space exhausted despite the per-side limits")
+
+    def _free(self, ch: _Channel) -> None:
+        del self._channels[ch.local_id]
+        if ch.we_opened:
+            self._opened_by_us -= 1
+        else:
+            self._opened_by_peer -= 1
+
+    def _app_channel(self, channel_id: int) -> _Channel:
+        ch = self._channels.get(channel_id)
+        if ch is None:
+            raise UsageError(f"no channel {channel_id}")
+        return ch
+
+    def _writable_channel(self, channel_id: int) -> _Channel:
+        ch = self._app_channel(channel_id)
+        if ch.state == _ACCEPTING:
+            raise UsageError(f"channel {channel_id} has not been accepted")
+        if ch.eof_pending or ch.close_pending:
+            raise UsageError(f"channel {channel_id} is closed for writing")
+        return ch
+
+    # -- input --------------------------------------------------------------------------------
+
+    def handle_message(self, msg_type: int, body: memoryview) -> list[Event]:
+        """Process one message from the peer. ``body`` is only borrowed: nothing returned or
+        kept refers to it after this call."""
+        handler = self._handlers.get(msg_type)
+        if handler is None:
+            raise InvalidRequest(f"unknown channel message type 0x{msg_type:02x}")
+        events: list[Event] = []
+        handler(Reader(body), events)
+        return events
+
+    def _peer_channel(self, r: Reader) -> _Channel:
+        """The channel a peer message addresses, which must be fully open.
+
+        The caller checks ``close_sent`` itself: after we sent CLOSE the peer may still have
+        messages in flight, which SSH says to drop until its own CLOSE arrives.
+        """
+        cid = r.u32()
+        ch = self._channels.get(cid)
+        if ch is None:
+            raise InvalidInput(f"message for unknown channel {cid}")
+        if ch.state != _OPEN:
+            raise InvalidRequest(f"message for channel {cid} before it was open")
+        return ch
+
+    def _on_data(self, r: Reader, events: list[Event]) -> None:
+        ch = self._peer_channel(r)
+        self._receive(ch, r.rest(), None, events)
+
+    def _on_extended_data(self, r: Reader, events: list[Event]) -> None:
+        ch = self._peer_channel(r)
+        ext = r.u32()
+        self._receive(ch, r.rest(), ext, events)
+
+    def _receive(self, ch: _Channel, data: memoryview, ext: int | None,
+                 events: list[Event]) -> None:
+        if ch.close_sent:
+            return
+        if ch.eof_received:
+            raise InvalidRequest(f"data after EOF on channel {ch.local_id}")
+        n = len(data)
+        if n > self.max_packet:
+            raise InvalidInput(f"data record of {n} bytes exceeds the maximum packet size "
+                               f"of {self.max_packet}")
+        if n > ch.recv_window:
+            raise InvalidInput(f"window exceeded on channel {ch.local_id}: {n} bytes with "
+                               f"{ch.recv_window} left")
+        if not n:
+            return  # an empty ChannelData would read like end-of-stream to many adapters
+        ch.recv_window -= n
+        ch.recv_outstanding += n
+        events.append(ChannelData(ch.local_id, bytes(data), ext))
+
+    def _on_window_adjust(self, r: Reader, events: list[Event]) -> None:
+        ch = self._peer_channel(r)
+        n = r.u32()
+        r.end()
+        if ch.close_sent:
+            return
+        window = ch.send_window + n
+        if window > _U32_MAX:
+            raise InvalidInput(f"window adjust overflows 2**32-1 on channel {ch.local_id}")
+        ch.send_window = window
+        if ch.send_buf:
+            self._flush(ch)
+            if not ch.send_buf and not ch.close_sent:
+                events.append(ChannelWritable(ch.local_id))
+
+    def _on_open(self, r: Reader, events: list[Event]) -> None:
+        kind = r.name()
+        sender = r.u32()
+        window = r.u32()
+        max_packet = _peer_max_packet(r.u32())
+        payload = r.vbytes(MAX_PAYLOAD)
+        r.end()
+        if self._opened_by_peer >= MAX_CHANNELS:
+            self._queue_open_failure(sender, OpenFailureReason.RESOURCE_SHORTAGE,
+                                     "resource shortage")
+            return
+        cid = self._allocate()
+        ch = _Channel(cid, _ACCEPTING, self.window)
+        ch.set_peer(sender, window, max_packet)
+        self._channels[cid] = ch
+        self._opened_by_peer += 1
+        events.append(ChannelOpenRequest(cid, kind, payload))
+
+    def _queue_open_failure(self, recipient: int, reason: int, message: str) -> None:
+        self._queue(MuxMessage.CHANNEL_OPEN_FAILURE, Writer().u32(recipient).u32(reason)
+                    .text(message))
+
+    def _opening_channel(self, r: Reader) -> _Channel:
+        cid = r.u32()
+        ch = self._channels.get(cid)
+        if ch is None:
+            raise InvalidInput(f"open answer for unknown channel {cid}")
+        if ch.state != _OPENING:
+            raise InvalidRequest(f"open answer for channel {cid}, which is not opening")
+        return ch
+
+    def _on_open_confirm(self, r: Reader, events: list[Event]) -> None:
+        ch = self._opening_channel(r)
+        sender = r.u32()
+        window = r.u32()
+        max_packet = _peer_max_packet(r.u32())
+        payload = r.vbytes(MAX_PAYLOAD)
+        r.end()
+        ch.set_peer(sender, window, max_packet)
+        ch.state = _OPEN
+        events.append(ChannelOpened(ch.local_id, payload))
+        had_pending = bool(ch.send_buf)
+        self._flush(ch)
+        if had_pending and not ch.send_buf and not ch.close_sent:
+            events.append(ChannelWritable(ch.local_id))
+
+    def _on_open_failure(self, r: Reader, events: list[Event]) -> None:
+        ch = self._opening_channel(r)
+        reason = r.u32()
+        message = r.text(MAX_FAILURE_TEXT)
+        r.end()
+        self._free(ch)
+        events.append(ChannelOpenFailed(ch.local_id, reason, message))
+
+    def _on_eof(self, r: Reader, events: list[Event]) -> None:
+        ch = self._peer_channel(r)
+        r.end()
+        if ch.close_sent:
+            return
+        if ch.eof_received:
+            raise InvalidRequest(f"second EOF on channel {ch.local_id}")
+        ch.eof_received = True
+        events.append(ChannelEof(ch.local_id))
+
+    def _on_close(self, r: Reader, events: list[Event]) -> None:
+        ch = self._peer_channel(r)
+        r.end()
+        if not ch.close_sent:
+            # The peer will ignore anything but our CLOSE now, so buffered data is moot.
+            self._send_close(ch)
+        self._free(ch)
+        events.append(ChannelClosed(ch.local_id))
+
+    def _on_request(self, r: Reader, events: list[Event]) -> None:
+        ch = self._peer_channel(r)
+        name = r.name()
+        want_reply = r.boolean()
+        payload = r.vbytes(MAX_PAYLOAD)
+        r.end()
+        if ch.close_sent:
+            return  # no reply: the channel is going away on both sides
+        if want_reply:
+            ch.replies_owed += 1
+        events.append(ChannelRequest(ch.local_id, name, payload, want_reply))
+
+    def _on_channel_success(self, r: Reader, events: list[Event]) -> None:
+        self._channel_reply(r, True, events)
+
+    def _on_channel_failure(self, r: Reader, events: list[Event]) -> None:
+        self._channel_reply(r, False, events)
+
+    def _channel_reply(self, r: Reader, ok: bool, events: list[Event]) -> None:
+        ch = self._peer_channel(r)
+        payload = r.vbytes(MAX_PAYLOAD)
+        r.end()
+        if ch.close_sent:
+            return
+        if not ch.replies_expected:
+            raise InvalidRequest(f"reply on channel {ch.local_id} with no request outstanding")
+        ch.replies_expected -= 1
+        events.append(ChannelRequestReply(ch.local_id, ok, payload))
+
+    def _on_global_request(self, r: Reader, events: list[Event]) -> None:
+        name = r.name()
+        want_reply = r.boolean()
+        payload = r.vbytes(MAX_PAYLOAD)
+        r.end()
+        if want_reply:
+            self._global_replies_owed += 1
+        events.append(GlobalRequest(name, payload, want_reply))
+
+    def _on_global_success(self, r: Reader, events: list[Event]) -> None:
+        self._global_reply(r, True, events)
+
+    def _on_global_failure(self, r: Reader, events: list[Event]) -> None:
+        self._global_reply(r, False, events)
+
+    def _global_reply(self, r: Reader, ok: bool, events: list[Event]) -> None:
+        payload = r.vbytes(MAX_PAYLOAD)
+        r.end()
+        if not self._global_replies_expected:
+            raise InvalidRequest("global request reply with no request outstanding")
+        self._global_replies_expected -= 1
+        events.append(GlobalRequestReply(ok, payload))

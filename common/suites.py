@@ -1,0 +1,137 @@
+"""The algorithm registry: KEMs, signatures and AEADs behind small interfaces.
+
+Connection code only ever sees these Protocols and looks algorithms up by their wire name,
+so adding an algorithm touches no handshake or transport code. Implementations live in
+:mod:`common.algorithms` (cryptography + pycryptodome, always present) and
+:mod:`common.algorithms_oqs` (liboqs, optional). Which library backs each primitive was
+chosen by measurement; see ``bench/primitives.py`` and docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .rng import Rng
+
+
+class KemPrivateKey(Protocol):
+    def public_bytes(self) -> bytes: ...
+
+    def decapsulate(self, ciphertext: bytes) -> bytes:
+        """Return the 32-byte shared secret; raise DecapsulationFailure on a malformed
+        ciphertext (ML-KEM's implicit rejection still returns a value for a well-formed
+        but wrong one, which key confirmation then catches)."""
+        ...
+
+
+class Kem(Protocol):
+    name: str
+    public_key_size: int
+    ciphertext_size: int
+
+    def generate(self, rng: Rng) -> KemPrivateKey: ...
+
+    def encapsulate(self, public_key: bytes, rng: Rng) -> tuple[bytes, bytes]:
+        """Return ``(ciphertext, shared_secret)``; raise InvalidInput on a bad public key."""
+        ...
+
+
+class Signature(Protocol):
+    name: str
+    public_key_size: int
+    #: A signature's size. The handshake signs a header that contains the message length,
+    #: so only fixed-size schemes can be registered (ML-DSA and SLH-DSA are).
+    max_signature_size: int
+
+    def generate(self, rng: Rng) -> tuple[bytes, bytes]:
+        """Return ``(signing_key, verification_key)`` as raw bytes."""
+        ...
+
+    def sign(self, signing_key: bytes, message: bytes, rng: Rng) -> bytes: ...
+
+    def verify(self, verification_key: bytes, message: bytes, signature: bytes) -> bool:
+        """True only for a valid signature; never raises on malformed input."""
+        ...
+
+
+class AeadContext(Protocol):
+    """One keyed AEAD instance, reused for every record under that key."""
+
+    def encrypt_into(self, nonce: bytes, data: object, aad: bytes, out: object) -> None: ...
+
+    def decrypt_into(self, nonce: bytes, data: object, aad: bytes, out: object) -> None:
+        """Raise :class:`common.errors.AuthenticationFailure` when the tag does not verify."""
+        ...
+
+    def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes: ...
+
+    def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes: ...
+
+
+class Aead(Protocol):
+    name: str
+    key_size: int
+    nonce_size: int
+    tag_size: int
+
+    def new(self, key: bytes) -> AeadContext: ...
+
+
+@dataclass(frozen=True)
+class Registry:
+    kems: dict[str, Kem]
+    signatures: dict[str, Signature]
+    aeads: dict[str, Aead]
+
+
+#: Preference order, strongest-default first. Names are the wire names.
+DEFAULT_KEMS: tuple[str, ...] = ("mlkem768x25519", "mlkem768", "mlkem1024")
+DEFAULT_SIGNATURES: tuple[str, ...] = ("mldsa65", "mldsa87")
+DEFAULT_AEADS: tuple[str, ...] = ("aes256gcm", "chacha20poly1305")
+#: The hash family of the QSMP "protocol string"; fixed in this revision.
+HASH_NAME = "sha3-256"
+
+_registry: Registry | None = None
+
+
+def registry() -> Registry:
+    """All algorithms usable on this machine (built-in, plus liboqs ones when present)."""
+    global _registry
+    if _registry is None:
+        from . import algorithms
+
+        reg = Registry(kems={}, signatures={}, aeads={})
+        algorithms.register(reg)
+        try:
+            from . import algorithms_oqs
+        except ImportError:
+            pass
+        else:
+            algorithms_oqs.register(reg)
+        _registry = reg
+    return _registry
+
+
+def kem(name: str) -> Kem:
+    return registry().kems[name]
+
+
+def signature(name: str) -> Signature:
+    return registry().signatures[name]
+
+
+def aead(name: str) -> Aead:
+    return registry().aeads[name]
+
+
+def available_kems() -> tuple[str, ...]:
+    return tuple(registry().kems)
+
+
+def available_signatures() -> tuple[str, ...]:
+    return tuple(registry().signatures)
+
+
+def available_aeads() -> tuple[str, ...]:
+    return tuple(registry().aeads)

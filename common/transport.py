@@ -1,0 +1,308 @@
+"""The established channel: encrypted records with an encrypted inner type.
+
+Every record after the handshake has the outer flag ENCRYPTED_MESSAGE, so data, chaff,
+keep-alives, rekeys and shutdowns look alike on the wire (hkexsh sent its chaff marker in
+clear, which defeated the chaff). The plaintext of a record is::
+
+    inner_type u8 | padding_length u16 | body | padding_length zero bytes
+
+Inner types 0x01-0x1F belong to this module; 0x20 and up are handed to the layer above
+(channel multiplexing, authentication).
+
+Rekey (secure-channels seed, QSMP's "each direction keyed by its transmitter"): when a
+direction's byte or time budget runs out, its *sender* asks the receiver for a fresh KEM
+public key, encapsulates to it, sends the ciphertext as the last record under the old key
+and switches; the receiver decapsulates and switches after that record. Sequence numbers
+restart at zero under the new key; the old key objects are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from . import suites
+from .errors import (
+    BadKeepAlive,
+    ErrorCode,
+    InvalidInput,
+    InvalidRequest,
+    KeepAliveExpired,
+    RemoteReportedError,
+)
+from .handshake import Established, Role
+from .record import RecordOpener, RecordSealer
+from .rng import Rng
+from .schedule import LABEL_C2S, LABEL_S2C, derive_rekey
+from .suites import KemPrivateKey
+from .wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Writer
+
+INNER_HEADER_SIZE = 3
+MAX_REASON = 1024
+
+
+class InnerType(IntEnum):
+    CHAFF = 0x01
+    KEEPALIVE_REQUEST = 0x02
+    KEEPALIVE_RESPONSE = 0x03
+    REKEY_REQUEST = 0x04
+    REKEY_OFFER = 0x05
+    REKEY = 0x06
+    SHUTDOWN = 0x07
+    ERROR = 0x08
+
+
+#: First inner type that belongs to the layers above the transport.
+FIRST_UPPER_TYPE = 0x20
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSettings:
+    #: Seconds between keep-alive requests we send; None = only answer the peer's.
+    keepalive_interval: float | None = None
+    #: Rekey a direction after this many bytes sent under one key...
+    rekey_bytes: int = 1 << 30
+    #: ...or this many seconds, whichever comes first.
+    rekey_interval: float = 3600.0
+
+
+class Shutdown(Exception):
+    """The peer closed the session cleanly (or reported an error, see ``code``)."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Randomness:
+    """Small random numbers (padding, chaff timing) from a pooled draw of the injected rng,
+    so a data record costs no extra system call."""
+
+    __slots__ = ("_pool", "_pos", "_rng")
+
+    def __init__(self, rng: Rng) -> None:
+        self._rng = rng
+        self._pool = b""
+        self._pos = 0
+
+    def below(self, bound: int) -> int:
+        """Uniform-enough integer in [0, bound) for traffic shaping (not for keys)."""
+        if bound <= 1:
+            return 0
+        if self._pos + 4 > len(self._pool):
+            self._pool = self._rng(512)
+            self._pos = 0
+        value = int.from_bytes(self._pool[self._pos : self._pos + 4], "big")
+        self._pos += 4
+        return value % bound
+
+    def between(self, low: int, high: int) -> int:
+        return low + self.below(high - low + 1)
+
+
+def seal_message(sealer: RecordSealer, random: Randomness, padding_max: int,
+                 inner_type: int, head: bytes, payload: bytes | memoryview) -> bytearray:
+    """One message into one record, with one copy of the payload (into the plaintext)."""
+    if len(head) + len(payload) > MAX_RECORD_PAYLOAD:
+        raise InvalidInput("message larger than a record")
+    pad = random.below(padding_max + 1) if padding_max else 0
+    plaintext = b"".join((bytes((inner_type, pad >> 8, pad & 0xFF)), head, payload, bytes(pad)))
+    return sealer.seal(Flag.ENCRYPTED_MESSAGE, plaintext)
+
+
+class Transport:
+    """Record protection and the channel-level control messages, after the handshake."""
+
+    def __init__(self, established: Established, role: Role, settings: TransportSettings,
+                 rng: Rng, now: float) -> None:
+        self.suite = established.suite
+        self.session_id = established.session_id
+        self._role = role
+        self._settings = settings
+        self._rng = rng
+        self._random = Randomness(rng)
+        self._kem = suites.kem(self.suite.kem)
+        self._aead = suites.aead(self.suite.aead)
+        self.sealer: RecordSealer = established.sealer
+        self.opener: RecordOpener = established.opener
+        self._tx_label = LABEL_C2S if role is Role.CLIENT else LABEL_S2C
+        self._rx_label = LABEL_S2C if role is Role.CLIENT else LABEL_C2S
+        self._tx_chain = established.tx_chain
+        self._rx_chain = established.rx_chain
+        self._now = now
+        self._tx_key_since = now
+        self._rekey_requested = False
+        self._rekey_offer: KemPrivateKey | None = None
+        self.rekeys_sent = 0
+        self.rekeys_received = 0
+        self._padding_max = self.suite.padding_max
+        self._keepalive_due = (
+            now + settings.keepalive_interval if settings.keepalive_interval else None
+        )
+        self._keepalive_token: bytes | None = None
+        chaff = self.suite.chaff
+        self._chaff_due = now + self._chaff_delay() if chaff.enabled else None
+        self.outgoing: list[bytes | bytearray] = []
+        self.closed = False
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, inner_type: int, head: bytes, payload: bytes | memoryview = b"") -> None:
+        if self.closed:
+            return
+        self.outgoing.append(seal_message(self.sealer, self._random, self._padding_max,
+                                          inner_type, head, payload))
+        self._maybe_rekey()
+
+    def _maybe_rekey(self) -> None:
+        if (not self._rekey_requested and self.sealer.bytes_sealed >= self._settings.rekey_bytes):
+            self.request_rekey()
+
+    def request_rekey(self) -> None:
+        """Start a rekey of our transmit direction (also used by tests and by timers)."""
+        if self._rekey_requested or self.closed:
+            return
+        self._rekey_requested = True
+        self.send(InnerType.REKEY_REQUEST, b"")
+
+    def shutdown(self, reason: str = "") -> None:
+        if not self.closed:
+            self.send(InnerType.SHUTDOWN, Writer().text(reason[:MAX_REASON]).getvalue())
+            self.closed = True
+
+    def send_error(self, code: ErrorCode, reason: str = "") -> None:
+        if not self.closed:
+            self.send(InnerType.ERROR, Writer().u8(code).text(reason[:MAX_REASON]).getvalue())
+            self.closed = True
+
+    # ------------------------------------------------------------------ receiving
+
+    def open(self, header: Header, header_bytes: memoryview, body: memoryview
+             ) -> tuple[int, memoryview] | None:
+        """Decrypt one record. Returns an upper-layer message, or None when the record was
+        transport business (chaff, keep-alive, rekey). Raises Shutdown on a clean close."""
+        if header.flag != Flag.ENCRYPTED_MESSAGE:
+            raise InvalidRequest(f"unexpected packet flag 0x{header.flag:02x} in session")
+        plaintext = self.opener.open(header, header_bytes, body)
+        if len(plaintext) < INNER_HEADER_SIZE:
+            raise InvalidInput("record too short for its inner header")
+        inner_type = plaintext[0]
+        pad = (plaintext[1] << 8) | plaintext[2]
+        end = len(plaintext) - pad
+        if end < INNER_HEADER_SIZE:
+            raise InvalidInput("record padding longer than the record")
+        message = memoryview(plaintext)[INNER_HEADER_SIZE:end]
+        if inner_type >= FIRST_UPPER_TYPE:
+            return inner_type, message
+        self._control(inner_type, message)
+        return None
+
+    def _control(self, inner_type: int, body: memoryview) -> None:
+        if inner_type == InnerType.CHAFF:
+            return
+        r = Reader(body)
+        if inner_type == InnerType.KEEPALIVE_REQUEST:
+            token = r.fixed(8)
+            r.end()
+            self.send(InnerType.KEEPALIVE_RESPONSE, token)
+        elif inner_type == InnerType.KEEPALIVE_RESPONSE:
+            token = r.fixed(8)
+            r.end()
+            if self._keepalive_token is None or token != self._keepalive_token:
+                raise BadKeepAlive("keep-alive answer does not match the request")
+            self._keepalive_token = None
+        elif inner_type == InnerType.REKEY_REQUEST:
+            r.end()
+            if self._rekey_offer is not None:
+                raise InvalidRequest("rekey requested while one is in progress")
+            self._rekey_offer = self._kem.generate(self._rng)
+            self.send(InnerType.REKEY_OFFER,
+                      Writer().vbytes(self._rekey_offer.public_bytes()).getvalue())
+        elif inner_type == InnerType.REKEY_OFFER:
+            public = r.vbytes(self._kem.public_key_size)
+            r.end()
+            if not self._rekey_requested:
+                raise InvalidRequest("rekey offer without a request")
+            self._finish_tx_rekey(public)
+        elif inner_type == InnerType.REKEY:
+            ciphertext = r.vbytes(self._kem.ciphertext_size)
+            r.end()
+            self._finish_rx_rekey(ciphertext)
+        elif inner_type == InnerType.SHUTDOWN:
+            reason = r.text(MAX_REASON)
+            r.end()
+            self.closed = True
+            raise Shutdown(ErrorCode.NONE, reason)
+        elif inner_type == InnerType.ERROR:
+            code = ErrorCode.from_wire(r.u8())
+            reason = r.text(MAX_REASON)
+            r.end()
+            self.closed = True
+            raise RemoteReportedError(code, f"peer reported: {code.description}: {reason}")
+        else:
+            raise InvalidRequest(f"unknown inner record type 0x{inner_type:02x}")
+
+    def _finish_tx_rekey(self, public: bytes) -> None:
+        if len(public) != self._kem.public_key_size:
+            raise InvalidInput("rekey public key has the wrong size")
+        ciphertext, secret = self._kem.encapsulate(public, self._rng)
+        # The last record under the old key carries the ciphertext.
+        self.send(InnerType.REKEY, Writer().vbytes(ciphertext).getvalue())
+        keys = derive_rekey(secret, self._tx_chain, self._tx_label)
+        self.sealer.wipe()
+        self.sealer = RecordSealer(self._aead, keys)
+        self._tx_chain = keys.chain
+        self._rekey_requested = False
+        self._tx_key_since = self._now
+        self.rekeys_sent += 1
+
+    def _finish_rx_rekey(self, ciphertext: bytes) -> None:
+        if self._rekey_offer is None:
+            raise InvalidRequest("rekey without an offer")
+        if len(ciphertext) != self._kem.ciphertext_size:
+            raise InvalidInput("rekey ciphertext has the wrong size")
+        secret = self._rekey_offer.decapsulate(ciphertext)
+        self._rekey_offer = None
+        keys = derive_rekey(secret, self._rx_chain, self._rx_label)
+        self.opener.wipe()
+        self.opener = RecordOpener(self._aead, keys)
+        self._rx_chain = keys.chain
+        self.rekeys_received += 1
+
+    # ------------------------------------------------------------------ timers
+
+    def _chaff_delay(self) -> float:
+        chaff = self.suite.chaff
+        return self._random.between(chaff.interval_min_ms, chaff.interval_max_ms) / 1000.0
+
+    def next_timer(self) -> float | None:
+        candidates = [t for t in (self._keepalive_due, self._chaff_due) if t is not None]
+        if not self._rekey_requested:
+            candidates.append(self._tx_key_since + self._settings.rekey_interval)
+        return min(candidates) if candidates else None
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        if self.closed:
+            return
+        if self._keepalive_due is not None and now >= self._keepalive_due:
+            if self._keepalive_token is not None:
+                raise KeepAliveExpired("peer did not answer the keep-alive")
+            self._keepalive_token = self._rng(8)
+            self.send(InnerType.KEEPALIVE_REQUEST, self._keepalive_token)
+            interval = self._settings.keepalive_interval
+            assert interval is not None
+            self._keepalive_due = now + interval
+        if self._chaff_due is not None and now >= self._chaff_due:
+            chaff = self.suite.chaff
+            size = self._random.between(chaff.size_min, chaff.size_max)
+            self.send(InnerType.CHAFF, bytes(size))
+            self._chaff_due = now + self._chaff_delay()
+        if (not self._rekey_requested
+                and now >= self._tx_key_since + self._settings.rekey_interval):
+            self.request_rekey()
+
+    def note_time(self, now: float) -> None:
+        """Record the latest time seen, for stamping key installation."""
+        self._now = now
