@@ -1,0 +1,146 @@
+"""``qshd_config``: OpenSSH-style ``Keyword value`` lines; the first value of a keyword wins.
+
+Only what the daemon implements today is accepted: an unknown keyword is an error with its
+line number, so a typo never silently weakens a configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import suites
+from common.negotiation import ServerPolicy
+
+DEFAULT_PORT = 2022
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line naming the file and line."""
+
+
+def default_dir() -> Path:
+    """Root daemons live in /etc/qsh, per-user daemons in ~/.qsh (OpenSSH's habit)."""
+    return Path("/etc/qsh") if os.geteuid() == 0 else Path.home() / ".qsh"
+
+
+@dataclass
+class ServerConfig:
+    port: int = DEFAULT_PORT
+    # Like sshd: a daemon serves every interface unless ListenAddress narrows it.
+    listen_addresses: list[str] = field(default_factory=lambda: ["0.0.0.0"])  # noqa: S104
+    host_keys: list[Path] = field(default_factory=list)
+    kems: tuple[str, ...] | None = None
+    signatures: tuple[str, ...] | None = None
+    ciphers: tuple[str, ...] | None = None
+    allow_chaff: bool = True
+    step_timeout: float = 30.0
+    keepalive_interval: float = 300.0
+    rekey_bytes: int = 1 << 30
+    rekey_interval: float = 3600.0
+    max_startups: int = 64
+
+    def policy(self) -> ServerPolicy:
+        return ServerPolicy(kems=self.kems, signatures=self.signatures, aeads=self.ciphers,
+                            allow_chaff=self.allow_chaff)
+
+    def host_key_paths(self) -> list[Path]:
+        return self.host_keys or [default_dir() / "host_key"]
+
+
+def _names(value: str, available: tuple[str, ...], line: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in available]
+    if unknown or not names:
+        raise ConfigError(f"{line}: unsupported algorithm(s) {', '.join(unknown) or '(none)'}; "
+                          f"available: {', '.join(available)}")
+    return names
+
+
+def _boolean(value: str, line: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("yes", "no"):
+        raise ConfigError(f"{line}: expected yes or no, got {value!r}")
+    return lowered == "yes"
+
+
+def _number(value: str, line: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{line}: expected a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{line}: {value} is outside {low:g}..{high:g}")
+    return number
+
+
+def parse(text: str, source: str = "qshd_config") -> ServerConfig:
+    config = ServerConfig()
+    seen: set[str] = set()
+    listen_given = False
+    for number, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        keyword, _, value = stripped.partition(" ")
+        keyword, value = keyword.lower(), value.strip()
+        where = f"{source}:{number}"
+        if not value:
+            raise ConfigError(f"{where}: {keyword} needs a value")
+        repeatable = keyword in ("listenaddress", "hostkey")
+        if keyword in seen and not repeatable:
+            continue  # first value wins, as in sshd_config
+        seen.add(keyword)
+        if keyword == "port":
+            config.port = int(_number(value, where, 1, 65535))
+        elif keyword == "listenaddress":
+            if not listen_given:
+                config.listen_addresses = []
+                listen_given = True
+            config.listen_addresses.append(value)
+        elif keyword == "hostkey":
+            config.host_keys.append(Path(value).expanduser())
+        elif keyword == "kems":
+            config.kems = _names(value, suites.available_kems(), where)
+        elif keyword == "signatures":
+            config.signatures = _names(value, suites.available_signatures(), where)
+        elif keyword == "ciphers":
+            config.ciphers = _names(value, suites.available_aeads(), where)
+        elif keyword == "allowchaff":
+            config.allow_chaff = _boolean(value, where)
+        elif keyword == "handshaketimeout":
+            config.step_timeout = _number(value, where, 1, 600)
+        elif keyword == "keepaliveinterval":
+            config.keepalive_interval = _number(value, where, 1, 86400)
+        elif keyword == "rekeybytes":
+            config.rekey_bytes = int(_number(value, where, 1 << 20, 1 << 40))
+        elif keyword == "rekeyinterval":
+            config.rekey_interval = _number(value, where, 10, 86400)
+        elif keyword == "maxstartups":
+            config.max_startups = int(_number(value, where, 1, 10000))
+        else:
+            raise ConfigError(f"{where}: unknown keyword {keyword!r}")
+    return config
+
+
+def load(path: Path | None, overrides: tuple[str, ...] = ()) -> ServerConfig:
+    """Read the file; a missing default file means defaults, a missing named file is an error.
+
+    ``overrides`` are ``Keyword=value`` options from the command line (sshd's ``-o``); they
+    are read first, so they win over the file.
+    """
+    lines = [o.replace("=", " ", 1) for o in overrides]
+    source = "command line" if overrides else "qshd_config"
+    if path is None:
+        default = default_dir() / "qshd_config"
+        path = default if default.exists() else None
+    if path is not None:
+        try:
+            lines.append(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        source = str(path) if not overrides else f"{path} (after {len(overrides)} -o options)"
+    return parse("\n".join(lines), source)

@@ -1,0 +1,160 @@
+"""End to end: real qshd and qsh processes on 127.0.0.1, real files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PYTHON = sys.executable
+
+
+def _start_qshd(tmp: Path, host_key: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    ready = tmp / f"port-{time.monotonic_ns()}"
+    process = subprocess.Popen(
+        [PYTHON, "-m", "qshd", "-D", "-e", "-p", "0", "-o", "ListenAddress=127.0.0.1",
+             "-h", str(host_key),
+         "--ready-file", str(ready), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ready.exists() and ready.read_text().strip():
+            return process, ready.read_text().strip()
+        if process.poll() is not None:
+            raise AssertionError(f"qshd exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("qshd did not start")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> str:
+    process.terminate()
+    _, err = process.communicate(timeout=20)
+    return err.decode()
+
+
+@pytest.fixture()
+def daemon(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    process, port = _start_qshd(tmp_path, tmp_path / "host_key")
+    yield port, tmp_path
+    _stop(process)
+
+
+def _qsh(port: str, known_hosts: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "qsh", "-p", port, "-o", f"UserKnownHostsFile={known_hosts}", *args],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_first_contact_then_known(daemon: tuple[str, Path]) -> None:
+    port, tmp = daemon
+    known = tmp / "known_hosts"
+    first = _qsh(port, known, "-o", "StrictHostKeyChecking=accept-new", "127.0.0.1")
+    assert first.returncode == 0, first.stderr
+    assert "permanently added" in first.stderr
+    assert f"[127.0.0.1]:{port}" in known.read_text()
+    fingerprint = (tmp / "host_key.pub").read_text().split()[1]
+    assert fingerprint  # the daemon wrote its public key beside the private one
+    second = _qsh(port, known, "-o", "StrictHostKeyChecking=yes", "127.0.0.1")
+    assert second.returncode == 0, second.stderr
+    assert "Connected to" in second.stderr and "mlkem768x25519" in second.stderr
+    assert "permanently added" not in second.stderr
+
+
+def test_unknown_key_refused_when_strict(daemon: tuple[str, Path]) -> None:
+    port, tmp = daemon
+    result = _qsh(port, tmp / "known_hosts", "-o", "StrictHostKeyChecking=yes", "127.0.0.1")
+    assert result.returncode == 255
+    assert result.stderr.strip().endswith("StrictHostKeyChecking is yes")
+    assert not (tmp / "known_hosts").exists()
+
+
+def test_no_tty_and_ask_fails_cleanly(daemon: tuple[str, Path]) -> None:
+    port, tmp = daemon
+    result = subprocess.run(
+        [PYTHON, "-m", "qsh", "-p", port, "-o", f"UserKnownHostsFile={tmp / 'kh'}",
+         "127.0.0.1"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        start_new_session=True,  # no controlling terminal: the prompt cannot be asked
+    )
+    assert result.returncode == 255
+    assert "host key verification failed" in result.stderr
+
+
+def test_changed_host_key_is_a_loud_refusal(tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    process, port = _start_qshd(tmp_path, tmp_path / "key_a")
+    try:
+        assert _qsh(port, known, "-o", "StrictHostKeyChecking=accept-new",
+                    "127.0.0.1").returncode == 0
+    finally:
+        _stop(process)
+    # Same address, different key: what a man in the middle would present.
+    process, port2 = _start_qshd(tmp_path, tmp_path / "key_b", )
+    try:
+        text = known.read_text().replace(f"[127.0.0.1]:{port}", f"[127.0.0.1]:{port2}")
+        known.write_text(text)
+        result = _qsh(port2, known, "-o", "StrictHostKeyChecking=accept-new", "127.0.0.1")
+    finally:
+        _stop(process)
+    assert result.returncode == 255
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in result.stderr
+    assert known.read_text() == text  # nothing was overwritten
+
+
+def test_connection_refused_is_one_line(tmp_path: Path) -> None:
+    result = _qsh("1", tmp_path / "kh", "127.0.0.1")
+    assert result.returncode == 255
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("qsh: connect to host")
+
+
+def test_remote_command_not_yet_available(tmp_path: Path) -> None:
+    result = _qsh("2022", tmp_path / "kh", "127.0.0.1", "true")
+    assert result.returncode == 255
+    assert "login" in result.stderr
+
+
+def test_qshd_config_check(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.write_text("Port 2222\nKEMs mlkem768x25519,mlkem1024\nCiphers aes256gcm\n")
+    ok = subprocess.run([PYTHON, "-m", "qshd", "-t", "-f", str(good)], capture_output=True,
+                        text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad"
+    bad.write_text("Port 2222\nKEMs rsa1024\n")
+    result = subprocess.run([PYTHON, "-m", "qshd", "-t", "-f", str(bad)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and f"{bad}:2" in result.stderr
+    typo = tmp_path / "typo"
+    typo.write_text("Prot 22\n")
+    result = subprocess.run([PYTHON, "-m", "qshd", "-t", "-f", str(typo)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1 and "unknown keyword" in result.stderr
+
+
+def test_qshd_creates_host_key_0600_and_logs_fingerprint(tmp_path: Path) -> None:
+    key = tmp_path / "keys" / "host_key"
+    process, _ = _start_qshd(tmp_path, key)
+    log = _stop(process)
+    assert key.stat().st_mode & 0o777 == 0o600
+    fingerprint = log.split("created host key")[1].split(": ", 1)[1].split()[0]
+    assert fingerprint.startswith("SHA3-256:")
+    # A second start loads the same key and logs the same fingerprint.
+    process, _ = _start_qshd(tmp_path, key)
+    assert fingerprint in _stop(process)
+
+
+@pytest.mark.parametrize("program", ["qcp", "qpasswd"])
+def test_not_yet_available_programs_say_so(program: str) -> None:
+    args = ["a", "b"] if program == "qcp" else ["-l"]
+    result = subprocess.run([PYTHON, "-m", program, *args], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{program}: ") and result.stderr.count("\n") == 1
