@@ -3,17 +3,17 @@
 Two libraries back them, each where it won on measurement (``python bench/primitives.py``
 re-checks the choice on a new machine):
 
-* cryptography (OpenSSL) does everything on the production path: ML-KEM key generation,
-  encapsulation and decapsulation, X25519, both AEADs, ML-DSA key generation and
-  verification. It is imported anyway for the AEADs, costs ~8 ms to import, and is the
-  fastest for every operation except ML-DSA signing.
-* pycryptodome does what cryptography cannot do reproducibly, and ML-DSA signing (about
-  twice as fast as OpenSSL's): derandomized ML-KEM encapsulation with caller-supplied coins
-  (so a :class:`~common.rng.DeterministicRng` reproduces test vectors byte for byte), and
-  hedged ML-DSA signing with caller-supplied randomness. It costs ~30 ms to import (its CPU
-  feature probe runs a C parser), so it is imported on first use only: a client that merely
-  verifies a host signature never loads it, which is also why verification stays on
-  cryptography although pycryptodome verifies ~50 us faster.
+* cryptography (OpenSSL) does everything on the production path except ML-DSA signing:
+  ML-KEM, X25519, both AEADs, ML-DSA key generation and verification. It is imported anyway
+  for the AEADs and costs ~7 ms to import.
+* pycryptodome signs ML-DSA (about twice as fast as OpenSSL, and it takes the caller's
+  randomness, so signatures are reproducible), and does the derandomized ML-KEM
+  encapsulation that reproducible runs need (caller-supplied coins, so a
+  :class:`~common.rng.DeterministicRng` reproduces test vectors byte for byte). It is also
+  faster at ML-KEM and ML-DSA key generation and ML-DSA verification, by 50-90 us each, but
+  importing it costs ~30 ms (its CPU feature probe runs a C parser). A one-shot ``qsh``
+  would pay that on every run to save a fraction of a millisecond, so it is imported on
+  first use only: a client that merely verifies the host signature never loads it.
 
 Every secret comes from the ``rng`` passed in. The one exception is the fast path taken when
 that rng *is* :data:`~common.rng.SYSTEM_RNG`: ML-KEM encapsulation then lets OpenSSL draw its
@@ -74,7 +74,7 @@ def _draw(rng: Rng, n: int) -> bytes:
     return data
 
 
-# --- ML-KEM (FIPS 203) -------------------------------------------------------------------
+# --- ML-KEM (FIPS 203) ---------------------------------------------------------------------
 
 
 class _CgKemPublicKey(Protocol):
@@ -219,7 +219,8 @@ class XWing:
     """X-Wing, composed from cryptography's ML-KEM-768 and X25519 plus hashlib.
 
     Byte-identical to pycryptodome's ``Hybrid.MLKEM768_X25519`` (the tests check both
-    directions) but ~2x faster, because pycryptodome does X25519 in slow generic ECC code.
+    directions) but 2-2.5x faster to encapsulate and decapsulate: pycryptodome does X25519
+    in generic ECC code, ~3x slower than OpenSSL's.
     """
 
     name = MLKEM768X25519

@@ -8,17 +8,17 @@ import ctypes.util
 import hashlib
 import importlib
 import os
+import subprocess
 import sys
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import mldsa as cg_mldsa
-from cryptography.hazmat.primitives.asymmetric import mlkem as cg_mlkem
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from Crypto.PublicKey import MLDSA, MLKEM, Hybrid
 from Crypto.Signature import mldsa as pc_mldsa
+from cryptography.hazmat.primitives.asymmetric import mldsa as cg_mldsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -98,6 +98,31 @@ def test_wire_names_and_sizes() -> None:
     for name in KEMS + SIGS + AEADS:
         obj: Any = {**REG.kems, **REG.signatures, **REG.aeads}[name]
         assert obj.name == name
+
+
+def test_production_path_never_imports_pycryptodome() -> None:
+    """Importing pycryptodome costs ~30 ms (bench/primitives.py), paid by every one-shot
+    client. Key exchange and host-key verification under SYSTEM_RNG must not load it."""
+    code = """if True:
+        import sys
+        from common import suites
+        from common.rng import SYSTEM_RNG
+        for name in suites.available_kems():
+            kem = suites.kem(name)
+            private = kem.generate(SYSTEM_RNG)
+            ciphertext, secret = kem.encapsulate(private.public_bytes(), SYSTEM_RNG)
+            assert private.decapsulate(ciphertext) == secret
+        for name in suites.available_signatures():
+            sig = suites.signature(name)
+            _, public = sig.generate(SYSTEM_RNG)
+            assert not sig.verify(public, b"m", bytes(sig.max_signature_size))
+        ctx = suites.aead("aes256gcm").new(bytes(32))
+        assert ctx.decrypt(bytes(12), ctx.encrypt(bytes(12), b"x", b""), b"") == b"x"
+        loaded = sorted(m for m in sys.modules if m == "Crypto" or m.startswith("Crypto."))
+        assert not loaded, loaded
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
 
 
 def test_short_rng_is_a_random_failure() -> None:
@@ -491,11 +516,20 @@ def test_chacha20poly1305_known_answer() -> None:
 
 
 def _forget_oqs_module() -> None:
+    """Undo an import of common.algorithms_oqs made against a fake, so that nothing later
+    in the session (suites.registry()) picks up the fake's algorithms."""
     sys.modules.pop("common.algorithms_oqs", None)
     import common
 
-    if hasattr(common, "algorithms_oqs"):
+    if "algorithms_oqs" in vars(common):
         delattr(common, "algorithms_oqs")
+
+
+@pytest.fixture
+def isolated_oqs_import() -> Iterator[None]:
+    _forget_oqs_module()
+    yield
+    _forget_oqs_module()
 
 
 @pytest.fixture
@@ -523,10 +557,10 @@ def test_oqs_mceliece_round_trip(oqs_registry: Registry) -> None:
 
 
 def test_oqs_slhdsa_round_trip(oqs_registry: Registry) -> None:
-    name = next((n for n in ("slhdsa-sha2-128f", "slhdsa-sha2-128s") if n in oqs_registry.signatures), None)
-    if name is None:
+    names = [n for n in ("slhdsa-sha2-128f", "slhdsa-sha2-128s") if n in oqs_registry.signatures]
+    if not names:
         pytest.skip("this liboqs build does not enable SLH-DSA-SHA2-128")
-    s = oqs_registry.signatures[name]
+    s = oqs_registry.signatures[names[0]]
     signing, verification = s.generate(SYSTEM_RNG)
     signature = s.sign(signing, b"m", SYSTEM_RNG)
     assert s.verify(verification, b"m", signature)
@@ -535,14 +569,135 @@ def test_oqs_slhdsa_round_trip(oqs_registry: Registry) -> None:
     assert not s.verify(verification, b"m", signature + b"\x00")
 
 
-def test_oqs_missing_library_never_reaches_liboqs_python(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the C library, importing ``oqs`` would git-clone and build liboqs. Our module
-    must raise ImportError before touching ``oqs`` at all."""
-    from common import algorithms_oqs as _  # noqa: F401  (only to learn if liboqs is here)
+class _Tripwire(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"oqs.{name} was used although liboqs is missing")
 
 
-@pytest.fixture
-def no_real_oqs_module() -> Iterator[None]:
-    _forget_oqs_module()
-    yield
-    _forget_oqs_module()
+def test_oqs_missing_library_stops_before_liboqs_python(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, isolated_oqs_import: None
+) -> None:
+    """Imported without its C library, liboqs-python git-clones and builds liboqs. Our module
+    must raise ImportError (registry: "not offered") before ``import oqs`` runs."""
+    monkeypatch.setitem(sys.modules, "oqs", _Tripwire("oqs"))
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setenv("OQS_INSTALL_PATH", str(tmp_path))  # an empty install directory
+    with pytest.raises(ImportError, match="liboqs C library is not installed"):
+        importlib.import_module("common.algorithms_oqs")
+
+
+def _fake_oqs() -> types.ModuleType:
+    """liboqs-python's documented surface (KeyEncapsulation, Signature, details, the
+    enabled-mechanism lists) over toy, insecure algorithms: it runs our adapter's code on
+    machines without liboqs."""
+
+    def h(*parts: bytes, n: int) -> bytes:
+        return hashlib.shake_256(b"".join(parts)).digest(n)
+
+    def xor(a: bytes, b: bytes) -> bytes:
+        return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+    class Mechanism:
+        enabled: tuple[str, ...] = ()
+
+        def __init__(self, alg: str, secret_key: bytes | None = None) -> None:
+            if alg not in self.enabled:
+                raise RuntimeError(f"{alg} is not supported by OQS")
+            self.secret_key = secret_key
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def export_secret_key(self) -> bytes | None:
+            return self.secret_key
+
+    class KeyEncapsulation(Mechanism):
+        enabled = ("Classic-McEliece-348864", "ML-KEM-768")
+        details = {
+            "length_public_key": 64,
+            "length_secret_key": 32,
+            "length_ciphertext": 32,
+            "length_shared_secret": 32,
+        }
+
+        def generate_keypair(self) -> bytes:
+            self.secret_key = os.urandom(32)
+            return h(b"pk", self.secret_key, n=64)
+
+        def encap_secret(self, public_key: bytes) -> tuple[bytes, bytes]:
+            m = os.urandom(32)
+            return xor(m, h(b"mask", public_key, n=32)), h(b"ss", m, public_key, n=32)
+
+        def decap_secret(self, ciphertext: bytes) -> bytes:
+            assert self.secret_key is not None
+            public_key = h(b"pk", self.secret_key, n=64)
+            m = xor(ciphertext, h(b"mask", public_key, n=32))
+            return h(b"ss", m, public_key, n=32)
+
+    class Signature(Mechanism):
+        enabled = ("SLH_DSA_PURE_SHA2_128S", "SPHINCS+-SHAKE-256s-simple", "ML-DSA-65")
+        details = {"length_public_key": 32, "length_secret_key": 64, "length_signature": 48}
+
+        def generate_keypair(self) -> bytes:
+            self.secret_key = os.urandom(64)
+            return h(b"pk", self.secret_key, n=32)
+
+        def sign(self, message: bytes) -> bytes:
+            assert self.secret_key is not None
+            return h(h(b"pk", self.secret_key, n=32), message, n=48)
+
+        def verify(self, message: bytes, signature: bytes, public_key: bytes) -> bool:
+            if message == b"explode":
+                raise RuntimeError("liboqs failure")
+            return signature == h(public_key, message, n=48)
+
+    fake = types.ModuleType("oqs")
+    fake.KeyEncapsulation = KeyEncapsulation  # type: ignore[attr-defined]
+    fake.Signature = Signature  # type: ignore[attr-defined]
+    fake.get_enabled_kem_mechanisms = lambda: KeyEncapsulation.enabled  # type: ignore[attr-defined]
+    fake.get_enabled_sig_mechanisms = lambda: Signature.enabled  # type: ignore[attr-defined]
+    return fake
+
+
+def test_oqs_adapter_against_fake_liboqs(
+    monkeypatch: pytest.MonkeyPatch, isolated_oqs_import: None
+) -> None:
+    fake = _fake_oqs()
+    monkeypatch.setitem(sys.modules, "oqs", fake)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "liboqs.so.fake")
+    monkeypatch.setattr(ctypes, "CDLL", lambda path: object())
+    module: Any = importlib.import_module("common.algorithms_oqs")
+    reg = Registry(kems={}, signatures={}, aeads={})
+    module.register(reg)
+    # Only our names; ML-KEM/ML-DSA stay with the built-in provider.
+    assert set(reg.kems) == {"mceliece348864"}
+    assert set(reg.signatures) == {"slhdsa-sha2-128s", "sphincs-shake-256s-simple"}
+
+    k = reg.kems["mceliece348864"]
+    assert (k.public_key_size, k.ciphertext_size) == (64, 32)
+    private = k.generate(DeterministicRng(b"ignored"))
+    ciphertext, secret = k.encapsulate(private.public_bytes(), SYSTEM_RNG)
+    assert private.decapsulate(ciphertext) == secret
+    with pytest.raises(DecapsulationFailure):
+        private.decapsulate(ciphertext + b"\x00")
+    with pytest.raises(InvalidInput):
+        k.encapsulate(private.public_bytes()[:-1], SYSTEM_RNG)
+    monkeypatch.setattr(fake.KeyEncapsulation, "decap_secret", lambda self, ct: 0)  # < 0.10
+    with pytest.raises(DecapsulationFailure):
+        private.decapsulate(ciphertext)
+
+    s = reg.signatures["slhdsa-sha2-128s"]
+    assert (s.public_key_size, s.max_signature_size) == (32, 48)
+    signing, verification = s.generate(SYSTEM_RNG)
+    signature = s.sign(signing, b"m", SYSTEM_RNG)
+    assert s.verify(verification, b"m", signature)
+    assert not s.verify(verification, b"n", signature)
+    assert not s.verify(verification, b"explode", signature)  # a liboqs error is just False
+    assert not s.verify(verification[:-1], b"m", signature)
+    assert not s.verify(verification, b"m", signature + b"\x00")
+    assert not s.verify(verification, b"m", b"")
+    with pytest.raises(InvalidInput):
+        s.sign(signing[:-1], b"m", SYSTEM_RNG)
