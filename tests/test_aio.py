@@ -1,0 +1,632 @@
+"""The asyncio adapter on real loopback TCP: an in-process server on 127.0.0.1 port 0.
+
+Each test runs its own event loop through :func:`run` (no pytest-asyncio), with a hard
+deadline so a hang fails the test instead of the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import socket
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common import aio
+from common.connection import Connection
+from common.errors import (
+    ConnectFailure,
+    ErrorCode,
+    QsmpError,
+    RemoteReportedError,
+    VerifyFailure,
+)
+from common.handshake import ClientHandshake, ServerHandshake
+from common.keys import HostKey, PublicKey
+from common.mux import OpenFailureReason
+from common.negotiation import Offer
+from common.transport import TransportSettings
+from common.wire import HEADER_SIZE, Flag
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST_KEY = HostKey.generate("mldsa65", now=time.time())
+OTHER_KEY = HostKey.generate("mldsa65", now=time.time())
+MiB = 1024 * 1024
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+# --- a small server ---------------------------------------------------------------------------
+
+
+class Recorder:
+    """What the server's channel handlers saw, for assertions."""
+
+    def __init__(self) -> None:
+        self.sink_results: list[int | BaseException] = []
+        self.sink_progress = 0
+
+
+async def echo(channel: aio.Channel) -> None:
+    """Echo stdout back; at EOF send the SHA-256 of what arrived on stderr."""
+    channel.accept(b"echoing")
+    digest = hashlib.sha256()
+    async for chunk in channel:
+        digest.update(chunk)
+        channel.write(chunk)
+        await channel.drain()
+    channel.write_stderr(digest.digest())
+    channel.write_eof()
+
+
+def make_handler(recorder: Recorder) -> aio.ChannelHandler:
+    async def on_channel(connection: aio.QsmpConnection, channel: aio.Channel) -> None:
+        if channel.kind == "echo":
+            await echo(channel)
+        elif channel.kind == "sink":
+            channel.accept()
+            total = 0
+            try:
+                async for chunk in channel:
+                    total += len(chunk)
+                    recorder.sink_progress = total
+            except aio.ConnectionLost as exc:
+                recorder.sink_results.append(exc)
+                raise
+            recorder.sink_results.append(total)
+            channel.write(total.to_bytes(8, "big"))
+        elif channel.kind == "stall":  # accept, then read nothing until told to
+            channel.accept()
+            request = await channel.next_request()
+            assert request is not None and request.name == "drain"
+            channel.reply(True)
+            await channel.read_to_eof()
+        elif channel.kind == "requests":
+            channel.accept()
+            while (request := await channel.next_request()) is not None:
+                if request.want_reply:
+                    channel.reply(request.name == "upper", request.payload.upper())
+        elif channel.kind == "boom":
+            channel.accept()
+            raise RuntimeError("handler bug")
+        else:
+            channel.reject(OpenFailureReason.UNKNOWN_CHANNEL_TYPE, f"no {channel.kind}")
+
+    return on_channel
+
+
+async def start_server(recorder: Recorder | None = None, *, step_timeout: float = 30.0,
+                       make_handshake: Callable[[], ServerHandshake] | None = None,
+                       **kwargs: Any) -> aio.Server:
+    def handshake() -> ServerHandshake:
+        return ServerHandshake([HOST_KEY], step_timeout=step_timeout)
+
+    return await aio.serve("127.0.0.1", 0, make_handshake=make_handshake or handshake,
+                           on_channel=make_handler(recorder or Recorder()), **kwargs)
+
+
+async def dial(server: aio.Server, trusted: PublicKey | None = HOST_KEY.public,
+               **kwargs: Any) -> aio.QsmpConnection:
+    return await aio.connect("127.0.0.1", server.port,
+                             handshake=ClientHandshake(Offer(), trusted), **kwargs)
+
+
+async def server_side(server: aio.Server, client: aio.QsmpConnection) -> aio.QsmpConnection:
+    """The server's connection object for ``client`` (matched by session id)."""
+    for _ in range(200):
+        for connection in server.connections:
+            if connection.established and connection.session_id == client.session_id:
+                return connection
+        await asyncio.sleep(0.01)
+    raise AssertionError("server side of the connection not found")
+
+
+async def echo_roundtrip(connection: aio.QsmpConnection, size: int, seed: int) -> None:
+    """Send ``size`` random bytes in random-sized writes; check the echo and the server's
+    checksum against ours."""
+    rnd = random.Random(seed)
+    data = rnd.randbytes(size)
+    channel = await connection.open_channel("echo")
+    assert channel.reply_payload == b"echoing"
+
+    async def write() -> None:
+        view = memoryview(data)
+        pos = 0
+        while pos < size:
+            n = rnd.choice((1, 13, 4096, 65536, 300_000, MiB))
+            channel.write(bytes(view[pos : pos + n]))
+            pos += n
+            await channel.drain()
+        channel.write_eof()
+
+    async def read() -> bytes:
+        digest = hashlib.sha256()
+        total = 0
+        async for chunk in channel:
+            digest.update(chunk)
+            total += len(chunk)
+        assert total == size
+        return digest.digest()
+
+    _, echoed = await asyncio.gather(write(), read())
+    reported = await channel.stderr.read_to_eof()
+    expected = hashlib.sha256(data).digest()
+    assert echoed == expected, "echo differs from what was sent"
+    assert reported == expected, "server received something else"
+    await channel.wait_closed()
+
+
+# --- handshake and host keys -----------------------------------------------------------------
+
+
+def test_handshake_with_trusted_key() -> None:
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            assert client.established and client.suite is not None
+            assert client.suite.aead == "aes256gcm"
+            assert client.host_key is not None and client.host_key.matches(HOST_KEY.public)
+            peer = await server_side(server, client)
+            assert peer.session_id == client.session_id and client.session_id
+            await echo_roundtrip(client, 100_000, seed=1)
+            client.close()
+            await client.wait_closed()
+            await peer.wait_closed()
+            assert peer.terminated is not None and peer.terminated.code == ErrorCode.NONE
+            assert peer.terminated.by_peer
+
+    run(main())
+
+
+def test_tofu_callback_accepts() -> None:
+    seen: list[PublicKey] = []
+
+    async def trust(key: PublicKey) -> bool:
+        seen.append(key)
+        await asyncio.sleep(0.05)  # a user thinking it over
+        return True
+
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server, trusted=None, on_host_key=trust)
+            assert [k.fingerprint() for k in seen] == [HOST_KEY.public.fingerprint()]
+            await echo_roundtrip(client, 10_000, seed=2)
+            client.close()
+
+    run(main())
+
+
+def test_tofu_callback_rejects_and_server_carries_on() -> None:
+    async def distrust(key: PublicKey) -> bool:
+        return False
+
+    async def main() -> None:
+        async with await start_server() as server:
+            with pytest.raises(VerifyFailure):
+                await dial(server, trusted=None, on_host_key=distrust)
+            with pytest.raises(VerifyFailure):  # no callback: unknown keys are refused
+                await dial(server, trusted=None)
+            with pytest.raises(RemoteReportedError) as pinned:  # a key the server lacks
+                await dial(server, trusted=OTHER_KEY.public)
+            assert pinned.value.code == ErrorCode.KEY_UNRECOGNIZED
+            client = await dial(server)
+            await echo_roundtrip(client, 1000, seed=3)
+            client.close()
+
+    run(main())
+
+
+def test_tcp_nodelay_on_both_ends() -> None:
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            peer = await server_side(server, client)
+            for connection in (client, peer):
+                assert connection.transport is not None
+                sock = connection.transport.get_extra_info("socket")
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            client.close()
+
+    run(main())
+
+
+# --- channels --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_three_channels_echo_100_mb_with_checksums() -> None:
+    sizes = (34 * MiB, 33 * MiB, 33 * MiB)  # 100 MiB each way
+
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            await asyncio.gather(*(echo_roundtrip(client, size, seed=10 + i)
+                                   for i, size in enumerate(sizes)))
+            client.close()
+
+    run(main(), timeout=120)
+
+
+def test_small_window_and_packets_still_deliver_everything() -> None:
+    async def main() -> None:
+        async with await start_server(window=64 * 1024, max_packet=4096) as server:
+            client = await dial(server, window=32 * 1024, max_packet=1000)
+            await asyncio.gather(echo_roundtrip(client, 3 * MiB, seed=20),
+                                 echo_roundtrip(client, 1 * MiB, seed=21))
+            client.close()
+
+    run(main())
+
+
+def test_slow_reader_throttles_the_writer() -> None:
+    async def main() -> None:
+        async with await start_server(window=256 * 1024) as server:
+            client = await dial(server)
+            channel = await client.open_channel("stall")
+            channel.high_water = 0
+            block = os.urandom(64 * 1024)
+            for _ in range(16):  # 1 MiB against a 256 KiB window
+                channel.write(block)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(channel.drain(), 0.3)
+            assert channel.pending >= 1 * MiB - 256 * 1024
+            assert await channel.request("drain") == (True, b"")
+            await asyncio.wait_for(channel.drain(), 10)
+            assert channel.pending == 0
+            channel.write_eof()
+            await channel.wait_closed()
+            client.close()
+
+    run(main())
+
+
+def test_requests_replies_and_refusals() -> None:
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            channel = await client.open_channel("requests")
+            assert await channel.request("upper", b"abc") == (True, b"ABC")
+            assert await channel.request("lower", b"abc") == (False, b"ABC")
+            assert await channel.request("noreply", want_reply=False) is None
+            assert await channel.request("upper", b"x") == (True, b"X")
+            channel.close()
+            await channel.wait_closed()
+            with pytest.raises(aio.ChannelOpenError) as refused:
+                await client.open_channel("teleport")
+            assert refused.value.reason == OpenFailureReason.UNKNOWN_CHANNEL_TYPE
+            assert await client.global_request("anything") == (False, b"")
+            client.close()
+
+    run(main())
+
+
+def test_channel_handler_bug_aborts_only_that_channel(caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            boom = await client.open_channel("boom")
+            assert await boom.read() == b""
+            await boom.wait_closed()
+            await echo_roundtrip(client, 50_000, seed=4)  # same connection, still fine
+            client.close()
+
+    with caplog.at_level(logging.ERROR, logger="qsh.aio"):
+        run(main())
+    assert any("channel handler failed" in r.getMessage() for r in caplog.records)
+
+
+def test_read_sizes_readexactly_and_incomplete_read() -> None:
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            channel = await client.open_channel("echo")
+            for piece in (b"abc", b"defgh", b"ij"):
+                channel.write(piece)
+            channel.write_eof()
+            assert await channel.readexactly(4) == b"abcd"  # across records
+            assert await channel.read(2) == b"ef"
+            assert await channel.readexactly(3) == b"ghi"
+            with pytest.raises(asyncio.IncompleteReadError) as short:
+                await channel.readexactly(5)
+            assert short.value.partial == b"j"
+            assert await channel.read() == b"" and channel.at_eof()
+            assert len(await channel.read_stderr()) == 32  # the digest, kept apart
+            with pytest.raises(aio.ChannelClosedError):
+                channel.write(b"after eof")
+            await channel.wait_closed()
+            client.close()
+
+    run(main())
+
+
+def test_server_opens_a_channel_to_the_client() -> None:
+    async def client_side(connection: aio.QsmpConnection, channel: aio.Channel) -> None:
+        assert channel.kind == "echo" and channel.payload == b"reverse"
+        await echo(channel)
+
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server, on_channel=client_side)
+            peer = await server_side(server, client)
+            await echo_roundtrip_from(peer, b"reverse")
+            client.close()
+
+    async def echo_roundtrip_from(connection: aio.QsmpConnection, payload: bytes) -> None:
+        channel = await connection.open_channel("echo", payload)
+        channel.write(b"ping")
+        channel.write_eof()
+        assert await channel.read_to_eof() == b"ping"
+        assert await channel.stderr.read_to_eof() == hashlib.sha256(b"ping").digest()
+
+    run(main())
+
+
+def test_keepalive_timers_fire_on_an_idle_connection() -> None:
+    async def main() -> None:
+        settings = TransportSettings(keepalive_interval=0.05)
+        async with await start_server(settings=settings) as server:
+            client = await dial(server, settings=settings)
+            peer = await server_side(server, client)
+            transports = [c.core.transport for c in (client, peer)]
+            before = [t.opener.sequence for t in transports if t is not None]
+            await asyncio.sleep(0.5)
+            after = [t.opener.sequence for t in transports if t is not None]
+            # Each side received about ten requests and ten answers.
+            assert all(b - a >= 8 for a, b in zip(before, after, strict=True)), (before, after)
+            assert client.established and not client.is_closing and not peer.is_closing
+            await echo_roundtrip(client, 1000, seed=15)
+            client.close()
+
+    run(main())
+
+
+# --- rekey -----------------------------------------------------------------------------------
+
+
+def test_rekey_in_the_middle_of_traffic_both_ways() -> None:
+    async def main() -> None:
+        settings = TransportSettings(rekey_bytes=8 * MiB)
+        async with await start_server(settings=settings) as server:
+            client = await dial(server, settings=settings)
+            peer = await server_side(server, client)
+
+            async def rekey_midway() -> None:
+                await asyncio.sleep(0.05)
+                client.request_rekey()
+                peer.request_rekey()
+
+            await asyncio.gather(echo_roundtrip(client, 24 * MiB, seed=5),
+                                 echo_roundtrip(client, 8 * MiB, seed=6), rekey_midway())
+            for connection in (client, peer):
+                transport = connection.core.transport
+                assert transport is not None
+                assert transport.rekeys_sent >= 2, transport.rekeys_sent
+                assert transport.rekeys_received >= 2, transport.rekeys_received
+            client.close()
+
+    run(main())
+
+
+# --- robustness ------------------------------------------------------------------------------
+
+
+async def read_until_closed(port: int, send: bytes, limit: float) -> tuple[bytes, float]:
+    """Connect with a raw socket, send ``send``, read until the server closes."""
+    start = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(send)
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        received = await asyncio.wait_for(reader.read(-1), limit)
+    writer.close()
+    return received, time.monotonic() - start
+
+
+def test_server_survives_garbage_while_another_client_works() -> None:
+    garbage = [
+        b"GET / HTTP/1.1\r\nHost: example\r\n\r\n",
+        bytes([Flag.CONNECT_REQUEST]) + bytes(8) + b"\xff\xff\xff\xff",  # 4 GiB body
+        bytes([Flag.NONE]) + bytes(12),
+        random.Random(7).randbytes(5000),
+    ]
+
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            _, results = await asyncio.gather(
+                echo_roundtrip(client, 2 * MiB, seed=8),
+                asyncio.gather(*(read_until_closed(server.port, g, 10) for g in garbage)))
+            for received, _ in results:
+                assert received[:1] == bytes([Flag.ERROR_CONDITION])  # an error, no crash
+            assert client.established and not client.is_closing
+            await echo_roundtrip(client, 1000, seed=9)
+            await asyncio.sleep(0.05)
+            assert len(server.connections) == 1
+            client.close()
+
+    run(main())
+
+
+def test_stalled_handshakes_time_out_while_another_client_works() -> None:
+    async def stall_midway(port: int) -> tuple[bytes, float]:
+        """A real client that sends its connect request, then never answers."""
+        core = Connection(ClientHandshake(Offer(), HOST_KEY.public))
+        core.start(time.time())
+        return await read_until_closed(port, b"".join(core.data_to_send()), 10)
+
+    async def main() -> None:
+        async with await start_server(step_timeout=0.5) as server:
+            client = await dial(server)
+            silent, midway, _ = await asyncio.gather(
+                read_until_closed(server.port, b"", 10), stall_midway(server.port),
+                echo_roundtrip(client, 2 * MiB, seed=10))
+            for received, elapsed in (silent, midway):
+                assert 0.4 <= elapsed < 5, elapsed
+                assert bytes([Flag.ERROR_CONDITION]) in received
+            code = midway[0][-1]  # the error packet closes the stream
+            assert midway[0][-HEADER_SIZE - 1] == Flag.ERROR_CONDITION
+            assert code == ErrorCode.EXSTART_FAILURE
+            assert silent[0][HEADER_SIZE] == ErrorCode.CONNECT_FAILURE
+            await echo_roundtrip(client, 1000, seed=11)
+            client.close()
+
+    run(main())
+
+
+def test_client_step_timeout_against_a_silent_server() -> None:
+    async def main() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(-1)
+            writer.close()
+
+        listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(ConnectFailure):
+            await aio.connect("127.0.0.1", port,
+                              handshake=ClientHandshake(Offer(), None, step_timeout=0.3))
+        assert time.monotonic() - start < 3
+        with pytest.raises(TimeoutError):  # the overall timeout, separately
+            await aio.connect("127.0.0.1", port, timeout=0.2,
+                              handshake=ClientHandshake(Offer(), None, step_timeout=30))
+        listener.close()
+
+    run(main())
+
+
+def test_internal_bug_closes_only_that_connection(caplog: pytest.LogCaptureFixture) -> None:
+    class Buggy(ServerHandshake):
+        def receive(self, *args: Any, **kwargs: Any) -> None:
+            raise ZeroDivisionError("a bug in our own code")
+
+    made = 0
+
+    def make_handshake() -> ServerHandshake:
+        nonlocal made
+        made += 1
+        cls = Buggy if made == 2 else ServerHandshake
+        return cls([HOST_KEY])
+
+    async def main() -> None:
+        async with await start_server(make_handshake=make_handshake) as server:
+            first = await dial(server)
+            with pytest.raises(QsmpError):
+                await dial(server)
+            third = await dial(server)
+            await asyncio.gather(echo_roundtrip(first, 100_000, seed=12),
+                                 echo_roundtrip(third, 100_000, seed=13))
+            first.close()
+            third.close()
+
+    with caplog.at_level(logging.ERROR, logger="qsh.aio"):
+        run(main())
+    assert any("internal error" in r.getMessage() for r in caplog.records)
+
+
+KILLED_CLIENT = """
+import asyncio, os, sys
+sys.path.insert(0, sys.argv[2])
+from common import aio
+from common.handshake import ClientHandshake
+from common.negotiation import Offer
+
+async def main():
+    async def trust(key):
+        return True
+    conn = await aio.connect("127.0.0.1", int(sys.argv[1]), on_host_key=trust,
+                             handshake=ClientHandshake(Offer(), None))
+    channel = await conn.open_channel("sink")
+    block = os.urandom(1 << 20)
+    print("streaming", flush=True)
+    while True:
+        channel.write(block)
+        await channel.drain()
+
+asyncio.run(main())
+"""
+
+
+def test_killed_client_mid_transfer_leaves_server_serving() -> None:
+    recorder = Recorder()
+
+    async def main() -> None:
+        async with await start_server(recorder) as server:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", KILLED_CLIENT, str(server.port), str(ROOT),
+                stdout=asyncio.subprocess.PIPE)
+            try:
+                assert process.stdout is not None
+                assert await process.stdout.readline() == b"streaming\n"
+                while recorder.sink_progress < 4 * MiB:
+                    await asyncio.sleep(0.01)
+            finally:
+                process.kill()
+                await process.wait()
+            for _ in range(500):
+                if recorder.sink_results:
+                    break
+                await asyncio.sleep(0.01)
+            [result] = recorder.sink_results
+            assert isinstance(result, aio.ConnectionLost)  # not a clean EOF
+            client = await dial(server)
+            await echo_roundtrip(client, 2 * MiB, seed=14)
+            await asyncio.sleep(0.05)
+            assert len(server.connections) == 1
+            client.close()
+
+    run(main())
+
+
+def test_server_connection_closed_mid_transfer_is_reported_to_client() -> None:
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            channel = await client.open_channel("echo")
+            channel.write(b"x" * 1000)
+            assert await channel.readexactly(1000) == b"x" * 1000
+            peer = await server_side(server, client)
+            peer.abort()
+            with pytest.raises(aio.ConnectionLost):
+                await channel.read()
+            with pytest.raises(aio.ConnectionLost):
+                channel.write(b"more")
+            with pytest.raises(aio.ConnectionLost):
+                await client.open_channel("echo")
+            await client.wait_closed()
+
+    run(main())
+
+
+def test_close_flushes_pending_data_first() -> None:
+    recorder = Recorder()
+
+    async def main() -> None:
+        async with await start_server(recorder) as server:
+            client = await dial(server)
+            channel = await client.open_channel("sink")
+            payload = os.urandom(3 * MiB)
+            channel.write(payload)
+            channel.write_eof()
+            assert int.from_bytes(await channel.readexactly(8), "big") == len(payload)
+            await channel.wait_closed()
+            client.close()
+            await client.wait_closed()
+            assert recorder.sink_results == [len(payload)]
+
+    run(main())
+
