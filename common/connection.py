@@ -30,8 +30,16 @@ from .keys import PublicKey
 from .mux import Mux
 from .negotiation import Suite
 from .rng import SYSTEM_RNG, Rng
-from .transport import Randomness, Shutdown, Transport, TransportSettings, seal_message
-from .wire import MAX_RECORD_BODY, Flag, FrameBuffer, encode_packet
+from .transport import (
+    InnerType,
+    Randomness,
+    Shutdown,
+    Transport,
+    TransportSettings,
+    seal_message,
+    shutdown_reason,
+)
+from .wire import MAX_RECORD_BODY, Flag, FrameBuffer, Writer, encode_packet
 
 log = logging.getLogger("qsh.connection")
 
@@ -82,6 +90,7 @@ class Connection:
         self._out: list[bytes | bytearray | memoryview] = []
         self._events: list[object] = []
         self.terminated: ConnectionTerminated | None = None
+        self._early: _EarlySender | None = None
         self._now = 0.0
 
     @classmethod
@@ -115,27 +124,25 @@ class Connection:
             self._terminate(ErrorCode.CHANNEL_DOWN, "connection closed by peer", by_peer=True,
                             notify=False)
             return
+        if self.transport is not None:
+            self.transport.note_time(now)
         self._frames.feed(data)
         self._guard(self._process)
         self._frames.compact()
 
     def _process(self) -> None:
         while self.terminated is None:
+            limit = MAX_RECORD_BODY if self.transport else self.handshake.max_body()
+            packet = self._frames.next_packet(limit)
+            if packet is None:
+                return
+            header, header_bytes, body = packet
+            if header.flag in _PLAINTEXT_ENDINGS:
+                _plaintext_ending(header.flag, body, established=self.transport is not None)
             if self.transport is None:
-                packet = self._frames.next_packet(self.handshake.max_body())
-                if packet is None:
-                    return
-                header, header_bytes, body = packet
-                if header.flag == Flag.ERROR_CONDITION:
-                    code = ErrorCode.from_wire(body[0]) if len(body) else ErrorCode.INVALID_INPUT
-                    raise RemoteReportedError(code)
                 self.handshake.receive(header, header_bytes, body, self._now)
                 self._after_handshake_step()
             else:
-                packet = self._frames.next_packet(MAX_RECORD_BODY)
-                if packet is None:
-                    return
-                header, header_bytes, body = packet
                 message = self.transport.open(header, header_bytes, body)
                 if message is not None:
                     self._events.extend(self.mux.handle_message(*message))
@@ -192,16 +199,16 @@ class Connection:
             return
         # Client, after its establish request and before the server's response: records
         # may follow at once under the final c2s key (saves a round trip).
-        hs = self.handshake
-        assert isinstance(hs, ClientHandshake)
-        early = _EarlySender(hs, self._rng, self.handshake_padding())
+        early = self._early_sender()
         for msg in messages:
             self._out.append(early.seal(msg.msg_type, msg.head, msg.payload))
 
-    def handshake_padding(self) -> int:
-        hs = self.handshake
-        suite = getattr(hs, "_suite", None)
-        return suite.padding_max if suite is not None else 0
+    def _early_sender(self) -> _EarlySender:
+        if self._early is None:
+            hs = self.handshake
+            assert isinstance(hs, ClientHandshake) and hs.suite is not None
+            self._early = _EarlySender(hs, self._rng, hs.suite.padding_max)
+        return self._early
 
     def _can_send_application(self) -> bool:
         if self.transport is not None:
@@ -249,6 +256,11 @@ class Connection:
         if self.transport is not None:
             self.transport.shutdown(reason)
             self._collect_transport()
+        elif self._can_send_application():
+            # The server may already be established: say goodbye under the c2s key, so it
+            # sees an authenticated shutdown rather than a bare plaintext close.
+            self._out.append(self._early_sender().seal(
+                InnerType.SHUTDOWN, Writer().vbytes(shutdown_reason(reason)).getvalue()))
         else:
             self._out.append(encode_packet(Flag.CONNECTION_TERMINATED, self.handshake.tx_seq,
                                            b""))
@@ -279,7 +291,7 @@ class Connection:
 
     def _fail(self, exc: QsmpError) -> None:
         log.debug("connection failed: %s (code 0x%02x)", exc.message, exc.code)
-        if isinstance(self.handshake, ClientHandshake | ServerHandshake) and self.transport is None:
+        if self.transport is None:
             self.handshake.fail()
         self._terminate(exc.code, exc.message, by_peer=False, notify=True)
 
@@ -298,6 +310,25 @@ class Connection:
         self._events.append(self.terminated)
 
 
+#: A peer that fails before it has its keys (or before it knows ours are in place: the
+#: server is established one flight before the client) can only say so in clear. These are
+#: honoured in every state: they are no more forgeable than the TCP reset they precede.
+_PLAINTEXT_ENDINGS = frozenset((Flag.ERROR_CONDITION, Flag.CONNECTION_TERMINATED))
+
+
+def _plaintext_ending(flag: int, body: memoryview, *, established: bool) -> None:
+    if flag == Flag.CONNECTION_TERMINATED:
+        if established:
+            # Once keys are up, a clean close is an encrypted SHUTDOWN; a bare one could be
+            # anyone's, so it ends the session as a dropped channel, not a finished one.
+            raise RemoteReportedError(ErrorCode.CHANNEL_DOWN, "unauthenticated close")
+        raise Shutdown(ErrorCode.NONE, "closed by peer")
+    code = ErrorCode.from_wire(body[0]) if len(body) == 1 else ErrorCode.INVALID_INPUT
+    if code == ErrorCode.NONE:
+        code = ErrorCode.INVALID_INPUT  # an "error" without one is itself malformed
+    raise RemoteReportedError(code)
+
+
 class _EarlySender:
     """Seals application records on the client between its establish request and the
     server's establish response, with the handshake's c2s sealer and sequence."""
@@ -307,7 +338,7 @@ class _EarlySender:
         self._random = Randomness(rng)
         self._padding_max = padding_max
 
-    def seal(self, inner_type: int, head: bytes, payload: bytes | memoryview) -> bytearray:
+    def seal(self, inner_type: int, head: bytes, payload: bytes | memoryview = b"") -> bytearray:
         record = seal_message(self._hs.early_sealer, self._random, self._padding_max,
                               inner_type, head, payload)
         self._hs.note_early_record()

@@ -103,7 +103,10 @@ class PeerError(QsmpError):
 
 
 class LocalError(QsmpError):
-    """A failure on our side; reported to the peer with the matching code."""
+    """A failure on our side; reported to the peer with the matching code. Without a more
+    specific leaf, "channel down": the peer did nothing wrong, our end of the channel failed."""
+
+    code = ErrorCode.CHANNEL_DOWN
 
 
 class UsageError(Exception):

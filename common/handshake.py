@@ -42,20 +42,23 @@ from .errors import (
     InvalidRequest,
     KeyExpired,
     KeyUnrecognized,
+    LocalError,
     PacketUnsequenced,
     QsmpError,
     UnknownProtocol,
     UsageError,
     VerifyFailure,
 )
-from .keys import HostKey, PublicKey
+from .keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
 from .negotiation import (
+    MAX_PADDING,
     SUPPORTED_VERSIONS,
     ChaffPolicy,
     Offer,
     ServerPolicy,
     Suite,
     agree_chaff,
+    check_chaff_answer,
     pick,
     pick_version,
 )
@@ -88,12 +91,14 @@ MAGIC = b"QSMP"
 KEY_ID_SIZE = 16
 TOKEN_SIZE = 32
 NO_KEY_ID = bytes(KEY_ID_SIZE)
-MAX_PUBLIC_KEY_BLOB = 70_000
 MAX_EXTENSIONS = 4096
 #: The single byte of an exstart response (spec 6.5: the "remote connected" flag).
 REMOTE_CONNECTED = int(Flag.REMOTE_CONNECTED)
 #: Seconds allowed for each step of the exchange.
 DEFAULT_STEP_TIMEOUT = 30.0
+#: The server's wait for the exstart request may include a person reading a fingerprint
+#: (trust on first use); OpenSSH gives a whole login 120 s (LoginGraceTime).
+DEFAULT_HOST_KEY_GRACE = 120.0
 
 
 class Role(Enum):
@@ -165,7 +170,10 @@ class ConnectRequest:
         kems, sigs, aeads = r.names(), r.names(), r.names()
         chaff = ChaffPolicy.decode(r)
         padding = r.u16()
+        if padding > MAX_PADDING:
+            raise InvalidInput(f"padding of {padding} bytes exceeds {MAX_PADDING}")
         extensions = r.vbytes(MAX_EXTENSIONS)
+        parse_extensions(extensions)
         r.end()
         return cls(versions, key_id, token, Offer(kems, sigs, aeads, chaff, padding), extensions)
 
@@ -199,10 +207,11 @@ class ConnectResponse:
                 or aead_name not in offer.aeads):
             raise UnknownProtocol("server chose an algorithm we did not offer")
         chaff = ChaffPolicy.decode(r)
+        check_chaff_answer(offer.chaff, chaff)
         padding = r.u16()
         if padding > offer.padding_max:
             raise InvalidInput("server chose more padding than offered")
-        host_key = r.vbytes(MAX_PUBLIC_KEY_BLOB)
+        host_key = r.vbytes(MAX_PUBLIC_BLOB)
         kem = suites.kem(kem_name)
         ephemeral = r.vbytes(kem.public_key_size)
         if len(ephemeral) != kem.public_key_size:
@@ -214,13 +223,25 @@ class ConnectResponse:
         return cls(suite, host_key, ephemeral, signature), signed_len
 
 
-def _kem_ciphertext(body: bytes | memoryview, size: int) -> bytes:
-    r = Reader(body)
-    ct = r.vbytes(size)
-    r.end()
-    if len(ct) != size:
+def _kem_ciphertext(r: Reader, size: int) -> bytes:
+    """A length-prefixed KEM ciphertext of exactly ``size`` bytes; any other size is one
+    failure, reported as a decapsulation failure."""
+    if r.u32() != size:
         raise DecapsulationFailure("KEM ciphertext has the wrong size")
-    return ct
+    return r.fixed(size)
+
+
+def parse_extensions(blob: bytes) -> dict[int, bytes]:
+    """Extensions: ``u16 type | u16 length | data`` entries. None are defined in version 1;
+    unknown types are ignored (so later versions can add some), duplicates are refused."""
+    r = Reader(blob)
+    found: dict[int, bytes] = {}
+    while r.remaining:
+        kind, length = r.u16(), r.u16()
+        if kind in found:
+            raise InvalidInput(f"extension {kind} appears twice")
+        found[kind] = r.fixed(length)
+    return found
 
 
 def _confirmation(key_id: bytes, transcript_hash: bytes) -> bytes:
@@ -263,6 +284,9 @@ class _Handshake:
     def __init__(self, rng: Rng, step_timeout: float) -> None:
         self._c = _Common(rng=rng, step_timeout=step_timeout)
         self.result: Established | None = None
+        #: The transcript hash through the establish request: known to the client as soon
+        #: as it sends that request, so pipelined authentication can sign it.
+        self.session_id = b""
 
     # -- state as seen by the connection
     @property
@@ -470,10 +494,8 @@ class ClientHandshake(_Handshake):
         kem = suites.kem(suite.kem)
         r = Reader(body)
         mac = r.fixed(HASH_SIZE)
-        ciphertext = r.vbytes(kem.ciphertext_size)
+        ciphertext = _kem_ciphertext(r, kem.ciphertext_size)
         r.end()
-        if len(ciphertext) != kem.ciphertext_size:
-            raise DecapsulationFailure("KEM ciphertext has the wrong size")
         expected = exchange_mac(self._mac_key, self._c.transcript.digest(), ciphertext)
         if not hmac.compare_digest(mac, expected):
             raise HashInvalid("exchange response MAC does not verify")
@@ -490,7 +512,13 @@ class ClientHandshake(_Handshake):
             self._sealer, Flag.ESTABLISH_REQUEST, _confirmation(self.server_key.key_id, th)
         )
         self._c.transcript.add(packet)
+        self.session_id = self._c.transcript.digest()
         self._arm(State.AWAIT_ESTABLISH_RESPONSE, now)
+
+    @property
+    def suite(self) -> Suite | None:
+        """The negotiated suite, once the connect response has been verified."""
+        return self._suite
 
     @property
     def can_send_application_data(self) -> bool:
@@ -513,14 +541,14 @@ class ClientHandshake(_Handshake):
         assert self._opener is not None and self._sealer is not None
         assert self.server_key is not None and self._suite is not None
         plaintext = self._opener.open(header, header_bytes, body)
-        expected = _confirmation(self.server_key.key_id, self._c.transcript.digest())
+        expected = _confirmation(self.server_key.key_id, self.session_id)
         if not hmac.compare_digest(bytes(plaintext), expected):
             raise EstablishFailure("server key confirmation does not match")
         self._c.transcript.add(header_bytes, body)
         self._sealer.sequence = self._c.tx_seq
         self.result = Established(
             suite=self._suite, sealer=self._sealer, opener=self._opener,
-            session_id=self._c.transcript.digest(), host_key=self.server_key,
+            session_id=self.session_id, host_key=self.server_key,
             tx_chain=self._tx_chain, rx_chain=self._rx_chain,
         )
         self._c.state = State.ESTABLISHED
@@ -534,8 +562,10 @@ class ServerHandshake(_Handshake):
 
     def __init__(self, host_keys: tuple[HostKey, ...] | list[HostKey],
                  policy: ServerPolicy | None = None, *, rng: Rng = SYSTEM_RNG,
-                 step_timeout: float = DEFAULT_STEP_TIMEOUT) -> None:
+                 step_timeout: float = DEFAULT_STEP_TIMEOUT,
+                 host_key_grace: float = DEFAULT_HOST_KEY_GRACE) -> None:
         super().__init__(rng, step_timeout)
+        self.host_key_grace = host_key_grace
         if not host_keys:
             raise UsageError("a server needs at least one host key")
         self.host_keys = tuple(host_keys)
@@ -581,8 +611,10 @@ class ServerHandshake(_Handshake):
         if request.key_id != NO_KEY_ID:
             for key in self.host_keys:
                 if hmac.compare_digest(key.public.key_id, request.key_id):
-                    if key.public.algorithm not in request.offer.signatures:
-                        raise UnknownProtocol("client does not accept this key's algorithm")
+                    allowed = self.policy.signatures
+                    if (key.public.algorithm not in request.offer.signatures
+                            or (allowed is not None and key.public.algorithm not in allowed)):
+                        raise UnknownProtocol("this key's algorithm is not acceptable to both")
                     chosen = key
                     break
             else:
@@ -623,7 +655,7 @@ class ServerHandshake(_Handshake):
         th = self._c.transcript.digest_with(header, prefix)
         signature = host_key.sign(signed_data(th), self._c.rng)
         if len(signature) != sig_len:
-            raise UsageError("signature size differs from the scheme's declared size")
+            raise LocalError("signature size differs from the scheme's declared size")
         packet = self._send_plain(
             Flag.CONNECT_RESPONSE, prefix + Writer().vbytes(signature).getvalue()
         )
@@ -632,12 +664,15 @@ class ServerHandshake(_Handshake):
         self._suite = suite
         self._cookie = session_cookie(request.session_token, suite.configuration(), host_blob)
         self._arm(State.AWAIT_EXSTART_REQUEST, now)
+        self._c.deadline = now + max(self._c.step_timeout, self.host_key_grace)
 
     def _on_exstart_request(self, header_bytes: bytes, body: memoryview, now: float) -> None:
         suite = self._suite
         assert suite is not None and self._kem_key is not None
         kem = suites.kem(suite.kem)
-        ciphertext = _kem_ciphertext(body, kem.ciphertext_size)
+        r = Reader(body)
+        ciphertext = _kem_ciphertext(r, kem.ciphertext_size)
+        r.end()
         secret = self._kem_key.decapsulate(ciphertext)
         self._kem_key = None
         self._c.transcript.add(header_bytes, body)
@@ -682,14 +717,14 @@ class ServerHandshake(_Handshake):
         if not hmac.compare_digest(bytes(plaintext), expected):
             raise EstablishFailure("client key confirmation does not match")
         self._c.transcript.add(header_bytes, body)
+        self.session_id = self._c.transcript.digest()
         packet = self._send_sealed(
-            self._sealer, Flag.ESTABLISH_RESPONSE,
-            _confirmation(key_id, self._c.transcript.digest()),
+            self._sealer, Flag.ESTABLISH_RESPONSE, _confirmation(key_id, self.session_id)
         )
         self._c.transcript.add(packet)
         self.result = Established(
             suite=self._suite, sealer=self._sealer, opener=self._opener,
-            session_id=self._c.transcript.digest(), host_key=self.host_key.public,
+            session_id=self.session_id, host_key=self.host_key.public,
             tx_chain=self._tx_chain, rx_chain=self._rx_chain,
         )
         self._c.state = State.ESTABLISHED

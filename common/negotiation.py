@@ -19,7 +19,8 @@ SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 MIN_CHAFF_INTERVAL_MS = 10
 MAX_CHAFF_INTERVAL_MS = 3_600_000
 MAX_CHAFF_SIZE = 16384
-MAX_PADDING = 4096
+#: Padding per record; with the inner header and tag it stays inside wire.MAX_RECORD_BODY.
+MAX_PADDING = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,18 @@ def pick_version(offered: tuple[int, ...]) -> int:
         if version in offered:
             return version
     raise UnknownProtocol("no protocol version in common")
+
+
+def check_chaff_answer(requested: ChaffPolicy, answer: ChaffPolicy) -> None:
+    """The client's check of the server's pick: chaff only if asked for, never more often
+    or larger than asked (the server may only make it sparser or smaller)."""
+    if not answer.enabled:
+        return
+    if not requested.enabled:
+        raise UnknownProtocol("server turned on chaff that was not requested")
+    if (answer.interval_min_ms < requested.interval_min_ms
+            or answer.size_max > requested.size_max):
+        raise UnknownProtocol("server's chaff policy exceeds the request")
 
 
 def agree_chaff(requested: ChaffPolicy, policy: ServerPolicy) -> ChaffPolicy:

@@ -39,6 +39,14 @@ from .wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Writer
 
 INNER_HEADER_SIZE = 3
 MAX_REASON = 1024
+#: A rekey public key travels in pieces of at most this size, so KEMs whose keys exceed one
+#: record (Classic McEliece 8192128: 1.36 MB) can rekey too.
+REKEY_FRAGMENT = 512 * 1024
+
+
+def shutdown_reason(text: str) -> bytes:
+    """A reason cut to MAX_REASON *bytes* on a character boundary (the receiver's bound)."""
+    return text.encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore").encode("utf-8")
 
 
 class InnerType(IntEnum):
@@ -133,6 +141,8 @@ class Transport:
         self._now = now
         self._tx_key_since = now
         self._rekey_requested = False
+        self._budget_used = 0
+        self._offer_parts = bytearray()
         self._rekey_offer: KemPrivateKey | None = None
         self.rekeys_sent = 0
         self.rekeys_received = 0
@@ -153,11 +163,12 @@ class Transport:
             return
         self.outgoing.append(seal_message(self.sealer, self._random, self._padding_max,
                                           inner_type, head, payload))
-        self._maybe_rekey()
-
-    def _maybe_rekey(self) -> None:
-        if (not self._rekey_requested and self.sealer.bytes_sealed >= self._settings.rekey_bytes):
-            self.request_rekey()
+        if inner_type >= FIRST_UPPER_TYPE:
+            # Only application bytes spend the budget: rekey offers of a big KEM (McEliece:
+            # 1.36 MB) would otherwise exhaust it themselves and rekey forever.
+            self._budget_used += len(head) + len(payload)
+            if not self._rekey_requested and self._budget_used >= self._settings.rekey_bytes:
+                self.request_rekey()
 
     def request_rekey(self) -> None:
         """Start a rekey of our transmit direction (also used by tests and by timers)."""
@@ -168,12 +179,12 @@ class Transport:
 
     def shutdown(self, reason: str = "") -> None:
         if not self.closed:
-            self.send(InnerType.SHUTDOWN, Writer().text(reason[:MAX_REASON]).getvalue())
+            self.send(InnerType.SHUTDOWN, Writer().vbytes(shutdown_reason(reason)).getvalue())
             self.closed = True
 
     def send_error(self, code: ErrorCode, reason: str = "") -> None:
         if not self.closed:
-            self.send(InnerType.ERROR, Writer().u8(code).text(reason[:MAX_REASON]).getvalue())
+            self.send(InnerType.ERROR, Writer().u8(code).vbytes(shutdown_reason(reason)).getvalue())
             self.closed = True
 
     # ------------------------------------------------------------------ receiving
@@ -190,8 +201,8 @@ class Transport:
         inner_type = plaintext[0]
         pad = (plaintext[1] << 8) | plaintext[2]
         end = len(plaintext) - pad
-        if end < INNER_HEADER_SIZE:
-            raise InvalidInput("record padding longer than the record")
+        if pad > self._padding_max or end < INNER_HEADER_SIZE:
+            raise InvalidInput("record padding exceeds the agreed maximum")
         message = memoryview(plaintext)[INNER_HEADER_SIZE:end]
         if inner_type >= FIRST_UPPER_TYPE:
             return inner_type, message
@@ -217,14 +228,19 @@ class Transport:
             if self._rekey_offer is not None:
                 raise InvalidRequest("rekey requested while one is in progress")
             self._rekey_offer = self._kem.generate(self._rng)
-            self.send(InnerType.REKEY_OFFER,
-                      Writer().vbytes(self._rekey_offer.public_bytes()).getvalue())
+            public = self._rekey_offer.public_bytes()
+            for start in range(0, len(public), REKEY_FRAGMENT):
+                chunk = public[start : start + REKEY_FRAGMENT]
+                self.send(InnerType.REKEY_OFFER, Writer().vbytes(chunk).getvalue())
         elif inner_type == InnerType.REKEY_OFFER:
-            public = r.vbytes(self._kem.public_key_size)
-            r.end()
             if not self._rekey_requested:
                 raise InvalidRequest("rekey offer without a request")
-            self._finish_tx_rekey(public)
+            room = self._kem.public_key_size - len(self._offer_parts)
+            self._offer_parts += r.vbytes(min(room, REKEY_FRAGMENT))
+            r.end()
+            if len(self._offer_parts) == self._kem.public_key_size:
+                public, self._offer_parts = bytes(self._offer_parts), bytearray()
+                self._finish_tx_rekey(public)
         elif inner_type == InnerType.REKEY:
             ciphertext = r.vbytes(self._kem.ciphertext_size)
             r.end()
@@ -255,6 +271,7 @@ class Transport:
         self._tx_chain = keys.chain
         self._rekey_requested = False
         self._tx_key_since = self._now
+        self._budget_used = 0
         self.rekeys_sent += 1
 
     def _finish_rx_rekey(self, ciphertext: bytes) -> None:

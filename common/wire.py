@@ -221,7 +221,11 @@ class Writer:
         return self
 
     def name(self, value: str) -> Writer:
-        return self.short_bytes(value.encode("ascii"))
+        """Refuses what :meth:`Reader.name` would refuse, so we never send an invalid name."""
+        raw = value.encode("ascii")
+        if not raw or len(raw) > MAX_NAME_LENGTH or not all(0x21 <= b <= 0x7E for b in raw):
+            raise ValueError(f"invalid protocol name {value!r}")
+        return self.short_bytes(raw)
 
     def text(self, value: str) -> Writer:
         return self.vbytes(value.encode("utf-8"))

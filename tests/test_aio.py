@@ -110,10 +110,12 @@ def make_handler(recorder: Recorder) -> aio.ChannelHandler:
 
 
 async def start_server(recorder: Recorder | None = None, *, step_timeout: float = 30.0,
+                       host_key_grace: float = 120.0,
                        make_handshake: Callable[[], ServerHandshake] | None = None,
                        **kwargs: Any) -> aio.Server:
     def handshake() -> ServerHandshake:
-        return ServerHandshake([HOST_KEY], step_timeout=step_timeout)
+        return ServerHandshake([HOST_KEY], step_timeout=step_timeout,
+                               host_key_grace=host_key_grace)
 
     return await aio.serve("127.0.0.1", 0, make_handshake=make_handshake or handshake,
                            on_channel=make_handler(recorder or Recorder()), **kwargs)
@@ -470,7 +472,9 @@ def test_stalled_handshakes_time_out_while_another_client_works() -> None:
         return await read_until_closed(port, b"".join(core.data_to_send()), 10)
 
     async def main() -> None:
-        async with await start_server(step_timeout=0.5) as server:
+        # The grace for a host-key decision is shortened too, or the midway staller
+        # (stopped after the connect request) would be given the default 120 s.
+        async with await start_server(step_timeout=0.5, host_key_grace=0.5) as server:
             client = await dial(server)
             silent, midway, _ = await asyncio.gather(
                 read_until_closed(server.port, b"", 10), stall_midway(server.port),
