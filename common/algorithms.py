@@ -337,12 +337,14 @@ class MlDsa:
 
 _EncryptInto = Callable[[bytes, object, bytes, object], None]
 _Encrypt = Callable[[bytes, bytes, bytes], bytes]
+_Decrypt = Callable[[bytes, bytes | memoryview, bytes], bytes]
 
 
 class _CgAead(Protocol):
     def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes: ...
 
-    def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes: ...
+    def decrypt(self, nonce: bytes, data: bytes | memoryview,
+                associated_data: bytes | None) -> bytes: ...
 
     def encrypt_into(
         self, nonce: bytes, data: bytes, associated_data: bytes | None, buf: bytearray
@@ -367,7 +369,7 @@ class _AeadContext:
         self.encrypt_into = cast(_EncryptInto, impl.encrypt_into)
         self.encrypt = cast(_Encrypt, impl.encrypt)
         self._decrypt_into = cast(_EncryptInto, impl.decrypt_into)
-        self._decrypt = cast(_Encrypt, impl.decrypt)
+        self._decrypt = cast(_Decrypt, impl.decrypt)
 
     def decrypt_into(self, nonce: bytes, data: object, aad: bytes, out: object) -> None:
         try:
@@ -375,7 +377,7 @@ class _AeadContext:
         except InvalidTag:
             raise AuthenticationFailure("record authentication failed") from None
 
-    def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+    def decrypt(self, nonce: bytes, data: bytes | memoryview, aad: bytes) -> bytes:
         try:
             return self._decrypt(nonce, data, aad)
         except InvalidTag:

@@ -246,51 +246,112 @@ class Writer:
 
 
 class FrameBuffer:
-    """Accumulates stream bytes and yields whole packets.
+    """Splits a byte stream into packets, copying as little as possible.
+
+    Whole packets are parsed straight out of the caller's buffer (``feed`` borrows it); only
+    a packet cut off at the end of one input is copied, and only the bytes it still lacks are
+    taken from the next. On the bulk path that leaves one copy per received byte: the
+    decryption out of the caller's buffer.
 
     ``max_body`` is consulted for each header, so the caller can tighten the limit as the
     protocol state changes (small before negotiation, record-sized once established).
+
+    Views returned by :meth:`next_packet` point into the caller's buffer or into a buffer of
+    ours that is never resized while exported; use them before the caller's buffer is
+    reused. :meth:`compact` (or the next :meth:`feed`) copies whatever is still unread.
     """
 
-    __slots__ = ("_buf", "_pos")
+    __slots__ = ("_bpos", "_buf", "_pos", "_view")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray()  # owned bytes: the unread tail of earlier inputs
+        self._bpos = 0
+        self._view = _EMPTY  # the borrowed current input
         self._pos = 0
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        self._buf += data
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._bpos + len(self._view) - self._pos
 
-    def peek_header(self, max_body: int) -> Header | None:
-        if self.buffered < HEADER_SIZE:
-            return None
-        return decode_header(memoryview(self._buf)[self._pos : self._pos + HEADER_SIZE], max_body)
-
-    def next_packet(self, max_body: int) -> tuple[Header, memoryview, memoryview] | None:
-        """Return ``(header, header_bytes, body)`` for the next complete packet, or None.
-
-        The views stay valid until the next call to :meth:`feed`; callers decrypt or copy
-        before feeding more.
-        """
-        header = self.peek_header(max_body)
-        if header is None or self.buffered < HEADER_SIZE + header.length:
-            return None
-        start = self._pos
-        end = start + HEADER_SIZE + header.length
-        view = memoryview(self._buf)
-        self._pos = end
-        result = (header, view[start : start + HEADER_SIZE], view[start + HEADER_SIZE : end])
-        return result
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self.compact()
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        if self._bpos < len(self._buf):
+            view = self._top_up(view)
+        self._view, self._pos = view, 0
 
     def compact(self) -> None:
-        """Drop consumed bytes; call when no views from :meth:`next_packet` are alive."""
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
+        """Take ownership of what is left of the borrowed input (it is about to become
+        invalid), dropping consumed bytes. A fresh buffer each time, so views handed out
+        earlier stay valid."""
+        rest = self._view[self._pos :]
+        if rest or self._bpos:
+            self._buf = self._buf[self._bpos :] + rest
+            self._bpos = 0
+        self._view, self._pos = _EMPTY, 0
+
+    def _top_up(self, view: memoryview) -> memoryview:
+        """Complete the packet our own buffer ends with, from the front of ``view``."""
+        buf, pos = self._buf, 0
+        while True:
+            have = len(buf) - pos
+            if have < HEADER_SIZE:
+                take = min(HEADER_SIZE - have, len(view))
+                buf += view[:take]
+                view = view[take:]
+                if len(buf) - pos < HEADER_SIZE:
+                    return view
+                have = HEADER_SIZE
+            total = HEADER_SIZE + int.from_bytes(buf[pos + 9 : pos + 13], "big")
+            if have >= total:
+                pos += total
+                if pos == len(buf):
+                    return view
+                continue
+            # Bounded by the input's size; an oversized header is refused by next_packet.
+            take = min(total - have, len(view))
+            buf += view[:take]
+            return view[take:]
+
+    def peek_header(self, max_body: int) -> Header | None:
+        """The next packet's header, checked, without consuming anything."""
+        if self._bpos < len(self._buf):
+            view, pos = memoryview(self._buf), self._bpos
+        else:
+            view, pos = self._view, self._pos
+        if len(view) - pos < HEADER_SIZE:
+            return None
+        return decode_header(view[pos : pos + HEADER_SIZE], max_body)
+
+    def next_packet(self, max_body: int) -> tuple[Header, memoryview, memoryview] | None:
+        """Return ``(header, header_bytes, body)`` for the next complete packet, or None."""
+        if self._bpos < len(self._buf):
+            # Our own bytes come first; if they hold only part of a packet, _top_up has
+            # already taken everything the borrowed input could give it.
+            got = _split_packet(memoryview(self._buf), self._bpos, max_body)
+            if got is not None:
+                self._bpos = got[3]
+                return got[0], got[1], got[2]
+            return None
+        got = _split_packet(self._view, self._pos, max_body)
+        if got is None:
+            return None
+        self._pos = got[3]
+        return got[0], got[1], got[2]
+
+
+_EMPTY = memoryview(b"")
+
+
+def _split_packet(view: memoryview, pos: int, max_body: int
+                  ) -> tuple[Header, memoryview, memoryview, int] | None:
+    if len(view) - pos < HEADER_SIZE:
+        return None
+    header = decode_header(view[pos : pos + HEADER_SIZE], max_body)
+    body_start = pos + HEADER_SIZE
+    end = body_start + header.length
+    if end > len(view):
+        return None
+    return header, view[pos:body_start], view[body_start:end], end
