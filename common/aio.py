@@ -646,6 +646,8 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self._core = core
         self._on_channel = on_channel
         self._on_host_key = on_host_key
+        #: connect()'s overall timeout; paused while a person decides on a host key.
+        self._connect_deadline: asyncio.Timeout | None = None
         self._on_global_request = on_global_request
         self._transport: asyncio.Transport | None = None
         self._recv = _receive_buffer(loop)
@@ -1086,10 +1088,20 @@ class QsmpConnection(asyncio.BufferedProtocol):
     async def _decide_host_key(self, key: PublicKey) -> None:
         accept = False
         if self._on_host_key is not None:
+            # Reading a fingerprint is a person's time, not the network's: the connect
+            # timeout stops while the callback runs and resumes with what was left.
+            deadline = self._connect_deadline
+            when = deadline.when() if deadline is not None else None
+            remaining = None if when is None else when - self.loop.time()
+            if deadline is not None and remaining is not None:
+                deadline.reschedule(None)
             try:
                 accept = bool(await self._on_host_key(key))
             except Exception:
                 log.exception("conn=%d: host key callback failed; rejecting", self.number)
+            finally:
+                if deadline is not None and remaining is not None:
+                    deadline.reschedule(self.loop.time() + max(remaining, 0.0))
         if self._core.closed:
             return
         try:
@@ -1287,7 +1299,8 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
     connection = QsmpConnection(core, loop=loop, on_channel=on_channel,
                                 on_host_key=on_host_key, on_global_request=on_global_request)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout) as deadline:
+            connection._connect_deadline = deadline
             await loop.create_connection(lambda: connection, host, port)
             await connection.wait_established()
     except BaseException:

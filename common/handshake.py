@@ -223,7 +223,7 @@ class ConnectResponse:
         return cls(suite, host_key, ephemeral, signature), signed_len
 
 
-def _kem_ciphertext(r: Reader, size: int) -> bytes:
+def read_kem_ciphertext(r: Reader, size: int) -> bytes:
     """A length-prefixed KEM ciphertext of exactly ``size`` bytes; any other size is one
     failure, reported as a decapsulation failure."""
     if r.u32() != size:
@@ -363,6 +363,13 @@ class ClientHandshake(_Handshake):
     def __init__(self, offer: Offer, trusted_key: PublicKey | None = None, *,
                  rng: Rng = SYSTEM_RNG, step_timeout: float = DEFAULT_STEP_TIMEOUT) -> None:
         super().__init__(rng, step_timeout)
+        # Our own offer must pass the checks the server will apply to it.
+        if offer.padding_max > MAX_PADDING:
+            raise UsageError(f"padding above {MAX_PADDING} bytes")
+        try:
+            offer.chaff.validate()
+        except InvalidInput as exc:
+            raise UsageError(str(exc)) from None
         for name in offer.kems:
             suites.kem(name)
         for name in offer.signatures:
@@ -494,7 +501,7 @@ class ClientHandshake(_Handshake):
         kem = suites.kem(suite.kem)
         r = Reader(body)
         mac = r.fixed(HASH_SIZE)
-        ciphertext = _kem_ciphertext(r, kem.ciphertext_size)
+        ciphertext = read_kem_ciphertext(r, kem.ciphertext_size)
         r.end()
         expected = exchange_mac(self._mac_key, self._c.transcript.digest(), ciphertext)
         if not hmac.compare_digest(mac, expected):
@@ -671,7 +678,7 @@ class ServerHandshake(_Handshake):
         assert suite is not None and self._kem_key is not None
         kem = suites.kem(suite.kem)
         r = Reader(body)
-        ciphertext = _kem_ciphertext(r, kem.ciphertext_size)
+        ciphertext = read_kem_ciphertext(r, kem.ciphertext_size)
         r.end()
         secret = self._kem_key.decapsulate(ciphertext)
         self._kem_key = None

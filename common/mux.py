@@ -295,8 +295,9 @@ class _Channel:
     overflow impossible: recv_window + recv_outstanding + recv_unacked == our initial window."""
 
     __slots__ = (
-        "close_pending", "close_sent", "data_head", "eof_pending", "eof_received", "eof_sent",
-        "local_id", "pending", "recv_outstanding", "recv_unacked", "recv_window", "remote_id",
+        "close_pending", "close_sent", "data_head", "early_requests", "eof_pending",
+        "eof_received", "eof_sent", "local_id", "pending", "recv_outstanding", "recv_unacked",
+        "recv_window", "remote_id",
         "replies_expected", "replies_owed", "send_buf", "send_chunk", "send_window", "state",
         "we_opened",
     )
@@ -317,6 +318,9 @@ class _Channel:
         self.close_pending = False
         self.close_sent = False
         self.replies_expected = 0
+        #: Requests made while the channel is still opening: sent on confirmation, before
+        #: any queued data, so "open, exec, stdin" costs no extra round trip.
+        self.early_requests: list[bytes] = []
         # Receiving
         self.recv_window = recv_window
         self.recv_outstanding = 0
@@ -573,14 +577,17 @@ class Mux:
                      want_reply: bool = True) -> None:
         """Replies come back as :class:`ChannelRequestReply` in the order requests were sent."""
         ch = self._app_channel(channel_id)
-        if ch.state != _OPEN or ch.close_pending:
+        if ch.state not in (_OPEN, _OPENING) or ch.close_pending:
             raise UsageError(f"channel {channel_id} is not open for requests")
         _check_name(name)
         body = _check_payload(payload)
         if want_reply:
             ch.replies_expected += 1
-        self._queue(MuxMessage.CHANNEL_REQUEST, Writer().u32(ch.remote_id).name(name)
-                    .boolean(want_reply).vbytes(body))
+        tail = Writer().name(name).boolean(want_reply).vbytes(body).getvalue()
+        if ch.state == _OPENING:
+            ch.early_requests.append(tail)
+            return
+        self._outgoing.append(OutgoingMessage(MuxMessage.CHANNEL_REQUEST, ch.data_head + tail))
 
     def reply(self, channel_id: int, ok: bool, payload: bytes = b"") -> None:
         """Answer the oldest unanswered request on the channel: SSH matches replies to
@@ -757,6 +764,10 @@ class Mux:
         ch.set_peer(sender, window, max_packet)
         ch.state = _OPEN
         events.append(ChannelOpened(ch.local_id, payload))
+        for tail in ch.early_requests:
+            self._outgoing.append(OutgoingMessage(MuxMessage.CHANNEL_REQUEST,
+                                                  ch.data_head + tail))
+        ch.early_requests.clear()
         had_pending = bool(ch.send_buf)
         self._flush(ch)
         if had_pending and not ch.send_buf and not ch.close_sent:

@@ -30,7 +30,7 @@ from .errors import (
     KeepAliveExpired,
     RemoteReportedError,
 )
-from .handshake import Established, Role
+from .handshake import Established, Role, read_kem_ciphertext
 from .record import RecordOpener, RecordSealer
 from .rng import Rng
 from .schedule import LABEL_C2S, LABEL_S2C, derive_rekey
@@ -242,7 +242,7 @@ class Transport:
                 public, self._offer_parts = bytes(self._offer_parts), bytearray()
                 self._finish_tx_rekey(public)
         elif inner_type == InnerType.REKEY:
-            ciphertext = r.vbytes(self._kem.ciphertext_size)
+            ciphertext = read_kem_ciphertext(r, self._kem.ciphertext_size)
             r.end()
             self._finish_rx_rekey(ciphertext)
         elif inner_type == InnerType.SHUTDOWN:
@@ -277,8 +277,6 @@ class Transport:
     def _finish_rx_rekey(self, ciphertext: bytes) -> None:
         if self._rekey_offer is None:
             raise InvalidRequest("rekey without an offer")
-        if len(ciphertext) != self._kem.ciphertext_size:
-            raise InvalidInput("rekey ciphertext has the wrong size")
         secret = self._rekey_offer.decapsulate(ciphertext)
         self._rekey_offer = None
         keys = derive_rekey(secret, self._rx_chain, self._rx_label)

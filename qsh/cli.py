@@ -70,14 +70,25 @@ def _apply_option(opts: ClientOptions, option: str) -> None:
 
 
 def _ask_tty(question: str) -> str:
-    """Ask on the controlling terminal, as ssh does, so piped stdin is left alone."""
+    """Ask on the controlling terminal, as ssh does, so piped stdin is left alone. No
+    terminal (a script, a daemon) means no answer, which callers treat as "no"."""
     try:
-        with open("/dev/tty", "r+", encoding="utf-8") as tty:
-            tty.write(question)
-            tty.flush()
-            return tty.readline().strip()
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
         return ""
+    try:
+        os.write(fd, question.encode())
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = os.read(fd, 1024)
+            if not chunk:
+                break
+            answer += chunk
+        return answer.decode(errors="replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 @click.command(context_settings={"help_option_names": ["--help"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable
 
@@ -56,10 +57,11 @@ async def run_session(opts: ClientOptions, ask: Callable[[str], str]) -> None:
                            "StrictHostKeyChecking is yes")
             return False
         if mode == "ask":
-            answer = ask(
+            answer = await asyncio.to_thread(
+                ask,
                 f"The authenticity of host '{pattern}' can't be established.\n"
                 f"{key.algorithm} key fingerprint is {key.fingerprint()}.\n"
-                "Are you sure you want to continue connecting (yes/no)? "
+                "Are you sure you want to continue connecting (yes/no)? ",
             )
             if answer.lower() != "yes":
                 refusal.append("host key verification failed")

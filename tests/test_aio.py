@@ -212,6 +212,22 @@ def test_tofu_callback_accepts() -> None:
     run(main())
 
 
+def test_connect_timeout_pauses_while_the_host_key_is_decided() -> None:
+    """A person reading a fingerprint takes longer than the whole connect timeout; the
+    timeout stops for the decision and the connection completes."""
+    async def slow_trust(key: PublicKey) -> bool:
+        await asyncio.sleep(0.6)
+        return True
+
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server, trusted=None, on_host_key=slow_trust, timeout=0.4)
+            await echo_roundtrip(client, 1000, seed=4)
+            client.close()
+
+    run(main())
+
+
 def test_tofu_callback_rejects_and_server_carries_on() -> None:
     async def distrust(key: PublicKey) -> bool:
         return False

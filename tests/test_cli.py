@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -9,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from common.keys import PublicKey
 
 PYTHON = sys.executable
 
@@ -65,6 +68,37 @@ def test_first_contact_then_known(daemon: tuple[str, Path]) -> None:
     assert second.returncode == 0, second.stderr
     assert "Connected to" in second.stderr and "mlkem768x25519" in second.stderr
     assert "permanently added" not in second.stderr
+
+
+@pytest.mark.parametrize("answer", ["yes", "no"])
+def test_first_contact_prompt_on_a_terminal(daemon: tuple[str, Path], answer: str) -> None:
+    """The TOFU question is asked on the controlling terminal with the fingerprint; "yes"
+    records the key, anything else refuses with 255 and records nothing."""
+    ptyprocess = pytest.importorskip("ptyprocess")
+    port, tmp = daemon
+    known = tmp / "known_hosts"
+    child = ptyprocess.PtyProcessUnicode.spawn(
+        [PYTHON, "-m", "qsh", "-p", port, "-o", f"UserKnownHostsFile={known}", "127.0.0.1"])
+    seen = ""
+    deadline = time.monotonic() + 30
+    while "(yes/no)?" not in seen and time.monotonic() < deadline:
+        seen += child.read(1024)
+    key_blob = (tmp / "host_key.pub").read_text().split()[1]
+    assert "can't be established" in seen and "(yes/no)?" in seen
+    expected_fingerprint = PublicKey.load(tmp / "host_key.pub")[0].fingerprint()
+    assert expected_fingerprint in seen.replace("\r\n", " ").replace("\n", " ")
+    child.write(answer + "\n")
+    rest = ""
+    with contextlib.suppress(EOFError):
+        while True:
+            rest += child.read(1024)
+    child.wait()
+    if answer == "yes":
+        assert child.exitstatus == 0, rest
+        assert "Connected to" in rest and known.exists() and key_blob in known.read_text()
+    else:
+        assert child.exitstatus == 255, rest
+        assert "host key verification failed" in rest and not known.exists()
 
 
 def test_unknown_key_refused_when_strict(daemon: tuple[str, Path]) -> None:

@@ -603,9 +603,41 @@ def test_usage_errors() -> None:
     client.acknowledge(cid, 3)
     with pytest.raises(UsageError):
         client.acknowledge(cid, 1)
-    pending = client.open_channel("session")
+    closing = client.open_channel("session")
+    client.close_channel(closing)
     with pytest.raises(UsageError):
-        client.send_request(pending, "shell")
+        client.send_request(closing, "shell")
+
+
+def test_requests_on_an_opening_channel_go_out_on_confirmation_before_data() -> None:
+    """open + exec + stdin in one flight: the request waits for the confirmation (it needs
+    the peer's channel id), then precedes the queued data, and its reply comes back."""
+    client = Mux(is_client=True)
+    server = Mux(is_client=False)
+    cid = client.open_channel("session")
+    client.send_request(cid, "exec", b"cat", want_reply=True)
+    client.send_data(cid, b"stdin bytes")
+    [opening] = client.take_outgoing()  # only the open goes out before confirmation
+    assert opening.msg_type == MuxMessage.CHANNEL_OPEN
+    req = open_request(deliver(server, opening))
+    server.accept_channel(req.channel_id)
+    step(server, client)
+    kinds = [m.msg_type for m in client.take_outgoing()]
+    assert kinds == [MuxMessage.CHANNEL_REQUEST, MuxMessage.CHANNEL_DATA]
+    # Again, end to end, with the reply.
+    client2, server2 = Mux(is_client=True), Mux(is_client=False)
+    cid2 = client2.open_channel("session")
+    client2.send_request(cid2, "exec", b"cat")
+    client2.send_data(cid2, b"in")
+    sid2 = open_request(step(client2, server2)).channel_id
+    server2.accept_channel(sid2)
+    at_client, at_server = pump(client2, server2)
+    [request] = of(ChannelRequest, at_server)
+    assert (request.name, request.payload, request.want_reply) == ("exec", b"cat", True)
+    assert received(at_server, sid2) == b"in"
+    server2.reply(sid2, True)
+    at_client, _ = pump(client2, server2)
+    assert of(ChannelRequestReply, at_client) == [ChannelRequestReply(cid2, True, b"")]
 
 
 # --- properties ------------------------------------------------------------------------------
