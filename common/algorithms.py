@@ -108,6 +108,15 @@ def _pc_encaps(param_set: str, public_key: bytes, coins: bytes) -> tuple[bytes, 
     return bytes(ciphertext), bytes(shared_secret)
 
 
+def require_ciphertext_size(ciphertext: bytes, size: int, algorithm: str) -> None:
+    """Decapsulation is only defined for exact-size ciphertexts; report any other size as
+    the peer's decapsulation failure rather than let a library pad or reject it its way."""
+    if len(ciphertext) != size:
+        raise DecapsulationFailure(
+            f"{algorithm} ciphertext is {len(ciphertext)} bytes, not {size}"
+        )
+
+
 class _MlKemPrivateKey:
     __slots__ = ("_ciphertext_size", "_key", "_public")
 
@@ -122,10 +131,7 @@ class _MlKemPrivateKey:
     def decapsulate(self, ciphertext: bytes) -> bytes:
         # A well-formed but wrong ciphertext yields FIPS 203's implicit-rejection secret,
         # which key confirmation catches; only a wrong length is reported here.
-        if len(ciphertext) != self._ciphertext_size:
-            raise DecapsulationFailure(
-                f"ML-KEM ciphertext is {len(ciphertext)} bytes, not {self._ciphertext_size}"
-            )
+        require_ciphertext_size(ciphertext, self._ciphertext_size, "ML-KEM")
         try:
             return self._key.decapsulate(ciphertext)
         except ValueError as exc:
@@ -200,11 +206,7 @@ class _XWingPrivateKey:
         return self._public
 
     def decapsulate(self, ciphertext: bytes) -> bytes:
-        if len(ciphertext) != _XWING_MLKEM_CT + _X25519_SIZE:
-            raise DecapsulationFailure(
-                f"X-Wing ciphertext is {len(ciphertext)} bytes, not "
-                f"{_XWING_MLKEM_CT + _X25519_SIZE}"
-            )
+        require_ciphertext_size(ciphertext, _XWING_MLKEM_CT + _X25519_SIZE, "X-Wing")
         ct_m = ciphertext[:_XWING_MLKEM_CT]
         ct_x = bytes(ciphertext[_XWING_MLKEM_CT:])
         try:

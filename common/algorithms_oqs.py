@@ -36,6 +36,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .algorithms import require_ciphertext_size
 from .errors import DecapsulationFailure, InvalidInput, LocalError
 from .rng import Rng
 from .suites import Kem, Registry, Signature
@@ -167,10 +168,7 @@ class _OqsKemPrivateKey:
     def decapsulate(self, ciphertext: bytes) -> bytes:
         # Checked here: liboqs-python zero-pads a short buffer and rejects a long one with
         # a ValueError, and liboqs itself trusts the length.
-        if len(ciphertext) != self._ciphertext_size:
-            raise DecapsulationFailure(
-                f"ciphertext is {len(ciphertext)} bytes, not {self._ciphertext_size}"
-            )
+        require_ciphertext_size(ciphertext, self._ciphertext_size, self._alg)
         try:
             with _oqs.KeyEncapsulation(self._alg, secret_key=self._secret) as kem:
                 secret = kem.decap_secret(bytes(ciphertext))

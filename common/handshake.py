@@ -26,7 +26,9 @@ out through :attr:`outgoing`, and ``now`` is passed in to check deadlines.
 
 from __future__ import annotations
 
+import functools
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
@@ -86,6 +88,9 @@ from .wire import (
     encode_header,
     encode_packet,
 )
+
+#: A packet handler: header, header bytes (hashed and authenticated), body, now.
+_Handler = Callable[[Header, bytes, memoryview, float], None]
 
 MAGIC = b"QSMP"
 KEY_ID_SIZE = 16
@@ -348,9 +353,22 @@ class _Handshake:
     def max_body(self) -> int:
         raise NotImplementedError
 
+    def _table(self) -> dict[State, tuple[Flag, _Handler]]:
+        """Each waiting state: the one packet flag it accepts and what handles it."""
+        raise NotImplementedError
+
+    @functools.cached_property
+    def _handlers(self) -> dict[State, tuple[Flag, _Handler]]:
+        return self._table()
+
     def receive(self, header: Header, header_bytes: memoryview, body: memoryview,
                 now: float) -> None:
-        raise NotImplementedError
+        entry = self._handlers.get(self._c.state)
+        if entry is None:
+            raise InvalidRequest(f"unexpected packet in state {self._c.state.name.lower()}")
+        flag, handler = entry
+        self._expect(header, flag)
+        handler(header, bytes(header_bytes), body, now)
 
 
 class ClientHandshake(_Handshake):
@@ -404,25 +422,18 @@ class ClientHandshake(_Handshake):
     def max_body(self) -> int:
         return MAX_HANDSHAKE_BODY
 
-    def receive(self, header: Header, header_bytes: memoryview, body: memoryview,
-                now: float) -> None:
-        state = self._c.state
-        if state is State.AWAIT_CONNECT_RESPONSE:
-            self._expect(header, Flag.CONNECT_RESPONSE)
-            self._on_connect_response(bytes(header_bytes), body, now)
-        elif state is State.AWAIT_EXSTART_RESPONSE:
-            self._expect(header, Flag.EXSTART_RESPONSE)
-            self._on_exstart_response(bytes(header_bytes), body, now)
-        elif state is State.AWAIT_EXCHANGE_RESPONSE:
-            self._expect(header, Flag.EXCHANGE_RESPONSE)
-            self._on_exchange_response(bytes(header_bytes), body, now)
-        elif state is State.AWAIT_ESTABLISH_RESPONSE:
-            self._expect(header, Flag.ESTABLISH_RESPONSE)
-            self._on_establish_response(header, bytes(header_bytes), body)
-        else:
-            raise InvalidRequest(f"unexpected packet in state {state.name.lower()}")
+    def _table(self) -> dict[State, tuple[Flag, _Handler]]:
+        return {
+            State.AWAIT_CONNECT_RESPONSE: (Flag.CONNECT_RESPONSE, self._on_connect_response),
+            State.AWAIT_EXSTART_RESPONSE: (Flag.EXSTART_RESPONSE, self._on_exstart_response),
+            State.AWAIT_EXCHANGE_RESPONSE: (Flag.EXCHANGE_RESPONSE,
+                                            self._on_exchange_response),
+            State.AWAIT_ESTABLISH_RESPONSE: (Flag.ESTABLISH_RESPONSE,
+                                             self._on_establish_response),
+        }
 
-    def _on_connect_response(self, header_bytes: bytes, body: memoryview, now: float) -> None:
+    def _on_connect_response(self, _header: Header, header_bytes: bytes, body: memoryview,
+                             now: float) -> None:
         response, signed_len = ConnectResponse.decode(body, self.offer)
         try:
             server_key = PublicKey.decode(response.host_key)
@@ -489,13 +500,15 @@ class ClientHandshake(_Handshake):
         )
         self._arm(State.AWAIT_EXSTART_RESPONSE, now)
 
-    def _on_exstart_response(self, header_bytes: bytes, body: memoryview, now: float) -> None:
+    def _on_exstart_response(self, _header: Header, header_bytes: bytes, body: memoryview,
+                             now: float) -> None:
         if bytes(body) != bytes([REMOTE_CONNECTED]):
             raise ExstartFailure("server did not confirm the first channel")
         self._c.transcript.add(header_bytes, body, self._exchange_request)
         self._arm(State.AWAIT_EXCHANGE_RESPONSE, now)
 
-    def _on_exchange_response(self, header_bytes: bytes, body: memoryview, now: float) -> None:
+    def _on_exchange_response(self, _header: Header, header_bytes: bytes, body: memoryview,
+                              now: float) -> None:
         suite = self._suite
         assert suite is not None and self._kem_key is not None
         kem = suites.kem(suite.kem)
@@ -543,8 +556,8 @@ class ClientHandshake(_Handshake):
         """The connection sent an application record before establishment finished."""
         self._c.tx_seq += 1
 
-    def _on_establish_response(self, header: Header, header_bytes: bytes,
-                               body: memoryview) -> None:
+    def _on_establish_response(self, header: Header, header_bytes: bytes, body: memoryview,
+                               _now: float) -> None:
         assert self._opener is not None and self._sealer is not None
         assert self.server_key is not None and self._suite is not None
         plaintext = self._opener.open(header, header_bytes, body)
@@ -596,23 +609,14 @@ class ServerHandshake(_Handshake):
             return MAX_CONNECT_REQUEST_BODY
         return MAX_HANDSHAKE_BODY
 
-    def receive(self, header: Header, header_bytes: memoryview, body: memoryview,
-                now: float) -> None:
-        state = self._c.state
-        if state is State.AWAIT_CONNECT_REQUEST:
-            self._expect(header, Flag.CONNECT_REQUEST)
-            self._on_connect_request(bytes(header_bytes), body, now)
-        elif state is State.AWAIT_EXSTART_REQUEST:
-            self._expect(header, Flag.EXSTART_REQUEST)
-            self._on_exstart_request(bytes(header_bytes), body, now)
-        elif state is State.AWAIT_EXCHANGE_REQUEST:
-            self._expect(header, Flag.EXCHANGE_REQUEST)
-            self._on_exchange_request(header, bytes(header_bytes), body, now)
-        elif state is State.AWAIT_ESTABLISH_REQUEST:
-            self._expect(header, Flag.ESTABLISH_REQUEST)
-            self._on_establish_request(header, bytes(header_bytes), body)
-        else:
-            raise InvalidRequest(f"unexpected packet in state {state.name.lower()}")
+    def _table(self) -> dict[State, tuple[Flag, _Handler]]:
+        return {
+            State.AWAIT_CONNECT_REQUEST: (Flag.CONNECT_REQUEST, self._on_connect_request),
+            State.AWAIT_EXSTART_REQUEST: (Flag.EXSTART_REQUEST, self._on_exstart_request),
+            State.AWAIT_EXCHANGE_REQUEST: (Flag.EXCHANGE_REQUEST, self._on_exchange_request),
+            State.AWAIT_ESTABLISH_REQUEST: (Flag.ESTABLISH_REQUEST,
+                                            self._on_establish_request),
+        }
 
     def _choose_host_key(self, request: ConnectRequest, now: float) -> HostKey:
         if request.key_id != NO_KEY_ID:
@@ -635,7 +639,8 @@ class ServerHandshake(_Handshake):
             raise KeyExpired("the host key has expired")
         return chosen
 
-    def _on_connect_request(self, header_bytes: bytes, body: memoryview, now: float) -> None:
+    def _on_connect_request(self, _header: Header, header_bytes: bytes, body: memoryview,
+                            now: float) -> None:
         request = ConnectRequest.decode(body)
         version = pick_version(request.versions)
         host_key = self._choose_host_key(request, now)
@@ -673,7 +678,8 @@ class ServerHandshake(_Handshake):
         self._arm(State.AWAIT_EXSTART_REQUEST, now)
         self._c.deadline = now + max(self._c.step_timeout, self.host_key_grace)
 
-    def _on_exstart_request(self, header_bytes: bytes, body: memoryview, now: float) -> None:
+    def _on_exstart_request(self, _header: Header, header_bytes: bytes, body: memoryview,
+                            now: float) -> None:
         suite = self._suite
         assert suite is not None and self._kem_key is not None
         kem = suites.kem(suite.kem)
@@ -714,8 +720,8 @@ class ServerHandshake(_Handshake):
         self._tx_chain = s2c.chain
         self._arm(State.AWAIT_ESTABLISH_REQUEST, now)
 
-    def _on_establish_request(self, header: Header, header_bytes: bytes,
-                              body: memoryview) -> None:
+    def _on_establish_request(self, header: Header, header_bytes: bytes, body: memoryview,
+                              _now: float) -> None:
         assert self._opener is not None and self._sealer is not None
         assert self.host_key is not None and self._suite is not None
         plaintext = self._opener.open(header, header_bytes, body)
