@@ -16,18 +16,31 @@ peer's misbehaviour.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .auth import (
+    DEFAULT_MAX_ATTEMPTS,
+    FIRST_AUTH_TYPE,
+    LAST_AUTH_TYPE,
+    AuthMessage,
+    ClientAuth,
+    ServerAuth,
+    password_request,
+    publickey_request,
+)
 from .errors import (
+    AuthenticationFailure,
     ErrorCode,
+    InvalidRequest,
     QsmpError,
     RemoteReportedError,
     UsageError,
 )
 from .handshake import ClientHandshake, Role, ServerHandshake, State
-from .keys import PublicKey
-from .mux import Mux
+from .keys import HostKey, PublicKey
+from .mux import Mux, OutgoingMessage
 from .negotiation import Suite
 from .rng import SYSTEM_RNG, Rng
 from .transport import (
@@ -42,6 +55,9 @@ from .transport import (
 from .wire import MAX_RECORD_BODY, Flag, FrameBuffer, Writer, encode_packet
 
 log = logging.getLogger("qsh.connection")
+
+#: Seconds from a server connection's start to a successful login (OpenSSH's default).
+DEFAULT_LOGIN_GRACE = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +90,12 @@ class Connection:
 
     def __init__(self, handshake: ClientHandshake | ServerHandshake, *,
                  settings: TransportSettings | None = None, rng: Rng = SYSTEM_RNG,
-                 window: int | None = None, max_packet: int | None = None) -> None:
+                 window: int | None = None, max_packet: int | None = None,
+                 require_auth: bool = False, max_auth_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 login_grace: float = DEFAULT_LOGIN_GRACE) -> None:
+        """``require_auth`` (server): no channel until a user is authenticated, at most
+        ``max_auth_attempts`` failures, and all of it within ``login_grace`` seconds of
+        the connection's start (OpenSSH's LoginGraceTime)."""
         self.handshake = handshake
         self.role = handshake.role
         self.settings = settings or TransportSettings()
@@ -92,6 +113,14 @@ class Connection:
         self.terminated: ConnectionTerminated | None = None
         self._early: _EarlySender | None = None
         self._now = 0.0
+        self._require_auth = require_auth and handshake.role is Role.SERVER
+        self._max_auth_attempts = max_auth_attempts
+        self._login_deadline: float | None = None
+        self._login_grace = login_grace
+        self._server_auth: ServerAuth | None = None
+        self._client_auth = ClientAuth()
+        #: Client: builds the request body once the session ID exists.
+        self._auth_request: Callable[[bytes], bytes] | None = None
 
     @classmethod
     def client(cls, handshake: ClientHandshake, **kwargs: Any) -> Connection:
@@ -105,6 +134,8 @@ class Connection:
 
     def start(self, now: float) -> None:
         self._now = now
+        if self._require_auth:
+            self._login_deadline = now + self._login_grace
         self._guard(lambda: self.handshake.start(now))
         self._out.extend(self.handshake.take_outgoing())
 
@@ -127,8 +158,11 @@ class Connection:
         if self.transport is not None:
             self.transport.note_time(now)
         self._frames.feed(data)
-        self._guard(self._process)
-        self._frames.compact()
+        try:
+            self._guard(self._process)
+        finally:
+            # The input is borrowed (aio reuses its receive buffer): keep what is unread.
+            self._frames.compact()
 
     def _process(self) -> None:
         while self.terminated is None:
@@ -145,7 +179,21 @@ class Connection:
             else:
                 message = self.transport.open(header, header_bytes, body)
                 if message is not None:
-                    self._events.extend(self.mux.handle_message(*message))
+                    self._dispatch(*message)
+
+    def _dispatch(self, msg_type: int, body: memoryview) -> None:
+        """An upper-layer message: authentication (0x40-0x4F) or the channel mux."""
+        if FIRST_AUTH_TYPE <= msg_type <= LAST_AUTH_TYPE:
+            if self.role is Role.CLIENT:
+                self._events.append(self._client_auth.receive(msg_type, body))
+            elif self._server_auth is None:
+                raise InvalidRequest("this server does not use authentication")
+            elif (event := self._server_auth.receive(msg_type, body, self._now)) is not None:
+                self._events.append(event)
+            return
+        if self._server_auth is not None and not self._server_auth.authenticated:
+            raise InvalidRequest("channel message before authentication")
+        self._events.extend(self.mux.handle_message(msg_type, body))
 
     def _after_handshake_step(self) -> None:
         hs = self.handshake
@@ -156,6 +204,9 @@ class Connection:
         if hs.result is not None and self.transport is None:
             result = hs.result
             self.transport = Transport(result, self.role, self.settings, self._rng, self._now)
+            if self._require_auth:
+                self._server_auth = ServerAuth(result.session_id,
+                                               max_attempts=self._max_auth_attempts)
             self._events.append(HandshakeComplete(result.suite, result.session_id,
                                                   result.host_key))
 
@@ -178,13 +229,22 @@ class Connection:
 
     def data_to_send(self) -> list[bytes | bytearray | memoryview]:
         self._flush_mux()
+        self._collect_transport()
         out, self._out = self._out, []
         return out
 
     def _flush_mux(self) -> None:
-        if self.terminated is not None:
+        """Send what the layers above have queued: an authentication request first, then
+        channel traffic (held back while the client's authentication is unanswered)."""
+        if self.terminated is not None or not self._can_send_application():
             return
-        messages = self.mux.take_outgoing() if self._can_send_application() else []
+        messages: list[OutgoingMessage] = []
+        if self._auth_request is not None:
+            body = self._auth_request(self.handshake.session_id)
+            self._auth_request = None
+            messages.append(OutgoingMessage(AuthMessage.AUTH_REQUEST, body))
+        if self._client_auth.in_flight is None:
+            messages.extend(self.mux.take_outgoing())
         if not messages:
             return
         transport = self.transport
@@ -226,9 +286,15 @@ class Connection:
     def next_timer(self) -> float | None:
         if self.terminated is not None:
             return None
+        candidates = [self._login_deadline]
         if self.transport is None:
-            return self.handshake.deadline
-        return self.transport.next_timer()
+            candidates.append(self.handshake.deadline)
+        else:
+            candidates.append(self.transport.next_timer())
+            if self._server_auth is not None and self._server_auth.deferred is not None:
+                candidates.append(self._server_auth.deferred[0])
+        times = [t for t in candidates if t is not None]
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         if self.terminated is not None:
@@ -239,7 +305,62 @@ class Connection:
         else:
             transport = self.transport
             self._guard(lambda: transport.handle_timer(now))
+            self._guard(self._answer_deferred_auth)
             self._collect_transport()
+        if (self._login_deadline is not None and now >= self._login_deadline
+                and self.terminated is None):
+            self._fail(AuthenticationFailure("login grace time exceeded"))
+
+    def _answer_deferred_auth(self) -> None:
+        auth, transport = self._server_auth, self.transport
+        if auth is None or transport is None:
+            return
+        body = auth.due(self._now)
+        if body is None:
+            return
+        transport.send(AuthMessage.AUTH_FAILURE, body)
+        if auth.exhausted:
+            raise auth.too_many()
+
+    # ------------------------------------------------------------------ authentication
+
+    def authenticate_password(self, user: str, password: bytes) -> None:
+        """Client: log in with a password; the answer is an AuthSucceeded/AuthFailed event.
+        May be called before the handshake ends: it leaves right behind the establish
+        request, and channel traffic waits for the answer."""
+        password_request(user, password)  # validate now, at the caller
+        self._client_auth.sent(user)
+        self._auth_request = lambda _session_id: password_request(user, password)
+
+    def authenticate_publickey(self, user: str, key: HostKey) -> None:
+        """Client: log in with a user key; it signs the session ID, so it waits for it."""
+        self._client_auth.sent(user)
+        self._auth_request = lambda session_id: publickey_request(user, key, session_id,
+                                                                  self._rng)
+
+    @property
+    def authenticated_user(self) -> str | None:
+        if self.role is Role.CLIENT:
+            return self._client_auth.user
+        return self._server_auth.user if self._server_auth is not None else None
+
+    def accept_auth(self) -> None:
+        """Server: the pending AuthRequested is good."""
+        auth, transport = self._server_auth, self.transport
+        if auth is None or transport is None:
+            raise UsageError("no authentication is in progress")
+        transport.send(AuthMessage.AUTH_SUCCESS, auth.accept())
+        self._login_deadline = None
+        self._collect_transport()
+
+    def reject_auth(self, now: float, message: str = "permission denied") -> None:
+        """Server: refuse the pending AuthRequested; the answer leaves after the growing
+        delay (see next_timer), and the last allowed failure ends the connection."""
+        auth = self._server_auth
+        if auth is None:
+            raise UsageError("no authentication is in progress")
+        self._now = max(self._now, now)
+        auth.reject(now, message)
 
     def _collect_transport(self) -> None:
         if self.transport is not None and self.transport.outgoing:
