@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .auth import AuthFailed, AuthRequested, AuthSucceeded
 from .connection import Connection, ConnectionTerminated, HandshakeComplete, HostKeyUnverified
 from .errors import (
     BY_CODE,
@@ -48,7 +49,7 @@ from .errors import (
     UsageError,
 )
 from .handshake import ClientHandshake, ServerHandshake
-from .keys import PublicKey
+from .keys import HostKey, PublicKey
 from .mux import (
     EXTENDED_DATA_STDERR,
     ChannelClosed,
@@ -72,6 +73,7 @@ __all__ = [
     "CHANNEL_HIGH_WATER",
     "DEFAULT_CONNECT_TIMEOUT",
     "RECEIVE_BUFFER_SIZE",
+    "AuthHandler",
     "Channel",
     "ChannelClosedError",
     "ChannelHandler",
@@ -113,6 +115,8 @@ MALLOC_TRIM_THRESHOLD = 64 * 1024 * 1024
 DEFAULT_CONNECT_TIMEOUT = 60.0
 
 HostKeyCallback = Callable[[PublicKey], Awaitable[bool]]
+#: Server: decide one login attempt (the core has checked syntax and key signatures).
+AuthHandler = Callable[["QsmpConnection", AuthRequested], Awaitable[bool]]
 ChannelHandler = Callable[["QsmpConnection", "Channel"], Awaitable[None]]
 GlobalRequestHandler = Callable[["QsmpConnection", GlobalRequest],
                                 Awaitable[tuple[bool, bytes]]]
@@ -640,8 +644,11 @@ class QsmpConnection(asyncio.BufferedProtocol):
     def __init__(self, core: Connection, *, loop: asyncio.AbstractEventLoop,
                  on_channel: ChannelHandler | None = None,
                  on_host_key: HostKeyCallback | None = None,
-                 on_global_request: GlobalRequestHandler | None = None) -> None:
+                 on_global_request: GlobalRequestHandler | None = None,
+                 on_auth: AuthHandler | None = None) -> None:
         self.number = next(_ids)
+        self._on_auth = on_auth
+        self._auth_answer: asyncio.Future[AuthFailed | None] | None = None
         self.loop = loop
         self._core = core
         self._on_channel = on_channel
@@ -691,6 +698,9 @@ class QsmpConnection(asyncio.BufferedProtocol):
             HandshakeComplete: self._on_handshake_complete,
             HostKeyUnverified: self._on_host_key_unverified,
             ConnectionTerminated: self._on_terminated,
+            AuthRequested: self._on_auth_requested,
+            AuthSucceeded: self._on_auth_answer,
+            AuthFailed: self._on_auth_answer,
         }
         # Nobody may ever await these (a server connection's handshake, say): mark their
         # exceptions retrieved so asyncio does not log them as lost.
@@ -1082,6 +1092,64 @@ class QsmpConnection(asyncio.BufferedProtocol):
         if not self._established.done():
             self._established.set_result(None)
 
+    # -- authentication
+
+    @property
+    def user(self) -> str | None:
+        """The authenticated user (either side), once login succeeded."""
+        return self._core.authenticated_user
+
+    def _start_login(self, start: Callable[[], None]) -> asyncio.Future[AuthFailed | None]:
+        if self._auth_answer is not None and not self._auth_answer.done():
+            raise UsageError("a login attempt is already waiting for its answer")
+        self._auth_answer = self.loop.create_future()
+        self._auth_answer.add_done_callback(_retrieve)
+        start()
+        if self._transport is not None:
+            self._pump()
+        return self._auth_answer
+
+    async def login_password(self, user: str, password: bytes) -> AuthFailed | None:
+        """Client: one password attempt. None on success; the server's refusal otherwise
+        (it arrives after the server's growing delay)."""
+        return await self._start_login(lambda: self._core.authenticate_password(user, password))
+
+    async def login_publickey(self, user: str, key: HostKey) -> AuthFailed | None:
+        """Client: one user-key attempt (the key signs this session's ID)."""
+        return await self._start_login(lambda: self._core.authenticate_publickey(user, key))
+
+    async def wait_authenticated(self) -> AuthFailed | None:
+        """Client: the answer to the attempt :func:`connect` pipelined."""
+        if self._auth_answer is None:
+            raise UsageError("no login attempt was made")
+        return await asyncio.shield(self._auth_answer)
+
+    def _on_auth_answer(self, event: AuthSucceeded | AuthFailed) -> None:
+        waiter = self._auth_answer
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None if isinstance(event, AuthSucceeded) else event)
+
+    def _on_auth_requested(self, event: AuthRequested) -> None:
+        self._spawn(self._decide_auth(event), "login decision")
+
+    async def _decide_auth(self, event: AuthRequested) -> None:
+        accept = False
+        if self._on_auth is not None:
+            try:
+                accept = bool(await self._on_auth(self, event))
+            except Exception:
+                log.exception("conn=%d: login handler failed; refusing", self.number)
+        if self._core.closed:
+            return
+        try:
+            if accept:
+                self._core.accept_auth()
+            else:
+                self._core.reject_auth(self._now())
+            self._pump()
+        except Exception as exc:
+            self._crash(exc)
+
     def _on_host_key_unverified(self, event: HostKeyUnverified) -> None:
         self._spawn(self._decide_host_key(event.host_key), "host key decision")
 
@@ -1124,6 +1192,8 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self._lost = lost
         if not self._established.done():
             self._established.set_exception(_termination_error(event))
+        if self._auth_answer is not None and not self._auth_answer.done():
+            self._auth_answer.set_exception(_termination_error(event))
         for waiter in self._opening.values():
             if not waiter.done():
                 waiter.set_exception(lost)
@@ -1258,7 +1328,7 @@ class QsmpConnection(asyncio.BufferedProtocol):
                 waiter.set_result((event.ok, event.payload))
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 
@@ -1268,10 +1338,11 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 
 def _core_args(settings: TransportSettings | None, window: int | None,
-               max_packet: int | None, rng: Rng | None) -> dict[str, Any]:
+               max_packet: int | None, rng: Rng | None, **extra: Any) -> dict[str, Any]:
     args: dict[str, Any] = {"settings": settings, "window": window, "max_packet": max_packet}
     if rng is not None:
         args["rng"] = rng
+    args.update(extra)
     return args
 
 
@@ -1282,7 +1353,9 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
                   on_global_request: GlobalRequestHandler | None = None,
                   window: int | None = None, max_packet: int | None = None,
                   rng: Rng | None = None,
-                  timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> QsmpConnection:
+                  timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+                  user: str | None = None, identity: HostKey | None = None,
+                  password: bytes | None = None) -> QsmpConnection:
     """Connect over TCP and run the handshake; return the established connection.
 
     ``on_host_key`` decides on a server key that ``handshake`` does not already trust
@@ -1292,12 +1365,20 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
     :class:`~common.errors.RemoteReportedError` if the server reported it, the local
     error's class (e.g. ``VerifyFailure``) otherwise, :class:`ConnectionLost` if the
     socket simply closed.
+
+    With ``user`` and an ``identity`` (a user key) or a ``password``, the first login
+    attempt rides behind the handshake's last message; :meth:`QsmpConnection.wait_authenticated`
+    gives its answer.
     """
     tune_allocator()
     loop = asyncio.get_running_loop()
     core = Connection(handshake, **_core_args(settings, window, max_packet, rng))
     connection = QsmpConnection(core, loop=loop, on_channel=on_channel,
                                 on_host_key=on_host_key, on_global_request=on_global_request)
+    if user is not None and identity is not None:
+        connection._start_login(lambda: core.authenticate_publickey(user, identity))
+    elif user is not None and password is not None:
+        connection._start_login(lambda: core.authenticate_password(user, password))
     try:
         async with asyncio.timeout(timeout) as deadline:
             connection._connect_deadline = deadline
@@ -1351,7 +1432,9 @@ async def serve(host: str | None, port: int, *,
                 settings: TransportSettings | None = None,
                 on_global_request: GlobalRequestHandler | None = None,
                 window: int | None = None, max_packet: int | None = None,
-                rng: Rng | None = None, backlog: int = 100) -> Server:
+                rng: Rng | None = None, backlog: int = 100,
+                on_auth: AuthHandler | None = None, max_auth_attempts: int | None = None,
+                login_grace: float | None = None) -> Server:
     """Listen on ``host:port`` (port 0: any free port, see :attr:`Server.port`).
 
     Each accepted socket gets a fresh ``make_handshake()`` and runs isolated: anything that
@@ -1359,19 +1442,30 @@ async def serve(host: str | None, port: int, *,
     connection. ``on_channel(connection, channel)`` runs as its own task for each channel
     a client opens; it must :meth:`Channel.accept` or :meth:`Channel.reject` it, and the
     channel is closed when the handler returns.
+
+    With ``on_auth``, clients must log in first: ``on_auth(connection, request)`` decides
+    each attempt, and channels are refused until one succeeds.
     """
+    auth_args: dict[str, Any] = {}
+    if on_auth is not None:
+        auth_args["require_auth"] = True
+        if max_auth_attempts is not None:
+            auth_args["max_auth_attempts"] = max_auth_attempts
+        if login_grace is not None:
+            auth_args["login_grace"] = login_grace
     tune_allocator()
     loop = asyncio.get_running_loop()
     server_ref: list[Server] = []
 
     def factory() -> asyncio.BaseProtocol:
         try:
-            core = Connection(make_handshake(), **_core_args(settings, window, max_packet, rng))
+            core = Connection(make_handshake(),
+                              **_core_args(settings, window, max_packet, rng, **auth_args))
         except Exception:
             log.exception("could not set up a connection; dropping it")
             return _Refuse()
         connection = QsmpConnection(core, loop=loop, on_channel=on_channel,
-                                    on_global_request=on_global_request)
+                                    on_global_request=on_global_request, on_auth=on_auth)
         server = server_ref[0]
         server.connections.add(connection)
         connection._closed.add_done_callback(lambda _: server.connections.discard(connection))

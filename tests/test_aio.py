@@ -15,13 +15,14 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from common import aio
+from common.auth import AuthRequested
 from common.connection import Connection
 from common.errors import (
     ConnectFailure,
@@ -650,3 +651,76 @@ def test_close_flushes_pending_data_first() -> None:
 
     run(main())
 
+
+
+# --------------------------------------------------------------------------- login
+
+USER_KEY = HostKey.generate("mldsa65", now=time.time())
+
+
+async def start_login_server(decide: Callable[[aio.QsmpConnection, AuthRequested],
+                                              Awaitable[bool]],
+                             **kwargs: Any) -> aio.Server:
+    return await aio.serve("127.0.0.1", 0, make_handshake=lambda: ServerHandshake([HOST_KEY]),
+                           on_channel=make_handler(Recorder()), on_auth=decide, **kwargs)
+
+
+def test_login_with_a_key_pipelined_then_channels_work() -> None:
+    seen: list[AuthRequested] = []
+
+    async def decide(connection: aio.QsmpConnection, request: AuthRequested) -> bool:
+        seen.append(request)
+        return request.public_key == USER_KEY.public
+
+    async def main() -> None:
+        async with await start_login_server(decide) as server:
+            client = await dial(server, user="alice", identity=USER_KEY)
+            assert await client.wait_authenticated() is None
+            assert client.user == "alice"
+            await echo_roundtrip(client, 100_000, seed=20)
+            [request] = seen
+            assert request.user == "alice" and request.method == "publickey"
+            server_conn = await server_side(server, client)
+            assert server_conn.user == "alice"
+            client.close()
+
+    run(main())
+
+
+def test_failed_password_then_success_over_tcp() -> None:
+    async def decide(connection: aio.QsmpConnection, request: AuthRequested) -> bool:
+        await asyncio.sleep(0.01)  # a bcrypt check runs off the loop; decisions may wait
+        return request.password == b"right"
+
+    async def main() -> None:
+        async with await start_login_server(decide) as server:
+            client = await dial(server, user="alice", password=b"wrong")
+            failed = await client.wait_authenticated()
+            assert failed is not None and "password" in failed.methods
+            assert client.user is None
+            assert await client.login_password("alice", b"right") is None
+            await echo_roundtrip(client, 1000, seed=21)
+            client.close()
+
+    run(main())
+
+
+def test_too_many_failures_end_the_connection_server_carries_on() -> None:
+    async def decide(connection: aio.QsmpConnection, request: AuthRequested) -> bool:
+        return request.password == b"right"
+
+    async def main() -> None:
+        async with await start_login_server(decide, max_auth_attempts=2) as server:
+            client = await dial(server, user="alice", password=b"x")
+            assert await client.wait_authenticated() is not None
+            # The last allowed failure is answered, then the server ends the connection.
+            assert await client.login_password("alice", b"y") is not None
+            await asyncio.wait_for(client.wait_closed(), 10)
+            assert client.terminated is not None
+            assert client.terminated.code == ErrorCode.AUTHENTICATION_FAILURE
+            assert client.terminated.by_peer
+            other = await dial(server, user="alice", password=b"right")
+            assert await other.wait_authenticated() is None
+            other.close()
+
+    run(main())

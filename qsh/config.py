@@ -1,0 +1,522 @@
+"""The client configuration, ``~/.qsh/config``, read the way ssh reads ``~/.ssh/config``.
+
+Users bring their ssh_config habits, so the grammar and the precedence are OpenSSH's
+(ssh_config(5)), not an invention of ours::
+
+    # options before the first Host apply to every host
+    IdentityFile ~/.qsh/id_%h
+    Host db "build box" !bastion      # patterns: * ? and !negation
+        HostName %h.internal
+        Port=2200
+    Host *
+        User alice
+
+* For every option the **first** value obtained wins: command-line ``-o`` options first, then
+  each matching block in file order. General defaults therefore belong at the end, under
+  ``Host *``. IdentityFile is the exception: every value is collected, in that order.
+* ``-l``/``user@`` and ``-p`` beat everything (:func:`resolve`'s ``user``/``port``).
+* Every value is checked even in blocks that do not match the host being resolved, as ssh
+  does, so a typo is reported on the first run and not only when one host is used.
+* Errors are one line, ``file:line: message``, raised as :class:`ConfigError`.
+
+Decisions that differ from ssh, and why:
+
+* Host patterns compare case-insensitively (ssh compares the name as typed): host names are
+  case-insensitive, and a block that silently stops applying because of ``Web1`` vs ``web1``
+  is a security surprise. This also keeps one pattern implementation for known_hosts and
+  the config (:func:`common.known_hosts.patterns_match`).
+* ``Match``, ``Include`` and ssh's other keywords are unknown keywords, not silently ignored:
+  an option the user believes is in force but is not is worse than an error.
+* KEMs/Ciphers/Signatures are checked for syntax only. Which algorithms exist depends on the
+  machine (liboqs is optional), so availability is judged when the offer is built.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import suites
+from common.known_hosts import patterns_match
+
+DEFAULT_PORT = 2022
+#: ssh's LogLevel names, quietest first, so callers can compare by index and map ``-v``.
+#: DEBUG is ssh's alias of DEBUG1 and is reported as DEBUG1.
+LOG_LEVELS: tuple[str, ...] = (
+    "QUIET", "FATAL", "ERROR", "INFO", "VERBOSE", "DEBUG1", "DEBUG2", "DEBUG3",
+)
+#: Canonical values; ssh's aliases (true, false, off) are accepted and mapped onto these.
+HOST_KEY_CHECKING: tuple[str, ...] = ("ask", "accept-new", "yes", "no")
+REQUEST_TTY: tuple[str, ...] = ("auto", "yes", "no", "force")
+
+
+class ConfigError(Exception):
+    """A configuration the user must fix: one line, starting with where it came from."""
+
+
+def _home() -> Path:
+    try:
+        return Path.home()
+    except RuntimeError:
+        raise ConfigError("cannot determine the home directory") from None
+
+
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        raise ConfigError("cannot determine the local user name") from None
+
+
+def default_config_path() -> Path:
+    return _home() / ".qsh" / "config"
+
+
+def default_known_hosts() -> Path:
+    return _home() / ".qsh" / "known_hosts"
+
+
+def default_identity_files() -> list[Path]:
+    qsh_dir = _home() / ".qsh"
+    return [qsh_dir / "id_mldsa65", qsh_dir / "id_mldsa87"]
+
+
+@dataclass
+class ClientConfig:
+    """Everything qsh needs to reach one host, after all sources are merged.
+
+    ``host`` is the name as typed (what Host blocks matched); ``hostname`` is where to
+    connect (HostName, or ``host``). ``None`` algorithm lists mean "the defaults this
+    machine supports", which only the offer builder can know.
+    """
+
+    host: str
+    hostname: str = ""
+    port: int = DEFAULT_PORT
+    user: str = field(default_factory=_local_user)
+    identity_files: list[Path] = field(default_factory=default_identity_files)
+    kems: tuple[str, ...] | None = None
+    ciphers: tuple[str, ...] | None = None
+    signatures: tuple[str, ...] | None = None
+    chaff: bool = False
+    strict_host_key_checking: str = "ask"
+    known_hosts: Path = field(default_factory=default_known_hosts)
+    connect_timeout: float = 30.0
+    #: Seconds between keepalive probes; 0 disables them.
+    server_alive_interval: float = 0.0
+    request_tty: str = "auto"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.hostname:
+            self.hostname = self.host
+
+
+# --- Lexing -----------------------------------------------------------------------------
+
+_BACKSLASH_ESCAPABLE = "\\\"'"
+
+
+def _split_args(text: str, origin: str) -> list[str]:
+    """Split like OpenSSH's argv_split: "..." and '...' quote, backslash escapes quotes,
+    backslash and (unquoted) a space, and ``#`` at the start of a word ends the line. So
+    ``Port 22 # note`` has a comment while ``IdentityFile ~/k#1`` keeps its ``#``."""
+    args: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] in " \t":
+            i += 1
+            continue
+        if text[i] == "#":
+            break
+        word: list[str] = []
+        quote = ""
+        while i < n:
+            c = text[i]
+            if c == "\\" and i + 1 < n and (
+                text[i + 1] in _BACKSLASH_ESCAPABLE or (not quote and text[i + 1] == " ")
+            ):
+                word.append(text[i + 1])
+                i += 2
+                continue
+            if not quote and c in " \t":
+                break
+            if not quote and c in "\"'":
+                quote = c
+            elif quote and c == quote:
+                quote = ""
+            else:
+                word.append(c)
+            i += 1
+        if quote:
+            raise ConfigError(f"{origin}: unterminated quote")
+        args.append("".join(word))
+    return args
+
+
+def _split_keyword(line: str) -> tuple[str, str] | None:
+    """``Keyword value``, ``Keyword=value`` or ``Keyword = value``: the keyword ends at
+    whitespace or ``=``, and one ``=`` may separate it from the value (ssh's strdelim)."""
+    line = line.strip(" \t\r\n\f\v")
+    if not line or line.startswith("#"):
+        return None
+    match = re.match(r"([^\s=]*)\s*=?\s*", line)
+    assert match is not None  # the pattern matches every string
+    return match.group(1), line[match.end():]
+
+
+# --- Values -----------------------------------------------------------------------------
+
+_TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_ALGORITHM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._+-]*")
+_ALGORITHM_PATTERN = re.compile(r"[A-Za-z0-9*?][A-Za-z0-9@._+*?-]*")
+_PATH_TOKENS = "%dhnpru"
+
+
+def _one(keyword: str, args: list[str]) -> str:
+    if len(args) != 1:
+        raise ValueError(f"{keyword} takes one value, got {len(args)}")
+    if not args[0]:
+        raise ValueError(f"empty value for {keyword}")
+    return args[0]
+
+
+def _choice(keyword: str, arg: str, aliases: Mapping[str, str]) -> str:
+    value = aliases.get(arg.lower())
+    if value is None:
+        names = ", ".join(dict.fromkeys(aliases.values()))
+        raise ValueError(f"bad {keyword} value {arg!r} (one of {names})")
+    return value
+
+
+def _flag(keyword: str, arg: str) -> bool:
+    return _choice(keyword, arg, {"yes": "yes", "no": "no", "true": "yes", "false": "no"}) == "yes"
+
+
+def _seconds(keyword: str, arg: str) -> float:
+    """ssh's time format ("90", "1m30s", "2h") plus plain decimals ("2.5"), which tests and
+    impatient scripts want."""
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", arg):
+        return float(arg)
+    parts = re.findall(r"([0-9]+)([smhdwSMHDW]?)", arg)
+    if not parts or "".join(n + u for n, u in parts) != arg:
+        raise ValueError(f"bad {keyword} time {arg!r} (seconds, or like 1m30s)")
+    return float(sum(int(n) * _TIME_UNITS[u.lower()] for n, u in parts))
+
+
+def _port(arg: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", arg) or not 1 <= int(arg) <= 65535:
+        raise ValueError(f"bad port {arg!r} (1-65535)")
+    return int(arg)
+
+
+def _check_tokens(keyword: str, arg: str, allowed: str) -> str:
+    """Reject unknown %-tokens when the line is read, where the file and line are known,
+    rather than when the host is resolved."""
+    for match in re.finditer(r"%(.?)", arg):
+        token = match.group(1)
+        if not token:
+            raise ValueError(f"{keyword}: '%' at the end of {arg!r} (write %% for a percent)")
+        if token not in allowed:
+            raise ValueError(f"{keyword}: unknown token %{token} in {arg!r}")
+    return arg
+
+
+def _algorithms(keyword: str, arg: str, defaults: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated preference list. As in ssh, a leading ``+`` appends to the
+    defaults, ``^`` puts the names first, and ``-`` removes names (wildcards allowed)."""
+    modifier = arg[0] if arg[0] in "+-^" else ""
+    names = arg[len(modifier):].split(",")
+    syntax = _ALGORITHM_PATTERN if modifier == "-" else _ALGORITHM_NAME
+    for name in names:
+        if not syntax.fullmatch(name):
+            raise ValueError(f"bad {keyword} list {arg!r}: {name!r} is not an algorithm name")
+    if modifier == "+":
+        names = [*defaults, *names]
+    elif modifier == "^":
+        names = [*names, *defaults]
+    elif modifier == "-":
+        names = [d for d in defaults if not patterns_match(tuple(names), (d,))]
+        if not names:
+            raise ValueError(f"{keyword} {arg!r} removes every algorithm")
+    return tuple(dict.fromkeys(names))
+
+
+def _log_level(arg: str) -> str:
+    level = arg.upper()
+    level = "DEBUG1" if level == "DEBUG" else level
+    if level not in LOG_LEVELS:
+        raise ValueError(f"bad LogLevel {arg!r} (one of {', '.join(LOG_LEVELS)}, DEBUG)")
+    return level
+
+
+def _positive(keyword: str, value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"{keyword} must be more than 0 seconds")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Keyword:
+    name: str
+    #: Field of ClientConfig this keyword sets.
+    attr: str
+    parse: Callable[[list[str]], object]
+    #: Collect every value instead of keeping the first.
+    multiple: bool = False
+
+
+def _single(keyword: str, convert: Callable[[str], object]) -> Callable[[list[str]], object]:
+    return lambda args: convert(_one(keyword, args))
+
+
+_KEYWORDS: dict[str, _Keyword] = {
+    k.name.lower(): k
+    for k in (
+        _Keyword("HostName", "hostname",
+                 _single("HostName", lambda a: _check_tokens("HostName", a, "%h"))),
+        _Keyword("Port", "port", _single("Port", _port)),
+        _Keyword("User", "user", _single("User", str)),
+        _Keyword("IdentityFile", "identity_files",
+                 _single("IdentityFile", lambda a: _check_tokens("IdentityFile", a, _PATH_TOKENS)),
+                 multiple=True),
+        _Keyword("KEMs", "kems",
+                 _single("KEMs", lambda a: _algorithms("KEMs", a, suites.DEFAULT_KEMS))),
+        _Keyword("Ciphers", "ciphers",
+                 _single("Ciphers", lambda a: _algorithms("Ciphers", a, suites.DEFAULT_AEADS))),
+        _Keyword("Signatures", "signatures",
+                 _single("Signatures",
+                         lambda a: _algorithms("Signatures", a, suites.DEFAULT_SIGNATURES))),
+        _Keyword("Chaff", "chaff", _single("Chaff", lambda a: _flag("Chaff", a))),
+        _Keyword("StrictHostKeyChecking", "strict_host_key_checking",
+                 _single("StrictHostKeyChecking", lambda a: _choice(
+                     "StrictHostKeyChecking", a,
+                     {**{m: m for m in HOST_KEY_CHECKING},
+                      "true": "yes", "false": "no", "off": "no"}))),
+        _Keyword("UserKnownHostsFile", "known_hosts",
+                 _single("UserKnownHostsFile",
+                         lambda a: _check_tokens("UserKnownHostsFile", a, _PATH_TOKENS))),
+        _Keyword("ConnectTimeout", "connect_timeout",
+                 _single("ConnectTimeout", lambda a: _positive(
+                     "ConnectTimeout", _seconds("ConnectTimeout", a)))),
+        _Keyword("ServerAliveInterval", "server_alive_interval",
+                 _single("ServerAliveInterval", lambda a: _seconds("ServerAliveInterval", a))),
+        _Keyword("RequestTTY", "request_tty",
+                 _single("RequestTTY", lambda a: _choice(
+                     "RequestTTY", a,
+                     {**{m: m for m in REQUEST_TTY}, "true": "yes", "false": "no"}))),
+        _Keyword("LogLevel", "log_level", _single("LogLevel", _log_level)),
+    )
+}
+
+
+# --- Parsing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    keyword: _Keyword
+    value: object
+    #: The argument as written, unquoted (what parse_option reports).
+    text: str
+    #: "file:line" or "-o ...", for errors found only when the host is known.
+    origin: str
+
+
+@dataclass(slots=True)
+class _Block:
+    #: None for the options before the first Host line, which apply to every host.
+    patterns: tuple[str, ...] | None
+    settings: list[_Setting] = field(default_factory=list)
+
+    def applies_to(self, host: str) -> bool:
+        return self.patterns is None or patterns_match(self.patterns, (host,))
+
+
+def _parse_setting(keyword: str, rest: str, origin: str) -> _Setting:
+    spec = _KEYWORDS.get(keyword.lower())
+    if spec is None:
+        raise ConfigError(f"{origin}: unknown keyword {keyword}")
+    args = _split_args(rest, origin)
+    if not args:
+        raise ConfigError(f"{origin}: missing value for {spec.name}")
+    try:
+        value = spec.parse(args)
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    return _Setting(spec, value, " ".join(args), origin)
+
+
+def _parse_file(text: str, filename: str) -> list[_Block]:
+    blocks = [_Block(None)]
+    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+        origin = f"{filename}:{number}"
+        split = _split_keyword(line)
+        if split is None:
+            continue
+        keyword, rest = split
+        if not keyword:
+            raise ConfigError(f"{origin}: missing keyword before '='")
+        if keyword.lower() == "host":
+            patterns = _split_args(rest, origin)
+            if not patterns:
+                raise ConfigError(f"{origin}: Host needs at least one pattern")
+            if any(p in ("", "!") for p in patterns):
+                raise ConfigError(f"{origin}: empty Host pattern")
+            blocks.append(_Block(tuple(patterns)))
+        else:
+            blocks[-1].settings.append(_parse_setting(keyword, rest, origin))
+    return blocks
+
+
+def _parse_option(text: str) -> _Setting:
+    origin = f"-o {text!r}"
+    split = _split_keyword(text)
+    if split is None or not split[0]:
+        raise ConfigError(f"{origin}: expected Keyword=value")
+    keyword, rest = split
+    if keyword.lower() == "host":
+        raise ConfigError(f"{origin}: Host is not allowed as a command-line option")
+    return _parse_setting(keyword, rest, origin)
+
+
+def parse_option(text: str) -> tuple[str, str]:
+    """Check one ``-o`` option as the config file would, so a typo fails before connecting.
+
+    Returns ``(Keyword, value)``: the keyword in its canonical spelling, the value unquoted.
+    Host cannot be given with ``-o``, as in ssh.
+    """
+    setting = _parse_option(text)
+    return setting.keyword.name, setting.text
+
+
+def _quote(arg: str) -> str:
+    """Quote ``arg`` so that :func:`_split_args` gives it back unchanged."""
+    return '"' + re.sub(r'(["\\\\])', r"\\\1", arg) + '"'
+
+
+def _read(path: Path, *, explicit: bool) -> str | None:
+    """The file's text; None when the default file is absent. Like ssh, the default file
+    is refused when others could have written it: it decides which host we connect to and
+    which key files we use."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{path}: no such file") from None
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    with open(fd, "rb") as f:
+        if not explicit:
+            st = os.fstat(f.fileno())
+            if st.st_uid not in (0, os.getuid()) or st.st_mode & 0o022:
+                raise ConfigError(f"{path}: bad owner or permissions (chmod go-w)")
+        try:
+            data = f.read()
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+# --- Resolving --------------------------------------------------------------------------
+
+
+def _expand_path(value: str, tokens: Mapping[str, str], home: Path, origin: str) -> Path:
+    """ssh's order: ``~`` first, then %-tokens, so a token's value is never re-expanded."""
+    if value == "~" or value.startswith("~/"):
+        value = str(home) + value[1:]
+    elif value.startswith("~"):
+        head, sep, tail = value.partition("/")
+        expanded = os.path.expanduser(head)
+        if expanded == head:
+            raise ConfigError(f"{origin}: unknown user in {head!r}")
+        value = expanded + sep + tail
+    return Path(re.sub(r"%(.)", lambda m: tokens[m.group(1)], value))
+
+
+def _settings_for(host: str, options: Sequence[str], path: Path | None) -> Iterator[_Setting]:
+    yield from (_parse_option(text) for text in options)
+    if path is not None and str(path) == "none":  # ssh -F none: no file at all
+        return
+    explicit = path is not None
+    path = path if path is not None else default_config_path()
+    text = _read(path, explicit=explicit)
+    if text is None:
+        return
+    for block in _parse_file(text, str(path)):
+        if block.applies_to(host):
+            yield from block.settings
+
+
+def resolve(
+    host: str,
+    *,
+    path: Path | None = None,
+    options: Sequence[str] = (),
+    user: str | None = None,
+    port: int | None = None,
+    identity_files: Sequence[str | os.PathLike[str]] = (),
+) -> ClientConfig:
+    """Merge ``-o`` options, the config file and the explicit arguments for ``host``.
+
+    ``path`` is ``-F`` (must exist; ``none`` reads no file); without it ``~/.qsh/config``
+    is read if present. ``user``/``port`` come from ``-l``/``user@``/``-p`` and win over
+    everything. ``identity_files`` are ``-i`` keys: tried before any IdentityFile, and
+    ``~``/tokens are expanded in them too, as ssh does.
+    """
+    if not host:
+        raise ConfigError("empty host name")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"bad port {port} (1-65535)")
+    if user == "":
+        raise ConfigError("empty user name")
+
+    first: dict[str, _Setting] = {}
+    collected = [
+        _parse_setting("IdentityFile", _quote(os.fspath(p)), f"-i {os.fspath(p)!r}")
+        for p in identity_files
+    ]
+    for setting in _settings_for(host, options, path):
+        if setting.keyword.multiple:
+            collected.append(setting)
+        else:
+            first.setdefault(setting.keyword.attr, setting)
+    values: dict[str, Any] = {attr: setting.value for attr, setting in first.items()}
+
+    hostname = host
+    if "hostname" in values:
+        hostname = re.sub(r"%(.)", lambda m: host if m.group(1) == "h" else "%",
+                          str(values.pop("hostname")))
+    if user is not None:
+        values["user"] = user
+    if port is not None:
+        values["port"] = port
+    values.setdefault("user", _local_user())
+    values.setdefault("port", DEFAULT_PORT)
+
+    home = _home()
+    tokens = {
+        "%": "%",
+        "d": str(home),
+        "h": hostname,
+        "n": host,
+        "p": str(values["port"]),
+        "r": str(values["user"]),
+        "u": _local_user(),
+    }
+    if "known_hosts" in values:
+        values["known_hosts"] = _expand_path(
+            str(values["known_hosts"]), tokens, home, first["known_hosts"].origin)
+    if collected:
+        files = [_expand_path(str(s.value), tokens, home, s.origin) for s in collected]
+        values["identity_files"] = list(dict.fromkeys(files))
+    return ClientConfig(host=host, hostname=hostname, **values)
