@@ -1,0 +1,262 @@
+"""qsh-keygen end to end: real processes, real key files, a real PTY for the prompts."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+from ptyprocess import PtyProcess
+
+from common.keys import HostKey, KeyFileError, PassphraseRequired, PublicKey
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def keygen(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run qsh-keygen with stdin on /dev/null: never a terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "qsh.keygen", *args], stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, cwd=ROOT, env=env or ENV, timeout=60,
+    )
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qsh-keygen: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def plain_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One unencrypted key shared by the read-only tests (generation is the slow part)."""
+    path = tmp_path_factory.mktemp("keys") / "id_mldsa65"
+    result = keygen("-f", str(path), "--no-passphrase", "-C", "alice@example")
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_generate_files_and_modes(plain_key: Path) -> None:
+    pub = plain_key.with_name("id_mldsa65.pub")
+    assert plain_key.stat().st_mode & 0o777 == 0o600
+    assert pub.stat().st_mode & 0o777 == 0o644
+    key = HostKey.load(plain_key)
+    assert key.public.algorithm == "mldsa65"
+    assert key.check_pair()
+    public, comment = PublicKey.load(pub)
+    assert public.matches(key.public)
+    assert comment == "alice@example"
+    assert pub.read_text().startswith("qsh-mldsa65 ")
+
+
+def test_generate_reports_fingerprint_and_paths(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    result = keygen("-f", str(path), "-N", "", "-t", "mldsa87", "-C", "ops key")
+    assert result.returncode == 0, result.stderr
+    public, _ = PublicKey.load(tmp_path / "k.pub")
+    assert public.algorithm == "mldsa87"
+    assert f"{tmp_path / 'k.pub'}" in result.stdout
+    assert f"{public.fingerprint()} ops key (mldsa87)" in result.stdout
+    assert HostKey.load(path).public.matches(public)  # -N '' means unencrypted
+
+
+def test_default_comment_is_user_at_host(tmp_path: Path) -> None:
+    import getpass
+    import socket
+
+    assert keygen("-f", str(tmp_path / "k"), "--no-passphrase").returncode == 0
+    _, comment = PublicKey.load(tmp_path / "k.pub")
+    assert comment == f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def test_passphrase_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "enc"
+    result = keygen("-f", str(path), "-N", "correct horse", "-C", "c")
+    assert result.returncode == 0, result.stderr
+    assert "correct horse" not in result.stdout + result.stderr
+    with pytest.raises(PassphraseRequired):
+        HostKey.load(path)
+    with pytest.raises(KeyFileError, match="incorrect passphrase"):
+        HostKey.load(path, b"wrong")
+    key = HostKey.load(path, b"correct horse")
+    assert key.public.matches(PublicKey.load(tmp_path / "enc.pub")[0])
+    # -l and -y need no passphrase: the public half is stored in the clear.
+    listed = keygen("-l", "-f", str(path))
+    assert listed.returncode == 0 and listed.stdout.split()[0] == key.public.fingerprint()
+    shown = keygen("-y", "-f", str(path))
+    assert shown.returncode == 0
+    assert PublicKey.parse_line(shown.stdout)[0].matches(key.public)
+
+
+def test_fingerprint_of_private_and_public_files(plain_key: Path) -> None:
+    expected = PublicKey.load(plain_key.with_name("id_mldsa65.pub"))[0].fingerprint()
+    for path in (plain_key, plain_key.with_name("id_mldsa65.pub")):
+        result = keygen("-l", "-f", str(path))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"{expected} alice@example (mldsa65)"
+
+
+def test_print_public_line(plain_key: Path) -> None:
+    result = keygen("-y", "-f", str(plain_key))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == plain_key.with_name("id_mldsa65.pub").read_text()
+    renamed = keygen("-y", "-f", str(plain_key), "-C", "other")
+    key, comment = PublicKey.parse_line(renamed.stdout)
+    assert comment == "other" and key.matches(HostKey.load(plain_key).public)
+
+
+def test_print_public_refuses_open_private_key(tmp_path: Path, plain_key: Path) -> None:
+    loose = tmp_path / "loose"
+    loose.write_bytes(plain_key.read_bytes())
+    loose.chmod(0o644)
+    assert_one_line_failure(keygen("-y", "-f", str(loose)), "too open")
+    # -l only reads the public half, so it still works.
+    assert keygen("-l", "-f", str(loose)).returncode == 0
+
+
+def test_print_public_of_a_public_file_is_explained(plain_key: Path) -> None:
+    pub = plain_key.with_name("id_mldsa65.pub")
+    assert_one_line_failure(keygen("-y", "-f", str(pub)), "not a private key file")
+
+
+def test_refuses_to_overwrite_without_terminal(plain_key: Path) -> None:
+    before = plain_key.read_bytes(), plain_key.with_name("id_mldsa65.pub").read_bytes()
+    result = keygen("-f", str(plain_key), "--no-passphrase")
+    assert_one_line_failure(result, "already exists")
+    assert (plain_key.read_bytes(), plain_key.with_name("id_mldsa65.pub").read_bytes()) == before
+
+
+def test_refuses_to_prompt_without_terminal(tmp_path: Path) -> None:
+    assert_one_line_failure(keygen("-f", str(tmp_path / "k")), "-N or --no-passphrase")
+    assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("-l", "-y"), "cannot be used together"),
+        (("-N", "x", "--no-passphrase"), "cannot be used together"),
+        (("-t", "rsa"), "-t"),
+        (("--bogus",), "bogus"),
+    ],
+)
+def test_usage_errors(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    assert_one_line_failure(keygen("-f", str(tmp_path / "k"), *args), needle)
+    assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.parametrize("flag", ["-l", "-y"])
+def test_missing_or_malformed_file(tmp_path: Path, flag: str) -> None:
+    assert_one_line_failure(keygen(flag, "-f", str(tmp_path / "absent")), "absent")
+    junk = tmp_path / "junk"
+    junk.write_text("not a key\n")
+    junk.chmod(0o600)
+    assert_one_line_failure(keygen(flag, "-f", str(junk)), "junk")
+
+
+def test_missing_directory_is_one_line(tmp_path: Path) -> None:
+    assert_one_line_failure(
+        keygen("-f", str(tmp_path / "no" / "such" / "k"), "--no-passphrase"), "cannot write"
+    )
+
+
+def test_default_location(tmp_path: Path) -> None:
+    env = {**ENV, "HOME": str(tmp_path)}
+    result = keygen("--no-passphrase", env=env)
+    assert result.returncode == 0, result.stderr
+    directory = tmp_path / ".qsh"
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert (directory / "id_mldsa65").stat().st_mode & 0o777 == 0o600
+    assert (directory / "id_mldsa65.pub").exists()
+    listed = keygen("-l", env=env)  # -l defaults to the same file
+    assert listed.returncode == 0
+    assert listed.stdout.split()[0] == HostKey.load(directory / "id_mldsa65").public.fingerprint()
+
+
+# -- on a terminal --------------------------------------------------------------------------
+
+
+def _spawn(*args: str) -> PtyProcess:
+    return PtyProcess.spawn([sys.executable, "-m", "qsh.keygen", *args], cwd=str(ROOT), env=ENV,
+                            dimensions=(24, 80))
+
+
+def _read_until(proc: PtyProcess, needle: bytes, timeout: float = 20) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while needle not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"timed out waiting for {needle!r}; got {buf!r}")
+        ready, _, _ = select.select([proc.fd], [], [], remaining)
+        if ready:
+            try:
+                buf += proc.read(4096)
+            except EOFError:
+                raise AssertionError(f"EOF waiting for {needle!r}; got {buf!r}") from None
+    return buf
+
+
+def _read_to_eof(proc: PtyProcess, timeout: float = 30) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.fd], [], [], deadline - time.monotonic())
+        if ready:
+            try:
+                buf += proc.read(4096)
+            except EOFError:
+                proc.wait()
+                return buf
+    raise AssertionError(f"no EOF; got {buf!r}")
+
+
+def _passphrases(proc: PtyProcess, first: str, second: str) -> bytes:
+    seen = _read_until(proc, b"Enter passphrase (empty for no passphrase):")
+    assert not termios.tcgetattr(proc.fd)[3] & termios.ECHO
+    proc.write(first.encode() + b"\n")
+    seen += _read_until(proc, b"Enter same passphrase again:")
+    assert not termios.tcgetattr(proc.fd)[3] & termios.ECHO
+    proc.write(second.encode() + b"\n")
+    return seen + _read_to_eof(proc)
+
+
+def test_tty_passphrase_prompts(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    proc = _spawn("-f", str(path), "-C", "c")
+    output = _passphrases(proc, "tty secret", "tty secret")
+    assert proc.exitstatus == 0, output
+    assert b"tty secret" not in output
+    assert HostKey.load(path, b"tty secret").public.matches(PublicKey.load(f"{path}.pub")[0])
+
+
+def test_tty_passphrase_mismatch_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    proc = _spawn("-f", str(path))
+    output = _passphrases(proc, "one", "two")
+    assert proc.exitstatus == 1
+    assert b"qsh-keygen: passphrases do not match" in output
+    assert not path.exists() and not Path(f"{path}.pub").exists()
+
+
+@pytest.mark.parametrize(("answer", "replaced"), [(b"n", False), (b"y", True)])
+def test_tty_overwrite_question(tmp_path: Path, answer: bytes, replaced: bool) -> None:
+    path = tmp_path / "k"
+    assert keygen("-f", str(path), "--no-passphrase").returncode == 0
+    before = path.read_bytes()
+    proc = _spawn("-f", str(path), "--no-passphrase")
+    _read_until(proc, b"Overwrite (y/n)?")
+    proc.write(answer + b"\n")
+    output = _read_to_eof(proc)
+    assert proc.exitstatus == (0 if replaced else 1), output
+    assert (path.read_bytes() != before) is replaced
+    if not replaced:
+        assert b"qsh-keygen: " in output and b"not overwritten" in output
