@@ -1434,7 +1434,8 @@ async def serve(host: str | None, port: int, *,
                 window: int | None = None, max_packet: int | None = None,
                 rng: Rng | None = None, backlog: int = 100,
                 on_auth: AuthHandler | None = None, max_auth_attempts: int | None = None,
-                login_grace: float | None = None) -> Server:
+                login_grace: float | None = None,
+                max_unauthenticated: int | None = None) -> Server:
     """Listen on ``host:port`` (port 0: any free port, see :attr:`Server.port`).
 
     Each accepted socket gets a fresh ``make_handshake()`` and runs isolated: anything that
@@ -1445,6 +1446,11 @@ async def serve(host: str | None, port: int, *,
 
     With ``on_auth``, clients must log in first: ``on_auth(connection, request)`` decides
     each attempt, and channels are refused until one succeeds.
+
+    ``max_unauthenticated`` (sshd's MaxStartups) caps the connections that have not logged
+    in yet (all of them without ``on_auth``): one more is closed as it is accepted, before
+    any handshake work, so a flood of half-open logins cannot eat the CPU or the memory that
+    logged-in users need. Logged-in connections do not count.
     """
     auth_args: dict[str, Any] = {}
     if on_auth is not None:
@@ -1458,6 +1464,14 @@ async def serve(host: str | None, port: int, *,
     server_ref: list[Server] = []
 
     def factory() -> asyncio.BaseProtocol:
+        server = server_ref[0]
+        if max_unauthenticated is not None:
+            waiting = sum(1 for c in server.connections
+                          if c.terminated is None and c.user is None)
+            if waiting >= max_unauthenticated:
+                log.warning("dropping a connection: %d are not logged in yet (the limit)",
+                            waiting)
+                return _Refuse()
         try:
             core = Connection(make_handshake(),
                               **_core_args(settings, window, max_packet, rng, **auth_args))
@@ -1466,7 +1480,6 @@ async def serve(host: str | None, port: int, *,
             return _Refuse()
         connection = QsmpConnection(core, loop=loop, on_channel=on_channel,
                                     on_global_request=on_global_request, on_auth=on_auth)
-        server = server_ref[0]
         server.connections.add(connection)
         connection._closed.add_done_callback(lambda _: server.connections.discard(connection))
         return connection

@@ -1,4 +1,5 @@
-"""qshd: the daemon's command line. Loads (or creates) the host key, then serves QSMP.
+"""qshd: the daemon's command line. Loads (or creates) the host key, then serves QSMP:
+logins (:mod:`qshd.login`) and shell/command sessions (:mod:`qshd.sessions`).
 
 Exit status: 0 after a clean stop (or a valid config with -t), 1 for a configuration or
 start-up error, each reported as one line on stderr.
@@ -18,6 +19,7 @@ from pathlib import Path
 import click
 
 from common.keys import HostKey, KeyFileError
+from common.passwd import PasswdError, PasswdFile
 
 from . import config as config_module
 from .config import ConfigError, ServerConfig
@@ -96,7 +98,8 @@ async def _serve(cfg: ServerConfig, host_keys: list[HostKey], ready: Path | None
               help="Host key file (overrides HostKey; created on first start).")
 @click.option("-o", "options", multiple=True,
               help="Keyword=value, as in qshd_config; wins over the file.")
-@click.option("-t", "test_only", is_flag=True, help="Check the configuration and keys, then exit.")
+@click.option("-t", "test_only", is_flag=True,
+              help="Check the configuration, host keys and passwd file, then exit.")
 @click.option("--pidfile", type=click.Path(path_type=Path), default=None)
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None,
               help="Write the bound port here once listening (for scripts and tests).")
@@ -117,6 +120,8 @@ def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | 
         for path in cfg.host_key_paths():
             if path.exists():
                 HostKey.load(path)
+        # A passwd file that does not parse would refuse every password login: say so now.
+        PasswdFile(cfg.passwd_path()).load()
         click.echo("configuration OK", err=True)
         return
     keys = [load_or_create_host_key(p) for p in cfg.host_key_paths()]
@@ -135,6 +140,6 @@ def main() -> None:
     except click.ClickException as exc:
         click.echo(f"qshd: {exc.format_message()}", err=True)
         sys.exit(1)
-    except (ConfigError, KeyFileError, OSError) as exc:
+    except (ConfigError, KeyFileError, PasswdError, OSError) as exc:
         click.echo(f"qshd: {exc}", err=True)
         sys.exit(1)

@@ -1,30 +1,47 @@
-"""The daemon's process model on top of :mod:`common.aio`.
+"""The daemon on top of :mod:`common.aio`: login policy, then session channels.
 
-Each connection is its own task inside the adapter, so a failure in one never reaches the
-listener or another session. Until login exists (issue 3), every channel request is refused
-with a clear reason: an unauthenticated peer must never get a shell.
+One process, one event loop, every connection a set of tasks in it (see
+:mod:`qshd.sessions` for why and for what runs as the user). The adapter isolates
+connections from each other; this module adds the policy: nothing but a login until
+:class:`~qshd.login.Authenticator` accepted one, then ``session`` channels, each a
+:class:`~qshd.sessions.Session` isolated from the others. Other channel kinds (copy,
+tunnel) are refused until they are implemented.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 
 from common import aio
 from common.handshake import ServerHandshake
 from common.keys import HostKey
 from common.mux import OpenFailureReason
+from common.session import SESSION
 from common.transport import TransportSettings
 
 from .config import ServerConfig
+from .login import Account, Authenticator, peer_text
+from .sessions import HANGUP_GRACE, Session
 
 log = logging.getLogger("qshd")
+
+
+def _address(info: object) -> tuple[str, int]:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return str(info[0]), int(info[1])
+    return "unknown", 0
 
 
 class Daemon:
     def __init__(self, config: ServerConfig, host_keys: list[HostKey]) -> None:
         self.config = config
         self.host_keys = host_keys
+        self.authenticator = Authenticator(config)
+        self.euid = os.geteuid()
         self._servers: list[aio.Server] = []
+        self.sessions: set[Session] = set()
         self.port = config.port
 
     def _handshake(self) -> ServerHandshake:
@@ -37,23 +54,56 @@ class Daemon:
                                  rekey_interval=self.config.rekey_interval)
 
     async def _on_channel(self, connection: aio.QsmpConnection, channel: aio.Channel) -> None:
-        log.info("refusing %s channel from %s: login is not available yet",
-                 channel.kind, connection.peer)
-        channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
-                       "login is not available on this server yet")
+        user = connection.user
+        if user is None:  # the core refuses these before login; never rely on one check
+            channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED, "not logged in")
+            return
+        if channel.kind != SESSION:
+            log.info("conn=%d: refusing a %s channel for %s: not supported", connection.number,
+                     channel.kind, user)
+            channel.reject(OpenFailureReason.UNKNOWN_CHANNEL_TYPE,
+                           f"{channel.kind} channels are not supported by this server")
+            return
+        account = await asyncio.get_running_loop().run_in_executor(None, Account.lookup, user)
+        if account is None:
+            log.warning("conn=%d: account %s vanished after login", connection.number, user)
+            channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED, "no such account")
+            return
+        transport = connection.transport
+        client = _address(connection.peername)
+        local = _address(transport.get_extra_info("sockname") if transport else None)
+        session = Session(channel, account, euid=self.euid,
+                          connection_info=f"{client[0]} {client[1]} {local[0]} {local[1]}")
+        self.sessions.add(session)
+        log.debug("conn=%d chan=%d: session for %s from %s", connection.number, channel.id,
+                  user, peer_text(connection))
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
 
     async def start(self) -> None:
-        port = self.config.port
-        for address in self.config.listen_addresses:
+        cfg = self.config
+        port = cfg.port
+        for address in cfg.listen_addresses:
             server = await aio.serve(address, port, make_handshake=self._handshake,
-                                     on_channel=self._on_channel, settings=self._settings())
+                                     on_channel=self._on_channel, settings=self._settings(),
+                                     on_auth=self.authenticator,
+                                     max_auth_attempts=cfg.max_auth_tries,
+                                     login_grace=cfg.login_grace_time,
+                                     max_unauthenticated=cfg.max_startups)
             port = server.port  # with -p 0, later addresses share the first's port
             self._servers.append(server)
             log.info("listening on %s port %d", address, server.port)
         self.port = port
 
     async def close(self) -> None:
+        """Stop listening, end every connection, and hang up their sessions: in one
+        process, sessions cannot outlive the daemon, so leave no program behind."""
         for server in self._servers:
             server.close(connections=True)
         for server in self._servers:
             await server.wait_closed()
+        sessions = [asyncio.ensure_future(s.wait_closed()) for s in self.sessions]
+        if sessions:
+            await asyncio.wait(sessions, timeout=2 * HANGUP_GRACE + 1)

@@ -1,0 +1,285 @@
+"""Who may log in: the daemon's answer to each :class:`~common.auth.AuthRequested`.
+
+The core has already checked the request's syntax and, for a key, its signature over this
+session's ID; what is left is policy and files, decided here:
+
+* the name must be a system account (``pwd``): the qshd passwd file decides whether a
+  password opens it, the account decides uid, gid, groups, home and shell;
+* a daemon that is not root can only ever run things as itself, so only its own account
+  may log in (anything else would "succeed" into a session as the wrong user);
+* as root, ``PermitRootLogin`` guards uid 0 (``no`` by default, as a root password is the
+  first thing guessed), ``prohibit-password`` allows keys only;
+* a key must be listed in the user's ``authorized_keys``, and that file and the directories
+  above it must be owned by the user or root and writable by nobody else (sshd's
+  StrictModes): whoever can write the file can add their own key.
+
+Slow or blocking work (bcrypt, reading files from a home that may sit on a stalled network
+file system) runs in the default executor, so one login never holds up the event loop and
+with it every other connection.
+
+Each decision is logged in sshd's words (``Accepted``/``Failed <method> for <user> from
+<ip> port <n>``) so existing log watchers (fail2ban and friends) need little change. A
+password never reaches a log line; :class:`~common.auth.AuthRequested`'s repr hides it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import aio
+from common.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
+from common.errors import InvalidInput
+from common.keys import PublicKey
+from common.passwd import InvalidUserName, PasswdError, PasswdFile, check_user_name
+
+from .config import ServerConfig, expand_tokens
+
+log = logging.getLogger("qshd")
+
+#: Far beyond any real authorized_keys file (an ML-DSA-87 line is about 3.5 KB).
+MAX_AUTHORIZED_KEYS = 4 * 1024 * 1024
+#: Used when an account has no shell, as login(1) does.
+DEFAULT_SHELL = "/bin/sh"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A system account as a session needs it; looked up afresh for each login and each
+    session, so an edit of /etc/passwd or /etc/group applies from the next one on."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+    groups: tuple[int, ...]
+
+    @classmethod
+    def lookup(cls, name: str) -> Account | None:
+        """None for a name that is not a valid portable login name or has no account."""
+        try:
+            check_user_name(name)
+            entry = pwd.getpwnam(name)
+        except (InvalidUserName, KeyError):
+            return None
+        try:
+            groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        except OSError:
+            groups = (entry.pw_gid,)
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir or "/",
+                   entry.pw_shell or DEFAULT_SHELL, groups)
+
+
+def peer_text(connection: aio.QsmpConnection) -> str:
+    """``<ip> port <n>``: sshd's wording, which log scanners already parse."""
+    peer = connection.peername
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]} port {peer[1]}"
+    return str(peer)
+
+
+class AuthorizedKeysError(Exception):
+    """The file exists but may not be trusted or read; the message says why (for the log)."""
+
+
+def _check_owner_and_mode(st: os.stat_result, what: str, path: str, uid: int, *,
+                          allow_sticky: bool) -> None:
+    if st.st_uid not in (0, uid):
+        raise AuthorizedKeysError(f"bad ownership or modes for {what} {path}: "
+                                  f"owned by uid {st.st_uid}")
+    if st.st_mode & 0o022:
+        # A root-owned sticky directory (/tmp) lets others add entries but never replace
+        # ours, so it cannot be used to swap the file or a directory under it.
+        if allow_sticky and st.st_mode & stat.S_ISVTX and st.st_uid == 0:
+            return
+        raise AuthorizedKeysError(f"bad ownership or modes for {what} {path}: "
+                                  f"mode {stat.S_IMODE(st.st_mode):04o} is writable by "
+                                  "group or others")
+
+
+def read_authorized_keys(path: Path, account: Account) -> list[PublicKey] | None:
+    """The keys in ``path``, after sshd's StrictModes checks; None if there is no file.
+
+    Checks run on the real path (symbolic links resolved) and on the opened descriptor,
+    then on every directory above the file up to the user's home (or up to / for a file
+    outside it). Malformed lines are skipped and logged, as sshd does: one bad line must
+    not lock the user out of every other key. Raises :class:`AuthorizedKeysError`.
+    """
+    real = os.path.realpath(path)
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AuthorizedKeysError(f"cannot open {real}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise AuthorizedKeysError(f"{real} is not a regular file")
+        _check_owner_and_mode(st, "file", real, account.uid, allow_sticky=False)
+        home = os.path.realpath(account.home)
+        directory = os.path.dirname(real)
+        first = True
+        while True:
+            try:
+                dst = os.stat(directory)
+            except OSError as exc:
+                raise AuthorizedKeysError(f"cannot check {directory}: {exc.strerror}") from None
+            _check_owner_and_mode(dst, "directory", directory, account.uid,
+                                  allow_sticky=not first)
+            first = False
+            if directory in (home, "/"):
+                break
+            directory = os.path.dirname(directory)
+        data = bytearray()
+        while chunk := os.read(fd, 65536):
+            data += chunk
+            if len(data) > MAX_AUTHORIZED_KEYS:
+                raise AuthorizedKeysError(f"{real} is too large")
+    finally:
+        os.close(fd)
+    keys: list[PublicKey] = []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        line = raw.decode("utf-8", "replace").strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            key, _comment = PublicKey.parse_line(line)
+        except InvalidInput as exc:
+            log.info("%s:%d: skipping a malformed key line: %s", real, number, exc)
+            continue
+        keys.append(key)
+    return keys
+
+
+class Authenticator:
+    """The ``on_auth`` callback of :func:`common.aio.serve`, configured once per daemon.
+
+    ``euid`` and ``clock`` are parameters so tests can play root or another time without
+    being either.
+    """
+
+    def __init__(self, config: ServerConfig, *, euid: int | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.euid = os.geteuid() if euid is None else euid
+        self.clock = clock
+        self.passwd = PasswdFile(config.passwd_path())
+        self._passwd_stamp: tuple[int, int, int, int] | None = None
+        self._passwd_lock = threading.Lock()
+
+    def methods(self) -> tuple[str, ...]:
+        enabled = []
+        if self.config.pubkey_authentication:
+            enabled.append(METHOD_PUBLICKEY)
+        if self.config.password_authentication:
+            enabled.append(METHOD_PASSWORD)
+        return tuple(enabled)
+
+    async def __call__(self, connection: aio.QsmpConnection, request: AuthRequested) -> bool:
+        try:
+            return await self._decide(connection, request)
+        except Exception:
+            log.exception("login decision for %s from %s failed; refusing", request.user,
+                          peer_text(connection))
+            return False
+
+    async def _decide(self, connection: aio.QsmpConnection, request: AuthRequested) -> bool:
+        method, user = request.method, request.user
+        peer = peer_text(connection)
+        if method not in self.methods():
+            log.info("Failed %s for %s from %s: method disabled", method, user, peer)
+            return False
+        account = await asyncio.get_running_loop().run_in_executor(None, Account.lookup, user)
+        refusal = self._policy_refusal(account, method)
+        if method == METHOD_PASSWORD:
+            assert request.password is not None
+            # bcrypt runs even for unknown or refused users, so the time a failure takes
+            # does not reveal which names exist or which ones policy forbids.
+            ok = await asyncio.get_running_loop().run_in_executor(
+                None, self._verify_password, user, request.password)
+            invalid = "invalid user " if account is None else ""
+            if account is None or refusal is not None or not ok:
+                reason = f": {refusal}" if refusal is not None else ""
+                log.info("Failed password for %s%s from %s%s", invalid, user, peer, reason)
+                return False
+            log.info("Accepted password for %s from %s", user, peer)
+            return True
+        assert request.public_key is not None
+        key = request.public_key
+        if account is None:
+            log.info("Failed publickey for invalid user %s from %s", user, peer)
+            return False
+        if refusal is not None:
+            log.info("Failed publickey for %s from %s: %s", user, peer, refusal)
+            return False
+        if key.is_expired(self.clock()):
+            log.info("Failed publickey for %s from %s: key %s has expired", user, peer,
+                     key.fingerprint())
+            return False
+        path = self.authorized_keys_path(account)
+        try:
+            keys = await asyncio.get_running_loop().run_in_executor(
+                None, read_authorized_keys, path, account)
+        except AuthorizedKeysError as exc:
+            log.warning("Authentication refused for %s from %s: %s", user, peer, exc)
+            return False
+        if not keys or not any(key.matches(k) for k in keys):
+            log.info("Failed publickey for %s from %s: key %s is not in %s", user, peer,
+                     key.fingerprint(), path)
+            return False
+        log.info("Accepted publickey for %s from %s: %s", user, peer, key.fingerprint())
+        return True
+
+    def _policy_refusal(self, account: Account | None, method: str) -> str | None:
+        """Why this account may not log in by this method, or None if it may."""
+        if account is None:
+            return None  # reported as "invalid user" by the caller
+        if self.euid != 0 and account.uid != self.euid:
+            return "this daemon runs without root and serves only its own user"
+        if self.euid == 0 and account.uid == 0:
+            permit = self.config.permit_root_login
+            if permit == "no":
+                return "root login refused (PermitRootLogin no)"
+            if permit == "prohibit-password" and method == METHOD_PASSWORD:
+                return "root login by password refused (PermitRootLogin prohibit-password)"
+        shell = account.shell
+        if not (os.path.isfile(shell) and os.access(shell, os.X_OK)):
+            return f"the login shell {shell} is not executable"
+        return None
+
+    def authorized_keys_path(self, account: Account) -> Path:
+        expanded = expand_tokens(self.config.authorized_keys_file, account.name, account.home)
+        path = Path(expanded)
+        return path if path.is_absolute() else Path(account.home) / path
+
+    def _verify_password(self, user: str, password: bytes) -> bool:
+        """In an executor thread: reload the passwd file if it changed (qpasswd edits
+        apply to the next attempt, as /etc/shadow edits do for sshd), then bcrypt."""
+        try:
+            with self._passwd_lock:
+                try:
+                    st = os.stat(self.passwd.path)
+                    stamp: tuple[int, int, int, int] | None = (
+                        st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+                except FileNotFoundError:
+                    stamp = None
+                if stamp != self._passwd_stamp or stamp is None:
+                    self.passwd.load()
+                    self._passwd_stamp = stamp
+            return self.passwd.verify(user, password)
+        except PasswdError as exc:
+            log.error("password check impossible: %s", exc)
+            return False
+        except OSError as exc:
+            log.error("password check impossible: %s: %s", self.passwd.path, exc.strerror)
+            return False

@@ -1,0 +1,654 @@
+"""The ``session`` channel on the server: a login shell or a command, with or without a PTY.
+
+Process model. qshd is one asyncio process; every session's program is a child process
+that qshd starts for it and watches, and nothing else runs on the user's behalf:
+
+* the child is started with ``subprocess.Popen`` in an executor thread (a fork from a big
+  process and an exec from a stalled home directory take time that must not stall the event
+  loop and with it every other session), in a new session (``setsid``) so that it and
+  everything it starts form one process group we can signal as a whole;
+* when qshd is root the child drops to the user before it execs anything (Popen's
+  ``extra_groups`` / ``group`` / ``user``: setgroups, setregid, setreuid, in that order,
+  then the optional PTY step below, then exec): no code of the user's ever runs as root;
+* its stdio is either a PTY (``pty-req``: one stream, stderr merged as in ssh, the slave as
+  its controlling terminal) or three pipes (stdout as data, stderr as extended data);
+* our ends of those descriptors are non-blocking and served by the event loop's reader and
+  writer callbacks, with flow control both ways: we stop reading the process's output while
+  more than the channel's high-water mark waits for the client's window, and we stop
+  reading the channel (so its window closes) while the process does not take its input;
+* the child's exit is seen through a pidfd (Linux >= 5.3; polling elsewhere), not through
+  asyncio's child watcher, whose default in Python 3.11 keeps one thread per child.
+
+Ending. When the program exits we forward all of its output first (pipes until EOF; a PTY
+until EIO, or until it stays quiet when a background job keeps the terminal open), then
+send ``exit-status`` or ``exit-signal``, EOF and close. When the client closes the channel
+first or the connection dies, the session is hung up: SIGHUP to the process group and to
+every process left in the child's session (a shell with job control puts each job in a
+group of its own), SIGKILL to whatever is still there after :data:`HANGUP_GRACE` seconds.
+
+Isolation. Each session is its own task; anything that goes wrong in one (a bad request, a
+failed exec, our own bug) ends that channel, is logged, and touches nothing else. Session
+data and commands never reach the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import grp
+import logging
+import os
+import signal
+import struct
+import subprocess
+import termios
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from common import aio
+from common.errors import InvalidInput
+from common.mux import ChannelRequest
+from common.session import (
+    ENV,
+    EXEC,
+    EXIT_SIGNAL,
+    EXIT_STATUS,
+    PTY_REQ,
+    SHELL,
+    SIGNAL,
+    SIGNAL_NAMES,
+    WINDOW_CHANGE,
+    ExitSignal,
+    PtyRequest,
+    WindowSize,
+    decode_env,
+    decode_exec,
+    decode_signal,
+    decode_window_change,
+    encode_exit_status,
+)
+
+from .login import Account
+
+log = logging.getLogger("qshd")
+
+#: Seconds between SIGHUP and SIGKILL when a session is hung up.
+HANGUP_GRACE = 3.0
+#: One read from the program's output; a record's worth, so large outputs cost few calls.
+READ_SIZE = 256 * 1024
+#: Pipe capacity asked for (Linux): a 64 KiB pipe would cap every read, and so every
+#: record, at 64 KiB. Best effort: an unprivileged user's pipe budget may refuse it.
+PIPE_SIZE = 1024 * 1024
+#: After the program exited, a PTY that gives neither data nor EIO for this long is held
+#: open by a background job: stop waiting for it (the hangup then reaches that job).
+PTY_QUIET = 0.25
+#: Environment variables a client may set with "env" (sshd's usual AcceptEnv).
+ENV_NAMES = frozenset({"LANG", "TZ"})
+ENV_PREFIXES = ("LC_",)
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_MAX_WINSIZE = 0xFFFF
+
+
+def env_allowed(name: str) -> bool:
+    return name in ENV_NAMES or (
+        name.startswith(ENV_PREFIXES) and name[3:].replace("_", "").isalnum()
+        and name.isupper())
+
+
+def _pack_winsize(size: WindowSize) -> bytes:
+    """struct winsize: rows, columns, x pixels, y pixels (unsigned shorts)."""
+    return struct.pack("HHHH", min(size.rows, _MAX_WINSIZE), min(size.columns, _MAX_WINSIZE),
+                       min(size.width_px, _MAX_WINSIZE), min(size.height_px, _MAX_WINSIZE))
+
+
+def _acquire_controlling_terminal() -> None:
+    """Runs in the child after setsid and the privilege drop, right before exec: make the
+    PTY slave (already on fd 0) the session's controlling terminal, so ^C, job control and
+    /dev/tty work. A session leader without one may take a terminal nobody else holds."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _signal_name(number: int) -> str:
+    name = SIGNAL_NAMES.get(number)
+    if name is not None:
+        return name
+    try:
+        return signal.Signals(number).name.removeprefix("SIG")
+    except ValueError:
+        return f"SIG{number}"
+
+
+def session_pids(sid: int) -> list[int] | None:
+    """Live processes in session ``sid`` or in process group ``sid`` (Linux /proc; None
+    where there is no /proc). Jobs of a shell with job control live in process groups of
+    their own but never leave the session unless they call setsid themselves, which is a
+    deliberate daemonisation. Zombies are left out: they are dead, and whoever inherited
+    them (init, which in a container may reap slowly) will reap them."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    wanted = str(sid).encode()
+    pids: list[int] = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat_line = f.read()
+        except OSError:
+            continue
+        # The command name (in parentheses) may contain spaces: parse after the last ')'.
+        fields = stat_line[stat_line.rfind(b")") + 2 :].split()
+        # state ppid pgrp session ...
+        if len(fields) > 3 and fields[0] != b"Z" and wanted in (fields[2], fields[3]):
+            pids.append(int(entry))
+    return pids
+
+
+def _set_pipe_size(fd: int) -> None:
+    setter = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setter is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, setter, PIPE_SIZE)
+
+
+@dataclass
+class _Child:
+    """A started program and our ends of its descriptors."""
+
+    popen: subprocess.Popen[bytes]
+    master: int | None  # the PTY master (read and written), or None for pipes
+    stdin: int | None
+    stdout: int | None
+    stderr: int | None
+    exited: asyncio.Future[int]  # the raw wait status, once reaped
+    fds: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def running(self) -> bool:
+        return not self.exited.done()
+
+    def close_fd(self, fd: int | None) -> None:
+        if fd is not None and fd in self.fds:
+            self.fds.remove(fd)
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for fd in list(self.fds):
+            self.close_fd(fd)
+
+    def signal_group(self, sig: int) -> bool:
+        """Signal the process group (``pid``: the child leads it) and every process left in
+        its session; False when none is left."""
+        delivered = False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+            delivered = True
+        for pid in session_pids(self.pid) or ():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+                delivered = True
+        return delivered
+
+
+class Session:
+    """One ``session`` channel of a logged-in user, from its open to its close."""
+
+    def __init__(self, channel: aio.Channel, account: Account, *, euid: int,
+                 connection_info: str) -> None:
+        self.channel = channel
+        self.account = account
+        self.euid = euid
+        self.connection_info = connection_info
+        self.loop = asyncio.get_running_loop()
+        self.tag = f"conn={channel.connection.number} chan={channel.id}"
+        self.pty: PtyRequest | None = None
+        self.size: WindowSize | None = None
+        self.env: dict[str, str] = {}
+        self.child: _Child | None = None
+        #: The exit status went out: the session ended normally, nothing to hang up.
+        self.completed = False
+        self._done = asyncio.Event()
+        self._closed: asyncio.Future[None] = self.loop.create_future()
+        self._pumps: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_output = 0.0
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- lifetime
+
+    async def run(self) -> None:
+        """The channel handler: accept, serve requests until the program ends (or the
+        channel does), then make sure nothing of the session is left behind."""
+        try:
+            self.channel.accept()
+            self._start_task(self._serve_requests(), "requests")
+            await self._done.wait()
+        finally:
+            try:
+                await self._teardown()
+            finally:
+                if not self._closed.done():
+                    self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    def _start_task(self, coro: Coroutine[Any, Any, None], what: str, *,
+                    ends_session: bool = True) -> asyncio.Task[None]:
+        """Run a part of the session; its end (or its failure) ends the session."""
+        async def guarded() -> None:
+            failed = True
+            try:
+                await coro
+                failed = False
+            except (aio.ConnectionLost, aio.ChannelClosedError) as exc:
+                log.debug("%s: %s ended: %s", self.tag, what, exc)
+            except asyncio.CancelledError:
+                failed = False
+                raise
+            except Exception:
+                log.exception("%s: session %s failed; ending the session", self.tag, what)
+            finally:
+                if ends_session or failed:
+                    self._done.set()
+
+        task = asyncio.ensure_future(guarded())
+        if ends_session:
+            self._tasks.append(task)
+        return task
+
+    async def _teardown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        child = self.child
+        if child is not None and not self.completed:
+            await self._hang_up(child)
+        await self._stop_pumps()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if child is not None:
+            child.close_all()
+
+    async def _stop_pumps(self) -> None:
+        for task in self._pumps:
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+
+    async def _hang_up(self, child: _Child) -> None:
+        """The client went away first: SIGHUP, then SIGKILL after the grace period, until
+        neither the child nor anything in its session is left."""
+        await self._stop_pumps()
+        if child.master is not None:
+            child.close_fd(child.master)  # a terminal hangup, as when a modem line drops
+        log.info("%s: hanging up the session of %s (pid %d)", self.tag, self.account.name,
+                 child.pid)
+        child.signal_group(signal.SIGHUP)
+        child.signal_group(signal.SIGCONT)  # a stopped job would never see its SIGHUP
+        cleared = False
+        try:
+            deadline = self.loop.time() + HANGUP_GRACE
+            while self.loop.time() < deadline:
+                # /proc scans take a while with thousands of processes: not on the loop.
+                if not child.running and not await self.loop.run_in_executor(
+                        None, self._leftovers, child.pid):
+                    cleared = True
+                    return
+                await asyncio.sleep(0.05)
+            log.info("%s: pid %d outlived SIGHUP; killing its session", self.tag, child.pid)
+        finally:
+            if not cleared:  # also on cancellation (the daemon is stopping): no orphans
+                child.signal_group(signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(child.exited), HANGUP_GRACE)
+
+    @staticmethod
+    def _leftovers(pid: int) -> bool:
+        """Is anything of the child's group or session still alive?"""
+        members = session_pids(pid)
+        if members is not None:
+            return bool(members)
+        try:  # no /proc: the group is all we can see (zombies included)
+            os.killpg(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    # -- requests
+
+    async def _serve_requests(self) -> None:
+        channel = self.channel
+        while (request := await channel.next_request()) is not None:
+            try:
+                ok = await self._handle(request)
+            except InvalidInput as exc:
+                log.info("%s: malformed %r request: %s", self.tag, request.name, exc)
+                ok = False
+            if request.want_reply:
+                channel.reply(ok)
+
+    async def _handle(self, request: ChannelRequest) -> bool:
+        name, payload = request.name, request.payload
+        if name == WINDOW_CHANGE:
+            self.size = decode_window_change(payload)
+            if self.child is not None and self.child.master is not None:
+                with contextlib.suppress(OSError):  # the terminal may be gone already
+                    fcntl.ioctl(self.child.master, termios.TIOCSWINSZ,
+                                _pack_winsize(self.size))
+            return self.pty is not None
+        if name == SIGNAL:
+            return self._signal(decode_signal(payload))
+        if name in (SHELL, EXEC):
+            command = decode_exec(payload) if name == EXEC else None
+            if self.child is not None:
+                return False
+            started = await self._start(command)
+            if not started and not request.want_reply:
+                self._done.set()  # nobody would ever learn of the failure otherwise
+            return started
+        if self.child is not None:
+            return False  # settings after the start would not apply
+        if name == PTY_REQ:
+            if self.pty is not None:
+                return False
+            self.pty = PtyRequest.decode(payload)
+            self.size = self.pty.size
+            return True
+        if name == ENV:
+            var, value = decode_env(payload)
+            if not env_allowed(var) or "\x00" in value:
+                log.debug("%s: refusing environment variable %s", self.tag, var)
+                return False
+            self.env[var] = value
+            return True
+        return False
+
+    def _signal(self, number: int) -> bool:
+        child = self.child
+        if child is None or not child.running:
+            return False
+        target = child.pid
+        if child.master is not None:
+            # With a terminal, a signal goes where ^C would: the foreground job.
+            with contextlib.suppress(OSError):
+                target = os.tcgetpgrp(child.master)
+        try:
+            os.killpg(target, number)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    # -- starting the program
+
+    def environment(self, tty_name: str | None) -> dict[str, str]:
+        """A clean environment, like login(1): nothing of the daemon's leaks into it."""
+        account = self.account
+        env = dict(self.env)
+        env.update({
+            "USER": account.name,
+            "LOGNAME": account.name,
+            "HOME": account.home,
+            "SHELL": account.shell,
+            "PATH": ROOT_PATH if account.uid == 0 else USER_PATH,
+            "MAIL": f"/var/mail/{account.name}",
+            "QSH_CONNECTION": self.connection_info,
+        })
+        if self.pty is not None:
+            env["TERM"] = self.pty.term
+            if tty_name is not None:
+                env["QSH_TTY"] = tty_name
+        return env
+
+    async def _start(self, command: str | None) -> bool:
+        account = self.account
+        shell = account.shell
+        base = os.path.basename(shell)
+        argv = [base, "-c", command] if command is not None else ["-" + base]
+        cwd = account.home if os.path.isdir(account.home) else "/"
+        ours: list[int] = []  # our ends, kept
+        theirs: list[int] = []  # the child's ends, closed once it has them
+        try:
+            kwargs: dict[str, Any] = {
+                "executable": shell, "cwd": cwd, "start_new_session": True,
+                "close_fds": True, "umask": 0o022,
+            }
+            if self.euid == 0:
+                kwargs.update(user=account.uid, group=account.gid,
+                              extra_groups=list(account.groups))
+            tty_name = None
+            if self.pty is not None:
+                master, slave = os.openpty()
+                ours.append(master)
+                theirs.append(slave)
+                if self.size is not None:
+                    fcntl.ioctl(slave, termios.TIOCSWINSZ, _pack_winsize(self.size))
+                tty_name = os.ttyname(slave)
+                if self.euid == 0:
+                    self._give_terminal(slave)
+                kwargs.update(stdin=slave, stdout=slave, stderr=slave,
+                              preexec_fn=_acquire_controlling_terminal)
+                io: tuple[int | None, int | None, int | None, int | None] = (
+                    master, None, None, None)
+            else:
+                stdin_r, stdin_w = os.pipe()
+                stdout_r, stdout_w = os.pipe()
+                stderr_r, stderr_w = os.pipe()
+                ours += [stdin_w, stdout_r, stderr_r]
+                theirs += [stdin_r, stdout_w, stderr_w]
+                _set_pipe_size(stdin_w)
+                _set_pipe_size(stdout_r)
+                kwargs.update(stdin=stdin_r, stdout=stdout_w, stderr=stderr_w)
+                io = (None, stdin_w, stdout_r, stderr_r)
+            kwargs["env"] = self.environment(tty_name)
+            popen = await self.loop.run_in_executor(None, _popen, argv, kwargs)
+        except (OSError, subprocess.SubprocessError) as exc:
+            for fd in ours:
+                os.close(fd)
+            log.warning("%s: cannot start %s for %s: %s", self.tag,
+                        "a command" if command is not None else "a shell", account.name, exc)
+            return False
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        for fd in ours:
+            os.set_blocking(fd, False)
+        child = _Child(popen, *io, exited=self.loop.create_future(), fds=ours)
+        self.child = child
+        log.info("%s: %s for %s started, pid %d%s", self.tag,
+                 "command" if command is not None else "shell", account.name, child.pid,
+                 f" on {tty_name}" if tty_name else "")
+        # Not cancelled by the teardown: it must go on to reap the child after a hangup.
+        self._watcher = self._start_task(self._watch(child), "exit watcher",
+                                         ends_session=False)
+        self._start_task(self._supervise(child), "supervisor")
+        return True
+
+    def _give_terminal(self, slave: int) -> None:
+        """The user owns their terminal, group tty, as login(1) leaves it: programs that
+        open it by name (a password prompt, write(1)) need that."""
+        try:
+            tty_gid = grp.getgrnam("tty").gr_gid
+        except KeyError:
+            tty_gid = self.account.gid
+        os.fchown(slave, self.account.uid, tty_gid)
+        os.fchmod(slave, 0o620)
+
+    # -- running
+
+    async def _watch(self, child: _Child) -> None:
+        """Reap the child as soon as it exits; the result goes to ``child.exited``."""
+        pidfd: int | None
+        try:
+            pidfd = os.pidfd_open(child.pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        delay = 0.01
+        try:
+            while True:
+                pid, status = os.waitpid(child.pid, os.WNOHANG)
+                if pid:
+                    break
+                if pidfd is not None:
+                    await self._wait_fd(pidfd, writable=False)
+                else:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        # Popen must not reap it again (nor warn that it was never waited for).
+        child.popen.returncode = (os.waitstatus_to_exitcode(status))
+        child.exited.set_result(status)
+
+    async def _supervise(self, child: _Child) -> None:
+        """Move data while the program runs; once it exited and its output is out,
+        report how it ended and close the channel."""
+        channel = self.channel
+        if child.master is not None:
+            out = self._pump(self._forward(child.master, channel.write))
+            self._pump(self._feed(child.master, close_at_eof=False))
+            outputs = [out]
+        else:
+            assert child.stdout is not None and child.stderr is not None
+            assert child.stdin is not None
+            outputs = [self._pump(self._forward(child.stdout, channel.write)),
+                       self._pump(self._forward(child.stderr, channel.write_stderr))]
+            self._pump(self._feed(child.stdin, close_at_eof=True))
+        status = await asyncio.shield(child.exited)
+        if child.master is None:
+            await asyncio.gather(*outputs)
+        else:
+            await self._drain_terminal(outputs[0])
+        for task in outputs:
+            if task.done() and not task.cancelled() and (error := task.exception()):
+                raise error
+        await self._report_exit(status)
+        self.completed = True
+        channel.write_eof()
+        channel.close()
+
+    async def _drain_terminal(self, reader: asyncio.Task[None]) -> None:
+        """Wait for the terminal's output until EIO (every holder of the slave closed it),
+        or until it stays quiet while a background job keeps it open."""
+        while not reader.done():
+            await asyncio.wait([reader], timeout=PTY_QUIET)
+            if not reader.done() and self.loop.time() - self._last_output >= PTY_QUIET:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+
+    async def _report_exit(self, status: int) -> None:
+        channel = self.channel
+        if os.WIFSIGNALED(status):
+            number = os.WTERMSIG(status)
+            report = ExitSignal(_signal_name(number), os.WCOREDUMP(status))
+            log.info("%s: pid %d of %s killed by signal %s", self.tag, self.child.pid
+                     if self.child else 0, self.account.name, report.signal)
+            await channel.request(EXIT_SIGNAL, report.encode(), want_reply=False)
+            return
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255
+        log.info("%s: pid %d of %s exited with status %d", self.tag,
+                 self.child.pid if self.child else 0, self.account.name, code)
+        await channel.request(EXIT_STATUS, encode_exit_status(code), want_reply=False)
+
+    def _pump(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        async def guarded() -> None:
+            # The channel going away ends a pump quietly; the teardown follows.
+            with contextlib.suppress(aio.ConnectionLost, aio.ChannelClosedError):
+                await coro
+
+        task = asyncio.ensure_future(guarded())
+        self._pumps.append(task)
+        return task
+
+    async def _forward(self, fd: int, write: Callable[[bytes], None]) -> None:
+        """The program's output to the channel, until EOF (pipe) or EIO (PTY).
+
+        What is readable is gathered up to :data:`READ_SIZE` before it goes out: a PTY
+        hands out about 4 KiB per read, and one record per read would cost the bulk
+        output of a terminal (``cat`` of a big file) nine tenths of its speed. Only data
+        already there is gathered, so nothing waits for more."""
+        channel = self.channel
+        loop = self.loop
+        while True:
+            chunks: list[bytes] = []
+            size = 0
+            end = False
+            while size < READ_SIZE:
+                try:
+                    data = os.read(fd, READ_SIZE - size)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EIO:
+                        raise
+                    data = b""  # PTY: no process holds the terminal any more
+                if not data:
+                    end = True
+                    break
+                chunks.append(data)
+                size += len(data)
+            if chunks:
+                self._last_output = loop.time()
+                write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                await channel.drain()
+            if end:
+                return
+            if not chunks:
+                await self._wait_fd(fd, writable=False)
+
+    async def _feed(self, fd: int, *, close_at_eof: bool) -> None:
+        """Channel data to the program. Input it will no longer take (it closed stdin or
+        exited) is read and dropped, so the client is never stalled by a full window."""
+        assert self.child is not None
+        child = self.child
+        broken = False
+        async for chunk in self.channel:
+            if broken:
+                continue
+            view = memoryview(chunk)
+            while view:
+                try:
+                    written = os.write(fd, view)
+                except BlockingIOError:
+                    await self._wait_fd(fd, writable=True)
+                    continue
+                except OSError as exc:  # EPIPE, or EIO from a hung-up terminal
+                    log.debug("%s: input dropped: %s", self.tag, exc)
+                    broken = True
+                    break
+                view = view[written:]
+        if close_at_eof:
+            child.close_fd(fd)  # the program reads EOF
+
+    async def _wait_fd(self, fd: int, *, writable: bool) -> None:
+        loop = self.loop
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        if writable:
+            loop.add_writer(fd, ready)
+        else:
+            loop.add_reader(fd, ready)
+        try:
+            await waiter
+        finally:
+            if writable:
+                loop.remove_writer(fd)
+            else:
+                loop.remove_reader(fd)
+
+
+def _popen(argv: list[str], kwargs: dict[str, Any]) -> subprocess.Popen[bytes]:
+    popen: subprocess.Popen[bytes] = subprocess.Popen(argv, **kwargs)
+    return popen
