@@ -1,134 +1,184 @@
-"""qsh: the client's command line.
+"""qsh: the client's command line, with ssh's habits.
 
-Today it opens a QSMP session, checks the host key against known_hosts (trust on first use,
-``StrictHostKeyChecking`` ask / accept-new / yes), reports what was negotiated and closes.
-Login, shells and commands arrive with issue 3. Exit status follows ssh: 255 for qsh's own
-failures, each with one line on stderr.
+``qsh [-p PORT] [-l USER] [-i KEY]... [-F CONFIG] [-o OPT=VAL]... [-v]... [-t]
+[user@]host [command...]``
+
+Exit status: the remote command's; 128+N when a signal killed it; 255 when qsh itself
+fails, with one line ``qsh: ...`` on stderr. Click would exit 1 or 2 on a usage error, so it
+runs with ``standalone_mode=False`` and every failure is mapped here.
+
+Startup time matters (every ``qsh host true`` pays it): this module imports only click;
+asyncio, the crypto and the session code load once the arguments are known to be good.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+if TYPE_CHECKING:
+    from .config import ClientConfig
+
 EXIT_FAILURE = 255
-DEFAULT_PORT = 2022
-_HOST_CHECK_MODES = ("ask", "accept-new", "yes", "no")
+#: ``-v`` count for each LogLevel from the config (ssh's DEBUG1..3 are -v..-vvv).
+_LOG_LEVEL_VERBOSITY = {"DEBUG1": 1, "DEBUG2": 2, "DEBUG3": 3}
+_QUIET_LEVELS = ("QUIET", "FATAL", "ERROR")
 
 
-class QshError(Exception):
-    """A failure of qsh itself: printed as one line, exit status 255."""
-
-
-@dataclass
-class ClientOptions:
-    host: str
-    port: int = DEFAULT_PORT
-    user: str | None = None
-    strict_host_key_checking: str = "ask"
-    known_hosts: Path = field(default_factory=lambda: Path.home() / ".qsh" / "known_hosts")
-    kems: tuple[str, ...] | None = None
-    ciphers: tuple[str, ...] | None = None
-    chaff: bool = False
-    connect_timeout: float = 30.0
-    verbose: int = 0
-
-
-def _split_destination(destination: str) -> tuple[str | None, str]:
+def split_destination(destination: str) -> tuple[str | None, str]:
+    """``user@host`` -> (user, host); the last ``@`` splits, as in ssh, so a user name
+    may itself contain one."""
     user, sep, host = destination.rpartition("@")
     return (user if sep else None), host
 
 
-def _apply_option(opts: ClientOptions, option: str) -> None:
-    key, sep, value = option.partition("=")
-    if not sep:
-        key, _, value = option.partition(" ")
-    key, value = key.strip().lower(), value.strip()
-    if key == "stricthostkeychecking":
-        if value.lower() not in _HOST_CHECK_MODES:
-            raise QshError(f"StrictHostKeyChecking must be one of {', '.join(_HOST_CHECK_MODES)}")
-        opts.strict_host_key_checking = value.lower()
-    elif key == "userknownhostsfile":
-        opts.known_hosts = Path(value).expanduser()
-    elif key == "port":
-        opts.port = int(value)
-    elif key == "kems":
-        opts.kems = tuple(v for v in value.split(",") if v)
-    elif key == "ciphers":
-        opts.ciphers = tuple(v for v in value.split(",") if v)
-    elif key == "chaff":
-        opts.chaff = value.lower() == "yes"
-    elif key == "connecttimeout":
-        opts.connect_timeout = float(value)
-    else:
-        raise QshError(f"unsupported option {key!r}")
+_VALUE_OPTIONS = frozenset("pliFo")
+_FLAG_OPTIONS = frozenset("vt")
 
 
-def _ask_tty(question: str) -> str:
-    """Ask on the controlling terminal, as ssh does, so piped stdin is left alone. No
-    terminal (a script, a daemon) means no answer, which callers treat as "no"."""
-    try:
-        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
-    except OSError:
-        return ""
-    try:
-        os.write(fd, question.encode())
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = os.read(fd, 1024)
-            if not chunk:
-                break
-            answer += chunk
-        return answer.decode(errors="replace").strip()
-    except OSError:
-        return ""
-    finally:
-        os.close(fd)
+def hoist_options(argv: list[str]) -> list[str]:
+    """Move options written right after the destination in front of it, as ssh does:
+    ``qsh host -t top`` means ``qsh -t host top``. The command starts at the first word
+    after the destination that is not an option (or after ``--``), so in ``qsh host ls -l``
+    the ``-l`` stays with ``ls``."""
+    def option_length(i: int) -> int:
+        """How many words the option cluster at argv[i] takes (0: not an option)."""
+        word = argv[i]
+        if not word.startswith("-") or word in ("-", "--"):
+            return 0
+        if word.startswith("--"):
+            return 1  # --help
+        for j, letter in enumerate(word[1:], start=1):
+            if letter in _VALUE_OPTIONS:
+                return 1 if j + 1 < len(word) else 2
+            if letter not in _FLAG_OPTIONS:
+                return 1  # unknown: hoisted all the same, so that click reports it
+        return 1
+
+    i = 0
+    while i < len(argv):  # skip the options before the destination
+        if argv[i] == "--":
+            return argv
+        n = option_length(i)
+        if not n:
+            break
+        i += n
+    if i >= len(argv):
+        return argv
+    destination = i
+    moved: list[str] = []
+    j = destination + 1
+    while j < len(argv):
+        if argv[j] == "--":
+            j += 1
+            break
+        n = option_length(j)
+        if not n:
+            break
+        moved.extend(argv[j:j + n])
+        j += n
+    rest = argv[j:]
+    return [*argv[:destination], *moved, "--", argv[destination], *rest]
+
+
+def remote_command(words: tuple[str, ...]) -> str | None:
+    """ssh joins the command's words with spaces and the remote shell parses the result,
+    so ``qsh host ls '*.txt'`` globs remotely. None means "no command": a login shell."""
+    return " ".join(words) if words else None
 
 
 @click.command(context_settings={"help_option_names": ["--help"],
-                                 "ignore_unknown_options": True})
-@click.option("-p", "port", type=int, default=None, help="Port (default 2022).")
-@click.option("-l", "login", default=None, help="User to log in as.")
-@click.option("-o", "options", multiple=True, help="Option=value, as in ssh_config.")
-@click.option("-v", "verbose", count=True, help="Verbose; repeat for more.")
+                                 "allow_interspersed_args": False})
+@click.option("-p", "port", type=int, default=None, metavar="PORT",
+              help="Port to connect to (default 2022).")
+@click.option("-l", "login", default=None, metavar="USER", help="User to log in as.")
+@click.option("-i", "identities", multiple=True, metavar="KEY",
+              help="Identity (private key) file; repeatable, tried in order.")
+@click.option("-F", "config_file", default=None, metavar="CONFIG",
+              help="Configuration file (default ~/.qsh/config; 'none' for none).")
+@click.option("-o", "options", multiple=True, metavar="OPT=VAL",
+              help="Option as in the configuration file; repeatable.")
+@click.option("-v", "verbose", count=True, help="Verbose; repeat for more (up to -vvv).")
+@click.option("-t", "force_tty", is_flag=True,
+              help="Request a pseudo-terminal even with a command or without a local one.")
 @click.argument("destination")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def command(port: int | None, login: str | None, options: tuple[str, ...], verbose: int,
-            destination: str, command: tuple[str, ...]) -> None:
-    """Connect to DESTINATION ([user@]host) over QSMP."""
-    user, host = _split_destination(destination)
-    opts = ClientOptions(host=host, user=login or user, verbose=verbose)
-    for option in options:
-        _apply_option(opts, option)
-    if port is not None:
-        opts.port = port
-    if command:
-        raise QshError("remote commands need login, which this version does not have yet")
-    from .session import run_session
+def command(port: int | None, login: str | None, identities: tuple[str, ...],
+            config_file: str | None, options: tuple[str, ...], verbose: int,
+            force_tty: bool, destination: str, command: tuple[str, ...]) -> int:
+    """Log in to DESTINATION ([user@]host) and run a shell, or COMMAND, over QSMP."""
+    from .config import ConfigError, resolve
 
-    asyncio.run(run_session(opts, _ask_tty))
-
-
-def main() -> None:
+    user, host = split_destination(destination)
     try:
-        command.main(standalone_mode=False)
+        cfg = resolve(host, path=Path(config_file) if config_file is not None else None,
+                      options=options, user=login or user, port=port,
+                      identity_files=identities)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    verbosity = max(verbose, _LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
+    return _run(cfg, remote_command(command), force_tty, verbosity,
+                quiet=cfg.log_level in _QUIET_LEVELS)
+
+
+def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int, *,
+         quiet: bool) -> int:
+    import asyncio
+
+    from . import session, terminal
+
+    session.setup_logging(verbosity)
+    ui = session.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter())
+    try:
+        return asyncio.run(session.run_client(cfg, ui, command=remote, force_tty=force_tty))
+    except session.QshError as exc:
+        ui.error(str(exc))
+        return EXIT_FAILURE
+    except Exception as exc:  # a bug of ours: still one line (the traceback with -v)
+        if verbosity:
+            import traceback
+
+            traceback.print_exc()
+        ui.error(f"internal error: {exc!r}")
+        return EXIT_FAILURE
+    finally:
+        terminal.restore_all()
+
+
+def sanitise_std_fds() -> None:
+    """Give closed fds 0-2 to /dev/null, as ssh does. Otherwise the next file opened (the
+    socket, the event loop's epoll) would take the number, and remote output written to
+    "fd 1" would land in it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # a lower fd was closed too and took it: keep both filled
+                os.dup2(null, fd)
+                if null > 2:
+                    os.close(null)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sanitise_std_fds()
+    args = hoist_options(list(sys.argv[1:] if argv is None else argv))
+    try:
+        status = command.main(args, prog_name="qsh", standalone_mode=False)
     except click.exceptions.Abort:
-        sys.exit(EXIT_FAILURE)
+        status = EXIT_FAILURE
     except click.ClickException as exc:
         click.echo(f"qsh: {exc.format_message()}", err=True)
-        sys.exit(EXIT_FAILURE)
-    except QshError as exc:
-        click.echo(f"qsh: {exc}", err=True)
-        sys.exit(EXIT_FAILURE)
+        status = EXIT_FAILURE
     except KeyboardInterrupt:
-        sys.exit(EXIT_FAILURE)
-    sys.exit(0)
+        status = EXIT_FAILURE
+    if not isinstance(status, int):  # --help returns None
+        status = 0
+    sys.exit(status)
 
 
 if __name__ == "__main__":

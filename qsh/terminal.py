@@ -1,0 +1,293 @@
+"""The local terminal: raw mode, its size, prompts on /dev/tty, and the ``~`` escapes.
+
+Everything here is about the user's own terminal, never the network. The rule that shapes
+it: **a terminal left in raw mode is a broken terminal** (no echo, no line editing, ^C
+does nothing), so :class:`RawMode` restores on every path it can see -- ``with`` exit,
+an explicit :meth:`RawMode.restore` from signal handlers, and ``atexit`` as a last resort.
+Only SIGKILL can get past all three, as with ssh.
+
+Prompts (passwords, passphrases, the host key question) go to ``/dev/tty`` rather than
+stdin/stderr, as ssh does, so ``qsh host cmd < input > output`` still asks the person and
+not the pipe. They are read from the event loop (``add_reader``), not from a thread: a
+blocked thread cannot be cancelled, and a cancelled prompt must restore echo at once.
+
+:class:`EscapeScanner` is pure (bytes in, bytes and commands out): the rules for when
+``~`` is special are subtle enough to deserve tests that need no terminal at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import enum
+import fcntl
+import os
+import struct
+import termios
+import tty
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+ESCAPE_CHAR = 0x7E  # "~"
+#: Bytes after which ``~`` starts an escape (ssh: after CR or LF, and at session start).
+_LINE_ENDS = frozenset(b"\r\n")
+DEFAULT_COLUMNS = 80
+DEFAULT_ROWS = 24
+
+ESCAPE_HELP = (
+    "Supported escape sequences:\r\n"
+    " ~.   - terminate connection\r\n"
+    " ~^Z  - suspend qsh\r\n"
+    " ~?   - this message\r\n"
+    " ~~   - send the escape character by typing it twice\r\n"
+    "(Note that escapes are only recognized immediately after newline.)\r\n"
+)
+
+
+# --- Size ---------------------------------------------------------------------------------
+
+
+def window_size(fd: int) -> tuple[int, int, int, int] | None:
+    """(columns, rows, width_px, height_px) of the terminal on ``fd``, None if it is not
+    one. A zero size (some emulators before their first draw) counts as unknown."""
+    try:
+        packed = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+    except OSError:
+        return None
+    rows, columns, width_px, height_px = struct.unpack("HHHH", packed)
+    if not rows or not columns:
+        return None
+    return columns, rows, width_px, height_px
+
+
+def size_or_default(fd: int) -> tuple[int, int, int, int]:
+    """What to tell the server when it needs a size: the terminal's, else 80x24 (ssh)."""
+    return window_size(fd) or (DEFAULT_COLUMNS, DEFAULT_ROWS, 0, 0)
+
+
+# --- Raw mode -----------------------------------------------------------------------------
+
+_active: set[RawMode] = set()
+
+
+def restore_all() -> None:
+    """Put every terminal we changed back as it was. Safe to call from anywhere, any time
+    (signal handlers, atexit, finally blocks), and more than once."""
+    for mode in list(_active):
+        mode.restore()
+
+
+atexit.register(restore_all)
+
+
+class RawMode:
+    """The terminal on ``fd`` in raw mode (as ssh's ``enter_raw_mode``: no echo, no line
+    discipline, no signals from ^C/^Z, no output processing), and back.
+
+    ^C must reach the remote pty as the byte 0x03, not become our SIGINT; output post-
+    processing is the remote pty's job, doing it twice would turn ``\\r\\n`` into
+    ``\\r\\r\\n``. Restoring uses TCSADRAIN so the last output is not cut off.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._saved: list[int | list[bytes | int]] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._saved is not None
+
+    def enter(self) -> None:
+        if self._saved is not None:
+            return
+        saved = termios.tcgetattr(self.fd)
+        self._saved = saved
+        _active.add(self)
+        try:
+            tty.setraw(self.fd, termios.TCSADRAIN)
+        except BaseException:
+            self.restore()
+            raise
+
+    def restore(self) -> None:
+        saved, self._saved = self._saved, None
+        _active.discard(self)
+        if saved is None:
+            return
+        # The terminal may be gone (hangup): nothing left to restore then.
+        with contextlib.suppress(OSError, termios.error):
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, saved)
+
+    def __enter__(self) -> RawMode:
+        self.enter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.restore()
+
+
+@contextlib.contextmanager
+def suspended(mode: RawMode | None) -> Iterator[None]:
+    """Cooked mode for a moment (a help text, a suspend), raw again afterwards."""
+    was_raw = mode is not None and mode.active
+    if was_raw:
+        assert mode is not None
+        mode.restore()
+    try:
+        yield
+    finally:
+        if was_raw:
+            assert mode is not None
+            mode.enter()
+
+
+# --- Prompts ------------------------------------------------------------------------------
+
+
+def has_tty() -> bool:
+    """Whether a person can be asked: a controlling terminal exists and opens."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+class TtyPrompter:
+    """Questions to the person at the controlling terminal."""
+
+    async def ask(self, prompt: str, *, echo: bool = True) -> str | None:
+        """The answer (without its newline), or None when there is no terminal. With
+        ``echo=False`` the answer is not shown, and echo comes back however this ends
+        (answer, ^C, cancellation)."""
+        try:
+            fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+        except OSError:
+            return None
+        saved: list[int | list[bytes | int]] | None = None
+        try:
+            if not echo:
+                with contextlib.suppress(termios.error):
+                    saved = termios.tcgetattr(fd)
+                    quiet = termios.tcgetattr(fd)
+                    quiet[3] &= ~termios.ECHO  # lflag
+                    quiet[3] |= termios.ECHONL | termios.ICANON
+                    termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+            os.write(fd, prompt.encode())
+            line = await _read_line(fd)
+            return line.decode(errors="replace")
+        finally:
+            if saved is not None:
+                # TCSADRAIN, not TCSAFLUSH: what was typed ahead (the first command after
+                # the password) is kept for the session.
+                with contextlib.suppress(termios.error, OSError):
+                    termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            os.close(fd)
+
+
+async def _read_line(fd: int) -> bytes:
+    """One line from a terminal in canonical mode, read when the loop says it is ready, so
+    waiting costs no thread and can be cancelled."""
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    while True:
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, set_ready, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+        try:
+            chunk = os.read(fd, 1024)
+        except BlockingIOError:
+            continue
+        except OSError:  # EIO: the terminal hung up
+            chunk = b""
+        if not chunk:
+            return bytes(data)
+        data += chunk
+        if data.endswith((b"\n", b"\r")):
+            return bytes(data.rstrip(b"\r\n"))
+
+
+def set_ready(future: asyncio.Future[None]) -> None:
+    """An add_reader/add_writer callback: readiness may be reported again before the
+    waiter runs, and a second set_result would raise inside the loop."""
+    if not future.done():
+        future.set_result(None)
+
+
+# --- Escapes ------------------------------------------------------------------------------
+
+
+class Escape(enum.Enum):
+    DISCONNECT = "."
+    HELP = "?"
+    SUSPEND = "\x1a"
+
+
+@dataclass
+class EscapeScanner:
+    """ssh's ``~`` escapes on a byte stream (the keyboard, in raw mode).
+
+    ``~`` is special only as the first character of a line: after CR or LF, or at the very
+    start of the session. Then the next byte decides: ``.`` disconnect, ``?`` help,
+    ``^Z`` suspend, ``~`` a literal ``~``; anything else sends ``~`` and that byte. A
+    ``~`` at the end of one read waits for the next read to be decided.
+
+    :meth:`feed` returns the input as a list of bytes to send and :class:`Escape`
+    commands, in order, so that what was typed before ``~.`` still goes out.
+    """
+
+    at_line_start: bool = True
+    pending: bool = False  # a line-start "~" waits for its next byte
+
+    def feed(self, data: bytes) -> list[bytes | Escape]:
+        out: list[bytes | Escape] = []
+        start = 0  # beginning of the run of plain bytes not yet emitted
+        for i, byte in enumerate(data):
+            if self.pending:
+                self.pending = False
+                command = _ESCAPES.get(byte)
+                if command is not None:
+                    out.append(command)
+                    start = i + 1
+                    # After an escape command the line state is as if nothing was typed.
+                    self.at_line_start = command is not Escape.DISCONNECT
+                    if command is Escape.DISCONNECT:
+                        return out  # nothing after ~. is sent
+                    continue
+                if byte == ESCAPE_CHAR:
+                    out.append(b"~")
+                    start = i + 1
+                    self.at_line_start = False
+                    continue
+                # Not an escape: send the held "~" and carry on with this byte.
+                out.append(b"~")
+                start = i
+            elif byte == ESCAPE_CHAR and self.at_line_start:
+                if i > start:
+                    out.append(data[start:i])
+                self.pending = True
+                start = i + 1
+                continue
+            self.at_line_start = byte in _LINE_ENDS
+        if start < len(data):
+            out.append(data[start:])
+        return _merge(out)
+
+
+_ESCAPES = {ord(e.value): e for e in Escape}
+
+
+def _merge(items: list[bytes | Escape]) -> list[bytes | Escape]:
+    """Adjacent byte runs as one write."""
+    merged: list[bytes | Escape] = []
+    for item in items:
+        if isinstance(item, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] = merged[-1] + item
+        elif item != b"":
+            merged.append(item)
+    return merged

@@ -1,0 +1,693 @@
+"""The qsh client: its pure parts (escapes, exit codes, argument handling, raw mode on a real
+pty) and end to end against a real ``qshd`` with real processes and real PTYs.
+
+End to end, one daemon serves the whole module. As root it runs as root (as in production)
+and the tests log in as a throwaway system account created here, with its own home,
+``~/.qsh/authorized_keys`` (0600 in a 0700 directory) and a bcrypt passwd entry; without
+root the daemon can only log its own user in, so that user is the target and the
+authorized_keys file is a temporary one named with ``AuthorizedKeysFile``. The client
+always runs with ``HOME`` pointing to a temporary directory: the tester's own ``~/.qsh``
+is never read or written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import os
+import pwd
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from common.keys import HostKey
+from common.known_hosts import KnownHosts
+from common.passwd import PasswdFile
+from common.session import ExitSignal
+from qsh import terminal
+from qsh.cli import hoist_options, remote_command, split_destination
+from qsh.session import exit_code, wants_pty
+from qsh.terminal import Escape, EscapeScanner, RawMode
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+PASSWORD = "correct horse 42"
+MiB = 1024 * 1024
+
+
+# =========================================================================== unit
+
+
+@pytest.mark.parametrize(("chunks", "expected"), [
+    ([b"~."], [Escape.DISCONNECT]),  # at session start
+    ([b"ls\r~."], [b"ls\r", Escape.DISCONNECT]),  # what was typed before still goes
+    ([b"ls\n~.rest"], [b"ls\n", Escape.DISCONNECT]),  # nothing after ~. is sent
+    ([b"a~."], [b"a~."]),  # not at the start of a line
+    ([b"\r~~"], [b"\r~"]),  # ~~ sends one ~
+    ([b"\r~~~."], [b"\r~~."]),  # ...and is no longer at a line start
+    ([b"~x"], [b"~x"]),  # unknown: both bytes go
+    ([b"~?"], [Escape.HELP]),
+    ([b"~\x1a"], [Escape.SUSPEND]),
+    ([b"~?~."], [Escape.HELP, Escape.DISCONNECT]),  # still at line start after ~?
+    ([b"ab\r", b"~", b"."], [b"ab\r", Escape.DISCONNECT]),  # split over reads
+    ([b"x~", b"."], [b"x~."]),
+    ([b"~", b"\r~."], [b"~\r", Escape.DISCONNECT]),
+])
+def test_escape_scanner(chunks: list[bytes], expected: list[bytes | Escape]) -> None:
+    scanner = EscapeScanner()
+    out: list[bytes | Escape] = []
+    for chunk in chunks:
+        out.extend(scanner.feed(chunk))
+    merged: list[bytes | Escape] = []
+    for item in out:
+        if isinstance(item, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += item
+        else:
+            merged.append(item)
+    assert merged == expected
+
+
+def test_escape_scanner_passes_bulk_data_unchanged() -> None:
+    data = os.urandom(MiB).replace(b"~", b"-")
+    assert EscapeScanner().feed(data) == [data]
+
+
+def test_exit_code_mapping() -> None:
+    assert exit_code(0, None) == 0
+    assert exit_code(7, None) == 7
+    assert exit_code(255, None) == 255
+    assert exit_code(256, None) == 255  # would read as 0 after the OS truncates it
+    assert exit_code(None, None) == 255
+    assert exit_code(None, ExitSignal("INT")) == 128 + signal.SIGINT
+    assert exit_code(None, ExitSignal("KILL", core_dumped=True)) == 137
+    assert exit_code(0, ExitSignal("TERM")) == 143  # a signal report wins
+
+
+@pytest.mark.parametrize(("request_tty", "command", "tty", "force", "expected"), [
+    ("auto", None, True, False, True),
+    ("auto", None, False, False, False),  # qsh host < script
+    ("auto", "ls", True, False, False),
+    ("auto", "ls", False, True, True),  # -t
+    ("no", None, True, False, False),
+    ("yes", "ls", True, False, True),
+    ("yes", "ls", False, False, False),
+    ("force", "ls", False, False, True),
+])
+def test_wants_pty(request_tty: str, command: str | None, tty: bool, force: bool,
+                   expected: bool) -> None:
+    assert wants_pty(request_tty, command=command, stdin_is_tty=tty, force=force) is expected
+
+
+def test_command_line_shapes() -> None:
+    assert split_destination("alice@db") == ("alice", "db")
+    assert split_destination("a@b@db") == ("a@b", "db")
+    assert split_destination("db") == (None, "db")
+    assert remote_command(()) is None
+    assert remote_command(("ls", "-l", "*.txt")) == "ls -l *.txt"
+    # Options right after the host are qsh's (as in ssh); the command starts at its word.
+    assert hoist_options(["db", "-t", "ls", "-l"]) == ["-t", "--", "db", "ls", "-l"]
+    assert hoist_options(["-p", "22", "db", "-vv", "-oA=b", "-i", "k", "top"]) == [
+        "-p", "22", "-vv", "-oA=b", "-i", "k", "--", "db", "top"]
+    assert hoist_options(["db", "--", "-t"]) == ["--", "db", "-t"]
+    assert hoist_options(["db", "-x"]) == ["-x", "--", "db"]  # click then rejects -x
+    assert hoist_options(["--help"]) == ["--help"]
+    assert hoist_options(["--", "db", "-t"]) == ["--", "db", "-t"]
+
+
+def _pty_pair() -> tuple[int, int]:
+    master, slave = os.openpty()
+    return master, slave
+
+
+def test_raw_mode_and_restore_on_a_real_pty() -> None:
+    master, slave = _pty_pair()
+    try:
+        before = termios.tcgetattr(slave)
+        assert before[3] & termios.ECHO and before[3] & termios.ICANON
+        mode = RawMode(slave)
+        with mode:
+            raw = termios.tcgetattr(slave)
+            assert not raw[3] & (termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN)
+            assert not raw[1] & termios.OPOST  # the remote pty does output processing
+            assert not raw[0] & termios.ICRNL
+            assert raw[6][termios.VMIN] == 1
+        assert termios.tcgetattr(slave) == before
+        with pytest.raises(RuntimeError), RawMode(slave):
+            raise RuntimeError("an exception on the way out restores too")
+        assert termios.tcgetattr(slave) == before
+        mode.enter()
+        mode.enter()  # idempotent: the saved state stays the cooked one
+        terminal.restore_all()
+        assert termios.tcgetattr(slave) == before
+        mode.restore()  # and twice is harmless
+        with terminal.suspended(mode):
+            pass
+        assert termios.tcgetattr(slave) == before  # not raw before: not raw after
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_window_size_of_a_pty() -> None:
+    import fcntl
+    import struct
+
+    master, slave = _pty_pair()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        assert terminal.window_size(slave) == (101, 33, 0, 0)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        assert terminal.window_size(slave) is None
+        assert terminal.size_or_default(slave) == (80, 24, 0, 0)
+    finally:
+        os.close(master)
+        os.close(slave)
+    r, w = os.pipe()
+    assert terminal.window_size(r) is None
+    os.close(r)
+    os.close(w)
+
+
+_RAW_CHILD = r"""
+import os, signal, sys
+from qsh.terminal import RawMode
+how = sys.argv[1]
+mode = RawMode(0)
+mode.enter()
+if how != "sigterm":
+    print("raw", flush=True)
+    os.read(0, 1)  # the test looks at the terminal meanwhile
+if how == "exception":
+    raise SystemExit("boom")
+if how == "sigterm":
+    import asyncio
+    async def main():
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        print("raw", flush=True)
+        await stop.wait()
+    try:
+        asyncio.run(main())
+    finally:
+        mode.restore()
+    sys.exit(255)
+"""
+
+
+@pytest.mark.parametrize("how", ["exception", "sigterm", "atexit"])
+def test_raw_mode_restored_when_a_process_ends(how: str) -> None:
+    """Every exit path of a process that entered raw mode leaves the terminal cooked:
+    an exception, a signal handled in the loop, and a plain exit (the atexit hook)."""
+    ptyprocess = pytest.importorskip("ptyprocess")
+    child = ptyprocess.PtyProcess.spawn([PYTHON, "-c", _RAW_CHILD, how], cwd=str(ROOT),
+                                        env=_client_env(None))
+    with _slave_of(child) as slave:
+        before = termios.tcgetattr(slave)
+        _expect(child, b"raw")
+        assert not termios.tcgetattr(slave)[3] & termios.ECHO
+        if how == "sigterm":
+            child.kill(signal.SIGTERM)
+        else:
+            child.write(b"x")
+        _drain(child)
+        assert termios.tcgetattr(slave) == before
+
+
+# =========================================================================== helpers
+
+
+def _client_env(home: Path | None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    if home is not None:
+        env["HOME"] = str(home)
+    env.setdefault("TERM", "xterm")
+    env.pop("PYTHONUNBUFFERED", None)
+    env.update(extra)
+    return env
+
+
+def _read_some(child: object, timeout: float) -> bytes:
+    fd = child.fd  # type: ignore[attr-defined]
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return b""
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the child is gone and the pty drained
+        raise EOFError from None
+
+
+def _expect(child: object, pattern: bytes | re.Pattern[bytes], timeout: float = 20.0,
+            seen: bytearray | None = None) -> bytes:
+    """Read the pty until ``pattern`` appears; return everything read."""
+    buf = seen if seen is not None else bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = (pattern.search(buf) if isinstance(pattern, re.Pattern)
+                 else pattern in buf)
+        if found:
+            return bytes(buf)
+        try:
+            buf += _read_some(child, 0.2)
+        except EOFError:
+            break
+    raise AssertionError(f"did not see {pattern!r} in {bytes(buf)!r}")
+
+
+def _drain(child: object, timeout: float = 20.0) -> tuple[bytes, int | None]:
+    """Everything until the child exits; its exit status."""
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = _read_some(child, 0.1)
+        except EOFError:
+            break
+        buf += data
+        # A test holding the slave open keeps EIO away: the child's exit ends it then.
+        if not data and not child.isalive():  # type: ignore[attr-defined]
+            break
+    child.wait()  # type: ignore[attr-defined]
+    return bytes(buf), child.exitstatus  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _slave_of(child: object) -> Iterator[int]:
+    """Our own handle on the child's terminal (its fd 0), to read its settings at any
+    time, even after the child exited."""
+    pid = child.pid  # type: ignore[attr-defined]
+    path = os.readlink(f"/proc/{pid}/fd/0")
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Server:
+    port: str
+    user: str
+    base: Path
+    client_home: Path
+    known_hosts: Path
+    key: Path
+    host_key: Path
+    process: subprocess.Popen[bytes]
+
+    def qsh_args(self, *args: str, key: bool = True, user: str | None = None) -> list[str]:
+        opts = ["-p", self.port, "-o", "StrictHostKeyChecking=yes"]
+        if key:
+            opts += ["-i", str(self.key)]
+        return [PYTHON, "-m", "qsh", *opts, f"{user or self.user}@127.0.0.1", *args]
+
+    def run(self, *args: str, key: bool = True, user: str | None = None,
+            input: bytes | None = None, stdin: object = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        if input is None and stdin is None:
+            stdin = subprocess.DEVNULL
+        return subprocess.run(
+            self.qsh_args(*args, key=key, user=user), input=input, stdin=stdin,  # type: ignore[arg-type]
+            capture_output=True, timeout=timeout, cwd=ROOT, env=_client_env(self.client_home),
+            start_new_session=True,  # no controlling terminal: nobody to ask
+        )
+
+    def spawn(self, *args: str, key: bool = True, user: str | None = None,
+              dimensions: tuple[int, int] = (24, 80)) -> object:
+        ptyprocess = pytest.importorskip("ptyprocess")
+        return ptyprocess.PtyProcess.spawn(self.qsh_args(*args, key=key, user=user),
+                                           cwd=str(ROOT), env=_client_env(self.client_home),
+                                           dimensions=dimensions)
+
+
+def _start_daemon(base: Path, host_key: Path, *options: str) -> tuple[subprocess.Popen[bytes],
+                                                                      str]:
+    ready = base / f"ready-{uuid.uuid4().hex}"
+    log = open(base / "qshd.log", "ab")  # noqa: SIM115 - the daemon writes it until the end
+    process = subprocess.Popen(
+        [PYTHON, "-m", "qshd", "-D", "-e", "-p", "0", "-o", "ListenAddress=127.0.0.1",
+         "-h", str(host_key), "--ready-file", str(ready), *options],
+        stdout=log, stderr=log, cwd=ROOT, env=_client_env(None),
+    )
+    log.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ready.exists() and ready.read_text().strip():
+            return process, ready.read_text().strip()
+        if process.poll() is not None:
+            raise AssertionError(f"qshd exited: {(base / 'qshd.log').read_text()}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("qshd did not start")
+
+
+def _stop_daemon(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def _target_account(base: Path) -> Iterator[tuple[str, Path]]:
+    """(user name, home). As root: a fresh system account, deleted afterwards. Otherwise
+    ourselves (the only user a non-root daemon can serve)."""
+    if os.geteuid() != 0:
+        yield getpass.getuser(), base
+        return
+    if shutil.which("useradd") is None:
+        pytest.skip("running as root without useradd: cannot create a throwaway account")
+    name = f"qshc{uuid.uuid4().hex[:8]}"
+    home = base / "home" / name
+    home.parent.mkdir(mode=0o755)
+    shell = "/bin/bash" if Path("/bin/bash").exists() else "/bin/sh"
+    subprocess.run(["useradd", "-m", "-d", str(home), "-s", shell, "-K", "UMASK=077", name],
+                   check=True, capture_output=True)
+    try:
+        yield name, home
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
+        subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    base = Path(tempfile.mkdtemp(prefix="qsh-client-e2e-"))
+    os.chmod(base, 0o755)  # the target account must reach its home below
+    try:
+        with _target_account(base) as (user, home):
+            options: list[str] = []
+            entry = pwd.getpwnam(user)
+            # The user's key: authorized in ~/.qsh/authorized_keys (0600, dir 0700).
+            client_home = base / "client"
+            (client_home / ".qsh").mkdir(parents=True, mode=0o700)
+            key = HostKey.generate("mldsa65", now=time.time())
+            key_path = client_home / "id_test"
+            key.save(key_path)
+            if os.geteuid() == 0:
+                qsh_dir = home / ".qsh"
+                qsh_dir.mkdir(mode=0o700, exist_ok=True)
+                authorized = qsh_dir / "authorized_keys"
+                authorized.write_text(key.public.openssh_line("test") + "\n")
+                authorized.chmod(0o600)
+                for path in (qsh_dir, authorized):
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+            else:
+                authorized = base / "authorized_keys"
+                authorized.write_text(key.public.openssh_line("test") + "\n")
+                authorized.chmod(0o600)
+                options = ["-o", f"AuthorizedKeysFile={authorized}"]
+            passwd = base / "passwd"
+            PasswdFile(passwd).set_password(user, PASSWORD.encode(), cost=4)
+            host_key = base / "host_key"
+            process, port = _start_daemon(base, host_key, "-o", f"PasswdFile={passwd}",
+                                          *options)
+            known = client_home / ".qsh" / "known_hosts"
+            public = HostKey.load(host_key).public
+            KnownHosts.load(known).add("127.0.0.1", int(port), public)
+            try:
+                yield Server(port, user, base, client_home, known, key_path, host_key,
+                             process)
+            finally:
+                _stop_daemon(process)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# =========================================================================== end to end
+
+
+def test_exit_status_is_the_remote_one(server: Server) -> None:
+    result = server.run("exit 7")
+    assert result.returncode == 7, result.stderr
+    assert result.stderr == b""
+
+
+def test_remote_signal_is_128_plus_n(server: Server) -> None:
+    result = server.run("kill -KILL $$")
+    assert result.returncode == 128 + signal.SIGKILL, result.stderr
+
+
+def test_stdout_and_stderr_are_kept_apart(server: Server) -> None:
+    result = server.run("echo out; echo err >&2; echo out2")
+    assert result.returncode == 0
+    assert result.stdout == b"out\nout2\n"
+    assert result.stderr == b"err\n"
+
+
+def test_command_words_are_joined_as_ssh_does(server: Server) -> None:
+    result = server.run("printf", "'%s|'", "a", "b c")
+    assert result.stdout == b"a|b|c|"
+
+
+def test_stdin_pipe_and_eof(server: Server) -> None:
+    """``echo x | qsh host cat``: stdin goes through and its EOF ends the remote cat."""
+    result = server.run("cat", input=b"x\n")
+    assert (result.returncode, result.stdout) == (0, b"x\n"), result.stderr
+
+
+def test_50_mb_round_trip_through_cat(server: Server, tmp_path: Path) -> None:
+    data = os.urandom(50 * 1000 * 1000)
+    source = tmp_path / "data"
+    source.write_bytes(data)
+    # stdin from a pipe (the polled path) both ways at once: backpressure in each direction.
+    process = subprocess.Popen(server.qsh_args("cat"), stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                               env=_client_env(server.client_home), start_new_session=True)
+    out, err = process.communicate(data, timeout=120)
+    assert process.returncode == 0, err
+    assert hashlib.sha256(out).hexdigest() == hashlib.sha256(data).hexdigest()
+    # stdin from a regular file (not pollable: read directly).
+    with source.open("rb") as f:
+        result = server.run("sha256sum", stdin=f)
+    assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_shell_without_a_pty_reads_a_script(server: Server, tmp_path: Path) -> None:
+    """``qsh host < script``: no command and no terminal is a shell without a pty."""
+    script = tmp_path / "script"
+    script.write_bytes(b"echo from-script; test -t 0 || echo no-tty; exit 4\n")
+    with script.open("rb") as f:
+        result = server.run(stdin=f)
+    assert result.returncode == 4, result.stderr
+    assert result.stdout == b"from-script\nno-tty\n"
+
+
+def test_sigint_without_a_pty_is_forwarded(server: Server) -> None:
+    process = subprocess.Popen(server.qsh_args("echo ready; exec sleep 100"),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=ROOT,
+                               env=_client_env(server.client_home), start_new_session=True)
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"ready\n"
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 128 + signal.SIGINT
+
+
+def test_password_login_through_a_pty(server: Server) -> None:
+    child = server.spawn(key=False)
+    _expect(child, f"{server.user}@127.0.0.1's password: ".encode())
+    child.write(PASSWORD.encode() + b"\n")  # type: ignore[attr-defined]
+    child.write(b"echo MARK$((6*7)); tty\n")  # type: ignore[attr-defined]
+    seen = _expect(child, re.compile(rb"MARK42\r\n/dev/pts/\d+"))
+    assert PASSWORD.encode() not in seen  # no echo
+    child.write(b"exit 3\n")  # type: ignore[attr-defined]
+    out, status = _drain(child)
+    assert status == 3, out
+
+
+def test_wrong_password_fails_after_the_delay(server: Server) -> None:
+    child = server.spawn("true", key=False)
+    started = time.monotonic()
+    seen, total = bytearray(), bytearray()
+    for attempt in range(3):
+        _expect(child, b"password: ", seen=seen)
+        total += seen
+        seen.clear()
+        child.write(f"wrong{attempt}\n".encode())  # type: ignore[attr-defined]
+    out, status = _drain(child)
+    elapsed = time.monotonic() - started
+    assert status == 255
+    assert out.endswith(b"qsh: permission denied (publickey,password)\r\n"), out
+    assert total.count(b"Permission denied, please try again.") == 2
+    assert elapsed >= 3.0  # 0.5 + 1 + 2 seconds of the server's growing delay
+
+
+def test_unknown_user_is_refused(server: Server) -> None:
+    result = server.run("true", user="nosuchuser7")
+    assert result.returncode == 255
+    assert result.stderr.startswith(b"qsh: permission denied"), result.stderr
+    assert result.stderr.count(b"\n") == 1
+
+
+def test_no_key_and_no_terminal_is_a_clear_failure(server: Server) -> None:
+    result = server.run("true", key=False)
+    assert result.returncode == 255
+    assert result.stderr == (b"qsh: permission denied (no usable key and no terminal to ask "
+                             b"for a password)\n")
+
+
+def test_encrypted_key_asks_its_passphrase_on_the_terminal(server: Server,
+                                                           tmp_path: Path) -> None:
+    key = HostKey.load(server.key)
+    locked = tmp_path / "id_locked"
+    key.save(locked, b"open sesame")
+    # No terminal: the key is skipped (said with -v), then nothing else can be tried.
+    result = subprocess.run(
+        [PYTHON, "-m", "qsh", "-v", "-p", server.port, "-i", str(locked),
+         f"{server.user}@127.0.0.1", "true"], capture_output=True, timeout=60, cwd=ROOT,
+        env=_client_env(server.client_home), stdin=subprocess.DEVNULL, start_new_session=True)
+    assert result.returncode == 255
+    assert b"no terminal to ask for its passphrase" in result.stderr
+    # With a terminal: asked without echo, a wrong one is asked again.
+    ptyprocess = pytest.importorskip("ptyprocess")
+    child = ptyprocess.PtyProcess.spawn(
+        [PYTHON, "-m", "qsh", "-p", server.port, "-i", str(locked), f"{server.user}@127.0.0.1",
+         "echo", "unlocked"], cwd=str(ROOT), env=_client_env(server.client_home))
+    _expect(child, b"Enter passphrase for key")
+    child.write(b"wrong\n")
+    _expect(child, b"Bad passphrase, try again")
+    child.write(b"open sesame\n")
+    out, status = _drain(child)
+    assert status == 0 and b"unlocked" in out and b"open sesame" not in out
+
+
+def test_remote_stty_size_follows_a_resize(server: Server) -> None:
+    child = server.spawn(dimensions=(30, 100))
+    child.write(b"stty size\n")  # type: ignore[attr-defined]
+    _expect(child, b"30 100")
+    child.setwinsize(40, 120)  # type: ignore[attr-defined]  # SIGWINCH to qsh
+    seen = bytearray()
+    deadline = time.monotonic() + 20
+    while b"40 120" not in seen and time.monotonic() < deadline:
+        child.write(b"stty size\n")  # type: ignore[attr-defined]
+        with contextlib.suppress(AssertionError):
+            _expect(child, b"40 120", timeout=1.0, seen=seen)
+    assert b"40 120" in seen
+    child.write(b"exit\n")  # type: ignore[attr-defined]
+    assert _drain(child)[1] == 0
+
+
+def test_ctrl_c_stops_a_remote_sleep_under_t(server: Server) -> None:
+    child = server.spawn("-t", "echo ready; sleep 100")
+    with _slave_of(child) as slave:
+        before = termios.tcgetattr(slave)
+        _expect(child, b"ready")
+        started = time.monotonic()
+        child.write(b"\x03")  # type: ignore[attr-defined]  # raw mode: a byte, not our SIGINT
+        out, status = _drain(child)
+        assert status == 128 + signal.SIGINT, out
+        assert time.monotonic() - started < 10
+        assert termios.tcgetattr(slave) == before
+
+
+@pytest.mark.parametrize("ending", ["remote-exit", "escape", "sigterm", "sighup"])
+def test_terminal_is_restored_on_every_exit_path(server: Server, ending: str) -> None:
+    child = server.spawn("-t", "echo ready; exec sleep 100" if ending != "remote-exit"
+                         else "echo ready; read line; exit 9")
+    with _slave_of(child) as slave:
+        before = termios.tcgetattr(slave)
+        _expect(child, b"ready")
+        during = termios.tcgetattr(slave)
+        assert not during[3] & (termios.ECHO | termios.ICANON | termios.ISIG)
+        if ending == "remote-exit":
+            child.write(b"go\r")  # type: ignore[attr-defined]
+            expected = 9
+        elif ending == "escape":
+            child.write(b"\r~.")  # type: ignore[attr-defined]
+            expected = 255
+        else:
+            child.kill(getattr(signal, ending.upper()))  # type: ignore[attr-defined]
+            expected = 255
+        out, status = _drain(child)
+        assert status == expected, out
+        assert termios.tcgetattr(slave) == before
+        if ending == "escape":
+            assert b"disconnected" in out
+
+
+def test_password_prompt_restores_echo_when_interrupted(server: Server) -> None:
+    child = server.spawn("true", key=False)
+    with _slave_of(child) as slave:
+        before = termios.tcgetattr(slave)
+        _expect(child, b"password: ")
+        time.sleep(0.1)
+        assert not termios.tcgetattr(slave)[3] & termios.ECHO
+        child.write(b"\x03")  # type: ignore[attr-defined]  # cooked mode: SIGINT to qsh
+        out, status = _drain(child)
+        assert status == 255, out
+        assert termios.tcgetattr(slave) == before
+
+
+def test_escape_help_and_literal_tilde(server: Server) -> None:
+    child = server.spawn("-t", "echo ready; read line; echo \"got:$line\"")
+    _expect(child, b"ready")  # the session runs: qsh's terminal is raw
+    child.write(b"~?")  # type: ignore[attr-defined]
+    _expect(child, b"~.   - terminate connection")
+    child.write(b"~~x\r")  # type: ignore[attr-defined]
+    out, status = _drain(child)
+    assert status == 0 and b"got:~x" in out, out
+
+
+def test_suspend_escape_stops_qsh_and_fg_resumes_it(server: Server) -> None:
+    """``~^Z`` stops qsh like ^Z stops a local program (a shell with job control is needed:
+    stop signals to an orphaned process group are discarded), and ``fg`` resumes it."""
+    ptyprocess = pytest.importorskip("ptyprocess")
+    qsh = " ".join(f"'{a}'" for a in server.qsh_args(
+        "-t", "echo ready; read line; echo got:$line"))
+    child = ptyprocess.PtyProcess.spawn(
+        ["bash", "--norc", "-c", f"set -m; {qsh}; echo stopped=$?; fg; echo rc=$?"],
+        cwd=str(ROOT), env=_client_env(server.client_home))
+    seen = bytearray()
+    _expect(child, b"ready", seen=seen)
+    child.write(b"~\x1a")
+    _expect(child, b"stopped=148", seen=seen)  # 128 + SIGTSTP: bash saw qsh stop
+    time.sleep(0.3)  # fg continues qsh, which puts the terminal back in raw mode
+    child.write(b"x\r")
+    _expect(child, b"rc=0", seen=seen)
+    assert b"[suspend qsh]" in seen and b"got:x" in seen
+
+
+def test_expired_host_key_is_refused(tmp_path: Path) -> None:
+    expired = tmp_path / "expired_key"
+    HostKey.generate("mldsa65", now=time.time() - 7200, lifetime=3600).save(expired)
+    process, port = _start_daemon(tmp_path, expired)
+    try:
+        result = subprocess.run(
+            [PYTHON, "-m", "qsh", "-p", port, "-o", "StrictHostKeyChecking=accept-new",
+             "127.0.0.1", "true"], capture_output=True, timeout=60, cwd=ROOT,
+            env=_client_env(tmp_path), stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        _stop_daemon(process)
+    assert result.returncode == 255
+    assert b"expired" in result.stderr and result.stderr.count(b"\n") == 1, result.stderr
+
+
+def test_config_errors_are_one_line_255(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("Host *\n  Prot 22\n")
+    result = subprocess.run([PYTHON, "-m", "qsh", "-F", str(config), "h", "true"],
+                            capture_output=True, timeout=60, cwd=ROOT,
+                            env=_client_env(tmp_path))
+    assert result.returncode == 255
+    assert result.stderr == f"qsh: {config}:2: unknown keyword Prot\n".encode()
+    result = subprocess.run([PYTHON, "-m", "qsh", "-x", "h"], capture_output=True, timeout=60,
+                            cwd=ROOT, env=_client_env(tmp_path))
+    assert result.returncode == 255 and result.stderr.count(b"\n") == 1
