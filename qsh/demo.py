@@ -1,12 +1,16 @@
-"""``python3 -m qsh.demo``: a local qshd and a qsh session into it, in a throwaway directory.
+"""``python3 -m qsh.demo``: a local qshd and qsh sessions into it, in a throwaway directory.
 
-It runs the real programs as separate processes on 127.0.0.1, so what it shows is exactly
-what a user gets: first contact (the host key is new and accepted), then a second connection
-that finds the key in known_hosts.
+It runs the real programs as separate processes on 127.0.0.1, so what it shows is what a
+user gets: a user key made with qsh-keygen and listed in an authorized_keys file, a daemon
+with a fresh host key, first contact (the host key is new and accepted), a remote command,
+and -- when run from a terminal -- an interactive shell (leave it with ``exit`` or ``~.``).
+Nothing outside the temporary directory is touched.
 """
 
 from __future__ import annotations
 
+import getpass
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,26 +29,45 @@ def _wait_for(path: Path, process: subprocess.Popen[bytes], seconds: float = 20.
     raise SystemExit("qshd did not start listening in time")
 
 
+def _show(argv: list[str]) -> None:
+    shown = [Path(a).name if a == sys.executable else a for a in argv]
+    print("\n$ " + " ".join(shown), flush=True)
+
+
 def main() -> int:
+    user = getpass.getuser()
     with tempfile.TemporaryDirectory(prefix="qsh-demo-") as tmp:
         base = Path(tmp)
+        key = base / "id_mldsa65"
+        keygen = [sys.executable, "-m", "qsh.keygen", "-f", str(key), "-N", ""]
+        _show(keygen)
+        subprocess.run(keygen, check=True)
+        shutil.copy(key.with_name(key.name + ".pub"), base / "authorized_keys")
+        (base / "authorized_keys").chmod(0o600)
         ready = base / "port"
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "qshd", "-D", "-e", "-p", "0", "-o", "ListenAddress=127.0.0.1",
-             "-h", str(base / "host_key"),
-             "--ready-file", str(ready)],
-        )
+        daemon_argv = [
+            sys.executable, "-m", "qshd", "-D", "-e", "-p", "0",
+            "-o", "ListenAddress=127.0.0.1",
+            "-o", f"AuthorizedKeysFile={base / 'authorized_keys'}",
+            "-o", "PermitRootLogin=prohibit-password",
+            "-o", f"PasswdFile={base / 'passwd'}",
+            "-h", str(base / "host_key"), "--ready-file", str(ready),
+        ]
+        _show(daemon_argv)
+        daemon = subprocess.Popen(daemon_argv)
         try:
             port = _wait_for(ready, daemon)
-            client = [sys.executable, "-m", "qsh", "-p", port,
-                      "-o", f"UserKnownHostsFile={base / 'known_hosts'}"]
-            print(f"\n$ qsh -p {port} -o StrictHostKeyChecking=accept-new 127.0.0.1", flush=True)
-            first = subprocess.run([*client, "-o", "StrictHostKeyChecking=accept-new",
-                                    "127.0.0.1"], check=False)
-            print(f"\n$ qsh -p {port} -o StrictHostKeyChecking=yes 127.0.0.1", flush=True)
-            second = subprocess.run([*client, "-o", "StrictHostKeyChecking=yes", "127.0.0.1"],
-                                    check=False)
-            return first.returncode or second.returncode
+            client = [sys.executable, "-m", "qsh", "-p", port, "-i", str(key),
+                      "-o", f"UserKnownHostsFile={base / 'known_hosts'}",
+                      "-o", "StrictHostKeyChecking=accept-new", f"{user}@127.0.0.1"]
+            command = [*client, "echo hello from $(hostname) as $(id -un); uname -sr"]
+            _show(command)
+            status = subprocess.run(command, check=False).returncode
+            if status == 0 and sys.stdin.isatty():
+                print("\nAn interactive qsh session follows; leave it with 'exit' or '~.'.")
+                _show(client)
+                status = subprocess.run(client, check=False).returncode
+            return status
         finally:
             daemon.terminate()
             daemon.wait(timeout=10)
