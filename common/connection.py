@@ -216,6 +216,8 @@ class Connection:
         hs = self.handshake
         if not isinstance(hs, ClientHandshake):
             raise UsageError("only a client decides on host keys")
+        if self.terminated is not None:
+            return  # the decision came after the end (both events arrived in one batch)
         self._guard(lambda: hs.accept_host_key(self._now))
         self._guard(self._after_handshake_step)
 
@@ -223,6 +225,8 @@ class Connection:
         hs = self.handshake
         if not isinstance(hs, ClientHandshake):
             raise UsageError("only a client decides on host keys")
+        if self.terminated is not None:
+            return
         self._guard(hs.reject_host_key)
 
     # ------------------------------------------------------------------ output
@@ -349,6 +353,8 @@ class Connection:
         auth, transport = self._server_auth, self.transport
         if auth is None or transport is None:
             raise UsageError("no authentication is in progress")
+        if self.terminated is not None:
+            return
         transport.send(AuthMessage.AUTH_SUCCESS, auth.accept())
         self._login_deadline = None
         self._collect_transport()
@@ -359,6 +365,8 @@ class Connection:
         auth = self._server_auth
         if auth is None:
             raise UsageError("no authentication is in progress")
+        if self.terminated is not None:
+            return
         self._now = max(self._now, now)
         auth.reject(now, message)
 
@@ -390,6 +398,8 @@ class Connection:
     def request_rekey(self) -> None:
         if self.transport is None:
             raise UsageError("rekey before the handshake finished")
+        if self.terminated is not None:
+            return
         self.transport.request_rekey()
         self._collect_transport()
 
@@ -427,6 +437,8 @@ class Connection:
             else:
                 self._out.append(encode_packet(Flag.ERROR_CONDITION, self.handshake.tx_seq,
                                                bytes([code])))
+        if self.transport is not None:
+            self.transport.closed = True  # nothing is sealed after the end
         self.terminated = ConnectionTerminated(code, reason, by_peer)
         self._events.append(self.terminated)
 

@@ -283,7 +283,7 @@ def test_three_channels_echo_100_mb_with_checksums() -> None:
 def test_small_window_and_packets_still_deliver_everything() -> None:
     async def main() -> None:
         async with await start_server(window=64 * 1024, max_packet=4096) as server:
-            client = await dial(server, window=32 * 1024, max_packet=1000)
+            client = await dial(server, window=32 * 1024, max_packet=1024)
             await asyncio.gather(echo_roundtrip(client, 3 * MiB, seed=20),
                                  echo_roundtrip(client, 1 * MiB, seed=21))
             client.close()

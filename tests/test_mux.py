@@ -20,6 +20,7 @@ from common.errors import InvalidInput, InvalidRequest, PeerError, QsmpError, Us
 from common.mux import (
     MAX_CHANNELS,
     MAX_PAYLOAD,
+    MIN_PEER_MAX_PACKET,
     ChannelClosed,
     ChannelData,
     ChannelEof,
@@ -152,7 +153,7 @@ def test_channel_limit_answers_resource_shortage() -> None:
     server = Mux(is_client=False)
     # Bypass the client's own limit: a peer sends a 257th open regardless.
     for i in range(MAX_CHANNELS + 1):
-        body_ = Writer().name("session").u32(i).u32(1000).u32(1000).vbytes(b"").getvalue()
+        body_ = Writer().name("session").u32(i).u32(1000).u32(1024).vbytes(b"").getvalue()
         events = server.handle_message(MuxMessage.CHANNEL_OPEN, memoryview(body_))
         assert len(events) == (1 if i < MAX_CHANNELS else 0)
     out = server.take_outgoing()
@@ -245,15 +246,15 @@ def test_bulk_both_ways_through_small_windows() -> None:
 
 
 def test_peer_max_packet_bounds_our_chunks() -> None:
-    client = Mux(is_client=True, max_packet=1000)
+    client = Mux(is_client=True, max_packet=1_024)
     server = Mux(is_client=False)  # 256 KiB of its own
     client.open_channel("session")
     req = open_request(pump(client, server)[1])
     server.accept_channel(req.channel_id)
     pump(client, server)
-    server.send_data(req.channel_id, bytes(10_000))
+    server.send_data(req.channel_id, bytes(10_240))
     sizes = [len(m.payload) for m in server.take_outgoing()]
-    assert sizes == [1000] * 10
+    assert sizes == [1024] * 10
 
 
 def test_slow_reader_throttles_sender() -> None:
@@ -289,7 +290,7 @@ def test_slow_reader_throttles_sender() -> None:
 
 
 def test_extended_data_kept_apart() -> None:
-    client, server, cid, sid = connected(window=10_000, max_packet=1_000)
+    client, server, cid, sid = connected(window=10_000, max_packet=1_024)
     for i in range(30):
         server.send_data(sid, b"out%d;" % i)
         server.send_data(sid, b"err%d;" % i, ext=1)
@@ -301,7 +302,7 @@ def test_extended_data_kept_apart() -> None:
 
 
 def test_extended_data_shares_the_window() -> None:
-    client, server, cid, sid = connected(window=100, max_packet=100)
+    client, server, cid, sid = connected(window=100, max_packet=1_024)
     server.send_data(sid, bytes(60))
     server.send_data(sid, bytes(60), ext=1)
     at_client, _ = pump(client, server)
@@ -379,7 +380,7 @@ def test_data_in_flight_after_our_close_is_ignored() -> None:
 
 
 def test_graceful_close_waits_for_window_abort_does_not() -> None:
-    client, server, cid, sid = connected(window=1000, max_packet=1000)
+    client, server, cid, sid = connected(window=1000, max_packet=1_024)
     client.send_data(cid, bytes(3000))
     client.close_channel(cid)
     with pytest.raises(UsageError):
@@ -393,7 +394,7 @@ def test_graceful_close_waits_for_window_abort_does_not() -> None:
 
 
 def test_peer_close_drops_our_buffer_and_answers() -> None:
-    client, server, cid, sid = connected(window=1000, max_packet=1000)
+    client, server, cid, sid = connected(window=1000, max_packet=1_024)
     client.send_data(cid, bytes(5000))
     server.close_channel(sid)
     at_client, at_server = pump(client, server)
@@ -457,11 +458,11 @@ def test_global_requests() -> None:
 
 
 def test_window_exceeded() -> None:
-    _, server, _, sid = connected(window=1000, max_packet=1000)
+    _, server, _, sid = connected(window=1000, max_packet=1_024)
     server.handle_message(MuxMessage.CHANNEL_DATA, body(u32(sid), bytes(600)))
     with pytest.raises(InvalidInput, match="window exceeded"):
         server.handle_message(MuxMessage.CHANNEL_DATA, body(u32(sid), bytes(401)))
-    _, server, _, sid = connected(window=1000, max_packet=1000)
+    _, server, _, sid = connected(window=1000, max_packet=1_024)
     server.handle_message(MuxMessage.CHANNEL_DATA, body(u32(sid), bytes(600)))
     with pytest.raises(InvalidInput, match="window exceeded"):
         server.handle_message(MuxMessage.CHANNEL_EXTENDED_DATA,
@@ -469,9 +470,9 @@ def test_window_exceeded() -> None:
 
 
 def test_data_larger_than_max_packet() -> None:
-    _, server, _, sid = connected(window=10_000, max_packet=1000)
+    _, server, _, sid = connected(window=10_000, max_packet=1_024)
     with pytest.raises(InvalidInput, match="maximum packet"):
-        server.handle_message(MuxMessage.CHANNEL_DATA, body(u32(sid), bytes(1001)))
+        server.handle_message(MuxMessage.CHANNEL_DATA, body(u32(sid), bytes(1025)))
 
 
 def test_unknown_recipient() -> None:
@@ -520,11 +521,15 @@ def test_duplicate_confirmation() -> None:
         client.handle_message(MuxMessage.CHANNEL_OPEN_CONFIRM, memoryview(confirm))
 
 
-def test_zero_max_packet_refused() -> None:
+@pytest.mark.parametrize("max_packet", [0, 1, MIN_PEER_MAX_PACKET - 1])
+def test_tiny_max_packet_refused(max_packet: int) -> None:
+    """A peer asking for tiny packets would make us spend a record per byte or so."""
     server = Mux(is_client=False)
-    open_ = Writer().name("session").u32(0).u32(100).u32(0).vbytes(b"").getvalue()
+    open_ = Writer().name("session").u32(0).u32(100).u32(max_packet).vbytes(b"").getvalue()
     with pytest.raises(InvalidInput):
         server.handle_message(MuxMessage.CHANNEL_OPEN, memoryview(open_))
+    ok = Writer().name("session").u32(1).u32(100).u32(MIN_PEER_MAX_PACKET).vbytes(b"")
+    assert server.handle_message(MuxMessage.CHANNEL_OPEN, memoryview(ok.getvalue()))
 
 
 def test_window_adjust_overflow() -> None:
@@ -648,7 +653,7 @@ def test_requests_on_an_opening_channel_go_out_on_confirmation_before_data() -> 
     seed=st.integers(0, 2**32 - 1),
     size=st.integers(0, 200_000),
     window=st.integers(1, 40_000),
-    max_packet=st.integers(1, 20_000),
+    max_packet=st.integers(MIN_PEER_MAX_PACKET, 20_000),
     writes=st.lists(st.integers(1, 50_000), min_size=1, max_size=20),
     acks=st.lists(st.floats(0, 1), min_size=1, max_size=30),
     stderr_every=st.integers(0, 5),
@@ -701,16 +706,16 @@ def test_any_chunking_and_acknowledgement_delivers_in_order(
 
 def _sample_messages() -> tuple[Mux, list[tuple[int, bytes]]]:
     """A server in a state where every message type is acceptable, and one valid body each."""
-    _, server, _, sid = connected(window=1000, max_packet=500)
+    _, server, _, sid = connected(window=2_048, max_packet=1_024)
     server.send_request(sid, "probe")
     server.global_request("probe")
     opening = server.open_channel("tunnel")
     server.take_outgoing()
     msgs: list[tuple[int, bytes]] = [
         (MuxMessage.CHANNEL_OPEN,
-         Writer().name("session").u32(7).u32(1000).u32(100).vbytes(b"payload").getvalue()),
+         Writer().name("session").u32(7).u32(1000).u32(1024).vbytes(b"payload").getvalue()),
         (MuxMessage.CHANNEL_OPEN_CONFIRM,
-         Writer().u32(opening).u32(9).u32(1000).u32(100).vbytes(b"p").getvalue()),
+         Writer().u32(opening).u32(9).u32(1000).u32(1024).vbytes(b"p").getvalue()),
         (MuxMessage.CHANNEL_OPEN_FAILURE,
          Writer().u32(opening).u32(2).text("refused").getvalue()),
         (MuxMessage.CHANNEL_WINDOW_ADJUST, u32(sid) + u32(1000)),

@@ -1,0 +1,1 @@
+"""atheris harnesses for the sans-IO core; see fuzz/README.md."""
