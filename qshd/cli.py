@@ -125,11 +125,18 @@ def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | 
         click.echo("configuration OK", err=True)
         return
     keys = [load_or_create_host_key(p) for p in cfg.host_key_paths()]
+    # A detached daemon works from "/": pin the paths given relative to where we started.
+    pidfile = pidfile.absolute() if pidfile is not None else None
+    ready_file = ready_file.absolute() if ready_file is not None else None
     if not foreground:
         _detach(pidfile)
     elif pidfile is not None:
         pidfile.write_text(f"{os.getpid()}\n")
-    asyncio.run(_serve(cfg, keys, ready_file))
+    try:
+        asyncio.run(_serve(cfg, keys, ready_file))
+    finally:
+        if pidfile is not None:
+            pidfile.unlink(missing_ok=True)
 
 
 def main() -> None:

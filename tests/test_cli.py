@@ -222,3 +222,54 @@ def test_qcp_not_yet_available_says_so() -> None:
                             timeout=60)
     assert result.returncode == 1
     assert result.stderr.startswith("qcp: ") and result.stderr.count("\n") == 1
+
+
+def test_qshd_detaches_writes_its_pidfile_and_stops_cleanly(tmp_path: Path) -> None:
+    """Without -D the daemon detaches (the command returns at once), records its pid, keeps
+    serving, and removes the pidfile when told to stop: what initrc/qshd.init relies on."""
+    import asyncio
+    import os
+    import signal
+
+    from common import aio
+    from common.handshake import ClientHandshake
+    from common.negotiation import Offer
+
+    pidfile, ready = tmp_path / "qshd.pid", tmp_path / "port"
+    started = subprocess.run(
+        [PYTHON, "-m", "qshd", "-p", "0", "-o", "ListenAddress=127.0.0.1",
+         "-h", str(tmp_path / "host_key"), "--pidfile", str(pidfile), "--ready-file", str(ready)],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent,
+    )
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 30
+    while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    try:
+        # A new session, of which it is not the leader (the double fork): it can never
+        # acquire a controlling terminal.
+        assert os.getsid(pid) not in (os.getsid(0), pid)
+        port = int(ready.read_text())
+
+        async def handshake() -> str:
+            conn = await aio.connect("127.0.0.1", port,
+                                     handshake=ClientHandshake(Offer(), None),
+                                     on_host_key=lambda key: asyncio.sleep(0, True))
+            assert conn.host_key is not None
+            fingerprint = conn.host_key.fingerprint()
+            conn.close()
+            return fingerprint
+
+        fingerprint = asyncio.run(handshake())
+        assert fingerprint == PublicKey.load(tmp_path / "host_key.pub")[0].fingerprint()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pidfile.exists()
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.05)
