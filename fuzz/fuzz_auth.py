@@ -21,14 +21,10 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import atheris
 
-    _instrumented: contextlib.AbstractContextManager[object] = atheris.instrument_imports(
-        include=["common"])
-else:
-    _instrumented = contextlib.nullcontext()
+from fuzz.instrument import instrumented
 
-with _instrumented:
+with instrumented(__name__ == "__main__"):
     from common.auth import (
         AuthFailed,
         AuthMessage,
@@ -126,6 +122,8 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
+    import atheris
+
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
 

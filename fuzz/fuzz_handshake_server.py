@@ -22,20 +22,15 @@ Input layout: :class:`fuzz.support.HandshakePlan`.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import atheris
 
-    _instrumented: contextlib.AbstractContextManager[object] = atheris.instrument_imports(
-        include=["common"])
-else:
-    _instrumented = contextlib.nullcontext()
+from fuzz.instrument import instrumented
 
-with _instrumented:
+with instrumented(__name__ == "__main__"):
     from common.auth import AuthRequested
     from common.connection import Connection
     from fuzz.support import (
@@ -92,6 +87,8 @@ def _answer_logins(server: Connection, plan: HandshakePlan, events: list[object]
 
 
 def main() -> None:
+    import atheris
+
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
 

@@ -22,19 +22,16 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import atheris
 
-    _instrumented: contextlib.AbstractContextManager[object] = atheris.instrument_imports(
-        include=["common"])
-else:
-    _instrumented = contextlib.nullcontext()
+from fuzz.instrument import instrumented
 
-with _instrumented:
+with instrumented(__name__ == "__main__"):
     from common.errors import QsmpError, UsageError
     from common.mux import (
         DEFAULT_MAX_PACKET,
         DEFAULT_WINDOW,
         MAX_PACKET_CEILING,
+        MIN_PEER_MAX_PACKET,
         ChannelClosed,
         ChannelData,
         ChannelOpened,
@@ -47,7 +44,7 @@ with _instrumented:
     from fuzz.support import Cursor
 
 _WINDOWS = (DEFAULT_WINDOW, 1, 100, 65536, 0xFFFFFFFF)
-_MAX_PACKETS = (DEFAULT_MAX_PACKET, 1, 64, MAX_PACKET_CEILING)
+_MAX_PACKETS = (DEFAULT_MAX_PACKET, MIN_PEER_MAX_PACKET, 4096, MAX_PACKET_CEILING)
 #: The peer's id for the channel we open during setup, and for the one it opens.
 _PEER_ID = 7
 _PEER_OPEN_ID = 9
@@ -226,6 +223,8 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
+    import atheris
+
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
 

@@ -12,7 +12,6 @@ Run: ``python fuzz/fuzz_wire.py fuzz/corpus/wire -runs=1000000`` (or fuzz/run_al
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,14 +19,10 @@ from typing import Any
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import atheris
 
-    _instrumented: contextlib.AbstractContextManager[object] = atheris.instrument_imports(
-        include=["common"])
-else:
-    _instrumented = contextlib.nullcontext()
+from fuzz.instrument import instrumented
 
-with _instrumented:
+with instrumented(__name__ == "__main__"):
     from common.errors import InvalidInput, QsmpError
     from common.handshake import ConnectRequest, ConnectResponse
     from common.keys import HostKey, PublicKey
@@ -288,6 +283,8 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
+    import atheris
+
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
 

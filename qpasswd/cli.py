@@ -16,7 +16,6 @@ import getpass
 import pwd
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
@@ -31,6 +30,7 @@ from common.passwd import (
     check_user_name,
     default_passwd_path,
 )
+from qsh import clirun
 
 PROG = "qpasswd"
 #: Longer than any password we accept, so an overlong line is reported as too long rather
@@ -142,26 +142,9 @@ def _read_new_password(from_stdin: bool) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: map every failure to one line and exit status 1."""
-    try:
-        status = command.main(args=argv, prog_name=PROG, standalone_mode=False)
-    except click.UsageError as exc:
-        _fail(f"{exc.format_message()} (see {PROG} --help)")
-    except click.ClickException as exc:
-        _fail(exc.format_message())
-    except click.Abort:
-        _fail("interrupted; nothing changed")
-    except (PasswdError, QpasswdError) as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(exc.strerror or str(exc))
-    sys.exit(status if isinstance(status, int) else 0)
-
-
-def _fail(message: str) -> NoReturn:
-    # Only our own messages get here; none of them ever contains the password.
-    click.echo(f"{PROG}: {message}", err=True)
-    sys.exit(1)
+    """Console-script entry: every failure is one line and exit status 1."""
+    clirun.run(command, PROG, argv, errors=(PasswdError, QpasswdError),
+               interrupted="interrupted; nothing changed")
 
 
 if __name__ == "__main__":  # pragma: no cover - ``python -m qpasswd.cli``

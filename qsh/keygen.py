@@ -19,11 +19,12 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
 from common.keys import DEFAULT_ALGORITHM, HostKey, KeyFileError, PublicKey
+
+from . import clirun
 
 PROG = "qsh-keygen"
 ALGORITHMS = ("mldsa65", "mldsa87")
@@ -188,25 +189,9 @@ def _describe(key: PublicKey, comment: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: map every failure to one line and exit status 1."""
-    try:
-        status = command.main(args=argv, prog_name=PROG, standalone_mode=False)
-    except click.UsageError as exc:
-        _fail(f"{exc.format_message()} (see {PROG} --help)")
-    except click.ClickException as exc:
-        _fail(exc.format_message())
-    except click.Abort:
-        _fail("interrupted; no key written")
-    except (KeyFileError, KeygenError) as exc:
-        _fail(str(exc))
-    except (OSError, ValueError) as exc:
-        _fail(str(exc))
-    sys.exit(status if isinstance(status, int) else 0)
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"{PROG}: {message}", err=True)
-    sys.exit(1)
+    """Console-script entry: every failure is one line and exit status 1."""
+    clirun.run(command, PROG, argv, errors=(KeyFileError, KeygenError, ValueError),
+               interrupted="interrupted; no key written")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
 import termios
-import time
 from pathlib import Path
 
 import pytest
+from ptyio import read_to_eof, read_until
 from ptyprocess import PtyProcess
 
 from common.keys import HostKey, KeyFileError, PassphraseRequired, PublicKey
@@ -189,44 +188,14 @@ def _spawn(*args: str) -> PtyProcess:
                             dimensions=(24, 80))
 
 
-def _read_until(proc: PtyProcess, needle: bytes, timeout: float = 20) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"timed out waiting for {needle!r}; got {buf!r}")
-        ready, _, _ = select.select([proc.fd], [], [], remaining)
-        if ready:
-            try:
-                buf += proc.read(4096)
-            except EOFError:
-                raise AssertionError(f"EOF waiting for {needle!r}; got {buf!r}") from None
-    return buf
-
-
-def _read_to_eof(proc: PtyProcess, timeout: float = 30) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.fd], [], [], deadline - time.monotonic())
-        if ready:
-            try:
-                buf += proc.read(4096)
-            except EOFError:
-                proc.wait()
-                return buf
-    raise AssertionError(f"no EOF; got {buf!r}")
-
-
 def _passphrases(proc: PtyProcess, first: str, second: str) -> bytes:
-    seen = _read_until(proc, b"Enter passphrase (empty for no passphrase):")
+    seen = read_until(proc, b"Enter passphrase (empty for no passphrase):")
     assert not termios.tcgetattr(proc.fd)[3] & termios.ECHO
     proc.write(first.encode() + b"\n")
-    seen += _read_until(proc, b"Enter same passphrase again:")
+    seen += read_until(proc, b"Enter same passphrase again:")
     assert not termios.tcgetattr(proc.fd)[3] & termios.ECHO
     proc.write(second.encode() + b"\n")
-    return seen + _read_to_eof(proc)
+    return seen + read_to_eof(proc, 30)
 
 
 def test_tty_passphrase_prompts(tmp_path: Path) -> None:
@@ -253,9 +222,9 @@ def test_tty_overwrite_question(tmp_path: Path, answer: bytes, replaced: bool) -
     assert keygen("-f", str(path), "--no-passphrase").returncode == 0
     before = path.read_bytes()
     proc = _spawn("-f", str(path), "--no-passphrase")
-    _read_until(proc, b"Overwrite (y/n)?")
+    read_until(proc, b"Overwrite (y/n)?")
     proc.write(answer + b"\n")
-    output = _read_to_eof(proc)
+    output = read_to_eof(proc, 30)
     assert proc.exitstatus == (0 if replaced else 1), output
     assert (path.read_bytes() != before) is replaced
     if not replaced:

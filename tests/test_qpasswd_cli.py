@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import select
 import subprocess
 import sys
 import termios
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ptyio import read_to_eof, read_until
 from ptyprocess import PtyProcess
 
 from common.passwd import PasswdFile
@@ -223,48 +223,18 @@ def _spawn(*args: str) -> PtyProcess:
                             dimensions=(24, 80))
 
 
-def _read_until(proc: PtyProcess, needle: bytes, timeout: float = 20) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"timed out waiting for {needle!r}; got {buf!r}")
-        ready, _, _ = select.select([proc.fd], [], [], remaining)
-        if ready:
-            try:
-                buf += proc.read(4096)
-            except EOFError:
-                raise AssertionError(f"EOF waiting for {needle!r}; got {buf!r}") from None
-    return buf
-
-
-def _read_to_eof(proc: PtyProcess, timeout: float = 20) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.fd], [], [], deadline - time.monotonic())
-        if ready:
-            try:
-                buf += proc.read(4096)
-            except EOFError:
-                proc.wait()
-                return buf
-    raise AssertionError(f"no EOF; got {buf!r}")
-
-
 def _echo_is_off(proc: PtyProcess) -> bool:
     return not termios.tcgetattr(proc.fd)[3] & termios.ECHO
 
 
 def _answer_prompts(proc: PtyProcess, first: str, second: str) -> bytes:
-    seen = _read_until(proc, b"New password:")
+    seen = read_until(proc, b"New password:")
     assert _echo_is_off(proc)
     proc.write(first.encode() + b"\n")
-    seen += _read_until(proc, b"Retype new password:")
+    seen += read_until(proc, b"Retype new password:")
     assert _echo_is_off(proc)
     proc.write(second.encode() + b"\n")
-    return seen + _read_to_eof(proc)
+    return seen + read_to_eof(proc)
 
 
 def test_tty_prompts_twice_without_echo(pw: Path) -> None:
@@ -298,7 +268,7 @@ def test_tty_empty_password_refused(pw: Path) -> None:
 def test_tty_with_stdin_flag_does_not_prompt(pw: Path) -> None:
     proc = _spawn("-f", str(pw), "-c", "4", "--stdin", "-u", "alice")
     proc.write(b"piped\n")
-    output = _read_to_eof(proc)
+    output = read_to_eof(proc)
     assert b"New password" not in output
     assert proc.exitstatus == 0, output
     assert PasswdFile(pw).verify("alice", b"piped")
