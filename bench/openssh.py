@@ -59,13 +59,17 @@ def _children_cpu() -> float:
 
 
 class PrivateSshd:
-    """``with PrivateSshd() as sshd: sshd.session(10)``."""
+    """``with PrivateSshd() as sshd: sshd.session(10)``.
 
-    def __init__(self) -> None:
+    ``extra_config`` is appended to the generated sshd_config (keywords not already set
+    there, e.g. ``SetEnv``)."""
+
+    def __init__(self, extra_config: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="qsh-bench-sshd-"))
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.version = ""
+        self.extra_config = extra_config
 
     def __enter__(self) -> PrivateSshd:
         try:
@@ -105,6 +109,7 @@ class PrivateSshd:
             "PermitRootLogin prohibit-password\n"
             "MaxStartups 100:30:200\n"
             "LogLevel ERROR\n"
+            + self.extra_config
         )
         if os.geteuid() == 0 and not Path("/run/sshd").is_dir():
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
@@ -126,27 +131,37 @@ class PrivateSshd:
         out = subprocess.run(["ssh", "-V"], capture_output=True, text=True)
         self.version = (out.stderr or out.stdout).strip()
 
-    def command(self, remote: str, cipher: str | None = None) -> list[str]:
+    @property
+    def pid(self) -> int:
+        """The listener's process id."""
+        assert self.process is not None
+        return self.process.pid
+
+    def command(self, remote: str | None, cipher: str | None = None, *,
+                tty: bool = False) -> list[str]:
+        """The ssh command line; ``remote`` None means a login shell, ``tty`` adds ``-tt``."""
         args = ["ssh", "-F", "/dev/null", "-p", str(self.port), "-i", str(self._user_key),
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"]
         if cipher:
             args += ["-c", cipher]
-        return [*args, "127.0.0.1", remote]
+        if tty:
+            args.append("-tt")
+        return [*args, "127.0.0.1"] + ([remote] if remote is not None else [])
 
-    def _server_cpu(self) -> float:
+    def server_cpu(self) -> float:
         """CPU time of the listener's reaped children (``cutime + cstime``)."""
         assert self.process is not None
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
     def _run(self, command: list[str], stdin: int | typing.IO[bytes]) -> Run:
-        client0, server0 = _children_cpu(), self._server_cpu()
+        client0, server0 = _children_cpu(), self.server_cpu()
         start = time.perf_counter()
         subprocess.run(command, check=True, stdin=stdin)
         seconds = time.perf_counter() - start
         time.sleep(0.05)  # let the listener reap its child
-        return Run(seconds, _children_cpu() - client0, self._server_cpu() - server0)
+        return Run(seconds, _children_cpu() - client0, self.server_cpu() - server0)
 
     def session(self, count: int) -> Run:
         """``ssh host true`` ``count`` times: the median run (wall time and CPU)."""

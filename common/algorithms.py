@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from . import pycryptodome
 from .errors import AuthenticationFailure, DecapsulationFailure, InvalidInput, RandomFailure
 from .rng import Rng, is_system_rng
 from .suites import Aead, AeadContext, Kem, Registry, Signature
@@ -98,6 +99,7 @@ def _pc_encaps(param_set: str, public_key: bytes, coins: bytes) -> tuple[bytes, 
     fails loudly instead of breaking the test vectors. Imported here, not at module level,
     because only reproducible runs (tests, vectors) take this path.
     """
+    pycryptodome.load()
     from Crypto.PublicKey import MLKEM
 
     try:
@@ -278,6 +280,7 @@ def _pc_signing_key(param_set: str, seed: bytes) -> Any:
     """pycryptodome re-runs ML-DSA key expansion in ``construct`` (~86 us for ML-DSA-65,
     a quarter of a signature), so a host key is expanded once, not once per handshake.
     Public keys are not cached: cryptography parses one in ~7 us."""
+    pycryptodome.load()
     from Crypto.PublicKey import MLDSA
 
     return MLDSA.construct(param_set=getattr(MLDSA, param_set), seed=seed)
@@ -317,6 +320,7 @@ class MlDsa:
             raise InvalidInput(
                 f"{self.name} signing key is {len(signing_key)} bytes, not {_MLDSA_SEED_SIZE}"
             )
+        pycryptodome.load()
         from Crypto.Signature import mldsa as pc_mldsa
 
         key = _pc_signing_key(self._pc_param_set, bytes(signing_key))

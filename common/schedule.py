@@ -16,7 +16,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from Crypto.Hash import KMAC256
+from . import pycryptodome
+
+pycryptodome.load()
+
+from Crypto.Hash import KMAC256  # noqa: E402  (after choosing the backend)
 
 KEY_SIZE = 32
 IV_SIZE = 12

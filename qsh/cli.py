@@ -13,6 +13,7 @@ asyncio, the crypto and the session code load once the arguments are known to be
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -178,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
         status = EXIT_FAILURE
     if not isinstance(status, int):  # --help returns None
         status = 0
+    # Everything left is garbage the process is about to drop: keep interpreter shutdown
+    # from walking it all (12-56 ms of a `qsh host true`); atexit handlers still run.
+    gc.freeze()
     sys.exit(status)
 
 
