@@ -520,23 +520,30 @@ def _read_text(path: str | os.PathLike[str], limit: int, *, private: bool = Fals
                 f"permissions {stat.S_IMODE(st.st_mode):04o} for {path} are too open: a private"
                 f" key must not be accessible by group or others (chmod 600 {path})"
             )
-        if st.st_size > limit:
+        data = read_limited(fd, limit) if st.st_size <= limit else None
+        if data is None:
             raise KeyFileError(f"{path}: file too large for a key file")
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise KeyFileError(f"{path}: file too large for a key file")
     except OSError as exc:
         raise KeyFileError(f"cannot read {path}: {exc.strerror}") from exc
     finally:
         os.close(fd)
     try:
-        return b"".join(chunks).decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise KeyFileError(f"{path}: malformed key file: not UTF-8 text") from None
+
+
+def read_limited(fd: int, limit: int) -> bytes | None:
+    """All of ``fd``, or None as soon as it exceeds ``limit`` bytes: a file that grows while
+    we read (or lies in fstat) still cannot make us hold more than the limit."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(chunks)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int) -> None:

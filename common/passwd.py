@@ -48,7 +48,7 @@ from pathlib import Path
 
 import bcrypt
 
-from .keys import KeyFileError, atomic_write
+from .keys import KeyFileError, atomic_write, read_limited
 
 DEFAULT_COST = 12
 MIN_COST = 4
@@ -309,14 +309,10 @@ def _dummy_hash(cost: int) -> str:
 
 
 def _read_bounded(fd: int, path: Path) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_PASSWD_FILE:
-            raise PasswdFileError(f"{path}: too large for a passwd file")
-    return b"".join(chunks)
+    data = read_limited(fd, MAX_PASSWD_FILE)
+    if data is None:
+        raise PasswdFileError(f"{path}: too large for a passwd file")
+    return data
 
 
 def _parse(data: bytes, path: Path) -> list[_Line]:
