@@ -1168,8 +1168,11 @@ class QsmpConnection(asyncio.BufferedProtocol):
             except Exception:
                 log.exception("conn=%d: host key callback failed; rejecting", self.number)
             finally:
-                if deadline is not None and remaining is not None:
-                    deadline.reschedule(self.loop.time() + max(remaining, 0.0))
+                # connect() may have ended meanwhile (the peer closed, or gave up on us):
+                # its timeout is then finished and must not be restarted.
+                if deadline is not None and remaining is not None and not self._core.closed:
+                    with contextlib.suppress(RuntimeError):
+                        deadline.reschedule(self.loop.time() + max(remaining, 0.0))
         if self._core.closed:
             return
         try:
@@ -1434,7 +1437,7 @@ async def serve(host: str | None, port: int, *,
                 window: int | None = None, max_packet: int | None = None,
                 rng: Rng | None = None, backlog: int = 100,
                 on_auth: AuthHandler | None = None, max_auth_attempts: int | None = None,
-                login_grace: float | None = None,
+                login_grace: float | None = None, auth_methods: tuple[str, ...] | None = None,
                 max_unauthenticated: int | None = None) -> Server:
     """Listen on ``host:port`` (port 0: any free port, see :attr:`Server.port`).
 
@@ -1459,6 +1462,8 @@ async def serve(host: str | None, port: int, *,
             auth_args["max_auth_attempts"] = max_auth_attempts
         if login_grace is not None:
             auth_args["login_grace"] = login_grace
+        if auth_methods is not None:
+            auth_args["auth_methods"] = auth_methods
     tune_allocator()
     loop = asyncio.get_running_loop()
     server_ref: list[Server] = []

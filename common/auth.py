@@ -102,7 +102,17 @@ def _user(name: str) -> str:
 def password_request(user: str, password: bytes) -> bytes:
     if len(password) > MAX_PASSWORD:
         raise UsageError(f"passwords are at most {MAX_PASSWORD} bytes")
-    return (Writer().name(_user(user)).name(METHOD_PASSWORD).vbytes(password).getvalue())
+    check_user(user)
+    return Writer().name(user).name(METHOD_PASSWORD).vbytes(password).getvalue()
+
+
+def check_user(user: str) -> None:
+    """Refuse, at the caller, a name the wire cannot carry (rather than when sending)."""
+    _user(user)
+    try:
+        Writer().name(user)
+    except ValueError:  # not printable ASCII (UnicodeEncodeError is a ValueError too)
+        raise UsageError(f"user name {user!r} is not printable ASCII") from None
 
 
 def publickey_request(user: str, key: HostKey, session_id: bytes, rng: Rng) -> bytes:
@@ -114,9 +124,13 @@ def publickey_request(user: str, key: HostKey, session_id: bytes, rng: Rng) -> b
 class ServerAuth:
     """The server's side: one request at a time, a growing delay, a limit."""
 
-    def __init__(self, session_id: bytes, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+    def __init__(self, session_id: bytes, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 methods: tuple[str, ...] = METHODS) -> None:
         self._session_id = session_id
         self.max_attempts = max_attempts
+        #: What a failure tells the client may still work (a server without passwords
+        #: must not make qsh prompt for one).
+        self.methods = methods
         self.failures = 0
         self.user: str | None = None
         self._pending: AuthRequested | None = None
@@ -177,7 +191,8 @@ class ServerAuth:
         self._pending = None
         self.failures += 1
         delay = min(FIRST_FAILURE_DELAY * 2 ** (self.failures - 1), MAX_FAILURE_DELAY)
-        body = Writer().names(METHODS).text(message[:MAX_MESSAGE]).getvalue()
+        text = message.encode("utf-8")[:MAX_MESSAGE].decode("utf-8", "ignore")
+        body = Writer().names(self.methods).text(text).getvalue()
         self.deferred = (now + delay, body)
 
     def due(self, now: float) -> bytes | None:

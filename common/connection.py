@@ -24,9 +24,11 @@ from .auth import (
     DEFAULT_MAX_ATTEMPTS,
     FIRST_AUTH_TYPE,
     LAST_AUTH_TYPE,
+    METHODS,
     AuthMessage,
     ClientAuth,
     ServerAuth,
+    check_user,
     password_request,
     publickey_request,
 )
@@ -92,7 +94,8 @@ class Connection:
                  settings: TransportSettings | None = None, rng: Rng = SYSTEM_RNG,
                  window: int | None = None, max_packet: int | None = None,
                  require_auth: bool = False, max_auth_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                 login_grace: float = DEFAULT_LOGIN_GRACE) -> None:
+                 login_grace: float = DEFAULT_LOGIN_GRACE,
+                 auth_methods: tuple[str, ...] = METHODS) -> None:
         """``require_auth`` (server): no channel until a user is authenticated, at most
         ``max_auth_attempts`` failures, and all of it within ``login_grace`` seconds of
         the connection's start (OpenSSH's LoginGraceTime)."""
@@ -119,6 +122,8 @@ class Connection:
         self._login_grace = login_grace
         self._server_auth: ServerAuth | None = None
         self._client_auth = ClientAuth()
+        self._auth_attempted = False
+        self._auth_methods = auth_methods
         #: Client: builds the request body once the session ID exists.
         self._auth_request: Callable[[bytes], bytes] | None = None
 
@@ -206,7 +211,8 @@ class Connection:
             self.transport = Transport(result, self.role, self.settings, self._rng, self._now)
             if self._require_auth:
                 self._server_auth = ServerAuth(result.session_id,
-                                               max_attempts=self._max_auth_attempts)
+                                               max_attempts=self._max_auth_attempts,
+                                               methods=self._auth_methods)
             self._events.append(HandshakeComplete(result.suite, result.session_id,
                                                   result.host_key))
 
@@ -247,7 +253,10 @@ class Connection:
             body = self._auth_request(self.handshake.session_id)
             self._auth_request = None
             messages.append(OutgoingMessage(AuthMessage.AUTH_REQUEST, body))
-        if self._client_auth.in_flight is None:
+        if self._client_auth.in_flight is None and (
+                self._client_auth.user is not None or not self._auth_attempted):
+            # Once a login was tried, channels wait for one to succeed: a server that
+            # requires login ends the connection on a channel message before it.
             messages.extend(self.mux.take_outgoing())
         if not messages:
             return
@@ -334,11 +343,14 @@ class Connection:
         request, and channel traffic waits for the answer."""
         password_request(user, password)  # validate now, at the caller
         self._client_auth.sent(user)
+        self._auth_attempted = True
         self._auth_request = lambda _session_id: password_request(user, password)
 
     def authenticate_publickey(self, user: str, key: HostKey) -> None:
         """Client: log in with a user key; it signs the session ID, so it waits for it."""
+        check_user(user)
         self._client_auth.sent(user)
+        self._auth_attempted = True
         self._auth_request = lambda session_id: publickey_request(user, key, session_id,
                                                                   self._rng)
 

@@ -28,7 +28,8 @@ from .wire import Reader, Writer
 
 SESSION = "session"
 MAX_TERM = 64
-MAX_COMMAND = 256 * 1024
+#: A command travels in one channel request, whose payload the mux caps at 64 KiB.
+MAX_COMMAND = 64 * 1024 - 4
 MAX_ENV_VALUE = 32 * 1024
 MAX_DIMENSION = 100_000
 MAX_MESSAGE = 1024
@@ -46,7 +47,10 @@ EXIT_SIGNAL = "exit-signal"
 SIGNALS: dict[str, int] = {
     name: int(getattr(_signal, "SIG" + name))
     for name in ("ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT",
-                 "SEGV", "TERM", "USR1", "USR2", "WINCH", "CONT", "STOP", "TSTP")
+                 "SEGV", "TERM", "USR1", "USR2", "WINCH", "CONT", "STOP", "TSTP",
+                 "BUS", "SYS", "TRAP", "XCPU", "XFSZ", "VTALRM", "PROF", "TTIN", "TTOU",
+                 "URG", "IO")
+    if hasattr(_signal, "SIG" + name)
 }
 SIGNAL_NAMES: dict[int, str] = {number: name for name, number in SIGNALS.items()}
 
@@ -171,5 +175,9 @@ def decode_exit_status(payload: bytes) -> int:
 
 
 def exit_code_for_signal(name: str) -> int:
-    """What a shell reports for a command killed by ``name``: 128 + its number (ssh too)."""
-    return 128 + SIGNALS.get(name, 0)
+    """What a shell reports for a command killed by ``name``: 128 + its number (ssh too).
+    A name outside our table is looked up in this machine's signals before giving up."""
+    number = SIGNALS.get(name)
+    if number is None:
+        number = int(getattr(_signal, "SIG" + name, 0))
+    return 128 + number

@@ -89,7 +89,14 @@ def hoist_options(argv: list[str]) -> list[str]:
 def remote_command(words: tuple[str, ...]) -> str | None:
     """ssh joins the command's words with spaces and the remote shell parses the result,
     so ``qsh host ls '*.txt'`` globs remotely. None means "no command": a login shell."""
-    return " ".join(words) if words else None
+    if not words:
+        return None
+    command = " ".join(words)
+    from common.session import MAX_COMMAND
+
+    if len(command.encode("utf-8", "surrogateescape")) > MAX_COMMAND:
+        raise click.UsageError(f"the command is longer than {MAX_COMMAND} bytes")
+    return command
 
 
 @click.command(context_settings={"help_option_names": ["--help"],

@@ -58,6 +58,12 @@ class ServerConfig:
     max_auth_tries: int = DEFAULT_MAX_AUTH_TRIES
     login_grace_time: float = DEFAULT_LOGIN_GRACE
 
+    def auth_methods(self) -> tuple[str, ...]:
+        """What a refused client is told may still work."""
+        return tuple(method for method, on in (("publickey", self.pubkey_authentication),
+                                               ("password", self.password_authentication))
+                     if on)
+
     def policy(self) -> ServerPolicy:
         return ServerPolicy(kems=self.kems, signatures=self.signatures, aeads=self.ciphers,
                             allow_chaff=self.allow_chaff)

@@ -91,6 +91,7 @@ class Daemon:
                                      on_auth=self.authenticator,
                                      max_auth_attempts=cfg.max_auth_tries,
                                      login_grace=cfg.login_grace_time,
+                                     auth_methods=cfg.auth_methods(),
                                      max_unauthenticated=cfg.max_startups)
             port = server.port  # with -p 0, later addresses share the first's port
             self._servers.append(server)

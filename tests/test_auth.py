@@ -191,3 +191,46 @@ def test_login_grace_ends_with_success() -> None:
     pump(client, server, NOW)
     server.handle_timer(NOW + 11.0)
     assert not server.closed
+
+
+def test_refused_login_keeps_channel_traffic_held() -> None:
+    """After a refusal the client still holds its channel open (a login-requiring server
+    would end the connection on it) and sends it once a later attempt succeeds."""
+    client, server = pair()
+    client.authenticate_password("alice", b"wrong")
+    client.mux.open_channel("session")
+    pump(client, server, NOW)
+    server.reject_auth(NOW)
+    server.handle_timer(NOW + FIRST_FAILURE_DELAY)
+    pump(client, server, NOW + FIRST_FAILURE_DELAY)
+    assert events_of(AuthFailed, client.events_received())
+    assert not server.closed and not events_of(ChannelOpenRequest, server.events_received())
+    client.authenticate_password("alice", b"right")
+    pump(client, server, NOW + 1)
+    server.accept_auth()
+    pump(client, server, NOW + 1)
+    assert len(events_of(ChannelOpenRequest, server.events_received())) == 1
+
+
+def test_failure_lists_only_the_methods_the_server_offers() -> None:
+    client, server = pair(auth_methods=("publickey",))
+    client.authenticate_password("alice", b"pw")
+    pump(client, server, NOW)
+    server.reject_auth(NOW, "passwords are not accepted here: " + "é" * 1000)
+    server.handle_timer(NOW + FIRST_FAILURE_DELAY)
+    pump(client, server, NOW + FIRST_FAILURE_DELAY)
+    [failed] = events_of(AuthFailed, client.events_received())
+    assert isinstance(failed, AuthFailed) and failed.methods == ("publickey",)
+    # A long non-ASCII message is cut to the byte limit on a character boundary.
+    assert failed.message.startswith("passwords are not accepted here")
+    assert not client.closed
+
+
+@pytest.mark.parametrize("user", ["", "a" * 33, "has space", "naïve"])
+def test_bad_user_names_are_refused_at_the_call(user: str) -> None:
+    client, _ = pair()
+    with pytest.raises(UsageError):
+        client.authenticate_publickey(user, user_key())
+    with pytest.raises(UsageError):
+        client.authenticate_password(user, b"pw")
+    assert client.data_to_send()  # the connection itself is unharmed

@@ -68,3 +68,9 @@ def test_any_bytes_decode_or_raise_protocol_errors(data: bytes) -> None:
                    s.decode_exit_status, s.PtyRequest.decode, s.ExitSignal.decode):
         with contextlib.suppress(QsmpError):
             decode(data)
+
+
+def test_exit_code_for_signals_beyond_the_wire_table() -> None:
+    assert s.exit_code_for_signal("BUS") == 128 + signal.SIGBUS
+    assert s.exit_code_for_signal("RTMIN") == 128 + signal.SIGRTMIN  # looked up locally
+    assert s.exit_code_for_signal("NOSUCH") == 128
