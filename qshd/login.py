@@ -38,7 +38,7 @@ from pathlib import Path
 from common import aio
 from common.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
 from common.errors import InvalidInput
-from common.keys import PublicKey
+from common.keys import PublicKey, read_limited
 from common.passwd import InvalidUserName, PasswdError, PasswdFile, check_user_name
 
 from .config import ServerConfig, expand_tokens
@@ -140,11 +140,9 @@ def read_authorized_keys(path: Path, account: Account) -> list[PublicKey] | None
             if directory in (home, "/"):
                 break
             directory = os.path.dirname(directory)
-        data = bytearray()
-        while chunk := os.read(fd, 65536):
-            data += chunk
-            if len(data) > MAX_AUTHORIZED_KEYS:
-                raise AuthorizedKeysError(f"{real} is too large")
+        data = read_limited(fd, MAX_AUTHORIZED_KEYS)
+        if data is None:
+            raise AuthorizedKeysError(f"{real} is too large")
     finally:
         os.close(fd)
     keys: list[PublicKey] = []
