@@ -223,10 +223,17 @@ class ClientAuth:
     def __init__(self) -> None:
         self.user: str | None = None
         self.in_flight: str | None = None
+        self.attempted = False
 
     @property
     def authenticated(self) -> bool:
         return self.user is not None
+
+    @property
+    def holds_channels(self) -> bool:
+        """Once a login was tried, channels wait for one to succeed: a server that requires
+        login ends the connection on a channel message before it."""
+        return self.attempted and not self.authenticated
 
     def sent(self, user: str) -> None:
         if self.in_flight is not None:
@@ -234,6 +241,7 @@ class ClientAuth:
         if self.authenticated:
             raise UsageError("already authenticated")
         self.in_flight = user
+        self.attempted = True
 
     def receive(self, msg_type: int, body: memoryview) -> AuthSucceeded | AuthFailed:
         if self.in_flight is None:

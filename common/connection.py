@@ -122,18 +122,9 @@ class Connection:
         self._login_grace = login_grace
         self._server_auth: ServerAuth | None = None
         self._client_auth = ClientAuth()
-        self._auth_attempted = False
         self._auth_methods = auth_methods
         #: Client: builds the request body once the session ID exists.
         self._auth_request: Callable[[bytes], bytes] | None = None
-
-    @classmethod
-    def client(cls, handshake: ClientHandshake, **kwargs: Any) -> Connection:
-        return cls(handshake, **kwargs)
-
-    @classmethod
-    def server(cls, handshake: ServerHandshake, **kwargs: Any) -> Connection:
-        return cls(handshake, **kwargs)
 
     # ------------------------------------------------------------------ driving
 
@@ -253,10 +244,7 @@ class Connection:
             body = self._auth_request(self.handshake.session_id)
             self._auth_request = None
             messages.append(OutgoingMessage(AuthMessage.AUTH_REQUEST, body))
-        if self._client_auth.in_flight is None and (
-                self._client_auth.user is not None or not self._auth_attempted):
-            # Once a login was tried, channels wait for one to succeed: a server that
-            # requires login ends the connection on a channel message before it.
+        if not self._client_auth.holds_channels:
             messages.extend(self.mux.take_outgoing())
         if not messages:
             return
@@ -267,8 +255,7 @@ class Connection:
                     transport.send(msg.msg_type, msg.head, msg.payload)
             except QsmpError as exc:
                 self._fail(exc)
-            self._out.extend(transport.outgoing)
-            transport.outgoing = []
+            self._collect_transport()
             return
         # Client, after its establish request and before the server's response: records
         # may follow at once under the final c2s key (saves a round trip).
@@ -343,14 +330,12 @@ class Connection:
         request, and channel traffic waits for the answer."""
         password_request(user, password)  # validate now, at the caller
         self._client_auth.sent(user)
-        self._auth_attempted = True
         self._auth_request = lambda _session_id: password_request(user, password)
 
     def authenticate_publickey(self, user: str, key: HostKey) -> None:
         """Client: log in with a user key; it signs the session ID, so it waits for it."""
         check_user(user)
         self._client_auth.sent(user)
-        self._auth_attempted = True
         self._auth_request = lambda session_id: publickey_request(user, key, session_id,
                                                                   self._rng)
 
