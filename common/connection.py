@@ -20,10 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import suites
 from .auth import (
     DEFAULT_MAX_ATTEMPTS,
     FIRST_AUTH_TYPE,
     LAST_AUTH_TYPE,
+    MAX_PASSWORD,
+    MAX_SIGNATURE,
+    MAX_USER_NAME,
     METHODS,
     AuthMessage,
     ClientAuth,
@@ -41,11 +45,14 @@ from .errors import (
     UsageError,
 )
 from .handshake import ClientHandshake, Role, ServerHandshake, State
-from .keys import HostKey, PublicKey
+from .keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
 from .mux import Mux, OutgoingMessage
 from .negotiation import Suite
 from .rng import SYSTEM_RNG, Rng
 from .transport import (
+    INNER_HEADER_SIZE,
+    MAX_REASON,
+    REKEY_FRAGMENT,
     InnerType,
     Randomness,
     Shutdown,
@@ -54,12 +61,35 @@ from .transport import (
     seal_message,
     shutdown_reason,
 )
-from .wire import MAX_RECORD_BODY, Flag, FrameBuffer, Writer, encode_packet
+from .wire import MAX_NAME_LENGTH, MAX_RECORD_BODY, Flag, FrameBuffer, Writer, encode_packet
 
 log = logging.getLogger("qsh.connection")
 
 #: Seconds from a server connection's start to a successful login (OpenSSH's default).
 DEFAULT_LOGIN_GRACE = 120.0
+
+#: The largest AUTH_REQUEST: user name, method name, then a key blob and a signature
+#: (a password is far smaller).
+MAX_AUTH_REQUEST = ((1 + MAX_USER_NAME) + (1 + MAX_NAME_LENGTH)
+                    + max(4 + MAX_PASSWORD, 4 + MAX_PUBLIC_BLOB + 4 + MAX_SIGNATURE))
+
+
+def max_preauth_record_body(suite: Suite) -> int:
+    """The largest record a client sends a server that requires login before it has
+    logged in: a login request, or transport business (keep-alive, chaff within the agreed
+    size, a rekey offer fragment or ciphertext, a shutdown or error), with the agreed
+    padding and the AEAD's tag. About 128 KiB for every suite without McEliece: a client
+    that has not logged in cannot make us buffer a 1 MiB record."""
+    kem = suites.kem(suite.kem)
+    message = max(
+        MAX_AUTH_REQUEST,
+        4 + min(kem.public_key_size, REKEY_FRAGMENT),
+        4 + kem.ciphertext_size,
+        suite.chaff.size_max if suite.chaff.enabled else 0,
+        1 + 4 + MAX_REASON,
+    )
+    tag = suites.aead(suite.aead).tag_size
+    return min(INNER_HEADER_SIZE + message + suite.padding_max + tag, MAX_RECORD_BODY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +140,8 @@ class Connection:
             mux_args["max_packet"] = max_packet
         self.mux = Mux(is_client=self.role is Role.CLIENT, **mux_args)
         self.transport: Transport | None = None
+        #: The bound on a received record, once the transport is up (smaller before login).
+        self._record_limit = MAX_RECORD_BODY
         self._frames = FrameBuffer()
         self._out: list[bytes | bytearray | memoryview] = []
         self._events: list[object] = []
@@ -143,6 +175,15 @@ class Connection:
     def closed(self) -> bool:
         return self.terminated is not None
 
+    @property
+    def pre_auth(self) -> bool:
+        """True until the peer is admitted: during the handshake and, on a server that
+        requires login, until a login succeeded. The I/O layer keeps such a connection
+        on a small memory budget."""
+        if self.transport is None:
+            return True
+        return self._server_auth is not None and not self._server_auth.authenticated
+
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         if self.terminated is not None:
             return
@@ -162,7 +203,7 @@ class Connection:
 
     def _process(self) -> None:
         while self.terminated is None:
-            limit = MAX_RECORD_BODY if self.transport else self.handshake.max_body()
+            limit = self._record_limit if self.transport else self.handshake.max_body()
             packet = self._frames.next_packet(limit)
             if packet is None:
                 return
@@ -204,6 +245,7 @@ class Connection:
                 self._server_auth = ServerAuth(result.session_id,
                                                max_attempts=self._max_auth_attempts,
                                                methods=self._auth_methods)
+                self._record_limit = max_preauth_record_body(result.suite)
             self._events.append(HandshakeComplete(result.suite, result.session_id,
                                                   result.host_key))
 
@@ -354,6 +396,7 @@ class Connection:
             return
         transport.send(AuthMessage.AUTH_SUCCESS, auth.accept())
         self._login_deadline = None
+        self._record_limit = MAX_RECORD_BODY
         self._collect_transport()
 
     def reject_auth(self, now: float, message: str = "permission denied") -> None:

@@ -22,6 +22,13 @@ MAC and to the establish confirmations.
 
 The machines never touch sockets or clocks: packets come in through :meth:`receive`, go
 out through :attr:`outgoing`, and ``now`` is passed in to check deadlines.
+
+Each waiting state accepts one packet, and :meth:`max_body` bounds it by the largest body
+that message can have with the suite in force (:func:`handshake_limits`): its KEM's key or
+ciphertext size, its signature and host key size, its AEAD's tag. Before the suite is known,
+the server's bound is the connect request's 8 KiB and the client's the largest connect
+response its own offer allows. A peer cannot make us buffer a body that no honest peer of
+this suite could send; it is refused on its header.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from .errors import (
 )
 from .keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
 from .negotiation import (
+    CHAFF_POLICY_SIZE,
     MAX_PADDING,
     SUPPORTED_VERSIONS,
     ChaffPolicy,
@@ -99,6 +107,9 @@ NO_KEY_ID = bytes(KEY_ID_SIZE)
 MAX_EXTENSIONS = 4096
 #: The single byte of an exstart response (spec 6.5: the "remote connected" flag).
 REMOTE_CONNECTED = int(Flag.REMOTE_CONNECTED)
+#: An error packet's body (one code byte); CONNECTION_TERMINATED has none. Both are honoured
+#: in every state, so no state bounds a packet below this.
+ENDING_BODY = 1
 #: Seconds allowed for each step of the exchange.
 DEFAULT_STEP_TIMEOUT = 30.0
 #: The server's wait for the exstart request may include a person reading a fingerprint
@@ -253,6 +264,52 @@ def _confirmation(key_id: bytes, transcript_hash: bytes) -> bytes:
     return key_id + transcript_hash
 
 
+# --------------------------------------------------------------------------- size bounds
+
+
+def _host_key_blob_size(signature: str) -> int:
+    """A host key blob of this algorithm (keys.PublicKey): magic, key ID, expiration,
+    name, and a verification key of the scheme's size (any other size cannot verify)."""
+    key_size = suites.signature(signature).public_key_size
+    return 4 + KEY_ID_SIZE + 8 + 1 + len(signature) + 4 + key_size
+
+
+def connect_response_limit(kems: tuple[str, ...], signatures: tuple[str, ...],
+                           aeads: tuple[str, ...]) -> int:
+    """The largest CONNECT_RESPONSE body a server can send when it picks from these names:
+    the client's bound for P2, before it knows the server's choice. Each field takes its
+    largest candidate, so this is an upper bound on every combination."""
+    names = sum(1 + max(map(len, group)) for group in (kems, signatures, aeads))
+    return (1 + names + CHAFF_POLICY_SIZE + 2
+            + 4 + max(map(_host_key_blob_size, signatures))
+            + 4 + max(suites.kem(k).public_key_size for k in kems)
+            + 4 + max(suites.signature(s).max_signature_size for s in signatures))
+
+
+def handshake_limits(suite: Suite) -> dict[Flag, int]:
+    """The largest body each handshake packet after P1 can have with ``suite``. With one
+    suite every field has a single size (a host key of any other size cannot verify), so
+    these are the honest packets' exact sizes."""
+    kem = suites.kem(suite.kem)
+    tag = suites.aead(suite.aead).tag_size
+    confirmation = KEY_ID_SIZE + HASH_SIZE + tag
+    return {
+        Flag.CONNECT_RESPONSE: connect_response_limit((suite.kem,), (suite.signature,),
+                                                      (suite.aead,)),
+        Flag.EXSTART_REQUEST: 4 + kem.ciphertext_size,
+        Flag.EXSTART_RESPONSE: 1,
+        Flag.EXCHANGE_REQUEST: 4 + kem.public_key_size + MAC_KEY_SIZE + tag,
+        Flag.EXCHANGE_RESPONSE: HASH_SIZE + 4 + kem.ciphertext_size,
+        Flag.ESTABLISH_REQUEST: confirmation,
+        Flag.ESTABLISH_RESPONSE: confirmation,
+    }
+
+
+def _bounded(limit: int) -> int:
+    """A state's bound: never below an error packet, never above the absolute ceiling."""
+    return min(max(limit, ENDING_BODY), MAX_HANDSHAKE_BODY)
+
+
 # --------------------------------------------------------------------------- machines
 
 
@@ -351,6 +408,14 @@ class _Handshake:
         self._c.deadline = None if now is None else now + self._c.step_timeout
 
     def max_body(self) -> int:
+        """The largest body the packet this state waits for can have (see the module
+        docstring); in a state that waits for nothing, room for an error packet only."""
+        entry = self._handlers.get(self._c.state)
+        if entry is None:
+            return ENDING_BODY
+        return _bounded(self._limit(entry[0]))
+
+    def _limit(self, flag: Flag) -> int:
         raise NotImplementedError
 
     def _table(self) -> dict[State, tuple[Flag, _Handler]]:
@@ -408,6 +473,9 @@ class ClientHandshake(_Handshake):
         self._kem_key: KemPrivateKey | None = None
         self._mac_key = b""
         self._exchange_request = b""
+        self._connect_response_limit = connect_response_limit(offer.kems, offer.signatures,
+                                                              offer.aeads)
+        self._limits: dict[Flag, int] = {}
 
     def start(self, now: float) -> None:
         if self._c.state is not State.START:
@@ -419,8 +487,10 @@ class ClientHandshake(_Handshake):
         self._c.transcript.add(packet)
         self._arm(State.AWAIT_CONNECT_RESPONSE, now)
 
-    def max_body(self) -> int:
-        return MAX_HANDSHAKE_BODY
+    def _limit(self, flag: Flag) -> int:
+        if flag is Flag.CONNECT_RESPONSE:
+            return self._connect_response_limit
+        return self._limits[flag]
 
     def _table(self) -> dict[State, tuple[Flag, _Handler]]:
         return {
@@ -454,6 +524,7 @@ class ClientHandshake(_Handshake):
             raise VerifyFailure("host key signature does not verify")
         self._c.transcript.add(header_bytes, body)
         self._suite = response.suite
+        self._limits = handshake_limits(response.suite)
         self.server_key = server_key
         self._server_ephemeral = response.ephemeral_key
         self._cookie = session_cookie(
@@ -598,16 +669,17 @@ class ServerHandshake(_Handshake):
         self._sealer: RecordSealer | None = None
         self._rx_chain = b""
         self._tx_chain = b""
+        self._limits: dict[Flag, int] = {}
 
     def start(self, now: float) -> None:
         if self._c.state is not State.START:
             raise UsageError("handshake already started")
         self._arm(State.AWAIT_CONNECT_REQUEST, now)
 
-    def max_body(self) -> int:
-        if self._c.state is State.AWAIT_CONNECT_REQUEST:
+    def _limit(self, flag: Flag) -> int:
+        if flag is Flag.CONNECT_REQUEST:
             return MAX_CONNECT_REQUEST_BODY
-        return MAX_HANDSHAKE_BODY
+        return self._limits[flag]
 
     def _table(self) -> dict[State, tuple[Flag, _Handler]]:
         return {
@@ -674,6 +746,7 @@ class ServerHandshake(_Handshake):
         self._c.transcript.add(packet)
         self.host_key = host_key
         self._suite = suite
+        self._limits = handshake_limits(suite)
         self._cookie = session_cookie(request.session_token, suite.configuration(), host_blob)
         self._arm(State.AWAIT_EXSTART_REQUEST, now)
         self._c.deadline = now + max(self._c.step_timeout, self.host_key_grace)

@@ -57,6 +57,8 @@ class ChaffPolicy:
 
 
 CHAFF_OFF = ChaffPolicy()
+#: Encoded size of a ChaffPolicy: boolean, two u32 intervals, two u16 sizes.
+CHAFF_POLICY_SIZE = 1 + 4 + 4 + 2 + 2
 
 
 @dataclass(frozen=True, slots=True)
