@@ -48,7 +48,7 @@ from .errors import (
     RemoteReportedError,
     UsageError,
 )
-from .handshake import ClientHandshake, ServerHandshake
+from .handshake import ClientHandshake, Role, ServerHandshake
 from .keys import HostKey, PublicKey
 from .mux import (
     EXTENDED_DATA_STDERR,
@@ -102,6 +102,27 @@ TRANSPORT_LOW_WATER = 2 * 1024 * 1024
 #: Our send queue's limits (sealed records the kernel has not taken yet).
 WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
+#: A server stops reading its socket while more than this many bytes of ours wait for the
+#: peer (our queue plus the transport's buffer), and reads again once they are down to the
+#: low mark. Every answer the peer can ask for -- keep-alive responses, request replies,
+#: window adjusts, rekey offers -- is produced by reading, so a peer that sends and never
+#: reads is throttled whatever it asks for, not only on channel data (sshd does the same).
+#: Channel data is bounded by the peer's windows, so an honest client, which always reads,
+#: only ever sees a short pause. A client does not gate its reading: if both ends did,
+#: two bulk transfers in opposite directions could stop each other.
+READ_PAUSE_HIGH_WATER = WRITE_HIGH_WATER
+READ_PAUSE_LOW_WATER = WRITE_LOW_WATER
+#: A server connection that has not been admitted (``Connection.pre_auth``: in the
+#: handshake, or established but not logged in) runs on a small fixed budget: it reads at
+#: most this much per receive call...
+PRE_AUTH_READ_SIZE = 16 * 1024
+#: ...and stops reading while more than this many bytes of its replies wait for the peer,
+#: until they are down to the low mark. With the core's bound on a record before login
+#: (``connection.max_preauth_record_body``, ~128 KiB) that keeps such a connection's
+#: buffers to a few hundred KiB however it floods (the server's own handshake packets, up
+#: to 1.4 MB with McEliece, still go out: reading merely waits for them).
+PRE_AUTH_SEND_HIGH_WATER = 64 * 1024
+PRE_AUTH_SEND_LOW_WATER = 16 * 1024
 #: How long a closing connection may take to flush its last records to a slow peer.
 CLOSE_FLUSH_TIMEOUT = 10.0
 #: Buffers per sendmsg call (IOV_MAX is 1024 on Linux).
@@ -671,6 +692,12 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self._write_paused = False  # our queue is above its high-water mark
         self._pumping = False
         self._transport_paused = False  # the asyncio transport's buffer is
+        # Receiving (server only): paused while the peer does not take what we send, and
+        # on the pre-login budget until the core admits the peer (see READ_PAUSE_*).
+        self._gate_reading = core.role is Role.SERVER
+        self._pre_auth = self._gate_reading
+        self._read_paused = False
+        self._recv_pre_auth = self._recv[:PRE_AUTH_READ_SIZE]
         self._channels: dict[int, Channel] = {}
         self._opening: dict[int, asyncio.Future[Channel]] = {}
         self._global_replies: deque[asyncio.Future[tuple[bool, bytes]]] = deque()
@@ -824,7 +851,10 @@ class QsmpConnection(asyncio.BufferedProtocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER, TRANSPORT_LOW_WATER)
+        if self._pre_auth:
+            transport.set_write_buffer_limits(PRE_AUTH_SEND_HIGH_WATER, PRE_AUTH_SEND_LOW_WATER)
+        else:
+            transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER, TRANSPORT_LOW_WATER)
         if sock is not None and _ZERO_COPY_SEND:
             try:
                 self._wsock = sock.dup()
@@ -840,7 +870,7 @@ class QsmpConnection(asyncio.BufferedProtocol):
             self._crash(exc)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._recv
+        return self._recv_pre_auth if self._pre_auth else self._recv
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
@@ -884,6 +914,7 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self._transport_paused = False
         if self._wqueued <= WRITE_LOW_WATER:
             self._resume()
+        self._gate()
 
     def _resume(self) -> None:
         self._write_paused = False
@@ -963,8 +994,32 @@ class QsmpConnection(asyncio.BufferedProtocol):
             if self._write_paused and self._wqueued <= WRITE_LOW_WATER \
                     and not self._transport_paused:
                 self._resume()
+            self._gate()
         except Exception as exc:
             self._crash(exc)
+
+    def _gate(self) -> None:
+        """Server: pause reading while more than the high-water mark of our bytes wait for
+        the peer, resume at the low mark; the marks are the pre-login budget's until the
+        core admits the peer. Called whenever the amount waiting may have crossed one."""
+        transport = self._transport
+        if not self._gate_reading or transport is None:
+            return
+        if self._pre_auth and not self._core.pre_auth:
+            self._pre_auth = False
+            transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER, TRANSPORT_LOW_WATER)
+        if self._pre_auth:
+            high, low = PRE_AUTH_SEND_HIGH_WATER, PRE_AUTH_SEND_LOW_WATER
+        else:
+            high, low = READ_PAUSE_HIGH_WATER, READ_PAUSE_LOW_WATER
+        waiting = self._wqueued + transport.get_write_buffer_size()
+        if self._read_paused:
+            if waiting <= low:
+                self._read_paused = False
+                transport.resume_reading()
+        elif waiting > high and not transport.is_closing():
+            self._read_paused = True
+            transport.pause_reading()
 
     def _stop_writing(self) -> None:
         if self._writing and self._wsock is not None:
@@ -1029,6 +1084,7 @@ class QsmpConnection(asyncio.BufferedProtocol):
             when = core.next_timer()
             if when != self._timer_when:
                 self._arm_timer(when)
+            self._gate()
         finally:
             self._pumping = False
 

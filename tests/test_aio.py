@@ -414,6 +414,51 @@ def test_keepalive_timers_fire_on_an_idle_connection() -> None:
     run(main())
 
 
+def test_server_stops_reading_a_peer_that_asks_for_replies_and_never_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kind of reply counts, not only channel data: a logged-in peer (this server
+    needs no login) that floods global requests with want_reply and never reads makes the
+    server pause reading once the high-water mark of replies waits, and only that. The
+    marks are lowered so the flood reaches them in a fraction of a second; tests/flooder.py
+    is its own process with its own socket."""
+    high, low = 256 * 1024, 64 * 1024
+    monkeypatch.setattr(aio, "READ_PAUSE_HIGH_WATER", high, raising=False)
+    monkeypatch.setattr(aio, "READ_PAUSE_LOW_WATER", low, raising=False)
+    key_file = tmp_path / "host_key.pub"
+    HOST_KEY.save_public(key_file)
+
+    async def main() -> None:
+        async with await start_server() as server:
+            flooder = await asyncio.create_subprocess_exec(
+                sys.executable, str(ROOT / "tests" / "flooder.py"), str(server.port),
+                str(key_file), "4", "global", stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+            assert flooder.stdout is not None
+            try:
+                assert (await flooder.stdout.readline()).strip() == b"established"
+                [peer] = server.connections
+                most, paused_at = 0, None
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline:
+                    most = max(most, peer.write_buffer_size)
+                    assert peer.transport is not None
+                    if not peer.transport.is_reading() and paused_at is None:
+                        paused_at = peer.write_buffer_size
+                    await asyncio.sleep(0.01)
+            finally:
+                flooder.kill()
+                await flooder.wait()
+            assert paused_at is not None and paused_at > high, (
+                f"never stopped reading; {most} bytes of replies were waiting")
+            # One receive buffer's worth of requests is answered before the pause applies.
+            assert most < high + aio.RECEIVE_BUFFER_SIZE, most
+            # Meanwhile another client is served as usual.
+            client = await dial(server)
+            await echo_roundtrip(client, 100_000, seed=16)
+            client.close()
+
+    run(main())
+
+
 # --- rekey -----------------------------------------------------------------------------------
 
 

@@ -4,6 +4,9 @@
   suite in force (not by a 2 MiB ceiling), and refused on its header: the sans-IO cores in
   memory, then a real ``python -m qshd`` on 127.0.0.1.
 * Records before login are bounded by the largest message a client sends before login.
+* A peer that never reads cannot make the server queue replies without bound: the server
+  stops reading instead. A keep-alive flooder (``tests/flooder.py``, its own process,
+  its own socket) against a real ``python -m qshd``, with the daemon's RSS read from /proc.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from helpers import (
 
 from common import suites
 from common.auth import AuthRequested
-from common.connection import Connection, ConnectionTerminated
+from common.connection import Connection, ConnectionTerminated, HandshakeComplete
 from common.errors import ErrorCode
 from common.handshake import ClientHandshake, ServerHandshake
 from common.keys import PublicKey
@@ -294,3 +297,40 @@ def test_qshd_refuses_an_oversized_exstart_request_at_once(qshd: Qshd) -> None:
             pytest.fail("the daemon waited for the rest of a 1 MiB exstart request")
     assert answer[:1] == bytes([Flag.ERROR_CONDITION])
     assert answer[HEADER_SIZE] == ErrorCode.INVALID_INPUT
+
+
+def test_keepalive_flood_before_login_does_not_grow_qshd(qshd: Qshd) -> None:
+    """Issue 7 item 2: a client that finished the handshake, never logs in, sends
+    keep-alive requests as fast as it can and never reads. Before the fix qshd queued every
+    answer (about 14 MiB/s here, 53 -> 562 MiB in 20 s in the report); now it stops reading
+    once a small pre-login budget of replies is waiting."""
+    flooder = subprocess.Popen(
+        [PYTHON, str(ROOT / "tests" / "flooder.py"), str(qshd.port), str(qshd.key_file), "5"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert flooder.stdout is not None
+        assert flooder.stdout.readline().strip() == "established"
+        base = qshd.rss_mib()
+        peak = base
+        while flooder.poll() is None:
+            peak = max(peak, qshd.rss_mib())
+            time.sleep(0.1)
+        summary = flooder.stdout.read().strip()
+    finally:
+        if flooder.poll() is None:
+            flooder.kill()
+        flooder.wait()
+    growth = peak - base
+    print(f"qshd RSS {base:.1f} MiB -> peak {peak:.1f} MiB under the flood; {summary}")
+    assert growth < 30, f"qshd grew by {growth:.1f} MiB under a pre-login keep-alive flood"
+    # The daemon still serves: a fresh handshake completes.
+    core = Connection(ClientHandshake(Offer(), qshd.host_key))
+    core.start(time.time())
+    with socket.create_connection(("127.0.0.1", qshd.port), timeout=10) as sock:
+        sock.sendall(b"".join(bytes(b) for b in core.data_to_send()))
+        while not core.established:
+            data = sock.recv(65536)
+            assert data, "qshd closed a fresh connection"
+            core.receive_data(data, time.time())
+            sock.sendall(b"".join(bytes(b) for b in core.data_to_send()))
+        assert any(isinstance(e, HandshakeComplete) for e in core.events_received())
