@@ -273,9 +273,12 @@ def test_preauth_sandbox_confines_the_process(tmp_path: Path,
     secret = _secret_file(tmp_path)
     empty = tmp_path / "empty"  # created by sandbox_preauth
     writable = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o666)
+    def setup() -> object:
+        os.setgroups([0, grp.getgrnam("adm").gr_gid])  # a daemon with groups loses them
+        return sandbox_preauth(privsep_user, str(empty))
+
     try:
-        run = run_forked(lambda: sandbox_preauth(privsep_user, str(empty)),
-                         _sandbox_checks(secret, writable), keep={writable})
+        run = run_forked(setup, _sandbox_checks(secret, writable), keep={writable})
     finally:
         os.close(writable)
     out = run.out
