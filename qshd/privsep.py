@@ -10,7 +10,9 @@ function here; neither knows anything about the protocol:
 
   1. Everything that needs the file system is done first: the privsep account is looked
      up (``pwd`` reads /etc/passwd, which is gone once we are chrooted), libc is loaded
-     for ``prctl``/``capget``, ``/proc/self/status`` is read for the memory baseline.
+     for ``prctl``/``capget``, ``/proc/self/status`` is read for the memory baseline, and
+     the open descriptors are checked: none may be a directory (``fchdir`` would lead out
+     of the chroot) or a listening socket (it would accept other peers' connections).
   2. ``chroot`` into an empty directory owned by root and writable by nobody else, then
      ``chdir("/")``. The directory is opened once and checked through that descriptor
      (owner, mode, empty), and the chroot goes through the same descriptor
@@ -34,9 +36,15 @@ function here; neither knows anything about the protocol:
   When the process is not root (a per-user daemon) there is nothing to chroot into or
   drop to: steps 2 and 3 are skipped, and 4 and 5 still apply.
 
-  Nothing can be imported after the chroot (there is no file system left): everything the
-  pre-auth code needs must already be imported, which a process forked from a warmed parent
-  has for free. Logging must go to a descriptor opened before (or to the monitor).
+  The sandbox is one way: the process can never become a user afterwards (it is not root
+  any more), so it must be a child of the connection's privileged monitor, which forks the
+  post-auth process after the login, as in OpenSSH. Nothing can be imported after the chroot
+  (no file system is left) and several modules of the core are imported lazily on first use
+  (pycryptodome's ML-DSA and ML-KEM among them): the parent must be *warmed* before it forks,
+  e.g. by one in-memory handshake with its host keys' algorithms (tests/test_privsep.py shows
+  that a handshake then runs in the sandbox, and what it fails on otherwise). Logging must
+  go to a descriptor opened before (or to the monitor); getaddrinfo and executors are gone
+  with the threads.
 
 * :func:`become_user`, once the user is authenticated: the process takes the user's
   supplementary groups, gid and uid (all three ids of each: real, effective and saved,
@@ -59,6 +67,7 @@ import os
 import pwd
 import resource
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -361,13 +370,14 @@ def open_empty_dir(path: str = DEFAULT_EMPTY_DIR, *, create: bool = True) -> int
     """A descriptor of ``path`` after checking, through it, that it is a directory owned by
     root, writable by nobody else, and empty. Created (with its parents, mode 0755) if
     missing and ``create``. Call as root; the caller closes the descriptor."""
+    created = False
     if create and not os.path.lexists(path):
         parent = os.path.dirname(path.rstrip("/"))
         if parent:
             os.makedirs(parent, mode=EMPTY_DIR_MODE, exist_ok=True)
         try:
             os.mkdir(path, EMPTY_DIR_MODE)
-            os.chmod(path, EMPTY_DIR_MODE)  # the umask may have taken bits away
+            created = True
         except FileExistsError:
             pass
     try:
@@ -376,6 +386,11 @@ def open_empty_dir(path: str = DEFAULT_EMPTY_DIR, *, create: bool = True) -> int
         raise PrivsepError(f"privilege separation directory {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
+        if created and st.st_uid == 0:
+            # The umask may have taken bits away (0700 would lock the account out of its
+            # own root); through the descriptor, so a swapped path cannot redirect it.
+            os.fchmod(fd, EMPTY_DIR_MODE)
+            st = os.fstat(fd)
         if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise PrivsepError(f"privilege separation directory {path} must be owned by "
                                "root and not group or world-writable")
@@ -413,6 +428,31 @@ def _check_dropped(uid: int, gid: int) -> None:
                                  f"effective {effective:#x}, permitted {permitted:#x}")
 
 
+def _check_inherited_fds() -> None:
+    """Refuse descriptors a pre-auth process must not hold: a directory (``fchdir`` to it
+    leads out of the chroot) or a listening socket (it could accept other peers'
+    connections). Whoever forks the process closes what it does not need; this catches a
+    leak instead of trusting that."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            continue  # the descriptor listdir itself used
+        if stat.S_ISDIR(mode):
+            raise PrivsepError(f"descriptor {fd} is an open directory")
+        if stat.S_ISSOCK(mode):
+            sock = socket.socket(fileno=fd)
+            try:
+                listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            except OSError:
+                listening = 0
+            finally:
+                sock.detach()
+            if listening:
+                raise PrivsepError(f"descriptor {fd} is a listening socket")
+
+
 def _set_limit(which: int, value: int | None) -> int | None:
     """Set soft = hard = value (None: infinity), never above the current hard limit (which
     a process without CAP_SYS_RESOURCE could not raise). Returns what was set."""
@@ -446,6 +486,7 @@ def sandbox_preauth(user: str | tuple[int, int] | PrivsepUser = DEFAULT_PRIVSEP_
     before = proc_status()
     if before.threads != 1:
         raise PrivsepError(f"sandbox_preauth in a process with {before.threads} threads")
+    _check_inherited_fds()
     _libc()
     capabilities()  # the first call resolves the symbol while files are still there
     chrooted = False

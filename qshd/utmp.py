@@ -34,6 +34,9 @@ logged once per file and kind of problem, then only at debug level. The calls bl
 file I/O for at most about :data:`LOCK_TIMEOUT` seconds each: call them from a thread or
 from a process of their own (the privileged monitor), not from the event loop.
 
+:func:`set_loginuid` sets the session leader's audit login uid, as pam_loginuid does for
+sshd: ``last`` relies on it to tell a live login from a stale record.
+
 Only regular files are opened (``O_NOFOLLOW``, no FIFO or device that could block us), and
 none is created: whether the system keeps these records is the administrator's choice
 (the files are created by the boot scripts or the package that wants them).

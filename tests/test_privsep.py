@@ -366,6 +366,27 @@ def test_preauth_refuses_an_unsafe_directory(tmp_path: Path, privsep_user: Privs
     assert run.status.uids[0] == 0  # nothing was dropped: the caller must exit
 
 
+@pytest.mark.parametrize("leak", ["directory", "listening_socket"])
+def test_preauth_refuses_leaked_descriptors(tmp_path: Path, privsep_user: PrivsepUser,
+                                            leak: str) -> None:
+    """A directory descriptor would lead out of the chroot (fchdir); a listening socket
+    would let the pre-auth process accept other peers' connections."""
+    leaked: list[object] = []
+
+    def setup() -> object:
+        if leak == "directory":
+            leaked.append(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+        else:
+            leaked.append(socket.create_server(("127.0.0.1", 0)))
+        return sandbox_preauth(privsep_user, str(tmp_path / "empty"))
+
+    run = run_forked(setup, lambda: {})
+    expected = "an open directory" if leak == "directory" else "a listening socket"
+    assert run.out["setup_error"].startswith("PrivsepError: descriptor"), run.out
+    assert run.out["setup_error"].endswith(expected), run.out
+    assert run.status.uids[0] == 0
+
+
 def test_preauth_refuses_a_threaded_process(tmp_path: Path,
                                             privsep_user: PrivsepUser) -> None:
     def setup() -> object:
