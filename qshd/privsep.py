@@ -62,6 +62,7 @@ from ``/proc/<pid>/status`` (tests, and a parent checking its child), and
 from __future__ import annotations
 
 import ctypes
+import grp
 import logging
 import os
 import pwd
@@ -340,7 +341,12 @@ def ensure_privsep_user(name: str = DEFAULT_PRIVSEP_USER) -> PrivsepUser:
         if _lookup(name):
             raise  # exists but unusable (uid 0)
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    argv = [useradd, "--system", "--user-group", "--no-create-home",
+    try:
+        grp.getgrnam(name)
+        group = ["--gid", name]  # a group of that name exists (left by an earlier account)
+    except KeyError:
+        group = ["--user-group"]
+    argv = [useradd, "--system", *group, "--no-create-home",
             "--home-dir", "/nonexistent", "--shell", _nologin_shell(),
             "--comment", "qshd privilege separation", "--", name]
     try:
