@@ -379,13 +379,16 @@ def open_empty_dir(path: str = DEFAULT_EMPTY_DIR, *, create: bool = True) -> int
     created = False
     if create and not os.path.lexists(path):
         parent = os.path.dirname(path.rstrip("/"))
-        if parent:
-            os.makedirs(parent, mode=EMPTY_DIR_MODE, exist_ok=True)
         try:
+            if parent:
+                os.makedirs(parent, mode=EMPTY_DIR_MODE, exist_ok=True)
             os.mkdir(path, EMPTY_DIR_MODE)
             created = True
         except FileExistsError:
             pass
+        except OSError as exc:
+            raise PrivsepError(f"cannot create privilege separation directory {path}: "
+                               f"{exc.strerror}") from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
