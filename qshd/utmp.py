@@ -267,7 +267,7 @@ def _open(path: str, flags: int) -> Iterator[int]:
         raise _Missing from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"not a regular file: {path}")
+            raise OSError("not a regular file")
         yield fd
     finally:
         os.close(fd)
