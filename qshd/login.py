@@ -11,7 +11,14 @@ session's ID; what is left is policy and files, decided here:
   first thing guessed), ``prohibit-password`` allows keys only;
 * a key must be listed in the user's ``authorized_keys``, and that file and the directories
   above it must be owned by the user or root and writable by nobody else (sshd's
-  StrictModes): whoever can write the file can add their own key.
+  StrictModes): whoever can write the file can add their own key. The file is read with
+  the user's rights, as sshd does, in a short-lived child process that drops to the user
+  first: the path is the user's to choose (links included), so what root alone may read
+  stays out of reach, and a FIFO or device is refused before anything opens it. Only line
+  numbers of what is not a key reach the log, never a line;
+* a publickey request for an unknown name reads a stand-in's file (as ``nobody``, from a
+  home that does not exist) just as a real user's is read, so that how soon the refusal
+  comes does not tell which names exist.
 
 Slow or blocking work (bcrypt, reading files from a home that may sit on a stalled network
 file system) runs in the default executor, so one login never holds up the event loop and
@@ -28,12 +35,15 @@ import asyncio
 import logging
 import os
 import pwd
+import select
+import signal
 import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from common import aio
 from common.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
@@ -47,6 +57,9 @@ log = logging.getLogger("qshd")
 
 #: Far beyond any real authorized_keys file (an ML-DSA-87 line is about 3.5 KB).
 MAX_AUTHORIZED_KEYS = 4 * 1024 * 1024
+#: Seconds the reader of an authorized_keys file may take (a home on a stalled network
+#: file system); then it is killed and the key login refused.
+READ_TIMEOUT = 10.0
 #: Used when an account has no shell, as login(1) does.
 DEFAULT_SHELL = "/bin/sh"
 
@@ -79,6 +92,11 @@ class Account:
                    entry.pw_shell or DEFAULT_SHELL, groups)
 
 
+#: Whose authorized_keys a publickey request for an unknown name reads: nobody's, in a
+#: home that does not exist, with the same steps as for a real account.
+STAND_IN = Account("nobody", 65534, 65534, "/nonexistent", DEFAULT_SHELL, (65534,))
+
+
 def peer_text(connection: aio.QsmpConnection) -> str:
     """``<ip> port <n>``: sshd's wording, which log scanners already parse."""
     peer = connection.peername
@@ -107,44 +125,15 @@ def _check_owner_and_mode(st: os.stat_result, what: str, path: str, uid: int, *,
 
 
 def read_authorized_keys(path: Path, account: Account) -> list[PublicKey] | None:
-    """The keys in ``path``, after sshd's StrictModes checks; None if there is no file.
+    """The keys in ``path``, read with ``account``'s rights after sshd's StrictModes checks;
+    None if there is no file. Raises :class:`AuthorizedKeysError`.
 
-    Checks run on the real path (symbolic links resolved) and on the opened descriptor,
-    then on every directory above the file up to the user's home (or up to / for a file
-    outside it). Malformed lines are skipped and logged, as sshd does: one bad line must
-    not lock the user out of every other key. Raises :class:`AuthorizedKeysError`.
-    """
-    real = os.path.realpath(path)
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
+    Malformed lines are skipped and logged by number, as sshd skips them: one bad line
+    must not lock the user out of every other key. Their content is never logged: the
+    file may be a link to anything the user could read and the log could not."""
+    data = _read_as_user(path, account)
+    if data is None:
         return None
-    except OSError as exc:
-        raise AuthorizedKeysError(f"cannot open {real}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise AuthorizedKeysError(f"{real} is not a regular file")
-        _check_owner_and_mode(st, "file", real, account.uid, allow_sticky=False)
-        home = os.path.realpath(account.home)
-        directory = os.path.dirname(real)
-        first = True
-        while True:
-            try:
-                dst = os.stat(directory)
-            except OSError as exc:
-                raise AuthorizedKeysError(f"cannot check {directory}: {exc.strerror}") from None
-            _check_owner_and_mode(dst, "directory", directory, account.uid,
-                                  allow_sticky=not first)
-            first = False
-            if directory in (home, "/"):
-                break
-            directory = os.path.dirname(directory)
-        data = read_limited(fd, MAX_AUTHORIZED_KEYS)
-        if data is None:
-            raise AuthorizedKeysError(f"{real} is too large")
-    finally:
-        os.close(fd)
     keys: list[PublicKey] = []
     for number, raw in enumerate(data.split(b"\n"), 1):
         line = raw.decode("utf-8", "replace").strip()
@@ -152,11 +141,181 @@ def read_authorized_keys(path: Path, account: Account) -> list[PublicKey] | None
             continue
         try:
             key, _comment = PublicKey.parse_line(line)
-        except InvalidInput as exc:
-            log.info("%s:%d: skipping a malformed key line: %s", real, number, exc)
+        except InvalidInput:
+            log.info("%s: line %d: malformed key, skipped", path, number)
             continue
         keys.append(key)
     return keys
+
+
+#: The reader's answer: a tag byte, then the file, or an error message for the log.
+_FOUND, _MISSING, _REFUSED = b"K", b"N", b"E"
+
+
+def _read_as_user(path: Path, account: Account) -> bytes | None:
+    """The file at ``path``, read in a child process that has the account's rights only
+    (when we are root; otherwise ours, which are the account's or less).
+
+    A fork, not a new interpreter: the interpreter may not be the user's to run, and a
+    fork costs a millisecond or two. Between fork and _exit the child runs a few lines of
+    our own and system calls: no logging, no import, no library that takes a lock, so
+    the threads it did not inherit cannot have left it one held (CPython re-creates its
+    own locks in the child)."""
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(read_end)
+        os.close(write_end)
+        raise AuthorizedKeysError(f"cannot read {path}: {exc.strerror}") from None
+    if pid == 0:
+        _reader(write_end, str(path), account)
+    os.close(write_end)
+    try:
+        reply = _collect(read_end, pid, path)
+    finally:
+        os.close(read_end)
+    tag, body = reply[:1], reply[1:]
+    if tag == _FOUND:
+        return body
+    if tag == _MISSING:
+        return None
+    if tag == _REFUSED:
+        raise AuthorizedKeysError(body.decode("utf-8", "replace"))
+    raise AuthorizedKeysError(f"cannot read {path}: the reader failed")
+
+
+def _collect(fd: int, pid: int, path: Path) -> bytes:
+    """The reader's whole answer (bounded in size and time); the reader reaped."""
+    limit = MAX_AUTHORIZED_KEYS + 1
+    chunks: list[bytes] = []
+    size = 0
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + READ_TIMEOUT
+    done = False
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AuthorizedKeysError(f"cannot read {path}: timed out")
+            if not poller.poll(remaining * 1000):
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                done = True
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                raise AuthorizedKeysError(f"{path} is too large")
+            chunks.append(chunk)
+    finally:
+        _reap_reader(pid, kill=not done)
+
+
+def _reap_reader(pid: int, *, kill: bool) -> None:
+    """Wait for the reader (ours and unreaped, so its pid is safe to signal); it has
+    closed its end of the pipe, so it is exiting. One stuck in the kernel on a dead file
+    server is left to a thread that waits for it."""
+    if kill:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        try:
+            exited = select.poll()
+            exited.register(pidfd, select.POLLIN)
+            exited.poll(1000)
+        finally:
+            os.close(pidfd)
+    else:
+        deadline = time.monotonic() + 1.0
+        while not os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        return
+    os.kill(pid, signal.SIGKILL)
+    threading.Thread(target=os.waitpid, args=(pid, 0), daemon=True,
+                     name=f"reaper-{pid}").start()
+
+
+def _reader(fd: int, path: str, account: Account) -> NoReturn:
+    """The child: drop to the account, read, write the answer to ``fd``, exit."""
+    code = 1
+    try:
+        os.closerange(3, fd)  # nothing of the daemon's (sockets, keys) stays open here
+        os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+        if os.geteuid() == 0:
+            os.setgroups(list(account.groups))
+            os.setresgid(account.gid, account.gid, account.gid)
+            os.setresuid(account.uid, account.uid, account.uid)
+        answer = memoryview(_read_checked(path, account))
+        while answer:
+            answer = answer[os.write(fd, answer) :]
+        code = 0
+    except BaseException:  # noqa: S110  (the parent reports a reader that said nothing)
+        pass
+    finally:
+        os._exit(code)
+
+
+def _read_checked(path: str, account: Account) -> bytes:
+    """In the child, as the user: the reader's answer for ``path``.
+
+    Checks run on the real path (links resolved with the user's rights), on what lstat
+    says is there (a FIFO or a device is refused before it is opened: opening either can
+    block or act), on the opened descriptor (the same regular file), then on every
+    directory above the file up to the user's home (or up to / for a file outside it)."""
+    try:
+        real = os.path.realpath(path)
+        try:
+            st = os.lstat(real)
+        except FileNotFoundError:
+            return _MISSING
+        except OSError as exc:
+            raise AuthorizedKeysError(f"cannot open {real}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise AuthorizedKeysError(f"{real} is not a regular file")
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_NOCTTY)
+        except OSError as exc:
+            raise AuthorizedKeysError(f"cannot open {real}: {exc.strerror}") from None
+        try:
+            opened = os.fstat(fd)
+            if (not stat.S_ISREG(opened.st_mode)
+                    or (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino)):
+                raise AuthorizedKeysError(f"{real} is not a regular file (it changed)")
+            _check_owner_and_mode(opened, "file", real, account.uid, allow_sticky=False)
+            home = os.path.realpath(account.home)
+            directory = os.path.dirname(real)
+            first = True
+            while True:
+                try:
+                    dst = os.stat(directory)
+                except OSError as exc:
+                    raise AuthorizedKeysError(
+                        f"cannot check {directory}: {exc.strerror}") from None
+                _check_owner_and_mode(dst, "directory", directory, account.uid,
+                                      allow_sticky=not first)
+                first = False
+                if directory in (home, "/"):
+                    break
+                directory = os.path.dirname(directory)
+            data = read_limited(fd, MAX_AUTHORIZED_KEYS)
+        finally:
+            os.close(fd)
+        if data is None:
+            raise AuthorizedKeysError(f"{real} is too large")
+        return _FOUND + data
+    except AuthorizedKeysError as exc:
+        return _REFUSED + str(exc).encode("utf-8", "replace")
+    except OSError as exc:
+        return _REFUSED + f"cannot read {path}: {exc.strerror}".encode("utf-8", "replace")
 
 
 class Authenticator:
@@ -214,6 +373,17 @@ class Authenticator:
             return True
         assert request.public_key is not None
         key = request.public_key
+        # The same steps whatever the name (the decision comes after them): an unknown
+        # name reads the stand-in's file, so the refusal is not quicker for it.
+        subject = account if account is not None else STAND_IN
+        path = self.authorized_keys_path(subject)
+        problem: AuthorizedKeysError | None = None
+        try:
+            keys = await asyncio.get_running_loop().run_in_executor(
+                None, read_authorized_keys, path, subject)
+        except AuthorizedKeysError as exc:
+            keys, problem = None, exc
+        listed = keys is not None and any(key.matches(k) for k in keys)
         if account is None:
             log.info("Failed publickey for invalid user %s from %s", user, peer)
             return False
@@ -224,14 +394,10 @@ class Authenticator:
             log.info("Failed publickey for %s from %s: key %s has expired", user, peer,
                      key.fingerprint())
             return False
-        path = self.authorized_keys_path(account)
-        try:
-            keys = await asyncio.get_running_loop().run_in_executor(
-                None, read_authorized_keys, path, account)
-        except AuthorizedKeysError as exc:
-            log.warning("Authentication refused for %s from %s: %s", user, peer, exc)
+        if problem is not None:
+            log.warning("Authentication refused for %s from %s: %s", user, peer, problem)
             return False
-        if not keys or not any(key.matches(k) for k in keys):
+        if not listed:
             log.info("Failed publickey for %s from %s: key %s is not in %s", user, peer,
                      key.fingerprint(), path)
             return False

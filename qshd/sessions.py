@@ -16,8 +16,9 @@ that qshd starts for it and watches, and nothing else runs on the user's behalf:
   writer callbacks, with flow control both ways: we stop reading the process's output while
   more than the channel's high-water mark waits for the client's window, and we stop
   reading the channel (so its window closes) while the process does not take its input;
-* the child's exit is seen through a pidfd (Linux >= 5.3; polling elsewhere), not through
-  asyncio's child watcher, whose default in Python 3.11 keeps one thread per child.
+* the child's exit is seen through a pidfd opened right after the spawn (Linux >= 5.3;
+  polling elsewhere), not through asyncio's child watcher, whose default in Python 3.11
+  keeps one thread per child.
 
 Ending. When the program exits we forward all of its output first (pipes until EOF; a PTY
 until EIO, or until it stays quiet when a background job keeps the terminal open), then
@@ -25,6 +26,17 @@ send ``exit-status`` or ``exit-signal``, EOF and close. When the client closes t
 first or the connection dies, the session is hung up: SIGHUP to the process group and to
 every process left in the child's session (a shell with job control puts each job in a
 group of its own), SIGKILL to whatever is still there after :data:`HANGUP_GRACE` seconds.
+
+Signalling only what is ours. qshd runs as root, so a signal sent to a pid number that has
+meanwhile been handed to another process would reach anything on the system. The child's
+exit status is therefore read without reaping it (``waitid`` with ``WNOWAIT``): the child
+stays a zombie until the session is over, and while it does its pid, which is also the
+number of its process group and of its session, cannot be given to any other process.
+Group and session are signalled only while that holds, and never once the child was
+reaped. Other members of the session (jobs in groups of their own) are found in /proc and
+each is pinned by a pidfd and checked again before it is signalled, so a member that died
+meanwhile, its pid reused, is not hit either. A ``setsid`` grandchild left its own session
+on purpose: it is not ours to signal (it only loses its output when the session ends).
 
 Isolation. Each session is its own task; anything that goes wrong in one (a bad request, a
 failed exec, our own bug) ends that channel, is logged, and touches nothing else. Session
@@ -37,6 +49,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import grp
 import logging
 import os
@@ -122,32 +135,81 @@ def _signal_name(number: int) -> str:
         return f"SIG{number}"
 
 
-def session_pids(sid: int) -> list[int] | None:
-    """Live processes in session ``sid`` or in process group ``sid`` (Linux /proc; None
-    where there is no /proc). Jobs of a shell with job control live in process groups of
-    their own but never leave the session unless they call setsid themselves, which is a
-    deliberate daemonisation. Zombies are left out: they are dead, and whoever inherited
-    them (init, which in a container may reap slowly) will reap them."""
+def _proc_ids(pid: int | str) -> tuple[int, int] | None:
+    """Process group and session of ``pid`` from /proc; None when it is gone or a zombie
+    (dead: whoever inherited it, init in a container perhaps slowly, will reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return None
+    # The command name (in parentheses) may contain spaces: parse after the last ')'.
+    fields = stat_line[stat_line.rfind(b")") + 2 :].split()
+    # state ppid pgrp session ...
+    if len(fields) < 4 or fields[0] == b"Z":
+        return None
+    try:
+        return int(fields[2]), int(fields[3])
+    except ValueError:
+        return None
+
+
+def _scan(belongs: Callable[[int, int], bool]) -> list[int] | None:
+    """Live processes whose (process group, session) ``belongs``; None without /proc."""
     try:
         entries = os.listdir("/proc")
     except OSError:
         return None
-    wanted = str(sid).encode()
     pids: list[int] = []
     for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat_line = f.read()
-        except OSError:
-            continue
-        # The command name (in parentheses) may contain spaces: parse after the last ')'.
-        fields = stat_line[stat_line.rfind(b")") + 2 :].split()
-        # state ppid pgrp session ...
-        if len(fields) > 3 and fields[0] != b"Z" and wanted in (fields[2], fields[3]):
+        if entry.isdigit() and (ids := _proc_ids(entry)) is not None and belongs(*ids):
             pids.append(int(entry))
     return pids
+
+
+def session_pids(sid: int) -> list[int] | None:
+    """Live processes in session ``sid`` or in process group ``sid`` (Linux /proc; None
+    where there is no /proc). Jobs of a shell with job control live in process groups of
+    their own but never leave the session unless they call setsid themselves, which is a
+    deliberate daemonisation."""
+    return _scan(lambda pgrp, session: sid in (pgrp, session))
+
+
+def _signal_member(pid: int, sig: int, belongs: Callable[[int, int], bool]) -> bool:
+    """Signal ``pid``, found by a /proc scan, if it still ``belongs``: pinned by a pidfd
+    first and checked again, so a process that died after the scan and whose pid went to
+    someone else is left alone. Without pidfds (Linux < 5.3) the check right before the
+    kill is all there is."""
+    pidfd: int | None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        ids = _proc_ids(pid)
+        if ids is None or not belongs(*ids):
+            return False
+        if pidfd is None:
+            os.kill(pid, sig)
+        else:
+            signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _raw_status(result: os.waitid_result) -> int:
+    """The wait status ``waitpid`` would give, from a ``waitid`` result."""
+    if result.si_code == os.CLD_EXITED:
+        return (result.si_status & 0xFF) << 8
+    if result.si_code == os.CLD_DUMPED:
+        return result.si_status | 0x80
+    return result.si_status  # CLD_KILLED
 
 
 def _set_pipe_size(fd: int) -> None:
@@ -157,17 +219,29 @@ def _set_pipe_size(fd: int) -> None:
             fcntl.fcntl(fd, setter, PIPE_SIZE)
 
 
+#: ``waitid`` can read an exit status and leave the child unreaped (not on every system).
+_CAN_PEEK = all(hasattr(os, name) for name in ("waitid", "WNOWAIT", "P_PID"))
+
+
 @dataclass
 class _Child:
-    """A started program and our ends of its descriptors."""
+    """A started program and our ends of its descriptors.
+
+    The child is reaped only by :meth:`release`, once the session is over (see "Signalling
+    only what is ours" above): until then ``pid`` names it and nothing else."""
 
     popen: subprocess.Popen[bytes]
+    pidfd: int | None  # opened right after the spawn; None without pidfds
     master: int | None  # the PTY master (read and written), or None for pipes
     stdin: int | None
     stdout: int | None
     stderr: int | None
-    exited: asyncio.Future[int]  # the raw wait status, once reaped
+    exited: asyncio.Future[int]  # the raw wait status, once it exited
     fds: list[int] = field(default_factory=list)
+    #: Waited for: from here on its pid may belong to anyone, so nothing is signalled.
+    reaped: bool = False
+    #: The session is over: reap it as soon as it exited.
+    released: bool = False
 
     @property
     def pid(self) -> int:
@@ -176,6 +250,41 @@ class _Child:
     @property
     def running(self) -> bool:
         return not self.exited.done()
+
+    def check_exit(self) -> int | None:
+        """The raw wait status once the child exited, else None. The child stays unreaped
+        where ``waitid`` allows (a zombie, holding its pid); elsewhere it is reaped here."""
+        if _CAN_PEEK:
+            result = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            return None if result is None else _raw_status(result)
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if not pid:
+            return None
+        self._reaped()
+        return status
+
+    def release(self) -> None:
+        """Nothing of the session will be signalled any more: reap the child now if it
+        exited, or as soon as it does (the exit watcher calls :meth:`reap`)."""
+        self.released = True
+        if self.exited.done():
+            self.reap()
+
+    def reap(self) -> None:
+        if self.reaped:
+            return
+        try:
+            pid, _status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # not ours to wait for any more: treat it as gone
+            pid = self.pid
+        if pid:
+            self._reaped()
+
+    def _reaped(self) -> None:
+        self.reaped = True
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
     def close_fd(self, fd: int | None) -> None:
         if fd is not None and fd in self.fds:
@@ -188,15 +297,50 @@ class _Child:
 
     def signal_group(self, sig: int) -> bool:
         """Signal the process group (``pid``: the child leads it) and every process left in
-        its session; False when none is left."""
+        its session; False when none is left, and always once the child was reaped."""
+        if self.reaped:
+            return False
         delivered = False
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
             delivered = True
-        for pid in session_pids(self.pid) or ():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-                delivered = True
+        sid = self.pid
+
+        def member(pgrp: int, session: int) -> bool:
+            return sid in (pgrp, session)
+
+        for pid in _scan(member) or ():
+            delivered = _signal_member(pid, sig, member) or delivered
+        return delivered
+
+    def signal_job(self, pgrp: int, sig: int) -> bool:
+        """Signal process group ``pgrp`` of the child's session (a terminal's foreground
+        job). Its number comes from the terminal, which may still name a group that has
+        ended and whose number went to another process: the group's members are signalled
+        one by one, each checked to be in our session."""
+        if self.reaped:
+            return False
+        if pgrp == self.pid:
+            try:
+                os.killpg(pgrp, sig)
+            except (ProcessLookupError, PermissionError):
+                return False
+            return True
+        sid = self.pid
+
+        def member(group: int, session: int) -> bool:
+            return group == pgrp and session == sid
+
+        members = _scan(member)
+        if members is None:  # no /proc: no way to check, the group is all we can name
+            try:
+                os.killpg(pgrp, sig)
+            except (ProcessLookupError, PermissionError):
+                return False
+            return True
+        delivered = False
+        for pid in members:
+            delivered = _signal_member(pid, sig, member) or delivered
         return delivered
 
 
@@ -231,7 +375,7 @@ class Session:
         channel does), then make sure nothing of the session is left behind."""
         try:
             self.channel.accept()
-            self._start_task(self._serve_requests(), "requests")
+            self._start_task(self._serve_requests, "requests")
             await self._done.wait()
         finally:
             try:
@@ -243,13 +387,17 @@ class Session:
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
 
-    def _start_task(self, coro: Coroutine[Any, Any, None], what: str, *,
+    def _start_task(self, work: Callable[[], Coroutine[Any, Any, None]], what: str, *,
                     ends_session: bool = True) -> asyncio.Task[None]:
-        """Run a part of the session; its end (or its failure) ends the session."""
+        """Run a part of the session; its end (or its failure) ends the session.
+
+        ``work`` makes the coroutine only once the task runs: a task cancelled before its
+        first step (the session ended at once) must not leave a coroutine that was made
+        and never awaited, which Python reports on stderr."""
         async def guarded() -> None:
             failed = True
             try:
-                await coro
+                await work()
                 failed = False
             except (aio.ConnectionLost, aio.ChannelClosedError) as exc:
                 log.debug("%s: %s ended: %s", self.tag, what, exc)
@@ -271,12 +419,15 @@ class Session:
         for task in self._tasks:
             task.cancel()
         child = self.child
-        if child is not None and not self.completed:
-            await self._hang_up(child)
-        await self._stop_pumps()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if child is not None:
-            child.close_all()
+        try:
+            if child is not None and not self.completed:
+                await self._hang_up(child)
+            await self._stop_pumps()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            if child is not None:
+                child.close_all()
+                child.release()  # signalling is over: its pid may go
 
     async def _stop_pumps(self) -> None:
         for task in self._pumps:
@@ -299,7 +450,7 @@ class Session:
             while self.loop.time() < deadline:
                 # /proc scans take a while with thousands of processes: not on the loop.
                 if not child.running and not await self.loop.run_in_executor(
-                        None, self._leftovers, child.pid):
+                        None, self._leftovers, child):
                     cleared = True
                     return
                 await asyncio.sleep(0.05)
@@ -311,8 +462,12 @@ class Session:
             await asyncio.wait_for(asyncio.shield(child.exited), HANGUP_GRACE)
 
     @staticmethod
-    def _leftovers(pid: int) -> bool:
-        """Is anything of the child's group or session still alive?"""
+    def _leftovers(child: _Child) -> bool:
+        """Is anything of the child's group or session still alive? (Unknowable, and
+        nothing we may signal, once the child was reaped.)"""
+        if child.reaped:
+            return False
+        pid = child.pid
         members = session_pids(pid)
         if members is not None:
             return bool(members)
@@ -380,11 +535,7 @@ class Session:
             # With a terminal, a signal goes where ^C would: the foreground job.
             with contextlib.suppress(OSError):
                 target = os.tcgetpgrp(child.master)
-        try:
-            os.killpg(target, number)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        return child.signal_job(target, number)
 
     # -- starting the program
 
@@ -448,7 +599,7 @@ class Session:
                 kwargs.update(stdin=stdin_r, stdout=stdout_w, stderr=stderr_w)
                 io = (None, stdin_w, stdout_r, stderr_r)
             kwargs["env"] = self.environment(tty_name)
-            popen = await self.loop.run_in_executor(None, _popen, argv, kwargs)
+            popen, pidfd = await self.loop.run_in_executor(None, _popen, argv, kwargs)
         except (OSError, subprocess.SubprocessError) as exc:
             for fd in ours:
                 os.close(fd)
@@ -460,15 +611,15 @@ class Session:
                 os.close(fd)
         for fd in ours:
             os.set_blocking(fd, False)
-        child = _Child(popen, *io, exited=self.loop.create_future(), fds=ours)
+        child = _Child(popen, pidfd, *io, exited=self.loop.create_future(), fds=ours)
         self.child = child
         log.info("%s: %s for %s started, pid %d%s", self.tag,
                  "command" if command is not None else "shell", account.name, child.pid,
                  f" on {tty_name}" if tty_name else "")
         # Not cancelled by the teardown: it must go on to reap the child after a hangup.
-        self._watcher = self._start_task(self._watch(child), "exit watcher",
-                                         ends_session=False)
-        self._start_task(self._supervise(child), "supervisor")
+        self._watcher = self._start_task(functools.partial(self._watch, child),
+                                         "exit watcher", ends_session=False)
+        self._start_task(functools.partial(self._supervise, child), "supervisor")
         return True
 
     def _give_terminal(self, slave: int) -> None:
@@ -484,44 +635,37 @@ class Session:
     # -- running
 
     async def _watch(self, child: _Child) -> None:
-        """Reap the child as soon as it exits; the result goes to ``child.exited``."""
-        pidfd: int | None
-        try:
-            pidfd = os.pidfd_open(child.pid)
-        except (AttributeError, OSError):
-            pidfd = None
+        """Learn the child's exit as soon as it happens; the status goes to
+        ``child.exited``. It is reaped only once the session let go of it."""
         delay = 0.01
-        try:
-            while True:
-                pid, status = os.waitpid(child.pid, os.WNOHANG)
-                if pid:
-                    break
-                if pidfd is not None:
-                    await self._wait_fd(pidfd, writable=False)
-                else:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
-        # Popen must not reap it again (nor warn that it was never waited for).
-        child.popen.returncode = (os.waitstatus_to_exitcode(status))
+        while (status := child.check_exit()) is None:
+            if child.pidfd is not None:
+                await self._wait_fd(child.pidfd, writable=False)
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        # Popen must never wait for it (nor warn that it was never waited for).
+        child.popen.returncode = os.waitstatus_to_exitcode(status)
         child.exited.set_result(status)
+        if child.released:
+            child.reap()
 
     async def _supervise(self, child: _Child) -> None:
         """Move data while the program runs; once it exited and its output is out,
         report how it ended and close the channel."""
         channel = self.channel
         if child.master is not None:
-            out = self._pump(self._forward(child.master, channel.write))
-            self._pump(self._feed(child.master, close_at_eof=False))
+            out = self._pump(functools.partial(self._forward, child.master, channel.write))
+            self._pump(functools.partial(self._feed, child.master, close_at_eof=False))
             outputs = [out]
         else:
             assert child.stdout is not None and child.stderr is not None
             assert child.stdin is not None
-            outputs = [self._pump(self._forward(child.stdout, channel.write)),
-                       self._pump(self._forward(child.stderr, channel.write_stderr))]
-            self._pump(self._feed(child.stdin, close_at_eof=True))
+            outputs = [
+                self._pump(functools.partial(self._forward, child.stdout, channel.write)),
+                self._pump(functools.partial(self._forward, child.stderr,
+                                             channel.write_stderr))]
+            self._pump(functools.partial(self._feed, child.stdin, close_at_eof=True))
         status = await asyncio.shield(child.exited)
         if child.master is None:
             await asyncio.gather(*outputs)
@@ -558,11 +702,12 @@ class Session:
                  self.child.pid if self.child else 0, self.account.name, code)
         await channel.request(EXIT_STATUS, encode_exit_status(code), want_reply=False)
 
-    def _pump(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _pump(self, work: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+        """A data pump; ``work`` makes its coroutine once it runs (see :meth:`_start_task`)."""
         async def guarded() -> None:
             # The channel going away ends a pump quietly; the teardown follows.
             with contextlib.suppress(aio.ConnectionLost, aio.ChannelClosedError):
-                await coro
+                await work()
 
         task = asyncio.ensure_future(guarded())
         self._pumps.append(task)
@@ -649,6 +794,12 @@ class Session:
                 loop.remove_reader(fd)
 
 
-def _popen(argv: list[str], kwargs: dict[str, Any]) -> subprocess.Popen[bytes]:
+def _popen(argv: list[str], kwargs: dict[str, Any]
+           ) -> tuple[subprocess.Popen[bytes], int | None]:
+    """Start the program and hold it by a pidfd at once (nothing reaps it before us)."""
     popen: subprocess.Popen[bytes] = subprocess.Popen(argv, **kwargs)
-    return popen
+    try:
+        pidfd: int | None = os.pidfd_open(popen.pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    return popen, pidfd

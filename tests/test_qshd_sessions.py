@@ -17,6 +17,7 @@ import pwd
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -579,3 +580,217 @@ def test_stopping_the_daemon_leaves_no_session_behind(tmp_path: Path) -> None:
         stop_qshd(daemon)
     assert wait_gone(pid), f"process group {pid} outlived the daemon"
     assert "shutting down" in daemon.log_text()
+
+
+# --------------------------------------------------------------------------- pid reuse
+
+needs_pid_namespace = pytest.mark.skipif(
+    not IS_ROOT or shutil.which("unshare") is None or shutil.which("nsenter") is None,
+    reason="a private pid namespace (unshare, nsenter) needs root and util-linux")
+
+
+def _namespace_init(launcher: subprocess.Popen[bytes]) -> int:
+    """The host pid of the process ``unshare --fork`` started: pid 1 of the namespace."""
+    path = f"/proc/{launcher.pid}/task/{launcher.pid}/children"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            children = Path(path).read_text().split()
+            if children:
+                return int(children[0])
+        time.sleep(0.02)
+    raise AssertionError("unshare started nothing")
+
+
+def _in_namespace(init: int, script: str, *args: str) -> str:
+    """Run a shell script inside the daemon's pid (and /proc mount) namespace, as root."""
+    result = subprocess.run(["nsenter", f"--target={init}", "--pid", "--mount", "--",
+                             "sh", "-c", script, "sh", *args],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+#: Claims pid $1 for an unrelated process that leads a session and process group of its
+#: own, as a root daemon does: sets the namespace's last pid to $1 - 1 and forks. Prints
+#: "victim <pid> <start time>" on success, "held" when $1 stayed taken for 3 seconds.
+_CLAIM_PID = """
+target=$1
+end=$(( $(date +%s) + 3 ))
+while :; do
+    echo $((target - 1)) > /proc/sys/kernel/ns_last_pid
+    setsid sleep 60 </dev/null >/dev/null 2>&1 &
+    if [ "$!" -eq "$target" ]; then
+        read -r stat < /proc/$!/stat
+        echo "victim $! $(echo "$stat" | sed 's/.*) //' | cut -d' ' -f20)"
+        exit 0
+    fi
+    kill $!; wait $! 2>/dev/null
+    [ "$(date +%s)" -lt "$end" ] || { echo held; exit 0; }
+    sleep 0.05
+done
+"""
+
+#: Prints "<state> <start time>" of pid $1, or "none".
+_PROC_STATE = """
+read -r stat < /proc/$1/stat 2>/dev/null || { echo none; exit 0; }
+echo "$stat" | sed 's/.*) //' | cut -d' ' -f1,20
+"""
+
+
+@dataclass
+class NamespacedQshd:
+    daemon: Qshd
+    init: int  # the daemon's pid on the host; pid 1 inside
+
+    def run(self, script: str, *args: str) -> str:
+        return _in_namespace(self.init, script, *args)
+
+    def claim(self, pid: int) -> str:
+        return self.run(_CLAIM_PID, str(pid))
+
+    def alive(self, claim: str) -> bool:
+        """Is the victim of a successful :meth:`claim` still alive (not even a zombie)?"""
+        _, victim, started = claim.split()
+        state = self.run(_PROC_STATE, victim).split()
+        return state[0] not in ("none", "Z") and state[1] == started
+
+
+@pytest.fixture()
+def namespaced_qshd(tmp_path: Path) -> Iterator[NamespacedQshd]:
+    """A qshd that is pid 1 of a private pid namespace (with its own /proc), so a test can
+    hand a pid out on purpose and nothing on the host is at risk."""
+    passwd = tmp_path / "passwd"
+    PasswdFile(passwd).set_password(ME, PASSWORD, cost=4)
+    daemon = start_qshd(tmp_path, f"PasswdFile {passwd}\nPermitRootLogin yes\n",
+                        prefix=("unshare", "--pid", "--fork", "--mount-proc"))
+    init = _namespace_init(daemon.process)
+    try:
+        yield NamespacedQshd(daemon, init)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(init, signal.SIGTERM)  # unshare ignores SIGTERM; the namespace goes too
+        try:
+            daemon.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.process.kill()
+            daemon.process.wait()
+    assert "Traceback" not in daemon.log_text(), daemon.log_text()
+
+
+@needs_pid_namespace
+def test_hangup_never_signals_a_reused_pid(namespaced_qshd: NamespacedQshd) -> None:
+    """The session's shell leaves a ``setsid`` grandchild holding its output pipe and exits;
+    the session stays open. A root process that now gets the shell's pid (and leads a
+    group and session of that number) must survive the session's hangup."""
+    ns = namespaced_qshd
+    daemon = ns.daemon
+
+    async def main() -> tuple[int, str]:
+        client = await login(daemon)
+        channel = await start(client, "setsid sleep 30 & echo $$")
+        pid = int((await read_until(channel, rb"\d+\n")).strip())
+        claim = await asyncio.get_running_loop().run_in_executor(None, ns.claim, pid)
+        channel.close()  # the hangup
+        await asyncio.wait_for(channel.wait_closed(), 10)
+        client.close()
+        return pid, claim
+
+    pid, claim = run(main())
+    deadline = time.monotonic() + 10
+    while "hanging up the session" not in daemon.log_text():
+        assert time.monotonic() < deadline, daemon.log_text()
+        time.sleep(0.05)
+    time.sleep(1)  # SIGHUP goes out at once; SIGKILL would follow only for leftovers
+    if claim.startswith("victim"):
+        assert ns.alive(claim), f"the hangup killed pid {pid}, reused by an unrelated process"
+    else:  # the daemon held on to the pid: nothing could take it
+        assert claim.strip() == "held", claim
+    # Once the session is over the daemon lets the pid go (no zombie left behind).
+    deadline = time.monotonic() + 10
+    while (state := ns.run(_PROC_STATE, str(pid)).split()) != ["none"]:
+        if claim.startswith("victim") and state[0] != "Z":
+            break  # it is the victim, alive
+        assert time.monotonic() < deadline, f"pid {pid} never reaped: {state}"
+        time.sleep(0.1)
+
+
+#: Makes a job of its own the terminal's foreground group, lets it end (the terminal goes
+#: on naming the dead group) and prints that group's number.
+_STALE_FOREGROUND = """
+import os, signal, time
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+job = os.fork()
+if job == 0:
+    os.setpgid(0, 0)
+    time.sleep(0.3)
+    os._exit(0)
+os.setpgid(job, job)
+os.tcsetpgrp(0, job)
+os.waitpid(job, 0)
+print("FG", job, flush=True)
+time.sleep(100)
+"""
+
+
+@needs_pid_namespace
+def test_signal_never_reaches_a_reused_foreground_group(
+        namespaced_qshd: NamespacedQshd) -> None:
+    """With a PTY a client's signal goes to the terminal's foreground group, whose number
+    the terminal keeps after the group ended. A root process that got that number must
+    not receive the client's SIGKILL."""
+    ns = namespaced_qshd
+    daemon = ns.daemon
+
+    async def main() -> None:
+        client = await login(daemon)
+        channel = await start(client, f"exec {PYTHON} -c '{_STALE_FOREGROUND}'",
+                              pty=PtyRequest("vt100", WindowSize(80, 24)))
+        group = int(re.findall(rb"FG (\d+)", await read_until(channel, rb"FG \d+"))[0])
+        claim = await asyncio.get_running_loop().run_in_executor(None, ns.claim, group)
+        assert claim.startswith("victim"), claim  # a dead group holds no pid
+        answer = await channel.request("signal", encode_signal("KILL"))
+        await asyncio.sleep(0.5)
+        alive = await asyncio.get_running_loop().run_in_executor(None, ns.alive, claim)
+        assert alive, f"the client's signal killed pid {group}, reused by an unrelated process"
+        assert answer == (False, b"")  # nothing of the session was in that group
+        client.close()
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- a clean log
+
+
+def test_sessions_ended_at_once_leave_no_unawaited_coroutine(tmp_path: Path) -> None:
+    """Sessions closed (or whose connection is dropped) right after their exec request,
+    before their data pumps ever ran: nothing of them may be left un-run, which Python
+    reports on stderr as "coroutine ... was never awaited"."""
+    passwd = tmp_path / "passwd"
+    PasswdFile(passwd).set_password(ME, PASSWORD, cost=4)
+    daemon = start_qshd(tmp_path, f"PasswdFile {passwd}\nPermitRootLogin yes\n")
+    try:
+        async def burst(abort: bool) -> None:
+            client = await login(daemon)
+            for _ in range(10):
+                channel = await client.open_channel("session")
+                await channel.request("exec", encode_exec("sleep 5"), want_reply=False)
+                if not abort:
+                    channel.close()
+            if abort:
+                client.abort()
+            else:
+                await asyncio.sleep(0.5)
+                client.close()
+
+        run(burst(abort=False))
+        run(burst(abort=True))
+        deadline = time.monotonic() + 15
+        while daemon.log_text().count("hanging up the session") < 20:
+            assert time.monotonic() < deadline, daemon.log_text()
+            time.sleep(0.1)
+    finally:
+        stop_qshd(daemon)
+    log = daemon.log_text()
+    assert "never awaited" not in log and "RuntimeWarning" not in log, log
+    assert "Traceback" not in log, log
