@@ -36,7 +36,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .auth import AuthFailed, AuthRequested, AuthSucceeded
 from .connection import Connection, ConnectionTerminated, HandshakeComplete, HostKeyUnverified
@@ -1485,6 +1485,20 @@ class Server:
         await self.wait_closed()
 
 
+class AdmissionTicket(Protocol):
+    """An admitted connection as admission control sees it (see :func:`serve`)."""
+
+    def started(self, connection: QsmpConnection) -> None:
+        """The connection exists (its handshake has not read a byte yet)."""
+
+    def closed(self, connection: QsmpConnection | None) -> None:
+        """Its socket is closed (None: it could not even be set up). Called once."""
+
+
+#: Server: ``admit(peername, sockname)`` right after accept; None closes the socket at once.
+AdmitHandler = Callable[[Any, Any], AdmissionTicket | None]
+
+
 async def serve(host: str | None, port: int, *,
                 make_handshake: Callable[[], ServerHandshake],
                 on_channel: ChannelHandler | None,
@@ -1494,7 +1508,8 @@ async def serve(host: str | None, port: int, *,
                 rng: Rng | None = None, backlog: int = 100,
                 on_auth: AuthHandler | None = None, max_auth_attempts: int | None = None,
                 login_grace: float | None = None, auth_methods: tuple[str, ...] | None = None,
-                max_unauthenticated: int | None = None) -> Server:
+                max_unauthenticated: int | None = None,
+                admit: AdmitHandler | None = None) -> Server:
     """Listen on ``host:port`` (port 0: any free port, see :attr:`Server.port`).
 
     Each accepted socket gets a fresh ``make_handshake()`` and runs isolated: anything that
@@ -1506,10 +1521,16 @@ async def serve(host: str | None, port: int, *,
     With ``on_auth``, clients must log in first: ``on_auth(connection, request)`` decides
     each attempt, and channels are refused until one succeeds.
 
-    ``max_unauthenticated`` (sshd's MaxStartups) caps the connections that have not logged
+    ``max_unauthenticated`` (a plain cap) limits the connections that have not logged
     in yet (all of them without ``on_auth``): one more is closed as it is accepted, before
     any handshake work, so a flood of half-open logins cannot eat the CPU or the memory that
     logged-in users need. Logged-in connections do not count.
+
+    ``admit`` is the general form (qshd's MaxStartups and per-source penalties): it sees
+    the peer's and our address before any protocol object exists, and refuses by returning
+    None (the socket is closed, nothing is read). Its ticket hears when the connection
+    starts and when its socket closes; one listener can share an ``admit`` among several
+    :func:`serve` calls. A ticket whose hook fails is logged and the connection goes on.
     """
     auth_args: dict[str, Any] = {}
     if on_auth is not None:
@@ -1524,6 +1545,28 @@ async def serve(host: str | None, port: int, *,
     loop = asyncio.get_running_loop()
     server_ref: list[Server] = []
 
+    def make_connection(ticket: AdmissionTicket | None) -> QsmpConnection | None:
+        server = server_ref[0]
+        try:
+            core = Connection(make_handshake(),
+                              **_core_args(settings, window, max_packet, rng, **auth_args))
+        except Exception:
+            log.exception("could not set up a connection; dropping it")
+            return None
+        connection = QsmpConnection(core, loop=loop, on_channel=on_channel,
+                                    on_global_request=on_global_request, on_auth=on_auth)
+        server.connections.add(connection)
+
+        def gone(_: object) -> None:
+            server.connections.discard(connection)
+            if ticket is not None:
+                _tell(ticket.closed, connection)
+
+        connection._closed.add_done_callback(gone)
+        if ticket is not None:
+            _tell(ticket.started, connection)
+        return connection
+
     def factory() -> asyncio.BaseProtocol:
         server = server_ref[0]
         if max_unauthenticated is not None:
@@ -1533,17 +1576,9 @@ async def serve(host: str | None, port: int, *,
                 log.warning("dropping a connection: %d are not logged in yet (the limit)",
                             waiting)
                 return _Refuse()
-        try:
-            core = Connection(make_handshake(),
-                              **_core_args(settings, window, max_packet, rng, **auth_args))
-        except Exception:
-            log.exception("could not set up a connection; dropping it")
-            return _Refuse()
-        connection = QsmpConnection(core, loop=loop, on_channel=on_channel,
-                                    on_global_request=on_global_request, on_auth=on_auth)
-        server.connections.add(connection)
-        connection._closed.add_done_callback(lambda _: server.connections.discard(connection))
-        return connection
+        if admit is not None:
+            return _Gate(admit, make_connection)
+        return make_connection(None) or _Refuse()
 
     aserver = await loop.create_server(factory, host, port, backlog=backlog)
     server = Server(aserver)
@@ -1551,8 +1586,49 @@ async def serve(host: str | None, port: int, *,
     return server
 
 
+def _tell(hook: Callable[[Any], None], argument: Any) -> None:
+    """Call an admission hook; its failure is a bug of ours, logged, never the peer's."""
+    try:
+        hook(argument)
+    except Exception:
+        log.exception("admission hook %s failed", getattr(hook, "__qualname__", hook))
+
+
 class _Refuse(asyncio.Protocol):
     """Stands in when a connection could not even be set up: closes the socket."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.close()
+
+
+class _Gate(asyncio.Protocol):
+    """Stands in for an accepted socket until admission control has seen its addresses:
+    then closes it, or hands the transport to a new :class:`QsmpConnection` before the
+    first read (asyncio only starts reading after ``connection_made`` returns)."""
+
+    def __init__(self, admit: AdmitHandler,
+                 make: Callable[[AdmissionTicket | None], QsmpConnection | None]) -> None:
+        self._admit = admit
+        self._make = make
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        try:
+            ticket = self._admit(transport.get_extra_info("peername"),
+                                 transport.get_extra_info("sockname"))
+        except Exception:  # admission is a security check: a bug in it refuses
+            log.exception("admission control failed; dropping the connection")
+            ticket = None
+        if ticket is None:
+            transport.close()
+            return
+        connection = self._make(ticket)
+        if connection is None:
+            _tell(ticket.closed, None)
+            transport.close()
+            return
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Never reached (the socket is handed over or closed first); ignore."""

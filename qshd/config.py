@@ -7,6 +7,8 @@ some of these; we would rather refuse to start than run with a policy nobody mea
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,21 @@ from common import suites
 from common.negotiation import ServerPolicy
 from common.passwd import default_passwd_path
 
+from .admission import (
+    DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    DEFAULT_NETBLOCK4,
+    DEFAULT_NETBLOCK6,
+    DEFAULT_STARTUPS_FULL,
+    DEFAULT_STARTUPS_RATE,
+    DEFAULT_STARTUPS_START,
+    OVERFLOW_DENY_ALL,
+    OVERFLOW_PERMISSIVE,
+    AdmissionSettings,
+    IPNetwork,
+    PenaltySettings,
+    Startups,
+)
+
 DEFAULT_PORT = 2022
 DEFAULT_AUTHORIZED_KEYS = ".qsh/authorized_keys"
 DEFAULT_MAX_AUTH_TRIES = 6
@@ -22,6 +39,13 @@ DEFAULT_LOGIN_GRACE = 120.0
 #: PermitRootLogin values, as in sshd_config.
 PERMIT_ROOT_VALUES = ("no", "prohibit-password", "yes")
 _TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+#: ``PerSourceMaxStartups none``.
+PER_SOURCE_UNLIMITED = 0
+#: PerSourcePenalties durations: seconds, as sshd's names them.
+_PENALTY_TIMES = {"crash": "crash", "authfail": "authfail", "noauth": "noauth",
+                  "grace-exceeded": "grace_exceeded", "min": "min", "max": "max"}
+_PENALTY_COUNTS = {"max-sources4": "max_sources4", "max-sources6": "max_sources6"}
+_PENALTY_OVERFLOW = {"overflow": "overflow4", "overflow6": "overflow6"}
 
 
 class ConfigError(Exception):
@@ -47,7 +71,19 @@ class ServerConfig:
     keepalive_interval: float = 300.0
     rekey_bytes: int = 1 << 30
     rekey_interval: float = 3600.0
-    max_startups: int = 64
+    #: MaxStartups start:rate:full; ``max_startups`` is ``full``.
+    max_startups_begin: int = DEFAULT_STARTUPS_START
+    max_startups_rate: int = DEFAULT_STARTUPS_RATE
+    max_startups: int = DEFAULT_STARTUPS_FULL
+    #: None: half of MaxStartups' start (one source can never push the others into the
+    #: random drop); PER_SOURCE_UNLIMITED: sshd's default, no limit.
+    per_source_max_startups: int | None = None
+    per_source_netblock4: int = DEFAULT_NETBLOCK4
+    per_source_netblock6: int = DEFAULT_NETBLOCK6
+    penalties: PenaltySettings = field(default_factory=PenaltySettings)
+    penalty_exempt: tuple[IPNetwork, ...] = ()
+    #: Seconds for a new connection's first message to arrive whole; 0: no such limit.
+    first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT
     #: None: the default for the daemon's privileges (see :meth:`passwd_path`).
     passwd_file: Path | None = None
     #: Relative paths are taken from the user's home; %h, %u and %% are expanded.
@@ -67,6 +103,25 @@ class ServerConfig:
     def policy(self) -> ServerPolicy:
         return ServerPolicy(kems=self.kems, signatures=self.signatures, aeads=self.ciphers,
                             allow_chaff=self.allow_chaff)
+
+    def startups(self) -> Startups:
+        """A ``start`` above ``full`` (set apart) is clamped: no drop before the cap."""
+        full = self.max_startups
+        return Startups(min(self.max_startups_begin, full), self.max_startups_rate, full)
+
+    def admission_settings(self) -> AdmissionSettings:
+        startups = self.startups()
+        per_source: int | None
+        if self.per_source_max_startups is None:
+            per_source = max(1, startups.start // 2)
+        elif self.per_source_max_startups == PER_SOURCE_UNLIMITED:
+            per_source = None
+        else:
+            per_source = self.per_source_max_startups
+        return AdmissionSettings(startups=startups, per_source=per_source,
+                                 netblock4=self.per_source_netblock4,
+                                 netblock6=self.per_source_netblock6,
+                                 penalties=self.penalties, exempt=self.penalty_exempt)
 
     def host_key_paths(self) -> list[Path]:
         return self.host_keys or [default_dir() / "host_key"]
@@ -154,9 +209,83 @@ def _integer(value: str, line: str, low: int, high: int) -> int:
     return number
 
 
+def _max_startups(value: str, line: str) -> tuple[int, int, int]:
+    """sshd's ``start:rate:full``, or one number (a hard cap: no random early drop)."""
+    parts = value.split(":")
+    if len(parts) not in (1, 3):
+        raise ConfigError(f"{line}: MaxStartups: expected start:rate:full or a number, "
+                          f"got {value!r}")
+    numbers = [_integer(p, line, 1, 100000) for p in parts]
+    if len(numbers) == 1:
+        return numbers[0], 100, numbers[0]
+    start, rate, full = numbers
+    if start > full or rate > 100:
+        raise ConfigError(f"{line}: MaxStartups: start must not exceed full and rate must be "
+                          f"1..100, got {value!r}")
+    return start, rate, full
+
+
+def _netblock(value: str, line: str) -> tuple[int, int | None]:
+    v4, _, v6 = value.partition(":")
+    return _integer(v4, line, 0, 32), (_integer(v6, line, 0, 128) if v6 else None)
+
+
+def _networks(value: str, line: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in value.split(","):
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{line}: expected addresses or networks (a.b.c.d/n), "
+                              f"got {item.strip()!r}") from None
+    return tuple(networks)
+
+
+def _penalties(value: str, line: str, current: PenaltySettings,
+               given: set[str]) -> PenaltySettings:
+    """One PerSourcePenalties line: ``yes``/``no`` alone, or ``name:value`` items. As in
+    sshd the keyword may be repeated, and each item's first value wins."""
+    changes: dict[str, object] = {}
+    items = value.split()
+    for item in items:
+        lowered = item.lower()
+        setting: bool | float | str
+        if lowered in ("yes", "no"):
+            if len(items) > 1:
+                raise ConfigError(f"{line}: PerSourcePenalties {item} must appear alone")
+            name, setting = "enabled", lowered == "yes"
+        else:
+            name, sep, text = lowered.partition(":")
+            if not sep or not text:
+                raise ConfigError(f"{line}: PerSourcePenalties: expected name:value, "
+                                  f"got {item!r}")
+            if name in _PENALTY_TIMES:
+                setting = _seconds(text, line, 0, 30 * 86400)
+                name = _PENALTY_TIMES[name]
+            elif name in _PENALTY_COUNTS:
+                setting = _integer(text, line, 1, 1 << 24)
+                name = _PENALTY_COUNTS[name]
+            elif name in _PENALTY_OVERFLOW:
+                setting = _choice(text, (OVERFLOW_DENY_ALL, OVERFLOW_PERMISSIVE), line)
+                name = _PENALTY_OVERFLOW[name]
+            else:
+                raise ConfigError(f"{line}: PerSourcePenalties: unsupported item {item!r} "
+                                  "(crash, authfail, noauth, grace-exceeded, min, max, "
+                                  "max-sources4, max-sources6, overflow, overflow6)")
+            if "enabled" not in given:  # naming a penalty turns them on, as in sshd
+                changes.setdefault("enabled", True)
+        if name not in given:
+            given.add(name)
+            changes[name] = setting
+    if "enabled" in changes:
+        given.add("enabled")
+    return dataclasses.replace(current, **changes)  # type: ignore[arg-type]
+
+
 def parse(text: str, source: str = "qshd_config") -> ServerConfig:
     config = ServerConfig()
     seen: set[str] = set()
+    penalty_items: set[str] = set()
     listen_given = False
     for number, raw in enumerate(text.splitlines(), 1):
         stripped = raw.strip()
@@ -167,7 +296,7 @@ def parse(text: str, source: str = "qshd_config") -> ServerConfig:
         where = f"{source}:{number}"
         if not value:
             raise ConfigError(f"{where}: {keyword} needs a value")
-        repeatable = keyword in ("listenaddress", "hostkey")
+        repeatable = keyword in ("listenaddress", "hostkey", "persourcepenalties")
         if keyword in seen and not repeatable:
             continue  # first value wins, as in sshd_config
         seen.add(keyword)
@@ -197,8 +326,23 @@ def parse(text: str, source: str = "qshd_config") -> ServerConfig:
         elif keyword == "rekeyinterval":
             config.rekey_interval = _number(value, where, 10, 86400)
         elif keyword == "maxstartups":
-            # sshd's "start:rate:full" random early drop is not implemented: say so.
-            config.max_startups = _integer(value, where, 1, 10000)
+            (config.max_startups_begin, config.max_startups_rate,
+             config.max_startups) = _max_startups(value, where)
+        elif keyword == "persourcemaxstartups":
+            config.per_source_max_startups = (
+                PER_SOURCE_UNLIMITED if value.lower() == "none"
+                else _integer(value, where, 1, 100000))
+        elif keyword == "persourcenetblocksize":
+            v4, v6 = _netblock(value, where)
+            config.per_source_netblock4 = v4
+            if v6 is not None:
+                config.per_source_netblock6 = v6
+        elif keyword == "persourcepenalties":
+            config.penalties = _penalties(value, where, config.penalties, penalty_items)
+        elif keyword == "persourcepenaltyexemptlist":
+            config.penalty_exempt = _networks(value, where)
+        elif keyword == "firstmessagetimeout":
+            config.first_message_timeout = _seconds(value, where, 0, 3600)
         elif keyword == "passwdfile":
             config.passwd_file = Path(value).expanduser()
         elif keyword == "authorizedkeysfile":

@@ -20,9 +20,11 @@ session's ID; what is left is policy and files, decided here:
   home that does not exist) just as a real user's is read, so that how soon the refusal
   comes does not tell which names exist.
 
-Slow or blocking work (bcrypt, reading files from a home that may sit on a stalled network
-file system) runs in the default executor, so one login never holds up the event loop and
-with it every other connection.
+Slow or blocking work runs off the event loop, so one login never holds up every other
+connection: account look-ups and authorized_keys reads (a home may sit on a stalled network
+file system) in the default executor, bcrypt in a small pool of its own
+(:class:`PasswordChecks`) with a bounded queue. Password guessers can keep that pool busy,
+but never the threads a key login needs, and never every CPU.
 
 Each decision is logged in sshd's words (``Accepted``/``Failed <method> for <user> from
 <ip> port <n>``) so existing log watchers (fail2ban and friends) need little change. A
@@ -32,6 +34,7 @@ password never reaches a log line; :class:`~common.auth.AuthRequested`'s repr hi
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import pwd
@@ -62,6 +65,11 @@ MAX_AUTHORIZED_KEYS = 4 * 1024 * 1024
 READ_TIMEOUT = 10.0
 #: Used when an account has no shell, as login(1) does.
 DEFAULT_SHELL = "/bin/sh"
+#: bcrypt threads: half the CPUs, one at least, eight at most. Guessers can then never
+#: take every core from the handshakes, key logins and sessions of everybody else.
+PASSWORD_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))
+#: Password checks that may wait for a bcrypt thread; one more is refused at once.
+PASSWORD_QUEUE = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +326,51 @@ def _read_checked(path: str, account: Account) -> bytes:
         return _REFUSED + f"cannot read {path}: {exc.strerror}".encode("utf-8", "replace")
 
 
+class PasswordChecks:
+    """bcrypt's own pool: ``threads`` workers and at most ``queue`` checks waiting.
+
+    A full queue refuses the attempt at once (the caller logs it as failed) instead of
+    growing: under a guessing flood a real user's password waits at most ``queue`` checks,
+    not the whole flood. A check whose connection is gone by the time a thread takes it is
+    skipped: a guesser that hangs up without waiting costs no bcrypt run.
+    """
+
+    def __init__(self, threads: int = PASSWORD_THREADS, queue: int = PASSWORD_QUEUE) -> None:
+        self.threads = threads
+        self.limit = threads + queue
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            threads, thread_name_prefix="qshd-bcrypt")
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    @property
+    def pending(self) -> int:
+        """Checks running or waiting."""
+        return self._pending
+
+    def _done(self, _: concurrent.futures.Future[bool]) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    async def run(self, check: Callable[[], bool],
+                  still_wanted: Callable[[], bool] = lambda: True) -> bool | None:
+        """``check()`` on a bcrypt thread; None if the queue is full."""
+        with self._lock:
+            if self._pending >= self.limit:
+                return None
+            self._pending += 1
+        try:
+            future = self._executor.submit(lambda: still_wanted() and check())
+        except RuntimeError:  # shut down: the daemon is stopping
+            self._done(concurrent.futures.Future())
+            return None
+        future.add_done_callback(self._done)
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 class Authenticator:
     """The ``on_auth`` callback of :func:`common.aio.serve`, configured once per daemon.
 
@@ -333,6 +386,7 @@ class Authenticator:
         self.passwd = PasswdFile(config.passwd_path())
         self._passwd_stamp: tuple[int, int, int, int] | None = None
         self._passwd_lock = threading.Lock()
+        self.password_checks = PasswordChecks()
 
     def methods(self) -> tuple[str, ...]:
         enabled = []
@@ -362,8 +416,7 @@ class Authenticator:
             assert request.password is not None
             # bcrypt runs even for unknown or refused users, so the time a failure takes
             # does not reveal which names exist or which ones policy forbids.
-            ok = await asyncio.get_running_loop().run_in_executor(
-                None, self._verify_password, user, request.password)
+            ok = await self._check_password(connection, user, request.password)
             invalid = "invalid user " if account is None else ""
             if account is None or refusal is not None or not ok:
                 reason = f": {refusal}" if refusal is not None else ""
@@ -425,6 +478,19 @@ class Authenticator:
         expanded = expand_tokens(self.config.authorized_keys_file, account.name, account.home)
         path = Path(expanded)
         return path if path.is_absolute() else Path(account.home) / path
+
+    async def _check_password(self, connection: aio.QsmpConnection, user: str,
+                              password: bytes) -> bool:
+        """bcrypt in its own pool (see :class:`PasswordChecks`), skipped if the client
+        has gone meanwhile; False when the pool's queue is full."""
+        ok = await self.password_checks.run(
+            lambda: self._verify_password(user, password),
+            lambda: getattr(connection, "terminated", None) is None)
+        if ok is None:
+            log.warning("password check for %s from %s refused: %d checks are already "
+                        "running or waiting", user, peer_text(connection),
+                        self.password_checks.pending)
+        return bool(ok)
 
     def _verify_password(self, user: str, password: bytes) -> bool:
         """In an executor thread: reload the passwd file if it changed (qpasswd edits

@@ -1,11 +1,12 @@
-"""The daemon on top of :mod:`common.aio`: login policy, then session channels.
+"""The daemon on top of :mod:`common.aio`: admission, login policy, then session channels.
 
 One process, one event loop, every connection a set of tasks in it (see
 :mod:`qshd.sessions` for why and for what runs as the user). The adapter isolates
-connections from each other; this module adds the policy: nothing but a login until
-:class:`~qshd.login.Authenticator` accepted one, then ``session`` channels, each a
-:class:`~qshd.sessions.Session` isolated from the others. Other channel kinds (copy,
-tunnel) are refused until they are implemented.
+connections from each other; this module adds the policy: who may connect at all
+(:class:`~qshd.admission.Admission`, shared by every listening address, fed by
+:class:`_Admitted`), nothing but a login until :class:`~qshd.login.Authenticator` accepted
+one, then ``session`` channels, each a :class:`~qshd.sessions.Session` isolated from the
+others. Other channel kinds (copy, tunnel) are refused until they are implemented.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import logging
 import os
 
 from common import aio
-from common.handshake import ServerHandshake
+from common.auth import AuthRequested
+from common.handshake import ServerHandshake, State
 from common.keys import HostKey
 from common.mux import OpenFailureReason
 from common.session import SESSION
 from common.transport import TransportSettings
 
+from .admission import Admission, Penalty, Refused, Ticket, classify
 from .config import ServerConfig
 from .login import Account, Authenticator, peer_text
 from .sessions import HANGUP_GRACE, Session
@@ -34,11 +37,66 @@ def _address(info: object) -> tuple[str, int]:
     return "unknown", 0
 
 
+#: A connection that ends this close to LoginGraceTime without a login exceeded it.
+_GRACE_SLACK = 0.5
+
+
+class _Admitted:
+    """The link between one admitted connection and :class:`~qshd.admission.Admission`:
+    reports its login and its end, and closes it if its first message does not arrive in
+    time (a held socket then frees its slot long before LoginGraceTime)."""
+
+    def __init__(self, daemon: Daemon, ticket: Ticket, now: float) -> None:
+        self.daemon = daemon
+        self.ticket = ticket
+        self.accepted = now
+        self.attempted = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def started(self, connection: aio.QsmpConnection) -> None:
+        self.daemon._admitted[connection] = self
+        timeout = self.daemon.config.first_message_timeout
+        if timeout > 0:
+            self._timer = connection.loop.call_later(timeout, self._first_message_due,
+                                                     connection)
+
+    def _first_message_due(self, connection: aio.QsmpConnection) -> None:
+        self._timer = None
+        if (connection.terminated is None
+                and connection.core.handshake.state is State.AWAIT_CONNECT_REQUEST):
+            # sshd's words for a client that never sent its version line.
+            log.info("Did not receive identification string from %s port %d",
+                     self.ticket.address, self.ticket.port)
+            connection.close("no connect request in time")
+
+    def closed(self, connection: aio.QsmpConnection | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        daemon = self.daemon
+        if connection is not None:
+            daemon._admitted.pop(connection, None)
+        now = asyncio.get_running_loop().time()
+        terminated = connection.terminated if connection is not None else None
+        crashed = (terminated is not None and not terminated.by_peer
+                   and terminated.reason.startswith("internal error"))
+        grace = (not self.ticket.authenticated
+                 and now - self.accepted >= daemon.config.login_grace_time - _GRACE_SLACK)
+        penalty = classify(authenticated=self.ticket.authenticated, attempted=self.attempted,
+                           grace_exceeded=grace, crashed=crashed)
+        if penalty is Penalty.GRACE_EXCEEDED:
+            log.info("Timeout before authentication for %s port %d", self.ticket.address,
+                     self.ticket.port)
+        daemon.admission.ended(self.ticket, penalty, now)
+
+
 class Daemon:
     def __init__(self, config: ServerConfig, host_keys: list[HostKey]) -> None:
         self.config = config
         self.host_keys = host_keys
         self.authenticator = Authenticator(config)
+        self.admission = Admission(config.admission_settings())
+        self._admitted: dict[aio.QsmpConnection, _Admitted] = {}
         self.euid = os.geteuid()
         self._servers: list[aio.Server] = []
         self.sessions: set[Session] = set()
@@ -52,6 +110,25 @@ class Daemon:
         return TransportSettings(keepalive_interval=self.config.keepalive_interval,
                                  rekey_bytes=self.config.rekey_bytes,
                                  rekey_interval=self.config.rekey_interval)
+
+    def _admit(self, peer: object, local: object) -> _Admitted | None:
+        """aio's ``admit`` hook: the sans-IO decision, with the loop's clock."""
+        now = asyncio.get_running_loop().time()
+        address, port = _address(peer)
+        local_address, local_port = _address(local)
+        decision = self.admission.admit(address, port, local_address, local_port, now)
+        if isinstance(decision, Refused):
+            return None
+        return _Admitted(self, decision, now)
+
+    async def _on_auth(self, connection: aio.QsmpConnection, request: AuthRequested) -> bool:
+        admitted = self._admitted.get(connection)
+        if admitted is not None:
+            admitted.attempted = True
+        ok = await self.authenticator(connection, request)
+        if ok and admitted is not None and connection.terminated is None:
+            self.admission.authenticated(admitted.ticket)
+        return ok
 
     async def _on_channel(self, connection: aio.QsmpConnection, channel: aio.Channel) -> None:
         user = connection.user
@@ -88,11 +165,10 @@ class Daemon:
         for address in cfg.listen_addresses:
             server = await aio.serve(address, port, make_handshake=self._handshake,
                                      on_channel=self._on_channel, settings=self._settings(),
-                                     on_auth=self.authenticator,
+                                     on_auth=self._on_auth,
                                      max_auth_attempts=cfg.max_auth_tries,
                                      login_grace=cfg.login_grace_time,
-                                     auth_methods=cfg.auth_methods(),
-                                     max_unauthenticated=cfg.max_startups)
+                                     auth_methods=cfg.auth_methods(), admit=self._admit)
             port = server.port  # with -p 0, later addresses share the first's port
             self._servers.append(server)
             log.info("listening on %s port %d", address, server.port)
@@ -105,6 +181,7 @@ class Daemon:
             server.close(connections=True)
         for server in self._servers:
             await server.wait_closed()
+        self.authenticator.password_checks.close()
         sessions = [asyncio.ensure_future(s.wait_closed()) for s in self.sessions]
         if sessions:
             await asyncio.wait(sessions, timeout=2 * HANGUP_GRACE + 1)
