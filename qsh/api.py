@@ -40,8 +40,13 @@ from .session import (
     PermissionDenied,
     QshError,
     Ui,
+    channel_lost,
+    check_alive,
     close_connection,
+    describe_end,
+    login_ended,
     open_connection,
+    printable,
 )
 
 __all__ = [
@@ -120,7 +125,11 @@ class Connection:
                   timeout: float | None = None) -> RunResult:
         """Run ``command`` (a shell command line on the server) without a pty; collect its
         output. ``input`` is sent and stdin closed; ``env`` values are passed with "env"
-        requests (the server decides which it accepts, as sshd's AcceptEnv)."""
+        requests (the server decides which it accepts, as sshd's AcceptEnv).
+
+        Raises :class:`DisconnectError` if the connection ends before the channel's orderly
+        close, even after an exit status: the status overtakes output still in flight, so
+        the output may be incomplete."""
         async with asyncio.timeout(timeout):
             return await self._run(command, input, check, env)
 
@@ -154,8 +163,13 @@ class Connection:
                     channel.reply(False)
             stdout, stderr = await asyncio.gather(out_task, err_task)
             feeder.cancel()
+            lost = channel_lost(channel)
+            if lost is not None:  # after EOF, before CLOSE: the status is not final yet
+                raise lost
         except aio.ConnectionLost as exc:
-            raise DisconnectError(f"connection closed: {exc}") from None
+            # Even with an exit status: it overtakes output still waiting for window.
+            raise DisconnectError(f"connection closed before the command ended: "
+                                  f"{describe_end(exc.terminated)}") from None
         finally:
             channel.close()
         if signal_name is not None:
@@ -246,13 +260,14 @@ async def _connect(host: str, port: int, username: str,
     try:
         failed = await connection.wait_authenticated()
         if failed is not None and key is not None and secret is not None:
+            check_alive(connection)
             failed = await connection.login_password(username, secret)
         if failed is not None:
-            raise PermissionDenied(f"permission denied for {username}@{host}: {failed.message}")
-    except aio.ConnectionLost as exc:
+            raise PermissionDenied(f"permission denied for {username}@{host}: "
+                                   f"{printable(failed.message)}")
+    except QsmpError as exc:  # the connection ended during login (grace time, MaxAuthTries)
         connection.abort()
-        raise PermissionDenied(f"permission denied for {username}@{host}: the server closed "
-                               f"the connection ({exc})") from None
+        raise login_ended(connection, cfg, exc) from None
     except BaseException:
         connection.abort()
         raise

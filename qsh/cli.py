@@ -137,6 +137,8 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
          quiet: bool) -> int:
     import asyncio
 
+    from common.errors import QsmpError, RemoteReportedError
+
     from . import session, terminal
 
     session.setup_logging(verbosity)
@@ -145,6 +147,11 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
         return asyncio.run(session.run_client(cfg, ui, command=remote, force_tty=force_tty))
     except session.QshError as exc:
         ui.error(str(exc))
+        return EXIT_FAILURE
+    except QsmpError as exc:  # a protocol failure no step above put in words: still one line
+        reason = session.describe_error(exc.code, exc.message,
+                                        by_peer=isinstance(exc, RemoteReportedError))
+        ui.error(f"connection failed: {reason}")
         return EXIT_FAILURE
     except Exception as exc:  # a bug of ours: still one line (the traceback with -v)
         if verbosity:

@@ -13,13 +13,18 @@ person to ask and no terminal to drive:
   ``~`` escapes, SIGWINCH, signals, and the remote exit status.
 
 Exit status follows ssh: the remote status; 128+N for a remote signal; 255 when qsh itself
-fails, with one line on stderr (:class:`QshError`).
+fails, with one line on stderr (:class:`QshError`). The remote status counts only once the
+channel has closed in order (PROTOCOL.md §10.3): the status request overtakes output still
+waiting for window, so a connection that ends after the status but before the channel's
+CLOSE -- a record that fails its tag, a cut, an error packet -- lost output, and qsh exits
+255 whatever status it had.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -35,8 +40,9 @@ from typing import Any, Protocol
 from common import aio, suites
 from common import session as proto
 from common.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthFailed
+from common.connection import ConnectionTerminated
 from common.errors import ErrorCode, QsmpError, RemoteReportedError, UsageError
-from common.handshake import ClientHandshake
+from common.handshake import ClientHandshake, State
 from common.keys import HostKey, KeyFileError, PassphraseRequired, PublicKey
 from common.known_hosts import KnownHosts, host_pattern
 from common.negotiation import ChaffPolicy, Offer
@@ -60,6 +66,7 @@ CHANGED_KEY_WARNING = """\
 @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
 IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
 The host key of {host} is not the one in {path}.
+The {algorithm} key it presents has the fingerprint {fingerprint}.
 Someone could be eavesdropping on you right now (man-in-the-middle attack),
 or the host key has just been changed. If you know it was changed, remove the old key
 with an editor and connect again."""
@@ -79,6 +86,43 @@ class PermissionDenied(QshError):
 
 class DisconnectError(QshError):
     """The connection ended before the session did."""
+
+
+TAMPERED = "the connection may have been tampered with"
+#: Failures our side detected that a changed, dropped or injected byte explains (a record
+#: that fails its tag, one out of sequence, a confirmation that does not match).
+_TAMPER_CODES = frozenset({ErrorCode.AUTHENTICATION_FAILURE, ErrorCode.PACKET_UNSEQUENCED,
+                           ErrorCode.HASH_INVALID, ErrorCode.ESTABLISH_FAILURE,
+                           ErrorCode.VERIFY_FAILURE})
+#: Characters of the peer's text (error and shutdown reasons) shown at most.
+MAX_SHOWN = 300
+
+
+def printable(text: str, limit: int | None = MAX_SHOWN) -> str:
+    """Text fit for one line on a terminal: control characters (newlines, escape sequences
+    a hostile peer could put in a reason) become ``?``; cut to ``limit`` characters."""
+    shown = "".join(c if c.isprintable() else "?" for c in text)
+    if limit is not None and len(shown) > limit:
+        shown = shown[:limit - 3] + "..."
+    return shown
+
+
+def describe_end(terminated: ConnectionTerminated | None) -> str:
+    """Why a connection ended, for one line."""
+    if terminated is None:
+        return "connection lost"
+    if terminated.code == ErrorCode.NONE and terminated.by_peer:  # an authenticated goodbye
+        return f"shut down by the remote host ({printable(terminated.reason)})"
+    return describe_error(terminated.code, terminated.reason, by_peer=terminated.by_peer)
+
+
+def describe_error(code: ErrorCode, reason: str, *, by_peer: bool) -> str:
+    """A failure's reason, plus a warning when our side found a record or handshake message
+    that failed its check (nothing but tampering or a broken path does that)."""
+    shown = printable(reason)
+    if not by_peer and code in _TAMPER_CODES:
+        return f"{shown}: {TAMPERED}"
+    return shown
 
 
 # --- Reporting ----------------------------------------------------------------------------
@@ -128,7 +172,8 @@ class Ui:
             self._write(message)
 
     def error(self, message: str) -> None:
-        self._write(f"qsh: {message}")
+        """The one line of a failure (never more: it may quote the peer)."""
+        self._write(f"qsh: {printable(message, None)}")
 
     async def ask(self, prompt: str, *, echo: bool = True) -> str | None:
         if self.prompter is None:
@@ -164,9 +209,10 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
 
     The known_hosts entry for ``cfg.hostname`` (ssh checks the name it connects to, after
     HostName) is handed to the handshake as the trusted key; an unknown key goes to the
-    ``StrictHostKeyChecking`` policy; a known key that does not match fails inside the core
-    and becomes the loud warning. With ``identity`` (or ``password``) the first login
-    attempt is pipelined behind the handshake.
+    ``StrictHostKeyChecking`` policy. A handshake that fails over the trusted key (the
+    server does not know its key ID, or the signature does not verify) is not yet a changed
+    key: :func:`_known_key_failed` finds out which it was. With ``identity`` (or
+    ``password``) the first login attempt is pipelined behind the handshake.
     """
     try:
         known = KnownHosts.load(cfg.known_hosts)
@@ -175,18 +221,19 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
     mode = cfg.strict_host_key_checking
     pattern = host_pattern(cfg.hostname, cfg.port, DEFAULT_PORT)
     found = known.lookup(cfg.hostname, cfg.port, default_port=DEFAULT_PORT)
+    pinned = tuple(entry.key for entry in found.matching)
     # "no" lets even a changed key through (with the warning), so nothing is pre-trusted.
-    trusted = found.matching[0].key if found.matching and mode != "no" else None
+    trusted = pinned[0] if pinned and mode != "no" else None
     refusal: list[QshError] = []
 
     async def on_host_key(key: PublicKey) -> bool:
         """Trust on first use. Never raises: the adapter treats False as a rejection."""
         if mode == "no":
-            if found.matching and not any(e.key.matches(key) for e in found.matching):
-                ui.warn(CHANGED_KEY_WARNING.format(host=pattern, path=cfg.known_hosts))
+            if pinned and not any(k.matches(key) for k in pinned):
+                ui.warn(changed_key_warning(cfg, pattern, key))
                 ui.warn("StrictHostKeyChecking is no: connecting anyway.")
                 return True
-            if found.matching:
+            if pinned:
                 return True
         elif mode == "yes":
             refusal.append(HostKeyNotVerifiable(
@@ -210,44 +257,125 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
                 "known hosts.")
         return True
 
-    handshake = ClientHandshake(build_offer(cfg), trusted, step_timeout=cfg.connect_timeout)
+    offer = build_offer(cfg)
     interval = cfg.server_alive_interval
     settings = TransportSettings(keepalive_interval=interval if interval > 0 else None)
-    ui.note(1, f"connecting to {cfg.hostname} port {cfg.port}")
     if identity is not None:
         password = None  # one pipelined attempt: the key
-    try:
-        connection = await aio.connect(
-            cfg.hostname, cfg.port, handshake=handshake, settings=settings,
-            on_host_key=on_host_key, timeout=cfg.connect_timeout,
-            user=cfg.user if identity is not None or password is not None else None,
-            identity=identity, password=password)
-    except socket.gaierror as exc:
-        raise QshError(f"could not resolve hostname {cfg.hostname}: {exc.strerror}") from None
-    except OSError as exc:
-        # asyncio words it "Connect call failed (...)": say what ssh says instead.
-        reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
-        raise QshError(f"connect to host {cfg.hostname} port {cfg.port}: {reason}") from None
-    except TimeoutError:
-        raise QshError(f"connect to host {cfg.hostname} port {cfg.port}: timed out") from None
-    except UsageError as exc:
-        raise QshError(str(exc)) from None
-    except QsmpError as exc:
-        if refusal:
-            raise refusal[0] from None
-        if trusted is not None and exc.code in (ErrorCode.KEY_UNRECOGNIZED,
-                                                ErrorCode.VERIFY_FAILURE):
-            ui.warn(CHANGED_KEY_WARNING.format(host=pattern, path=cfg.known_hosts))
-            raise HostKeyNotVerifiable("host key verification failed") from None
-        if exc.code == ErrorCode.KEY_EXPIRED:
-            raise HostKeyNotVerifiable(f"the host key of {pattern} has expired") from None
-        where = "server" if isinstance(exc, RemoteReportedError) else "handshake failed"
-        raise QshError(f"{where}: {exc.message}") from None
+    tried: list[PublicKey] = []
+    while True:
+        handshake = ClientHandshake(offer, trusted, step_timeout=cfg.connect_timeout)
+        ui.note(1, f"connecting to {cfg.hostname} port {cfg.port}")
+        try:
+            connection = await aio.connect(
+                cfg.hostname, cfg.port, handshake=handshake, settings=settings,
+                on_host_key=on_host_key, timeout=cfg.connect_timeout,
+                user=cfg.user if identity is not None or password is not None else None,
+                identity=identity, password=password)
+        except socket.gaierror as exc:
+            raise QshError(f"could not resolve hostname {cfg.hostname}: "
+                           f"{exc.strerror}") from None
+        except TimeoutError:  # an OSError without errno: first
+            raise QshError(timeout_message(cfg, handshake)) from None
+        except OSError as exc:
+            # asyncio words it "Connect call failed (...)": say what ssh says instead.
+            reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+            raise QshError(f"connect to host {cfg.hostname} port {cfg.port}: "
+                           f"{reason}") from None
+        except UsageError as exc:
+            raise QshError(str(exc)) from None
+        except QsmpError as exc:
+            if refusal:
+                raise refusal[0] from None
+            if trusted is not None and exc.code in (ErrorCode.KEY_UNRECOGNIZED,
+                                                    ErrorCode.VERIFY_FAILURE):
+                tried.append(trusted)
+                trusted = await _known_key_failed(cfg, ui, exc, pattern, pinned, tried)
+                continue  # another key known for this host: try the handshake with it
+            if exc.code == ErrorCode.KEY_EXPIRED:
+                raise HostKeyNotVerifiable(f"the host key of {pattern} has expired") from None
+            if isinstance(exc, RemoteReportedError):
+                raise QshError(f"server: {printable(exc.message)}") from None
+            reason = describe_error(exc.code, exc.message, by_peer=False)
+            raise QshError(f"handshake failed: {reason}") from None
+        break
     suite, host_key = connection.suite, connection.host_key
     assert suite is not None and host_key is not None  # set once established
     ui.note(1, f"connected to {pattern}: {suite.kem}, {suite.signature}, {suite.aead}; "
                f"host key {host_key.fingerprint()}")
     return connection
+
+
+def changed_key_warning(cfg: ClientConfig, pattern: str, presented: PublicKey) -> str:
+    return CHANGED_KEY_WARNING.format(host=pattern, path=cfg.known_hosts,
+                                      algorithm=presented.algorithm,
+                                      fingerprint=presented.fingerprint())
+
+
+def timeout_message(cfg: ClientConfig, handshake: ClientHandshake) -> str:
+    """ConnectTimeout ran out: in TCP's connect (the handshake never started: nothing
+    answered our SYN), or in the handshake (something accepted, and did not finish it)."""
+    where = f"host {cfg.hostname} port {cfg.port}"
+    if handshake.state is State.START:
+        return f"connect to {where}: {os.strerror(errno.ETIMEDOUT)}"
+    seconds = f"{cfg.connect_timeout:g} second{'' if cfg.connect_timeout == 1 else 's'}"
+    return f"connection to {where}: the handshake timed out after {seconds}"
+
+
+async def _known_key_failed(cfg: ClientConfig, ui: Ui, exc: QsmpError, pattern: str,
+                            pinned: tuple[PublicKey, ...], tried: list[PublicKey]
+                            ) -> PublicKey:
+    """The handshake failed over a pinned key: decide what to tell the user.
+
+    The error alone cannot say whether the host key changed. A KEY_UNRECOGNIZED or
+    VERIFY_FAILURE error packet is plaintext that anyone on the path can send, and a
+    signature that does not verify may be a corrupted one from the right key. So ask the
+    host which key it has (:func:`probe_host_key`): the changed-key banner only if it
+    presents a key that is not pinned; another key pinned for this host is returned, to be
+    tried; otherwise the failure is what it was, said as such (exit 255 all the same).
+    """
+    ui.note(1, f"handshake over the known host key failed ({printable(exc.message)}); "
+               f"asking {pattern} which key it has")
+    presented = await probe_host_key(cfg, tried[-1])
+    if presented is not None:
+        if not any(key.matches(presented) for key in pinned):
+            ui.warn(changed_key_warning(cfg, pattern, presented))
+            raise HostKeyNotVerifiable("host key verification failed") from None
+        if not any(key.matches(presented) for key in tried):
+            ui.note(1, f"{pattern} has another known key: {presented.fingerprint()}")
+            return presented
+    if not isinstance(exc, RemoteReportedError):
+        raise QshError(f"signature check failed: {TAMPERED}") from None
+    said = f'host key check failed: an unauthenticated error packet said "{exc.code.description}"'
+    if presented is not None:
+        raise QshError(f"{said}, but the host presents the known key: {TAMPERED}") from None
+    raise QshError(f"{said} and the host presented no key: {TAMPERED}") from None
+
+
+async def probe_host_key(cfg: ClientConfig, pinned: PublicKey) -> PublicKey | None:
+    """The key the host presents when not asked for a particular one (a fresh connection
+    whose first message names no key ID), its signature over that connection's transcript
+    checked by the handshake before we see it; None if none could be had. The pinned key's
+    algorithm is offered first, so that a host with several keys picks one of that kind.
+    The handshake stops there: nothing is sent under keys from it."""
+    offer = build_offer(cfg)
+    signatures = sorted(offer.signatures, key=lambda name: name != pinned.algorithm)
+    offer = dataclasses.replace(offer, signatures=tuple(signatures))
+    presented: list[PublicKey] = []
+
+    async def record(key: PublicKey) -> bool:
+        presented.append(key)
+        return False
+
+    handshake = ClientHandshake(offer, None, step_timeout=cfg.connect_timeout)
+    try:
+        connection = await aio.connect(cfg.hostname, cfg.port, handshake=handshake,
+                                       on_host_key=record, timeout=cfg.connect_timeout)
+    except (OSError, QsmpError):  # TimeoutError is an OSError
+        pass
+    else:  # not reached: record() refuses every key
+        connection.abort()
+    return presented[0] if presented else None
 
 
 async def close_connection(connection: aio.QsmpConnection) -> None:
@@ -324,10 +452,31 @@ async def authenticate(connection: aio.QsmpConnection, cfg: ClientConfig, ui: Ui
     the terminal. Raises :class:`PermissionDenied` when nothing is left to try."""
     try:
         await _authenticate(connection, cfg, ui, keys, pipelined)
-    except aio.ConnectionLost as exc:
-        # The server gives up after too many failures or its login grace time.
-        raise PermissionDenied(f"permission denied: the server closed the connection "
-                               f"({exc})") from None
+    except QsmpError as exc:
+        # The connection ended during login. The server gives up after too many failures
+        # or its login grace time (it says so in an error record: RemoteReportedError);
+        # anything else (a cut, a record that fails its check) is no refusal.
+        raise login_ended(connection, cfg, exc) from None
+
+
+def login_ended(connection: aio.QsmpConnection, cfg: ClientConfig, exc: QsmpError
+                ) -> QshError:
+    """The one-line failure for a connection that ended while logging in."""
+    terminated = connection.terminated
+    if terminated is not None and terminated.by_peer and terminated.code in (
+            ErrorCode.AUTHENTICATION_FAILURE, ErrorCode.NONE):
+        return PermissionDenied(f"permission denied: the server closed the connection "
+                                f"({printable(terminated.reason)})")
+    reason = (describe_end(terminated) if terminated is not None
+              else describe_error(exc.code, exc.message, by_peer=False))
+    return DisconnectError(f"connection to {cfg.host} lost during login: {reason}")
+
+
+def check_alive(connection: aio.QsmpConnection) -> None:
+    """Raise if the connection has ended: a login attempt started on an ended connection
+    would wait for an answer forever (the adapter answers only attempts made before)."""
+    if connection.terminated is not None:
+        raise aio.ConnectionLost(connection.terminated)
 
 
 async def _authenticate(connection: aio.QsmpConnection, cfg: ClientConfig, ui: Ui,
@@ -347,6 +496,7 @@ async def _authenticate(connection: aio.QsmpConnection, cfg: ClientConfig, ui: U
         if entry is None:
             break
         path, key = entry
+        check_alive(connection)  # e.g. the server's MaxAuthTries: it said so and left
         failed = await connection.login_publickey(user, key)
         if failed is None:
             ui.note(1, f"authenticated as {user} with {path}")
@@ -366,6 +516,7 @@ async def _authenticate(connection: aio.QsmpConnection, cfg: ClientConfig, ui: U
         answer = await ui.ask(prompt, echo=False)
         if answer is None:
             break
+        check_alive(connection)
         failed = await connection.login_password(
             user, answer.encode("utf-8", "surrogateescape"))
         del answer
@@ -519,6 +670,17 @@ def exit_code(status: int | None, exit_signal: proto.ExitSignal | None) -> int:
     return status if 0 <= status <= 255 else EXIT_FAILURE
 
 
+def channel_lost(channel: aio.Channel) -> aio.ConnectionLost | None:
+    """How the connection ended, if it did so before ``channel``'s orderly close; None
+    while the channel is open or once both CLOSEs were exchanged.
+
+    A closed channel alone does not tell (it is closed both ways), nor does EOF (it comes
+    before the CLOSE). The adapter records the loss on the channel only when the connection
+    ends while the channel is still open, which is exactly this distinction; it has no
+    public name for it yet."""
+    return channel._conn_lost
+
+
 @dataclass
 class _Outcome:
     status: int | None = None
@@ -631,13 +793,18 @@ class Session:
         outcome = self._outcome
         if outcome.local_stop is not None:
             raise QshError(outcome.local_stop)
+        if self._broken_pipe and outcome.status is None and outcome.exit_signal is None:
+            return 128 + signal.SIGPIPE
+        lost = channel_lost(self.channel) if self.channel is not None else None
+        if lost is not None and not self._broken_pipe:
+            # The status (if any) overtook output that never came: it is not the result.
+            raise DisconnectError(f"connection to {self.cfg.host} lost before the session "
+                                  f"ended: {describe_end(lost.terminated)}")
         if outcome.status is None and outcome.exit_signal is None:
-            if self._broken_pipe:
-                return 128 + signal.SIGPIPE
             terminated = self.connection.terminated
             if terminated is not None and terminated.code != ErrorCode.NONE:
                 raise DisconnectError(f"connection to {self.cfg.host} closed: "
-                                      f"{terminated.reason}")
+                                      f"{describe_end(terminated)}")
             if terminated is not None:
                 raise DisconnectError(f"connection to {self.cfg.host} closed by remote host")
             raise DisconnectError("the session ended without an exit status")
@@ -819,7 +986,8 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
             try:
                 return await session.run()
             except aio.ConnectionLost as exc:
-                raise DisconnectError(f"connection to {cfg.host} closed: {exc}") from None
+                raise DisconnectError(f"connection to {cfg.host} closed: "
+                                      f"{describe_end(exc.terminated)}") from None
         except asyncio.CancelledError:
             if killed:
                 raise QshError(f"killed by signal {killed[0]}") from None

@@ -33,13 +33,15 @@ from pathlib import Path
 
 import pytest
 
+from common.connection import ConnectionTerminated
+from common.errors import ErrorCode
 from common.keys import HostKey
 from common.known_hosts import KnownHosts
 from common.passwd import PasswdFile
 from common.session import ExitSignal
 from qsh import terminal
 from qsh.cli import hoist_options, remote_command, split_destination
-from qsh.session import exit_code, wants_pty
+from qsh.session import describe_end, exit_code, printable, wants_pty
 from qsh.terminal import Escape, EscapeScanner, RawMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +96,33 @@ def test_exit_code_mapping() -> None:
     assert exit_code(None, ExitSignal("INT")) == 128 + signal.SIGINT
     assert exit_code(None, ExitSignal("KILL", core_dumped=True)) == 137
     assert exit_code(0, ExitSignal("TERM")) == 143  # a signal report wins
+
+
+def test_peer_text_is_one_printable_line() -> None:
+    """Reasons come from the peer: no escape sequence or newline reaches the terminal."""
+    assert printable("going away") == "going away"
+    assert printable("a\x1b[2J\nb\x07\u200bc") == "a?[2J?b??c"
+    assert printable("é ü 漢") == "é ü 漢"  # printable text is kept
+    long = printable("x" * 5000)
+    assert len(long) == 300 and long.endswith("...")
+    assert len(printable("x" * 5000, None)) == 5000
+
+
+def test_how_an_ending_is_described() -> None:
+    """A failure our side detected in a record is flagged as possible tampering; the same
+    code reported by the peer, a cut or a goodbye is not."""
+    bad_tag = ConnectionTerminated(ErrorCode.AUTHENTICATION_FAILURE,
+                                   "record authentication failed", by_peer=False)
+    assert describe_end(bad_tag) == ("record authentication failed: the connection may have "
+                                     "been tampered with")
+    reported = ConnectionTerminated(ErrorCode.AUTHENTICATION_FAILURE, "login grace time exceeded",
+                                    by_peer=True)
+    assert describe_end(reported) == "login grace time exceeded"
+    cut = ConnectionTerminated(ErrorCode.CHANNEL_DOWN, "connection closed by peer", by_peer=True)
+    assert describe_end(cut) == "connection closed by peer"
+    goodbye = ConnectionTerminated(ErrorCode.NONE, "bye\n", by_peer=True)
+    assert describe_end(goodbye) == "shut down by the remote host (bye?)"
+    assert describe_end(None) == "connection lost"
 
 
 @pytest.mark.parametrize(("request_tty", "command", "tty", "force", "expected"), [
