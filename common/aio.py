@@ -417,6 +417,13 @@ class Channel:
         return self._state == _OPEN
 
     @property
+    def lost(self) -> ConnectionLost | None:
+        """How the connection ended, if it ended while this channel was still open (before
+        both CLOSEs were exchanged); None otherwise. An exit status that arrived on such a
+        channel is not final: output may have been cut behind it."""
+        return self._conn_lost
+
+    @property
     def closed(self) -> bool:
         return self._state == _CLOSED
 
@@ -1160,6 +1167,10 @@ class QsmpConnection(asyncio.BufferedProtocol):
             raise UsageError("a login attempt is already waiting for its answer")
         self._auth_answer = self.loop.create_future()
         self._auth_answer.add_done_callback(_retrieve)
+        terminated = self._core.terminated
+        if terminated is not None:  # no answer can come: say why now, not never
+            self._auth_answer.set_exception(_termination_error(terminated))
+            return self._auth_answer
         start()
         if self._transport is not None:
             self._pump()

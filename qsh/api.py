@@ -40,7 +40,6 @@ from .session import (
     PermissionDenied,
     QshError,
     Ui,
-    channel_lost,
     check_alive,
     close_connection,
     describe_end,
@@ -163,7 +162,7 @@ class Connection:
                     channel.reply(False)
             stdout, stderr = await asyncio.gather(out_task, err_task)
             feeder.cancel()
-            lost = channel_lost(channel)
+            lost = channel.lost
             if lost is not None:  # after EOF, before CLOSE: the status is not final yet
                 raise lost
         except aio.ConnectionLost as exc:

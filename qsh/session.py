@@ -670,17 +670,6 @@ def exit_code(status: int | None, exit_signal: proto.ExitSignal | None) -> int:
     return status if 0 <= status <= 255 else EXIT_FAILURE
 
 
-def channel_lost(channel: aio.Channel) -> aio.ConnectionLost | None:
-    """How the connection ended, if it did so before ``channel``'s orderly close; None
-    while the channel is open or once both CLOSEs were exchanged.
-
-    A closed channel alone does not tell (it is closed both ways), nor does EOF (it comes
-    before the CLOSE). The adapter records the loss on the channel only when the connection
-    ends while the channel is still open, which is exactly this distinction; it has no
-    public name for it yet."""
-    return channel._conn_lost
-
-
 @dataclass
 class _Outcome:
     status: int | None = None
@@ -795,7 +784,7 @@ class Session:
             raise QshError(outcome.local_stop)
         if self._broken_pipe and outcome.status is None and outcome.exit_signal is None:
             return 128 + signal.SIGPIPE
-        lost = channel_lost(self.channel) if self.channel is not None else None
+        lost = self.channel.lost if self.channel is not None else None
         if lost is not None and not self._broken_pipe:
             # The status (if any) overtook output that never came: it is not the result.
             raise DisconnectError(f"connection to {self.cfg.host} lost before the session "

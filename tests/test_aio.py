@@ -769,3 +769,18 @@ def test_too_many_failures_end_the_connection_server_carries_on() -> None:
             other.close()
 
     run(main())
+
+
+def test_a_login_on_an_ended_connection_fails_at_once() -> None:
+    """No answer can come once the connection is over: the attempt must say so rather
+    than wait for ever (qsh hung here when the server had closed during login)."""
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            peer = await server_side(server, client)
+            peer.close("going away")
+            await client.wait_closed()
+            with pytest.raises(aio.ConnectionLost):
+                await asyncio.wait_for(client.login_password("alice", b"pw"), 5)
+
+    run(main())
