@@ -245,7 +245,10 @@ def _sandbox_checks(secret: str, writable_fd: int) -> Callable[[], dict[str, Any
             "write_inherited": _outcome(lambda: os.write(writable_fd, b"data")),
             "open_many": _open_many(),
             "small_alloc": _outcome(lambda: bytearray(1 << 20)),
-            "big_alloc": _outcome(lambda: bytearray(DEFAULT_PREAUTH_DATA_BUDGET + (16 << 20))),
+            # The whole limit at once: cannot fit whatever free heap the process inherited
+            # (a parent that freed big buffers keeps them in VmData, and so in the limit).
+            "big_alloc": _outcome(
+                lambda: bytearray(resource.getrlimit(resource.RLIMIT_DATA)[0])),
             "no_new_privs": privsep.no_new_privs(),
             "dumpable": privsep.dumpable(),
             "caps": list(privsep.capabilities()),
