@@ -20,9 +20,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import aio
-from common.handshake import ServerHandshake
-from common.keys import HostKey
-from common.negotiation import ServerPolicy
+from common.accounts.keys import HostKey
+from common.protocol.handshake import ServerHandshake
+from common.protocol.negotiation import ServerPolicy
 
 CHUNK = 1 << 20
 

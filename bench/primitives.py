@@ -101,8 +101,8 @@ def _bench_mlkem_set(
 ) -> None:
     from Crypto.PublicKey import MLKEM
 
-    from common import suites
-    from common.rng import SYSTEM_RNG, DeterministicRng
+    from common.crypto import suites
+    from common.crypto.rng import SYSTEM_RNG, DeterministicRng
 
     qsh = suites.kem(wire)
     seed, coins = os.urandom(64), os.urandom(32)
@@ -135,8 +135,8 @@ def bench_xwing(b: Bench) -> None:
     from Crypto.PublicKey import ECC, Hybrid
     from cryptography.hazmat.primitives.asymmetric import x25519
 
-    from common import suites
-    from common.rng import SYSTEM_RNG, DeterministicRng
+    from common.crypto import suites
+    from common.crypto.rng import SYSTEM_RNG, DeterministicRng
 
     label = "X-Wing"
     qsh = suites.kem("mlkem768x25519")
@@ -192,8 +192,8 @@ def _bench_mldsa_set(
     from Crypto.PublicKey import MLDSA
     from Crypto.Signature import mldsa as pc_mldsa
 
-    from common import suites
-    from common.rng import SYSTEM_RNG
+    from common.crypto import suites
+    from common.crypto.rng import SYSTEM_RNG
 
     message = os.urandom(600)  # about a handshake transcript plus framing
     qsh = suites.signature(wire)
@@ -248,7 +248,7 @@ def _bench_aead_set(
     nonce: bytes,
     pc_new: Callable[[], Any],
 ) -> None:
-    from common import suites
+    from common.crypto import suites
 
     aad = os.urandom(13)  # the record header
     data = os.urandom(size)
@@ -286,7 +286,7 @@ IMPORTS = {
     ),
     "pycryptodome: ML-DSA signing": ("Crypto.PublicKey.MLDSA", "Crypto.Signature.mldsa"),
     "pycryptodome: ML-KEM (reproducible encapsulation only)": ("Crypto.PublicKey.MLKEM",),
-    "common.algorithms (all suites.registry() loads)": ("common.algorithms",),
+    "common.crypto.algorithms (all suites.registry() loads)": ("common.crypto.algorithms",),
 }
 
 

@@ -40,10 +40,10 @@ if str(ROOT) not in sys.path:
 
 from bench import openssh  # noqa: E402
 from common import aio  # noqa: E402
-from common.connection import Connection  # noqa: E402
-from common.handshake import ClientHandshake, ServerHandshake  # noqa: E402
-from common.keys import HostKey, PublicKey  # noqa: E402
-from common.negotiation import Offer  # noqa: E402
+from common.accounts.keys import HostKey, PublicKey  # noqa: E402
+from common.protocol.connection import Connection  # noqa: E402
+from common.protocol.handshake import ClientHandshake, ServerHandshake  # noqa: E402
+from common.protocol.negotiation import Offer  # noqa: E402
 
 AEADS = ("aes256gcm", "chacha20poly1305")
 GiB = 1 << 30

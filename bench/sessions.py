@@ -65,10 +65,10 @@ if str(ROOT) not in sys.path:
 
 from bench import openssh  # noqa: E402
 from common import aio  # noqa: E402
-from common import session as proto  # noqa: E402
-from common.handshake import ClientHandshake  # noqa: E402
-from common.keys import HostKey, PublicKey  # noqa: E402
-from common.negotiation import Offer  # noqa: E402
+from common.accounts.keys import HostKey, PublicKey  # noqa: E402
+from common.channels import session as proto  # noqa: E402
+from common.protocol.handshake import ClientHandshake  # noqa: E402
+from common.protocol.negotiation import Offer  # noqa: E402
 
 HOST = "127.0.0.1"
 #: Typed into each interactive shell; the answer (not the echo) proves the shell runs.

@@ -38,9 +38,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from .auth import AuthFailed, AuthRequested, AuthSucceeded
-from .connection import Connection, ConnectionTerminated, HandshakeComplete, HostKeyUnverified
-from .errors import (
+from common.accounts.keys import HostKey, PublicKey
+from common.crypto.rng import Rng
+from common.errors import (
     BY_CODE,
     ConnectionClosed,
     ErrorCode,
@@ -48,9 +48,15 @@ from .errors import (
     RemoteReportedError,
     UsageError,
 )
-from .handshake import ClientHandshake, Role, ServerHandshake
-from .keys import HostKey, PublicKey
-from .mux import (
+from common.protocol.auth import AuthFailed, AuthRequested, AuthSucceeded
+from common.protocol.connection import (
+    Connection,
+    ConnectionTerminated,
+    HandshakeComplete,
+    HostKeyUnverified,
+)
+from common.protocol.handshake import ClientHandshake, Role, ServerHandshake
+from common.protocol.mux import (
     EXTENDED_DATA_STDERR,
     ChannelClosed,
     ChannelData,
@@ -65,9 +71,8 @@ from .mux import (
     GlobalRequestReply,
     OpenFailureReason,
 )
-from .negotiation import Suite
-from .rng import Rng
-from .transport import TransportSettings
+from common.protocol.negotiation import Suite
+from common.protocol.transport import TransportSettings
 
 __all__ = [
     "CHANNEL_HIGH_WATER",

@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .errors import InvalidInput
+from common.errors import InvalidInput
 
 HEADER = struct.Struct(">BQI")
 HEADER_SIZE = HEADER.size  # 13

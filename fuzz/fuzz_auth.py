@@ -25,7 +25,8 @@ if __name__ == "__main__":
 from fuzz.instrument import instrumented
 
 with instrumented(__name__ == "__main__"):
-    from common.auth import (
+    from common.errors import QsmpError, UsageError
+    from common.protocol.auth import (
         AuthFailed,
         AuthMessage,
         AuthRequested,
@@ -33,7 +34,6 @@ with instrumented(__name__ == "__main__"):
         ClientAuth,
         ServerAuth,
     )
-    from common.errors import QsmpError, UsageError
     from fuzz.support import NOW, SCENARIOS, Cursor
 
 #: The session the user-key signatures in the seeds were made for.

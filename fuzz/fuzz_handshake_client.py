@@ -30,7 +30,7 @@ if __name__ == "__main__":
 from fuzz.instrument import instrumented
 
 with instrumented(__name__ == "__main__"):
-    from common.connection import Connection, HostKeyUnverified
+    from common.protocol.connection import Connection, HostKeyUnverified
     from fuzz.support import (
         STRANGER_KEY,
         HandshakePlan,

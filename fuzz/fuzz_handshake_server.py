@@ -31,8 +31,8 @@ if __name__ == "__main__":
 from fuzz.instrument import instrumented
 
 with instrumented(__name__ == "__main__"):
-    from common.auth import AuthRequested
-    from common.connection import Connection
+    from common.protocol.auth import AuthRequested
+    from common.protocol.connection import Connection
     from fuzz.support import (
         HandshakePlan,
         check_connection,

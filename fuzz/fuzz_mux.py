@@ -27,7 +27,7 @@ from fuzz.instrument import instrumented
 
 with instrumented(__name__ == "__main__"):
     from common.errors import QsmpError, UsageError
-    from common.mux import (
+    from common.protocol.mux import (
         DEFAULT_MAX_PACKET,
         DEFAULT_WINDOW,
         MAX_PACKET_CEILING,

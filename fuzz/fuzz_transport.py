@@ -35,9 +35,9 @@ from fuzz.instrument import instrumented
 
 with instrumented(__name__ == "__main__"):
     from common.errors import QsmpError, UsageError
-    from common.handshake import Role
-    from common.mux import ChannelOpened, ChannelOpenRequest, MuxMessage
-    from common.transport import Shutdown, TransportSettings
+    from common.protocol.handshake import Role
+    from common.protocol.mux import ChannelOpened, ChannelOpenRequest, MuxMessage
+    from common.protocol.transport import Shutdown, TransportSettings
     from common.wire import HEADER_SIZE, MAX_RECORD_BODY, Flag, decode_header
     from fuzz.support import (
         NOW,

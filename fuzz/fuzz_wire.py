@@ -23,10 +23,10 @@ if __name__ == "__main__":
 from fuzz.instrument import instrumented
 
 with instrumented(__name__ == "__main__"):
+    from common.accounts.keys import HostKey, PublicKey
     from common.errors import InvalidInput, QsmpError
-    from common.handshake import ConnectRequest, ConnectResponse
-    from common.keys import HostKey, PublicKey
-    from common.negotiation import ChaffPolicy
+    from common.protocol.handshake import ConnectRequest, ConnectResponse
+    from common.protocol.negotiation import ChaffPolicy
     from common.wire import (
         HEADER_SIZE,
         MAX_CONNECT_REQUEST_BODY,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.auth import AuthMessage, password_request
-from common.mux import MuxMessage
-from common.negotiation import ChaffPolicy
-from common.transport import InnerType
+from common.protocol.auth import AuthMessage, password_request
+from common.protocol.mux import MuxMessage
+from common.protocol.negotiation import ChaffPolicy
+from common.protocol.transport import InnerType
 from common.wire import HEADER_SIZE, Flag, Writer, encode_packet
 from fuzz.support import (
     HOST_KEY_65,
@@ -286,8 +286,8 @@ def _handshake_seeds(side: str) -> Iterable[tuple[str, bytes]]:
 
 
 def auth_seeds() -> Iterable[tuple[str, bytes]]:
-    from common.auth import publickey_request
-    from common.rng import DeterministicRng
+    from common.crypto.rng import DeterministicRng
+    from common.protocol.auth import publickey_request
     from fuzz.fuzz_auth import SESSION_ID
 
     def request(body: bytes) -> bytes:

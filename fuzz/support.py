@@ -19,17 +19,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from common import handshake as handshake_module
-from common.connection import Connection, ConnectionTerminated, HandshakeComplete
-from common.handshake import ClientHandshake, Established, Role, ServerHandshake
-from common.keys import HostKey, PublicKey
-from common.mux import ChannelOpenRequest
-from common.negotiation import ChaffPolicy, Offer, Suite
-from common.record import RecordOpener, RecordSealer
-from common.rng import DeterministicRng
-from common.schedule import LABEL_C2S, LABEL_S2C, DirectionKeys
-from common.suites import aead
-from common.transport import Transport, TransportSettings
+from common.accounts.keys import HostKey, PublicKey
+from common.crypto.rng import DeterministicRng
+from common.crypto.suites import aead
+from common.protocol import handshake as handshake_module
+from common.protocol.connection import Connection, ConnectionTerminated, HandshakeComplete
+from common.protocol.handshake import ClientHandshake, Established, Role, ServerHandshake
+from common.protocol.mux import ChannelOpenRequest
+from common.protocol.negotiation import ChaffPolicy, Offer, Suite
+from common.protocol.record import RecordOpener, RecordSealer
+from common.protocol.schedule import LABEL_C2S, LABEL_S2C, DirectionKeys
+from common.protocol.transport import Transport, TransportSettings
 from common.wire import HEADER_SIZE, Flag, decode_header
 
 #: Host keys are made at KEY_TIME and live ten years; handshakes run at NOW.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from common.passwd import (
+from common.accounts.passwd import (
     DEFAULT_COST,
     MAX_COST,
     MAX_PASSWORD,

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from common import aio
-from common import session as proto
+from common.accounts.keys import HostKey, KeyFileError
+from common.channels import session as proto
 from common.errors import QsmpError
-from common.keys import HostKey, KeyFileError
 
 from .config import DEFAULT_PORT, ClientConfig, default_known_hosts
 from .session import (

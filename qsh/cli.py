@@ -92,7 +92,7 @@ def remote_command(words: tuple[str, ...]) -> str | None:
     if not words:
         return None
     command = " ".join(words)
-    from common.session import MAX_COMMAND
+    from common.channels.session import MAX_COMMAND
 
     if len(command.encode("utf-8", "surrogateescape")) > MAX_COMMAND:
         raise click.UsageError(f"the command is longer than {MAX_COMMAND} bytes")

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import suites
-from common.known_hosts import patterns_match
+from common.accounts.known_hosts import patterns_match
+from common.crypto import suites
 
 DEFAULT_PORT = 2022
 #: ssh's LogLevel names, quietest first, so callers can compare by index and map ``-v``.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from common.keys import DEFAULT_ALGORITHM, HostKey, KeyFileError, PublicKey
+from common.accounts.keys import DEFAULT_ALGORITHM, HostKey, KeyFileError, PublicKey
 
 from . import clirun
 

@@ -37,16 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from common import aio, suites
-from common import session as proto
-from common.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthFailed
-from common.connection import ConnectionTerminated
+from common import aio
+from common.accounts.keys import HostKey, KeyFileError, PassphraseRequired, PublicKey
+from common.accounts.known_hosts import KnownHosts, host_pattern
+from common.channels import session as proto
+from common.crypto import suites
 from common.errors import ErrorCode, QsmpError, RemoteReportedError, UsageError
-from common.handshake import ClientHandshake, State
-from common.keys import HostKey, KeyFileError, PassphraseRequired, PublicKey
-from common.known_hosts import KnownHosts, host_pattern
-from common.negotiation import ChaffPolicy, Offer
-from common.transport import TransportSettings
+from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthFailed
+from common.protocol.connection import ConnectionTerminated
+from common.protocol.handshake import ClientHandshake, State
+from common.protocol.negotiation import ChaffPolicy, Offer
+from common.protocol.transport import TransportSettings
 
 from . import terminal
 from .config import DEFAULT_PORT, ClientConfig, default_identity_files

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from common.keys import HostKey, KeyFileError
-from common.passwd import PasswdError, PasswdFile
+from common.accounts.keys import HostKey, KeyFileError
+from common.accounts.passwd import PasswdError, PasswdFile
 
 from . import config as config_module
 from .config import ConfigError, ServerConfig

@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import suites
-from common.negotiation import ServerPolicy
-from common.passwd import default_passwd_path
+from common.accounts.passwd import default_passwd_path
+from common.crypto import suites
+from common.protocol.negotiation import ServerPolicy
 
 from .admission import (
     DEFAULT_FIRST_MESSAGE_TIMEOUT,

@@ -49,10 +49,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from common import aio
-from common.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
+from common.accounts.keys import PublicKey, read_limited
+from common.accounts.passwd import InvalidUserName, PasswdError, PasswdFile, check_user_name
 from common.errors import InvalidInput
-from common.keys import PublicKey, read_limited
-from common.passwd import InvalidUserName, PasswdError, PasswdFile, check_user_name
+from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
 
 from .config import ServerConfig, expand_tokens
 

@@ -75,7 +75,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common.passwd import InvalidUserName, check_user_name
+from common.accounts.passwd import InvalidUserName, check_user_name
 
 __all__ = [
     "DEFAULT_EMPTY_DIR",

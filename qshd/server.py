@@ -16,12 +16,12 @@ import logging
 import os
 
 from common import aio
-from common.auth import AuthRequested
-from common.handshake import ServerHandshake, State
-from common.keys import HostKey
-from common.mux import OpenFailureReason
-from common.session import SESSION
-from common.transport import TransportSettings
+from common.accounts.keys import HostKey
+from common.channels.session import SESSION
+from common.protocol.auth import AuthRequested
+from common.protocol.handshake import ServerHandshake, State
+from common.protocol.mux import OpenFailureReason
+from common.protocol.transport import TransportSettings
 
 from .admission import Admission, Penalty, Refused, Ticket, classify
 from .config import ServerConfig

@@ -62,9 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import aio
-from common.errors import InvalidInput
-from common.mux import ChannelRequest
-from common.session import (
+from common.channels.session import (
     ENV,
     EXEC,
     EXIT_SIGNAL,
@@ -83,6 +81,8 @@ from common.session import (
     decode_window_change,
     encode_exit_status,
 )
+from common.errors import InvalidInput
+from common.protocol.mux import ChannelRequest
 
 from .login import Account
 

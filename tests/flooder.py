@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.connection import Connection, ConnectionTerminated  # noqa: E402
-from common.handshake import ClientHandshake  # noqa: E402
-from common.keys import PublicKey  # noqa: E402
-from common.negotiation import Offer  # noqa: E402
-from common.transport import InnerType  # noqa: E402
+from common.accounts.keys import PublicKey  # noqa: E402
+from common.protocol.connection import Connection, ConnectionTerminated  # noqa: E402
+from common.protocol.handshake import ClientHandshake  # noqa: E402
+from common.protocol.negotiation import Offer  # noqa: E402
+from common.protocol.transport import InnerType  # noqa: E402
 
 #: Keep-alive records sealed per batch handed to the kernel.
 BATCH = 2000

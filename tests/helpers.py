@@ -19,12 +19,12 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from common.connection import Connection, ConnectionTerminated
-from common.handshake import ClientHandshake, ServerHandshake
-from common.keys import HostKey, PublicKey
-from common.negotiation import Offer, ServerPolicy
-from common.rng import SYSTEM_RNG, DeterministicRng, Rng
-from common.transport import TransportSettings
+from common.accounts.keys import HostKey, PublicKey
+from common.crypto.rng import SYSTEM_RNG, DeterministicRng, Rng
+from common.protocol.connection import Connection, ConnectionTerminated
+from common.protocol.handshake import ClientHandshake, ServerHandshake
+from common.protocol.negotiation import Offer, ServerPolicy
+from common.protocol.transport import TransportSettings
 from common.wire import HEADER_SIZE, Flag, decode_header
 
 #: A fixed clock for every test: 2001-09-09, far from any key expiry.

@@ -22,8 +22,7 @@ from typing import Any
 import pytest
 
 from common import aio
-from common.auth import AuthRequested
-from common.connection import Connection
+from common.accounts.keys import HostKey, PublicKey
 from common.errors import (
     ConnectFailure,
     ErrorCode,
@@ -31,11 +30,12 @@ from common.errors import (
     RemoteReportedError,
     VerifyFailure,
 )
-from common.handshake import ClientHandshake, ServerHandshake
-from common.keys import HostKey, PublicKey
-from common.mux import OpenFailureReason
-from common.negotiation import Offer
-from common.transport import TransportSettings
+from common.protocol.auth import AuthRequested
+from common.protocol.connection import Connection
+from common.protocol.handshake import ClientHandshake, ServerHandshake
+from common.protocol.mux import OpenFailureReason
+from common.protocol.negotiation import Offer
+from common.protocol.transport import TransportSettings
 from common.wire import HEADER_SIZE, Flag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -608,8 +608,8 @@ KILLED_CLIENT = """
 import asyncio, os, sys
 sys.path.insert(0, sys.argv[2])
 from common import aio
-from common.handshake import ClientHandshake
-from common.negotiation import Offer
+from common.protocol.handshake import ClientHandshake
+from common.protocol.negotiation import Offer
 
 async def main():
     async def trust(key):

@@ -22,15 +22,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import algorithms
+from common.crypto import algorithms
+from common.crypto.rng import SYSTEM_RNG, DeterministicRng, Rng
+from common.crypto.suites import Aead, Kem, Registry, Signature
 from common.errors import (
     AuthenticationFailure,
     DecapsulationFailure,
     InvalidInput,
     RandomFailure,
 )
-from common.rng import SYSTEM_RNG, DeterministicRng, Rng
-from common.suites import Aead, Kem, Registry, Signature
 
 OQS_SKIP_REASON = "liboqs C library not installed: Classic McEliece and SLH-DSA are not offered"
 
@@ -105,8 +105,8 @@ def test_production_path_never_imports_pycryptodome() -> None:
     client. Key exchange and host-key verification under SYSTEM_RNG must not load it."""
     code = """if True:
         import sys
-        from common import suites
-        from common.rng import SYSTEM_RNG
+        from common.crypto import suites
+        from common.crypto.rng import SYSTEM_RNG
         for name in suites.available_kems():
             kem = suites.kem(name)
             private = kem.generate(SYSTEM_RNG)
@@ -518,7 +518,7 @@ def test_chacha20poly1305_known_answer() -> None:
 def _forget_oqs_module() -> None:
     """Undo an import of common.algorithms_oqs made against a fake, so that nothing later
     in the session (suites.registry()) picks up the fake's algorithms."""
-    sys.modules.pop("common.algorithms_oqs", None)
+    sys.modules.pop("common.crypto.oqs", None)
     import common
 
     if "algorithms_oqs" in vars(common):
@@ -535,7 +535,7 @@ def isolated_oqs_import() -> Iterator[None]:
 @pytest.fixture
 def oqs_registry() -> Registry:
     try:
-        from common import algorithms_oqs
+        from common.crypto import oqs as algorithms_oqs
     except ImportError:
         pytest.skip(OQS_SKIP_REASON)
     reg = Registry(kems={}, signatures={}, aeads={})
@@ -583,7 +583,7 @@ def test_oqs_missing_library_stops_before_liboqs_python(
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     monkeypatch.setenv("OQS_INSTALL_PATH", str(tmp_path))  # an empty install directory
     with pytest.raises(ImportError, match="liboqs C library is not installed"):
-        importlib.import_module("common.algorithms_oqs")
+        importlib.import_module("common.crypto.oqs")
 
 
 def _fake_oqs() -> types.ModuleType:
@@ -669,7 +669,7 @@ def test_oqs_adapter_against_fake_liboqs(
     monkeypatch.setitem(sys.modules, "oqs", fake)
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: "liboqs.so.fake")
     monkeypatch.setattr(ctypes, "CDLL", lambda path: object())
-    module: Any = importlib.import_module("common.algorithms_oqs")
+    module: Any = importlib.import_module("common.crypto.oqs")
     reg = Registry(kems={}, signatures={}, aeads={})
     module.register(reg)
     # Only our names; ML-KEM/ML-DSA stay with the built-in provider.

@@ -21,11 +21,11 @@ import pytest
 
 import qsh
 from common import aio
-from common import session as proto
-from common.auth import AuthRequested
-from common.handshake import ServerHandshake
-from common.keys import HostKey
-from common.known_hosts import KnownHosts
+from common.accounts.keys import HostKey
+from common.accounts.known_hosts import KnownHosts
+from common.channels import session as proto
+from common.protocol.auth import AuthRequested
+from common.protocol.handshake import ServerHandshake
 from qsh.api import (
     Connection,
     HostKeyNotVerifiable,

@@ -7,7 +7,10 @@ import functools
 import pytest
 from helpers import CLIENT_SEED, NOW, SERVER_SEED, host_key, pump, rng_for, take, terminations
 
-from common.auth import (
+from common.accounts.keys import HostKey
+from common.crypto.rng import DeterministicRng
+from common.errors import ErrorCode, UsageError
+from common.protocol.auth import (
     FIRST_FAILURE_DELAY,
     MAX_FAILURE_DELAY,
     AuthFailed,
@@ -16,13 +19,10 @@ from common.auth import (
     AuthSucceeded,
     signed_data,
 )
-from common.connection import Connection
-from common.errors import ErrorCode, UsageError
-from common.handshake import ClientHandshake, ServerHandshake
-from common.keys import HostKey
-from common.mux import ChannelOpenRequest
-from common.negotiation import Offer
-from common.rng import DeterministicRng
+from common.protocol.connection import Connection
+from common.protocol.handshake import ClientHandshake, ServerHandshake
+from common.protocol.mux import ChannelOpenRequest
+from common.protocol.negotiation import Offer
 from common.wire import Writer
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from common.keys import HostKey, PublicKey
+from common.accounts.keys import HostKey, PublicKey
 
 PYTHON = sys.executable
 
@@ -232,8 +232,8 @@ def test_qshd_detaches_writes_its_pidfile_and_stops_cleanly(tmp_path: Path) -> N
     import signal
 
     from common import aio
-    from common.handshake import ClientHandshake
-    from common.negotiation import Offer
+    from common.protocol.handshake import ClientHandshake
+    from common.protocol.negotiation import Offer
 
     pidfile, ready = tmp_path / "qshd.pid", tmp_path / "port"
     started = subprocess.run(

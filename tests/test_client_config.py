@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import suites
+from common.crypto import suites
 from qsh.config import (
     DEFAULT_PORT,
     ClientConfig,

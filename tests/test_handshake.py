@@ -44,15 +44,17 @@ from helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common import suites
-from common.connection import (
+from common.accounts.keys import HostKey, PublicKey
+from common.crypto import suites
+from common.crypto.rng import DeterministicRng, Rng
+from common.errors import ErrorCode, QsmpError, UsageError
+from common.protocol.connection import (
     Connection,
     ConnectionTerminated,
     HandshakeComplete,
     HostKeyUnverified,
 )
-from common.errors import ErrorCode, QsmpError, UsageError
-from common.handshake import (
+from common.protocol.handshake import (
     DEFAULT_HOST_KEY_GRACE,
     DEFAULT_STEP_TIMEOUT,
     NO_KEY_ID,
@@ -63,9 +65,8 @@ from common.handshake import (
     ServerHandshake,
     State,
 )
-from common.keys import HostKey, PublicKey
-from common.mux import ChannelData, ChannelOpened, ChannelOpenRequest
-from common.negotiation import (
+from common.protocol.mux import ChannelData, ChannelOpened, ChannelOpenRequest
+from common.protocol.negotiation import (
     CHAFF_OFF,
     MAX_PADDING,
     ChaffPolicy,
@@ -73,8 +74,7 @@ from common.negotiation import (
     ServerPolicy,
     Suite,
 )
-from common.rng import DeterministicRng, Rng
-from common.schedule import Transcript, signed_data
+from common.protocol.schedule import Transcript, signed_data
 from common.wire import HEADER_SIZE, Flag, Reader, Writer, encode_header, encode_packet
 
 E = ErrorCode

@@ -12,7 +12,7 @@ import pytest
 from ptyio import read_to_eof, read_until
 from ptyprocess import PtyProcess
 
-from common.keys import HostKey, KeyFileError, PassphraseRequired, PublicKey
+from common.accounts.keys import HostKey, KeyFileError, PassphraseRequired, PublicKey
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

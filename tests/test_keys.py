@@ -14,9 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import keys
-from common.errors import InvalidInput, UnknownProtocol
-from common.keys import (
+from common.accounts import keys
+from common.accounts.keys import (
     ENCRYPTED_KEY_LABEL,
     HOST_KEY_LABEL,
     HostKey,
@@ -24,7 +23,8 @@ from common.keys import (
     PassphraseRequired,
     PublicKey,
 )
-from common.rng import DeterministicRng
+from common.crypto.rng import DeterministicRng
+from common.errors import InvalidInput, UnknownProtocol
 
 NOW = 1_700_000_000.0
 

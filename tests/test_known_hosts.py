@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.keys import KeyFileError, PublicKey
-from common.known_hosts import KnownHosts, format_line, host_pattern, parse_line
+from common.accounts.keys import KeyFileError, PublicKey
+from common.accounts.known_hosts import KnownHosts, format_line, host_pattern, parse_line
 
 
 def make_key(n: int, algorithm: str = "mldsa65", *, key_id: bytes | None = None) -> PublicKey:

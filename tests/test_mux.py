@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.errors import InvalidInput, InvalidRequest, PeerError, QsmpError, UsageError
-from common.mux import (
+from common.protocol.mux import (
     MAX_CHANNELS,
     MAX_PAYLOAD,
     MIN_PEER_MAX_PACKET,

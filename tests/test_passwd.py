@@ -15,8 +15,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-import common.passwd as passwd_module
-from common.passwd import (
+import common.accounts.passwd as passwd_module
+from common.accounts.passwd import (
     InvalidPassword,
     InvalidUserName,
     PasswdError,
@@ -336,7 +336,7 @@ def test_lock_file_is_private(pw_path: Path) -> None:
 _WORKER = textwrap.dedent(
     """
     import sys
-    from common.passwd import PasswdFile
+    from common.accounts.passwd import PasswdFile
     path, prefix = sys.argv[1], sys.argv[2]
     pf = PasswdFile(path)
     for i in range(10):

@@ -33,15 +33,15 @@ from helpers import (
     take,
 )
 
-from common import suites
-from common.auth import AuthRequested
-from common.connection import Connection, ConnectionTerminated, HandshakeComplete
+from common.accounts.keys import PublicKey
+from common.accounts.passwd import PasswdFile
+from common.crypto import suites
 from common.errors import ErrorCode
-from common.handshake import ClientHandshake, ServerHandshake
-from common.keys import PublicKey
-from common.mux import ChannelData, ChannelOpenRequest
-from common.negotiation import Offer
-from common.passwd import PasswdFile
+from common.protocol.auth import AuthRequested
+from common.protocol.connection import Connection, ConnectionTerminated, HandshakeComplete
+from common.protocol.handshake import ClientHandshake, ServerHandshake
+from common.protocol.mux import ChannelData, ChannelOpenRequest
+from common.protocol.negotiation import Offer
 from common.wire import HEADER_SIZE, MAX_HANDSHAKE_BODY, Flag, encode_header
 
 PYTHON = sys.executable
@@ -138,7 +138,7 @@ def test_every_suite_handshakes_with_packets_exactly_at_their_bounds() -> None:
     """Legitimate handshakes of every available KEM, signature and AEAD still pass, and
     every packet after P1 is exactly as large as its computed bound (McEliece and SLH-DSA
     appear only with liboqs), which stays under the absolute ceiling."""
-    from common.handshake import handshake_limits
+    from common.protocol.handshake import handshake_limits
 
     for kem in suites.available_kems():
         for sig in suites.available_signatures():
@@ -184,7 +184,7 @@ def test_a_one_mebibyte_record_before_login_is_refused_on_its_header() -> None:
 
 
 def test_records_before_login_are_bounded_by_the_largest_login_message() -> None:
-    from common.connection import max_preauth_record_body
+    from common.protocol.connection import max_preauth_record_body
 
     _, server = login_pair()
     assert server.transport is not None

@@ -35,11 +35,11 @@ import pytest
 from helpers import handshake, make_pair
 
 from common import aio
-from common.auth import AuthRequested
-from common.connection import Connection
-from common.handshake import ClientHandshake, ServerHandshake
-from common.keys import HostKey
-from common.negotiation import Offer
+from common.accounts.keys import HostKey
+from common.protocol.auth import AuthRequested
+from common.protocol.connection import Connection
+from common.protocol.handshake import ClientHandshake, ServerHandshake
+from common.protocol.negotiation import Offer
 from qshd import privsep
 from qshd.privsep import (
     DEFAULT_PREAUTH_DATA_BUDGET,

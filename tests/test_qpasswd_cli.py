@@ -18,7 +18,7 @@ import pytest
 from ptyio import read_to_eof, read_until
 from ptyprocess import PtyProcess
 
-from common.passwd import PasswdFile
+from common.accounts.passwd import PasswdFile
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

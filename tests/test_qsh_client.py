@@ -33,12 +33,12 @@ from pathlib import Path
 
 import pytest
 
-from common.connection import ConnectionTerminated
+from common.accounts.keys import HostKey
+from common.accounts.known_hosts import KnownHosts
+from common.accounts.passwd import PasswdFile
+from common.channels.session import ExitSignal
 from common.errors import ErrorCode
-from common.keys import HostKey
-from common.known_hosts import KnownHosts
-from common.passwd import PasswdFile
-from common.session import ExitSignal
+from common.protocol.connection import ConnectionTerminated
 from qsh import terminal
 from qsh.cli import hoist_options, remote_command, split_destination
 from qsh.session import describe_end, exit_code, printable, wants_pty

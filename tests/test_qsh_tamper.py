@@ -30,12 +30,12 @@ import pytest
 from test_qsh_client import PYTHON, ROOT, _client_env, _start_daemon, _stop_daemon
 
 from common import aio
-from common import session as proto
-from common.auth import AuthRequested
+from common.accounts.keys import HostKey, PublicKey
+from common.accounts.known_hosts import KnownHosts
+from common.channels import session as proto
 from common.errors import ErrorCode
-from common.handshake import ServerHandshake
-from common.keys import HostKey, PublicKey
-from common.known_hosts import KnownHosts
+from common.protocol.auth import AuthRequested
+from common.protocol.handshake import ServerHandshake
 from common.wire import Flag, encode_packet
 from qsh.api import DisconnectError, connect
 

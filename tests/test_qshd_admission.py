@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 
 from common import aio
-from common.connection import Connection
+from common.accounts.keys import HostKey, PublicKey
+from common.accounts.passwd import PasswdFile
 from common.errors import QsmpError
-from common.handshake import ClientHandshake
-from common.keys import HostKey, PublicKey
-from common.negotiation import Offer
-from common.passwd import PasswdFile
+from common.protocol.connection import Connection
+from common.protocol.handshake import ClientHandshake
+from common.protocol.negotiation import Offer
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -498,7 +498,7 @@ class Recorder:
                                                  (True, "started")])
 def test_the_admit_hook_sees_addresses_before_any_protocol_byte(
         allow: bool, fail_in: str, caplog: pytest.LogCaptureFixture) -> None:
-    from common.handshake import ServerHandshake
+    from common.protocol.handshake import ServerHandshake
 
     host_key = HostKey.generate("mldsa65", now=time.time())
     hook = Recorder(allow, fail_in)

@@ -30,10 +30,10 @@ from test_qshd_sessions import (
 )
 
 from common import aio
-from common.auth import AuthFailed
-from common.handshake import ClientHandshake
-from common.keys import HostKey
-from common.negotiation import Offer
+from common.accounts.keys import HostKey
+from common.protocol.auth import AuthFailed
+from common.protocol.handshake import ClientHandshake
+from common.protocol.negotiation import Offer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a throwaway account")
 

@@ -26,11 +26,11 @@ from typing import Any, cast
 import pytest
 
 from common import aio
-from common.auth import AuthFailed, AuthRequested
-from common.handshake import ClientHandshake
-from common.keys import HostKey
-from common.negotiation import Offer
-from common.passwd import PasswdFile
+from common.accounts.keys import HostKey
+from common.accounts.passwd import PasswdFile
+from common.protocol.auth import AuthFailed, AuthRequested
+from common.protocol.handshake import ClientHandshake
+from common.protocol.negotiation import Offer
 from qshd.config import ConfigError, ServerConfig, parse
 from qshd.login import Account, Authenticator, AuthorizedKeysError, read_authorized_keys
 from qshd.server import Daemon

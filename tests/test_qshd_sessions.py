@@ -29,11 +29,9 @@ from typing import Any
 import pytest
 
 from common import aio
-from common.handshake import ClientHandshake
-from common.keys import PublicKey
-from common.negotiation import Offer
-from common.passwd import PasswdFile
-from common.session import (
+from common.accounts.keys import PublicKey
+from common.accounts.passwd import PasswdFile
+from common.channels.session import (
     EXIT_SIGNAL,
     EXIT_STATUS,
     ExitSignal,
@@ -45,6 +43,8 @@ from common.session import (
     encode_signal,
     encode_window_change,
 )
+from common.protocol.handshake import ClientHandshake
+from common.protocol.negotiation import Offer
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent

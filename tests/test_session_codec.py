@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import session as s
+from common.channels import session as s
 from common.errors import InvalidInput, QsmpError
 
 sizes = st.builds(s.WindowSize, st.integers(0, s.MAX_DIMENSION), st.integers(0, s.MAX_DIMENSION),

@@ -25,11 +25,11 @@ from helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.connection import Connection, ConnectionTerminated
 from common.errors import ErrorCode, UsageError
-from common.mux import ChannelData, ChannelOpenRequest, MuxMessage
-from common.negotiation import CHAFF_OFF, ChaffPolicy, Offer, ServerPolicy
-from common.transport import INNER_HEADER_SIZE, InnerType, TransportSettings
+from common.protocol.connection import Connection, ConnectionTerminated
+from common.protocol.mux import ChannelData, ChannelOpenRequest, MuxMessage
+from common.protocol.negotiation import CHAFF_OFF, ChaffPolicy, Offer, ServerPolicy
+from common.protocol.transport import INNER_HEADER_SIZE, InnerType, TransportSettings
 from common.wire import HEADER_SIZE, Flag, Writer
 
 E = ErrorCode

@@ -28,11 +28,11 @@ import pytest
 from Crypto.Hash import KMAC256
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from common import suites
-from common.connection import HandshakeComplete
-from common.keys import PublicKey
-from common.mux import ChannelData, ChannelOpened, ChannelOpenRequest
-from common.rng import DeterministicRng
+from common.accounts.keys import PublicKey
+from common.crypto import suites
+from common.crypto.rng import DeterministicRng
+from common.protocol.connection import HandshakeComplete
+from common.protocol.mux import ChannelData, ChannelOpened, ChannelOpenRequest
 
 VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
 HEADER = 13

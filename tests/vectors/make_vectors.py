@@ -38,19 +38,19 @@ from cryptography.hazmat.primitives.ciphers.aead import (  # noqa: E402
     ChaCha20Poly1305,
 )
 
-from common import suites  # noqa: E402
-from common.connection import Connection  # noqa: E402
-from common.handshake import (  # noqa: E402
+from common.accounts.keys import HostKey  # noqa: E402
+from common.crypto import suites  # noqa: E402
+from common.crypto.rng import DeterministicRng  # noqa: E402
+from common.protocol.connection import Connection  # noqa: E402
+from common.protocol.handshake import (  # noqa: E402
     ClientHandshake,
     ConnectRequest,
     ConnectResponse,
     ServerHandshake,
 )
-from common.keys import HostKey  # noqa: E402
-from common.mux import ChannelData, ChannelOpened, ChannelOpenRequest  # noqa: E402
-from common.negotiation import ChaffPolicy, Offer, Suite  # noqa: E402
-from common.rng import DeterministicRng  # noqa: E402
-from common.schedule import (  # noqa: E402
+from common.protocol.mux import ChannelData, ChannelOpened, ChannelOpenRequest  # noqa: E402
+from common.protocol.negotiation import ChaffPolicy, Offer, Suite  # noqa: E402
+from common.protocol.schedule import (  # noqa: E402
     LABEL_C2S,
     LABEL_S2C,
     DirectionKeys,

@@ -67,10 +67,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InvalidInput, UnknownProtocol
-from .rng import SYSTEM_RNG, Rng
-from .suites import Signature, available_signatures, signature
-from .wire import MAX_NAME_LENGTH, Reader, Writer
+from common.crypto.rng import SYSTEM_RNG, Rng
+from common.crypto.suites import Signature, available_signatures, signature
+from common.errors import InvalidInput, UnknownProtocol
+from common.wire import MAX_NAME_LENGTH, Reader, Writer
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM

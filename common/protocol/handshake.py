@@ -39,8 +39,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from . import suites
-from .errors import (
+from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
+from common.crypto import suites
+from common.crypto.rng import SYSTEM_RNG, Rng
+from common.crypto.suites import KemPrivateKey
+from common.errors import (
     ConnectFailure,
     DecapsulationFailure,
     EstablishFailure,
@@ -58,8 +61,7 @@ from .errors import (
     UsageError,
     VerifyFailure,
 )
-from .keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
-from .negotiation import (
+from common.protocol.negotiation import (
     CHAFF_POLICY_SIZE,
     MAX_PADDING,
     SUPPORTED_VERSIONS,
@@ -72,9 +74,8 @@ from .negotiation import (
     pick,
     pick_version,
 )
-from .record import RecordOpener, RecordSealer
-from .rng import SYSTEM_RNG, Rng
-from .schedule import (
+from common.protocol.record import RecordOpener, RecordSealer
+from common.protocol.schedule import (
     HASH_SIZE,
     LABEL_C2S,
     LABEL_S2C,
@@ -85,8 +86,7 @@ from .schedule import (
     session_cookie,
     signed_data,
 )
-from .suites import KemPrivateKey
-from .wire import (
+from common.wire import (
     MAX_CONNECT_REQUEST_BODY,
     MAX_HANDSHAKE_BODY,
     Flag,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .rng import Rng
+from common.crypto.rng import Rng
 
 
 class KemPrivateKey(Protocol):
@@ -99,12 +99,12 @@ def registry() -> Registry:
     """All algorithms usable on this machine (built-in, plus liboqs ones when present)."""
     global _registry
     if _registry is None:
-        from . import algorithms
+        from common.crypto import algorithms
 
         reg = Registry(kems={}, signatures={}, aeads={})
         algorithms.register(reg)
         try:
-            from . import algorithms_oqs
+            from common.crypto import oqs as algorithms_oqs
         except ImportError:
             pass
         else:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import signal as _signal
 from dataclasses import dataclass
 
-from .errors import InvalidInput
-from .wire import Reader, Writer
+from common.errors import InvalidInput
+from common.wire import Reader, Writer
 
 SESSION = "session"
 MAX_TERM = 64

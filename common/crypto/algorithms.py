@@ -36,10 +36,10 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from . import pycryptodome
-from .errors import AuthenticationFailure, DecapsulationFailure, InvalidInput, RandomFailure
-from .rng import Rng, is_system_rng
-from .suites import Aead, AeadContext, Kem, Registry, Signature
+from common.crypto import pycryptodome
+from common.crypto.rng import Rng, is_system_rng
+from common.crypto.suites import Aead, AeadContext, Kem, Registry, Signature
+from common.errors import AuthenticationFailure, DecapsulationFailure, InvalidInput, RandomFailure
 
 # Wire names. They go into the negotiation offer and the transcript: never rename one.
 MLKEM768 = "mlkem768"

@@ -36,10 +36,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .algorithms import require_ciphertext_size
-from .errors import DecapsulationFailure, InvalidInput, LocalError
-from .rng import Rng
-from .suites import Kem, Registry, Signature
+from common.crypto.algorithms import require_ciphertext_size
+from common.crypto.rng import Rng
+from common.crypto.suites import Kem, Registry, Signature
+from common.errors import DecapsulationFailure, InvalidInput, LocalError
 
 # Wire names. Classic McEliece: the round-4 parameter sets without the "f" (fast-keygen)
 # variants, whose keys are the same size and whose use would be invisible on the wire.

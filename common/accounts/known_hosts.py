@@ -42,8 +42,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from .errors import InvalidInput
-from .keys import KeyFileError, PublicKey, atomic_write
+from common.accounts.keys import KeyFileError, PublicKey, atomic_write
+from common.errors import InvalidInput
 
 #: qsh's default port, used only as the default of ``default_port`` parameters: the
 #: canonical constant belongs to the configuration layer, which passes its own value.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from . import pycryptodome
+from common.crypto import pycryptodome
 
 pycryptodome.load()
 

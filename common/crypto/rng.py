@@ -12,7 +12,7 @@ import hashlib
 import secrets
 from collections.abc import Callable
 
-from .errors import RandomFailure
+from common.errors import RandomFailure
 
 Rng = Callable[[int], bytes]
 

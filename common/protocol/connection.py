@@ -20,8 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import suites
-from .auth import (
+from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
+from common.crypto import suites
+from common.crypto.rng import SYSTEM_RNG, Rng
+from common.errors import (
+    AuthenticationFailure,
+    ErrorCode,
+    InvalidRequest,
+    QsmpError,
+    RemoteReportedError,
+    UsageError,
+)
+from common.protocol.auth import (
     DEFAULT_MAX_ATTEMPTS,
     FIRST_AUTH_TYPE,
     LAST_AUTH_TYPE,
@@ -36,20 +46,10 @@ from .auth import (
     password_request,
     publickey_request,
 )
-from .errors import (
-    AuthenticationFailure,
-    ErrorCode,
-    InvalidRequest,
-    QsmpError,
-    RemoteReportedError,
-    UsageError,
-)
-from .handshake import ClientHandshake, Role, ServerHandshake, State
-from .keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
-from .mux import Mux, OutgoingMessage
-from .negotiation import Suite
-from .rng import SYSTEM_RNG, Rng
-from .transport import (
+from common.protocol.handshake import ClientHandshake, Role, ServerHandshake, State
+from common.protocol.mux import Mux, OutgoingMessage
+from common.protocol.negotiation import Suite
+from common.protocol.transport import (
     INNER_HEADER_SIZE,
     MAX_REASON,
     REKEY_FRAGMENT,
@@ -61,7 +61,7 @@ from .transport import (
     seal_message,
     shutdown_reason,
 )
-from .wire import MAX_NAME_LENGTH, MAX_RECORD_BODY, Flag, FrameBuffer, Writer, encode_packet
+from common.wire import MAX_NAME_LENGTH, MAX_RECORD_BODY, Flag, FrameBuffer, Writer, encode_packet
 
 log = logging.getLogger("qsh.connection")
 

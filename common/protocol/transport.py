@@ -21,8 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from . import suites
-from .errors import (
+from common.crypto import suites
+from common.crypto.rng import Rng
+from common.crypto.suites import KemPrivateKey
+from common.errors import (
     BadKeepAlive,
     ErrorCode,
     InvalidInput,
@@ -30,12 +32,10 @@ from .errors import (
     KeepAliveExpired,
     RemoteReportedError,
 )
-from .handshake import Established, Role, read_kem_ciphertext
-from .record import RecordOpener, RecordSealer
-from .rng import Rng
-from .schedule import LABEL_C2S, LABEL_S2C, derive_rekey
-from .suites import KemPrivateKey
-from .wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Writer
+from common.protocol.handshake import Established, Role, read_kem_ciphertext
+from common.protocol.record import RecordOpener, RecordSealer
+from common.protocol.schedule import LABEL_C2S, LABEL_S2C, derive_rekey
+from common.wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Writer
 
 INNER_HEADER_SIZE = 3
 MAX_REASON = 1024

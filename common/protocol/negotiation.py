@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import suites
-from .errors import InvalidInput, UnknownProtocol
-from .wire import Reader, Writer
+from common.crypto import suites
+from common.errors import InvalidInput, UnknownProtocol
+from common.wire import Reader, Writer
 
 #: Protocol versions this implementation speaks, newest first.
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)

@@ -25,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .errors import AuthenticationFailure, InvalidInput, InvalidRequest, UsageError
-from .keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
-from .rng import Rng
-from .wire import MAX_NAME_LENGTH, Reader, Writer
+from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
+from common.crypto.rng import Rng
+from common.errors import AuthenticationFailure, InvalidInput, InvalidRequest, UsageError
+from common.wire import MAX_NAME_LENGTH, Reader, Writer
 
 MAX_USER_NAME = 32
 MAX_PASSWORD = 1024

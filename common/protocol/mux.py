@@ -93,8 +93,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
-from .errors import InvalidInput, InvalidRequest, UsageError
-from .wire import MAX_NAME_LENGTH, MAX_RECORD_PAYLOAD, Reader, Writer
+from common.errors import InvalidInput, InvalidRequest, UsageError
+from common.wire import MAX_NAME_LENGTH, MAX_RECORD_PAYLOAD, Reader, Writer
 
 __all__ = [
     "DEFAULT_MAX_PACKET",

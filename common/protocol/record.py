@@ -11,10 +11,10 @@ the output buffer after the header, decrypt straight out of the receive buffer.
 
 from __future__ import annotations
 
-from .errors import AuthenticationFailure, PacketUnsequenced, UsageError
-from .schedule import DirectionKeys
-from .suites import Aead, AeadContext
-from .wire import HEADER, HEADER_SIZE, Header
+from common.crypto.suites import Aead, AeadContext
+from common.errors import AuthenticationFailure, PacketUnsequenced, UsageError
+from common.protocol.schedule import DirectionKeys
+from common.wire import HEADER, HEADER_SIZE, Header
 
 _IV_MASK_BYTES = 12
 

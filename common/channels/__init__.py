@@ -1,0 +1,1 @@
+"""One module per channel kind carried over the mux."""

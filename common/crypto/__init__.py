@@ -1,0 +1,1 @@
+"""The algorithm registry: suites (types), the implementations that fill it, randomness."""

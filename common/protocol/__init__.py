@@ -1,0 +1,1 @@
+"""QSMP, sans-IO: records, handshake, transport, authentication, channel mux, connection."""
