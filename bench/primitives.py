@@ -9,7 +9,7 @@ measurement, so the choice can be re-checked on new hardware or new library vers
 
 Marks: ``*`` the library call the registry makes on the production path (SYSTEM_RNG),
 ``r`` the one it makes under a DeterministicRng (tests, vectors). ``qsh:`` rows go through
-``suites.registry()`` itself, wrapper included, and are left out of the "fastest" verdict.
+``registry.usable()`` itself, wrapper included, and are left out of the "fastest" verdict.
 Each group ends with its fastest candidate, and a note where the registry uses another one.
 The cold-import table matters as much: a one-shot ``qsh`` pays it on every run. Not a test.
 """
@@ -50,7 +50,7 @@ class Row:
     implementation: str
     micros: float
     mark: str  # "*" production path, "r" reproducible path, "" not used
-    registry: bool  # measured through suites.registry(): our wrapper included
+    registry: bool  # measured through registry.usable(): our wrapper included
     size: int = 0  # bytes processed per call, for throughput
 
 
@@ -101,10 +101,10 @@ def _bench_mlkem_set(
 ) -> None:
     from Crypto.PublicKey import MLKEM
 
-    from common.crypto import suites
+    from common.crypto import registry
     from common.crypto.rng import SYSTEM_RNG, DeterministicRng
 
-    qsh = suites.kem(wire)
+    qsh = registry.kem(wire)
     seed, coins = os.urandom(64), os.urandom(32)
     cg_key = cg_priv.from_seed_bytes(seed)
     pk = cg_key.public_key().public_bytes_raw()
@@ -135,11 +135,11 @@ def bench_xwing(b: Bench) -> None:
     from Crypto.PublicKey import ECC, Hybrid
     from cryptography.hazmat.primitives.asymmetric import x25519
 
-    from common.crypto import suites
+    from common.crypto import registry
     from common.crypto.rng import SYSTEM_RNG, DeterministicRng
 
     label = "X-Wing"
-    qsh = suites.kem("mlkem768x25519")
+    qsh = registry.kem("mlkem768x25519")
     seed = os.urandom(32)
     theirs = Hybrid._construct(param_set=Hybrid.MLKEM768_X25519, seed=seed)
     pk = theirs._pk
@@ -192,11 +192,11 @@ def _bench_mldsa_set(
     from Crypto.PublicKey import MLDSA
     from Crypto.Signature import mldsa as pc_mldsa
 
-    from common.crypto import suites
+    from common.crypto import registry
     from common.crypto.rng import SYSTEM_RNG
 
     message = os.urandom(600)  # about a handshake transcript plus framing
-    qsh = suites.signature(wire)
+    qsh = registry.signature(wire)
     seed, pk = qsh.generate(SYSTEM_RNG)
     cg_key = cg_priv.from_seed_bytes(seed)
     pc_key = MLDSA.construct(param_set=pc_param, seed=seed)
@@ -248,14 +248,14 @@ def _bench_aead_set(
     nonce: bytes,
     pc_new: Callable[[], Any],
 ) -> None:
-    from common.crypto import suites
+    from common.crypto import registry
 
     aad = os.urandom(13)  # the record header
     data = os.urandom(size)
     out = bytearray(size + 16)
     plain = bytearray(size)
     cg = cg_cls(key)
-    ctx = suites.aead(wire).new(key)
+    ctx = registry.aead(wire).new(key)
     sealed = cg.encrypt(nonce, data, aad)
 
     def pc_seal() -> object:
@@ -286,7 +286,7 @@ IMPORTS = {
     ),
     "pycryptodome: ML-DSA signing": ("Crypto.PublicKey.MLDSA", "Crypto.Signature.mldsa"),
     "pycryptodome: ML-KEM (reproducible encapsulation only)": ("Crypto.PublicKey.MLKEM",),
-    "common.crypto.algorithms (all suites.registry() loads)": ("common.crypto.algorithms",),
+    "common.crypto.algorithms (all registry.usable() loads)": ("common.crypto.algorithms",),
 }
 
 

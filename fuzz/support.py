@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from common.accounts.keys import HostKey, PublicKey
+from common.crypto.registry import aead
 from common.crypto.rng import DeterministicRng
-from common.crypto.suites import aead
 from common.protocol import handshake as handshake_module
 from common.protocol.connection import Connection, ConnectionTerminated, HandshakeComplete
 from common.protocol.handshake import ClientHandshake, Established, Role, ServerHandshake

@@ -41,7 +41,7 @@ from common import aio
 from common.accounts.keys import HostKey, KeyFileError, PassphraseRequired, PublicKey
 from common.accounts.known_hosts import KnownHosts, host_pattern
 from common.channels import session as proto
-from common.crypto import suites
+from common.crypto import registry
 from common.errors import ErrorCode, QsmpError, RemoteReportedError, UsageError
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthFailed
 from common.protocol.connection import ConnectionTerminated
@@ -189,13 +189,13 @@ def build_offer(cfg: ClientConfig) -> Offer:
     """The algorithms to propose. Config lists are checked for syntax when read; whether
     this machine has each one (liboqs is optional) is known only here."""
     base = Offer()
-    kems = cfg.kems or tuple(k for k in base.kems if k in suites.available_kems())
+    kems = cfg.kems or tuple(k for k in base.kems if k in registry.available_kems())
     signatures = cfg.signatures or tuple(
-        s for s in base.signatures if s in suites.available_signatures())
+        s for s in base.signatures if s in registry.available_signatures())
     aeads = cfg.ciphers or base.aeads
-    for kind, names, available in (("KEM", kems, suites.available_kems()),
-                                   ("signature", signatures, suites.available_signatures()),
-                                   ("cipher", aeads, suites.available_aeads())):
+    for kind, names, available in (("KEM", kems, registry.available_kems()),
+                                   ("signature", signatures, registry.available_signatures()),
+                                   ("cipher", aeads, registry.available_aeads())):
         for name in names:
             if name not in available:
                 raise QshError(f"unknown {kind} {name!r}; available: {', '.join(available)}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.accounts.passwd import default_passwd_path
-from common.crypto import suites
+from common.crypto import registry
 from common.protocol.negotiation import ServerPolicy
 
 from .admission import (
@@ -310,11 +310,11 @@ def parse(text: str, source: str = "qshd_config") -> ServerConfig:
         elif keyword == "hostkey":
             config.host_keys.append(Path(value).expanduser())
         elif keyword == "kems":
-            config.kems = _names(value, suites.available_kems(), where)
+            config.kems = _names(value, registry.available_kems(), where)
         elif keyword == "signatures":
-            config.signatures = _names(value, suites.available_signatures(), where)
+            config.signatures = _names(value, registry.available_signatures(), where)
         elif keyword == "ciphers":
-            config.ciphers = _names(value, suites.available_aeads(), where)
+            config.ciphers = _names(value, registry.available_aeads(), where)
         elif keyword == "allowchaff":
             config.allow_chaff = _boolean(value, where)
         elif keyword == "handshaketimeout":

@@ -105,18 +105,18 @@ def test_production_path_never_imports_pycryptodome() -> None:
     client. Key exchange and host-key verification under SYSTEM_RNG must not load it."""
     code = """if True:
         import sys
-        from common.crypto import suites
+        from common.crypto import registry
         from common.crypto.rng import SYSTEM_RNG
-        for name in suites.available_kems():
-            kem = suites.kem(name)
+        for name in registry.available_kems():
+            kem = registry.kem(name)
             private = kem.generate(SYSTEM_RNG)
             ciphertext, secret = kem.encapsulate(private.public_bytes(), SYSTEM_RNG)
             assert private.decapsulate(ciphertext) == secret
-        for name in suites.available_signatures():
-            sig = suites.signature(name)
+        for name in registry.available_signatures():
+            sig = registry.signature(name)
             _, public = sig.generate(SYSTEM_RNG)
             assert not sig.verify(public, b"m", bytes(sig.max_signature_size))
-        ctx = suites.aead("aes256gcm").new(bytes(32))
+        ctx = registry.aead("aes256gcm").new(bytes(32))
         assert ctx.decrypt(bytes(12), ctx.encrypt(bytes(12), b"x", b""), b"") == b"x"
         loaded = sorted(m for m in sys.modules if m == "Crypto" or m.startswith("Crypto."))
         assert not loaded, loaded
@@ -517,7 +517,7 @@ def test_chacha20poly1305_known_answer() -> None:
 
 def _forget_oqs_module() -> None:
     """Undo an import of common.algorithms_oqs made against a fake, so that nothing later
-    in the session (suites.registry()) picks up the fake's algorithms."""
+    in the session (registry.usable()) picks up the fake's algorithms."""
     sys.modules.pop("common.crypto.oqs", None)
     import common
 

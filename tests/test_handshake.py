@@ -45,7 +45,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.accounts.keys import HostKey, PublicKey
-from common.crypto import suites
+from common.crypto import registry, suites
 from common.crypto.rng import DeterministicRng, Rng
 from common.errors import ErrorCode, QsmpError, UsageError
 from common.protocol.connection import (
@@ -427,8 +427,8 @@ def connect_response_layout(packet: bytes) -> tuple[list[int], list[int]]:
 def test_connect_response_layout_is_what_we_think() -> None:
     packet = honest().packets()[CONNECT_RESPONSE]
     structure, bulk = connect_response_layout(packet)
-    sig = suites.signature(suites.DEFAULT_SIGNATURES[0])
-    kem = suites.kem(suites.DEFAULT_KEMS[0])
+    sig = registry.signature(suites.DEFAULT_SIGNATURES[0])
+    kem = registry.kem(suites.DEFAULT_KEMS[0])
     assert len(bulk) == (len(host_key().public.verification_key) + kem.public_key_size
                          + sig.max_signature_size)
     assert len(structure) + len(bulk) == len(packet)
@@ -607,13 +607,13 @@ def test_server_takes_the_clients_first_choice_it_allows() -> None:
 
 
 SUITE_COMBINATIONS = list(itertools.product(
-    suites.available_kems(), suites.available_signatures(), suites.available_aeads()))
+    registry.available_kems(), registry.available_signatures(), registry.available_aeads()))
 
 
 @pytest.mark.parametrize(("kem", "sig", "aead"), SUITE_COMBINATIONS,
                          ids=["-".join(c) for c in SUITE_COMBINATIONS])
 def test_every_registered_suite_establishes(kem: str, sig: str, aead: str) -> None:
-    keys = [host_key(name) for name in suites.available_signatures()]
+    keys = [host_key(name) for name in registry.available_signatures()]
     client, server = make_pair(offer=Offer(kems=(kem,), signatures=(sig,), aeads=(aead,)),
                                host_keys=keys, trusted=host_key(sig).public)
     ch = client.mux.open_channel("session", b"early")
@@ -815,9 +815,9 @@ def rogue_connect_response(request: bytes, suite: Suite, key: HostKey, rng: Rng)
     server that ignores its own negotiation rules would send."""
     transcript = Transcript()
     transcript.add(request)
-    ephemeral = suites.kem(suite.kem).generate(rng).public_bytes()
+    ephemeral = registry.kem(suite.kem).generate(rng).public_bytes()
     unsigned = ConnectResponse(suite, key.public.encode(), ephemeral, b"").encode_unsigned()
-    sig_len = suites.signature(suite.signature).max_signature_size
+    sig_len = registry.signature(suite.signature).max_signature_size
     header = encode_header(Flag.CONNECT_RESPONSE, 0, len(unsigned) + 4 + sig_len)
     signature = key.sign(signed_data(transcript.digest_with(header, unsigned)), rng)
     return header + unsigned + Writer().vbytes(signature).getvalue()
@@ -899,7 +899,7 @@ extension_blobs = st.dictionaries(st.integers(0, 0xFFFF), st.binary(max_size=20)
     lambda d: b"".join(Writer().u16(k).u16(len(v)).fixed(v).getvalue() for k, v in d.items()))
 
 
-@given(kems=st.lists(st.sampled_from(suites.available_kems()), min_size=1, max_size=3),
+@given(kems=st.lists(st.sampled_from(registry.available_kems()), min_size=1, max_size=3),
        padding=st.integers(0, MAX_PADDING), token=st.binary(min_size=32, max_size=32),
        key_id=st.binary(min_size=16, max_size=16), ext=extension_blobs,
        chaff=st.booleans())

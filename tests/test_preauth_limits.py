@@ -35,7 +35,7 @@ from helpers import (
 
 from common.accounts.keys import PublicKey
 from common.accounts.passwd import PasswdFile
-from common.crypto import suites
+from common.crypto import registry
 from common.errors import ErrorCode
 from common.protocol.auth import AuthRequested
 from common.protocol.connection import Connection, ConnectionTerminated, HandshakeComplete
@@ -140,9 +140,9 @@ def test_every_suite_handshakes_with_packets_exactly_at_their_bounds() -> None:
     appear only with liboqs), which stays under the absolute ceiling."""
     from common.protocol.handshake import handshake_limits
 
-    for kem in suites.available_kems():
-        for sig in suites.available_signatures():
-            for aead in suites.available_aeads():
+    for kem in registry.available_kems():
+        for sig in registry.available_signatures():
+            for aead in registry.available_aeads():
                 offer = Offer(kems=(kem,), signatures=(sig,), aeads=(aead,))
                 client, server = make_pair(offer=offer, host_keys=(host_key(sig),))
                 wire = handshake(client, server)

@@ -29,7 +29,7 @@ from Crypto.Hash import KMAC256
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from common.accounts.keys import PublicKey
-from common.crypto import suites
+from common.crypto import registry
 from common.crypto.rng import DeterministicRng
 from common.protocol.connection import HandshakeComplete
 from common.protocol.mux import ChannelData, ChannelOpened, ChannelOpenRequest
@@ -202,7 +202,7 @@ def test_connect_response_signature_verifies() -> None:
     host = PublicKey.decode(bytes.fromhex(DOC["inputs"]["host_key"]["public_hex"]))
     cresp = packet("CONNECT_RESPONSE")
     sig_len = int.from_bytes(cresp[-3309 - 4 : -3309], "big")
-    assert sig_len == 3309 == suites.signature("mldsa65").max_signature_size
+    assert sig_len == 3309 == registry.signature("mldsa65").max_signature_size
     signed = sha3(packet("CONNECT_REQUEST"), cresp[: -(sig_len + 4)])
     assert signed.hex() == DOC["transcript"]["signature_hash"]
     message = b"qsh QSMP v1 server signature\x00" + signed

@@ -67,8 +67,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.crypto.registry import available_signatures, signature
 from common.crypto.rng import SYSTEM_RNG, Rng
-from common.crypto.suites import Signature, available_signatures, signature
+from common.crypto.suites import Signature
 from common.errors import InvalidInput, UnknownProtocol
 from common.wire import MAX_NAME_LENGTH, Reader, Writer
 

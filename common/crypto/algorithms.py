@@ -412,7 +412,7 @@ class CgAead:
 
 
 def register(reg: Registry) -> None:
-    """Add the built-in algorithms to ``reg`` (called once from :func:`suites.registry`)."""
+    """Add the built-in algorithms to ``reg`` (called once from :func:`registry.usable`)."""
     kems: tuple[Kem, ...] = (
         MlKem(
             MLKEM768,

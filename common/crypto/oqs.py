@@ -4,7 +4,7 @@ These are QSMP's alternates (a code-based KEM and a hash-based signature, so a b
 lattices alone does not break the channel). No pure-Python-installable library implements
 them, so they come from the liboqs C library through liboqs-python, and only when both are
 installed: importing this module raises :class:`ImportError` otherwise, which
-:func:`common.suites.registry` takes as "not offered".
+:func:`common.registry.usable` takes as "not offered".
 
 **No download, ever.** When ``import oqs`` cannot find the shared library, liboqs-python
 (0.8 and later) clones liboqs from GitHub and builds it with cmake, after a five-second

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
-from common.crypto import suites
+from common.crypto import registry
 from common.crypto.rng import SYSTEM_RNG, Rng
 from common.errors import (
     AuthenticationFailure,
@@ -80,7 +80,7 @@ def max_preauth_record_body(suite: Suite) -> int:
     size, a rekey offer fragment or ciphertext, a shutdown or error), with the agreed
     padding and the AEAD's tag. About 128 KiB for every suite without McEliece: a client
     that has not logged in cannot make us buffer a 1 MiB record."""
-    kem = suites.kem(suite.kem)
+    kem = registry.kem(suite.kem)
     message = max(
         MAX_AUTH_REQUEST,
         4 + min(kem.public_key_size, REKEY_FRAGMENT),
@@ -88,7 +88,7 @@ def max_preauth_record_body(suite: Suite) -> int:
         suite.chaff.size_max if suite.chaff.enabled else 0,
         1 + 4 + MAX_REASON,
     )
-    tag = suites.aead(suite.aead).tag_size
+    tag = registry.aead(suite.aead).tag_size
     return min(INNER_HEADER_SIZE + message + suite.padding_max + tag, MAX_RECORD_BODY)
 
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
-from common.crypto import suites
+from common.crypto import registry
 from common.crypto.rng import SYSTEM_RNG, Rng
 from common.crypto.suites import KemPrivateKey
 from common.errors import (
@@ -228,12 +228,12 @@ class ConnectResponse:
         if padding > offer.padding_max:
             raise InvalidInput("server chose more padding than offered")
         host_key = r.vbytes(MAX_PUBLIC_BLOB)
-        kem = suites.kem(kem_name)
+        kem = registry.kem(kem_name)
         ephemeral = r.vbytes(kem.public_key_size)
         if len(ephemeral) != kem.public_key_size:
             raise InvalidInput("ephemeral key has the wrong size")
         signed_len = len(body) - r.remaining
-        signature = r.vbytes(suites.signature(sig_name).max_signature_size)
+        signature = r.vbytes(registry.signature(sig_name).max_signature_size)
         r.end()
         suite = Suite(version, kem_name, sig_name, aead_name, chaff, padding)
         return cls(suite, host_key, ephemeral, signature), signed_len
@@ -270,7 +270,7 @@ def _confirmation(key_id: bytes, transcript_hash: bytes) -> bytes:
 def _host_key_blob_size(signature: str) -> int:
     """A host key blob of this algorithm (keys.PublicKey): magic, key ID, expiration,
     name, and a verification key of the scheme's size (any other size cannot verify)."""
-    key_size = suites.signature(signature).public_key_size
+    key_size = registry.signature(signature).public_key_size
     return 4 + KEY_ID_SIZE + 8 + 1 + len(signature) + 4 + key_size
 
 
@@ -282,16 +282,16 @@ def connect_response_limit(kems: tuple[str, ...], signatures: tuple[str, ...],
     names = sum(1 + max(map(len, group)) for group in (kems, signatures, aeads))
     return (1 + names + CHAFF_POLICY_SIZE + 2
             + 4 + max(map(_host_key_blob_size, signatures))
-            + 4 + max(suites.kem(k).public_key_size for k in kems)
-            + 4 + max(suites.signature(s).max_signature_size for s in signatures))
+            + 4 + max(registry.kem(k).public_key_size for k in kems)
+            + 4 + max(registry.signature(s).max_signature_size for s in signatures))
 
 
 def handshake_limits(suite: Suite) -> dict[Flag, int]:
     """The largest body each handshake packet after P1 can have with ``suite``. With one
     suite every field has a single size (a host key of any other size cannot verify), so
     these are the honest packets' exact sizes."""
-    kem = suites.kem(suite.kem)
-    tag = suites.aead(suite.aead).tag_size
+    kem = registry.kem(suite.kem)
+    tag = registry.aead(suite.aead).tag_size
     confirmation = KEY_ID_SIZE + HASH_SIZE + tag
     return {
         Flag.CONNECT_RESPONSE: connect_response_limit((suite.kem,), (suite.signature,),
@@ -454,11 +454,11 @@ class ClientHandshake(_Handshake):
         except InvalidInput as exc:
             raise UsageError(str(exc)) from None
         for name in offer.kems:
-            suites.kem(name)
+            registry.kem(name)
         for name in offer.signatures:
-            suites.signature(name)
+            registry.signature(name)
         for name in offer.aeads:
-            suites.aead(name)
+            registry.aead(name)
         self.offer = offer
         self.trusted_key = trusted_key
         self.server_key: PublicKey | None = None
@@ -519,7 +519,7 @@ class ClientHandshake(_Handshake):
             raise KeyExpired("the server's host key has expired")
         # The signature covers everything up to itself, header included.
         signed = self._c.transcript.digest_with(header_bytes, body[:signed_len])
-        sig = suites.signature(response.suite.signature)
+        sig = registry.signature(response.suite.signature)
         if not sig.verify(server_key.verification_key, signed_data(signed), response.signature):
             raise VerifyFailure("host key signature does not verify")
         self._c.transcript.add(header_bytes, body)
@@ -550,14 +550,14 @@ class ClientHandshake(_Handshake):
     def _send_exstart(self, now: float) -> None:
         suite = self._suite
         assert suite is not None
-        kem = suites.kem(suite.kem)
+        kem = registry.kem(suite.kem)
         ciphertext, secret = kem.encapsulate(self._server_ephemeral, self._c.rng)
         packet = self._send_plain(
             Flag.EXSTART_REQUEST, Writer().vbytes(ciphertext).getvalue()
         )
         self._c.transcript.add(packet)
         c2s = derive_direction(secret, self._cookie, self._c.transcript.digest(), LABEL_C2S)
-        aead = suites.aead(suite.aead)
+        aead = registry.aead(suite.aead)
         self._sealer = RecordSealer(aead, c2s)
         self._tx_chain = c2s.chain
         # Pipelined: the exchange request depends only on keys we already hold.
@@ -582,7 +582,7 @@ class ClientHandshake(_Handshake):
                               now: float) -> None:
         suite = self._suite
         assert suite is not None and self._kem_key is not None
-        kem = suites.kem(suite.kem)
+        kem = registry.kem(suite.kem)
         r = Reader(body)
         mac = r.fixed(HASH_SIZE)
         ciphertext = read_kem_ciphertext(r, kem.ciphertext_size)
@@ -596,7 +596,7 @@ class ClientHandshake(_Handshake):
         self._c.transcript.add(header_bytes, body)
         th = self._c.transcript.digest()
         s2c = derive_direction(secret, self._cookie, th, LABEL_S2C)
-        self._opener = RecordOpener(suites.aead(suite.aead), s2c, self._c.rx_seq)
+        self._opener = RecordOpener(registry.aead(suite.aead), s2c, self._c.rx_seq)
         self._rx_chain = s2c.chain
         assert self._sealer is not None and self.server_key is not None
         packet = self._send_sealed(
@@ -719,21 +719,21 @@ class ServerHandshake(_Handshake):
         offer = request.offer
         suite = Suite(
             version=version,
-            kem=pick(offer.kems, self.policy.kems, suites.available_kems(), "KEM"),
+            kem=pick(offer.kems, self.policy.kems, registry.available_kems(), "KEM"),
             signature=host_key.public.algorithm,
-            aead=pick(offer.aeads, self.policy.aeads, suites.available_aeads(), "cipher"),
+            aead=pick(offer.aeads, self.policy.aeads, registry.available_aeads(), "cipher"),
             chaff=agree_chaff(offer.chaff, self.policy),
             padding_max=min(offer.padding_max, self.policy.padding_max),
         )
         self._c.transcript.add(header_bytes, body)
-        kem = suites.kem(suite.kem)
+        kem = registry.kem(suite.kem)
         self._kem_key = kem.generate(self._c.rng)
         host_blob = host_key.public.encode()
         unsigned = ConnectResponse(suite, host_blob, self._kem_key.public_bytes(), b"")
         prefix = unsigned.encode_unsigned()
         # The signed header carries the body length, so the signature's size must be known
         # before signing: every scheme we register has fixed-size signatures.
-        sig_len = suites.signature(suite.signature).max_signature_size
+        sig_len = registry.signature(suite.signature).max_signature_size
         body_len = len(prefix) + 4 + sig_len
         header = encode_header(Flag.CONNECT_RESPONSE, self._c.tx_seq, body_len)
         th = self._c.transcript.digest_with(header, prefix)
@@ -755,7 +755,7 @@ class ServerHandshake(_Handshake):
                             now: float) -> None:
         suite = self._suite
         assert suite is not None and self._kem_key is not None
-        kem = suites.kem(suite.kem)
+        kem = registry.kem(suite.kem)
         r = Reader(body)
         ciphertext = read_kem_ciphertext(r, kem.ciphertext_size)
         r.end()
@@ -763,7 +763,7 @@ class ServerHandshake(_Handshake):
         self._kem_key = None
         self._c.transcript.add(header_bytes, body)
         c2s = derive_direction(secret, self._cookie, self._c.transcript.digest(), LABEL_C2S)
-        self._opener = RecordOpener(suites.aead(suite.aead), c2s, self._c.rx_seq)
+        self._opener = RecordOpener(registry.aead(suite.aead), c2s, self._c.rx_seq)
         self._rx_chain = c2s.chain
         packet = self._send_plain(Flag.EXSTART_RESPONSE, bytes([REMOTE_CONNECTED]))
         self._c.transcript.add(packet)
@@ -773,7 +773,7 @@ class ServerHandshake(_Handshake):
                              now: float) -> None:
         suite = self._suite
         assert suite is not None and self._opener is not None
-        kem = suites.kem(suite.kem)
+        kem = registry.kem(suite.kem)
         plaintext = self._opener.open(header, header_bytes, body)
         r = Reader(plaintext)
         client_public = r.vbytes(kem.public_key_size)
@@ -789,7 +789,7 @@ class ServerHandshake(_Handshake):
         )
         self._c.transcript.add(packet)
         s2c = derive_direction(secret, self._cookie, self._c.transcript.digest(), LABEL_S2C)
-        self._sealer = RecordSealer(suites.aead(suite.aead), s2c)
+        self._sealer = RecordSealer(registry.aead(suite.aead), s2c)
         self._tx_chain = s2c.chain
         self._arm(State.AWAIT_ESTABLISH_REQUEST, now)
 

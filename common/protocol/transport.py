@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from common.crypto import suites
+from common.crypto import registry
 from common.crypto.rng import Rng
 from common.crypto.suites import KemPrivateKey
 from common.errors import (
@@ -130,8 +130,8 @@ class Transport:
         self._settings = settings
         self._rng = rng
         self._random = Randomness(rng)
-        self._kem = suites.kem(self.suite.kem)
-        self._aead = suites.aead(self.suite.aead)
+        self._kem = registry.kem(self.suite.kem)
+        self._aead = registry.aead(self.suite.aead)
         self.sealer: RecordSealer = established.sealer
         self.opener: RecordOpener = established.opener
         self._tx_label = LABEL_C2S if role is Role.CLIENT else LABEL_S2C

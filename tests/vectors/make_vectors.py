@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import (  # noqa: E402
 )
 
 from common.accounts.keys import HostKey  # noqa: E402
-from common.crypto import suites  # noqa: E402
+from common.crypto import registry  # noqa: E402
 from common.crypto.rng import DeterministicRng  # noqa: E402
 from common.protocol.connection import Connection  # noqa: E402
 from common.protocol.handshake import (  # noqa: E402
@@ -246,7 +246,7 @@ def open_sealed(aead: str, keys: DirectionKeys, packet: bytes) -> bytes:
 
 def find_kem_seed(kem_name: str, draws: list[bytes], public: bytes) -> int:
     """Index of the draw that, used as the KEM's key generation randomness, gives ``public``."""
-    kem = suites.kem(kem_name)
+    kem = registry.kem(kem_name)
     for i, draw in enumerate(draws):
         try:
             key = kem.generate(lambda n, d=draw: d if n == len(d) else b"")
@@ -264,7 +264,7 @@ def recompute(packets: list[tuple[str, bytes]], suite: Suite, client_draws: list
         by_flag[f] for f in _PROTOCOL_ORDER)
     request = ConnectRequest.decode(creq[HEADER_SIZE:])
     response, signed_len = ConnectResponse.decode(cresp[HEADER_SIZE:], request.offer)
-    kem = suites.kem(suite.kem)
+    kem = registry.kem(suite.kem)
     cookie = session_cookie(request.session_token, suite.configuration(), response.host_key)
 
     server_seed_index = find_kem_seed(suite.kem, server_draws, response.ephemeral_key)
@@ -294,7 +294,7 @@ def recompute(packets: list[tuple[str, bytes]], suite: Suite, client_draws: list
     # confirmation in the establish response is key_id || session id.
     session_id = sha3(creq, cresp, xs_req, xs_resp, xc_req, xc_resp, est_req)
     signature_hash = sha3(creq, cresp[: HEADER_SIZE + signed_len])
-    if not suites.signature(suite.signature).verify(
+    if not registry.signature(suite.signature).verify(
             make_host_key().public.verification_key, signed_data(signature_hash),
             response.signature):
         raise RuntimeError("the connect response signature does not verify")
