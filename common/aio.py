@@ -1483,14 +1483,16 @@ async def _accept_and_hand_off(connection: QsmpConnection, timeout: float) -> by
     core, transport, loop = connection._core, connection._transport, connection.loop
     if transport is None or connection._closing or core.closed:
         raise ConnectionLost(connection.terminated)
-    core.check_handoff(accepting=True)  # before anything changes: a refusal refuses the login
+    # Before anything changes (a refusal here can still refuse the login): the checks, and
+    # accepting, which raises if no login is waiting and otherwise only queues a record.
+    core.check_handoff(accepting=True)
+    core.accept_auth()
     # Not one more byte from the socket: what the client sends from now on is the next
-    # process's to read. Nothing below awaits until the core is spent, so nothing else can
-    # read, seal or fire a timer in between.
+    # process's to read. Nothing from here awaits until the core is spent, so nothing else
+    # can read, seal or fire a timer in between.
     connection._gate_reading = False
     transport.pause_reading()
     connection._read_paused = True
-    core.accept_auth()
     connection._pump()  # the AUTH_SUCCESS record goes to the socket
     if core.closed:
         raise ConnectionLost(connection.terminated)

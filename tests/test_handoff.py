@@ -646,6 +646,46 @@ def test_aio_refuses_a_login_it_cannot_hand_over_then_hands_over() -> None:
     assert outcomes == ["refused: a rekey is in progress", "handed over"]
 
 
+def test_aio_hand_off_without_a_pending_login_changes_nothing() -> None:
+    """Called when no login waits for an answer, ``accept_and_hand_off`` refuses before
+    touching the socket: the connection still reads, and the next login goes through."""
+    errors: list[str] = []
+    tasks: list[asyncio.Future[None]] = []
+
+    async def on_auth(conn: aio.QsmpConnection, request: AuthRequested) -> bool:
+        if tasks:
+            return True
+
+        async def too_late() -> None:
+            await asyncio.sleep(0.05)  # the refusal below has been given by then
+            try:
+                await conn.accept_and_hand_off()
+            except UsageError as exc:
+                errors.append(str(exc))
+
+        tasks.append(asyncio.ensure_future(too_late()))
+        return False
+
+    async def main() -> None:
+        key = live_host_key()
+        server = await aio.serve("127.0.0.1", 0, make_handshake=lambda: ServerHandshake((key,)),
+                                 on_channel=_echo, on_auth=on_auth)
+        async with server:
+            client = await aio.connect("127.0.0.1", server.port,
+                                       handshake=ClientHandshake(Offer(), key.public),
+                                       user=USER, password=PASSWORD, timeout=10)
+            assert await client.wait_authenticated() is not None
+            assert await asyncio.wait_for(client.login_password(USER, PASSWORD), 5) is None
+            channel = await client.open_channel("session")
+            channel.write(b"still reading")
+            channel.write_eof()
+            assert await asyncio.wait_for(channel.read_to_eof(), 5) == b"still reading"
+            client.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert errors == ["no authentication request is pending"]
+
+
 # --------------------------------------------------------------------------- end to end
 
 
