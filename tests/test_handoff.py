@@ -322,8 +322,8 @@ def test_input_fed_in_pieces_after_a_cut_handoff() -> None:
     round_trip(client, new, cid, req.channel_id, 1000)
 
 
-def test_handoff_after_client_keepalive_and_chaff() -> None:
-    """Transport business the client sent before the handoff (answered by the first
+def test_handoff_after_client_keepalive() -> None:
+    """A keep-alive the client sent before the handoff (answered by the first
     process) does not disturb the sequence numbers the second one expects."""
     client, old = logged_in(client_settings=TransportSettings(keepalive_interval=1.0))
     client.handle_timer(NOW + 1.0)
@@ -344,7 +344,7 @@ def test_approved_user_must_match() -> None:
     assert Connection.from_handoff(state, now=LATER, user=USER).authenticated_user == USER
 
 
-def test_channels_wait_for_nothing_and_login_cannot_repeat() -> None:
+def test_login_cannot_repeat_after_handoff() -> None:
     """The rebuilt server is logged in: another login request is a protocol error, as it
     would have been in the first process."""
     client, old = logged_in()
