@@ -87,6 +87,7 @@ __all__ = [
     "HostKeyCallback",
     "QsmpConnection",
     "Server",
+    "adopt",
     "connect",
     "serve",
     "tune_allocator",
@@ -717,6 +718,8 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self._established: asyncio.Future[None] = loop.create_future()
         self._closed: asyncio.Future[None] = loop.create_future()
         self._lost: ConnectionLost | None = None
+        #: After a handoff: the detached transport, kept so that it is not closed early.
+        self._handed_off_transport: asyncio.Transport | None = None
         self.terminated: ConnectionTerminated | None = None
         self.suite: Suite | None = None
         self.session_id: bytes | None = None
@@ -1222,6 +1225,23 @@ class QsmpConnection(asyncio.BufferedProtocol):
         except Exception as exc:
             self._crash(exc)
 
+    async def accept_and_hand_off(self, timeout: float | None = None) -> bytes:
+        """Server, inside ``on_auth``: accept the pending login, stop reading the socket
+        at once (whatever the client sends next stays in the kernel for the next
+        process), wait until everything sealed is written (at most ``timeout`` seconds,
+        :data:`HANDOFF_FLUSH_TIMEOUT` by default), then return the state for
+        :func:`adopt` in the process that serves the user. This connection is detached
+        afterwards: it neither reads nor writes, and its socket is neither closed nor
+        shut down (the process exits, or closes its copy of the descriptor, when done).
+        What ``on_auth`` returns after this no longer matters.
+
+        Raises :class:`~common.errors.UsageError` *before* accepting anything if the
+        connection cannot be handed over now (a rekey in progress, say): refuse the login
+        then. :class:`ConnectionLost` or :class:`TimeoutError` after accepting: the
+        connection is gone."""
+        return await _accept_and_hand_off(
+            self, HANDOFF_FLUSH_TIMEOUT if timeout is None else timeout)
+
     def _on_host_key_unverified(self, event: HostKeyUnverified) -> None:
         self._spawn(self._decide_host_key(event.host_key), "host key decision")
 
@@ -1462,6 +1482,98 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
     except BaseException:
         connection.abort()
         raise
+    return connection
+
+
+# ---------------------------------------------------------------------------------------------
+# Handing a logged-in connection to another process (privilege separation)
+
+#: How long :meth:`QsmpConnection.accept_and_hand_off` waits for the kernel to take the
+#: login's answer (a client that stops reading right after logging in cannot hold the
+#: pre-auth process longer than this).
+HANDOFF_FLUSH_TIMEOUT = 10.0
+
+
+async def _accept_and_hand_off(connection: QsmpConnection, timeout: float) -> bytes:
+    """See :meth:`QsmpConnection.accept_and_hand_off`."""
+    core, transport, loop = connection._core, connection._transport, connection.loop
+    if transport is None or connection._closing or core.closed:
+        raise ConnectionLost(connection.terminated)
+    # Before anything changes (a refusal here can still refuse the login): the checks, and
+    # accepting, which raises if no login is waiting and otherwise only queues a record.
+    core.check_handoff(accepting=True)
+    core.accept_auth()
+    # Not one more byte from the socket: what the client sends from now on is the next
+    # process's to read. Nothing from here awaits until the core is spent, so nothing else
+    # can read, seal or fire a timer in between.
+    connection._gate_reading = False
+    transport.pause_reading()
+    connection._read_paused = True
+    connection._pump()  # the AUTH_SUCCESS record goes to the socket
+    if core.closed:
+        raise ConnectionLost(connection.terminated)
+    state = core.export_handoff(connection._now())
+    connection._arm_timer(None)
+    # Everything sealed so far must reach the kernel before the next process seals the
+    # next record, or the peer would see a gap in the sequence.
+    deadline = loop.time() + timeout
+    delay = 0.001
+    while connection._wqueue or transport.get_write_buffer_size():
+        if connection._transport is None or transport.is_closing():
+            raise ConnectionLost(connection.terminated, "connection lost while handing over")
+        if loop.time() >= deadline:
+            connection.abort()
+            raise TimeoutError("the peer did not take the login's answer in time")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    if connection._transport is None:
+        raise ConnectionLost(connection.terminated, "connection lost while handing over")
+    # Detach: forget the socket without closing or shutting it down (the next process
+    # serves it; this one is about to exit). The transport stays referenced, so that
+    # garbage collection does not close our descriptor early either.
+    connection._release_socket()
+    connection._handed_off_transport = transport
+    connection._transport = None
+    assert core.terminated is not None
+    connection._on_terminated(core.terminated)
+    if not connection._closed.done():
+        connection._closed.set_result(None)
+    log.debug("conn=%d: handed over to another process", connection.number)
+    return state
+
+
+async def adopt(sock: socket.socket, state: bytes | bytearray | memoryview, *,
+                on_channel: ChannelHandler | None,
+                settings: TransportSettings | None = None,
+                on_global_request: GlobalRequestHandler | None = None,
+                window: int | None = None, max_packet: int | None = None,
+                rng: Rng | None = None, user: str | None = None) -> QsmpConnection:
+    """Carry on a connection another process handed over (its
+    :meth:`QsmpConnection.accept_and_hand_off` state) over ``sock``, the same TCP socket,
+    already connected. Returns the logged-in server connection, which serves channels as
+    :func:`serve`'s do; the peer notices nothing.
+
+    ``user`` is the user the privileged side approved; the state must name the same one
+    (:class:`~common.protocol.handoff.HandoffError` otherwise, or if the state is malformed: then
+    the socket is left alone and the caller closes it). ``settings``, ``window`` and
+    ``max_packet`` are this process's; the suite, keys and sequence numbers come from the
+    state.
+    """
+    tune_allocator()
+    loop = asyncio.get_running_loop()
+    offset = time.time() - loop.time()
+    core = Connection.from_handoff(state, now=loop.time() + offset, user=user,
+                                   **_core_args(settings, window, max_packet, rng))
+    connection = QsmpConnection(core, loop=loop, on_channel=on_channel,
+                                on_global_request=on_global_request)
+    connection._offset = offset  # the clock the core's times were given on
+    connection._pre_auth = False  # logged in: the full read and write budgets
+    transport = core.transport
+    assert transport is not None
+    connection.suite = transport.suite
+    connection.session_id = transport.session_id
+    connection._established.set_result(None)
+    await loop.connect_accepted_socket(lambda: connection, sock=sock)
     return connection
 
 

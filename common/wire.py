@@ -292,6 +292,10 @@ class FrameBuffer:
             self._bpos = 0
         self._view, self._pos = _EMPTY, 0
 
+    def unread(self) -> bytes:
+        """A copy of what was fed and not yet returned as packets."""
+        return bytes(self._buf[self._bpos :]) + bytes(self._view[self._pos :])
+
     def _top_up(self, view: memoryview) -> memoryview:
         """Complete the packet our own buffer ends with, from the front of ``view``."""
         buf, pos = self._buf, 0

@@ -46,7 +46,10 @@ from common.protocol.auth import (
     password_request,
     publickey_request,
 )
-from common.protocol.handshake import ClientHandshake, Role, ServerHandshake, State
+from common.protocol.handoff import HandoffError, HandoffState
+from common.protocol.handoff import decode as decode_handoff
+from common.protocol.handoff import encode as encode_handoff
+from common.protocol.handshake import ClientHandshake, Role, ServerHandshake, State, _Handshake
 from common.protocol.mux import Mux, OutgoingMessage
 from common.protocol.negotiation import Suite
 from common.protocol.transport import (
@@ -120,7 +123,7 @@ class ConnectionTerminated:
 class Connection:
     """Drive with bytes and time; read events and bytes back."""
 
-    def __init__(self, handshake: ClientHandshake | ServerHandshake, *,
+    def __init__(self, handshake: ClientHandshake | ServerHandshake | _HandedOver, *,
                  settings: TransportSettings | None = None, rng: Rng = SYSTEM_RNG,
                  window: int | None = None, max_packet: int | None = None,
                  require_auth: bool = False, max_auth_attempts: int = DEFAULT_MAX_ATTEMPTS,
@@ -443,6 +446,93 @@ class Connection:
         self.transport.request_rekey()
         self._collect_transport()
 
+    # ------------------------------------------------------------------ handoff
+
+    def check_handoff(self, *, accepting: bool = False) -> None:
+        """Raise :class:`UsageError` saying why :meth:`export_handoff` would refuse now.
+        With ``accepting``, as if :meth:`accept_auth` were called first: the I/O layer
+        asks this before it accepts a login it means to hand over, so that a refusal
+        can still be a refused login rather than an accepted one on a dead connection."""
+        if self.role is not Role.SERVER:
+            raise UsageError("only a server connection is handed over")
+        if self.terminated is not None:
+            raise UsageError("the connection is over")
+        transport, auth = self.transport, self._server_auth
+        if transport is None:
+            raise UsageError("the handshake has not finished")
+        if auth is None:
+            raise UsageError("this connection has no login to hand over")
+        if accepting:
+            if auth.authenticated:
+                raise UsageError("the user is already authenticated")
+        elif not auth.authenticated:
+            raise UsageError("the user is not authenticated")
+        if transport.rekey_in_progress:
+            raise UsageError("a rekey is in progress")
+        if not self.mux.idle:
+            raise UsageError("channels or channel messages exist")
+        if not accepting and (self._out or transport.outgoing):
+            raise UsageError("output not taken yet (call data_to_send first)")
+
+    def export_handoff(self, now: float | None = None) -> bytes:
+        """Server, right after :meth:`accept_auth` and :meth:`data_to_send`: the state
+        another process gives :meth:`from_handoff` to carry this connection on over the
+        same socket (see :mod:`common.protocol.handoff`). Ages are taken at ``now`` (by default
+        the latest time this connection was given).
+
+        This connection is spent afterwards: its keys are wiped and every later call is
+        a no-op, without a :class:`ConnectionTerminated` event (nothing ended; the
+        connection moved). Two processes sealing under one key and sequence number
+        would reuse AEAD nonces, so there is no way back. Refused (:class:`UsageError`)
+        unless the login succeeded and everything is quiet: no rekey in either
+        direction, no channel, nothing queued for the socket."""
+        self.check_handoff()
+        transport, auth = self.transport, self._server_auth
+        assert transport is not None and auth is not None and auth.user is not None
+        at = self._now if now is None else now
+        state = HandoffState(transport=transport.export_state(at), user=auth.user,
+                             pending_input=self._frames.unread())
+        data = encode_handoff(state)
+        transport.closed = True
+        transport.sealer.wipe()
+        transport.opener.wipe()
+        self._frames = FrameBuffer()
+        self._login_deadline = None
+        self.terminated = ConnectionTerminated(ErrorCode.NONE, "handed over to another process",
+                                               by_peer=False)
+        return data
+
+    @classmethod
+    def from_handoff(cls, state: bytes | bytearray | memoryview, *, now: float,
+                     settings: TransportSettings | None = None, rng: Rng = SYSTEM_RNG,
+                     window: int | None = None, max_packet: int | None = None,
+                     user: str | None = None) -> Connection:
+        """The server connection :meth:`export_handoff` described, established and logged
+        in, carrying on at ``now`` (this process's clock): feed it the same socket's
+        bytes. Channels, keep-alives, chaff and rekeys in both directions work as before;
+        ``settings``, ``window`` and ``max_packet`` are this process's.
+
+        The state comes from a process that parsed the network before login, so it is
+        checked like wire input (:class:`~common.protocol.handoff.HandoffError` on anything
+        malformed), and ``user``, when given, must be the user in it: the privileged side
+        that approved the login passes the name it approved, so a subverted pre-auth
+        process cannot hand over a login as somebody else."""
+        decoded = decode_handoff(state)
+        if user is not None and decoded.user != user:
+            raise HandoffError("the handed-over login is not the approved user")
+        ts = decoded.transport
+        conn = cls(_HandedOver(ts.session_id, rng), settings=settings, rng=rng, window=window,
+                   max_packet=max_packet)
+        conn._now = now
+        conn.transport = Transport.restore(ts, Role.SERVER, conn.settings, rng, now)
+        auth = ServerAuth(ts.session_id, methods=conn._auth_methods)
+        auth.user = decoded.user
+        conn._server_auth = auth
+        if decoded.pending_input:
+            conn._frames.feed(decoded.pending_input)
+            conn._frames.compact()  # keep our own copy; nothing in it is whole yet
+        return conn
+
     # ------------------------------------------------------------------ failure
 
     def _guard(self, step: Any) -> None:
@@ -516,6 +606,28 @@ class _EarlySender:
                               inner_type, head, payload)
         self._hs.note_early_record()
         return record
+
+
+class _HandedOver(_Handshake):
+    """Stands in for the handshake of a connection taken over from another process
+    (:meth:`Connection.from_handoff`): that handshake happened there, so nothing is left to
+    do here; the transport is up from the start and the handshake is never consulted."""
+
+    role = Role.SERVER
+
+    def __init__(self, session_id: bytes, rng: Rng) -> None:
+        super().__init__(rng, 0.0)
+        self.session_id = session_id
+        self._c.state = State.ESTABLISHED
+
+    def start(self, now: float) -> None:
+        """Nothing to start: the connection already runs."""
+
+    def _limit(self, flag: Flag) -> int:
+        raise UsageError("a handed-over connection has no handshake")
+
+    def _table(self) -> dict[State, tuple[Flag, Any]]:
+        return {}
 
 
 __all__ = [

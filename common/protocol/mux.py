@@ -421,6 +421,13 @@ class Mux:
     def has_outgoing(self) -> bool:
         return bool(self._outgoing)
 
+    @property
+    def idle(self) -> bool:
+        """As a fresh Mux: no channel, nothing queued, no global request unanswered either
+        way (what a handed-over connection starts from, see Connection.export_handoff)."""
+        return not (self._channels or self._outgoing or self._global_replies_owed
+                    or self._global_replies_expected)
+
     def _queue(self, msg_type: MuxMessage, writer: Writer) -> None:
         self._outgoing.append(OutgoingMessage(msg_type, writer.getvalue()))
 

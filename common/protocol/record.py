@@ -22,10 +22,11 @@ _IV_MASK_BYTES = 12
 class RecordSealer:
     """The sending half. ``sequence`` counts every packet sent in this direction."""
 
-    __slots__ = ("_ctx", "_iv", "bytes_sealed", "sequence", "tag_size")
+    __slots__ = ("_ctx", "_iv", "_key", "bytes_sealed", "sequence", "tag_size")
 
     def __init__(self, aead: Aead, keys: DirectionKeys, sequence: int = 0) -> None:
         self._ctx: AeadContext = aead.new(keys.key)
+        self._key = keys.key  # kept only for a handoff to another process (key_material)
         self._iv = int.from_bytes(keys.iv, "big")
         self.tag_size = aead.tag_size
         self.sequence = sequence
@@ -51,16 +52,22 @@ class RecordSealer:
         """Drop the key context. Python cannot zero the bytes OpenSSL copied, but the
         context is freed and nothing here can use the key again."""
         self._ctx = _DeadContext()
+        self._key = b""
         self._iv = 0
+
+    def key_material(self) -> tuple[bytes, bytes]:
+        """``(key, iv)``, for handing the connection to another process."""
+        return _key_material(self._key, self._iv)
 
 
 class RecordOpener:
     """The receiving half; enforces the exact next sequence number."""
 
-    __slots__ = ("_ctx", "_iv", "bytes_opened", "sequence", "tag_size")
+    __slots__ = ("_ctx", "_iv", "_key", "bytes_opened", "sequence", "tag_size")
 
     def __init__(self, aead: Aead, keys: DirectionKeys, sequence: int = 0) -> None:
         self._ctx: AeadContext = aead.new(keys.key)
+        self._key = keys.key
         self._iv = int.from_bytes(keys.iv, "big")
         self.tag_size = aead.tag_size
         self.sequence = sequence
@@ -84,7 +91,18 @@ class RecordOpener:
 
     def wipe(self) -> None:
         self._ctx = _DeadContext()
+        self._key = b""
         self._iv = 0
+
+    def key_material(self) -> tuple[bytes, bytes]:
+        """``(key, iv)``, for handing the connection to another process."""
+        return _key_material(self._key, self._iv)
+
+
+def _key_material(key: bytes, iv: int) -> tuple[bytes, bytes]:
+    if not key:
+        raise UsageError("record key already wiped")
+    return key, iv.to_bytes(_IV_MASK_BYTES, "big")
 
 
 class _DeadContext:

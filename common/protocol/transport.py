@@ -31,10 +31,13 @@ from common.errors import (
     InvalidRequest,
     KeepAliveExpired,
     RemoteReportedError,
+    UsageError,
 )
+from common.protocol.handoff import DirectionState, TransportState
 from common.protocol.handshake import Established, Role, read_kem_ciphertext
+from common.protocol.negotiation import Suite
 from common.protocol.record import RecordOpener, RecordSealer
-from common.protocol.schedule import LABEL_C2S, LABEL_S2C, derive_rekey
+from common.protocol.schedule import LABEL_C2S, LABEL_S2C, DirectionKeys, derive_rekey
 from common.wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Writer
 
 INNER_HEADER_SIZE = 3
@@ -124,20 +127,27 @@ class Transport:
 
     def __init__(self, established: Established, role: Role, settings: TransportSettings,
                  rng: Rng, now: float) -> None:
-        self.suite = established.suite
-        self.session_id = established.session_id
+        self._setup(established.suite, established.session_id, established.sealer,
+                    established.opener, established.tx_chain, established.rx_chain,
+                    role, settings, rng, now)
+
+    def _setup(self, suite: Suite, session_id: bytes, sealer: RecordSealer,
+               opener: RecordOpener, tx_chain: bytes, rx_chain: bytes, role: Role,
+               settings: TransportSettings, rng: Rng, now: float) -> None:
+        self.suite = suite
+        self.session_id = session_id
         self._role = role
         self._settings = settings
         self._rng = rng
         self._random = Randomness(rng)
         self._kem = registry.kem(self.suite.kem)
         self._aead = registry.aead(self.suite.aead)
-        self.sealer: RecordSealer = established.sealer
-        self.opener: RecordOpener = established.opener
+        self.sealer: RecordSealer = sealer
+        self.opener: RecordOpener = opener
         self._tx_label = LABEL_C2S if role is Role.CLIENT else LABEL_S2C
         self._rx_label = LABEL_S2C if role is Role.CLIENT else LABEL_C2S
-        self._tx_chain = established.tx_chain
-        self._rx_chain = established.rx_chain
+        self._tx_chain = tx_chain
+        self._rx_chain = rx_chain
         self._now = now
         self._tx_key_since = now
         self._rekey_requested = False
@@ -155,6 +165,68 @@ class Transport:
         self._chaff_due = now + self._chaff_delay() if chaff.enabled else None
         self.outgoing: list[bytes | bytearray] = []
         self.closed = False
+
+    # ------------------------------------------------------------------ handoff
+
+    @property
+    def rekey_in_progress(self) -> bool:
+        """A rekey of either direction has started and not finished: ours is requested
+        (or its offer is arriving), or we made an offer for the peer's and wait for it."""
+        return self._rekey_requested or bool(self._offer_parts) or self._rekey_offer is not None
+
+    def export_state(self, now: float) -> TransportState:
+        """Where this transport stands, for :meth:`restore` in another process. Times
+        become delays and ages relative to ``now``. The caller makes sure no rekey is in
+        progress (a half-done KEM exchange is not carried) and stops using this object."""
+        if self.rekey_in_progress:
+            raise UsageError("a rekey is in progress")
+        tx_key, tx_iv = self.sealer.key_material()
+        rx_key, rx_iv = self.opener.key_material()
+        return TransportState(
+            suite=self.suite, session_id=self.session_id,
+            tx=DirectionState(tx_key, tx_iv, self._tx_chain, self.sealer.sequence,
+                              self.sealer.bytes_sealed),
+            rx=DirectionState(rx_key, rx_iv, self._rx_chain, self.opener.sequence,
+                              self.opener.bytes_opened),
+            tx_key_age=max(now - self._tx_key_since, 0.0),
+            budget_used=self._budget_used,
+            rekeys_sent=self.rekeys_sent, rekeys_received=self.rekeys_received,
+            keepalive_due_in=(None if self._keepalive_due is None
+                              else max(self._keepalive_due - now, 0.0)),
+            keepalive_token=self._keepalive_token,
+            chaff_due_in=None if self._chaff_due is None else max(self._chaff_due - now, 0.0),
+        )
+
+    @classmethod
+    def restore(cls, state: TransportState, role: Role, settings: TransportSettings,
+                rng: Rng, now: float) -> Transport:
+        """The transport :meth:`export_state` described, carrying on at ``now`` on this
+        process's clock. ``settings`` are this process's: a keep-alive interval shorter
+        than the carried delay brings the next request forward, none stops sending them
+        (an outstanding request is still matched with its answer)."""
+        aead = registry.aead(state.suite.aead)
+        sealer = RecordSealer(aead, DirectionKeys(state.tx.key, state.tx.iv, state.tx.chain),
+                              state.tx.sequence)
+        sealer.bytes_sealed = state.tx.byte_count
+        opener = RecordOpener(aead, DirectionKeys(state.rx.key, state.rx.iv, state.rx.chain),
+                              state.rx.sequence)
+        opener.bytes_opened = state.rx.byte_count
+        transport = cls.__new__(cls)
+        transport._setup(state.suite, state.session_id, sealer, opener, state.tx.chain,
+                         state.rx.chain, role, settings, rng, now)
+        transport._tx_key_since = now - state.tx_key_age
+        transport._budget_used = state.budget_used
+        transport.rekeys_sent = state.rekeys_sent
+        transport.rekeys_received = state.rekeys_received
+        interval = settings.keepalive_interval
+        if not interval:
+            transport._keepalive_due = None
+        elif state.keepalive_due_in is not None:
+            transport._keepalive_due = now + min(state.keepalive_due_in, interval)
+        transport._keepalive_token = state.keepalive_token
+        if state.chaff_due_in is not None and transport._chaff_due is not None:
+            transport._chaff_due = now + state.chaff_due_in
+        return transport
 
     # ------------------------------------------------------------------ sending
 
