@@ -815,7 +815,7 @@ class Session:
 
     # -- pumps
 
-    async def _pump_out(self, stream: aio._ReadStream, writer: FdWriter) -> None:
+    async def _pump_out(self, stream: aio.ReadStream, writer: FdWriter) -> None:
         """Channel to a local fd. Reading is what grants the server more window, so a slow
         local reader slows the remote writer instead of growing our memory."""
         while data := await stream.read():

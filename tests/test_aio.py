@@ -23,6 +23,7 @@ import pytest
 
 from common import aio
 from common.accounts.keys import HostKey, PublicKey
+from common.aio import connection as aio_connection
 from common.errors import (
     ConnectFailure,
     ErrorCode,
@@ -422,8 +423,8 @@ def test_server_stops_reading_a_peer_that_asks_for_replies_and_never_reads(
     marks are lowered so the flood reaches them in a fraction of a second; tests/flooder.py
     is its own process with its own socket."""
     high, low = 256 * 1024, 64 * 1024
-    monkeypatch.setattr(aio, "READ_PAUSE_HIGH_WATER", high, raising=False)
-    monkeypatch.setattr(aio, "READ_PAUSE_LOW_WATER", low, raising=False)
+    monkeypatch.setattr(aio_connection, "READ_PAUSE_HIGH_WATER", high, raising=False)
+    monkeypatch.setattr(aio_connection, "READ_PAUSE_LOW_WATER", low, raising=False)
     key_file = tmp_path / "host_key.pub"
     HOST_KEY.save_public(key_file)
 

@@ -1,0 +1,67 @@
+"""The asyncio adapter: the only code of qsh that touches sockets, timers and tasks.
+
+The sans-IO :class:`~common.connection.Connection` does all the protocol work; this module
+moves its bytes, fires its timers and turns its events into awaitable objects:
+
+* :func:`connect` returns a :class:`QsmpConnection` once the handshake is complete;
+* :func:`serve` listens and calls ``on_channel(connection, channel)`` for every channel a
+  peer opens; each connection is isolated (a failure in one, even a bug of ours, closes
+  only that connection and is logged);
+* :class:`Channel` is a byte stream with flow control: ``read`` / ``readexactly`` /
+  ``read_stderr``, ``write`` + ``drain``, ``write_eof``, ``close``, and channel requests.
+
+Speed (DESIGN.md section 5) decides the shape of the hot path. There are no asyncio
+streams: the connection is an :class:`asyncio.BufferedProtocol` that receives straight
+into one large preallocated buffer (shared by all connections of a loop, because the core
+copies what it keeps before ``buffer_updated`` returns) and hands the core a memoryview of
+it; records go out with one ``writelines`` of the core's buffers. Writes are sent at once
+(no per-write task switch); reads acknowledge window as the application consumes data, so
+a slow reader throttles the sender instead of growing our buffers.
+
+Time: the core is given ``loop.time()`` shifted to the wall clock at connection start
+(monotonic, so timers are immune to clock steps, yet close enough to the epoch for key
+expiration checks, which compare ``now`` with a Unix time).
+
+The package, one concern per module: :mod:`~common.aio.limits` (sizes and time-outs),
+:mod:`~common.aio.memory` (receive buffer, malloc tuning), :mod:`~common.aio.errors`,
+:mod:`~common.aio.channel` (:class:`Channel`), :mod:`~common.aio.connection`
+(:class:`QsmpConnection`, the only class that touches the socket), :mod:`~common.aio.client`
+(:func:`connect`) and :mod:`~common.aio.server` (:func:`serve`, :func:`adopt`).
+"""
+
+from common.aio.channel import Channel, ReadStream
+from common.aio.client import connect
+from common.aio.connection import (
+    AuthHandler,
+    ChannelHandler,
+    GlobalRequestHandler,
+    HostKeyCallback,
+    QsmpConnection,
+)
+from common.aio.errors import ChannelClosedError, ChannelOpenError, ConnectionLost
+from common.aio.limits import CHANNEL_HIGH_WATER, DEFAULT_CONNECT_TIMEOUT, RECEIVE_BUFFER_SIZE
+from common.aio.memory import tune_allocator
+from common.aio.server import AdmissionTicket, AdmitHandler, Server, adopt, serve
+
+__all__ = [
+    "CHANNEL_HIGH_WATER",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "RECEIVE_BUFFER_SIZE",
+    "AdmissionTicket",
+    "AdmitHandler",
+    "AuthHandler",
+    "Channel",
+    "ChannelClosedError",
+    "ChannelHandler",
+    "ChannelOpenError",
+    "ConnectionLost",
+    "GlobalRequestHandler",
+    "HostKeyCallback",
+    "QsmpConnection",
+    "ReadStream",
+    "Server",
+    "adopt",
+    "connect",
+    "serve",
+    "tune_allocator",
+]

@@ -1,0 +1,73 @@
+"""Opening a connection: :func:`connect`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from common.accounts.keys import HostKey
+from common.aio.connection import (
+    ChannelHandler,
+    GlobalRequestHandler,
+    HostKeyCallback,
+    QsmpConnection,
+)
+from common.aio.limits import DEFAULT_CONNECT_TIMEOUT
+from common.aio.memory import tune_allocator
+from common.crypto.rng import Rng
+from common.protocol.connection import Connection
+from common.protocol.handshake import ClientHandshake
+from common.protocol.transport import TransportSettings
+
+
+def _core_args(settings: TransportSettings | None, window: int | None,
+               max_packet: int | None, rng: Rng | None, **extra: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {"settings": settings, "window": window, "max_packet": max_packet}
+    if rng is not None:
+        args["rng"] = rng
+    args.update(extra)
+    return args
+
+
+async def connect(host: str, port: int, *, handshake: ClientHandshake,
+                  settings: TransportSettings | None = None,
+                  on_host_key: HostKeyCallback | None = None,
+                  on_channel: ChannelHandler | None = None,
+                  on_global_request: GlobalRequestHandler | None = None,
+                  window: int | None = None, max_packet: int | None = None,
+                  rng: Rng | None = None,
+                  timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+                  user: str | None = None, identity: HostKey | None = None,
+                  password: bytes | None = None) -> QsmpConnection:
+    """Connect over TCP and run the handshake; return the established connection.
+
+    ``on_host_key`` decides on a server key that ``handshake`` does not already trust
+    (TOFU); None rejects it. ``on_channel`` serves channels the *server* opens (None
+    refuses them). Raises :class:`OSError` for TCP failures, :class:`TimeoutError` after
+    ``timeout`` seconds, and a :class:`~common.errors.QsmpError` for a failed handshake:
+    :class:`~common.errors.RemoteReportedError` if the server reported it, the local
+    error's class (e.g. ``VerifyFailure``) otherwise, :class:`ConnectionLost` if the
+    socket simply closed.
+
+    With ``user`` and an ``identity`` (a user key) or a ``password``, the first login
+    attempt rides behind the handshake's last message; :meth:`QsmpConnection.wait_authenticated`
+    gives its answer.
+    """
+    tune_allocator()
+    loop = asyncio.get_running_loop()
+    core = Connection(handshake, **_core_args(settings, window, max_packet, rng))
+    connection = QsmpConnection(core, loop=loop, on_channel=on_channel,
+                                on_host_key=on_host_key, on_global_request=on_global_request)
+    if user is not None and identity is not None:
+        connection._start_login(lambda: core.authenticate_publickey(user, identity))
+    elif user is not None and password is not None:
+        connection._start_login(lambda: core.authenticate_password(user, password))
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            connection._connect_deadline = deadline
+            await loop.create_connection(lambda: connection, host, port)
+            await connection.wait_established()
+    except BaseException:
+        connection.abort()
+        raise
+    return connection
