@@ -405,38 +405,67 @@ class Authenticator:
             return False
 
     async def _decide(self, connection: aio.QsmpConnection, request: AuthRequested) -> bool:
+        """The in-process daemon's decision: the blocking steps off the event loop, bcrypt
+        in its own pool (see :meth:`decide` for the same decision in one blocking call)."""
         method, user = request.method, request.user
         peer = peer_text(connection)
         if method not in self.methods():
-            log.info("Failed %s for %s from %s: method disabled", method, user, peer)
-            return False
-        account = await asyncio.get_running_loop().run_in_executor(None, Account.lookup, user)
-        refusal = self._policy_refusal(account, method)
+            return self._method_disabled(method, user, peer)
+        loop = asyncio.get_running_loop()
+        account = await loop.run_in_executor(None, Account.lookup, user)
         if method == METHOD_PASSWORD:
             assert request.password is not None
             # bcrypt runs even for unknown or refused users, so the time a failure takes
             # does not reveal which names exist or which ones policy forbids.
             ok = await self._check_password(connection, user, request.password)
-            invalid = "invalid user " if account is None else ""
-            if account is None or refusal is not None or not ok:
-                reason = f": {refusal}" if refusal is not None else ""
-                log.info("Failed password for %s%s from %s%s", invalid, user, peer, reason)
-                return False
-            log.info("Accepted password for %s from %s", user, peer)
-            return True
-        assert request.public_key is not None
-        key = request.public_key
-        # The same steps whatever the name (the decision comes after them): an unknown
-        # name reads the stand-in's file, so the refusal is not quicker for it.
+            return self._judge_password(user, account, ok, peer)
+        subject, path = self._key_subject(account)
+        found = await loop.run_in_executor(None, _read_keys, path, subject)
+        return self._judge_key(request, account, found, path, peer)
+
+    def decide(self, request: AuthRequested, peer: str) -> bool:
+        """The same decision as :meth:`_decide`, blocking: for qshd's per-connection monitor,
+        which serves one client and may wait (its pre-auth process cannot)."""
+        method, user = request.method, request.user
+        if method not in self.methods():
+            return self._method_disabled(method, user, peer)
+        account = Account.lookup(user)
+        if method == METHOD_PASSWORD:
+            assert request.password is not None
+            ok = self._verify_password(user, request.password)
+            return self._judge_password(user, account, ok, peer)
+        subject, path = self._key_subject(account)
+        return self._judge_key(request, account, _read_keys(path, subject), path, peer)
+
+    @staticmethod
+    def _method_disabled(method: str, user: str, peer: str) -> bool:
+        log.info("Failed %s for %s from %s: method disabled", method, user, peer)
+        return False
+
+    def _judge_password(self, user: str, account: Account | None, ok: bool, peer: str) -> bool:
+        refusal = self._policy_refusal(account, METHOD_PASSWORD)
+        invalid = "invalid user " if account is None else ""
+        if account is None or refusal is not None or not ok:
+            reason = f": {refusal}" if refusal is not None else ""
+            log.info("Failed password for %s%s from %s%s", invalid, user, peer, reason)
+            return False
+        log.info("Accepted password for %s from %s", user, peer)
+        return True
+
+    def _key_subject(self, account: Account | None) -> tuple[Account, Path]:
+        """Whose authorized_keys to read. The same steps whatever the name (the decision
+        comes after them): an unknown name reads the stand-in's file, so the refusal is not
+        quicker for it."""
         subject = account if account is not None else STAND_IN
-        path = self.authorized_keys_path(subject)
-        problem: AuthorizedKeysError | None = None
-        try:
-            keys = await asyncio.get_running_loop().run_in_executor(
-                None, read_authorized_keys, path, subject)
-        except AuthorizedKeysError as exc:
-            keys, problem = None, exc
-        listed = keys is not None and any(key.matches(k) for k in keys)
+        return subject, self.authorized_keys_path(subject)
+
+    def _judge_key(self, request: AuthRequested, account: Account | None,
+                   found: list[PublicKey] | AuthorizedKeysError | None, path: Path,
+                   peer: str) -> bool:
+        user, key = request.user, request.public_key
+        assert key is not None
+        refusal = self._policy_refusal(account, METHOD_PUBLICKEY)
+        listed = isinstance(found, list) and any(key.matches(k) for k in found)
         if account is None:
             log.info("Failed publickey for invalid user %s from %s", user, peer)
             return False
@@ -447,8 +476,8 @@ class Authenticator:
             log.info("Failed publickey for %s from %s: key %s has expired", user, peer,
                      key.fingerprint())
             return False
-        if problem is not None:
-            log.warning("Authentication refused for %s from %s: %s", user, peer, problem)
+        if isinstance(found, AuthorizedKeysError):
+            log.warning("Authentication refused for %s from %s: %s", user, peer, found)
             return False
         if not listed:
             log.info("Failed publickey for %s from %s: key %s is not in %s", user, peer,
@@ -513,3 +542,11 @@ class Authenticator:
         except OSError as exc:
             log.error("password check impossible: %s: %s", self.passwd.path, exc.strerror)
             return False
+
+
+def _read_keys(path: Path, account: Account) -> list[PublicKey] | AuthorizedKeysError | None:
+    """authorized_keys read as the user; its problem as a value, for the judge."""
+    try:
+        return read_authorized_keys(path, account)
+    except AuthorizedKeysError as exc:
+        return exc

@@ -65,7 +65,7 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from common.crypto.registry import available_signatures, signature
 from common.crypto.rng import SYSTEM_RNG, Rng
@@ -257,6 +257,16 @@ def _signature(name: str) -> Signature:
     except KeyError:
         raise UnknownProtocol(f"signature algorithm {name!r} is not available") from None
 
+
+
+class HostSigner(Protocol):
+    """What a server handshake signs with: a :class:`HostKey`, or a stand-in that asks a
+    process holding the key (qshd's pre-auth process never holds one)."""
+
+    @property
+    def public(self) -> PublicKey: ...
+
+    def sign(self, message: bytes, rng: Rng = ...) -> bytes: ...
 
 @dataclass(frozen=True, eq=False)
 class HostKey:

@@ -72,6 +72,10 @@ class AuthRequested:
     method: str
     password: bytes | None = None
     public_key: PublicKey | None = None
+    #: For a key: what it signed over and the signature, so a privileged process that
+    #: trusts no one's word (qshd's monitor) can verify it again.
+    session_id: bytes = b""
+    signature: bytes = b""
 
     def __repr__(self) -> str:  # never show a password, even in a debug log
         return f"AuthRequested(user={self.user!r}, method={self.method!r})"
@@ -169,7 +173,8 @@ class ServerAuth:
                 self._pending = AuthRequested(user, method, public_key=key)
                 self.reject(now, "signature does not verify")
                 return None
-            self._pending = AuthRequested(user, method, public_key=key)
+            self._pending = AuthRequested(user, method, public_key=key,
+                                          session_id=self._session_id, signature=signature)
             return self._pending
         # An unknown method is a failure, not a protocol error: a newer client may try it.
         r.rest()

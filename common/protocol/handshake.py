@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import functools
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
+from common.accounts.keys import MAX_PUBLIC_BLOB, HostSigner, PublicKey
 from common.crypto import registry
 from common.crypto.rng import SYSTEM_RNG, Rng
 from common.crypto.suites import KemPrivateKey
@@ -651,7 +651,7 @@ class ServerHandshake(_Handshake):
 
     role = Role.SERVER
 
-    def __init__(self, host_keys: tuple[HostKey, ...] | list[HostKey],
+    def __init__(self, host_keys: Sequence[HostSigner],
                  policy: ServerPolicy | None = None, *, rng: Rng = SYSTEM_RNG,
                  step_timeout: float = DEFAULT_STEP_TIMEOUT,
                  host_key_grace: float = DEFAULT_HOST_KEY_GRACE) -> None:
@@ -661,7 +661,7 @@ class ServerHandshake(_Handshake):
             raise UsageError("a server needs at least one host key")
         self.host_keys = tuple(host_keys)
         self.policy = policy or ServerPolicy()
-        self.host_key: HostKey | None = None
+        self.host_key: HostSigner | None = None
         self._suite: Suite | None = None
         self._cookie = b""
         self._kem_key: KemPrivateKey | None = None
@@ -690,7 +690,7 @@ class ServerHandshake(_Handshake):
                                             self._on_establish_request),
         }
 
-    def _choose_host_key(self, request: ConnectRequest, now: float) -> HostKey:
+    def _choose_host_key(self, request: ConnectRequest, now: float) -> HostSigner:
         if request.key_id != NO_KEY_ID:
             for key in self.host_keys:
                 if hmac.compare_digest(key.public.key_id, request.key_id):
