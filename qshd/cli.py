@@ -7,22 +7,26 @@ start-up error, each reported as one line on stderr.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import logging.handlers
 import os
-import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from common.accounts.keys import HostKey, KeyFileError
+from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, KeyFileError, PublicKey
 from common.accounts.passwd import PasswdError, PasswdFile
+from common.aio.memory import tune_allocator
+from common.wire import Reader, Writer
 
 from . import config as config_module
+from . import listener as listener_module
+from .admission import Admission
 from .config import ConfigError, ServerConfig
+from .login import PasswordSlots
 
 log = logging.getLogger("qshd")
 
@@ -70,20 +74,49 @@ def _detach(pidfile: Path | None) -> None:
         pidfile.write_text(f"{os.getpid()}\n")
 
 
-async def _serve(cfg: ServerConfig, host_keys: list[HostKey], ready: Path | None) -> None:
-    from .server import Daemon
+def public_host_keys(cfg: ServerConfig) -> list[PublicKey]:
+    """Load (or create) the host keys and check each pair, in a throwaway child: the
+    listener keeps only the public halves, so no process it forks has a private key in its
+    memory (each connection's monitor loads them after forking its other children)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        status = 1
+        try:
+            out = Writer()
+            for path in cfg.host_key_paths():
+                key = load_or_create_host_key(path)
+                if not key.check_pair():
+                    raise KeyFileError(f"{path}: the private and public halves do not match")
+                out.vbytes(key.public.encode())
+            _write_all(write_end, b"K" + out.getvalue())
+            status = 0
+        except Exception as exc:
+            _write_all(write_end, b"E" + str(exc).encode("utf-8", "replace"))
+        finally:
+            logging.shutdown()
+            os._exit(status)
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb") as reader:
+        while chunk := reader.read(65536):
+            chunks.append(chunk)
+    os.waitpid(pid, 0)
+    data = b"".join(chunks)
+    if not data.startswith(b"K"):
+        raise KeyFileError(data[1:].decode("utf-8", "replace") or "cannot load the host keys")
+    r = Reader(data[1:])
+    keys = []
+    while r.remaining:
+        keys.append(PublicKey.decode(r.vbytes(MAX_PUBLIC_BLOB)))
+    return keys
 
-    daemon = Daemon(cfg, host_keys)
-    await daemon.start()
-    if ready is not None:
-        ready.write_text(f"{daemon.port}\n")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await daemon.close()
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 @click.command(context_settings={"help_option_names": ["--help"]})
@@ -124,16 +157,40 @@ def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | 
         PasswdFile(cfg.passwd_path()).load()
         click.echo("configuration OK", err=True)
         return
-    keys = [load_or_create_host_key(p) for p in cfg.host_key_paths()]
+    host_keys = public_host_keys(cfg)
     # A detached daemon works from "/": pin the paths given relative to where we started.
     pidfile = pidfile.absolute() if pidfile is not None else None
     ready_file = ready_file.absolute() if ready_file is not None else None
-    if not foreground:
+    reexecuted = os.environ.pop(listener_module.REEXEC_ENV, None) is not None
+    from . import monitor, postauth, preauth, privsep
+
+    # Resolved once (a missing PrivsepUser is said once, not per connection); not root, the
+    # pre-auth process keeps our account (see qshd.8, PROCESS PRIVILEGES).
+    privsep_user = privsep.resolve_privsep_user(cfg.privsep_user) if os.geteuid() == 0 \
+        else None
+
+    shared = monitor.Shared(host_keys, privsep_user, PasswordSlots.create())
+
+    def serve(sock: socket.socket, peer: tuple[str, int], number: int, startup: int) -> int:
+        return monitor.run(cfg, shared, sock, peer, number, startup)
+
+    listener = listener_module.Listener(
+        addresses=[(address, cfg.port) for address in cfg.listen_addresses], serve=serve,
+        admission=Admission(cfg.admission_settings()), argv=sys.argv[1:])
+    listener.bind()  # before detaching: a port in use is reported to whoever started us
+    if not foreground and not reexecuted:
         _detach(pidfile)
     elif pidfile is not None:
         pidfile.write_text(f"{os.getpid()}\n")
+    tune_allocator()
+    preauth.warm_up()
+    postauth.warm_up()
+    for host, port in listener.addresses:
+        log.info("listening on %s port %d", host, port)
+    if ready_file is not None:
+        ready_file.write_text(f"{listener.port}\n")
     try:
-        asyncio.run(_serve(cfg, keys, ready_file))
+        listener.run()
     finally:
         if pidfile is not None:
             pidfile.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.accounts.passwd import default_passwd_path
+from common.accounts.passwd import InvalidUserName, check_user_name, default_passwd_path
 from common.crypto import registry
 from common.protocol.negotiation import ServerPolicy
 
@@ -84,6 +84,9 @@ class ServerConfig:
     penalty_exempt: tuple[IPNetwork, ...] = ()
     #: Seconds for a new connection's first message to arrive whole; 0: no such limit.
     first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT
+    #: The account the pre-auth process runs as (sshd's privsep user; ``nobody`` when the
+    #: named one does not exist, see qshd.8).
+    privsep_user: str = "qshd"
     #: None: the default for the daemon's privileges (see :meth:`passwd_path`).
     passwd_file: Path | None = None
     #: Relative paths are taken from the user's home; %h, %u and %% are expanded.
@@ -343,6 +346,12 @@ def parse(text: str, source: str = "qshd_config") -> ServerConfig:
             config.penalty_exempt = _networks(value, where)
         elif keyword == "firstmessagetimeout":
             config.first_message_timeout = _seconds(value, where, 0, 3600)
+        elif keyword == "privsepuser":
+            try:
+                check_user_name(value)
+            except InvalidUserName:
+                raise ConfigError(f"{where}: PrivsepUser {value!r} is not a user name") from None
+            config.privsep_user = value
         elif keyword == "passwdfile":
             config.passwd_file = Path(value).expanduser()
         elif keyword == "authorizedkeysfile":

@@ -257,6 +257,7 @@ def _libc() -> ctypes.CDLL:
                                ctypes.c_ulong]
         libc.prctl.restype = ctypes.c_int
         libc.capget.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+        libc.capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
         libc.capget.restype = ctypes.c_int
         _libc_handle = libc
     return _libc_handle
@@ -293,6 +294,19 @@ def capabilities() -> tuple[int, int, int]:
         return int(getattr(data[0], name)) | (int(getattr(data[1], name)) << 32)
 
     return join("effective"), join("permitted"), join("inheritable")
+
+
+def drop_capabilities() -> None:
+    """Clear every capability set, the ambient one first. A daemon that is not root may
+    still have been given some (``setpriv --ambient-caps``, a unit's AmbientCapabilities);
+    the user's process must keep none."""
+    _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+    _libc().prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc().capset(ctypes.byref(header), data) == -1:
+        err = ctypes.get_errno()
+        raise PrivilegeDropError(f"capset: {os.strerror(err)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,6 +580,7 @@ def become_user(uid: int, gid: int, groups: Sequence[int] | None = None, *,
     if os.geteuid() != 0:
         if os.getresuid() != (uid, uid, uid):
             raise PrivilegeDropError(f"not root: cannot become uid {uid}")
+        drop_capabilities()
     else:
         try:
             if groups is not None:

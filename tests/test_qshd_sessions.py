@@ -560,26 +560,31 @@ def test_non_root_daemon_serves_only_its_own_user(throwaway_user: ThrowawayUser)
     assert f"Failed password for {ME}" in log and "serves only its own user" in log
 
 
-def test_stopping_the_daemon_leaves_no_session_behind(tmp_path: Path) -> None:
-    """One process serves every session, so a stopped daemon must take them along."""
+def test_stopping_the_listener_leaves_sessions_running(tmp_path: Path) -> None:
+    """Each connection has processes of its own: stopping the listening daemon (an upgrade,
+    ``systemctl restart``) leaves an open session working to its end, as sshd does; the
+    session's programs go when its connection goes."""
     passwd = tmp_path / "passwd"
     PasswdFile(passwd).set_password(ME, PASSWORD, cost=4)
     daemon = start_qshd(tmp_path, f"PasswdFile {passwd}\nPermitRootLogin yes\n")
     try:
         async def main() -> int:
             client = await login(daemon)
-            channel = await start(client, "sleep 100 & echo $$; wait")
+            channel = await start(client, "echo $$; exec cat")
             pid = int((await read_until(channel, rb"\d+\n")).strip())
             daemon.process.terminate()
+            assert await asyncio.to_thread(daemon.process.wait, 15) == 0
+            channel.write(b"still here\n")
+            assert b"still here" in await read_until(channel, rb"still here\n")
+            client.close()
             await asyncio.wait_for(client.wait_closed(), 15)
             return pid
 
         pid = run(main())
-        assert daemon.process.wait(timeout=15) == 0
     finally:
         stop_qshd(daemon)
-    assert wait_gone(pid), f"process group {pid} outlived the daemon"
-    assert "shutting down" in daemon.log_text()
+    assert wait_gone(pid), f"process group {pid} outlived its connection"
+    assert "listener stopped; 1 connection(s) carry on" in daemon.log_text()
 
 
 # --------------------------------------------------------------------------- pid reuse

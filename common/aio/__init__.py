@@ -41,7 +41,7 @@ from common.aio.connection import (
 from common.aio.errors import ChannelClosedError, ChannelOpenError, ConnectionLost
 from common.aio.limits import CHANNEL_HIGH_WATER, DEFAULT_CONNECT_TIMEOUT, RECEIVE_BUFFER_SIZE
 from common.aio.memory import tune_allocator
-from common.aio.server import AdmissionTicket, AdmitHandler, Server, adopt, serve
+from common.aio.server import AdmissionTicket, AdmitHandler, Server, accept, adopt, serve
 
 __all__ = [
     "CHANNEL_HIGH_WATER",
@@ -60,6 +60,7 @@ __all__ = [
     "QsmpConnection",
     "ReadStream",
     "Server",
+    "accept",
     "adopt",
     "connect",
     "serve",

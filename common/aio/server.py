@@ -239,3 +239,28 @@ async def adopt(sock: socket.socket, state: bytes | bytearray | memoryview, *,
     connection._established.set_result(None)
     await loop.connect_accepted_socket(lambda: connection, sock=sock)
     return connection
+
+
+async def accept(sock: socket.socket, handshake: ServerHandshake, *,
+                 on_auth: AuthHandler, settings: TransportSettings | None = None,
+                 window: int | None = None, max_packet: int | None = None,
+                 rng: Rng | None = None, max_auth_attempts: int | None = None,
+                 login_grace: float | None = None,
+                 auth_methods: tuple[str, ...] | None = None) -> QsmpConnection:
+    """Serve the handshake and the login of one socket another process accepted (qshd's
+    pre-auth process; the listener forked it with the socket). Channels are refused: a
+    login is decided by ``on_auth``, which hands the connection on with
+    :meth:`QsmpConnection.accept_and_hand_off`. Returns once the connection runs; wait on
+    :meth:`QsmpConnection.wait_closed`."""
+    auth_args: dict[str, Any] = {"require_auth": True}
+    if max_auth_attempts is not None:
+        auth_args["max_auth_attempts"] = max_auth_attempts
+    if login_grace is not None:
+        auth_args["login_grace"] = login_grace
+    if auth_methods is not None:
+        auth_args["auth_methods"] = auth_methods
+    loop = asyncio.get_running_loop()
+    core = Connection(handshake, **_core_args(settings, window, max_packet, rng, **auth_args))
+    connection = QsmpConnection(core, loop=loop, on_channel=None, on_auth=on_auth)
+    await loop.connect_accepted_socket(lambda: connection, sock=sock)
+    return connection

@@ -1,0 +1,87 @@
+"""The user's process: one logged-in connection, with the user's rights and nothing else.
+
+Forked by the connection's monitor before any secret existed in it, it waits idle for the
+handoff of a login the monitor accepted. Then it becomes the user for good (groups, gid,
+uid, verified by :func:`qshd.privsep.become_user`: regaining root fails, no capability is
+left), rebuilds the connection from the handed-over state and carries on over the same
+socket (:func:`common.aio.adopt`). Every shell, command -- and, as they arrive, copy and
+tunnel -- of that connection runs here or below, so whatever a user names is opened and
+connected with that user's rights, never root's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from common import aio
+from common.channels.session import SESSION
+from common.protocol.mux import OpenFailureReason
+
+from . import privsep
+from .config import ServerConfig
+from .login import Account
+from .monitor_protocol import Handoff, MonitorError, MonitorLink
+from .preauth import settings
+from .sessions import HANGUP_GRACE, Session
+
+log = logging.getLogger("qshd")
+
+
+def wait_for_handoff(link: MonitorLink, timeout: float) -> Handoff | None:
+    """The monitor's handoff, or None when the connection ended without a login."""
+    try:
+        message = link.receive(timeout)
+    except MonitorError:
+        return None
+    return message if isinstance(message, Handoff) else None
+
+
+def serve(config: ServerConfig, sock: socket.socket, handoff: Handoff, tag: str) -> int:
+    """Become the user and serve the connection; the exit status is 0 once it ends."""
+    account = Account.lookup(handoff.user)
+    if account is None:
+        log.error("%s: account %s vanished during login", tag, handoff.user)
+        return 1
+    privsep.become_user(account.uid, account.gid, account.groups, user=account.name,
+                        allow_root=account.uid == 0)
+    return asyncio.run(_serve(config, sock, handoff, account, tag))
+
+
+async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
+                 account: Account, tag: str) -> int:
+    sessions: set[Session] = set()
+    peer = sock.getpeername()
+    local = sock.getsockname()
+    info = f"{peer[0]} {peer[1]} {local[0]} {local[1]}"
+    euid = os.geteuid()
+
+    async def on_channel(connection: aio.QsmpConnection, channel: aio.Channel) -> None:
+        if channel.kind != SESSION:
+            log.info("%s: refusing a %s channel: not supported", tag, channel.kind)
+            channel.reject(OpenFailureReason.UNKNOWN_CHANNEL_TYPE,
+                           f"{channel.kind} channels are not supported by this server")
+            return
+        session = Session(channel, account, euid=euid, connection_info=info)
+        sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            sessions.discard(session)
+
+    connection = await aio.adopt(sock, handoff.state, on_channel=on_channel,
+                                 settings=settings(config), user=account.name)
+    await connection.wait_closed()
+    pending = [asyncio.ensure_future(s.wait_closed()) for s in sessions]
+    if pending:
+        await asyncio.wait(pending, timeout=2 * HANGUP_GRACE + 1)
+    return 0
+
+
+def warm_up() -> None:
+    """Import, in the listener, what the user's process loads on first use: once it is the
+    user, the interpreter's own files may not be readable (a Python under /root)."""
+    import concurrent.futures.thread  # asyncio's default executor  # noqa: F401
+    import encodings.idna  # noqa: F401
