@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,15 +39,17 @@ from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequeste
 from common.protocol.auth import signed_data as user_signed_data
 from common.protocol.schedule import signed_data
 
-from . import outcome, postauth, preauth, privsep
+from . import outcome, postauth, preauth, privsep, utmp
 from .config import ServerConfig
-from .login import Authenticator, PasswordSlots
+from .login import Account, Authenticator, PasswordSlots
 from .monitor_protocol import (
     Handoff,
     MonitorError,
     MonitorLink,
     Ordering,
     Password,
+    PtyClosed,
+    PtyOpened,
     PublicKeyLogin,
     Sign,
     Signature,
@@ -177,8 +180,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         handoff = postauth.wait_for_handoff(post_child, config.login_grace_time + 30)
         if handoff is None:
             return 0
-        post_child.close()
-        return postauth.serve(config, sock, handoff, tag)
+        return postauth.serve(config, sock, handoff, post_child, tag)
 
     log_read, log_write = os.pipe2(os.O_CLOEXEC)
 
@@ -254,20 +256,65 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
     if _reap(preauth_pid, PREAUTH_EXIT_TIMEOUT) is None:
         end_children(preauth_pid)
     post_monitor.send(handoff)
-    post_monitor.close()
     try:
         os.write(startup_fd, outcome.AUTHENTICATED)
         os.close(startup_fd)
     except OSError:
         pass  # the listener is gone (restarted): nobody needs to know
-    while True:
+    serve_user(post_monitor, handoff.user, peer[0], tag)
+    post_monitor.close()
+    ended = _reap(standby_pid, KILL_GRACE)
+    if ended is not None and os.WIFSIGNALED(ended):
+        log.warning("%s: the user's process %s", tag, outcome.describe(ended))
+    elif ended is None:
+        end_children(standby_pid)
+    return 0
+
+
+_LINE = re.compile(r"pts/\d{1,6}")
+
+
+def serve_user(link: MonitorLink, user: str, host: str, tag: str,
+               files: utmp.AccountingFiles = utmp.SYSTEM_FILES) -> None:
+    """What the user's process asks of root until it ends: terminal accounting, for a
+    terminal that is really that user's (a process of the user could otherwise write any
+    line it likes into utmp). Whatever is still logged in when it ends is logged out."""
+    account = Account.lookup(user)
+    logins: dict[str, utmp.Login] = {}
+    while account is not None:
         try:
-            os.waitpid(standby_pid, 0)
-            return 0
-        except ChildProcessError:
-            return 0
-        except InterruptedError:
-            continue
+            message = link.receive(None)
+        except MonitorError:
+            break
+        if isinstance(message, PtyOpened) and message.line not in logins:
+            try:
+                st = os.stat(f"/dev/{message.line}")
+                mine = _LINE.fullmatch(message.line) is not None and \
+                    stat.S_ISCHR(st.st_mode) and st.st_uid == account.uid
+            except OSError:
+                mine = False
+            if not mine:
+                log.warning("%s: refusing to record %r: not a terminal of %s", tag,
+                            message.line, user)
+                continue
+            login = utmp.Login(user, account.uid, message.line, message.pid, host)
+            logins[message.line] = login
+            utmp.record_login(login, time.time(), files)
+        elif isinstance(message, PtyClosed) and message.line in logins:
+            login = logins.pop(message.line)
+            utmp.record_logout(login, time.time(), files, **_exit_fields(message.status))
+        else:
+            log.error("%s: the user's process sent %s; no more accounting", tag,
+                      type(message).__name__)
+            break
+    for login in logins.values():
+        utmp.record_logout(login, time.time(), files)
+
+
+def _exit_fields(status: int) -> dict[str, int]:
+    if os.WIFSIGNALED(status):
+        return {"signal": os.WTERMSIG(status)}
+    return {"exit_status": os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0}
 
 
 def _load_keys(config: ServerConfig) -> list[HostKey]:

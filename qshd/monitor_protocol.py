@@ -14,6 +14,10 @@ PUBLICKEY   user, key blob, session ID, signature                          VERDI
 HANDOFF     user, the connection's exported state                          (none)
 ==========  =============================================================  ==============
 
+After the handoff the user's process keeps a link of its own to the monitor, for what only
+root may write: PTY_OPENED (line, pid) and PTY_CLOSED (line, pid, status) become utmp,
+wtmp and lastlog records, for a terminal the monitor checks is the user's.
+
 The monitor answers in that order only: one SIGN, first (the handshake signs once; rekeys
 do not sign), then logins, then one HANDOFF after a login it accepted itself. It composes
 what it signs (the handshake's context string and a 32-byte hash, never bytes of the
@@ -57,6 +61,8 @@ MAX_STATE = 2 * 1024 * 1024
 #: One packet on the link: the largest message plus its fields' length prefixes.
 MAX_MESSAGE = MAX_STATE + 4096
 MAX_USER = 64
+#: A terminal's line (``pts/12``).
+MAX_LINE = 32
 MAX_TEXT = 1024
 
 
@@ -69,6 +75,8 @@ class Type(IntEnum):
     PASSWORD = 0x02
     PUBLICKEY = 0x03
     HANDOFF = 0x04
+    PTY_OPENED = 0x05
+    PTY_CLOSED = 0x06
     SIGNATURE = 0x81
     VERDICT = 0x82
 
@@ -136,7 +144,29 @@ class Verdict:
         return Writer().u8(Type.VERDICT).boolean(self.accepted).text(self.message).getvalue()
 
 
-Request = Sign | Password | PublicKeyLogin | Handoff
+@dataclass(frozen=True, slots=True)
+class PtyOpened:
+    """The user's process: a session got a terminal (for utmp, wtmp and lastlog)."""
+
+    line: str
+    pid: int
+
+    def encode(self) -> bytes:
+        return Writer().u8(Type.PTY_OPENED).text(self.line).u32(self.pid).getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class PtyClosed:
+    line: str
+    pid: int
+    status: int
+
+    def encode(self) -> bytes:
+        return (Writer().u8(Type.PTY_CLOSED).text(self.line).u32(self.pid).u32(self.status)
+                .getvalue())
+
+
+Request = Sign | Password | PublicKeyLogin | Handoff | PtyOpened | PtyClosed
 Answer = Signature | Verdict
 Message = Request | Answer
 
@@ -160,6 +190,10 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
                                      r.vbytes(HASH_SIZE), r.vbytes(MAX_BLOB))
         elif kind == Type.HANDOFF:
             message = Handoff(r.text(MAX_USER), r.vbytes(MAX_STATE))
+        elif kind == Type.PTY_OPENED:
+            message = PtyOpened(r.text(MAX_LINE), r.u32())
+        elif kind == Type.PTY_CLOSED:
+            message = PtyClosed(r.text(MAX_LINE), r.u32(), r.u32())
         elif kind == Type.SIGNATURE:
             message = Signature(r.vbytes(MAX_BLOB))
         elif kind == Type.VERDICT:

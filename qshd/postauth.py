@@ -20,10 +20,10 @@ from common import aio
 from common.channels.session import SESSION
 from common.protocol.mux import OpenFailureReason
 
-from . import privsep
+from . import privsep, utmp
 from .config import ServerConfig
 from .login import Account
-from .monitor_protocol import Handoff, MonitorError, MonitorLink
+from .monitor_protocol import Handoff, MonitorError, MonitorLink, PtyClosed, PtyOpened
 from .preauth import settings
 from .sessions import HANGUP_GRACE, Session
 
@@ -39,19 +39,37 @@ def wait_for_handoff(link: MonitorLink, timeout: float) -> Handoff | None:
     return message if isinstance(message, Handoff) else None
 
 
-def serve(config: ServerConfig, sock: socket.socket, handoff: Handoff, tag: str) -> int:
+class MonitorAccounting:
+    """Terminal accounting by way of the monitor, the one process here that is root."""
+
+    def __init__(self, link: MonitorLink) -> None:
+        self.link = link
+
+    def opened(self, line: str, pid: int) -> None:
+        self.link.send(PtyOpened(line, pid))
+
+    def closed(self, line: str, pid: int, status: int) -> None:
+        self.link.send(PtyClosed(line, pid, status & 0xFFFFFFFF))
+
+
+def serve(config: ServerConfig, sock: socket.socket, handoff: Handoff, link: MonitorLink,
+          tag: str) -> int:
     """Become the user and serve the connection; the exit status is 0 once it ends."""
     account = Account.lookup(handoff.user)
     if account is None:
         log.error("%s: account %s vanished during login", tag, handoff.user)
         return 1
+    if os.geteuid() == 0:
+        # What pam_loginuid does for sshd: the audit login uid of everything the session
+        # starts, which ``last`` also reads to tell a live login from a dead one.
+        utmp.set_loginuid(account.uid)
     privsep.become_user(account.uid, account.gid, account.groups, user=account.name,
                         allow_root=account.uid == 0)
-    return asyncio.run(_serve(config, sock, handoff, account, tag))
+    return asyncio.run(_serve(config, sock, handoff, account, MonitorAccounting(link), tag))
 
 
 async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
-                 account: Account, tag: str) -> int:
+                 account: Account, accounting: MonitorAccounting, tag: str) -> int:
     sessions: set[Session] = set()
     peer = sock.getpeername()
     local = sock.getsockname()
@@ -64,7 +82,8 @@ async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
             channel.reject(OpenFailureReason.UNKNOWN_CHANNEL_TYPE,
                            f"{channel.kind} channels are not supported by this server")
             return
-        session = Session(channel, account, euid=euid, connection_info=info)
+        session = Session(channel, account, euid=euid, connection_info=info,
+                          accounting=accounting)
         sessions.add(session)
         try:
             await session.run()

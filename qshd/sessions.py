@@ -59,7 +59,7 @@ import subprocess
 import termios
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from common import aio
 from common.channels.session import (
@@ -344,15 +344,26 @@ class _Child:
         return delivered
 
 
+class TerminalAccounting(Protocol):
+    """Who hears of a session's terminal (utmp, wtmp, lastlog are root's to write: qshd's
+    user process tells its monitor)."""
+
+    def opened(self, line: str, pid: int) -> None: ...
+    def closed(self, line: str, pid: int, status: int) -> None: ...
+
+
 class Session:
     """One ``session`` channel of a logged-in user, from its open to its close."""
 
     def __init__(self, channel: aio.Channel, account: Account, *, euid: int,
-                 connection_info: str) -> None:
+                 connection_info: str,
+                 accounting: TerminalAccounting | None = None) -> None:
         self.channel = channel
         self.account = account
         self.euid = euid
         self.connection_info = connection_info
+        self.accounting = accounting
+        self._terminal: tuple[str, int] | None = None  # (line, pid) told to accounting
         self.loop = asyncio.get_running_loop()
         self.tag = f"conn={channel.connection.number} chan={channel.id}"
         self.pty: PtyRequest | None = None
@@ -428,6 +439,11 @@ class Session:
             if child is not None:
                 child.close_all()
                 child.release()  # signalling is over: its pid may go
+            if self._terminal is not None and self.accounting is not None:
+                exited = child.exited if child is not None else None
+                status = exited.result() if exited is not None and exited.done() else 0
+                _tell(self.accounting.closed, *self._terminal, status)
+                self._terminal = None
 
     async def _stop_pumps(self) -> None:
         for task in self._pumps:
@@ -616,6 +632,9 @@ class Session:
         log.info("%s: %s for %s started, pid %d%s", self.tag,
                  "command" if command is not None else "shell", account.name, child.pid,
                  f" on {tty_name}" if tty_name else "")
+        if tty_name is not None and self.accounting is not None:
+            self._terminal = (tty_name.removeprefix("/dev/"), child.pid)
+            _tell(self.accounting.opened, *self._terminal)
         # Not cancelled by the teardown: it must go on to reap the child after a hangup.
         self._watcher = self._start_task(functools.partial(self._watch, child),
                                          "exit watcher", ends_session=False)
@@ -803,3 +822,11 @@ def _popen(argv: list[str], kwargs: dict[str, Any]
     except (AttributeError, OSError):
         pidfd = None
     return popen, pidfd
+
+
+def _tell(hook: Callable[..., None], *args: Any) -> None:
+    """Accounting is a record of the session, never a reason to fail it."""
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("session accounting failed")

@@ -520,6 +520,53 @@ def test_root_daemon_runs_the_session_as_the_user(qshd: Qshd,
 
 
 @needs_root
+@pytest.mark.skipif(not (os.path.exists("/var/log/wtmp") and shutil.which("last")),
+                    reason="no wtmp (or no last) on this machine")
+def test_pty_logins_show_in_last_and_lastlog(qshd: Qshd, throwaway_user: ThrowawayUser) -> None:
+    """A terminal session is recorded as login(1) and sshd record one: ``last`` lists it
+    while it runs and with its end after, ``lastlog`` has it. The user's process cannot
+    write those files; its monitor does, for a terminal it checked is the user's."""
+    user = throwaway_user
+    PasswdFile(qshd.passwd).set_password(user.name, PASSWORD, cost=4)
+
+    def last() -> str:
+        return subprocess.run(["last", "-w", "-f", "/var/log/wtmp", user.name],
+                              capture_output=True, text=True, check=False).stdout
+
+    async def main() -> str:
+        client = await login(qshd, user.name)
+        channel = await start(client, None, pty=PtyRequest("vt100", WindowSize(80, 24)))
+        channel.write(b"tty\n")
+        line = (await read_until(channel, rb"/dev/pts/\d+")).decode()
+        tty = re.search(r"/dev/(pts/\d+)", line)
+        assert tty is not None
+        for _ in range(100):
+            if tty.group(1) in last():
+                break
+            await asyncio.sleep(0.05)
+        during = last()
+        assert f"{user.name} " in during and tty.group(1) in during, during
+        assert "still logged in" in during, during
+        channel.write(b"exit\n")
+        await channel.wait_closed()
+        client.close()
+        await client.wait_closed()
+        return tty.group(1)
+
+    line = run(main())
+    for _ in range(100):
+        if "still logged in" not in last():
+            break
+        time.sleep(0.05)
+    after = last()
+    assert line in after and "still logged in" not in after, after
+    if os.path.exists("/var/log/lastlog") and shutil.which("lastlog"):
+        shown = subprocess.run(["lastlog", "-u", user.name], capture_output=True, text=True,
+                               check=False).stdout
+        assert line in shown and "127.0.0.1" in shown, shown
+
+
+@needs_root
 def test_non_root_daemon_serves_only_its_own_user(throwaway_user: ThrowawayUser) -> None:
     """``python -m qshd`` running as the throwaway account (setpriv; the interpreter may
     sit under /root, so the daemon keeps CAP_DAC_READ_SEARCH to read it, nothing more):
