@@ -128,6 +128,8 @@ class Listener:
                     time.sleep(0.1)
         finally:
             signal.set_wakeup_fd(-1)
+            with contextlib.suppress(Exception):
+                self._reap()  # so the count below is right
             selector.close()
             os.close(wake_r)
             os.close(wake_w)

@@ -180,7 +180,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         handoff = postauth.wait_for_handoff(post_child, config.login_grace_time + 30)
         if handoff is None:
             return 0
-        return postauth.serve(config, sock, handoff, post_child, tag)
+        return postauth.serve(config, sock, handoff, post_child, number, tag)
 
     log_read, log_write = os.pipe2(os.O_CLOEXEC)
 

@@ -53,7 +53,7 @@ class MonitorAccounting:
 
 
 def serve(config: ServerConfig, sock: socket.socket, handoff: Handoff, link: MonitorLink,
-          tag: str) -> int:
+          number: int, tag: str) -> int:
     """Become the user and serve the connection; the exit status is 0 once it ends."""
     account = Account.lookup(handoff.user)
     if account is None:
@@ -65,11 +65,13 @@ def serve(config: ServerConfig, sock: socket.socket, handoff: Handoff, link: Mon
         utmp.set_loginuid(account.uid)
     privsep.become_user(account.uid, account.gid, account.groups, user=account.name,
                         allow_root=account.uid == 0)
-    return asyncio.run(_serve(config, sock, handoff, account, MonitorAccounting(link), tag))
+    return asyncio.run(_serve(config, sock, handoff, account, MonitorAccounting(link), number,
+                              tag))
 
 
 async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
-                 account: Account, accounting: MonitorAccounting, tag: str) -> int:
+                 account: Account, accounting: MonitorAccounting, number: int,
+                 tag: str) -> int:
     sessions: set[Session] = set()
     peer = sock.getpeername()
     local = sock.getsockname()
@@ -91,7 +93,7 @@ async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
             sessions.discard(session)
 
     connection = await aio.adopt(sock, handoff.state, on_channel=on_channel,
-                                 settings=settings(config), user=account.name)
+                                 settings=settings(config), user=account.name, number=number)
     await connection.wait_closed()
     pending = [asyncio.ensure_future(s.wait_closed()) for s in sessions]
     if pending:

@@ -211,7 +211,8 @@ async def adopt(sock: socket.socket, state: bytes | bytearray | memoryview, *,
                 settings: TransportSettings | None = None,
                 on_global_request: GlobalRequestHandler | None = None,
                 window: int | None = None, max_packet: int | None = None,
-                rng: Rng | None = None, user: str | None = None) -> QsmpConnection:
+                rng: Rng | None = None, user: str | None = None,
+                number: int | None = None) -> QsmpConnection:
     """Carry on a connection another process handed over (its
     :meth:`QsmpConnection.accept_and_hand_off` state) over ``sock``, the same TCP socket,
     already connected. Returns the logged-in server connection, which serves channels as
@@ -221,7 +222,8 @@ async def adopt(sock: socket.socket, state: bytes | bytearray | memoryview, *,
     (:class:`~common.protocol.handoff.HandoffError` otherwise, or if the state is malformed: then
     the socket is left alone and the caller closes it). ``settings``, ``window`` and
     ``max_packet`` are this process's; the suite, keys and sequence numbers come from the
-    state.
+    state. ``number`` names the connection in log lines (``conn=N``), as the process that
+    accepted it numbered it.
     """
     tune_allocator()
     loop = asyncio.get_running_loop()
@@ -230,6 +232,8 @@ async def adopt(sock: socket.socket, state: bytes | bytearray | memoryview, *,
                                    **_core_args(settings, window, max_packet, rng))
     connection = QsmpConnection(core, loop=loop, on_channel=on_channel,
                                 on_global_request=on_global_request)
+    if number is not None:
+        connection.number = number
     connection._offset = offset  # the clock the core's times were given on
     connection._pre_auth = False  # logged in: the full read and write budgets
     transport = core.transport
