@@ -17,15 +17,13 @@ import os
 import socket
 
 from common import aio
-from common.channels.session import SESSION
-from common.protocol.mux import OpenFailureReason
 
 from . import privsep, utmp
 from .config import ServerConfig
 from .login import Account
 from .monitor_protocol import Handoff, MonitorError, MonitorLink, PtyClosed, PtyOpened
 from .preauth import settings
-from .sessions import HANGUP_GRACE, Session
+from .sessions import HANGUP_GRACE, Session, serve_channel
 
 log = logging.getLogger("qshd")
 
@@ -79,18 +77,8 @@ async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
     euid = os.geteuid()
 
     async def on_channel(connection: aio.QsmpConnection, channel: aio.Channel) -> None:
-        if channel.kind != SESSION:
-            log.info("%s: refusing a %s channel: not supported", tag, channel.kind)
-            channel.reject(OpenFailureReason.UNKNOWN_CHANNEL_TYPE,
-                           f"{channel.kind} channels are not supported by this server")
-            return
-        session = Session(channel, account, euid=euid, connection_info=info,
-                          accounting=accounting)
-        sessions.add(session)
-        try:
-            await session.run()
-        finally:
-            sessions.discard(session)
+        await serve_channel(channel, account, euid=euid, connection_info=info,
+                            sessions=sessions, accounting=accounting)
 
     connection = await aio.adopt(sock, handoff.state, on_channel=on_channel,
                                  settings=settings(config), user=account.name, number=number)

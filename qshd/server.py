@@ -1,12 +1,12 @@
-"""The daemon on top of :mod:`common.aio`: admission, login policy, then session channels.
+"""qshd in one process: every connection a set of tasks on one event loop.
 
-One process, one event loop, every connection a set of tasks in it (see
-:mod:`qshd.sessions` for why and for what runs as the user). The adapter isolates
-connections from each other; this module adds the policy: who may connect at all
-(:class:`~qshd.admission.Admission`, shared by every listening address, fed by
-:class:`_Admitted`), nothing but a login until :class:`~qshd.login.Authenticator` accepted
-one, then ``session`` channels, each a :class:`~qshd.sessions.Session` isolated from the
-others. Other channel kinds (copy, tunnel) are refused until they are implemented.
+The daemon itself (``qshd``) runs a process per connection (:mod:`qshd.listener`,
+:mod:`qshd.monitor`); this is the same policy without that split -- admission
+(:class:`~qshd.admission.Admission`, fed by :class:`_Admitted`), logins decided by
+:class:`~qshd.login.Authenticator`, then session channels (:func:`qshd.sessions.serve_channel`)
+-- for what wants a server inside its own process: the tests of login policy, which read its
+log through pytest's caplog, and programs that embed a server. A bug here ends only the
+connection it hit, but nothing is privilege-separated and sessions end with the process.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 
 from common import aio
 from common.accounts.keys import HostKey
-from common.channels.session import SESSION
 from common.protocol.auth import AuthRequested
 from common.protocol.handshake import ServerHandshake, State
 from common.protocol.mux import OpenFailureReason
@@ -26,7 +25,7 @@ from common.protocol.transport import TransportSettings
 from .admission import Admission, Penalty, Refused, Ticket, classify
 from .config import ServerConfig
 from .login import Account, Authenticator, peer_text
-from .sessions import HANGUP_GRACE, Session
+from .sessions import HANGUP_GRACE, Session, serve_channel
 
 log = logging.getLogger("qshd")
 
@@ -135,12 +134,6 @@ class Daemon:
         if user is None:  # the core refuses these before login; never rely on one check
             channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED, "not logged in")
             return
-        if channel.kind != SESSION:
-            log.info("conn=%d: refusing a %s channel for %s: not supported", connection.number,
-                     channel.kind, user)
-            channel.reject(OpenFailureReason.UNKNOWN_CHANNEL_TYPE,
-                           f"{channel.kind} channels are not supported by this server")
-            return
         account = await asyncio.get_running_loop().run_in_executor(None, Account.lookup, user)
         if account is None:
             log.warning("conn=%d: account %s vanished after login", connection.number, user)
@@ -149,15 +142,11 @@ class Daemon:
         transport = connection.transport
         client = _address(connection.peername)
         local = _address(transport.get_extra_info("sockname") if transport else None)
-        session = Session(channel, account, euid=self.euid,
-                          connection_info=f"{client[0]} {client[1]} {local[0]} {local[1]}")
-        self.sessions.add(session)
-        log.debug("conn=%d chan=%d: session for %s from %s", connection.number, channel.id,
+        log.debug("conn=%d chan=%d: channel for %s from %s", connection.number, channel.id,
                   user, peer_text(connection))
-        try:
-            await session.run()
-        finally:
-            self.sessions.discard(session)
+        await serve_channel(channel, account, euid=self.euid,
+                            connection_info=f"{client[0]} {client[1]} {local[0]} {local[1]}",
+                            sessions=self.sessions)
 
     async def start(self) -> None:
         cfg = self.config

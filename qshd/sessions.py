@@ -68,6 +68,7 @@ from common.channels.session import (
     EXIT_SIGNAL,
     EXIT_STATUS,
     PTY_REQ,
+    SESSION,
     SHELL,
     SIGNAL,
     SIGNAL_NAMES,
@@ -82,7 +83,7 @@ from common.channels.session import (
     encode_exit_status,
 )
 from common.errors import InvalidInput
-from common.protocol.mux import ChannelRequest
+from common.protocol.mux import ChannelRequest, OpenFailureReason
 
 from .login import Account
 
@@ -830,3 +831,24 @@ def _tell(hook: Callable[..., None], *args: Any) -> None:
         hook(*args)
     except Exception:
         log.exception("session accounting failed")
+
+
+async def serve_channel(channel: aio.Channel, account: Account, *, euid: int,
+                        connection_info: str, sessions: set[Session],
+                        accounting: TerminalAccounting | None = None) -> None:
+    """A channel a logged-in user opened: a ``session`` runs until its end (tracked in
+    ``sessions`` meanwhile, so its owner can wait for every hang-up); any other kind is
+    refused, as this version serves no other."""
+    if channel.kind != SESSION:
+        log.info("conn=%d: refusing a %s channel for %s: not supported",
+                 channel.connection.number, channel.kind, account.name)
+        channel.reject(OpenFailureReason.UNKNOWN_CHANNEL_TYPE,
+                       f"{channel.kind} channels are not supported by this server")
+        return
+    session = Session(channel, account, euid=euid, connection_info=connection_info,
+                      accounting=accounting)
+    sessions.add(session)
+    try:
+        await session.run()
+    finally:
+        sessions.discard(session)

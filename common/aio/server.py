@@ -104,15 +104,8 @@ async def serve(host: str | None, port: int, *,
     starts and when its socket closes; one listener can share an ``admit`` among several
     :func:`serve` calls. A ticket whose hook fails is logged and the connection goes on.
     """
-    auth_args: dict[str, Any] = {}
-    if on_auth is not None:
-        auth_args["require_auth"] = True
-        if max_auth_attempts is not None:
-            auth_args["max_auth_attempts"] = max_auth_attempts
-        if login_grace is not None:
-            auth_args["login_grace"] = login_grace
-        if auth_methods is not None:
-            auth_args["auth_methods"] = auth_methods
+    auth_args = (_auth_args(max_auth_attempts, login_grace, auth_methods)
+                 if on_auth is not None else {})
     tune_allocator()
     loop = asyncio.get_running_loop()
     server_ref: list[Server] = []
@@ -256,15 +249,20 @@ async def accept(sock: socket.socket, handshake: ServerHandshake, *,
     login is decided by ``on_auth``, which hands the connection on with
     :meth:`QsmpConnection.accept_and_hand_off`. Returns once the connection runs; wait on
     :meth:`QsmpConnection.wait_closed`."""
-    auth_args: dict[str, Any] = {"require_auth": True}
-    if max_auth_attempts is not None:
-        auth_args["max_auth_attempts"] = max_auth_attempts
-    if login_grace is not None:
-        auth_args["login_grace"] = login_grace
-    if auth_methods is not None:
-        auth_args["auth_methods"] = auth_methods
+    auth_args = _auth_args(max_auth_attempts, login_grace, auth_methods)
     loop = asyncio.get_running_loop()
     core = Connection(handshake, **_core_args(settings, window, max_packet, rng, **auth_args))
     connection = QsmpConnection(core, loop=loop, on_channel=None, on_auth=on_auth)
     await loop.connect_accepted_socket(lambda: connection, sock=sock)
     return connection
+
+
+def _auth_args(max_auth_attempts: int | None, login_grace: float | None,
+               auth_methods: tuple[str, ...] | None) -> dict[str, Any]:
+    """The core's login arguments: required, with the limits that were given."""
+    args: dict[str, Any] = {"require_auth": True}
+    for name, value in (("max_auth_attempts", max_auth_attempts),
+                        ("login_grace", login_grace), ("auth_methods", auth_methods)):
+        if value is not None:
+            args[name] = value
+    return args
