@@ -223,7 +223,8 @@ class Listener:
             os.close(fd)
         self._children.clear()
         self._by_pipe.clear()
-        gc.unfreeze()
+        # The listener's objects stay frozen: a collection in the child then never walks
+        # (and so never copies) the pages it shares with the listener and its siblings.
         with contextlib.suppress(OSError):
             os.setsid()  # a terminal's ^C to a foreground qshd -D ends the listener only
 
