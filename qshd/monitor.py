@@ -190,6 +190,12 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         # Its log goes through us: a file it may not write (RLIMIT_FSIZE 0), a pipe it may.
         os.dup2(log_write, 2)
         os.close(log_write)
+        # Nor the daemon's stdin and stdout: a log file (which it could truncate; FSIZE
+        # only stops growth), the journal's stream, the terminal of a `qshd -D`.
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
         privsep.sandbox_preauth(privsep_user or config.privsep_user)
         return preauth.serve(config, sock, pre_child, host_keys, tag)
 
