@@ -93,27 +93,33 @@ def serve_preauth(link: MonitorLink, policy: Policy, *, started: float,
                 return None, outcome.EXIT_GRACE
             log.error("%s: pre-auth process broke the monitor protocol: %s", tag, exc)
             return None, outcome.EXIT_CRASH
+        answer: Signature | Verdict
         if isinstance(request, Sign):
             try:
                 signature = policy.sign(request.key_id, request.transcript_hash)
             except KeyError:
                 log.error("%s: pre-auth process asked for an unknown host key", tag)
                 return None, outcome.EXIT_CRASH
-            link.send(Signature(signature))
+            answer = Signature(signature)
             sequence.signed()
         elif isinstance(request, Password):
             accepted = policy.check_password(request.user, request.password)
             sequence.verdict(request.user, accepted)
-            link.send(Verdict(accepted))
+            answer = Verdict(accepted)
         elif isinstance(request, PublicKeyLogin):
             accepted = policy.check_key(request.user, request.key_blob, request.session_id,
                                         request.signature)
             sequence.verdict(request.user, accepted)
-            link.send(Verdict(accepted))
+            answer = Verdict(accepted)
         else:
             assert isinstance(request, Handoff)
             sequence.handed_off()
             return request, 0
+        try:
+            link.send(answer)
+        except OSError:
+            # It went away while we decided (killed, crashed): run() reaps it and says how.
+            return None, (outcome.EXIT_AUTHFAIL if sequence.failures else outcome.EXIT_NOAUTH)
 
 
 def end_children(*pids: int) -> None:
