@@ -274,7 +274,9 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         pass  # the listener is gone (restarted): nobody needs to know
     while True:
         try:
-            os.waitpid(standby_pid, 0)
+            _, status = os.waitpid(standby_pid, 0)
+            if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+                log.warning("%s: user's process %s", tag, outcome.describe(status))
             return 0
         except ChildProcessError:
             return 0
