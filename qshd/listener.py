@@ -90,11 +90,14 @@ class Listener:
         inherited = _inherited_sockets()
         for host, port in self.addresses:
             sock = inherited.pop((host, port), None)
+            if sock is None and port == 0:  # re-executed after -p 0: keep the port it got
+                sock = next((inherited.pop(key) for key in list(inherited) if key[0] == host),
+                            None)
             if sock is None:
                 sock = _bind(host, port, self.backlog)
-                if port == 0:  # later addresses share the first one's port (as -p 0 did)
-                    port = sock.getsockname()[1]
-                    self.addresses = [(h, port if p == 0 else p) for h, p in self.addresses]
+            if port == 0:  # later addresses share the first one's port (as -p 0 did)
+                port = sock.getsockname()[1]
+                self.addresses = [(h, port if p == 0 else p) for h, p in self.addresses]
             self.sockets.append(sock)
         for sock in inherited.values():  # a reload that dropped an address
             sock.close()

@@ -96,27 +96,33 @@ def serve_preauth(link: MonitorLink, policy: Policy, *, started: float,
                 return None, outcome.EXIT_GRACE
             log.error("%s: pre-auth process broke the monitor protocol: %s", tag, exc)
             return None, outcome.EXIT_CRASH
+        answer: Signature | Verdict
         if isinstance(request, Sign):
             try:
                 signature = policy.sign(request.key_id, request.transcript_hash)
             except KeyError:
                 log.error("%s: pre-auth process asked for an unknown host key", tag)
                 return None, outcome.EXIT_CRASH
-            link.send(Signature(signature))
+            answer = Signature(signature)
             sequence.signed()
         elif isinstance(request, Password):
             accepted = policy.check_password(request.user, request.password)
             sequence.verdict(request.user, accepted)
-            link.send(Verdict(accepted))
+            answer = Verdict(accepted)
         elif isinstance(request, PublicKeyLogin):
             accepted = policy.check_key(request.user, request.key_blob, request.session_id,
                                         request.signature)
             sequence.verdict(request.user, accepted)
-            link.send(Verdict(accepted))
+            answer = Verdict(accepted)
         else:
             assert isinstance(request, Handoff)
             sequence.handed_off()
             return request, 0
+        try:
+            link.send(answer)
+        except OSError:
+            # It went away while we decided (killed, crashed): run() reaps it and says how.
+            return None, (outcome.EXIT_AUTHFAIL if sequence.failures else outcome.EXIT_NOAUTH)
 
 
 def end_children(*pids: int) -> None:
@@ -192,6 +198,12 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         # Its log goes through us: a file it may not write (RLIMIT_FSIZE 0), a pipe it may.
         os.dup2(log_write, 2)
         os.close(log_write)
+        # Nor the daemon's stdin and stdout: a log file (which it could truncate; FSIZE
+        # only stops growth), the journal's stream, the terminal of a `qshd -D`.
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
         privsep.sandbox_preauth(privsep_user or config.privsep_user)
         return preauth.serve(config, sock, pre_child, host_keys, tag)
 
@@ -255,7 +267,13 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         return status
     if _reap(preauth_pid, PREAUTH_EXIT_TIMEOUT) is None:
         end_children(preauth_pid)
-    post_monitor.send(handoff)
+    try:
+        post_monitor.send(handoff)
+    except OSError as exc:  # the standby is gone: there is nobody to hand over to
+        log.warning("%s: the user's process went away before the handoff: %s", tag,
+                    exc.strerror)
+        end_children(standby_pid)
+        return outcome.EXIT_CRASH
     try:
         os.write(startup_fd, outcome.AUTHENTICATED)
         os.close(startup_fd)
@@ -263,12 +281,21 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         pass  # the listener is gone (restarted): nobody needs to know
     serve_user(post_monitor, handoff.user, peer[0], tag)
     post_monitor.close()
-    ended = _reap(standby_pid, KILL_GRACE)
-    if ended is not None and os.WIFSIGNALED(ended):
-        log.warning("%s: the user's process %s", tag, outcome.describe(ended))
-    elif ended is None:
-        end_children(standby_pid)
+    # However accounting ended, the user's process runs to its own end.
+    ended = _wait(standby_pid)
+    if ended is not None and not (os.WIFEXITED(ended) and os.WEXITSTATUS(ended) == 0):
+        log.warning("%s: user's process %s", tag, outcome.describe(ended))
     return 0
+
+
+def _wait(pid: int) -> int | None:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return None
+        except InterruptedError:
+            continue
 
 
 _LINE = re.compile(r"pts/\d{1,6}")
