@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from common.accounts.keys import HostKey, PublicKey
+from common.aio.memory import release_free_memory
 from common.errors import QsmpError
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
 from common.protocol.auth import signed_data as user_signed_data
@@ -188,8 +189,6 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
             return 0
         return postauth.serve(config, sock, handoff, post_child, number, tag)
 
-    log_read, log_write = os.pipe2(os.O_CLOEXEC)
-
     def confined() -> int:
         for item in (pre_monitor, post_monitor, post_child):
             item.close()
@@ -208,6 +207,9 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         return preauth.serve(config, sock, pre_child, host_keys, tag)
 
     standby_pid = _fork(standby, tag)
+    # After the standby: the user's process must not hold the pre-auth log's pipe (the
+    # relay would never see its end).
+    log_read, log_write = os.pipe2(os.O_CLOEXEC)
     preauth_pid = _fork(confined, tag)
     os.close(log_write)
     threading.Thread(target=_relay_log, args=(log_read,), daemon=True).start()
@@ -267,6 +269,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         return status
     if _reap(preauth_pid, PREAUTH_EXIT_TIMEOUT) is None:
         end_children(preauth_pid)
+    user = handoff.user
     try:
         post_monitor.send(handoff)
     except OSError as exc:  # the standby is gone: there is nobody to hand over to
@@ -279,7 +282,9 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         os.close(startup_fd)
     except OSError:
         pass  # the listener is gone (restarted): nobody needs to know
-    serve_user(post_monitor, handoff.user, peer[0], tag)
+    del handoff
+    release_free_memory()  # what was needed to log in; an idle session keeps little
+    serve_user(post_monitor, user, peer[0], tag)
     post_monitor.close()
     # However accounting ended, the user's process runs to its own end.
     ended = _wait(standby_pid)

@@ -17,6 +17,7 @@ import os
 import socket
 
 from common import aio
+from common.aio.memory import release_free_memory
 
 from . import privsep, utmp
 from .config import ServerConfig
@@ -82,6 +83,7 @@ async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
 
     connection = await aio.adopt(sock, handoff.state, on_channel=on_channel,
                                  settings=settings(config), user=account.name, number=number)
+    release_free_memory()
     await connection.wait_closed()
     pending = [asyncio.ensure_future(s.wait_closed()) for s in sessions]
     if pending:
