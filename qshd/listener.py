@@ -88,7 +88,8 @@ class Listener:
     def bind(self) -> None:
         """Bind every address, or take the sockets a re-executing listener passed on."""
         inherited = _inherited_sockets()
-        for host, port in self.addresses:
+        for index in range(len(self.addresses)):
+            host, port = self.addresses[index]  # read afresh: a -p 0 port is shared on
             sock = inherited.pop((host, port), None)
             if sock is None and port == 0:  # re-executed after -p 0: keep the port it got
                 sock = next((inherited.pop(key) for key in list(inherited) if key[0] == host),
