@@ -6,11 +6,18 @@ user key in its own ``authorized_keys``, ``ListenAddress 127.0.0.1`` and a free 
 foreground (``-D``), and is killed when the benchmark ends. The only file outside the
 temporary directory it needs is the privilege-separation directory (``/run/sshd``), which
 sshd insists on when started as root; it is created empty if missing.
+
+``prefix`` picks another OpenSSH than the distribution's: a directory holding ``ssh``,
+``sshd``, ``ssh-keygen`` and, from 10.0 on, ``sshd-session`` and ``sshd-auth``, as
+``/work/shared/vendor/build-openssh.sh PREFIX`` leaves them (its privilege-separation
+directory is ``/tmp/osh-empty``). Its own ``ssh`` is the client, so each server is measured
+with the client and the default key exchange of the same release.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import socket
@@ -26,14 +33,24 @@ SSHD = "/usr/sbin/sshd"
 INSTALL_HINT = "apt-get install -y openssh-server openssh-client"
 CIPHERS = {"aes256gcm": "aes256-gcm@openssh.com",
            "chacha20poly1305": "chacha20-poly1305@openssh.com"}
+#: Where build-openssh.sh's sshd looks for its privilege-separation directory.
+BUILT_PRIVSEP_DIR = "/tmp/osh-empty"
 
 
-def available() -> str | None:
+def binaries(prefix: Path | None = None) -> dict[str, str]:
+    """The ``ssh``, ``sshd`` and ``ssh-keygen`` to use: the distribution's (None) or a
+    prefix's."""
+    if prefix is None:
+        return {"ssh": shutil.which("ssh") or "ssh", "sshd": SSHD,
+                "ssh-keygen": shutil.which("ssh-keygen") or "ssh-keygen"}
+    return {name: str(prefix / name) for name in ("ssh", "sshd", "ssh-keygen")}
+
+
+def available(prefix: Path | None = None) -> str | None:
     """None if the baseline can run here, else why not."""
-    if not Path(SSHD).exists():
-        return f"{SSHD} not found"
-    if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
-        return "ssh or ssh-keygen not found"
+    for name, path in binaries(prefix).items():
+        if not (Path(path).is_file() and os.access(path, os.X_OK)):
+            return f"{name} not found ({path})"
     return None
 
 
@@ -53,6 +70,26 @@ class Run:
     cpu_server: float
 
 
+def children(pid: int) -> list[int]:
+    """The children of ``pid``, zombies not yet reaped included (a scan of /proc: this
+    kernel has no ``/proc/PID/task/TID/children``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _has_children(pid: int) -> bool:
+    return bool(children(pid))
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -64,12 +101,14 @@ class PrivateSshd:
     ``extra_config`` is appended to the generated sshd_config (keywords not already set
     there, e.g. ``SetEnv``)."""
 
-    def __init__(self, extra_config: str = "") -> None:
+    def __init__(self, extra_config: str = "", prefix: Path | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="qsh-bench-sshd-"))
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.version = ""
         self.extra_config = extra_config
+        self.prefix = prefix
+        self.bin = binaries(prefix)
 
     def __enter__(self) -> PrivateSshd:
         try:
@@ -84,11 +123,13 @@ class PrivateSshd:
 
     def _keygen(self, name: str) -> Path:
         path = self.dir / name
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "qsh-bench",
+        subprocess.run([self.bin["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", "qsh-bench",
                         "-f", str(path)], check=True)
         return path
 
     def _start(self) -> None:
+        out = subprocess.run([self.bin["ssh"], "-V"], capture_output=True, text=True)
+        self.version = (out.stderr or out.stdout).strip()
         host_key = self._keygen("host_key")
         user_key = self._keygen("user_key")
         authorized = self.dir / "authorized_keys"
@@ -109,11 +150,19 @@ class PrivateSshd:
             "PermitRootLogin prohibit-password\n"
             "MaxStartups 100:30:200\n"
             "LogLevel ERROR\n"
+            + self._release_config()
             + self.extra_config
         )
-        if os.geteuid() == 0 and not Path("/run/sshd").is_dir():
-            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+        privsep_dir = "/run/sshd" if self.prefix is None else BUILT_PRIVSEP_DIR
+        if os.geteuid() == 0 and not Path(privsep_dir).is_dir():
+            os.makedirs(privsep_dir, mode=0o755, exist_ok=True)
+        command = [self.bin["sshd"], "-D", "-e", "-f", str(config)]
+        if self.prefix is not None and (self.prefix / "sshd-session").exists():
+            # Not installed: the helpers are where the build left them, not in libexec.
+            command += ["-o", f"SshdSessionPath={self.prefix / 'sshd-session'}"]
+            if (self.prefix / "sshd-auth").exists():
+                command += ["-o", f"SshdAuthPath={self.prefix / 'sshd-auth'}"]
+        self.process = subprocess.Popen(command,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -128,8 +177,16 @@ class PrivateSshd:
         else:
             raise RuntimeError("sshd did not start listening")
         self._user_key = user_key
-        out = subprocess.run(["ssh", "-V"], capture_output=True, text=True)
-        self.version = (out.stderr or out.stdout).strip()
+
+    def release(self) -> tuple[int, int]:
+        """(major, minor) of this OpenSSH, from ``ssh -V``."""
+        match = re.match(r"OpenSSH_(\d+)\.(\d+)", self.version)
+        return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+    def _release_config(self) -> str:
+        """From 9.8 on sshd penalises sources by default (PerSourcePenalties); a benchmark's
+        hundreds of logins from 127.0.0.1 must not be throttled by it."""
+        return "PerSourcePenalties no\n" if self.release() >= (9, 8) else ""
 
     @property
     def pid(self) -> int:
@@ -140,7 +197,7 @@ class PrivateSshd:
     def command(self, remote: str | None, cipher: str | None = None, *,
                 tty: bool = False) -> list[str]:
         """The ssh command line; ``remote`` None means a login shell, ``tty`` adds ``-tt``."""
-        args = ["ssh", "-F", "/dev/null", "-p", str(self.port), "-i", str(self._user_key),
+        args = [self.bin["ssh"], "-F", "/dev/null", "-p", str(self.port), "-i", str(self._user_key),
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"]
         if cipher:
@@ -150,17 +207,28 @@ class PrivateSshd:
         return [*args, "127.0.0.1"] + ([remote] if remote is not None else [])
 
     def server_cpu(self) -> float:
-        """CPU time of the listener's reaped children (``cutime + cstime``)."""
+        """CPU time of the whole server side: the listener's own (``utime + stime``: accept,
+        fork) and its reaped children's (``cutime + cstime``: sshd-session, sshd-auth and the
+        remote command, each reaped by its parent in turn). Only complete once every child
+        has been reaped: see :meth:`wait_reaped`."""
         assert self.process is not None
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+        return sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+
+    def wait_reaped(self, timeout: float = 15.0) -> None:
+        """Wait until the listener has no child left, zombies included: a child's CPU time
+        reaches ``cutime`` only when its parent reaps it."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while _has_children(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _run(self, command: list[str], stdin: int | typing.IO[bytes]) -> Run:
         client0, server0 = _children_cpu(), self.server_cpu()
         start = time.perf_counter()
         subprocess.run(command, check=True, stdin=stdin)
         seconds = time.perf_counter() - start
-        time.sleep(0.05)  # let the listener reap its child
+        self.wait_reaped()
         return Run(seconds, _children_cpu() - client0, self.server_cpu() - server0)
 
     def session(self, count: int) -> Run:
