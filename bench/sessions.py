@@ -1105,9 +1105,13 @@ def part1(qshds: list[PrivateQshd], sshds: list[openssh.PrivateSshd], runs: int,
                                f"{_verdict(ratio <= 0.7)} ({ratio:.2f}x)")
     ratio = qsh.wall.median / ssh[0].wall.median
     print("    where `qsh host true` spends its time (phases timed inside the client; median "
-          "of runs):")
-    for name, ms in _timed_step("breakdown", lambda: phase_breakdown(qshd, max(5, runs // 2))):
-        print(f"      {name:48} {ms:7.1f} ms")
+          "of runs;\n    this checkout's client against each qshd, so the network phases show "
+          "the server's part):")
+    tables = [_timed_step("breakdown", functools.partial(phase_breakdown, q, max(5, runs // 2)))
+              for q in qshds]
+    print(f"      {'':48} " + " ".join(f"{q.label:>14}" for q in qshds))
+    for number, (phase, _) in enumerate(tables[0]):
+        print(f"      {phase:48} " + " ".join(f"{t[number][1]:11.1f} ms" for t in tables))
     print("    imports by library (-X importtime self times; importtime itself inflates them):")
     for name, ms in import_groups(qshd):
         print(f"      {name:48} {ms:7.1f} ms")
