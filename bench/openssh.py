@@ -17,6 +17,7 @@ with the client and the default key exchange of the same release.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import resource
 import shutil
@@ -101,7 +102,12 @@ class PrivateSshd:
     ``extra_config`` is appended to the generated sshd_config (keywords not already set
     there, e.g. ``SetEnv``)."""
 
-    def __init__(self, extra_config: str = "", prefix: Path | None = None) -> None:
+    def __init__(self, extra_config: str = "", prefix: Path | None = None, *,
+                 user: str | None = None, authorized_keys: Path | None = None) -> None:
+        """``user`` logs in as that account instead of the one running the benchmark;
+        ``authorized_keys`` is where its key goes (it is then made the user's, mode 0600:
+        sshd reads it with the user's rights, so it must be somewhere the user can reach,
+        e.g. under the user's home)."""
         self.dir = Path(tempfile.mkdtemp(prefix="qsh-bench-sshd-"))
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -109,6 +115,8 @@ class PrivateSshd:
         self.extra_config = extra_config
         self.prefix = prefix
         self.bin = binaries(prefix)
+        self.user = user
+        self.authorized_keys = authorized_keys
 
     def __enter__(self) -> PrivateSshd:
         try:
@@ -132,9 +140,12 @@ class PrivateSshd:
         self.version = (out.stderr or out.stdout).strip()
         host_key = self._keygen("host_key")
         user_key = self._keygen("user_key")
-        authorized = self.dir / "authorized_keys"
+        authorized = self.authorized_keys or self.dir / "authorized_keys"
         authorized.write_bytes(user_key.with_suffix(".pub").read_bytes())
         authorized.chmod(0o600)
+        if self.user is not None:
+            account = pwd.getpwnam(self.user)
+            os.chown(authorized, account.pw_uid, account.pw_gid)
         config = self.dir / "sshd_config"
         config.write_text(
             f"Port {self.port}\n"
@@ -204,6 +215,8 @@ class PrivateSshd:
             args += ["-c", cipher]
         if tty:
             args.append("-tt")
+        if self.user is not None:
+            args += ["-l", self.user]
         return [*args, "127.0.0.1"] + ([remote] if remote is not None else [])
 
     def server_cpu(self) -> float:
@@ -244,6 +257,8 @@ class PrivateSshd:
             return self._run(self.command("cat > /dev/null", cipher), stdin)
 
     def close(self) -> None:
+        if self.authorized_keys is not None:
+            self.authorized_keys.unlink(missing_ok=True)
         if self.process is not None:
             self.process.terminate()
             try:

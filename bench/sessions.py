@@ -241,14 +241,16 @@ class PrivateQshd:
     always comes from this checkout. ``wrapper`` is a command qshd is started under (e.g.
     ``strace -f ...``, see ``bench/login_timeline.py``): :attr:`pid` is then its child."""
 
-    def __init__(self, tree: Path = ROOT, wrapper: list[str] | None = None) -> None:
+    def __init__(self, tree: Path = ROOT, wrapper: list[str] | None = None,
+                 login: BenchUser | None = None) -> None:
         self.tree = tree
         self.wrapper = wrapper or []
+        self.login = login
         self._listener: int | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="qsh-bench-qshd-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
-        self.user = pwd.getpwuid(os.geteuid()).pw_name
+        self.user = login.name if login else pwd.getpwuid(os.geteuid()).pw_name
         self.user_key_path = self.dir / "user_key"
         self.known_hosts = self.dir / "known_hosts"
         #: For every Python process started here: bytecode cached (in our directory, never in
@@ -277,9 +279,14 @@ class PrivateQshd:
     def _start(self) -> None:
         self.user_key = HostKey.generate("mldsa65", now=time.time())
         self.user_key.save(self.user_key_path)
-        authorized = self.dir / "authorized_keys"
-        authorized.write_text(self.user_key.public.openssh_line("qsh-bench") + "\n")
-        authorized.chmod(0o600)
+        line = self.user_key.public.openssh_line("qsh-bench") + "\n"
+        if self.login is not None:
+            authorized = self.login.install(f"qsh_authorized_keys.{self.dir.name}", line)
+        else:
+            authorized = self.dir / "authorized_keys"
+            authorized.write_text(line)
+            authorized.chmod(0o600)
+        self.authorized = authorized
         passwd = self.dir / "passwd"
         passwd.touch(0o600)
         ready = self.dir / "ready"
@@ -361,7 +368,56 @@ class PrivateQshd:
             self.process = None
             time.sleep(0.1)
             _kill_leftovers([p for p in leftovers if Path(f"/proc/{p}").exists()])
+        if self.login is not None and hasattr(self, "authorized"):
+            self.authorized.unlink(missing_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class BenchUser:
+    """``--user NAME``: log in as NAME on every server rather than as the user running the
+    benchmark (root here). sshd treats a root login differently (9.2 keeps no separate
+    unprivileged process after login for root), and a real server's users are not root.
+    The account is created if it does not exist (``useradd --create-home``, bash) and then
+    removed with its home at the end; the authorized keys files live in its ``~/.ssh``,
+    owned by it, since both daemons read them with the user's rights."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.created = False
+
+    def __enter__(self) -> BenchUser:
+        try:
+            pwd.getpwnam(self.name)
+        except KeyError:
+            # Password "*": no password, but not locked ("!"), which sshd without PAM
+            # refuses even for key logins.
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash",
+                            "--password", "*", self.name], check=True)
+            self.created = True
+        account = pwd.getpwnam(self.name)
+        self.uid, self.gid, self.home = account.pw_uid, account.pw_gid, Path(account.pw_dir)
+        ssh_dir = self.home / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chown(ssh_dir, self.uid, self.gid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.created:  # (the daemons' close() has ended every process they started)
+            done = subprocess.run(["userdel", "--remove", self.name], capture_output=True,
+                                  text=True)
+            if done.returncode != 0:
+                print(f"userdel {self.name}: {done.stderr.strip()}", file=sys.stderr)
+
+    def path(self, name: str) -> Path:
+        return self.home / ".ssh" / name
+
+    def install(self, name: str, content: str) -> Path:
+        """A file in the user's ~/.ssh, the user's, mode 0600."""
+        path = self.path(name)
+        path.write_text(content)
+        os.chown(path, self.uid, self.gid)
+        path.chmod(0o600)
+        return path
 
 
 def _commit(tree: Path) -> str:
@@ -1186,14 +1242,14 @@ def part2(qshds: list[PrivateQshd], sshds: list[openssh.PrivateSshd], n: int, ro
 
 
 def part3(trees: list[Path], sshds: list[openssh.PrivateSshd], k: int,
-          report: Report) -> None:
+          report: Report, login: BenchUser | None = None) -> None:
     _section(f"3. {k} idle interactive sessions (PTY + login shell) held on each server: PSS "
              "of the server side")
     settle = 1.0
     held: list[tuple[str, Held]] = []
     for tree in [ROOT, *trees]:
         # A fresh daemon: the one above has served hundreds of logins.
-        with PrivateQshd(tree) as fresh:
+        with PrivateQshd(tree, login=login) as fresh:
             held.append((fresh.label.replace("qsh", "qshd"),
                          _timed_step("qsh sessions", functools.partial(qsh_idle, fresh, k,
                                                                         settle))))
@@ -1297,6 +1353,9 @@ def main() -> None:
                         metavar="DIR", help="also run qsh/qshd from this checkout (e.g. a "
                                             "worktree of an older commit) in every part, as "
                                             "qsh@COMMIT; repeatable")
+    parser.add_argument("--user", metavar="NAME",
+                        help="log in as NAME everywhere (created, and removed at the end, "
+                             "if it does not exist) instead of as the user running this")
     parser.add_argument("--bytes", type=int, default=2**30, help="part 4's size (1 GiB)")
     parser.add_argument("--stream-runs", type=int, help="part 4's runs each (3, quick 2)")
     parser.add_argument("--profile", action="store_true",
@@ -1320,11 +1379,15 @@ def main() -> None:
           f"load average {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f} at start")
     report = Report()
     with _terminate_as_interrupt(), contextlib.ExitStack() as stack:
-        qshd = stack.enter_context(PrivateQshd())
-        qshds = [qshd, *(stack.enter_context(PrivateQshd(tree.resolve()))
+        login = stack.enter_context(BenchUser(args.user)) if args.user else None
+        qshd = stack.enter_context(PrivateQshd(login=login))
+        qshds = [qshd, *(stack.enter_context(PrivateQshd(tree.resolve(), login=login))
                          for tree in args.compare_tree)]
-        sshds = [stack.enter_context(openssh.PrivateSshd(SSHD_EXTRA_CONFIG, prefix))
-                 for prefix in prefixes]
+        sshds = [stack.enter_context(openssh.PrivateSshd(
+                     SSHD_EXTRA_CONFIG, prefix, user=login.name if login else None,
+                     authorized_keys=login.path(f"ssh_authorized_keys.{number}")
+                     if login else None))
+                 for number, prefix in enumerate(prefixes)]
         for q in qshds:
             print(f"{q.label}: qshd {_commit(q.tree)} from {q.tree} on {HOST}:{q.port} "
                   f"(listener pid {q.pid})")
@@ -1337,7 +1400,7 @@ def main() -> None:
         if "2" in args.parts:
             part2(qshds, sshds, args.parallel, rounds, report)
         if "3" in args.parts:
-            part3([q.tree for q in qshds[1:]], sshds, args.sessions, report)
+            part3([q.tree for q in qshds[1:]], sshds, args.sessions, report, login)
         if "4" in args.parts:
             part4(qshds, sshds, args.bytes, stream_runs, report)
     load1 = os.getloadavg()
