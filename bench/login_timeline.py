@@ -215,12 +215,12 @@ def timeline(tree: Path, runs: int, keep: Path | None = None
                 raise RuntimeError(problem)
             warm = TrueRuns()
             for _ in range(2):
-                _timed(qshd.cli("true"), qshd.pid, warm, qshd.env, qshd.tree)
+                _timed(qshd.cli("true"), qshd, warm, qshd.env, qshd.tree)
             time.sleep(0.2)
             skip = len([1 for pid, _ in parse(out / "trace").accepts if pid == qshd.pid])
             timed = TrueRuns()
             for _ in range(runs):
-                _timed(qshd.cli("true"), qshd.pid, timed, qshd.env, qshd.tree)
+                _timed(qshd.cli("true"), qshd, timed, qshd.env, qshd.tree)
             listener = qshd.pid
         trace = parse(out / "trace")
         connections = milestones(trace, listener)[skip:]

@@ -30,6 +30,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import reaper
+
 SSHD = "/usr/sbin/sshd"
 INSTALL_HINT = "apt-get install -y openssh-server openssh-client"
 CIPHERS = {"aes256gcm": "aes256-gcm@openssh.com",
@@ -71,24 +73,7 @@ class Run:
     cpu_server: float
 
 
-def children(pid: int) -> list[int]:
-    """The children of ``pid``, zombies not yet reaped included (a scan of /proc: this
-    kernel has no ``/proc/PID/task/TID/children``)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def _has_children(pid: int) -> bool:
-    return bool(children(pid))
+children = reaper.children
 
 
 def _children_cpu() -> float:
@@ -117,6 +102,7 @@ class PrivateSshd:
         self.bin = binaries(prefix)
         self.user = user
         self.authorized_keys = authorized_keys
+        self._listener: int | None = None
 
     def __enter__(self) -> PrivateSshd:
         try:
@@ -173,7 +159,8 @@ class PrivateSshd:
             command += ["-o", f"SshdSessionPath={self.prefix / 'sshd-session'}"]
             if (self.prefix / "sshd-auth").exists():
                 command += ["-o", f"SshdAuthPath={self.prefix / 'sshd-auth'}"]
-        self.process = subprocess.Popen(command,
+        # Below a subreaper: 9.2's user process outlives its monitor for non-root logins.
+        self.process = subprocess.Popen(reaper.command(command),
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -187,6 +174,10 @@ class PrivateSshd:
                 time.sleep(0.05)
         else:
             raise RuntimeError("sshd did not start listening")
+        found = children(self.process.pid)
+        if len(found) != 1:
+            raise RuntimeError(f"sshd below the reaper: {len(found)} processes")
+        self._listener = found[0]
         self._user_key = user_key
 
     def release(self) -> tuple[int, int]:
@@ -201,9 +192,9 @@ class PrivateSshd:
 
     @property
     def pid(self) -> int:
-        """The listener's process id."""
-        assert self.process is not None
-        return self.process.pid
+        """The listener's process id (the reaper's child)."""
+        assert self._listener is not None
+        return self._listener
 
     def command(self, remote: str | None, cipher: str | None = None, *,
                 tty: bool = False) -> list[str]:
@@ -221,20 +212,23 @@ class PrivateSshd:
 
     def server_cpu(self) -> float:
         """CPU time of the whole server side: the listener's own (``utime + stime``: accept,
-        fork) and its reaped children's (``cutime + cstime``: sshd-session, sshd-auth and the
-        remote command, each reaped by its parent in turn). Only complete once every child
-        has been reaped: see :meth:`wait_reaped`."""
+        fork), its reaped children's (``cutime + cstime``: sshd-session, sshd-auth and the
+        remote command, each reaped by its parent in turn) and that of the orphans the
+        reaper took in (:mod:`bench.reaper`). Only complete once every child has been
+        reaped: see :meth:`wait_reaped`."""
         assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+        return reaper.server_cpu(self.process.pid, self.pid)
 
-    def wait_reaped(self, timeout: float = 15.0) -> None:
-        """Wait until the listener has no child left, zombies included: a child's CPU time
-        reaches ``cutime`` only when its parent reaps it."""
+    def wait_reaped(self, timeout: float = 15.0) -> bool:
+        """Wait until every process of past connections has ended and been reaped (zombies
+        included): a child's CPU time reaches ``cutime`` only when its parent reaps it."""
         assert self.process is not None
         deadline = time.monotonic() + timeout
-        while _has_children(self.process.pid) and time.monotonic() < deadline:
+        while not reaper.settled(self.process.pid, self.pid):
+            if time.monotonic() > deadline:
+                return False
             time.sleep(0.01)
+        return True
 
     def _run(self, command: list[str], stdin: int | typing.IO[bytes]) -> Run:
         client0, server0 = _children_cpu(), self.server_cpu()

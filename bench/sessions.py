@@ -29,9 +29,13 @@ is the listener's utime + stime + cutime + cstime (``/proc/PID/stat``) read once
 process of the measured connections has ended and been reaped (qshd's monitor, pre-auth and
 user's processes; sshd's per-connection sshd or sshd-session and sshd-auth; the shells):
 each is reaped by its own parent, so its CPU time and its children's reach the listener's
-``cutime``/``cstime``. Memory is the PSS sum over the listener and every live process below
-it. ``--compare-tree DIR`` runs qshd and the qsh CLI from another checkout beside this one
-in every part (labelled ``qsh@COMMIT``): a before-and-after in the same run.
+``cutime``/``cstime``. Both daemons run below a child subreaper (``bench/reaper.py``) whose
+``cutime``/``cstime`` is added: a process whose parent exits first (OpenSSH 9.2's user
+process, for non-root logins) is re-parented to it instead of to PID 1, where its time would
+be lost. Memory is the PSS sum over the listener and every live process below it.
+``--user NAME`` logs in as a (throwaway) non-root account instead of the running user.
+``--compare-tree DIR`` runs qshd and the qsh CLI from another checkout beside this one in
+every part (labelled ``qsh@COMMIT``): a before-and-after in the same run.
 
 Both daemons are private: qshd (``python -m qshd -D -e -p 0``) and sshd (``-D -e -f``) run
 from temporary directories with their own host keys and authorized keys, listen on
@@ -73,13 +77,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import openssh  # noqa: E402
+from bench import openssh, reaper  # noqa: E402
 from common import aio  # noqa: E402
 from common.accounts.keys import HostKey, PublicKey  # noqa: E402
 from common.channels import session as proto  # noqa: E402
@@ -227,6 +231,18 @@ def _kill_leftovers(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+class Server(Protocol):
+    """What the measurements need of a private daemon (:class:`PrivateQshd`,
+    :class:`openssh.PrivateSshd`)."""
+
+    @property
+    def pid(self) -> int: ...  # the listener
+
+    def server_cpu(self) -> float: ...
+
+    def wait_reaped(self, timeout: float = 15.0) -> bool: ...
+
+
 # --- a private qshd ---------------------------------------------------------------------------
 
 
@@ -293,17 +309,18 @@ class PrivateQshd:
         host_key = self.dir / "host_key"
         self.log = self.dir / "qshd.log"
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [*self.wrapper, sys.executable, "-m", "qshd", "-D", "-e", "-p", "0",
+            qshd = [sys.executable, "-m", "qshd", "-D", "-e", "-p", "0",
                  "-o", f"ListenAddress={HOST}", "-o", f"PasswdFile={passwd}",
                  "-o", "PermitRootLogin=prohibit-password",
                  "-o", "PasswordAuthentication=no",
                  "-o", f"AuthorizedKeysFile={authorized}",
                  "-o", "MaxStartups=200",
-                 "--ready-file", str(ready), "-h", str(host_key)],
-                cwd=self.tree, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log)
+                    "--ready-file", str(ready), "-h", str(host_key)]
+            # Below a subreaper (bench/reaper.py) unless another wrapper (strace) is given.
+            command = [*self.wrapper, *qshd] if self.wrapper else reaper.command(qshd)
+            self.process = subprocess.Popen(command, cwd=self.tree, env=self.env,
+                                            stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 30
         while not ready.exists() or not ready.read_text().endswith("\n"):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -311,11 +328,10 @@ class PrivateQshd:
             time.sleep(0.05)
         self.port = int(ready.read_text())
         self.host_public = PublicKey.load(host_key.with_name("host_key.pub"))[0]
-        if self.wrapper:
-            found = openssh.children(self.process.pid)
-            if len(found) != 1:
-                raise RuntimeError(f"qshd under {self.wrapper[0]}: {len(found)} children")
-            self._listener = found[0]
+        found = openssh.children(self.process.pid)
+        if len(found) != 1:
+            raise RuntimeError(f"qshd below {command[1]}: {len(found)} processes")
+        self._listener = found[0]
 
     @property
     def pid(self) -> int:
@@ -323,6 +339,26 @@ class PrivateQshd:
         detach)."""
         assert self.process is not None
         return self._listener or self.process.pid
+
+    def server_cpu(self) -> float:
+        """The listener's CPU time and that of everything it (or the reaper) reaped: see
+        :func:`cpu_seconds`; complete once :meth:`wait_reaped` returned True."""
+        assert self.process is not None
+        if self.wrapper:
+            return cpu_seconds(self.pid)
+        return reaper.server_cpu(self.process.pid, self.pid)
+
+    def wait_reaped(self, timeout: float = 15.0) -> bool:
+        """Wait until every process of past connections has ended and been reaped."""
+        assert self.process is not None
+        if self.wrapper:
+            return wait_childless(self.pid, timeout)
+        deadline = time.monotonic() + timeout
+        while not reaper.settled(self.process.pid, self.pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     @property
     def label(self) -> str:
@@ -454,10 +490,10 @@ class TrueRuns:
     server_cpu: Series = field(default_factory=Series)
 
 
-def _timed(command: list[str], server_pid: int, into: TrueRuns,
+def _timed(command: list[str], server: Server, into: TrueRuns,
            env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
-    wait_childless(server_pid)
-    cpu0, server0 = _children_cpu(), cpu_seconds(server_pid)
+    server.wait_reaped()
+    cpu0, server0 = _children_cpu(), server.server_cpu()
     start = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
@@ -465,10 +501,10 @@ def _timed(command: list[str], server_pid: int, into: TrueRuns,
     if done.returncode != 0:
         raise RuntimeError(f"{command[0]} exited {done.returncode}: "
                            f"{done.stderr.decode(errors='replace').strip()[-300:]}")
-    wait_childless(server_pid)
+    server.wait_reaped()
     into.wall.values.append(wall)
     into.client_cpu.values.append(_children_cpu() - cpu0)
-    into.server_cpu.values.append(cpu_seconds(server_pid) - server0)
+    into.server_cpu.values.append(server.server_cpu() - server0)
 
 
 def cli_ready(qshd: PrivateQshd) -> str | None:
@@ -487,14 +523,14 @@ def host_true(qshds: list[PrivateQshd], sshds: list[openssh.PrivateSshd], count:
     load changes hit all of them."""
     qsh, ssh = [TrueRuns() for _ in qshds], [TrueRuns() for _ in sshds]
     for sshd in sshds:  # warm-up: page cache
-        _timed(sshd.command("true"), sshd.pid, TrueRuns())
+        _timed(sshd.command("true"), sshd, TrueRuns())
     for qshd in qshds:
-        _timed(qshd.cli("true"), qshd.pid, TrueRuns(), qshd.env, qshd.tree)
+        _timed(qshd.cli("true"), qshd, TrueRuns(), qshd.env, qshd.tree)
     for _ in range(count):
         for qshd, runs in zip(qshds, qsh, strict=True):
-            _timed(qshd.cli("true"), qshd.pid, runs, qshd.env, qshd.tree)
+            _timed(qshd.cli("true"), qshd, runs, qshd.env, qshd.tree)
         for sshd, runs in zip(sshds, ssh, strict=True):
-            _timed(sshd.command("true"), sshd.pid, runs)
+            _timed(sshd.command("true"), sshd, runs)
     return qsh, ssh
 
 
@@ -503,7 +539,7 @@ def host_true_uncached(qshd: PrivateQshd, count: int) -> TrueRuns:
     PYTHONDONTWRITEBYTECODE=1 pays."""
     runs = TrueRuns()
     for _ in range(count):
-        _timed(qshd.cli("true"), qshd.pid, runs, qshd.env_uncached)
+        _timed(qshd.cli("true"), qshd, runs, qshd.env_uncached)
     return runs
 
 
@@ -688,7 +724,7 @@ def what_if(qshd: PrivateQshd, count: int) -> dict[str, TrueRuns]:
             else:
                 flags, prelude = variant
                 command = [sys.executable, *flags, "-c", _WRAPPER.format(prelude=prelude)]
-            _timed(command, qshd.pid, runs, env)
+            _timed(command, qshd, runs, env)
     return results
 
 
@@ -750,16 +786,16 @@ def qsh_round(qshd: PrivateQshd, count: int, exec_true: bool, warm_up: bool = Fa
     async def run() -> Round:
         if warm_up:
             await _qsh_login(qshd, exec_true)
-        wait_childless(qshd.pid)
-        server0, own0 = cpu_seconds(qshd.pid), own_cpu_seconds(qshd.pid)
+        qshd.wait_reaped()
+        server0, own0 = qshd.server_cpu(), own_cpu_seconds(qshd.pid)
         client0 = time.process_time()
         start = time.perf_counter()
         await asyncio.gather(*(_qsh_login(qshd, exec_true) for _ in range(count)))
         seconds = time.perf_counter() - start
         client = time.process_time() - client0
-        if not wait_childless(qshd.pid):
+        if not qshd.wait_reaped():
             raise RuntimeError("qshd's connection processes did not end")
-        return Round(seconds, cpu_seconds(qshd.pid) - server0, client,
+        return Round(seconds, qshd.server_cpu() - server0, client,
                      own_cpu_seconds(qshd.pid) - own0)
 
     return asyncio.run(run())
@@ -769,8 +805,8 @@ def ssh_round(sshd: openssh.PrivateSshd, count: int, warm_up: bool = False) -> R
     """``count`` parallel ``ssh host true`` processes."""
     if warm_up:
         subprocess.run(sshd.command("true"), stdin=subprocess.DEVNULL, check=True)
-    wait_childless(sshd.pid)
-    server0, own0 = cpu_seconds(sshd.pid), own_cpu_seconds(sshd.pid)
+    sshd.wait_reaped()
+    server0, own0 = sshd.server_cpu(), own_cpu_seconds(sshd.pid)
     client0 = _children_cpu()
     processes: list[subprocess.Popen[bytes]] = []
     start = time.perf_counter()
@@ -791,9 +827,9 @@ def ssh_round(sshd: openssh.PrivateSshd, count: int, warm_up: bool = False) -> R
             _stop(process)
     if failures:
         raise RuntimeError(f"{len(failures)} of {count} ssh failed: {failures[0][-200:]}")
-    if not wait_childless(sshd.pid):
+    if not sshd.wait_reaped():
         raise RuntimeError("sshd's connection processes did not end")
-    return Round(seconds, cpu_seconds(sshd.pid) - server0, _children_cpu() - client0,
+    return Round(seconds, sshd.server_cpu() - server0, _children_cpu() - client0,
                  own_cpu_seconds(sshd.pid) - own0)
 
 
@@ -909,7 +945,7 @@ def qsh_idle(qshd: PrivateQshd, count: int, settle: float) -> Held:
     async def run() -> Held:
         fresh = memory(qshd.pid)
         await _close_all([await _open_shell(qshd)])  # warm-up session
-        wait_childless(qshd.pid)
+        qshd.wait_reaped()
         time.sleep(settle)
         warm = memory(qshd.pid)
         connections: list[aio.QsmpConnection] = []
@@ -920,7 +956,7 @@ def qsh_idle(qshd: PrivateQshd, count: int, settle: float) -> Held:
             held = _measure_tree(qshd.pid, fresh, warm)
         finally:
             await _close_all(connections)
-        wait_childless(qshd.pid)
+        qshd.wait_reaped()
         return held
 
     return asyncio.run(run())
@@ -954,13 +990,13 @@ def _ssh_shell(sshd: openssh.PrivateSshd, clients: list[subprocess.Popen[bytes]]
 
 
 def ssh_idle(sshd: openssh.PrivateSshd, count: int, settle: float) -> Held:
-    wait_childless(sshd.pid)
+    sshd.wait_reaped()
     fresh = memory(sshd.pid)  # (the listener has served other connections: it keeps nothing)
     clients: list[subprocess.Popen[bytes]] = []
     try:
         _ssh_shell(sshd, clients)  # warm-up session, as for qshd
         _stop(clients.pop())
-        wait_childless(sshd.pid)
+        sshd.wait_reaped()
         time.sleep(settle)
         warm = memory(sshd.pid)
         for _ in range(count):
@@ -970,7 +1006,7 @@ def ssh_idle(sshd: openssh.PrivateSshd, count: int, settle: float) -> Held:
     finally:
         for client in clients:
             _stop(client)
-        wait_childless(sshd.pid)
+        sshd.wait_reaped()
 
 
 # --- 4. 1 GiB through `host 'cat > /dev/null'` -------------------------------------------------
@@ -1017,13 +1053,13 @@ class _CatWatch:
         return self.last[1] - self.first[1], self.last[0] - self.first[0]
 
 
-def _stream(command: list[str], server_pid: int, data: Path, cwd: Path,
+def _stream(command: list[str], server: Server, data: Path, cwd: Path,
             env: dict[str, str] | None) -> Stream:
-    if not wait_childless(server_pid):
+    if not server.wait_reaped():
         raise RuntimeError("the server still has connection processes before a transfer")
-    client0, server0 = _children_cpu(), cpu_seconds(server_pid)
-    own0 = own_cpu_seconds(server_pid)
-    watch = _CatWatch(server_pid)
+    client0, server0 = _children_cpu(), server.server_cpu()
+    own0 = own_cpu_seconds(server.pid)
+    watch = _CatWatch(server.pid)
     start = time.perf_counter()
     with data.open("rb") as stdin:
         done = subprocess.run(command, cwd=cwd, env=env, stdin=stdin,
@@ -1033,10 +1069,10 @@ def _stream(command: list[str], server_pid: int, data: Path, cwd: Path,
     if done.returncode != 0:
         raise RuntimeError(f"{command[0]} exited {done.returncode}: "
                            f"{done.stderr.decode(errors='replace').strip()[-300:]}")
-    if not wait_childless(server_pid):
+    if not server.wait_reaped():
         raise RuntimeError("the server's connection processes did not end")
-    return Stream(seconds, _children_cpu() - client0, cpu_seconds(server_pid) - server0,
-                  own0, own_cpu_seconds(server_pid), moving, moving_seconds)
+    return Stream(seconds, _children_cpu() - client0, server.server_cpu() - server0,
+                  own0, own_cpu_seconds(server.pid), moving, moving_seconds)
 
 
 def make_data(nbytes: int) -> Path:
@@ -1060,15 +1096,15 @@ def streams(qshds: list[PrivateQshd], sshds: list[openssh.PrivateSshd], data: Pa
     results: dict[str, list[Stream]] = {}
     for qshd in qshds:
         results[qshd.label] = []
-        _timed(qshd.cli("true"), qshd.pid, TrueRuns(), qshd.env, qshd.tree)  # warm-up
+        _timed(qshd.cli("true"), qshd, TrueRuns(), qshd.env, qshd.tree)  # warm-up
     for sshd in sshds:
         results[_short(sshd)] = []
     for _ in range(runs):
         for qshd in qshds:
-            results[qshd.label].append(_stream(qshd.cli(remote), qshd.pid, data, qshd.tree,
+            results[qshd.label].append(_stream(qshd.cli(remote), qshd, data, qshd.tree,
                                                qshd.env))
         for sshd in sshds:
-            results[_short(sshd)].append(_stream(sshd.command(remote), sshd.pid, data, ROOT,
+            results[_short(sshd)].append(_stream(sshd.command(remote), sshd, data, ROOT,
                                                  None))
     return results
 
