@@ -237,6 +237,9 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true",
                         help="also try other window and max_packet sizes (aes256gcm)")
     parser.add_argument("--no-openssh", action="store_true", help="skip the baseline")
+    parser.add_argument("--openssh-prefix", type=Path, metavar="DIR",
+                        help="the baseline's ssh/sshd from DIR (e.g. build-openssh.sh's "
+                             "PREFIX) instead of Debian's")
     args = parser.parse_args()
     nbytes = args.bytes or (256 * MiB if args.quick else GiB)
     nbytes -= nbytes % CHUNK
@@ -277,16 +280,16 @@ def main() -> None:
     print()
     if args.no_openssh:
         return
-    why = openssh.available()
+    why = openssh.available(args.openssh_prefix)
     if why is not None:
         print(f"(d) OpenSSH baseline skipped: {why}. To include it:\n"
               f"        {openssh.INSTALL_HINT}")
         return
-    openssh_baseline(nbytes, repeat, hs_count // 4, qsh_up, rate_connect)
+    openssh_baseline(nbytes, repeat, hs_count // 4, qsh_up, rate_connect, args.openssh_prefix)
 
 
 def openssh_baseline(nbytes: int, repeat: int, hs_count: int, qsh_up: dict[str, Rate],
-                     qsh_connects: float) -> None:
+                     qsh_connects: float, prefix: Path | None = None) -> None:
     shm = Path("/dev/shm")
     data_dir = Path(tempfile.mkdtemp(prefix="qsh-bench-",
                                      dir=shm if shm.is_dir() else None))
@@ -297,7 +300,7 @@ def openssh_baseline(nbytes: int, repeat: int, hs_count: int, qsh_up: dict[str, 
         with data.open("wb") as f:
             for _ in range(nbytes // CHUNK):
                 f.write(block)
-        with openssh.PrivateSshd() as sshd:
+        with openssh.PrivateSshd(prefix=prefix) as sshd:
             print(f"(d) OpenSSH baseline ({sshd.version}), private sshd on 127.0.0.1:"
                   f"{sshd.port}:")
             setup = sshd.session(max(hs_count, 3))
