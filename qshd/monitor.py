@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import stat
@@ -368,18 +369,31 @@ def _fork(run: Callable[[], int], tag: str) -> int:
 
 
 def _reap(pid: int, timeout: float) -> int | None:
-    """The child's wait status once it exits within ``timeout``; None if it did not."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if done:
-            return status
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.01)
+    """The child's wait status once it exits within ``timeout``; None if it did not.
+    Waits on a pidfd (woken the moment it exits; polling cost a login ~7 ms)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if done:
+                return status
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if pidfd is not None:
+                select.select([pidfd], [], [], remaining)
+            else:
+                time.sleep(min(remaining, 0.01))
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _crashed(status: int) -> bool:

@@ -95,4 +95,5 @@ def warm_up() -> None:
     """Import, in the listener, what the user's process loads on first use: once it is the
     user, the interpreter's own files may not be readable (a Python under /root)."""
     import concurrent.futures.thread  # asyncio's default executor  # noqa: F401
+    import encodings.ascii
     import encodings.idna  # noqa: F401
