@@ -223,7 +223,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
     except Exception as exc:
         log.error("%s: cannot load the host keys: %s", tag, exc)
         end_children(preauth_pid, standby_pid)
-        return 1
+        return outcome.EXIT_NOAUTH  # our fault, not the client's: no crash penalty
     authenticator = Authenticator(config)
     where = f"{peer[0]} port {peer[1]}"
 
