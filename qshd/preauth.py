@@ -109,7 +109,12 @@ async def _serve(config: ServerConfig, sock: socket.socket, link: MonitorLink,
         else:
             return False
         # Blocking on purpose: this process serves one client, and has no thread to spare.
-        verdict = link.call(ask, Verdict, MONITOR_TIMEOUT)
+        try:
+            verdict = link.call(ask, Verdict, MONITOR_TIMEOUT)
+        except (MonitorError, OSError) as exc:  # the monitor is gone: so is this login
+            log.error("%s: monitor: %s", tag, exc)
+            connection.abort()
+            return False
         assert isinstance(verdict, Verdict)
         if not verdict.accepted:
             return False
