@@ -1,7 +1,10 @@
 """The ``session`` channel on the server: a login shell or a command, with or without a PTY.
 
-Process model. qshd is one asyncio process; every session's program is a child process
-that qshd starts for it and watches, and nothing else runs on the user's behalf:
+Process model. Sessions run in the user's process of their connection
+(:mod:`qshd.postauth`, already the user: nothing below changes identity then), or in the
+in-process server (:mod:`qshd.server`, root: the child drops to the user). Every session's
+program is a child process that the server starts for it and watches, and nothing else runs
+on the user's behalf:
 
 * the child is started with ``subprocess.Popen`` in an executor thread (a fork from a big
   process and an exec from a stalled home directory take time that must not stall the event
