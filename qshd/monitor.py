@@ -184,7 +184,8 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
     def standby() -> int:
         for item in (pre_monitor, pre_child, post_monitor):
             item.close()
-        os.close(startup_fd)
+        for fd in (startup_fd, log_read, log_write):
+            os.close(fd)  # the relay must see the pre-auth log's end when that process ends
         handoff = postauth.wait_for_handoff(post_child, config.login_grace_time + 30)
         if handoff is None:
             return 0
@@ -207,11 +208,10 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         privsep.sandbox_preauth(privsep_user or config.privsep_user)
         return preauth.serve(config, sock, pre_child, host_keys, tag)
 
-    standby_pid = _fork(standby, tag)
-    # After the standby: the user's process must not hold the pre-auth log's pipe (the
-    # relay would never see its end).
     log_read, log_write = os.pipe2(os.O_CLOEXEC)
+    # The pre-auth process first: the client's first byte waits for it, not for the standby.
     preauth_pid = _fork(confined, tag)
+    standby_pid = _fork(standby, tag)
     os.close(log_write)
     threading.Thread(target=_relay_log, args=(log_read,), daemon=True).start()
     pre_child.close()
