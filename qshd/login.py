@@ -57,6 +57,7 @@ from common.accounts.passwd import InvalidUserName, PasswdError, PasswdFile, che
 from common.errors import InvalidInput
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
 
+from . import children
 from .config import ServerConfig, expand_tokens
 
 log = logging.getLogger("qshd")
@@ -231,23 +232,9 @@ def _reap_reader(pid: int, *, kill: bool) -> None:
     if kill:
         os.kill(pid, signal.SIGKILL)
     try:
-        pidfd: int | None = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    if pidfd is not None:
-        try:
-            exited = select.poll()
-            exited.register(pidfd, select.POLLIN)
-            exited.poll(1000)
-        finally:
-            os.close(pidfd)
-    else:
-        deadline = time.monotonic() + 1.0
-        while not os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.001)
-    if os.waitpid(pid, os.WNOHANG)[0]:
+        if children.wait_exit(pid, 1.0) is not None:
+            return
+    except ChildProcessError:
         return
     os.kill(pid, signal.SIGKILL)
     threading.Thread(target=os.waitpid, args=(pid, 0), daemon=True,

@@ -21,12 +21,9 @@ exit status that tells the listener which penalty it earned (:mod:`qshd.outcome`
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import select
-import signal
 import socket
 import stat
 import threading
@@ -41,7 +38,7 @@ from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequeste
 from common.protocol.auth import signed_data as user_signed_data
 from common.protocol.schedule import signed_data
 
-from . import outcome, postauth, preauth, privsep, utmp
+from . import children, outcome, postauth, preauth, privsep, utmp
 from .config import ServerConfig
 from .login import Account, Authenticator, PasswordSlots
 from .monitor_protocol import (
@@ -128,34 +125,8 @@ def serve_preauth(link: MonitorLink, policy: Policy, *, started: float,
 
 
 def end_children(*pids: int) -> None:
-    """Stop what is left of a connection that is over: SIGTERM, a grace, then SIGKILL.
-    Only our own unreaped children are signalled, so a pid cannot have been reused."""
-    alive = [pid for pid in pids if pid > 0 and _alive(pid)]
-    for pid in alive:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + KILL_GRACE
-    while alive and time.monotonic() < deadline:
-        alive = [pid for pid in alive if _alive(pid)]
-        if alive:
-            time.sleep(0.02)
-    for pid in alive:
-        _signal(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-
-
-def _alive(pid: int) -> bool:
-    """True while our child has not exited (reaps it when it has)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return done == 0
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)  # our unreaped child: the pid is still ours
+    """Stop what is left of a connection that is over (see :func:`qshd.children.end`)."""
+    children.end(*pids, grace=KILL_GRACE)
 
 
 #: How long the pre-auth process may take to exit after handing over (it has nothing left
@@ -288,20 +259,10 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
     serve_user(post_monitor, user, peer[0], tag)
     post_monitor.close()
     # However accounting ended, the user's process runs to its own end.
-    ended = _wait(standby_pid)
+    ended = _reap(standby_pid, None)
     if ended is not None and not (os.WIFEXITED(ended) and os.WEXITSTATUS(ended) == 0):
         log.warning("%s: user's process %s", tag, outcome.describe(ended))
     return 0
-
-
-def _wait(pid: int) -> int | None:
-    while True:
-        try:
-            return os.waitpid(pid, 0)[1]
-        except ChildProcessError:
-            return None
-        except InterruptedError:
-            continue
 
 
 _LINE = re.compile(r"pts/\d{1,6}")
@@ -368,32 +329,13 @@ def _fork(run: Callable[[], int], tag: str) -> int:
         os._exit(status)
 
 
-def _reap(pid: int, timeout: float) -> int | None:
-    """The child's wait status once it exits within ``timeout``; None if it did not.
-    Waits on a pidfd (woken the moment it exits; polling cost a login ~7 ms)."""
+def _reap(pid: int, timeout: float | None) -> int | None:
+    """The child's wait status once it exits within ``timeout``; None if it did not (or
+    was reaped already)."""
     try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        pidfd = None
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                return None
-            if done:
-                return status
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            if pidfd is not None:
-                select.select([pidfd], [], [], remaining)
-            else:
-                time.sleep(min(remaining, 0.01))
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
+        return children.wait_exit(pid, timeout)
+    except ChildProcessError:
+        return None
 
 
 def _crashed(status: int) -> bool:
