@@ -16,6 +16,7 @@ from pathlib import Path
 from common.accounts.passwd import InvalidUserName, check_user_name, default_passwd_path
 from common.crypto import registry
 from common.protocol.negotiation import ServerPolicy
+from common.protocol.transport import TransportSettings
 
 from .admission import (
     DEFAULT_FIRST_MESSAGE_TIMEOUT,
@@ -102,6 +103,13 @@ class ServerConfig:
         return tuple(method for method, on in (("publickey", self.pubkey_authentication),
                                                ("password", self.password_authentication))
                      if on)
+
+    def transport_settings(self) -> TransportSettings:
+        """Keep-alive and rekey budgets: the same in every process a connection passes
+        through (the pre-auth process and the user's process after the handoff)."""
+        return TransportSettings(keepalive_interval=self.keepalive_interval,
+                                 rekey_bytes=self.rekey_bytes,
+                                 rekey_interval=self.rekey_interval)
 
     def policy(self) -> ServerPolicy:
         return ServerPolicy(kems=self.kems, signatures=self.signatures, aeads=self.ciphers,

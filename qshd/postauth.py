@@ -23,7 +23,6 @@ from . import privsep, utmp
 from .config import ServerConfig
 from .login import Account
 from .monitor_protocol import Handoff, MonitorError, MonitorLink, PtyClosed, PtyOpened
-from .preauth import settings
 from .sessions import HANGUP_GRACE, Session, serve_channel
 
 log = logging.getLogger("qshd")
@@ -82,7 +81,8 @@ async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
                             sessions=sessions, accounting=accounting)
 
     connection = await aio.adopt(sock, handoff.state, on_channel=on_channel,
-                                 settings=settings(config), user=account.name, number=number)
+                                 settings=config.transport_settings(), user=account.name,
+                                 number=number)
     release_free_memory()
     await connection.wait_closed()
     pending = [asyncio.ensure_future(s.wait_closed()) for s in sessions]

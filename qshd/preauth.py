@@ -33,7 +33,6 @@ from common.errors import LocalError, UsageError
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
 from common.protocol.handshake import ServerHandshake, State
 from common.protocol.schedule import signed_data
-from common.protocol.transport import TransportSettings
 
 from . import outcome
 from .config import ServerConfig
@@ -80,13 +79,6 @@ class MonitorSigner:
         return answer.signature
 
 
-def settings(config: ServerConfig) -> TransportSettings:
-    """The transport settings, the same on both sides of the handoff."""
-    return TransportSettings(keepalive_interval=config.keepalive_interval,
-                             rekey_bytes=config.rekey_bytes,
-                             rekey_interval=config.rekey_interval)
-
-
 def serve(config: ServerConfig, sock: socket.socket, link: MonitorLink,
           host_keys: Sequence[PublicKey], tag: str) -> int:
     """Run the handshake and the login; 0 once handed over, else an outcome status."""
@@ -129,7 +121,8 @@ async def _serve(config: ServerConfig, sock: socket.socket, link: MonitorLink,
 
     handshake = ServerHandshake([MonitorSigner(k, link) for k in host_keys], config.policy(),
                                 step_timeout=config.step_timeout)
-    connection = await aio.accept(sock, handshake, on_auth=on_auth, settings=settings(config),
+    connection = await aio.accept(sock, handshake, on_auth=on_auth,
+                                  settings=config.transport_settings(),
                                   max_auth_attempts=config.max_auth_tries,
                                   login_grace=config.login_grace_time,
                                   auth_methods=config.auth_methods())

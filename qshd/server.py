@@ -20,7 +20,6 @@ from common.accounts.keys import HostKey
 from common.protocol.auth import AuthRequested
 from common.protocol.handshake import ServerHandshake, State
 from common.protocol.mux import OpenFailureReason
-from common.protocol.transport import TransportSettings
 
 from .admission import Admission, Penalty, Refused, Ticket, classify
 from .config import ServerConfig
@@ -105,11 +104,6 @@ class Daemon:
         return ServerHandshake(self.host_keys, self.config.policy(),
                                step_timeout=self.config.step_timeout)
 
-    def _settings(self) -> TransportSettings:
-        return TransportSettings(keepalive_interval=self.config.keepalive_interval,
-                                 rekey_bytes=self.config.rekey_bytes,
-                                 rekey_interval=self.config.rekey_interval)
-
     def _admit(self, peer: object, local: object) -> _Admitted | None:
         """aio's ``admit`` hook: the sans-IO decision, with the loop's clock."""
         now = asyncio.get_running_loop().time()
@@ -153,7 +147,8 @@ class Daemon:
         port = cfg.port
         for address in cfg.listen_addresses:
             server = await aio.serve(address, port, make_handshake=self._handshake,
-                                     on_channel=self._on_channel, settings=self._settings(),
+                                     on_channel=self._on_channel,
+                                     settings=cfg.transport_settings(),
                                      on_auth=self._on_auth,
                                      max_auth_attempts=cfg.max_auth_tries,
                                      login_grace=cfg.login_grace_time,
