@@ -129,12 +129,14 @@ async def _serve(config: ServerConfig, sock: socket.socket, link: MonitorLink,
     first = config.first_message_timeout
     if first > 0:
         peer = sock.getpeername()
-        loop.call_later(first, _first_message_due, connection, f"{peer[0]} port {peer[1]}")
+        loop.call_later(first, first_message_due, connection, f"{peer[0]} port {peer[1]}")
     await connection.wait_closed()
     return 0 if handed_over else outcome.EXIT_NOAUTH
 
 
-def _first_message_due(connection: aio.QsmpConnection, where: str) -> None:
+def first_message_due(connection: aio.QsmpConnection, where: str) -> None:
+    """FirstMessageTimeout ran out: close a connection whose connect request has not
+    arrived whole (``where``: ``<ip> port <n>``). Also the in-process server's check."""
     if (connection.terminated is None
             and connection.core.handshake.state is State.AWAIT_CONNECT_REQUEST):
         # sshd's words for a client that never sent its version line.

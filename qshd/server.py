@@ -18,12 +18,13 @@ import os
 from common import aio
 from common.accounts.keys import HostKey
 from common.protocol.auth import AuthRequested
-from common.protocol.handshake import ServerHandshake, State
+from common.protocol.handshake import ServerHandshake
 from common.protocol.mux import OpenFailureReason
 
 from .admission import Admission, Penalty, Refused, Ticket, classify
 from .config import ServerConfig
 from .login import Account, Authenticator, peer_text
+from .preauth import first_message_due
 from .sessions import HANGUP_GRACE, Session, serve_channel
 
 log = logging.getLogger("qshd")
@@ -60,12 +61,7 @@ class _Admitted:
 
     def _first_message_due(self, connection: aio.QsmpConnection) -> None:
         self._timer = None
-        if (connection.terminated is None
-                and connection.core.handshake.state is State.AWAIT_CONNECT_REQUEST):
-            # sshd's words for a client that never sent its version line.
-            log.info("Did not receive identification string from %s port %d",
-                     self.ticket.address, self.ticket.port)
-            connection.close("no connect request in time")
+        first_message_due(connection, f"{self.ticket.address} port {self.ticket.port}")
 
     def closed(self, connection: aio.QsmpConnection | None) -> None:
         if self._timer is not None:
