@@ -31,10 +31,8 @@ from typing import Any
 from common import aio
 from common.accounts.keys import HostKey, KeyFileError
 from common.channels import session as proto
-from common.errors import QsmpError
-
-from .config import DEFAULT_PORT, ClientConfig, default_known_hosts
-from .session import (
+from common.client.config import DEFAULT_PORT, ClientConfig, default_known_hosts
+from common.client.connect import (
     DisconnectError,
     HostKeyNotVerifiable,
     PermissionDenied,
@@ -47,6 +45,7 @@ from .session import (
     open_connection,
     printable,
 )
+from common.errors import QsmpError
 
 __all__ = [
     "Connection",

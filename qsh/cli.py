@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from .config import ClientConfig
+    from common.client.config import ClientConfig
 
 EXIT_FAILURE = 255
 #: ``-v`` count for each LogLevel from the config (ssh's DEBUG1..3 are -v..-vvv).
@@ -119,7 +119,7 @@ def command(port: int | None, login: str | None, identities: tuple[str, ...],
             config_file: str | None, options: tuple[str, ...], verbose: int,
             force_tty: bool, destination: str, command: tuple[str, ...]) -> int:
     """Log in to DESTINATION ([user@]host) and run a shell, or COMMAND, over QSMP."""
-    from .config import ConfigError, resolve
+    from common.client.config import ConfigError, resolve
 
     user, host = split_destination(destination)
     try:
@@ -137,19 +137,20 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
          quiet: bool) -> int:
     import asyncio
 
+    from common.client import connect, terminal
     from common.errors import QsmpError, RemoteReportedError
 
-    from . import session, terminal
+    from . import session
 
     session.setup_logging(verbosity)
-    ui = session.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter())
+    ui = connect.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter())
     try:
         return asyncio.run(session.run_client(cfg, ui, command=remote, force_tty=force_tty))
-    except session.QshError as exc:
+    except connect.QshError as exc:
         ui.error(str(exc))
         return EXIT_FAILURE
     except QsmpError as exc:  # a protocol failure no step above put in words: still one line
-        reason = session.describe_error(exc.code, exc.message,
+        reason = connect.describe_error(exc.code, exc.message,
                                         by_peer=isinstance(exc, RemoteReportedError))
         ui.error(f"connection failed: {reason}")
         return EXIT_FAILURE

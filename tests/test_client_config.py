@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.crypto import suites
-from qsh.config import (
+from common.client.config import (
     DEFAULT_PORT,
     ClientConfig,
     ConfigError,
@@ -23,6 +22,7 @@ from qsh.config import (
     parse_option,
     resolve,
 )
+from common.crypto import suites
 
 
 @pytest.fixture

@@ -37,12 +37,14 @@ from common.accounts.keys import HostKey
 from common.accounts.known_hosts import KnownHosts
 from common.accounts.passwd import PasswdFile
 from common.channels.session import ExitSignal
+from common.client import terminal
+from common.client.connect import describe_end, printable
+from common.client.terminal import RawMode
 from common.errors import ErrorCode
 from common.protocol.connection import ConnectionTerminated
-from qsh import terminal
 from qsh.cli import hoist_options, remote_command, split_destination
-from qsh.session import describe_end, exit_code, printable, wants_pty
-from qsh.terminal import Escape, EscapeScanner, RawMode
+from qsh.escapes import Escape, EscapeScanner
+from qsh.session import exit_code, wants_pty
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -212,7 +214,7 @@ def test_window_size_of_a_pty() -> None:
 
 _RAW_CHILD = r"""
 import os, signal, sys
-from qsh.terminal import RawMode
+from common.client.terminal import RawMode
 how = sys.argv[1]
 mode = RawMode(0)
 mode.enter()
