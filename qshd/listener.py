@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import outcome
+from . import outcome, privsep
 from .admission import Admission, Penalty, Refused, Ticket
 
 log = logging.getLogger("qshd")
@@ -110,6 +110,7 @@ class Listener:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
+        privsep.set_process_name("qshd")
         gc.collect()
         gc.freeze()  # children share these pages instead of copying them on first GC
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -217,6 +218,7 @@ class Listener:
     def _become_child(self, selector: selectors.BaseSelector, own_pipe: int) -> None:
         """Shed the listener: its sockets, the other children's pipes, its signals."""
         signal.set_wakeup_fd(-1)
+        privsep.set_process_name("qshd-session")
         for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         selector.close()

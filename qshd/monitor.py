@@ -153,6 +153,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
     post_monitor, post_child = MonitorLink.pair()
 
     def standby() -> int:
+        privsep.set_process_name("qshd-user")
         for item in (pre_monitor, pre_child, post_monitor):
             item.close()
         for fd in (startup_fd, log_read, log_write):
@@ -163,6 +164,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         return postauth.serve(config, sock, handoff, post_child, number, tag)
 
     def confined() -> int:
+        privsep.set_process_name("qshd-auth")
         for item in (pre_monitor, post_monitor, post_child):
             item.close()
         os.close(startup_fd)

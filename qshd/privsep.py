@@ -61,6 +61,7 @@ from ``/proc/<pid>/status`` (tests, and a parent checking its child), and
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import grp
 import logging
@@ -129,6 +130,7 @@ DEFAULT_PREAUTH_DATA_BUDGET = 64 * 1024 * 1024
 
 _PR_GET_DUMPABLE = 3
 _PR_SET_DUMPABLE = 4
+_PR_SET_NAME = 15
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_GET_NO_NEW_PRIVS = 39
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -269,6 +271,15 @@ def _prctl(option: int, arg: int = 0) -> int:
         err = ctypes.get_errno()
         raise PrivsepError(f"prctl({option}, {arg}): {os.strerror(err)}")
     return result
+
+
+def set_process_name(name: str) -> None:
+    """Name this process by its role (``ps -o comm``, ``top``, ``pgrep qshd-auth``, perf),
+    as sshd's processes are told apart; up to 15 bytes are kept. Best effort: a name is a
+    convenience, never a reason to fail a connection."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    with contextlib.suppress(PrivsepError, OSError):
+        _prctl(_PR_SET_NAME, ctypes.addressof(buffer))
 
 
 def no_new_privs() -> bool:

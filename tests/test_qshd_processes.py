@@ -557,6 +557,10 @@ def preauth_of(qshd: Qshd, client: tuple[str, int], privsep_uid: int,
     return processes
 
 
+def comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
 def user_process_of(qshd: Qshd, client: tuple[str, int], uid: int,
                     timeout: float = 10.0) -> Processes:
     """The connection's processes once only the user's process holds the socket."""
@@ -592,6 +596,9 @@ def test_the_preauth_process_is_unprivileged_sandboxed_and_keyless(
         assert (st.cap_eff, st.cap_prm, st.cap_inh, st.cap_amb) == (0, 0, 0, 0)
         # Its root and working directory are the empty directory: the host key (or any
         # other file) has no name there.
+        # Each process is named by its role, for ps, top and pgrep (qshd.8 PROCESSES).
+        assert comm(pid) == "qshd-auth" and comm(procs.monitor) == "qshd-session"
+        assert comm(daemon.pid) == "qshd"
         assert os.readlink(f"/proc/{pid}/root") == DEFAULT_EMPTY_DIR
         assert os.readlink(f"/proc/{pid}/cwd") == DEFAULT_EMPTY_DIR
         assert os.listdir(f"/proc/{pid}/root/") == []
@@ -697,6 +704,7 @@ def test_the_users_process_has_the_users_rights_and_nothing_of_roots(
         assert tuple(sorted(st.groups)) == user.groups
         assert (st.cap_eff, st.cap_prm, st.cap_inh, st.cap_amb) == (0, 0, 0, 0)
         assert proc_status(procs.monitor).uids[0] == 0  # the monitor stays root, apart
+        assert comm(pid) == "qshd-user"
         probe = "true"
         if SYSTEM_PYTHON is not None:
             probe = f"{SYSTEM_PYTHON} -c 'import os; os.setuid(0)'"
