@@ -145,7 +145,9 @@ def milestones(trace: Trace, listener: int) -> list[dict[str, float]]:
         if monitor is not None:  # a process per connection
             marks["connection's process forked (monitor)"] = monitor.forked or accepted
             kids = [trace.process(c) for c in monitor.children]
-            standby, preauth = [*kids, None, None][:2]
+            # In fork order: the pre-auth process first (the client's first byte waits for
+            # it), then the standby that becomes the user's process.
+            preauth, standby = [*kids, None, None][:2]
             if preauth is not None and preauth.forked is not None:
                 marks["pre-auth process forked"] = preauth.forked
                 if preauth.first_setresuid is not None:
@@ -158,6 +160,10 @@ def milestones(trace: Trace, listener: int) -> list[dict[str, float]]:
                     marks["pre-auth exited"] = preauth.exited
                 if preauth.reaped is not None:
                     marks["pre-auth reaped by the monitor"] = preauth.reaped
+            if standby is not None and standby.forked is not None:
+                marks["standby (the user's process) forked"] = standby.forked
+            if standby is not None and standby.first_setresuid is not None:
+                marks["user's process: becomes the user (setresuid)"] = standby.first_setresuid
             if standby is not None and standby.reads:
                 marks["user's process: first read from the client"] = standby.reads[0]
             server = _tree(trace, monitor.pid)
