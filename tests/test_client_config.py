@@ -91,6 +91,23 @@ def test_explicit_file_that_is_missing_is_an_error(home: Path) -> None:
         resolve("web1", path=missing)
 
 
+def test_a_config_that_is_a_directory_or_a_fifo_is_one_line(home: Path) -> None:
+    """``-F DIR`` or a ``~/.qsh/config`` that is a directory used to end in a traceback
+    (IsADirectoryError); a FIFO would have hung qsh in open()."""
+    directory = home / "confdir"
+    directory.mkdir()
+    with pytest.raises(ConfigError, match=r"confdir: is a directory$"):
+        resolve("web1", path=directory)
+    fifo = home / "conffifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"conffifo: not a regular file$"):
+        resolve("web1", path=fifo)
+    (home / ".qsh").mkdir(exist_ok=True)
+    (home / ".qsh" / "config").mkdir()
+    with pytest.raises(ConfigError, match=r"config: is a directory$"):
+        resolve("web1")
+
+
 def test_dash_F_none_reads_no_file(home: Path) -> None:
     write_config(home, "Port 2200\n")
     assert resolve("web1", path=Path("none")).port == DEFAULT_PORT

@@ -21,10 +21,12 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import termios
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,7 +43,7 @@ from common.client import terminal
 from common.client.connect import describe_end, printable
 from common.client.terminal import RawMode
 from common.errors import ErrorCode
-from common.protocol.connection import ConnectionTerminated
+from common.protocol.connection import ConnectionTerminated, not_qsmp
 from qsh.cli import hoist_options, remote_command, split_destination
 from qsh.escapes import Escape, EscapeScanner
 from qsh.session import exit_code, wants_pty
@@ -722,3 +724,64 @@ def test_config_errors_are_one_line_255(tmp_path: Path) -> None:
     result = subprocess.run([PYTHON, "-m", "qsh", "-x", "h"], capture_output=True, timeout=60,
                             cwd=ROOT, env=_client_env(tmp_path))
     assert result.returncode == 255 and result.stderr.count(b"\n") == 1
+
+
+def _qsh(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([PYTHON, "-m", "qsh", *args], capture_output=True, timeout=60,
+                          cwd=ROOT, env=_client_env(tmp_path), stdin=subprocess.DEVNULL,
+                          start_new_session=True)
+
+
+def test_a_config_that_is_a_directory_is_one_line_255(tmp_path: Path) -> None:
+    """It used to end in a Python traceback (IsADirectoryError) and exit 1."""
+    result = _qsh(tmp_path, "-F", str(tmp_path), "h", "true")
+    assert result.returncode == 255
+    assert result.stderr == f"qsh: {tmp_path}: is a directory\n".encode()
+
+
+def test_a_host_name_too_long_to_resolve_is_one_line_255(tmp_path: Path) -> None:
+    """It used to print ``internal error: UnicodeError(...)`` (the resolver's IDNA step)."""
+    name = "a" * 400  # shown cut to 300 characters
+    result = _qsh(tmp_path, name, "true")
+    assert result.returncode == 255
+    assert result.stderr == (f"qsh: could not resolve hostname {name[:297]}...: "
+                             "not a valid host name\n").encode()
+
+
+def test_an_ssh_server_is_named_as_such(tmp_path: Path) -> None:
+    """A server that greets with an SSH version line, as every sshd does first thing: qsh
+    used to say ``handshake failed: unknown packet flag 0x53``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    banner = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u10\r\n"
+
+    def greet() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(banner)
+                conn.settimeout(10)
+                conn.recv(4096)
+
+    thread = threading.Thread(target=greet, daemon=True)
+    thread.start()
+    try:
+        result = _qsh(tmp_path, "-p", str(listener.getsockname()[1]), "127.0.0.1", "true")
+    finally:
+        listener.close()
+        thread.join(10)
+    assert result.returncode == 255
+    assert result.stderr == (b"qsh: handshake failed: this is an SSH server "
+                             b"(SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u10), not qshd\n")
+
+
+@pytest.mark.parametrize(("first", "said"), [
+    (b"SSH-2.0-OpenSSH_10.5\r\n", "this is an SSH server (SSH-2.0-OpenSSH_10.5), not qshd"),
+    (b"SSH-2.0-evil\x1b[2J\r\n", "this is an SSH server (SSH-2.0-evil?[2J), not qshd"),
+    (b"HTTP/1.1 400 Bad Request\r\n", "not a qshd server: it answered in HTTP (a web server?)"),
+    (b"<!DOCTYPE HTML>\n<html>", "not a qshd server: it answered in HTTP (a web server?)"),
+    (b"\xff" * 13, "not a qshd server: its answer is not QSMP"),
+])
+def test_what_a_foreign_server_is_called(first: bytes, said: str) -> None:
+    """A web server answers only once our first packet happens to contain a newline (it
+    waits for the end of a request line), so that case is checked here, not end to end."""
+    assert not_qsmp(first) == said

@@ -36,6 +36,7 @@ from __future__ import annotations
 import getpass
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,13 +406,20 @@ def _read(path: Path, *, explicit: bool) -> str | None:
     is refused when others could have written it: it decides which host we connect to and
     which key files we use."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO put there must not hang qsh in open(); it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{path}: no such file") from None
         return None
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        reason = "is a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise ConfigError(f"{path}: {reason}")
+    os.set_blocking(fd, True)
     with open(fd, "rb") as f:
         if not explicit:
             st = os.fstat(f.fileno())

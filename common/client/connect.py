@@ -253,8 +253,11 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
                 user=cfg.user if identity is not None or password is not None else None,
                 identity=identity, password=password)
         except socket.gaierror as exc:
-            raise QshError(f"could not resolve hostname {cfg.hostname}: "
+            raise QshError(f"could not resolve hostname {printable(cfg.hostname)}: "
                            f"{exc.strerror}") from None
+        except UnicodeError:  # the resolver's IDNA step: a label over 63, a name over 253
+            raise QshError(f"could not resolve hostname {printable(cfg.hostname)}: "
+                           "not a valid host name") from None
         except TimeoutError:  # an OSError without errno: first
             raise QshError(timeout_message(cfg, handshake)) from None
         except OSError as exc:

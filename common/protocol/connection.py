@@ -26,6 +26,7 @@ from common.crypto.rng import SYSTEM_RNG, Rng
 from common.errors import (
     AuthenticationFailure,
     ErrorCode,
+    InvalidInput,
     InvalidRequest,
     QsmpError,
     RemoteReportedError,
@@ -108,6 +109,18 @@ class HandshakeComplete:
     suite: Suite
     session_id: bytes
     host_key: PublicKey
+
+
+def not_qsmp(first: bytes) -> str:
+    """Why a server's first bytes are not a QSMP packet, in words for the person who pointed
+    qsh at it: most often an sshd (it greets with its version line) or a web server."""
+    if first.startswith(b"SSH-"):
+        line = first.split(b"\n", 1)[0].rstrip(b"\r")[:100]
+        shown = "".join(c if c.isprintable() else "?" for c in line.decode("ascii", "replace"))
+        return f"this is an SSH server ({shown}), not qshd"
+    if first.startswith((b"HTTP/", b"<!DOCTYPE", b"<html", b"<HTML")):
+        return "not a qshd server: it answered in HTTP (a web server?)"
+    return "not a qshd server: its answer is not QSMP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +220,12 @@ class Connection:
     def _process(self) -> None:
         while self.terminated is None:
             limit = self._record_limit if self.transport else self.handshake.max_body()
-            packet = self._frames.next_packet(limit)
+            try:
+                packet = self._frames.next_packet(limit)
+            except InvalidInput:
+                if self.handshake.state is State.AWAIT_CONNECT_RESPONSE:
+                    raise InvalidInput(not_qsmp(self._frames.unread())) from None
+                raise
             if packet is None:
                 return
             header, header_bytes, body = packet
