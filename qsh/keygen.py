@@ -15,6 +15,8 @@ destroy a key by accident. Failures are one line ``qsh-keygen: ...`` and exit st
 from __future__ import annotations
 
 import getpass
+import os
+import re
 import socket
 import sys
 import time
@@ -22,7 +24,9 @@ from pathlib import Path
 
 import click
 
+from common.accounts import known_hosts
 from common.accounts.keys import DEFAULT_ALGORITHM, HostKey, KeyFileError, PublicKey
+from common.client.config import DEFAULT_PORT
 
 from . import clirun
 
@@ -78,6 +82,11 @@ def default_comment() -> str:
 @click.option("-l", "print_fingerprint", is_flag=True,
               help="Print the fingerprint of FILE (a private key or a .pub).")
 @click.option("--no-passphrase", is_flag=True, help="Do not encrypt the new key.")
+@click.option("-R", "remove_host", metavar="HOST",
+              help="Remove every key of HOST ('name' or '[name]:port') from known_hosts "
+                   "(-f names another file than ~/.qsh/known_hosts).")
+@click.option("-F", "find_host", metavar="HOST",
+              help="Show the known_hosts lines of HOST, with their line numbers.")
 def command(
     algorithm: str,
     key_file: Path | None,
@@ -86,10 +95,20 @@ def command(
     print_public: bool,
     print_fingerprint: bool,
     no_passphrase: bool,
+    remove_host: str | None,
+    find_host: str | None,
 ) -> None:
-    """Generate a qsh user key pair, or show an existing key's fingerprint or public line."""
-    if print_public and print_fingerprint:
-        raise click.UsageError("-y and -l cannot be used together")
+    """Generate a qsh user key pair, or show an existing key's fingerprint or public line;
+    find or remove a host's keys in known_hosts."""
+    if sum(bool(x) for x in (print_public, print_fingerprint, remove_host, find_host)) > 1:
+        raise click.UsageError("-y, -l, -R and -F cannot be used together")
+    if remove_host is not None or find_host is not None:
+        known = key_file if key_file is not None else known_hosts.default_path()
+        if remove_host is not None:
+            _remove_host(known, remove_host)
+        else:
+            _find_host(known, find_host or "")
+        return
     if passphrase is not None and no_passphrase:
         raise click.UsageError("-N and --no-passphrase cannot be used together")
     path = key_file if key_file is not None else default_key_path(algorithm)
@@ -181,6 +200,58 @@ def _sidecar_comment(path: Path, key: PublicKey) -> str:
     except KeyFileError:
         return ""
     return comment if sidecar.matches(key) else ""
+
+
+def _host_and_port(text: str) -> tuple[str, int]:
+    """``name`` (qsh's default port) or ``[name]:port``, as known_hosts writes them."""
+    match = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})", text)
+    if match is not None:
+        return match.group(1), int(match.group(2))
+    if not text or text.startswith("["):
+        raise KeygenError(f"{text!r} is not a host name or [host]:port")
+    return text, DEFAULT_PORT
+
+
+def _host_entries(path: Path, host: str) -> tuple[known_hosts.KnownHosts, str, int,
+                                                  tuple[known_hosts.Entry, ...]]:
+    name, port = _host_and_port(host)
+    try:
+        known = known_hosts.KnownHosts.load(path)
+        found = known.lookup(name, port, default_port=DEFAULT_PORT).entries
+    except ValueError as exc:
+        raise KeygenError(str(exc)) from None
+    return known, name, port, tuple(sorted(found, key=lambda e: e.line_number))
+
+
+def _find_host(path: Path, host: str) -> None:
+    """ssh-keygen -F: each line with its number; exit status 1 when there is none."""
+    known, _name, _port, found = _host_entries(path, host)
+    if not found:
+        raise KeygenError(f"host {host} not found in {path}")
+    lines = known.lines
+    for entry in found:
+        click.echo(f"# Host {host} found: line {entry.line_number}")
+        click.echo(lines[entry.line_number - 1])
+
+
+def _remove_host(path: Path, host: str) -> None:
+    """ssh-keygen -R: the lines named, the file rewritten atomically, the old contents kept
+    beside it as ``FILE.old`` (a key removed by mistake can be put back)."""
+    known, name, port, found = _host_entries(path, host)
+    if not found:
+        click.echo(f"Host {host} not found in {path}")
+        return
+    backup = path.with_name(path.name + ".old")
+    try:
+        backup.unlink(missing_ok=True)
+        os.link(path, backup)
+    except OSError as exc:
+        raise KeygenError(f"cannot keep a copy of {path} as {backup}: {exc.strerror}") from None
+    for entry in found:
+        click.echo(f"# Host {host} found: line {entry.line_number}")
+    known.remove(name, port, default_port=DEFAULT_PORT)
+    click.echo(f"{path} updated.")
+    click.echo(f"Original contents retained as {backup}")
 
 
 def _describe(key: PublicKey, comment: str) -> str:

@@ -15,6 +15,7 @@ import pytest
 from common.accounts.keys import HostKey, PublicKey
 
 PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _start_qshd(tmp: Path, host_key: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -167,6 +168,24 @@ def test_changed_host_key_is_a_loud_refusal(tmp_path: Path) -> None:
     assert result.returncode == 255
     assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in result.stderr
     assert known.read_text() == text  # nothing was overwritten
+    # As ssh does: the new key's fingerprint, the old key's file and line, and the command
+    # that removes it -- which, run as printed, makes the next connection a first contact.
+    presented = HostKey.load(tmp_path / "key_b").public.fingerprint()
+    assert f"fingerprint {presented}." in result.stderr
+    assert f"Offending mldsa65 key in {known}:1\n" in result.stderr
+    advice = f"  qsh-keygen -f {known} -R '[127.0.0.1]:{port2}'\n"
+    assert advice in result.stderr, result.stderr
+    wrapper = tmp_path / "bin" / "qsh-keygen"  # this checkout's, whatever is installed
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {PYTHON} -m qsh.keygen "$@"\n')
+    wrapper.chmod(0o755)
+    removed = subprocess.run(advice.strip(), shell=True, capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "PATH": f"{tmp_path}/bin:"
+                                              + os.environ["PATH"]}, cwd=ROOT)
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout == (f"# Host [127.0.0.1]:{port2} found: line 1\n{known} updated.\n"
+                              f"Original contents retained as {known}.old\n")
+    assert known.read_text() == "" and (tmp_path / "known_hosts.old").read_text() == text
 
 
 def test_connection_refused_is_one_line(tmp_path: Path) -> None:

@@ -229,3 +229,47 @@ def test_tty_overwrite_question(tmp_path: Path, answer: bytes, replaced: bool) -
     assert (path.read_bytes() != before) is replaced
     if not replaced:
         assert b"qsh-keygen: " in output and b"not overwritten" in output
+
+
+# --- known_hosts: -F and -R, as ssh-keygen ------------------------------------------------
+
+
+def _known_hosts(tmp_path: Path, plain_key: Path) -> tuple[Path, str]:
+    line = PublicKey.load(plain_key.with_name(plain_key.name + ".pub"))[0].openssh_line("")
+    body = line.strip()  # "qsh-<alg> <base64>"
+    path = tmp_path / "known_hosts"
+    path.write_text(f"# mine\nweb1,[10.0.0.1]:2200 {body}\n[127.0.0.1]:2222 {body}\n")
+    return path, body
+
+
+def test_dash_F_shows_a_hosts_lines_with_their_numbers(tmp_path: Path, plain_key: Path) -> None:
+    path, body = _known_hosts(tmp_path, plain_key)
+    result = keygen("-f", str(path), "-F", "[127.0.0.1]:2222")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"# Host [127.0.0.1]:2222 found: line 3\n[127.0.0.1]:2222 {body}\n"
+    missing = keygen("-f", str(path), "-F", "nowhere")
+    assert_one_line_failure(missing, f"host nowhere not found in {path}")
+
+
+def test_dash_R_takes_out_only_that_host(tmp_path: Path, plain_key: Path) -> None:
+    """From a line shared with another host only the name goes; the rest of the file stays,
+    and the old contents are kept as FILE.old."""
+    path, body = _known_hosts(tmp_path, plain_key)
+    before = path.read_text()
+    result = keygen("-f", str(path), "-R", "web1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (f"# Host web1 found: line 2\n{path} updated.\n"
+                             f"Original contents retained as {path}.old\n")
+    assert path.read_text() == (f"# mine\n[10.0.0.1]:2200 {body}\n"
+                                f"[127.0.0.1]:2222 {body}\n")
+    assert (tmp_path / "known_hosts.old").read_text() == before
+    again = keygen("-f", str(path), "-R", "web1")
+    assert again.returncode == 0 and again.stdout == f"Host web1 not found in {path}\n"
+
+
+@pytest.mark.parametrize("host", ["[127.0.0.1]", "[::1]:", ""])
+def test_dash_R_refuses_a_malformed_host(tmp_path: Path, plain_key: Path, host: str) -> None:
+    path, _body = _known_hosts(tmp_path, plain_key)
+    before = path.read_text()
+    assert_one_line_failure(keygen("-f", str(path), "-R", host), "is not a host name")
+    assert path.read_text() == before

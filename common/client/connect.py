@@ -17,13 +17,15 @@ import contextlib
 import dataclasses
 import errno
 import os
+import shlex
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from common import aio
 from common.accounts.keys import HostKey, KeyFileError, PassphraseRequired, PublicKey
-from common.accounts.known_hosts import KnownHosts, host_pattern
+from common.accounts.known_hosts import Entry, KnownHosts, host_pattern
 from common.client import terminal
 from common.client.config import DEFAULT_PORT, ClientConfig, default_identity_files
 from common.crypto import registry
@@ -48,8 +50,10 @@ IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
 The host key of {host} is not the one in {path}.
 The {algorithm} key it presents has the fingerprint {fingerprint}.
 Someone could be eavesdropping on you right now (man-in-the-middle attack),
-or the host key has just been changed. If you know it was changed, remove the old key
-with an editor and connect again."""
+or the host key has just been changed.
+{offending}
+If you know it was changed, remove the old key and connect again:
+  qsh-keygen -f {quoted_path} -R {quoted_host}"""
 
 
 class QshError(Exception):
@@ -201,7 +205,8 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
     mode = cfg.strict_host_key_checking
     pattern = host_pattern(cfg.hostname, cfg.port, DEFAULT_PORT)
     found = known.lookup(cfg.hostname, cfg.port, default_port=DEFAULT_PORT)
-    pinned = tuple(entry.key for entry in found.matching)
+    offending = found.matching  # if the host presents another key, these lines say so
+    pinned = tuple(entry.key for entry in offending)
     # "no" lets even a changed key through (with the warning), so nothing is pre-trusted.
     trusted = pinned[0] if pinned and mode != "no" else None
     refusal: list[QshError] = []
@@ -210,7 +215,7 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
         """Trust on first use. Never raises: the adapter treats False as a rejection."""
         if mode == "no":
             if pinned and not any(k.matches(key) for k in pinned):
-                ui.warn(changed_key_warning(cfg, pattern, key))
+                ui.warn(changed_key_warning(cfg, pattern, key, offending))
                 ui.warn("StrictHostKeyChecking is no: connecting anyway.")
                 return True
             if pinned:
@@ -273,7 +278,7 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
             if trusted is not None and exc.code in (ErrorCode.KEY_UNRECOGNIZED,
                                                     ErrorCode.VERIFY_FAILURE):
                 tried.append(trusted)
-                trusted = await _known_key_failed(cfg, ui, exc, pattern, pinned, tried)
+                trusted = await _known_key_failed(cfg, ui, exc, pattern, offending, tried)
                 continue  # another key known for this host: try the handshake with it
             if exc.code == ErrorCode.KEY_EXPIRED:
                 raise HostKeyNotVerifiable(f"the host key of {pattern} has expired") from None
@@ -289,10 +294,19 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
     return connection
 
 
-def changed_key_warning(cfg: ClientConfig, pattern: str, presented: PublicKey) -> str:
+def changed_key_warning(cfg: ClientConfig, pattern: str, presented: PublicKey,
+                        offending: Sequence[Entry]) -> str:
+    """ssh's banner: the new key's fingerprint, where each old key is (file and line), and
+    the command that removes them, quoted for a shell."""
+    lines = "\n".join(f"Offending {entry.key.algorithm} key in {cfg.known_hosts}:"
+                      f"{entry.line_number}" for entry in offending)
     return CHANGED_KEY_WARNING.format(host=pattern, path=cfg.known_hosts,
                                       algorithm=presented.algorithm,
-                                      fingerprint=presented.fingerprint())
+                                      fingerprint=presented.fingerprint(),
+                                      offending=lines or f"(no line of {cfg.known_hosts} "
+                                                         "names it any more)",
+                                      quoted_path=shlex.quote(str(cfg.known_hosts)),
+                                      quoted_host=shlex.quote(pattern))
 
 
 def timeout_message(cfg: ClientConfig, handshake: ClientHandshake) -> str:
@@ -306,7 +320,7 @@ def timeout_message(cfg: ClientConfig, handshake: ClientHandshake) -> str:
 
 
 async def _known_key_failed(cfg: ClientConfig, ui: Ui, exc: QsmpError, pattern: str,
-                            pinned: tuple[PublicKey, ...], tried: list[PublicKey]
+                            offending: Sequence[Entry], tried: list[PublicKey]
                             ) -> PublicKey:
     """The handshake failed over a pinned key: decide what to tell the user.
 
@@ -320,9 +334,10 @@ async def _known_key_failed(cfg: ClientConfig, ui: Ui, exc: QsmpError, pattern: 
     ui.note(1, f"handshake over the known host key failed ({printable(exc.message)}); "
                f"asking {pattern} which key it has")
     presented = await probe_host_key(cfg, tried[-1])
+    pinned = tuple(entry.key for entry in offending)
     if presented is not None:
         if not any(key.matches(presented) for key in pinned):
-            ui.warn(changed_key_warning(cfg, pattern, presented))
+            ui.warn(changed_key_warning(cfg, pattern, presented, offending))
             raise HostKeyNotVerifiable("host key verification failed") from None
         if not any(key.matches(presented) for key in tried):
             ui.note(1, f"{pattern} has another known key: {presented.fingerprint()}")
