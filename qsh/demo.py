@@ -10,6 +10,7 @@ Nothing outside the temporary directory is touched.
 from __future__ import annotations
 
 import getpass
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,8 +31,9 @@ def _wait_for(path: Path, process: subprocess.Popen[bytes], seconds: float = 20.
 
 
 def _show(argv: list[str]) -> None:
-    shown = [Path(a).name if a == sys.executable else a for a in argv]
-    print("\n$ " + " ".join(shown), flush=True)
+    """The command as a shell would need it typed (quoted), so it can be copied and run."""
+    shown = ["python3" if a == sys.executable else a for a in argv]
+    print("\n$ " + shlex.join(shown), flush=True)
 
 
 def main() -> int:
@@ -63,11 +65,16 @@ def main() -> int:
             command = [*client, "echo hello from $(hostname) as $(id -un); uname -sr"]
             _show(command)
             status = subprocess.run(command, check=False).returncode
-            if status == 0 and sys.stdin.isatty():
-                print("\nAn interactive qsh session follows; leave it with 'exit' or '~.'.")
+            if status != 0:
+                return status
+            if not sys.stdin.isatty():
+                print("\nNot run from a terminal, so no interactive shell follows. From a "
+                      "terminal, this would open one (the daemon is stopped now):")
                 _show(client)
-                status = subprocess.run(client, check=False).returncode
-            return status
+                return status
+            print("\nAn interactive qsh session follows; leave it with 'exit' or '~.'.")
+            _show(client)
+            return subprocess.run(client, check=False).returncode
         finally:
             daemon.terminate()
             daemon.wait(timeout=10)
