@@ -10,6 +10,7 @@ Nothing outside the temporary directory is touched.
 from __future__ import annotations
 
 import getpass
+import os
 import shlex
 import shutil
 import subprocess
@@ -32,7 +33,10 @@ def _wait_for(path: Path, process: subprocess.Popen[bytes], seconds: float = 20.
 
 def _show(argv: list[str]) -> None:
     """The command as a shell would need it typed (quoted), so it can be copied and run."""
-    shown = ["python3" if a == sys.executable else a for a in argv]
+    python = os.path.relpath(sys.executable)  # e.g. .venv/bin/python: the one with qsh
+    if python.startswith(".."):
+        python = sys.executable
+    shown = [python if a == sys.executable else a for a in argv]
     print("\n$ " + shlex.join(shown), flush=True)
 
 
