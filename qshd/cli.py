@@ -155,8 +155,13 @@ def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | 
                 HostKey.load(path)
         # A passwd file that does not parse would refuse every password login: say so now.
         PasswdFile(cfg.passwd_path()).load()
+        for address in cfg.listen_addresses:
+            listener_module.check_address(address)
         click.echo("configuration OK", err=True)
         return
+    # As -t does: a passwd file that does not parse is refused at start, not found out at
+    # the first password login.
+    PasswdFile(cfg.passwd_path()).load()
     host_keys = public_host_keys(cfg)
     # A detached daemon works from "/": pin the paths given relative to where we started.
     pidfile = pidfile.absolute() if pidfile is not None else None
@@ -204,6 +209,7 @@ def main() -> None:
     except click.ClickException as exc:
         click.echo(f"qshd: {exc.format_message()}", err=True)
         sys.exit(1)
-    except (ConfigError, KeyFileError, PasswdError, OSError) as exc:
+    except (ConfigError, KeyFileError, PasswdError, listener_module.BindError,
+            OSError) as exc:
         click.echo(f"qshd: {exc}", err=True)
         sys.exit(1)

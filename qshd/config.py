@@ -1,5 +1,13 @@
 """``qshd_config``: OpenSSH-style ``Keyword value`` lines; the first value of a keyword wins.
 
+The grammar is sshd_config's: ``Keyword value``, ``Keyword=value`` or ``Keyword = value``;
+keywords in any case; ``#`` starts a comment at the start of a line or at the start of a
+word (``Port 22 # ssh's`` is a comment after the value); ``"double quotes"`` keep spaces in
+one value. Keywords that take several values (AuthorizedKeysFile, PerSourcePenalties,
+PermitOpen, PermitListen) take them separated by spaces, comma lists forgive a space after a
+comma; any other keyword takes exactly one value, and a second is an error rather than
+silently part of the first.
+
 Only what the daemon implements today is accepted: an unknown keyword or a bad value is an
 error with its line number, so a typo never silently weakens a configuration (sshd ignores
 some of these; we would rather refuse to start than run with a policy nobody meant).
@@ -10,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,8 +99,9 @@ class ServerConfig:
     privsep_user: str = "qshd"
     #: None: the default for the daemon's privileges (see :meth:`passwd_path`).
     passwd_file: Path | None = None
-    #: Relative paths are taken from the user's home; %h, %u and %% are expanded.
-    authorized_keys_file: str = DEFAULT_AUTHORIZED_KEYS
+    #: Relative paths are taken from the user's home; %h, %u and %% are expanded. A key
+    #: listed in any of them logs in.
+    authorized_keys_files: tuple[str, ...] = (DEFAULT_AUTHORIZED_KEYS,)
     permit_root_login: str = "no"
     password_authentication: bool = True
     pubkey_authentication: bool = True
@@ -293,20 +303,74 @@ def _penalties(value: str, line: str, current: PenaltySettings,
     return dataclasses.replace(current, **changes)  # type: ignore[arg-type]
 
 
+#: Keywords whose line holds several values, separated by spaces; and the comma lists,
+#: where a space after a comma is forgiven.
+MULTI_VALUED = frozenset({"authorizedkeysfile", "persourcepenalties", "permitopen",
+                          "permitlisten", "kems", "signatures", "ciphers",
+                          "persourcepenaltyexemptlist"})
+
+
+def split_line(line: str, where: str) -> tuple[str, list[str]] | None:
+    """``(keyword, values)`` of one line as sshd_config reads it; None for a blank line or
+    a comment. Values are unquoted; a word that starts with ``#`` ends the line."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    cut = len(text)
+    for i, char in enumerate(text):
+        if char.isspace() or char == "=":
+            cut = i
+            break
+    keyword, rest = text[:cut], text[cut:].lstrip()
+    if rest.startswith("="):  # "Keyword=value", "Keyword = value"
+        rest = rest[1:].lstrip()
+    values: list[str] = []
+    i = 0
+    while i < len(rest):
+        if rest[i].isspace():
+            i += 1
+            continue
+        if rest[i] == "#":
+            break
+        word: list[str] = []
+        while i < len(rest) and not rest[i].isspace():
+            if rest[i] == '"':
+                end = rest.find('"', i + 1)
+                if end < 0:
+                    raise ConfigError(f"{where}: unbalanced quotes")
+                word.append(rest[i + 1 : end])
+                i = end + 1
+            else:
+                word.append(rest[i])
+                i += 1
+        values.append("".join(word))
+    return keyword.lower(), values
+
+
 def parse(text: str, source: str = "qshd_config") -> ServerConfig:
+    return parse_lines((f"{source}:{number}", line)
+                       for number, line in enumerate(text.splitlines(), 1))
+
+
+def parse_lines(lines: Iterable[tuple[str, str]]) -> ServerConfig:
+    """The configuration from ``(where, line)`` pairs, ``where`` naming each line in
+    messages (file and line number, or the ``-o`` option it came from)."""
     config = ServerConfig()
     seen: set[str] = set()
     penalty_items: set[str] = set()
     listen_given = False
-    for number, raw in enumerate(text.splitlines(), 1):
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
+    for where, line in lines:
+        split = split_line(line, where)
+        if split is None:
             continue
-        keyword, _, value = stripped.partition(" ")
-        keyword, value = keyword.lower(), value.strip()
-        where = f"{source}:{number}"
-        if not value:
+        keyword, values = split
+        if not values or values == [""]:
             raise ConfigError(f"{where}: {keyword} needs a value")
+        if len(values) > 1 and keyword not in MULTI_VALUED:
+            raise ConfigError(f"{where}: {keyword} takes one value; "
+                              f"{' '.join(values[1:])!r} is one too many "
+                              '(quote a value that contains spaces: "...")')
+        value = " ".join(values)
         repeatable = keyword in ("listenaddress", "hostkey", "persourcepenalties")
         if keyword in seen and not repeatable:
             continue  # first value wins, as in sshd_config
@@ -363,13 +427,14 @@ def parse(text: str, source: str = "qshd_config") -> ServerConfig:
         elif keyword == "passwdfile":
             config.passwd_file = Path(value).expanduser()
         elif keyword == "authorizedkeysfile":
-            if "\x00" in value:
-                raise ConfigError(f"{where}: AuthorizedKeysFile contains a NUL byte")
-            try:
-                expand_tokens(value, "user", "/home/user")
-            except ValueError as exc:
-                raise ConfigError(f"{where}: AuthorizedKeysFile: {exc}") from None
-            config.authorized_keys_file = value
+            for template in values:
+                if "\x00" in template or not template:
+                    raise ConfigError(f"{where}: AuthorizedKeysFile: an empty path or a NUL")
+                try:
+                    expand_tokens(template, "user", "/home/user")
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: AuthorizedKeysFile: {exc}") from None
+            config.authorized_keys_files = tuple(values)
         elif keyword == "permitrootlogin":
             choice = value.lower()
             if choice == "without-password":  # sshd's old name for prohibit-password
@@ -394,17 +459,19 @@ def load(path: Path | None, overrides: tuple[str, ...] = ()) -> ServerConfig:
     ``overrides`` are ``Keyword=value`` options from the command line (sshd's ``-o``); they
     are read first, so they win over the file.
     """
-    lines = [o.replace("=", " ", 1) for o in overrides]
-    source = "command line" if overrides else "qshd_config"
+    lines = [(f"-o {option!r}", option) for option in overrides]
     if path is None:
         default = default_dir() / "qshd_config"
         path = default if default.exists() else None
     if path is not None:
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory")
         try:
-            lines.append(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text") from None
-        source = str(path) if not overrides else f"{path} (after {len(overrides)} -o options)"
-    return parse("\n".join(lines), source)
+        lines += [(f"{path}:{number}", line)
+                  for number, line in enumerate(text.splitlines(), 1)]
+    return parse_lines(lines)

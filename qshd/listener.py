@@ -325,8 +325,18 @@ def _inherited_sockets() -> dict[tuple[str, int], socket.socket]:
     return found
 
 
+class BindError(Exception):
+    """A ListenAddress that cannot be resolved or bound: one line for the administrator."""
+
+
 def _bind(host: str, port: int, backlog: int) -> socket.socket:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    where = f"cannot listen on {host} port {port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a valid host name"
+        raise BindError(f"{where}: {reason}") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -335,10 +345,17 @@ def _bind(host: str, port: int, backlog: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
         sock.listen(backlog)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise BindError(f"{where}: {exc.strerror or exc}") from None
     return sock
+
+
+def check_address(host: str) -> None:
+    """What ``qshd -t`` can know without taking the port (a running daemon holds it): that
+    the address resolves and is one of this machine's (bound with port 0 and let go).
+    Raises :class:`BindError`."""
+    _bind(host, 0, 1).close()
 
 
 def _close_now(sock: socket.socket) -> None:

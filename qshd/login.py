@@ -478,9 +478,9 @@ class Authenticator:
             # does not reveal which names exist or which ones policy forbids.
             ok = await self._check_password(connection, user, request.password)
             return self._judge_password(user, account, ok, peer)
-        subject, path = self._key_subject(account)
-        found = await loop.run_in_executor(None, _read_keys, path, subject)
-        return self._judge_key(request, account, found, path, peer)
+        subject, paths = self._key_subject(account)
+        found = await loop.run_in_executor(None, _read_all_keys, paths, subject)
+        return self._judge_key(request, account, found, paths, peer)
 
     def decide(self, request: AuthRequested, peer: str) -> bool:
         """The same decision as :meth:`_decide`, blocking: for qshd's per-connection monitor,
@@ -493,8 +493,8 @@ class Authenticator:
             assert request.password is not None
             ok = self._verify_password(user, request.password)
             return self._judge_password(user, account, ok, peer)
-        subject, path = self._key_subject(account)
-        return self._judge_key(request, account, _read_keys(path, subject), path, peer)
+        subject, paths = self._key_subject(account)
+        return self._judge_key(request, account, _read_all_keys(paths, subject), paths, peer)
 
     @staticmethod
     def _method_disabled(method: str, user: str, peer: str) -> bool:
@@ -511,20 +511,22 @@ class Authenticator:
         log.info("Accepted password for %s from %s", user, peer)
         return True
 
-    def _key_subject(self, account: Account | None) -> tuple[Account, Path]:
+    def _key_subject(self, account: Account | None) -> tuple[Account, tuple[Path, ...]]:
         """Whose authorized_keys to read. The same steps whatever the name (the decision
-        comes after them): an unknown name reads the stand-in's file, so the refusal is not
+        comes after them): an unknown name reads the stand-in's files, so the refusal is not
         quicker for it."""
         subject = account if account is not None else STAND_IN
-        return subject, self.authorized_keys_path(subject)
+        return subject, self.authorized_keys_paths(subject)
 
     def _judge_key(self, request: AuthRequested, account: Account | None,
-                   found: list[PublicKey] | AuthorizedKeysError | None, path: Path,
-                   peer: str) -> bool:
+                   found: list[list[PublicKey] | AuthorizedKeysError | None],
+                   paths: tuple[Path, ...], peer: str) -> bool:
         user, key = request.user, request.public_key
         assert key is not None
         refusal = self._policy_refusal(account, METHOD_PUBLICKEY)
-        listed = isinstance(found, list) and any(key.matches(k) for k in found)
+        listed = any(isinstance(keys, list) and any(key.matches(k) for k in keys)
+                     for keys in found)
+        problems = [problem for problem in found if isinstance(problem, AuthorizedKeysError)]
         if account is None:
             log.info("Failed publickey for invalid user %s from %s", user, peer)
             return False
@@ -535,12 +537,13 @@ class Authenticator:
             log.info("Failed publickey for %s from %s: key %s has expired", user, peer,
                      key.fingerprint())
             return False
-        if isinstance(found, AuthorizedKeysError):
-            log.warning("Authentication refused for %s from %s: %s", user, peer, found)
-            return False
+        for problem in problems:  # as sshd: a file it refuses does not stop the next one
+            log.warning("Authentication refused for %s from %s: %s", user, peer, problem)
         if not listed:
+            if problems and len(problems) == len(paths):
+                return False
             log.info("Failed publickey for %s from %s: key %s is not in %s", user, peer,
-                     key.fingerprint(), path)
+                     key.fingerprint(), " or ".join(str(path) for path in paths))
             return False
         log.info("Accepted publickey for %s from %s: %s", user, peer, key.fingerprint())
         return True
@@ -562,10 +565,14 @@ class Authenticator:
             return f"the login shell {shell} is not executable"
         return None
 
-    def authorized_keys_path(self, account: Account) -> Path:
-        expanded = expand_tokens(self.config.authorized_keys_file, account.name, account.home)
-        path = Path(expanded)
-        return path if path.is_absolute() else Path(account.home) / path
+    def authorized_keys_paths(self, account: Account) -> tuple[Path, ...]:
+        """Every AuthorizedKeysFile of the account, in the order given: a key listed in any
+        of them logs in."""
+        paths = []
+        for template in self.config.authorized_keys_files:
+            path = Path(expand_tokens(template, account.name, account.home))
+            paths.append(path if path.is_absolute() else Path(account.home) / path)
+        return tuple(paths)
 
     async def _check_password(self, connection: aio.QsmpConnection, user: str,
                               password: bytes) -> bool:
@@ -609,3 +616,8 @@ def _read_keys(path: Path, account: Account) -> list[PublicKey] | AuthorizedKeys
         return read_authorized_keys(path, account)
     except AuthorizedKeysError as exc:
         return exc
+
+
+def _read_all_keys(paths: tuple[Path, ...], account: Account
+                   ) -> list[list[PublicKey] | AuthorizedKeysError | None]:
+    return [_read_keys(path, account) for path in paths]

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import pwd
+import re
 import socket
 import statistics
 import subprocess
@@ -31,7 +32,7 @@ from common.accounts.passwd import PasswdFile
 from common.protocol.auth import AuthFailed, AuthRequested
 from common.protocol.handshake import ClientHandshake
 from common.protocol.negotiation import Offer
-from qshd.config import ConfigError, ServerConfig, parse
+from qshd.config import ConfigError, ServerConfig, load, parse
 from qshd.login import Account, Authenticator, AuthorizedKeysError, read_authorized_keys
 from qshd.server import Daemon
 
@@ -61,7 +62,7 @@ def test_config_keywords_and_defaults(tmp_path: Path) -> None:
     assert defaults.permit_root_login == "no"
     assert defaults.password_authentication and defaults.pubkey_authentication
     assert defaults.max_auth_tries == 6 and defaults.login_grace_time == 120
-    assert defaults.authorized_keys_file == ".qsh/authorized_keys"
+    assert defaults.authorized_keys_files == (".qsh/authorized_keys",)
     expected_passwd = (Path("/etc/qsh/passwd") if IS_ROOT
                        else Path.home() / ".qsh" / "passwd")
     assert defaults.passwd_path() == expected_passwd
@@ -70,10 +71,49 @@ def test_config_keywords_and_defaults(tmp_path: Path) -> None:
                 "PubkeyAuthentication yes\nMaxAuthTries 3\nLoginGraceTime 2m\n"
                 "MaxStartups 5\nPermitRootLogin yes\n")
     assert cfg.passwd_path() == tmp_path / "pw"
-    assert cfg.authorized_keys_file == "/keys/%u"
+    assert cfg.authorized_keys_files == ("/keys/%u",)
     assert cfg.permit_root_login == "prohibit-password"  # first value wins
     assert not cfg.password_authentication and cfg.pubkey_authentication
     assert (cfg.max_auth_tries, cfg.login_grace_time, cfg.max_startups) == (3, 120.0, 5)
+
+
+@pytest.mark.parametrize("text", [
+    "Port=2200\n", "Port = 2200\n", "port 2200 # ssh's is 22\n", "  PORT\t2200\n",
+    'Port "2200"\n', "# Port 22\nPort 2200 #\n",
+])
+def test_config_lines_are_read_as_sshd_config_reads_them(text: str) -> None:
+    """``=``, trailing comments, any case, quotes: each used to be refused or misread."""
+    assert parse(text).port == 2200
+
+
+def test_several_authorized_keys_files_and_a_quoted_path() -> None:
+    cfg = parse('AuthorizedKeysFile .qsh/authorized_keys "/etc/qsh/keys dir/%u" # both\n')
+    assert cfg.authorized_keys_files == (".qsh/authorized_keys", "/etc/qsh/keys dir/%u")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("Port 22 23\n", "qshd_config:1: port takes one value; '23' is one too many"),
+    ("PasswdFile /a b\n", "qshd_config:1: passwdfile takes one value; 'b' is one too many"),
+    ('AuthorizedKeysFile "/a\n', "qshd_config:1: unbalanced quotes"),
+    ("Port=\n", "qshd_config:1: port needs a value"),
+])
+def test_config_line_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert str(info.value).startswith(message), info.value
+
+
+def test_line_numbers_stay_right_after_dash_o(tmp_path: Path) -> None:
+    """An error in the file names its own line, however many -o options came first; an
+    error in an option names the option."""
+    config = tmp_path / "qshd_config"
+    config.write_text("Port 2200\nMaxAuthTries many\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(config))}:2: "):
+        load(config, ("LoginGraceTime=30", "Port=2300"))
+    with pytest.raises(ConfigError, match=r"^-o 'MaxAuthTries=x': "):
+        load(config, ("MaxAuthTries=x",))
+    config.write_text("Port 2200\n")
+    assert load(config, ("Port=2300",)).port == 2300  # -o wins
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -122,6 +162,33 @@ def test_t_checks_new_keywords_and_the_passwd_file(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and f"{broken}:1" in result.stderr
 
 
+def test_a_broken_passwd_file_or_listen_address_stops_qshd_at_start(tmp_path: Path) -> None:
+    """It used to start and then fail every password login in silence; and ``qshd -t``
+    passed a ListenAddress that cannot be resolved. An address in use (a real listener on
+    127.0.0.1) is found at start; a name that cannot be resolved already by ``-t``."""
+    broken = tmp_path / "broken"
+    broken.write_text("alice:not-a-hash\n")
+    broken.chmod(0o600)
+    base = [PYTHON, "-m", "qshd", "-D", "-e", "-h", str(tmp_path / "hk")]
+    result = subprocess.run([*base, "-p", "0", "-o", "ListenAddress=127.0.0.1",
+                             "-o", f"PasswdFile={broken}"], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr.endswith(f"qshd: {broken}:1: the hash for 'alice' is not a bcrypt hash\n")
+    name = "a" * 300  # refused by the resolver's own checks: no lookup leaves the machine
+    result = subprocess.run([*base, "-t", "-o", f"ListenAddress={name}"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr == f"qshd: cannot listen on {name} port 0: not a valid host name\n"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run([*base, "-p", str(port), "-o", "ListenAddress=127.0.0.1"],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr.endswith(
+        f"qshd: cannot listen on 127.0.0.1 port {port}: Address already in use\n")
+
+
 # --------------------------------------------------------------------------- a daemon
 
 
@@ -132,7 +199,7 @@ def make_config(tmp: Path, **overrides: Any) -> ServerConfig:
     keys = tmp / "keys"
     keys.mkdir(mode=0o755, exist_ok=True)
     cfg = ServerConfig(port=0, listen_addresses=["127.0.0.1"], passwd_file=passwd,
-                       authorized_keys_file=f"{keys}/%u", permit_root_login="yes")
+                       authorized_keys_files=(f"{keys}/%u",), permit_root_login="yes")
     for name, value in overrides.items():
         setattr(cfg, name, value)
     return cfg
@@ -239,6 +306,23 @@ def test_key_login_is_accepted(tmp_path: Path, qshd_log: pytest.LogCaptureFixtur
     assert "line 3: malformed key, skipped" in qshd_log.text  # the good lines still count
 
 
+def test_a_key_in_the_second_authorized_keys_file_logs_in(
+        tmp_path: Path, qshd_log: pytest.LogCaptureFixture) -> None:
+    """AuthorizedKeysFile with two paths, as sshd's default ``.ssh/authorized_keys
+    .ssh/authorized_keys2``: a key in either logs in; the first file missing is no error."""
+    second = tmp_path / "keys2"
+    second.mkdir(mode=0o755)
+    cfg = make_config(tmp_path, authorized_keys_files=(f"{tmp_path}/nothing/%u",
+                                                       f"{second}/%u"))
+    (second / ME).write_text(USER_KEY.public.openssh_line("test") + "\n")
+    (second / ME).chmod(0o600)
+    answer, _ = run(attempt(cfg, user=ME, identity=USER_KEY))
+    assert answer is None
+    answer, _ = run(attempt(cfg, user=ME, identity=OTHER_KEY))
+    assert isinstance(answer, AuthFailed)
+    assert f"is not in {tmp_path}/nothing/{ME} or {second}/{ME}" in qshd_log.text
+
+
 def test_key_not_listed_is_refused(tmp_path: Path, qshd_log: pytest.LogCaptureFixture) -> None:
     cfg = make_config(tmp_path)
     authorize(tmp_path, OTHER_KEY)
@@ -332,7 +416,7 @@ def test_permit_root_login(tmp_path: Path, permit: str, by_password: bool,
     keys.mkdir()
     (keys / root_name).write_text(USER_KEY.public.openssh_line() + "\n")
     (keys / root_name).chmod(0o600)
-    cfg = ServerConfig(passwd_file=passwd, authorized_keys_file=f"{keys}/%u",
+    cfg = ServerConfig(passwd_file=passwd, authorized_keys_files=(f"{keys}/%u",),
                        permit_root_login=permit)
     auth = Authenticator(cfg, euid=0)
     assert run(_decide(auth, root_name, password=PASSWORD)) is by_password
