@@ -92,10 +92,11 @@ async def pump(channel: Channel, reader: asyncio.StreamReader,
         else:
             writer.transport.abort()
             channel.abort()
+        # asyncio.timeout, not wait_for: no task per wait (this runs once per connection).
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(channel.wait_closed(), CLOSE_TIMEOUT)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await channel.wait_closed()
+                await writer.wait_closed()
     return clean
 
 
