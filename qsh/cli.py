@@ -1,6 +1,7 @@
 """qsh: the client's command line, with ssh's habits.
 
-``qsh [-p PORT] [-l USER] [-i KEY]... [-F CONFIG] [-o OPT=VAL]... [-v]... [-t]
+``qsh [-p PORT] [-l USER] [-i KEY]... [-F CONFIG] [-o OPT=VAL]... [-v]... [-t] [-N] [-f]
+[-T|-L [bind:]port:host:hostport]... [-R [bind:]port:host:hostport]... [-D [bind:]port]...
 [user@]host [command...]``
 
 Exit status: the remote command's; 128+N when a signal killed it; 255 when qsh itself
@@ -37,8 +38,8 @@ def split_destination(destination: str) -> tuple[str | None, str]:
     return (user if sep else None), host
 
 
-_VALUE_OPTIONS = frozenset("pliFo")
-_FLAG_OPTIONS = frozenset("vt")
+_VALUE_OPTIONS = frozenset("pliFoTLRD")
+_FLAG_OPTIONS = frozenset("vtNf")
 
 
 def hoist_options(argv: list[str]) -> list[str]:
@@ -113,12 +114,24 @@ def remote_command(words: tuple[str, ...]) -> str | None:
 @click.option("-v", "verbose", count=True, help="Verbose; repeat for more (up to -vvv).")
 @click.option("-t", "force_tty", is_flag=True,
               help="Request a pseudo-terminal even with a command or without a local one.")
+@click.option("-T", "-L", "local_forwards", multiple=True, metavar="[BIND:]PORT:HOST:HOSTPORT",
+              help="Tunnel: listen on local PORT, connect to HOST:HOSTPORT from the server.")
+@click.option("-R", "remote_forwards", multiple=True, metavar="[BIND:]PORT:HOST:HOSTPORT",
+              help="Reverse tunnel: the server listens on PORT, qsh connects to HOST:HOSTPORT.")
+@click.option("-D", "dynamic_forwards", multiple=True, metavar="[BIND:]PORT",
+              help="SOCKS5/4a proxy on local PORT, connecting from the server.")
+@click.option("-N", "no_command", is_flag=True, help="No shell or command: tunnels only.")
+@click.option("-f", "background", is_flag=True,
+              help="Go to the background after login and tunnel set-up.")
 @click.argument("destination")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def command(port: int | None, login: str | None, identities: tuple[str, ...],
             config_file: str | None, options: tuple[str, ...], verbose: int,
-            force_tty: bool, destination: str, command: tuple[str, ...]) -> int:
+            force_tty: bool, local_forwards: tuple[str, ...], remote_forwards: tuple[str, ...],
+            dynamic_forwards: tuple[str, ...], no_command: bool, background: bool,
+            destination: str, command: tuple[str, ...]) -> int:
     """Log in to DESTINATION ([user@]host) and run a shell, or COMMAND, over QSMP."""
+    from common.channels.tunnel import parse_forward
     from common.client.config import ConfigError, resolve
 
     user, host = split_destination(destination)
@@ -128,13 +141,27 @@ def command(port: int | None, login: str | None, identities: tuple[str, ...],
                       identity_files=identities)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        given = [parse_forward(kind, text) for kind, texts in (
+            ("local", local_forwards), ("remote", remote_forwards),
+            ("dynamic", dynamic_forwards)) for text in texts]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    # Command-line tunnels first, then the config's (ssh adds both); ExitOnForwardFailure
+    # defaults to yes when the command line asked for a tunnel.
+    cfg.forwards = [*given, *cfg.forwards]
+    if cfg.exit_on_forward_failure is None:
+        cfg.exit_on_forward_failure = bool(given)
+    if no_command and command:
+        raise click.UsageError("-N takes no command")
     verbosity = max(verbose, _LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
     return _run(cfg, remote_command(command), force_tty, verbosity,
-                quiet=cfg.log_level in _QUIET_LEVELS)
+                quiet=cfg.log_level in _QUIET_LEVELS, no_command=no_command,
+                background=background)
 
 
 def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int, *,
-         quiet: bool) -> int:
+         quiet: bool, no_command: bool = False, background: bool = False) -> int:
     import asyncio
 
     from common.client import connect, terminal
@@ -145,7 +172,8 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
     session.setup_logging(verbosity)
     ui = connect.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter())
     try:
-        return asyncio.run(session.run_client(cfg, ui, command=remote, force_tty=force_tty))
+        return asyncio.run(session.run_client(cfg, ui, command=remote, force_tty=force_tty,
+                                              no_command=no_command, background=background))
     except connect.QshError as exc:
         ui.error(str(exc))
         return EXIT_FAILURE

@@ -49,6 +49,7 @@ from common.client.connect import (
 from common.errors import ErrorCode, QsmpError
 
 from . import escapes
+from .tunnels import ClientTunnels
 
 EXIT_FAILURE = 255
 #: Bytes per read from stdin: one record's worth, so a bulk upload costs few records.
@@ -205,8 +206,12 @@ class Session:
     """A ``session`` channel wired to fds 0, 1, 2 (and the terminal, with a pty)."""
 
     def __init__(self, connection: aio.QsmpConnection, cfg: ClientConfig, ui: Ui, *,
-                 command: str | None, pty: bool) -> None:
+                 command: str | None, pty: bool,
+                 gate: Awaitable[None] | None = None) -> None:
         self.connection = connection
+        #: Awaited together with the channel's open, before any request: the tunnels'
+        #: negotiation, which must succeed before a shell or command starts.
+        self.gate = gate
         self.cfg = cfg
         self.ui = ui
         self.command = command
@@ -226,7 +231,11 @@ class Session:
 
     async def _start(self) -> aio.Channel:
         try:
-            channel = await self.connection.open_channel(proto.SESSION)
+            opening = self.connection.open_channel(proto.SESSION)
+            if self.gate is not None:  # one round trip for both
+                channel, _ = await asyncio.gather(opening, self.gate)
+            else:
+                channel = await opening
         except aio.ChannelOpenError as exc:
             raise QshError(f"the server refused a session: {exc.message}") from None
         self.channel = channel
@@ -457,7 +466,49 @@ class Session:
 # --- Whole runs ---------------------------------------------------------------------------
 
 
-async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tty: bool) -> int:
+async def settle_tunnels(negotiation: Awaitable[list[str]], cfg: ClientConfig, ui: Ui) -> None:
+    """The tunnels' answers: with ExitOnForwardFailure a refusal ends qsh (255) in one line
+    naming the tunnel and the reason; without, each refusal is a warning."""
+    failures = await negotiation
+    if not failures:
+        return
+    if cfg.exit_on_forward_failure:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise QshError(f"tunnel refused: {failures[0]}{more}")
+    for failure in failures:
+        ui.warn(f"qsh: tunnel not set up: {failure}")
+
+
+def go_background() -> None:
+    """``-f``: the parent exits 0, the child carries on in a session of its own with stdin
+    from /dev/null (stdout and stderr stay, as ssh's). The event loop carries over: this
+    process has no other thread, and the executor gets fresh threads."""
+    import concurrent.futures
+
+    loop = asyncio.get_running_loop()
+    if os.fork():
+        os._exit(0)
+    # asyncio ties the running loop to the pid that started it; this process continues it.
+    asyncio._set_running_loop(loop)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor())
+
+
+async def wait_connection(connection: aio.QsmpConnection, cfg: ClientConfig) -> int:
+    """``-N``: tunnels only, until the connection ends: 0 after the server's goodbye, 255
+    (:class:`DisconnectError`) when it was lost."""
+    await connection.wait_closed()
+    terminated = connection.terminated
+    if terminated is None or terminated.code != ErrorCode.NONE:
+        raise DisconnectError(f"connection to {cfg.host} closed: {describe_end(terminated)}")
+    return 0
+
+
+async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tty: bool,
+                     no_command: bool = False, background: bool = False) -> int:
     """The whole of ``qsh``: the exit status, or :class:`QshError`.
 
     SIGTERM/SIGHUP/SIGINT during connecting and logging in cancel this task, so every
@@ -477,13 +528,28 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
     for signum in handled:
         loop.add_signal_handler(signum, on_signal, signum)
     connection: aio.QsmpConnection | None = None
+    tunnels: ClientTunnels | None = None
     with saved_blocking_modes():
         try:
             connection = await login(cfg, ui)
-            pty = wants_pty(cfg.request_tty, command=command, stdin_is_tty=os.isatty(0),
-                            force=force_tty)
-            session = Session(connection, cfg, ui, command=command, pty=pty)
+            gate: Awaitable[None] | None = None
+            if cfg.forwards:
+                tunnels = ClientTunnels(connection, ui, cfg.forwards)
+                # The requests go out now, beside the session's open (one round trip).
+                gate = asyncio.ensure_future(settle_tunnels(
+                    asyncio.ensure_future(tunnels.negotiate()), cfg, ui))
             try:
+                if no_command or background:
+                    if gate is not None:
+                        await gate
+                        gate = None
+                    if background:
+                        go_background()
+                    if no_command:
+                        return await wait_connection(connection, cfg)
+                pty = wants_pty(cfg.request_tty, command=command, stdin_is_tty=os.isatty(0),
+                                force=force_tty)
+                session = Session(connection, cfg, ui, command=command, pty=pty, gate=gate)
                 return await session.run()
             except aio.ConnectionLost as exc:
                 raise DisconnectError(f"connection to {cfg.host} closed: "
@@ -494,6 +560,8 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
             raise
         finally:
             terminal.restore_all()
+            if tunnels is not None:
+                await tunnels.close()
             if connection is not None:
                 await close_connection(connection)
             for signum in handled:

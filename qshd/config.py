@@ -41,6 +41,7 @@ from .admission import (
     PenaltySettings,
     Startups,
 )
+from .tunnels import ALLOW_VALUES, GATEWAY_VALUES, TunnelPolicy, parse_patterns
 
 DEFAULT_PORT = 2022
 DEFAULT_AUTHORIZED_KEYS = ".qsh/authorized_keys"
@@ -107,6 +108,8 @@ class ServerConfig:
     pubkey_authentication: bool = True
     max_auth_tries: int = DEFAULT_MAX_AUTH_TRIES
     login_grace_time: float = DEFAULT_LOGIN_GRACE
+    #: Tunnels (qshd/tunnels.py): AllowTcpForwarding, PermitOpen, PermitListen, GatewayPorts.
+    tunnel_policy: TunnelPolicy = field(default_factory=TunnelPolicy)
 
     def auth_methods(self) -> tuple[str, ...]:
         """What a refused client is told may still work."""
@@ -303,6 +306,26 @@ def _penalties(value: str, line: str, current: PenaltySettings,
     return dataclasses.replace(current, **changes)  # type: ignore[arg-type]
 
 
+_TUNNEL_KEYWORDS = ("allowtcpforwarding", "permitopen", "permitlisten", "gatewayports")
+
+
+def _tunnel_option(policy: TunnelPolicy, keyword: str, value: str, line: str) -> TunnelPolicy:
+    if keyword == "allowtcpforwarding":
+        choice = value.lower()
+        return dataclasses.replace(policy, allow=_choice(
+            "yes" if choice == "all" else choice, ALLOW_VALUES, line))
+    if keyword == "gatewayports":
+        return dataclasses.replace(policy, gateway_ports=_choice(value.lower(), GATEWAY_VALUES,
+                                                                 line))
+    try:
+        patterns = parse_patterns(value, host_optional=keyword == "permitlisten")
+    except ValueError as exc:
+        raise ConfigError(f"{line}: {keyword}: {exc}") from None
+    if keyword == "permitopen":
+        return dataclasses.replace(policy, permit_open=patterns)
+    return dataclasses.replace(policy, permit_listen=patterns)
+
+
 #: Keywords whose line holds several values, separated by spaces; and the comma lists,
 #: where a space after a comma is forgiven.
 MULTI_VALUED = frozenset({"authorizedkeysfile", "persourcepenalties", "permitopen",
@@ -448,6 +471,8 @@ def parse_lines(lines: Iterable[tuple[str, str]]) -> ServerConfig:
             config.max_auth_tries = _integer(value, where, 1, 100)
         elif keyword == "logingracetime":
             config.login_grace_time = _seconds(value, where, 1, 86400)
+        elif keyword in _TUNNEL_KEYWORDS:
+            config.tunnel_policy = _tunnel_option(config.tunnel_policy, keyword, value, where)
         else:
             raise ConfigError(f"{where}: unknown keyword {keyword!r}")
     return config

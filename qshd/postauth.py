@@ -18,12 +18,14 @@ import socket
 
 from common import aio
 from common.aio.memory import release_free_memory
+from common.protocol.mux import GlobalRequest
 
 from . import privsep, utmp
 from .config import ServerConfig
 from .login import Account
 from .monitor_protocol import Handoff, MonitorError, MonitorLink, PtyClosed, PtyOpened
 from .sessions import HANGUP_GRACE, Session, serve_channel
+from .tunnels import Tunnels
 
 log = logging.getLogger("qshd")
 
@@ -76,11 +78,26 @@ async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
     info = f"{peer[0]} {peer[1]} {local[0]} {local[1]}"
     euid = os.geteuid()
 
+    tunnels: list[Tunnels] = []
+
+    def tunnels_of(connection: aio.QsmpConnection) -> Tunnels:
+        # Made on first use: the client's first tunnel request may be read before adopt()
+        # returns. Already the user (become_user above): tunnels act with its rights.
+        if not tunnels:
+            tunnels.append(Tunnels(connection, config.tunnel_policy, account.name))
+        return tunnels[0]
+
     async def on_channel(connection: aio.QsmpConnection, channel: aio.Channel) -> None:
         await serve_channel(channel, account, euid=euid, connection_info=info,
-                            sessions=sessions, accounting=accounting)
+                            sessions=sessions, accounting=accounting,
+                            tunnels=tunnels_of(connection))
+
+    async def on_global_request(connection: aio.QsmpConnection,
+                                event: GlobalRequest) -> tuple[bool, bytes]:
+        return await tunnels_of(connection).on_global_request(connection, event)
 
     connection = await aio.adopt(sock, handoff.state, on_channel=on_channel,
+                                 on_global_request=on_global_request,
                                  settings=config.transport_settings(), user=account.name,
                                  number=number)
     release_free_memory()

@@ -14,18 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 
 from common import aio
 from common.accounts.keys import HostKey
 from common.protocol.auth import AuthRequested
 from common.protocol.handshake import ServerHandshake
-from common.protocol.mux import OpenFailureReason
+from common.protocol.mux import GlobalRequest, OpenFailureReason
 
 from .admission import Admission, Penalty, Refused, Ticket, classify
 from .config import ServerConfig
 from .login import Account, Authenticator, peer_text
 from .preauth import first_message_due
 from .sessions import HANGUP_GRACE, Session, serve_channel
+from .tunnels import Tunnels
 
 log = logging.getLogger("qshd")
 
@@ -94,6 +96,10 @@ class Daemon:
         self.euid = os.geteuid()
         self._servers: list[aio.Server] = []
         self.sessions: set[Session] = set()
+        self._tunnel_sets: weakref.WeakKeyDictionary[aio.QsmpConnection, Tunnels] = (
+            weakref.WeakKeyDictionary())
+        self._global_locks: weakref.WeakKeyDictionary[aio.QsmpConnection, asyncio.Lock] = (
+            weakref.WeakKeyDictionary())
         self.port = config.port
 
     def _handshake(self) -> ServerHandshake:
@@ -136,7 +142,32 @@ class Daemon:
                   user, peer_text(connection))
         await serve_channel(channel, account, euid=self.euid,
                             connection_info=f"{client[0]} {client[1]} {local[0]} {local[1]}",
-                            sessions=self.sessions)
+                            sessions=self.sessions, tunnels=self._tunnels(connection, account))
+
+    def _tunnels(self, connection: aio.QsmpConnection, account: Account) -> Tunnels:
+        """This process is not privilege-separated: it connects and listens for a user only
+        when it already is that user, never as root on the user's behalf."""
+        tunnels = self._tunnel_sets.get(connection)
+        if tunnels is None:
+            disabled = None if self.euid == account.uid else (
+                "tunnels are not served by this server: it does not run as the user")
+            tunnels = Tunnels(connection, self.config.tunnel_policy, account.name, disabled)
+            self._tunnel_sets[connection] = tunnels
+        return tunnels
+
+    async def _on_global_request(self, connection: aio.QsmpConnection,
+                                 event: GlobalRequest) -> tuple[bool, bytes]:
+        # Replies must leave in request order: one request at a time per connection.
+        lock = self._global_locks.setdefault(connection, asyncio.Lock())
+        async with lock:
+            user = connection.user
+            if user is None:
+                return False, b""
+            account = await asyncio.get_running_loop().run_in_executor(None, Account.lookup,
+                                                                       user)
+            if account is None:
+                return False, b""
+            return await self._tunnels(connection, account).on_global_request(connection, event)
 
     async def start(self) -> None:
         cfg = self.config
@@ -144,6 +175,7 @@ class Daemon:
         for address in cfg.listen_addresses:
             server = await aio.serve(address, port, make_handshake=self._handshake,
                                      on_channel=self._on_channel,
+                                     on_global_request=self._on_global_request,
                                      settings=cfg.transport_settings(),
                                      on_auth=self._on_auth,
                                      max_auth_attempts=cfg.max_auth_tries,

@@ -85,10 +85,12 @@ from common.channels.session import (
     decode_window_change,
     encode_exit_status,
 )
+from common.channels.tunnel import KINDS as TUNNEL_KINDS
 from common.errors import InvalidInput
 from common.protocol.mux import ChannelRequest, OpenFailureReason
 
 from .login import Account
+from .tunnels import Tunnels
 
 log = logging.getLogger("qshd")
 
@@ -838,10 +840,14 @@ def _tell(hook: Callable[..., None], *args: Any) -> None:
 
 async def serve_channel(channel: aio.Channel, account: Account, *, euid: int,
                         connection_info: str, sessions: set[Session],
-                        accounting: TerminalAccounting | None = None) -> None:
+                        accounting: TerminalAccounting | None = None,
+                        tunnels: Tunnels | None = None) -> None:
     """A channel a logged-in user opened: a ``session`` runs until its end (tracked in
-    ``sessions`` meanwhile, so its owner can wait for every hang-up); any other kind is
-    refused, as this version serves no other."""
+    ``sessions`` meanwhile, so its owner can wait for every hang-up); a tunnel goes to the
+    connection's ``tunnels`` (refused without); any other kind is refused."""
+    if channel.kind in TUNNEL_KINDS and tunnels is not None:
+        await tunnels.serve_channel(channel)
+        return
     if channel.kind != SESSION:
         log.info("conn=%d: refusing a %s channel for %s: not supported",
                  channel.connection.number, channel.kind, account.name)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from common.accounts.known_hosts import patterns_match
+from common.channels.tunnel import ForwardSpec, parse_forward
 from common.crypto import suites
 
 DEFAULT_PORT = 2022
@@ -112,6 +113,10 @@ class ClientConfig:
     server_alive_interval: float = 0.0
     request_tty: str = "auto"
     log_level: str = "INFO"
+    #: Tunnels (LocalForward, RemoteForward, DynamicForward; -T/-L, -R, -D), in order.
+    forwards: list[ForwardSpec] = field(default_factory=list)
+    #: None: yes when a tunnel was asked for on the command line, no otherwise.
+    exit_on_forward_failure: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -272,6 +277,20 @@ class _Keyword:
     multiple: bool = False
 
 
+def _forward(keyword: str, kind: str) -> Callable[[list[str]], object]:
+    """ssh_config's forms: ``LocalForward [bind:]port host:hostport`` (two words; one word
+    with colons is accepted too) and ``DynamicForward [bind:]port``."""
+    def parse(args: list[str]) -> ForwardSpec:
+        if kind == "dynamic" or len(args) == 1:
+            text = _one(keyword, args)
+        elif len(args) == 2:
+            text = f"{args[0]}:{args[1]}"
+        else:
+            raise ValueError(f"{keyword} takes [bind:]port host:hostport")
+        return parse_forward(kind, text)
+    return parse
+
+
 def _single(keyword: str, convert: Callable[[str], object]) -> Callable[[list[str]], object]:
     return lambda args: convert(_one(keyword, args))
 
@@ -312,6 +331,13 @@ _KEYWORDS: dict[str, _Keyword] = {
                      "RequestTTY", a,
                      {**{m: m for m in REQUEST_TTY}, "true": "yes", "false": "no"}))),
         _Keyword("LogLevel", "log_level", _single("LogLevel", _log_level)),
+        _Keyword("LocalForward", "forwards", _forward("LocalForward", "local"), multiple=True),
+        _Keyword("RemoteForward", "forwards", _forward("RemoteForward", "remote"),
+                 multiple=True),
+        _Keyword("DynamicForward", "forwards", _forward("DynamicForward", "dynamic"),
+                 multiple=True),
+        _Keyword("ExitOnForwardFailure", "exit_on_forward_failure",
+                 _single("ExitOnForwardFailure", lambda a: _flag("ExitOnForwardFailure", a))),
     )
 }
 
@@ -493,8 +519,12 @@ def resolve(
         _parse_setting("IdentityFile", _quote(os.fspath(p)), f"-i {os.fspath(p)!r}")
         for p in identity_files
     ]
+    forwards: list[ForwardSpec] = []
     for setting in _settings_for(host, options, path):
-        if setting.keyword.multiple:
+        if setting.keyword.attr == "forwards":
+            assert isinstance(setting.value, ForwardSpec)
+            forwards.append(setting.value)
+        elif setting.keyword.multiple:
             collected.append(setting)
         else:
             first.setdefault(setting.keyword.attr, setting)
@@ -527,4 +557,6 @@ def resolve(
     if collected:
         files = [_expand_path(str(s.value), tokens, home, s.origin) for s in collected]
         values["identity_files"] = list(dict.fromkeys(files))
+    if forwards:
+        values["forwards"] = forwards
     return ClientConfig(host=host, hostname=hostname, **values)

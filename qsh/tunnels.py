@@ -1,0 +1,193 @@
+"""qsh's tunnels: ``-T``/``-L``, ``-R`` and ``-D`` (and their config keywords), negotiated
+at connect time (docs/PROTOCOL.md §10B).
+
+:meth:`ClientTunnels.negotiate` sends, right after login and back to back with the session
+channel's open, one global request per tunnel -- ``forward-check`` for each local and
+dynamic tunnel (the server's policy for that destination), ``tcpip-forward`` for each remote
+one -- so the answers arrive in the same round trip as the session's and before any shell
+or command starts. It then binds the local listeners. The result is the list of failures,
+one line each ("which tunnel: why"); the caller decides (ExitOnForwardFailure).
+
+Each accepted local connection opens one ``direct-tcpip`` channel (after the SOCKS request,
+for ``-D``); each ``forwarded-tcpip`` channel the server opens for a remote listener
+connects to the tunnel's local destination. A refused or unreachable destination closes
+the accepted socket and is reported in one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+
+from common import aio
+from common.channels.tunnel import (
+    DIRECT_TCPIP,
+    FORWARD_CHECK,
+    FORWARDED_TCPIP,
+    TCPIP_FORWARD,
+    Endpoint,
+    ForwardCheck,
+    ForwardRequest,
+    ForwardSpec,
+    decode_bound_port,
+    decode_reason,
+)
+from common.client.connect import Ui, printable
+from common.errors import InvalidInput, UsageError
+from common.forward import socks
+from common.forward.listen import Handler, close_servers, describe_os_error, listen, open_tcp
+from common.forward.pump import pump, set_nodelay
+from common.protocol.mux import OpenFailureReason
+
+#: Seconds qsh waits for one local connect of a remote tunnel.
+CONNECT_TIMEOUT = 10.0
+
+
+class ClientTunnels:
+    def __init__(self, connection: aio.QsmpConnection, ui: Ui,
+                 specs: list[ForwardSpec]) -> None:
+        self.connection = connection
+        self.ui = ui
+        self.specs = specs
+        self._servers: list[asyncio.Server] = []
+        #: Remote tunnels by the port the server bound.
+        self._remote: dict[int, ForwardSpec] = {}
+        self._sockets: set[asyncio.StreamWriter] = set()
+        self.bound_ports: dict[ForwardSpec, int] = {}
+
+    async def negotiate(self) -> list[str]:
+        """Ask for every tunnel; the failures, one line each."""
+        # The server may open forwarded-tcpip channels as soon as a listener exists.
+        self.connection._on_channel = self._on_channel
+        asks: list[Awaitable[tuple[bool, bytes] | None]] = []
+        for spec in self.specs:
+            if spec.kind == "remote":
+                payload = ForwardRequest(spec.bind, spec.port).encode()
+                asks.append(self.connection.global_request(TCPIP_FORWARD, payload))
+            else:
+                check = ForwardCheck(spec.host, spec.host_port)
+                asks.append(self.connection.global_request(FORWARD_CHECK, check.encode()))
+        # Tasks start in order, so the requests leave in order, in one flight.
+        replies = await asyncio.gather(*asks)
+        failures: list[str] = []
+        for spec, reply in zip(self.specs, replies, strict=True):
+            ok, payload = reply if reply is not None else (False, b"")
+            if not ok:
+                reason = decode_reason(payload) or "refused by the server"
+                failures.append(f"{spec.describe()}: {printable(reason)}")
+                continue
+            if spec.kind == "remote":
+                try:
+                    port = decode_bound_port(payload) if payload else spec.port
+                except InvalidInput:
+                    port = spec.port
+                self._remote[port] = spec
+                self.bound_ports[spec] = port
+                if spec.port == 0:
+                    self.ui.say(f"Allocated port {port} for remote forward to "
+                                f"{spec.host}:{spec.host_port}")
+                continue
+            try:
+                servers = await listen(spec.bind, spec.port, self._local_handler(spec))
+            except OSError as exc:
+                failures.append(f"{spec.describe()}: cannot listen on port {spec.port}: "
+                                f"{describe_os_error(exc)}")
+                continue
+            self._servers.extend(servers)
+            self.bound_ports[spec] = int(servers[0].sockets[0].getsockname()[1])
+            self.ui.note(1, f"{spec.describe()}: listening")
+        return failures
+
+    async def close(self) -> None:
+        for writer in list(self._sockets):
+            writer.transport.abort()
+        await close_servers(self._servers)
+        self._servers.clear()
+
+    # -- local and dynamic tunnels
+
+    def _local_handler(self, spec: ForwardSpec) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._sockets.add(writer)
+            try:
+                await self._local(spec, reader, writer)
+            except asyncio.CancelledError:  # the loop shutting down: asyncio would log it
+                writer.transport.abort()
+            except Exception as exc:  # never a traceback from a callback
+                self.ui.note(1, f"{spec.describe()}: {exc!r}")
+                writer.transport.abort()
+            finally:
+                self._sockets.discard(writer)
+        return handle
+
+    async def _local(self, spec: ForwardSpec, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        set_nodelay(writer)
+        peer = writer.get_extra_info("peername") or ("", 0)
+        request: socks.Request | None = None
+        host, port = spec.host, spec.host_port
+        if spec.kind == "dynamic":
+            try:
+                request = await socks.read_request(reader, writer)
+            except (socks.SocksError, asyncio.IncompleteReadError, TimeoutError,
+                    ValueError) as exc:
+                self.ui.warn(f"qsh: {spec.describe()}: bad SOCKS request: {exc}")
+                writer.transport.abort()
+                return
+            host, port = request.host, request.port
+        try:
+            endpoint = Endpoint(host, port, str(peer[0]), int(peer[1])).encode()
+            channel = await self.connection.open_channel(DIRECT_TCPIP, endpoint)
+        except aio.ChannelOpenError as exc:
+            self.ui.warn(f"qsh: {spec.describe()}: {printable(exc.message)}")
+            if request is not None:
+                request.answer(writer, socks.reply_code(exc.reason))
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.drain(), 5)
+            writer.transport.abort()
+            return
+        except (aio.ConnectionLost, UsageError, InvalidInput) as exc:
+            self.ui.warn(f"qsh: {spec.describe()}: no channel for {host}:{port}: {exc}")
+            writer.transport.abort()
+            return
+        if request is not None:
+            request.answer(writer, socks.SUCCEEDED)
+        await pump(channel, reader, writer, f"{spec.describe()} chan={channel.id}")
+
+    # -- remote tunnels
+
+    async def _on_channel(self, connection: aio.QsmpConnection, channel: aio.Channel) -> None:
+        if channel.kind != FORWARDED_TCPIP:
+            channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
+                           f"qsh does not accept {channel.kind} channels")
+            return
+        try:
+            endpoint = Endpoint.decode(channel.payload)
+        except InvalidInput as exc:
+            channel.reject(OpenFailureReason.CONNECT_FAILED, f"malformed request: {exc}")
+            return
+        spec = self._remote.get(endpoint.port)
+        if spec is None:
+            channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
+                           f"no tunnel for port {endpoint.port}")
+            return
+        try:
+            reader, writer = await open_tcp(spec.host, spec.host_port, CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            why = describe_os_error(exc)
+            self.ui.warn(f"qsh: {spec.describe()}: connect to {spec.host}:{spec.host_port} "
+                         f"failed: {why}")
+            channel.reject(OpenFailureReason.CONNECT_FAILED, f"connect failed: {why}")
+            return
+        self._sockets.add(writer)
+        try:
+            set_nodelay(writer)
+            try:
+                channel.accept()
+            except aio.ConnectionLost:
+                writer.transport.abort()
+                return
+            await pump(channel, reader, writer, f"{spec.describe()} chan={channel.id}")
+        finally:
+            self._sockets.discard(writer)

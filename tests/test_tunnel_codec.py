@@ -1,0 +1,349 @@
+"""Tunnels without processes: the wire encodings against tests/vectors/tunnel.json, the
+bounds on every field from the wire, forward specifications, the server's policy and its
+configuration keywords, the SOCKS parser, and the in-process server's refusal to forward
+for a user it does not run as."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common import aio
+from common.channels.tunnel import (
+    DIRECT_TCPIP,
+    FORWARD_CHECK,
+    FORWARDED_TCPIP,
+    MAX_HOST,
+    TCPIP_FORWARD,
+    Endpoint,
+    ForwardCheck,
+    ForwardRequest,
+    decode_bound_port,
+    decode_reason,
+    encode_bound_port,
+    encode_reason,
+    parse_forward,
+)
+from common.client.config import ConfigError as ClientConfigError
+from common.client.config import resolve
+from common.errors import InvalidInput
+from common.forward import socks
+from common.protocol.handshake import ClientHandshake
+from common.protocol.mux import Mux
+from common.protocol.negotiation import Offer
+from common.wire import Writer
+from qshd.config import ConfigError, parse
+from qshd.tunnels import TunnelPolicy, parse_patterns
+
+ROOT = Path(__file__).resolve().parents[1]
+VECTORS = json.loads((ROOT / "tests" / "vectors" / "tunnel.json").read_text())
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+def _mux_message(make: Any) -> bytes:
+    mux = Mux(is_client=True)
+    make(mux)
+    (message,) = mux.take_outgoing()
+    return bytes([message.msg_type]) + message.head + bytes(message.payload)
+
+
+@pytest.mark.parametrize(("name", "kind"), [("direct_tcpip", DIRECT_TCPIP),
+                                            ("forwarded_tcpip", FORWARDED_TCPIP)])
+def test_channel_open_vectors(name: str, kind: str) -> None:
+    v = VECTORS[name]
+    endpoint = Endpoint(v["host"], v["port"], v["originator"], v["originator_port"])
+    assert endpoint.encode().hex() == v["payload"]
+    assert Endpoint.decode(bytes.fromhex(v["payload"])) == endpoint
+    assert _mux_message(lambda m: m.open_channel(kind, endpoint.encode())).hex() == v["message"]
+
+
+def test_global_request_vectors() -> None:
+    v = VECTORS["tcpip_forward"]
+    request = ForwardRequest(v["address"], v["port"])
+    assert request.encode().hex() == v["payload"]
+    assert ForwardRequest.decode(bytes.fromhex(v["payload"])) == request
+    assert _mux_message(lambda m: m.global_request(TCPIP_FORWARD, request.encode())).hex() == (
+        v["message"])
+    v = VECTORS["forward_check"]
+    check = ForwardCheck(v["host"], v["port"])
+    assert check.encode().hex() == v["payload"]
+    assert _mux_message(lambda m: m.global_request(FORWARD_CHECK, check.encode())).hex() == (
+        v["message"])
+    assert ForwardCheck("", 0).encode().hex() == VECTORS["forward_check_any"]["payload"]
+    assert encode_bound_port(VECTORS["bound_port"]).hex() == VECTORS["bound_port_payload"]
+    assert decode_bound_port(bytes.fromhex(VECTORS["bound_port_payload"])) == 8022
+    assert encode_reason(VECTORS["reason"]).hex() == VECTORS["reason_payload"]
+    assert decode_reason(bytes.fromhex(VECTORS["reason_payload"])) == VECTORS["reason"]
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _endpoint_payload(host: bytes, port: int, originator: bytes = b"", oport: int = 0,
+                      extra: bytes = b"") -> bytes:
+    return (Writer().vbytes(host).u16(port).vbytes(originator).u16(oport).getvalue() + extra)
+
+
+@pytest.mark.parametrize(("payload", "why"), [
+    (_endpoint_payload(b"h" * (MAX_HOST + 1), 80), "exceeds"),
+    (_endpoint_payload(b"", 80), "empty host"),
+    (_endpoint_payload(b"host", 0), "port 0"),
+    (_endpoint_payload(b"ho\nst", 80), "control"),
+    (_endpoint_payload(b"a/b", 80), "slash"),
+    (_endpoint_payload(b"\xff", 80), "UTF-8"),
+    (_endpoint_payload(b"host", 80, b"o" * (MAX_HOST + 1)), "exceeds"),
+    (_endpoint_payload(b"host", 80, extra=b"\0"), "trailing"),
+    (Writer().u32(0xFFFFFFFF).getvalue(), "exceeds"),  # a length far beyond the payload
+    (b"\0\0\0\x04ho", "truncated"),
+])
+def test_endpoint_fields_are_bounded(payload: bytes, why: str) -> None:
+    with pytest.raises(InvalidInput, match=why):
+        Endpoint.decode(payload)
+
+
+def test_host_of_255_bytes_is_the_limit() -> None:
+    host = "h" * MAX_HOST
+    assert Endpoint.decode(_endpoint_payload(host.encode(), 1)).host == host
+
+
+def test_forward_check_and_request_bounds() -> None:
+    with pytest.raises(InvalidInput):
+        ForwardCheck.decode(Writer().text("").u16(80).getvalue())  # a port without a host
+    with pytest.raises(InvalidInput):
+        ForwardCheck.decode(Writer().text("db").u16(0).getvalue())
+    assert ForwardRequest.decode(Writer().text("").u16(0).getvalue()) == ForwardRequest("", 0)
+    with pytest.raises(InvalidInput):
+        decode_bound_port(b"\0\0")
+    assert decode_reason(b"\x00") == ""  # malformed: no reason, not an error
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def test_forward_specs_as_ssh_writes_them() -> None:
+    spec = parse_forward("local", "8080:localhost:80")
+    assert (spec.bind, spec.port, spec.host, spec.host_port) == ("", 8080, "localhost", 80)
+    spec = parse_forward("local", "127.0.0.1:8080:[::1]:80")
+    assert (spec.bind, spec.port, spec.host, spec.host_port) == ("127.0.0.1", 8080, "::1", 80)
+    assert parse_forward("remote", "0:localhost:22").port == 0  # any port, remotely
+    assert parse_forward("dynamic", "1080").port == 1080
+    assert parse_forward("dynamic", "[::1]:1080").bind == "::1"
+    assert parse_forward("local", "8080/host/80").host == "host"
+    for kind, text in (("local", "8080"), ("local", "0:h:80"), ("local", "8080:h:99999"),
+                       ("local", "x:h:80"), ("dynamic", "a:b:c"), ("local", "[::1:80:h:1"),
+                       ("remote", "1:h h:2")):
+        with pytest.raises(ValueError):
+            parse_forward(kind, text)
+
+
+def test_client_config_keywords(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("Host db\n  LocalForward 5432 127.0.0.1:5432\n  DynamicForward 1080\n"
+                      "  RemoteForward 127.0.0.1:2222 localhost:22\n"
+                      "  ExitOnForwardFailure yes\n")
+    cfg = resolve("db", path=config)
+    assert [(f.kind, f.port, f.host, f.host_port) for f in cfg.forwards] == [
+        ("local", 5432, "127.0.0.1", 5432), ("dynamic", 1080, "", 0),
+        ("remote", 2222, "localhost", 22)]
+    assert cfg.exit_on_forward_failure is True
+    assert resolve("other", path=config).forwards == []
+    assert resolve("other", path=config).exit_on_forward_failure is None
+    config.write_text("LocalForward 5432\n")
+    with pytest.raises(ClientConfigError, match="config:1"):
+        resolve("db", path=config)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def test_policy_local() -> None:
+    assert TunnelPolicy().local_refusal("anything", 1) is None
+    assert "AllowTcpForwarding" in (TunnelPolicy(allow="no").local_refusal("h", 1) or "")
+    assert "AllowTcpForwarding" in (TunnelPolicy(allow="remote").local_refusal("h", 1) or "")
+    assert TunnelPolicy(allow="local").local_refusal("h", 1) is None
+    policy = TunnelPolicy(permit_open=parse_patterns("127.0.0.1:* db.*:5432 [::1]:80",
+                                                     host_optional=False))
+    assert policy.local_refusal("127.0.0.1", 9) is None
+    assert policy.local_refusal("DB.internal", 5432) is None
+    assert policy.local_refusal("::1", 80) is None
+    assert "PermitOpen" in (policy.local_refusal("db.internal", 5433) or "")
+    assert "PermitOpen" in (policy.local_refusal("127.0.0.2", 9) or "")
+    assert policy.local_refusal("", 0) is None  # -D: some destination may be allowed
+    assert "PermitOpen none" in (TunnelPolicy(permit_open=()).local_refusal("", 0) or "")
+
+
+def test_policy_remote_and_gateway_ports() -> None:
+    assert TunnelPolicy().listen_address("0.0.0.0") == ""  # GatewayPorts no: loopback
+    assert TunnelPolicy(gateway_ports="yes").listen_address("") == "*"
+    assert TunnelPolicy(gateway_ports="clientspecified").listen_address("127.0.0.2") == (
+        "127.0.0.2")
+    assert TunnelPolicy().remote_refusal("", 8022) is None
+    assert "AllowTcpForwarding" in (TunnelPolicy(allow="local").remote_refusal("", 1) or "")
+    policy = TunnelPolicy(permit_listen=parse_patterns("8022 localhost:9000",
+                                                       host_optional=True))
+    assert policy.remote_refusal("", 8022) is None
+    assert policy.remote_refusal("", 9000) is None
+    assert "PermitListen" in (policy.remote_refusal("", 8023) or "")
+    wide = TunnelPolicy(permit_listen=policy.permit_listen, gateway_ports="yes")
+    assert "PermitListen" in (wide.remote_refusal("", 8022) or "")  # "*" is not localhost
+
+
+def test_server_config_keywords() -> None:
+    cfg = parse("AllowTcpForwarding local\nPermitOpen 127.0.0.1:80 [::1]:*\n"
+                "PermitListen 8022\nGatewayPorts clientspecified\n")
+    assert cfg.tunnel_policy == TunnelPolicy(
+        allow="local", permit_open=(("127.0.0.1", "80"), ("::1", "*")),
+        permit_listen=(("localhost", "8022"),), gateway_ports="clientspecified")
+    assert parse("AllowTcpForwarding all\n").tunnel_policy.allow == "yes"
+    assert parse("PermitOpen none\n").tunnel_policy.permit_open == ()
+    assert parse("PermitOpen any\n").tunnel_policy.permit_open is None
+    for bad in ("AllowTcpForwarding maybe", "PermitOpen host", "PermitOpen host:0",
+                "PermitListen [::1", "GatewayPorts sometimes", "PermitOpen :80"):
+        with pytest.raises(ConfigError, match="qshd_config:1"):
+            parse(bad + "\n")
+
+
+def test_qshd_t_checks_the_tunnel_keywords(tmp_path: Path) -> None:
+    config = tmp_path / "qshd_config"
+    config.write_text("HostKey /nonexistent\nPermitOpen db.internal\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-m", "qshd", "-t", "-f", str(config)],
+                            capture_output=True, cwd=ROOT, env=env, timeout=60)
+    assert result.returncode != 0
+    assert b"permitopen: bad pattern 'db.internal'" in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------- SOCKS
+
+
+async def _parse_socks(data: bytes) -> tuple[socks.Request | None, bytes, str]:
+    """Feed ``data`` to the parser through a real socket pair; the request or the error,
+    and what the parser answered."""
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    theirs.sendall(data)
+    theirs.shutdown(socket.SHUT_WR)
+    request: socks.Request | None = None
+    error = ""
+    try:
+        request = await socks.read_request(reader, writer)
+    except (socks.SocksError, asyncio.IncompleteReadError, ValueError) as exc:
+        error = str(exc)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    theirs.settimeout(5)
+    answer = b""
+    while chunk := theirs.recv(100):
+        answer += chunk
+    theirs.close()
+    return request, answer, error
+
+
+@pytest.mark.parametrize(("data", "host", "port"), [
+    (b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50", "127.0.0.1", 80),
+    (b"\x05\x02\x02\x00\x05\x01\x00\x03\x09localhost\x1f\x90", "localhost", 8080),
+    (b"\x05\x01\x00\x05\x01\x00\x04" + bytes(15) + b"\x01\x00\x16", "::1", 22),
+    (b"\x04\x01\x00\x50\x7f\x00\x00\x01me\x00", "127.0.0.1", 80),
+    (b"\x04\x01\x00\x50\x00\x00\x00\x07me\x00db.internal\x00", "db.internal", 80),
+])
+def test_socks_requests(data: bytes, host: str, port: int) -> None:
+    request, _, error = asyncio.run(_parse_socks(data))
+    assert request is not None, error
+    assert (request.host, request.port) == (host, port)
+
+
+@pytest.mark.parametrize(("data", "answer", "why"), [
+    (b"\x05\x01\x02", b"\x05\xff", "no method"),  # username/password only
+    (b"\x05\x01\x00\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x00\x05\x07", "command 2"),
+    (b"\x05\x01\x00\x05\x01\x00\x09", b"\x05\x00\x05\x08", "address type 9"),
+    (b"\x04\x01\x00\x50\x7f\x00\x00\x01" + b"u" * 300, b"", "too long"),
+    (b"\x05\x01\x00\x05\x01\x00\x03\x03a b\x00\x50", b"\x05\x00", "bad host name"),
+    (b"\x06", b"", "version byte 6"),
+])
+def test_socks_refusals(data: bytes, answer: bytes, why: str) -> None:
+    request, answered, error = asyncio.run(_parse_socks(data))
+    assert request is None
+    assert why in error
+    assert answered[:len(answer)] == answer
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="logs in as root to the in-process server")
+@pytest.mark.parametrize("same_user", [True, False])
+def test_in_process_server_forwards_only_as_the_user(tmp_path: Path, same_user: bool) -> None:
+    """qshd.server runs channels in its own process: it may forward for a user only when it
+    already is that user. Root logging in as root: served; the same daemon believing it
+    runs as another uid: refused, both the check and the channel."""
+    import time
+
+    from common.accounts.keys import HostKey
+    from common.accounts.passwd import PasswdFile
+    from qshd.config import ServerConfig
+    from qshd.server import Daemon
+
+    me = pwd.getpwuid(0).pw_name
+    PasswdFile(tmp_path / "pw").set_password(me, b"pw", cost=4)
+    echo_sock = socket.create_server(("127.0.0.1", 0))
+    echo_port = echo_sock.getsockname()[1]
+
+    def echo_once() -> None:
+        conn, _ = echo_sock.accept()
+        with conn:
+            conn.sendall(conn.recv(100))
+
+    threading.Thread(target=echo_once, daemon=True).start()
+
+    async def main() -> tuple[tuple[bool, bytes] | None, str]:
+        key = HostKey.generate("mldsa65", now=time.time())
+        daemon = Daemon(ServerConfig(passwd_file=tmp_path / "pw", permit_root_login="yes",
+                                     port=0, listen_addresses=["127.0.0.1"]), [key])
+        if not same_user:
+            daemon.euid = 4242  # as if it ran as another account
+        await daemon.start()
+        try:
+            client = await aio.connect("127.0.0.1", daemon.port,
+                                       handshake=ClientHandshake(Offer(), key.public),
+                                       user=me, password=b"pw")
+            assert await client.wait_authenticated() is None
+            answer = await client.global_request(
+                FORWARD_CHECK, ForwardCheck("127.0.0.1", echo_port).encode())
+            try:
+                channel = await client.open_channel(
+                    DIRECT_TCPIP, Endpoint("127.0.0.1", echo_port).encode())
+            except aio.ChannelOpenError as exc:
+                opened = f"refused: {exc.message}"
+            else:
+                channel.write(b"ping")
+                opened = (await channel.readexactly(4)).decode()
+            client.close()
+            await client.wait_closed()
+            return answer, opened
+        finally:
+            await daemon.close()
+
+    answer, opened = asyncio.run(asyncio.wait_for(main(), 30))
+    echo_sock.close()
+    assert answer is not None
+    if same_user:
+        assert answer == (True, b"")
+        assert opened == "ping"
+    else:
+        assert answer[0] is False
+        assert "does not run as the user" in decode_reason(answer[1])
+        assert opened == ("refused: tunnels are not served by this server: it does not run "
+                          "as the user")
