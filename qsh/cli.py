@@ -1,6 +1,6 @@
 """qsh: the client's command line, with ssh's habits.
 
-``qsh [-p PORT] [-l USER] [-i KEY]... [-F CONFIG] [-o OPT=VAL]... [-v]... [-t] [-N] [-f]
+``qsh [-46fhNqtVv] [-p PORT] [-l USER] [-i KEY]... [-F CONFIG] [-o OPT=VAL]... [-E LOGFILE]
 [-T|-L [bind:]port:host:hostport]... [-R [bind:]port:host:hostport]... [-D [bind:]port]...
 [user@]host [command...]``
 
@@ -38,8 +38,11 @@ def split_destination(destination: str) -> tuple[str | None, str]:
     return (user if sep else None), host
 
 
-_VALUE_OPTIONS = frozenset("pliFoTLRD")
-_FLAG_OPTIONS = frozenset("vtNf")
+_VALUE_OPTIONS = frozenset("pliFoTLRDE")
+_FLAG_OPTIONS = frozenset("vtNfq46hV")
+USAGE = ("usage: qsh [-46fhNqtVv] [-D [bind:]port] [-E log_file] [-F config] [-i identity] "
+         "[-L|-T [bind:]port:host:hostport] [-l user] [-o option] [-p port] "
+         "[-R [bind:]port:host:hostport] [user@]host [command ...]")
 
 
 def hoist_options(argv: list[str]) -> list[str]:
@@ -100,8 +103,23 @@ def remote_command(words: tuple[str, ...]) -> str | None:
     return command
 
 
-@click.command(context_settings={"help_option_names": ["--help"],
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from common import version_line
+
+        click.echo(version_line("qsh"), err=True)  # ssh -V writes to stderr too
+        ctx.exit(0)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"],
                                  "allow_interspersed_args": False})
+@click.option("-V", "version", is_flag=True, is_eager=True, expose_value=False,
+              callback=_version, help="Print the version and exit.")
+@click.option("-q", "quiet", is_flag=True, help="Quiet: no warnings or diagnostics.")
+@click.option("-4", "inet4", is_flag=True, help="IPv4 addresses only.")
+@click.option("-6", "inet6", is_flag=True, help="IPv6 addresses only.")
+@click.option("-E", "log_file", default=None, metavar="LOGFILE",
+              help="Append qsh's own messages (warnings, -v output) to LOGFILE, not stderr.")
 @click.option("-p", "port", type=int, default=None, metavar="PORT",
               help="Port to connect to (default 2022).")
 @click.option("-l", "login", default=None, metavar="USER", help="User to log in as.")
@@ -125,7 +143,8 @@ def remote_command(words: tuple[str, ...]) -> str | None:
               help="Go to the background after login and tunnel set-up.")
 @click.argument("destination")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def command(port: int | None, login: str | None, identities: tuple[str, ...],
+def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
+            port: int | None, login: str | None, identities: tuple[str, ...],
             config_file: str | None, options: tuple[str, ...], verbose: int,
             force_tty: bool, local_forwards: tuple[str, ...], remote_forwards: tuple[str, ...],
             dynamic_forwards: tuple[str, ...], no_command: bool, background: bool,
@@ -154,14 +173,28 @@ def command(port: int | None, login: str | None, identities: tuple[str, ...],
         cfg.exit_on_forward_failure = bool(given)
     if no_command and command:
         raise click.UsageError("-N takes no command")
+    if inet4 or inet6:  # the last of -4 and -6 wins in ssh; both is a contradiction here
+        if inet4 and inet6:
+            raise click.UsageError("-4 and -6 cannot be used together")
+        cfg.address_family = "inet" if inet4 else "inet6"
+    if quiet:
+        cfg.log_level = "QUIET"
+    log_fd = 2
+    if log_file is not None:
+        try:
+            log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                             0o600)
+        except OSError as exc:
+            raise click.ClickException(f"cannot open {log_file}: {exc.strerror}") from None
     verbosity = max(verbose, _LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
     return _run(cfg, remote_command(command), force_tty, verbosity,
                 quiet=cfg.log_level in _QUIET_LEVELS, no_command=no_command,
-                background=background)
+                background=background, log_fd=log_fd)
 
 
 def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int, *,
-         quiet: bool, no_command: bool = False, background: bool = False) -> int:
+         quiet: bool, no_command: bool = False, background: bool = False,
+         log_fd: int = 2) -> int:
     import asyncio
 
     from common.client import connect, terminal
@@ -169,8 +202,9 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
 
     from . import session
 
-    session.setup_logging(verbosity)
+    session.setup_logging(verbosity, log_fd)
     ui = connect.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter())
+    ui.log_fd = log_fd
     try:
         return asyncio.run(session.run_client(cfg, ui, command=remote, force_tty=force_tty,
                                               no_command=no_command, background=background))
@@ -214,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         status = command.main(args, prog_name="qsh", standalone_mode=False)
     except click.exceptions.Abort:
+        status = EXIT_FAILURE
+    except click.UsageError as exc:  # as ssh: the complaint, then the usage line
+        click.echo(f"qsh: {exc.format_message()}\n{USAGE}", err=True)
         status = EXIT_FAILURE
     except click.ClickException as exc:
         click.echo(f"qsh: {exc.format_message()}", err=True)

@@ -568,10 +568,12 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
                 loop.remove_signal_handler(signum)
 
 
-def setup_logging(verbosity: int) -> None:
-    """``-vvv`` shows the adapter's own debug log (connection events, never secrets)."""
+def setup_logging(verbosity: int, log_fd: int = 2) -> None:
+    """``-vvv`` shows the adapter's own debug log (connection events, never secrets), on
+    stderr or in the ``-E`` file."""
     if verbosity >= 3:
-        handler = logging.StreamHandler(sys.stderr)
+        stream = sys.stderr if log_fd == 2 else open(log_fd, "a", closefd=False)  # noqa: SIM115
+        handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("debug3: %(name)s: %(message)s"))
         logger = logging.getLogger("qsh")
         logger.addHandler(handler)

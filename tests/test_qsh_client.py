@@ -785,3 +785,61 @@ def test_what_a_foreign_server_is_called(first: bytes, said: str) -> None:
     """A web server answers only once our first packet happens to contain a newline (it
     waits for the end of a request line), so that case is checked here, not end to end."""
     assert not_qsmp(first) == said
+
+
+# --- ssh's habits on the command line (issue 11) -----------------------------------------
+
+
+def test_dash_V_and_dash_h(tmp_path: Path) -> None:
+    version = _qsh(tmp_path, "-V")
+    assert version.returncode == 0 and version.stdout == b""
+    assert re.fullmatch(rb"qsh \d+\.\d+\.\d+ \(qsh; QSMP 1; Python 3\.\d+\.\d+\)\n",
+                        version.stderr), version.stderr
+    helped = _qsh(tmp_path, "-h")
+    assert helped.returncode == 0 and b"Usage: qsh [OPTIONS] DESTINATION" in helped.stdout
+
+
+def test_an_unknown_option_gets_the_usage_line_and_255(tmp_path: Path) -> None:
+    result = _qsh(tmp_path, "-x", "h")
+    assert result.returncode == 255
+    lines = result.stderr.decode().splitlines()
+    assert lines[0] == "qsh: No such option '-x'." and lines[1].startswith("usage: qsh [-46")
+    assert len(lines) == 2
+
+
+def test_dash_E_sends_qshs_messages_to_the_file(tmp_path: Path) -> None:
+    log = tmp_path / "qsh.log"
+    log.write_text("earlier\n")
+    result = _qsh(tmp_path, "-E", str(log), "-p", "1", "127.0.0.1", "true")
+    assert result.returncode == 255 and result.stderr == b""
+    assert log.read_text() == ("earlier\n"  # appended to, as ssh -E does
+                               "qsh: connect to host 127.0.0.1 port 1: Connection refused\n")
+
+
+@pytest.mark.parametrize(("flag", "address"), [("-4", "::1"), ("-6", "127.0.0.1")])
+def test_dash_4_and_dash_6_keep_to_one_family(tmp_path: Path, flag: str, address: str) -> None:
+    """An address of the other family is not tried at all (nothing listens on port 1:
+    without the flag the failure would be "Connection refused")."""
+    result = _qsh(tmp_path, flag, "-p", "1", address, "true")
+    assert result.returncode == 255
+    assert result.stderr.startswith(f"qsh: could not resolve hostname {address}: ".encode())
+
+
+def test_dash_q_silences_warnings(tmp_path: Path) -> None:
+    key = tmp_path / "host_key"
+    HostKey.generate("mldsa65", now=time.time()).save(key)
+    user_key = tmp_path / "id"
+    HostKey.generate("mldsa65", now=time.time()).save(user_key)
+    process, port = _start_daemon(tmp_path, key)
+    try:
+        loud = _qsh(tmp_path, "-p", port, "-o", "StrictHostKeyChecking=accept-new",
+                    "-o", f"UserKnownHostsFile={tmp_path}/kh1", "-i", str(user_key),
+                    "nobody-here@127.0.0.1", "true")
+        quiet = _qsh(tmp_path, "-q", "-p", port, "-o", "StrictHostKeyChecking=accept-new",
+                     "-o", f"UserKnownHostsFile={tmp_path}/kh2", "-i", str(user_key),
+                     "nobody-here@127.0.0.1", "true")
+    finally:
+        _stop_daemon(process)
+    assert b"Warning: permanently added" in loud.stderr
+    assert b"Warning" not in quiet.stderr and quiet.returncode == loud.returncode == 255
+    assert quiet.stderr.startswith(b"qsh: permission denied"), quiet.stderr

@@ -117,6 +117,8 @@ class ClientConfig:
     forwards: list[ForwardSpec] = field(default_factory=list)
     #: None: yes when a tunnel was asked for on the command line, no otherwise.
     exit_on_forward_failure: bool | None = None
+    #: AddressFamily (-4, -6): "any", "inet" or "inet6".
+    address_family: str = "any"
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -336,6 +338,9 @@ _KEYWORDS: dict[str, _Keyword] = {
                  multiple=True),
         _Keyword("DynamicForward", "forwards", _forward("DynamicForward", "dynamic"),
                  multiple=True),
+        _Keyword("AddressFamily", "address_family",
+                 _single("AddressFamily", lambda a: _choice(
+                     "AddressFamily", a, {"any": "any", "inet": "inet", "inet6": "inet6"}))),
         _Keyword("ExitOnForwardFailure", "exit_on_forward_failure",
                  _single("ExitOnForwardFailure", lambda a: _flag("ExitOnForwardFailure", a))),
     )

@@ -41,6 +41,8 @@ PASSWORD_TRIES = 3
 PASSPHRASE_TRIES = 3
 #: How long the final close may wait for the server's goodbye.
 CLOSE_TIMEOUT = 5.0
+#: AddressFamily (-4, -6) as the socket module names it.
+FAMILIES = {"any": socket.AF_UNSPEC, "inet": socket.AF_INET, "inet6": socket.AF_INET6}
 
 CHANGED_KEY_WARNING = """\
 @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
@@ -130,6 +132,8 @@ class Ui:
         self.quiet = quiet
         self.prompter = prompter
         self.raw: terminal.RawMode | None = None
+        #: Where the messages go: stderr, or the file of ssh's ``-E`` (opened O_APPEND).
+        self.log_fd = 2
 
     def _write(self, text: str) -> None:
         newline = "\r\n" if self.raw is not None and self.raw.active else "\n"
@@ -137,11 +141,11 @@ class Ui:
         with contextlib.suppress(OSError):
             while data:
                 try:
-                    data = data[os.write(2, data):]
+                    data = data[os.write(self.log_fd, data):]
                 except BlockingIOError:  # our own O_NONBLOCK on a full pipe: wait a bit
                     import select
 
-                    select.select([], [2], [], 1.0)
+                    select.select([], [self.log_fd], [], 1.0)
 
     def say(self, message: str) -> None:
         """A line for the person, shown even when quiet (escape help, suspend)."""
@@ -256,7 +260,7 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
                 cfg.hostname, cfg.port, handshake=handshake, settings=settings,
                 on_host_key=on_host_key, timeout=cfg.connect_timeout,
                 user=cfg.user if identity is not None or password is not None else None,
-                identity=identity, password=password)
+                identity=identity, password=password, family=FAMILIES[cfg.address_family])
         except socket.gaierror as exc:
             raise QshError(f"could not resolve hostname {printable(cfg.hostname)}: "
                            f"{exc.strerror}") from None
@@ -368,7 +372,8 @@ async def probe_host_key(cfg: ClientConfig, pinned: PublicKey) -> PublicKey | No
     handshake = ClientHandshake(offer, None, step_timeout=cfg.connect_timeout)
     try:
         connection = await aio.connect(cfg.hostname, cfg.port, handshake=handshake,
-                                       on_host_key=record, timeout=cfg.connect_timeout)
+                                       on_host_key=record, timeout=cfg.connect_timeout,
+                                       family=FAMILIES[cfg.address_family])
     except (OSError, QsmpError):  # TimeoutError is an OSError
         pass
     else:  # not reached: record() refuses every key
