@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from common import cli as clirun
 from common.accounts.passwd import (
     DEFAULT_COST,
     MAX_COST,
@@ -30,7 +31,6 @@ from common.accounts.passwd import (
     check_user_name,
     default_passwd_path,
 )
-from qsh import clirun
 
 PROG = "qpasswd"
 #: Longer than any password we accept, so an overlong line is reported as too long rather

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import click
 
+from common import cli as clirun
 from common.accounts import known_hosts
 from common.accounts.keys import DEFAULT_ALGORITHM, HostKey, KeyFileError, PublicKey
 from common.client.config import DEFAULT_PORT
-
-from . import clirun
 
 PROG = "qsh-keygen"
 ALGORITHMS = ("mldsa65", "mldsa87")

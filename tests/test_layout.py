@@ -15,7 +15,7 @@ import pytest
 
 COMMON = Path(__file__).resolve().parents[1] / "common"
 #: Lowest first. A module's layer is its first component under common/.
-LAYERS = ("errors", "wire", "crypto", "accounts", "protocol", "channels", "aio", "forward",
+LAYERS = ("errors", "cli", "wire", "crypto", "accounts", "protocol", "channels", "aio", "forward",
           "client")
 
 

@@ -1,4 +1,4 @@
-"""One way for our small admin tools (qpasswd, qsh-keygen) to end: click runs without its
+"""One way for our small command-line tools (qpasswd, qsh-keygen) to end: click runs without its
 own error handling, and every failure becomes one line ``prog: message`` and exit status 1."""
 
 from __future__ import annotations
