@@ -4,9 +4,34 @@ own error handling, and every failure becomes one line ``prog: message`` and exi
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import click
+
+import common
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def version_line(program: str) -> str:
+    """What ``PROGRAM -V`` prints, in the shape of ssh's: program, release, protocol and
+    the Python it runs on (the crypto libraries vary with it)."""
+    import platform  # only for -V: every other run starts without it
+
+    return (f"{program} {common.__version__} (qsh; QSMP 1; "
+            f"Python {platform.python_version()})")
+
+
+def version_option(program: str) -> Callable[[F], F]:
+    """``-V``/``--version`` for every command, printing to stderr as ssh -V does."""
+    def show(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(version_line(program), err=True)
+            ctx.exit(0)
+
+    return click.option("-V", "--version", is_flag=True, is_eager=True, expose_value=False,
+                        callback=show, help="Print the version and exit.")
 
 
 def fail(prog: str, message: str) -> NoReturn:

@@ -43,6 +43,7 @@ class QpasswdError(Exception):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@clirun.version_option("qpasswd")
 @click.option("-u", "user", metavar="USER", default=None, help="Add USER or change their password.")
 @click.option("-d", "delete", metavar="USER", default=None, help="Delete USER.")
 @click.option("-l", "list_users", is_flag=True, help="List the users, one per line.")

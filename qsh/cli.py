@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from common.cli import version_option
+
 if TYPE_CHECKING:
     from common.client.config import ClientConfig
 
@@ -103,18 +105,9 @@ def remote_command(words: tuple[str, ...]) -> str | None:
     return command
 
 
-def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        from common import version_line
-
-        click.echo(version_line("qsh"), err=True)  # ssh -V writes to stderr too
-        ctx.exit(0)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"],
                                  "allow_interspersed_args": False})
-@click.option("-V", "version", is_flag=True, is_eager=True, expose_value=False,
-              callback=_version, help="Print the version and exit.")
+@version_option("qsh")
 @click.option("-q", "quiet", is_flag=True, help="Quiet: no warnings or diagnostics.")
 @click.option("-4", "inet4", is_flag=True, help="IPv4 addresses only.")
 @click.option("-6", "inet6", is_flag=True, help="IPv6 addresses only.")

@@ -56,6 +56,7 @@ def default_comment() -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@clirun.version_option("qsh-keygen")
 @click.option(
     "-t",
     "algorithm",

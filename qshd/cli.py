@@ -20,6 +20,7 @@ import click
 from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, KeyFileError, PublicKey
 from common.accounts.passwd import PasswdError, PasswdFile
 from common.aio.memory import tune_allocator
+from common.cli import version_option
 from common.wire import Reader, Writer
 
 from . import config as config_module
@@ -120,6 +121,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["--help"]})
+@version_option("qshd")
 @click.option("-D", "foreground", is_flag=True, help="Do not detach; stay in the foreground.")
 @click.option("-e", "log_stderr", is_flag=True, help="Log to stderr instead of syslog.")
 @click.option("-d", "debug", count=True, help="Debug logging (implies -D -e).")

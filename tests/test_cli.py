@@ -292,3 +292,20 @@ def test_qshd_detaches_writes_its_pidfile_and_stops_cleanly(tmp_path: Path) -> N
         for _ in range(100):
             os.kill(pid, 0)
             time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("module", "program"), [
+    ("qsh", "qsh"), ("qshd", "qshd"), ("qpasswd", "qpasswd"), ("qsh.keygen", "qsh-keygen")])
+def test_every_command_has_dash_V_and_help(module: str, program: str) -> None:
+    """ssh's habits: -V on stderr with exit 0; -h and --help (qshd keeps sshd's -h for a
+    host key, so only --help there)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    version = subprocess.run([PYTHON, "-m", module, "-V"], capture_output=True, text=True,
+                             timeout=60, env=env, cwd=ROOT)
+    assert version.returncode == 0 and version.stdout == ""
+    assert version.stderr.startswith(f"{program} ") and "(qsh; QSMP 1; Python 3." in \
+        version.stderr and version.stderr.count("\n") == 1, version.stderr
+    for flag in (["--help"] if module == "qshd" else ["-h", "--help"]):
+        helped = subprocess.run([PYTHON, "-m", module, flag], capture_output=True, text=True,
+                                timeout=60, env=env, cwd=ROOT)
+        assert helped.returncode == 0 and helped.stdout.startswith("Usage: "), helped
