@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, KeyFileError, PublicKey
+from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, KeyFileError, PublicKey, atomic_write
 from common.accounts.passwd import PasswdError, PasswdFile
 from common.aio.memory import tune_allocator
 from common.cli import version_option
@@ -27,6 +27,7 @@ from . import config as config_module
 from . import listener as listener_module
 from .admission import Admission
 from .config import ConfigError, ServerConfig
+from .install import InstallError
 from .login import PasswordSlots
 
 log = logging.getLogger("qshd")
@@ -71,8 +72,8 @@ def _detach(pidfile: Path | None) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    if pidfile is not None:
-        pidfile.write_text(f"{os.getpid()}\n")
+    if pidfile is not None:  # whole or not at all: init scripts poll for it
+        atomic_write(pidfile, f"{os.getpid()}\n".encode(), 0o644)
 
 
 def public_host_keys(cfg: ServerConfig) -> list[PublicKey]:
@@ -138,11 +139,31 @@ def _write_all(fd: int, data: bytes) -> None:
 @click.option("--pidfile", type=click.Path(path_type=Path), default=None)
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None,
               help="Write the bound port here once listening (for scripts and tests).")
+@click.option("--install-service", is_flag=True,
+              help="Install qshd as a system service (unit or init script naming this qshd, "
+                   "/etc/qsh with a sample config, host key and passwd file, the privsep "
+                   "user, the man pages), then exit.")
+@click.option("--root", "install_root", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="With --install-service: put the files under this directory "
+                                 "(a DESTDIR) and create no account.")
+@click.option("--init", "init_system", type=click.Choice(["systemd", "sysv"]), default=None,
+              help="With --install-service: which init system (default: the running one).")
 def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | None,
             port: int | None, host_key_file: tuple[Path, ...], options: tuple[str, ...],
             test_only: bool,
-            pidfile: Path | None, ready_file: Path | None) -> None:
+            pidfile: Path | None, ready_file: Path | None, install_service: bool,
+            install_root: Path | None, init_system: str | None) -> None:
     """The qsh daemon: post-quantum remote shells over QSMP."""
+    if install_service:
+        from . import install
+
+        if install_root is None and os.geteuid() != 0:
+            raise click.ClickException("--install-service needs root (or --root DIR)")
+        install.install(install_root.absolute() if install_root else Path("/"), init_system,
+                        say=lambda line: click.echo(line, err=True))
+        return
+    if install_root is not None or init_system is not None:
+        raise click.UsageError("--root and --init go with --install-service")
     if debug:
         foreground = log_stderr = True
     _setup_logging(log_stderr or test_only, debug)
@@ -211,7 +232,7 @@ def main() -> None:
     except click.ClickException as exc:
         click.echo(f"qshd: {exc.format_message()}", err=True)
         sys.exit(1)
-    except (ConfigError, KeyFileError, PasswdError, listener_module.BindError,
+    except (ConfigError, KeyFileError, PasswdError, listener_module.BindError, InstallError,
             OSError) as exc:
         click.echo(f"qshd: {exc}", err=True)
         sys.exit(1)

@@ -119,6 +119,9 @@ class Listener:
                     signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop}
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        # A listener re-executed by a reload starts with these blocked (see _reexec): a
+        # stop that arrived meanwhile is pending, and is handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)
         selector = self._selector = selectors.DefaultSelector()
         for sock in self.sockets:
             sock.setblocking(False)
@@ -291,6 +294,14 @@ class Listener:
             reason = (check.stderr.strip().splitlines() or ["(no message)"])[-1]
             log.error("reload refused, keeping the running configuration: %s", reason)
             return
+        # From here to the exec a SIGTERM would be lost (the new process knows nothing of
+        # it): block the control signals, so that one arriving now stays pending across
+        # the exec, and give up the reload if a stop came during the check.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _CONTROL_SIGNALS)
+        if self._stop:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)
+            log.info("received SIGHUP, then a stop: not restarting")
+            return
         log.info("received SIGHUP; restarting with the new configuration")
         items = []
         for sock, (host, port) in zip(self.sockets, self.addresses, strict=True):
@@ -303,6 +314,7 @@ class Listener:
         try:
             os.execve(sys.executable, [sys.executable, "-m", "qshd", *self.argv], env)  # noqa: S606
         except OSError as exc:  # keep serving as we were
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)
             log.error("reload failed: exec: %s", exc.strerror)
             for sock in self.sockets:
                 os.set_inheritable(sock.fileno(), False)
@@ -323,6 +335,10 @@ def _inherited_sockets() -> dict[tuple[str, int], socket.socket]:
         os.set_inheritable(sock.fileno(), False)
         found[(host, int(port_text))] = sock
     return found
+
+
+#: What stops or reloads the listener.
+_CONTROL_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 class BindError(Exception):
