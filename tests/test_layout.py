@@ -15,7 +15,8 @@ import pytest
 
 COMMON = Path(__file__).resolve().parents[1] / "common"
 #: Lowest first. A module's layer is its first component under common/.
-LAYERS = ("errors", "wire", "crypto", "accounts", "protocol", "channels", "aio", "client")
+LAYERS = ("errors", "wire", "crypto", "accounts", "protocol", "channels", "aio", "transfer",
+          "client")
 
 
 def _layer(module: str) -> int:

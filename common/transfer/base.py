@@ -1,0 +1,147 @@
+"""What both ends of a copy share: the public result types, the channel as a message
+stream, and the small helpers for paths and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno as _errno
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from common import aio
+from common.channels.copy import (
+    HEADER_SIZE,
+    Error,
+    Message,
+    decode_body,
+    decode_header,
+)
+from common.errors import InvalidInput
+
+#: One read from a source file, and so (split by the channel's record size) the unit the
+#: sender hands to the channel: large, so per-call costs are paid per megabyte.
+CHUNK = 1024 * 1024
+#: No progress from the peer for this long ends the copy (the connection's keep-alive
+#: only proves the peer is alive, not that it still serves this copy).
+IDLE_TIMEOUT = 300.0
+#: Entries the sender may have in flight without their status.
+MAX_OUTSTANDING = 65536
+#: Status errno of an entry inside a directory that could not be created: not written,
+#: and not reported again (its directory's failure was).
+SKIPPED = 0xFFFFFFFF
+
+
+class CopyError(Exception):
+    """The copy as a whole failed (connection lost, the peer broke the protocol, the
+    server refused the channel). One line."""
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    recursive: bool = False  # -r
+    preserve: bool = False  # -p: modes, atime and mtime
+    resume: bool = False  # --resume
+    limit: int | None = None  # -l, in bytes per second; None = no limit
+
+
+class Progress(Protocol):
+    """Called by the engine on the side that runs qcp (never on the server)."""
+
+    def start(self, name: str, size: int, offset: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def end(self, name: str, ok: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str  # printable (control characters replaced)
+    reason: str  # one line
+    remote: bool  # True when the server's side saw it
+
+
+@dataclass
+class Report:
+    files: int = 0  # files that arrived and verified
+    bytes: int = 0  # their total size
+    sent: int = 0  # file bytes that crossed the connection (resume sends less)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def printable(path: bytes) -> str:
+    """A path for a terminal line: undecodable bytes as \\xNN, control characters as ?."""
+    text = path.decode("utf-8", "backslashreplace")
+    return "".join("?" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c for c in text)
+
+
+def reason_of(exc: OSError) -> tuple[int, str]:
+    """(errno, one-line reason) of an OS error, as strerror words it."""
+    number = exc.errno or _errno.EIO
+    return number, exc.strerror or os.strerror(number)
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    if not parent:
+        return name
+    return parent + name if parent.endswith(b"/") else parent + b"/" + name
+
+
+class Peer:
+    """The copy channel as messages and raw file bytes, every wait bounded."""
+
+    def __init__(self, channel: aio.Channel, allowed: frozenset[int]) -> None:
+        self.channel = channel
+        self.allowed = allowed
+
+    async def message(self) -> Message:
+        try:
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                header = await self.channel.readexactly(HEADER_SIZE)
+                kind, length = decode_header(header, self.allowed)
+                body = await self.channel.readexactly(length) if length else b""
+        except asyncio.IncompleteReadError:
+            raise CopyError("the peer closed the copy channel mid-copy") from None
+        except TimeoutError:
+            raise CopyError(f"no word from the peer for {IDLE_TIMEOUT:.0f} s") from None
+        except aio.ConnectionLost as exc:
+            raise CopyError(f"connection lost: {exc}") from None
+        message = decode_body(kind, body)
+        if isinstance(message, Error):
+            raise CopyError(f"the peer ended the copy: {message.reason}")
+        return message
+
+    async def raw(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes of a file's data, as they arrived (no copy)."""
+        try:
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                data = await self.channel.read(limit)
+        except TimeoutError:
+            raise CopyError(f"no word from the peer for {IDLE_TIMEOUT:.0f} s") from None
+        except aio.ConnectionLost as exc:
+            raise CopyError(f"connection lost: {exc}") from None
+        if not data:
+            raise CopyError("the peer closed the copy channel mid-file")
+        return data
+
+    def send(self, message: bytes) -> None:
+        self.channel.write(message)
+
+    async def drain(self) -> None:
+        try:
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                await self.channel.drain()
+        except TimeoutError:
+            raise CopyError(f"the peer took nothing for {IDLE_TIMEOUT:.0f} s") from None
+        except (aio.ConnectionLost, aio.ChannelClosedError) as exc:
+            raise CopyError(f"connection lost: {exc}") from None
+
+    def fail(self, exc: InvalidInput | CopyError) -> None:
+        """Tell the peer why we stop (best effort), then close."""
+        with contextlib.suppress(aio.ConnectionLost, aio.ChannelClosedError):
+            self.channel.write(Error(str(exc)).encode())
+        self.channel.close()

@@ -1,0 +1,527 @@
+"""The receiving end of a copy: places every entry under the destination, writes files
+to a temporary name, verifies, renames; answers each entry with a status.
+
+Safety. Names from the peer are single components checked by the codec (no ``/``, ``.``,
+``..``, NUL); every directory below the destination is opened with ``O_NOFOLLOW`` and
+every create is relative to the directory's descriptor (``openat`` and friends), so a
+link planted in the destination cannot redirect a write outside it.
+
+Never a wrong file. A file is written to ``.NAME.qcp-XXXXXXXX`` (``O_CREAT|O_EXCL``,
+mode 0600) next to its destination, fsynced, its SHA-256 checked against the sender's,
+then renamed over the destination (atomic; an existing destination is never truncated).
+On any failure, cancellation or lost connection the temporary file is removed. With
+``--resume`` the file is written to ``.NAME.qcp-partial`` instead, and that is kept on a
+failure, for a later ``--resume`` to continue from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common.channels.copy import (
+    MAX_DEPTH,
+    MAX_PATH,
+    Abort,
+    DirEntry,
+    Done,
+    End,
+    EndDir,
+    FileEntry,
+    Finished,
+    Have,
+    Start,
+    Status,
+    Symlink,
+)
+from common.channels.copy import Failure as FailureMessage
+from common.errors import InvalidInput
+from common.transfer.base import (
+    CHUNK,
+    SKIPPED,
+    CopyOptions,
+    Peer,
+    Progress,
+    join,
+    printable,
+    reason_of,
+)
+
+#: (path as the user would recognise it, errno, reason): a failure this side saw.
+OnFailure = Callable[[bytes, int, str], None]
+OnRemoteFailure = Callable[[FailureMessage], None]
+PARTIAL = b"partial"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_MISMATCH = "checksum mismatch: the file changed while being read, or was damaged in transit"
+
+
+def temp_name(name: bytes, suffix: bytes) -> bytes:
+    """``.NAME.qcp-SUFFIX``, NAME shortened (with a hash of it) so the whole stays a
+    valid component."""
+    if len(name) > 200:
+        name = name[:160] + hashlib.sha256(name).hexdigest()[:16].encode()
+    return b"." + name + b".qcp-" + suffix
+
+
+def partial_name(name: bytes) -> bytes:
+    """Where ``--resume`` keeps an interrupted file: ``.NAME.qcp-partial``."""
+    return temp_name(name, PARTIAL)
+
+
+class _Refused(Exception):
+    def __init__(self, number: int, reason: str, display: bytes) -> None:
+        super().__init__(reason)
+        self.number = number
+        self.reason = reason
+        self.display = display
+
+
+class _Skip(Exception):
+    """Inside a directory that could not be created: not written, not reported again."""
+
+
+@dataclass
+class _Dir:
+    fd: int | None  # None: being skipped
+    display: bytes
+    length: int  # of the path below the destination
+    entry: int
+    message: DirEntry
+    created: bool = False
+    error: tuple[int, str] | None = None
+
+
+@dataclass
+class _Temp:
+    """The file being written, so whatever ends the copy can clean it up."""
+
+    parent: int
+    name: bytes
+    fd: int | None
+    keep: bool  # a --resume partial: kept on failure
+
+
+def _write_all(fd: int, data: bytes, position: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, position)
+        view = view[n:]
+        position += n
+
+
+def _hash_file(fd: int, length: int) -> hashlib._Hash:
+    digest = hashlib.sha256()
+    position = 0
+    while position < length:
+        data = os.pread(fd, min(CHUNK, length - position), position)
+        if not data:
+            break
+        digest.update(data)
+        position += len(data)
+    return digest
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+class Receiver:
+    def __init__(self, peer: Peer, options: CopyOptions, target: bytes, display: bytes,
+                 sources: int, *, on_failure: OnFailure,
+                 on_remote_failure: OnRemoteFailure | None = None,
+                 progress: Progress | None = None) -> None:
+        self.peer = peer
+        self.options = options
+        self.target = target or b"."
+        self.display = display or self.target
+        self.sources = sources
+        self.on_failure = on_failure
+        self.on_remote_failure = on_remote_failure
+        self.progress = progress
+        self.files = 0  # arrived and verified
+        self.bytes = 0
+        self.received = 0  # file bytes that crossed the connection
+        self.failures = 0
+        self.entries = 0
+        self._umask = _umask()
+        self._stack: list[_Dir] = []
+        self._top = 0
+        self._target_fd: int | None = None  # the target is an existing directory
+        self._parent_fd: int | None = None  # ...else the directory of the new name
+        self._target_name = b""
+        self._target_error: tuple[int, str] | None = None
+        self._temp: _Temp | None = None
+        self._dirty: set[int] = set()
+
+    # -- the destination
+
+    def _open_target(self) -> None:
+        target = self.target
+        try:
+            self._target_fd = os.open(target, _DIR_FLAGS)
+            return
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            missing: OSError = exc
+        except PermissionError:
+            try:  # a directory we may write into but not list
+                self._target_fd = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                return
+            except OSError as exc:
+                self._target_error = reason_of(exc)
+                return
+        except OSError as exc:
+            self._target_error = reason_of(exc)
+            return
+        head, tail = os.path.split(target)
+        if self.sources > 1:
+            self._target_error = reason_of(missing) if isinstance(missing, FileNotFoundError) \
+                else (errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            return
+        if not tail:  # "dir/" that is not a directory
+            self._target_error = reason_of(missing)
+            return
+        try:
+            self._parent_fd = os.open(head or b".", _DIR_FLAGS)
+        except OSError as exc:
+            self._target_error = reason_of(exc)
+            return
+        self._target_name = tail
+
+    def _place(self, name: bytes) -> tuple[int, bytes, bytes]:
+        """(directory fd, name in it, path to show) for an entry named ``name``."""
+        if self._stack:
+            top = self._stack[-1]
+            display = join(top.display, name)
+            if top.fd is None:
+                raise _Skip
+            if len(self._stack) > MAX_DEPTH or top.length + 1 + len(name) > MAX_PATH:
+                raise _Refused(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), display)
+            return top.fd, name, display
+        self._top += 1
+        if self._target_error is not None:
+            raise _Refused(*self._target_error, self.display)
+        if self._target_fd is not None:
+            return self._target_fd, name, join(self.display, name)
+        assert self._parent_fd is not None
+        if self._top > 1:  # one source may become a new name, not several
+            raise _Refused(errno.ENOTDIR, os.strerror(errno.ENOTDIR), self.display)
+        return self._parent_fd, self._target_name, self.display
+
+    def _length(self, name: bytes) -> int:
+        return self._stack[-1].length + 1 + len(name) if self._stack else len(name)
+
+    # -- the conversation
+
+    async def run(self) -> None:
+        peer = self.peer
+        self._open_target()
+        try:
+            while True:
+                message = await peer.message()
+                if isinstance(message, FileEntry | DirEntry | Symlink):
+                    if message.entry != self.entries:
+                        raise InvalidInput(f"entry {message.entry} out of order "
+                                           f"(expected {self.entries})")
+                    self.entries += 1
+                if isinstance(message, FileEntry):
+                    await self._file(message)
+                elif isinstance(message, DirEntry):
+                    self._dir(message)
+                elif isinstance(message, EndDir):
+                    if not self._stack:
+                        raise InvalidInput("end of a directory that was not entered")
+                    await self._end_dir(self._stack.pop())
+                elif isinstance(message, Symlink):
+                    self._symlink(message)
+                elif isinstance(message, FailureMessage):
+                    if self.on_remote_failure is not None:
+                        self.on_remote_failure(message)
+                elif isinstance(message, Done):
+                    if self._stack:
+                        raise InvalidInput("copy done inside a directory")
+                    for fd in (self._target_fd, self._parent_fd):
+                        if fd is not None and fd in self._dirty:
+                            await _fsync_dir(fd)
+                    peer.send(Finished(self.entries, self.failures).encode())
+                    await peer.drain()
+                    return
+                else:
+                    raise InvalidInput(f"unexpected {type(message).__name__} between files")
+                await peer.drain()
+        finally:
+            self._discard()
+            for d in self._stack:
+                if d.fd is not None:
+                    os.close(d.fd)
+            self._stack.clear()
+            for fd in (self._target_fd, self._parent_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._target_fd = self._parent_fd = None
+
+    def _status(self, entry: int, display: bytes, error: tuple[int, str] | None) -> None:
+        if error is None:
+            self.peer.send(Status(entry).encode())
+            return
+        number, reason = error
+        if number == SKIPPED:
+            self.peer.send(Status(entry, SKIPPED).encode())
+            return
+        self.failures += 1
+        self.on_failure(display, number, reason)
+        self.peer.send(Status(entry, number, reason, display).encode())
+
+    def _discard(self, *, keep: bool | None = None) -> None:
+        temp = self._temp
+        if temp is None:
+            return
+        self._temp = None
+        if temp.fd is not None:
+            os.close(temp.fd)
+        if not (temp.keep if keep is None else keep):
+            with contextlib.suppress(OSError):
+                os.unlink(temp.name, dir_fd=temp.parent)
+
+    # -- directories and links
+
+    def _dir(self, m: DirEntry) -> None:
+        try:
+            parent, name, display = self._place(m.name)
+        except _Skip:
+            top = self._stack[-1]
+            self._stack.append(_Dir(None, join(top.display, m.name), 0, m.entry, m,
+                                    error=(SKIPPED, "")))
+            return
+        except _Refused as refused:
+            self._stack.append(_Dir(None, refused.display, 0, m.entry, m,
+                                    error=(refused.number, refused.reason)))
+            return
+        length = self._length(name)
+        created = False
+        try:
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent)
+                created = True
+                self._dirty.add(parent)
+            except FileExistsError:
+                pass
+            fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+        except OSError as exc:
+            error = reason_of(exc)
+            if exc.errno == errno.ELOOP:
+                error = (errno.ENOTDIR, "Not a directory (a symbolic link)")
+            self._stack.append(_Dir(None, display, length, m.entry, m, error=error))
+            return
+        self._stack.append(_Dir(fd, display, length, m.entry, m, created))
+
+    async def _end_dir(self, d: _Dir) -> None:
+        error = d.error
+        if d.fd is not None:
+            m = d.message
+            try:
+                if self.options.preserve:
+                    os.chmod(d.fd, m.mode)
+                    os.utime(d.fd, ns=(m.atime_ns, m.mtime_ns))
+                elif d.created:
+                    os.chmod(d.fd, m.mode & 0o777 & ~self._umask)
+                if d.fd in self._dirty:
+                    self._dirty.discard(d.fd)
+                    await _fsync_dir(d.fd)
+            except OSError as exc:
+                error = reason_of(exc)
+            finally:
+                os.close(d.fd)
+        self._status(d.entry, d.display, error)
+
+    def _symlink(self, m: Symlink) -> None:
+        try:
+            parent, name, display = self._place(m.name)
+        except _Skip:
+            self._status(m.entry, b"", (SKIPPED, ""))
+            return
+        except _Refused as refused:
+            self._status(m.entry, refused.display, (refused.number, refused.reason))
+            return
+        error = None
+        temp = temp_name(name, secrets.token_hex(4).encode())
+        try:
+            os.symlink(m.target, temp, dir_fd=parent)
+            try:
+                os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except OSError:
+                os.unlink(temp, dir_fd=parent)
+                raise
+            self._dirty.add(parent)
+            if self.options.preserve:
+                os.utime(name, ns=(m.atime_ns, m.mtime_ns), dir_fd=parent,
+                         follow_symlinks=False)
+        except OSError as exc:
+            error = reason_of(exc)
+        self._status(m.entry, display, error)
+
+    # -- files
+
+    def _create(self, parent: int, name: bytes, resume: bool, size: int
+                ) -> tuple[int, int]:
+        """Open the file to write: (fd, bytes already there for --resume)."""
+        if resume:
+            partial = partial_name(name)
+            try:
+                fd = os.open(partial, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            except FileNotFoundError:
+                pass
+            else:
+                self._temp = _Temp(parent, partial, fd, keep=True)
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EEXIST, f"{printable(partial)} is not a regular file")
+                return fd, st.st_size if st.st_size <= size else 0
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
+            self._temp = _Temp(parent, partial, fd, keep=True)
+            return fd, 0
+        for _ in range(16):
+            temp = temp_name(name, secrets.token_hex(4).encode())
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=parent)
+            except FileExistsError:
+                continue
+            self._temp = _Temp(parent, temp, fd, keep=False)
+            return fd, 0
+        raise OSError(errno.EEXIST, "no free temporary name")
+
+    async def _file(self, m: FileEntry) -> None:
+        loop = asyncio.get_running_loop()
+        error: tuple[int, str] | None = None
+        fd: int | None = None
+        existing_mode: int | None = None
+        have = 0
+        display = b""
+        parent, name = -1, b""
+        try:
+            parent, name, display = self._place(m.name)
+            try:
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+                if stat.S_ISREG(st.st_mode):
+                    existing_mode = stat.S_IMODE(st.st_mode)
+            except FileNotFoundError:
+                pass
+            fd, have = self._create(parent, name, m.resume, m.size)
+        except _Skip:
+            error = (SKIPPED, "")
+        except _Refused as refused:
+            error, display = (refused.number, refused.reason), refused.display
+        except OSError as exc:
+            error = reason_of(exc)
+            self._discard()
+            fd = None
+        digest = hashlib.sha256()
+        offset = 0
+        if m.resume:
+            if fd is not None and have:
+                digest = await loop.run_in_executor(None, _hash_file, fd, have)
+            else:
+                have = 0
+            self.peer.send(Have(m.entry, have, digest.digest()).encode())
+            await self.peer.drain()
+            start = await self.peer.message()
+            if not isinstance(start, Start) or start.entry != m.entry:
+                raise InvalidInput("a resumed file's data must begin with its start")
+            if start.offset not in (0, have):
+                raise InvalidInput(f"resume offset {start.offset} (we have {have})")
+            offset = start.offset
+            if not offset:
+                digest = hashlib.sha256()
+            if fd is not None:
+                try:
+                    os.ftruncate(fd, offset)
+                except OSError as exc:
+                    error = reason_of(exc)
+                    self._discard()
+                    fd = None
+        shown = printable(display)
+        progress = self.progress
+        started = progress is not None and error is None
+        if progress is not None and started:
+            progress.start(shown, m.size, offset)
+        remaining = m.size - offset
+        position = offset
+        peer = self.peer
+        while remaining:
+            data = await peer.raw(remaining if remaining < 4 * CHUNK else 4 * CHUNK)
+            n = len(data)
+            remaining -= n
+            self.received += n
+            if fd is not None:
+                digest.update(data)
+                try:
+                    _write_all(fd, data, position)
+                except OSError as exc:
+                    error = reason_of(exc)
+                    self._discard()  # a --resume partial keeps what was written
+                    fd = None
+            position += n
+            if progress is not None and started:
+                progress.advance(n)
+        end = await peer.message()
+        if isinstance(end, Abort) and end.entry == m.entry:
+            self._discard(keep=False)
+            if progress is not None and started:
+                progress.end(shown, False)
+            return
+        if not isinstance(end, End) or end.entry != m.entry:
+            raise InvalidInput("a file's data must be followed by its end")
+        if fd is not None and error is None:
+            if not hmac.compare_digest(digest.digest(), end.digest):
+                error = (errno.EIO, _MISMATCH)
+                self._discard(keep=False)
+            else:
+                try:
+                    await self._commit(fd, parent, name, m, existing_mode)
+                except OSError as exc:
+                    error = reason_of(exc)
+                    self._discard()
+        if progress is not None and started:
+            progress.end(shown, error is None)
+        if error is None:
+            self.files += 1
+            self.bytes += m.size
+        self._status(m.entry, display, error)
+
+    async def _commit(self, fd: int, parent: int, name: bytes, m: FileEntry,
+                      existing_mode: int | None) -> None:
+        """fsync, rename over the destination, then mode and times (by the descriptor)."""
+        temp = self._temp
+        assert temp is not None and temp.fd == fd
+        await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
+        os.rename(temp.name, name, src_dir_fd=parent, dst_dir_fd=parent)
+        self._temp = None
+        self._dirty.add(parent)
+        try:
+            if self.options.preserve:
+                os.chmod(fd, m.mode)
+                os.utime(fd, ns=(m.atime_ns, m.mtime_ns))
+            else:
+                os.chmod(fd, existing_mode if existing_mode is not None
+                         else m.mode & 0o777 & ~self._umask)
+        finally:
+            os.close(fd)
+
+
+async def _fsync_dir(fd: int) -> None:
+    # an O_PATH descriptor, or a filesystem without directory fsync, refuses: harmless
+    with contextlib.suppress(OSError):
+        await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
