@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from common import aio
+from common.channels.copy import COPY
 from common.channels.session import (
     ENV,
     EXEC,
@@ -87,6 +88,7 @@ from common.channels.session import (
 )
 from common.errors import InvalidInput
 from common.protocol.mux import ChannelRequest, OpenFailureReason
+from common.transfer import serve as copy_serve
 
 from .login import Account
 
@@ -842,6 +844,9 @@ async def serve_channel(channel: aio.Channel, account: Account, *, euid: int,
     """A channel a logged-in user opened: a ``session`` runs until its end (tracked in
     ``sessions`` meanwhile, so its owner can wait for every hang-up); any other kind is
     refused, as this version serves no other."""
+    if channel.kind == COPY and euid == account.uid:  # qcp: files opened as the user
+        await copy_serve(channel)
+        return
     if channel.kind != SESSION:
         log.info("conn=%d: refusing a %s channel for %s: not supported",
                  channel.connection.number, channel.kind, account.name)
