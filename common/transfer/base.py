@@ -92,18 +92,35 @@ def join(parent: bytes, name: bytes) -> bytes:
 
 
 class Peer:
-    """The copy channel as messages and raw file bytes, every wait bounded."""
+    """The copy channel as messages and raw file bytes, every wait bounded.
+
+    File data is taken from the channel a record's chunk at a time, without joining
+    chunks; the part of a chunk beyond the file's end (the next message's first bytes)
+    is kept here and read first."""
 
     def __init__(self, channel: aio.Channel, allowed: frozenset[int]) -> None:
         self.channel = channel
         self.allowed = allowed
+        self._rest: memoryview | None = None
+
+    async def _read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes."""
+        rest = self._rest
+        if rest is None:
+            return await self.channel.readexactly(n)
+        if len(rest) >= n:
+            data = bytes(rest[:n])
+            self._rest = rest[n:] if len(rest) > n else None
+            return data
+        self._rest = None
+        return bytes(rest) + await self.channel.readexactly(n - len(rest))
 
     async def message(self) -> Message:
         try:
             async with asyncio.timeout(IDLE_TIMEOUT):
-                header = await self.channel.readexactly(HEADER_SIZE)
+                header = await self._read(HEADER_SIZE)
                 kind, length = decode_header(header, self.allowed)
-                body = await self.channel.readexactly(length) if length else b""
+                body = await self._read(length) if length else b""
         except asyncio.IncompleteReadError:
             raise CopyError("the peer closed the copy channel mid-copy") from None
         except TimeoutError:
@@ -115,21 +132,33 @@ class Peer:
             raise CopyError(f"the peer ended the copy: {message.reason}")
         return message
 
-    async def raw(self, limit: int) -> bytes:
+    async def raw(self, limit: int) -> memoryview:
         """Up to ``limit`` bytes of a file's data, as they arrived (no copy)."""
-        try:
-            async with asyncio.timeout(IDLE_TIMEOUT):
-                data = await self.channel.read(limit)
-        except TimeoutError:
-            raise CopyError(f"no word from the peer for {IDLE_TIMEOUT:.0f} s") from None
-        except aio.ConnectionLost as exc:
-            raise CopyError(f"connection lost: {exc}") from None
-        if not data:
-            raise CopyError("the peer closed the copy channel mid-file")
+        rest = self._rest
+        if rest is not None:
+            data = rest
+        else:
+            try:
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    chunk = await self.channel.read()
+            except TimeoutError:
+                raise CopyError(f"no word from the peer for {IDLE_TIMEOUT:.0f} s") from None
+            except aio.ConnectionLost as exc:
+                raise CopyError(f"connection lost: {exc}") from None
+            if not chunk:
+                raise CopyError("the peer closed the copy channel mid-file")
+            data = memoryview(chunk)
+        if len(data) > limit:
+            self._rest = data[limit:]
+            return data[:limit]
+        self._rest = None
         return data
 
     def send(self, message: bytes) -> None:
-        self.channel.write(message)
+        try:
+            self.channel.write(message)
+        except (aio.ConnectionLost, aio.ChannelClosedError) as exc:
+            raise CopyError(f"connection lost: {exc}") from None
 
     async def drain(self) -> None:
         try:

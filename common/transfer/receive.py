@@ -17,6 +17,7 @@ failure, for a later ``--resume`` to continue from.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -24,6 +25,7 @@ import hmac
 import os
 import secrets
 import stat
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,14 +109,7 @@ class _Temp:
     name: bytes
     fd: int | None
     keep: bool  # a --resume partial: kept on failure
-
-
-def _write_all(fd: int, data: bytes, position: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, position)
-        view = view[n:]
-        position += n
+    writer: _Writer | None = None
 
 
 def _hash_file(fd: int, length: int) -> hashlib._Hash:
@@ -127,6 +122,88 @@ def _hash_file(fd: int, length: int) -> hashlib._Hash:
         digest.update(data)
         position += len(data)
     return digest
+
+
+#: A file's data goes to the writer thread in batches of this size...
+BATCH = 1024 * 1024
+#: ...with at most this much handed over and not yet written (the window refills meanwhile).
+IN_FLIGHT = 16 * 1024 * 1024
+#: Files up to this size are written by the event loop itself: a thread would cost more.
+INLINE = 1024 * 1024
+
+
+class _Writer:
+    """Hashes and writes one file's data in order, in a thread of its own, while the
+    event loop goes on receiving (and decrypting) the next records: the two overlap on
+    a machine with more than one core. Small files are written inline."""
+
+    def __init__(self, pool: concurrent.futures.ThreadPoolExecutor | None, fd: int,
+                 digest: hashlib._Hash, position: int) -> None:
+        self.pool = pool
+        self.fd = fd
+        self.digest = digest
+        self.position = position
+        self.error: OSError | None = None
+        self._batch: list[memoryview] = []
+        self._batch_size = 0
+        self._jobs: deque[tuple[concurrent.futures.Future[None], int]] = deque()
+        self._in_flight = 0
+
+    def _run(self, buffers: list[memoryview], position: int) -> None:
+        if self.error is not None:
+            return
+        try:
+            for buffer in buffers:
+                self.digest.update(buffer)
+            while buffers:
+                n = os.pwritev(self.fd, buffers, position)
+                position += n
+                while buffers and n >= len(buffers[0]):
+                    n -= len(buffers.pop(0))
+                if n:
+                    buffers[0] = buffers[0][n:]
+        except OSError as exc:
+            self.error = exc
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        buffers, size = self._batch, self._batch_size
+        self._batch, self._batch_size = [], 0
+        if self.pool is None:
+            self._run(buffers, self.position)
+        else:
+            self._jobs.append((self.pool.submit(self._run, buffers, self.position), size))
+            self._in_flight += size
+        self.position += size
+
+    async def write(self, data: memoryview) -> None:
+        self._batch.append(data)
+        self._batch_size += len(data)
+        if self._batch_size >= BATCH or len(self._batch) >= 256:
+            self._submit()
+        while self._in_flight > IN_FLIGHT:
+            await self._oldest()
+
+    async def _oldest(self) -> None:
+        future, size = self._jobs[0]
+        await asyncio.wrap_future(future)  # stays listed until done, for wait()
+        self._jobs.popleft()
+        self._in_flight -= size
+
+    async def flush(self) -> OSError | None:
+        self._submit()
+        while self._jobs:
+            await self._oldest()
+        return self.error
+
+    def wait(self) -> None:
+        """Block until no job runs: before the descriptor is closed, whatever ended the
+        copy (a number reused by another open must never receive our writes)."""
+        self._batch.clear()
+        self.error = self.error or OSError(errno.ECANCELED, "cancelled")
+        concurrent.futures.wait([future for future, _ in self._jobs])
+        self._jobs.clear()
 
 
 def _umask() -> int:
@@ -162,6 +239,7 @@ class Receiver:
         self._target_error: tuple[int, str] | None = None
         self._temp: _Temp | None = None
         self._dirty: set[int] = set()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- the destination
 
@@ -260,6 +338,8 @@ class Receiver:
                 await peer.drain()
         finally:
             self._discard()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
             for d in self._stack:
                 if d.fd is not None:
                     os.close(d.fd)
@@ -286,6 +366,8 @@ class Receiver:
         if temp is None:
             return
         self._temp = None
+        if temp.writer is not None:
+            temp.writer.wait()
         if temp.fd is not None:
             os.close(temp.fd)
         if not (temp.keep if keep is None else keep):
@@ -458,24 +540,34 @@ class Receiver:
         if progress is not None and started:
             progress.start(shown, m.size, offset)
         remaining = m.size - offset
-        position = offset
+        writer = None
+        if fd is not None and self._temp is not None:
+            pool = None
+            if remaining > INLINE:
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(1, "qcp-write")
+                pool = self._pool
+            writer = self._temp.writer = _Writer(pool, fd, digest, offset)
         peer = self.peer
         while remaining:
             data = await peer.raw(remaining if remaining < 4 * CHUNK else 4 * CHUNK)
             n = len(data)
             remaining -= n
             self.received += n
-            if fd is not None:
-                digest.update(data)
-                try:
-                    _write_all(fd, data, position)
-                except OSError as exc:
-                    error = reason_of(exc)
+            if writer is not None:
+                await writer.write(data)
+                if writer.error is not None:
+                    error = reason_of(writer.error)
                     self._discard()  # a --resume partial keeps what was written
-                    fd = None
-            position += n
+                    fd = writer = None
             if progress is not None and started:
                 progress.advance(n)
+        if writer is not None:
+            failed = await writer.flush()
+            if failed is not None:
+                error = reason_of(failed)
+                self._discard()
+                fd = None
         end = await peer.message()
         if isinstance(end, Abort) and end.entry == m.entry:
             self._discard(keep=False)
@@ -506,6 +598,7 @@ class Receiver:
         """fsync, rename over the destination, then mode and times (by the descriptor)."""
         temp = self._temp
         assert temp is not None and temp.fd == fd
+        temp.writer = None  # flushed
         await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
         os.rename(temp.name, name, src_dir_fd=parent, dst_dir_fd=parent)
         self._temp = None
