@@ -130,6 +130,9 @@ BATCH = 1024 * 1024
 IN_FLIGHT = 16 * 1024 * 1024
 #: Files up to this size are written by the event loop itself: a thread would cost more.
 INLINE = 1024 * 1024
+#: Verified files being made durable and renamed at once, and the threads that do it.
+MAX_COMMITS = 64
+COMMIT_THREADS = 8
 
 
 class _Writer:
@@ -240,6 +243,9 @@ class Receiver:
         self._temp: _Temp | None = None
         self._dirty: set[int] = set()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._commit_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._commits: deque[tuple[concurrent.futures.Future[None], FileEntry, bytes]] = \
+            deque()
 
     # -- the destination
 
@@ -327,10 +333,12 @@ class Receiver:
                 elif isinstance(message, Done):
                     if self._stack:
                         raise InvalidInput("copy done inside a directory")
+                    await self._harvest(0)
                     for fd in (self._target_fd, self._parent_fd):
                         if fd is not None and fd in self._dirty:
                             await _fsync_dir(fd)
                     peer.send(Finished(self.entries, self.failures).encode())
+                    peer.flush()
                     await peer.drain()
                     return
                 else:
@@ -338,8 +346,12 @@ class Receiver:
                 await peer.drain()
         finally:
             self._discard()
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
+            # verified files still committing complete (each closes its descriptor)
+            concurrent.futures.wait([future for future, _, _ in self._commits])
+            self._commits.clear()
+            for pool in (self._pool, self._commit_pool):
+                if pool is not None:
+                    pool.shutdown(wait=False)
             for d in self._stack:
                 if d.fd is not None:
                     os.close(d.fd)
@@ -407,6 +419,7 @@ class Receiver:
         self._stack.append(_Dir(fd, display, length, m.entry, m, created))
 
     async def _end_dir(self, d: _Dir) -> None:
+        await self._harvest(0)  # every file in it renamed, before its mode, times, fsync
         error = d.error
         if d.fd is not None:
             m = d.message
@@ -518,6 +531,7 @@ class Receiver:
             else:
                 have = 0
             self.peer.send(Have(m.entry, have, digest.digest()).encode())
+            self.peer.flush()
             await self.peer.drain()
             start = await self.peer.message()
             if not isinstance(start, Start) or start.entry != m.entry:
@@ -581,37 +595,77 @@ class Receiver:
                 error = (errno.EIO, _MISMATCH)
                 self._discard(keep=False)
             else:
-                try:
-                    await self._commit(fd, parent, name, m, existing_mode)
-                except OSError as exc:
-                    error = reason_of(exc)
-                    self._discard()
+                if progress is not None and started:
+                    progress.end(shown, True)  # arrived and verified; committed below
+                mode = m.mode if self.options.preserve else (
+                    existing_mode if existing_mode is not None
+                    else m.mode & 0o777 & ~self._umask)
+                await self._commit(fd, parent, name, mode,
+                                   (m.atime_ns, m.mtime_ns) if self.options.preserve
+                                   else None, m, display)
+                return
         if progress is not None and started:
             progress.end(shown, error is None)
-        if error is None:
-            self.files += 1
-            self.bytes += m.size
         self._status(m.entry, display, error)
 
-    async def _commit(self, fd: int, parent: int, name: bytes, m: FileEntry,
-                      existing_mode: int | None) -> None:
-        """fsync, rename over the destination, then mode and times (by the descriptor)."""
+    async def _commit(self, fd: int, parent: int, name: bytes, mode: int,
+                      times: tuple[int, int] | None, m: FileEntry, display: bytes) -> None:
+        """Hand the verified file to a commit thread (fsync, rename, mode, times) and go
+        on with the next: fsyncs of many small files then overlap, and the filesystem's
+        journal commits them together. Statuses follow as commits complete, in order."""
         temp = self._temp
         assert temp is not None and temp.fd == fd
-        temp.writer = None  # flushed
-        await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
-        os.rename(temp.name, name, src_dir_fd=parent, dst_dir_fd=parent)
-        self._temp = None
+        self._temp = None  # the commit job owns it now, and closes the descriptor
+        if self._commit_pool is None:
+            self._commit_pool = concurrent.futures.ThreadPoolExecutor(COMMIT_THREADS,
+                                                                      "qcp-commit")
+        future = self._commit_pool.submit(_commit_file, fd, parent, temp.name, name, mode,
+                                          times)
+        self._commits.append((future, m, display))
         self._dirty.add(parent)
-        try:
-            if self.options.preserve:
-                os.chmod(fd, m.mode)
-                os.utime(fd, ns=(m.atime_ns, m.mtime_ns))
+        await self._harvest(MAX_COMMITS - 1)
+
+    async def _harvest(self, keep: int) -> None:
+        """Report finished commits, in order; wait while more than ``keep`` are pending."""
+        commits = self._commits
+        while commits:
+            future, m, display = commits[0]
+            if not future.done():
+                if len(commits) <= keep:
+                    return
+                with contextlib.suppress(OSError):
+                    await asyncio.wrap_future(future)
+                continue
+            commits.popleft()
+            exc = future.exception()
+            if exc is not None and not isinstance(exc, OSError):
+                raise exc
+            if exc is None:
+                self.files += 1
+                self.bytes += m.size
+                self._status(m.entry, display, None)
             else:
-                os.chmod(fd, existing_mode if existing_mode is not None
-                         else m.mode & 0o777 & ~self._umask)
-        finally:
-            os.close(fd)
+                assert isinstance(exc, OSError)
+                self._status(m.entry, display, reason_of(exc))
+
+
+def _commit_file(fd: int, parent: int, temp: bytes, name: bytes, mode: int,
+                 times: tuple[int, int] | None) -> None:
+    """In a commit thread: make the file durable, put it in place, then set its mode and
+    times through the descriptor (the name may already be another file's again)."""
+    try:
+        try:
+            os.fsync(fd)
+            os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=parent)
+            raise
+        os.chmod(fd, mode)
+        if times is not None:
+            os.utime(fd, ns=times)
+    finally:
+        os.close(fd)
 
 
 async def _fsync_dir(fd: int) -> None:

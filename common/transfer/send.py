@@ -121,6 +121,7 @@ class Sender:
         for path, display in sources:
             await self._top(path, display)
         self.peer.send(Done(self.entries, self.failures).encode())
+        self.peer.flush()
         await self.peer.drain()
 
     def _fail(self, display: bytes, exc: OSError | None, reason: str = "") -> None:
@@ -155,6 +156,7 @@ class Sender:
     async def _entry(self, size: int | None) -> int:
         while len(self._outstanding) >= MAX_OUTSTANDING:
             self._room.clear()
+            self.peer.flush()  # the statuses we wait for answer what is queued here
             await self._room.wait()
         entry = self.entries
         self.entries += 1
@@ -230,6 +232,7 @@ class Sender:
         self.peer.send(FileEntry(entry, name, st.st_mode, size, st.st_atime_ns,
                                  st.st_mtime_ns, resume).encode())
         if have is not None:
+            self.peer.flush()
             await self.peer.drain()
             answer = await have
             if 0 < answer.have <= size:
@@ -269,6 +272,7 @@ class Sender:
                 if limit:
                     ahead = self.sent / limit - (time.monotonic() - self._started)
                     if ahead > 0:
+                        self.peer.flush()
                         await asyncio.sleep(ahead)
         finally:
             reader.wait()
