@@ -9,10 +9,12 @@ runs channels in the daemon's own (root) process, refuses copies for that accoun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -192,3 +194,51 @@ def test_the_in_process_server_refuses_copies_for_another_user(user: User,
 
     run(main())
     assert os.listdir(out) == []
+
+
+def _processes_of(uid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+    return pids
+
+
+def test_a_killed_server_leaves_no_partial_file(qshd: Qshd, user: User, reachable: Path) -> None:
+    """The user's process (the one writing) is SIGKILLed mid-file: it cannot clean up, so
+    nothing it writes may have a name before the file is complete and verified."""
+    source = reachable / "big"
+    source.write_bytes(os.urandom(60_000_000))
+    dest = user.home / "incoming"
+    dest.mkdir()
+    os.chown(dest, user.uid, user.gid)
+    killed: list[int] = []
+
+    class KillAt:
+        moved = 0
+
+        def start(self, name: str, size: int, offset: int) -> None: ...
+        def end(self, name: str, ok: bool) -> None: ...
+
+        def advance(self, nbytes: int) -> None:
+            self.moved += nbytes
+            if self.moved >= 20_000_000 and not killed:
+                # the account is ours (made for this test): its processes are the
+                # connection's user process, started by our qshd
+                for pid in _processes_of(user.uid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+
+    async def main() -> None:
+        client = await login(qshd.port, qshd.host_key, user.name)
+        with pytest.raises(CopyError):
+            await transfer.upload(client, [os.fsencode(source)], b"incoming", CopyOptions(),
+                                  KillAt())
+        client.abort()
+
+    run(main())
+    assert killed
+    assert os.listdir(dest) == []

@@ -29,7 +29,7 @@ from common.accounts.keys import HostKey
 from common.accounts.passwd import PasswdFile
 from common.protocol.handshake import ClientHandshake
 from common.protocol.negotiation import Offer
-from common.transfer import CopyError, CopyOptions, Report
+from common.transfer import CopyError, CopyOptions, Report, receive
 from qshd.config import ServerConfig
 from qshd.server import Daemon
 
@@ -463,3 +463,35 @@ def test_remote_paths_resolve_in_the_home(config: ServerConfig, tmp_path: Path) 
     finally:
         with contextlib.suppress(FileNotFoundError):
             (Path(os.fsdecode(home)) / name).unlink()
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_named_temporary_files_where_anonymous_ones_are_unavailable(
+        config: ServerConfig, tmp_path: Path, direction: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without O_TMPFILE (or /proc) the file is written under ``.NAME.qcp-XXXXXXXX``: it
+    must still be removed when the connection is cut, and renamed when it completes."""
+    monkeypatch.setattr(receive, "_ANONYMOUS", False)
+    source = tmp_path / "big"
+    source.write_bytes(os.urandom(20 * MB))
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: list[list[str]] = []
+
+    def look(moved: int) -> None:
+        if moved >= 4 * MB and not seen:
+            seen.append(os.listdir(out))
+
+    async def main() -> None:
+        async with connected(config) as (_, client):
+            engine = transfer.upload if direction == "up" else transfer.download
+            report = await engine(client, [os.fsencode(source)], os.fsencode(out),
+                                  CopyOptions(), Recorder(look))
+            assert report.ok
+
+    run(main())
+    assert len(seen[0]) == 1 and seen[0][0].startswith(".big.qcp-")  # named while written
+    assert os.listdir(out) == ["big"]
+    (out / "big").unlink()
+    cut_after(8 * MB, direction, tmp_path, source, out, config, CopyOptions())
+    assert os.listdir(out) == []

@@ -61,6 +61,9 @@ from common.transfer.base import (
 OnFailure = Callable[[bytes, int, str], None]
 OnRemoteFailure = Callable[[FailureMessage], None]
 PARTIAL = b"partial"
+#: Files are written unnamed (O_TMPFILE) where the system allows, and named at the end
+#: through /proc: a process killed mid-file then leaves nothing behind.
+_ANONYMOUS = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _MISMATCH = "checksum mismatch: the file changed while being read, or was damaged in transit"
 
@@ -106,7 +109,7 @@ class _Temp:
     """The file being written, so whatever ends the copy can clean it up."""
 
     parent: int
-    name: bytes
+    name: bytes  # b"": anonymous (O_TMPFILE), nothing to remove
     fd: int | None
     keep: bool  # a --resume partial: kept on failure
     writer: _Writer | None = None
@@ -382,7 +385,7 @@ class Receiver:
             temp.writer.wait()
         if temp.fd is not None:
             os.close(temp.fd)
-        if not (temp.keep if keep is None else keep):
+        if temp.name and not (temp.keep if keep is None else keep):
             with contextlib.suppress(OSError):
                 os.unlink(temp.name, dir_fd=temp.parent)
 
@@ -485,6 +488,16 @@ class Receiver:
                          | os.O_CLOEXEC, 0o600, dir_fd=parent)
             self._temp = _Temp(parent, partial, fd, keep=True)
             return fd, 0
+        if _ANONYMOUS:
+            try:
+                fd = os.open(b".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600,
+                             dir_fd=parent)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+            else:  # no name until it is complete: even a killed process leaves nothing
+                self._temp = _Temp(parent, b"", fd, keep=False)
+                return fd, 0
         for _ in range(16):
             temp = temp_name(name, secrets.token_hex(4).encode())
             try:
@@ -656,6 +669,8 @@ def _commit_file(fd: int, parent: int, temp: bytes, name: bytes, mode: int,
     try:
         try:
             os.fsync(fd)
+            if not temp:  # anonymous (O_TMPFILE): named only now, next to its destination
+                temp = _link_anonymous(fd, parent, name)
             os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
         except OSError:
             with contextlib.suppress(OSError):
@@ -666,6 +681,20 @@ def _commit_file(fd: int, parent: int, temp: bytes, name: bytes, mode: int,
             os.utime(fd, ns=times)
     finally:
         os.close(fd)
+
+
+def _link_anonymous(fd: int, parent: int, name: bytes) -> bytes:
+    """Give an O_TMPFILE file a temporary name (linkat through /proc, which needs no
+    privilege), to be renamed over the destination: a rename replaces atomically, a link
+    cannot."""
+    for _ in range(16):
+        temp = temp_name(name, secrets.token_hex(4).encode())
+        try:
+            os.link(f"/proc/self/fd/{fd}", temp, dst_dir_fd=parent, follow_symlinks=True)
+        except FileExistsError:
+            continue
+        return temp
+    raise OSError(errno.EEXIST, "no free temporary name")
 
 
 async def _fsync_dir(fd: int) -> None:
