@@ -495,3 +495,35 @@ def test_named_temporary_files_where_anonymous_ones_are_unavailable(
     (out / "big").unlink()
     cut_after(8 * MB, direction, tmp_path, source, out, config, CopyOptions())
     assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_cancelled_download_cleans_up_at_once(config: ServerConfig, tmp_path: Path,
+                                                resume: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """What qcp does on SIGINT: cancel the engine's task. Its ``finally`` removes the
+    temporary file before the cancellation returns (or keeps the --resume partial)."""
+    monkeypatch.setattr(receive, "_ANONYMOUS", False)  # a name, so there is something to see
+    source = tmp_path / "big"
+    source.write_bytes(os.urandom(20 * MB))
+    out = tmp_path / "out"
+    out.mkdir()
+    during: list[list[str]] = []
+
+    async def main() -> list[str]:
+        async with connected(config) as (_, client):
+            def look(moved: int) -> None:
+                if moved >= 4 * MB and not during:
+                    during.append(os.listdir(out))
+                    task.cancel()
+
+            task = asyncio.ensure_future(transfer.download(
+                client, [os.fsencode(source)], os.fsencode(out), CopyOptions(resume=resume),
+                Recorder(look)))
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return os.listdir(out)
+
+    after = run(main())
+    assert len(during[0]) == 1  # the file was there, under its temporary name
+    assert after == ([".big.qcp-partial"] if resume else [])
