@@ -527,3 +527,14 @@ def test_a_cancelled_download_cleans_up_at_once(config: ServerConfig, tmp_path: 
     after = run(main())
     assert len(during[0]) == 1  # the file was there, under its temporary name
     assert after == ([".big.qcp-partial"] if resume else [])
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_limit_paces_the_sender(config: ServerConfig, tmp_path: Path, direction: str) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(os.urandom(6 * MB))
+    started = time.monotonic()
+    report = copy(config, direction, [source], tmp_path / "g", CopyOptions(limit=5 * MB))
+    elapsed = time.monotonic() - started
+    assert report.ok and (tmp_path / "g").read_bytes() == source.read_bytes()
+    assert elapsed >= 0.9  # 6 MB at 5 MB/s: the last MiB waits for its turn
