@@ -538,3 +538,22 @@ def test_limit_paces_the_sender(config: ServerConfig, tmp_path: Path, direction:
     elapsed = time.monotonic() - started
     assert report.ok and (tmp_path / "g").read_bytes() == source.read_bytes()
     assert elapsed >= 0.9  # 6 MB at 5 MB/s: the last MiB waits for its turn
+
+
+def test_resume_ignores_a_partial_that_is_not_ours(config: ServerConfig, tmp_path: Path) -> None:
+    """A partial owned by someone else (a shared directory) is neither continued nor
+    renamed into place: the file fails with a reason, the stranger's file stays."""
+    if not IS_ROOT:
+        pytest.skip("giving a file to another uid needs root")
+    source = tmp_path / "f"
+    source.write_bytes(b"mine, all of it")
+    out = tmp_path / "out"
+    out.mkdir()
+    partial = out / ".f.qcp-partial"
+    partial.write_bytes(b"mine")
+    os.chown(partial, 4242, 4242)
+    report = copy(config, "up", [source], out, CopyOptions(resume=True))
+    assert [f.reason for f in report.failures] == [
+        ".f.qcp-partial is not a regular file of ours"]
+    assert partial.read_bytes() == b"mine" and partial.stat().st_uid == 4242
+    assert not (out / "f").exists()

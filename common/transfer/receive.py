@@ -481,8 +481,9 @@ class Receiver:
             else:
                 self._temp = _Temp(parent, partial, fd, keep=True)
                 st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise OSError(errno.EEXIST, f"{printable(partial)} is not a regular file")
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                    raise OSError(errno.EEXIST, f"{printable(partial)} is not a regular file "
+                                  "of ours")
                 return fd, st.st_size if st.st_size <= size else 0
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=parent)
