@@ -18,6 +18,7 @@ import weakref
 
 from common import aio
 from common.accounts.keys import HostKey
+from common.channels.copy import COPY
 from common.protocol.auth import AuthRequested
 from common.protocol.handshake import ServerHandshake
 from common.protocol.mux import GlobalRequest, OpenFailureReason
@@ -134,6 +135,13 @@ class Daemon:
         if account is None:
             log.warning("conn=%d: account %s vanished after login", connection.number, user)
             channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED, "no such account")
+            return
+        if channel.kind == COPY and self.euid != account.uid:
+            # Files a copy opens are opened by this process: never as root for a user.
+            log.info("conn=%d: refusing a copy channel for %s: this server does not run as "
+                     "that user", connection.number, user)
+            channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
+                           "copies need a server running as the user")
             return
         transport = connection.transport
         client = _address(connection.peername)

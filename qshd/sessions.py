@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from common import aio
+from common.channels.copy import COPY
 from common.channels.session import (
     ENV,
     EXEC,
@@ -88,6 +89,7 @@ from common.channels.session import (
 from common.channels.tunnel import KINDS as TUNNEL_KINDS
 from common.errors import InvalidInput
 from common.protocol.mux import ChannelRequest, OpenFailureReason
+from common.transfer import serve as copy_serve
 
 from .login import Account
 from .tunnels import Tunnels
@@ -844,9 +846,13 @@ async def serve_channel(channel: aio.Channel, account: Account, *, euid: int,
                         tunnels: Tunnels | None = None) -> None:
     """A channel a logged-in user opened: a ``session`` runs until its end (tracked in
     ``sessions`` meanwhile, so its owner can wait for every hang-up); a tunnel goes to the
-    connection's ``tunnels`` (refused without); any other kind is refused."""
+    connection's ``tunnels`` (refused without); a copy runs here, its files opened with the
+    user's rights (never as another euid); any other kind is refused."""
     if channel.kind in TUNNEL_KINDS and tunnels is not None:
         await tunnels.serve_channel(channel)
+        return
+    if channel.kind == COPY and euid == account.uid:  # qcp: files opened as the user
+        await copy_serve(channel)
         return
     if channel.kind != SESSION:
         log.info("conn=%d: refusing a %s channel for %s: not supported",

@@ -1,0 +1,465 @@
+"""The ``copy`` channel: qcp's sub-protocol, as messages and bounded codecs (docs/PROTOCOL.md §10A).
+
+One channel carries one copy in one direction. The client opens it with an
+:class:`OpenRequest` (direction, options, the paths as typed); then the *sender* (the
+client for an upload, the server for a download) streams the tree as framed messages in
+the channel's data, and the *receiver* answers in the other direction with one
+:class:`Status` per entry and, for ``--resume``, one :class:`Have` per file. Nothing waits
+for a round trip except a resumed file: statuses come back while later files are sent.
+
+Every message is ``u8 type ‖ u32 length ‖ body``, its length bounded per type before the
+body is read. A file's content is *not* framed: after :class:`FileEntry` (or after
+:class:`Start` when resuming) exactly ``size - offset`` raw bytes follow in the stream,
+then :class:`End` with the SHA-256 of the whole file (or :class:`Abort`, when the sender
+could not read it all and padded the rest). That keeps the bulk path free of framing and
+copies: the sender's reads go to the channel as they are.
+
+Only encoding, decoding and the name rules live here: no files, no asyncio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from common.errors import InvalidInput
+from common.wire import Reader, Writer
+
+COPY = "copy"
+VERSION = 1
+
+UPLOAD = 0  # the client sends files, the server writes them
+DOWNLOAD = 1  # the server sends files, the client writes them
+
+FLAG_RECURSIVE = 0x01
+FLAG_PRESERVE = 0x02
+FLAG_RESUME = 0x04
+_FLAGS = FLAG_RECURSIVE | FLAG_PRESERVE | FLAG_RESUME
+
+#: A whole path (the open request's, a failure's): Linux's PATH_MAX.
+MAX_PATH = 4096
+#: One name component from the peer: NAME_MAX.
+MAX_COMPONENT = 255
+#: Directory levels below a top-level entry.
+MAX_DEPTH = 256
+#: Paths in one open request (the mux's 64 KiB payload bound is the real cap).
+MAX_PATHS = 1024
+#: Sources the client names (upload: counted on the client, for scp's destination rules).
+MAX_SOURCES = 1_000_000
+#: Entries (files, directories, links) in one copy.
+MAX_ENTRIES = 1 << 26
+#: One file's size: far above any disk, far below what an off_t or our counters overflow at.
+MAX_FILE_SIZE = 1 << 52
+#: A failure's reason text.
+MAX_REASON = 1024
+#: Times, in nanoseconds since the epoch (before 1970 is sent as 0).
+MAX_TIME_NS = (1 << 63) - 1
+DIGEST_SIZE = 32  # SHA-256
+HEADER_SIZE = 5
+#: Largest body of any message (a symlink: name + target + fixed fields).
+MAX_BODY = 16 * 1024
+
+# Message types: sender -> receiver
+FILE = 0x01
+DIR = 0x02
+END_DIR = 0x03
+SYMLINK = 0x04
+START = 0x05
+END = 0x06
+ABORT = 0x07
+FAILURE = 0x08
+DONE = 0x09
+# receiver -> sender
+HAVE = 0x11
+STATUS = 0x12
+FINISHED = 0x13
+# either way: a protocol error, the last message before the channel closes
+ERROR = 0x1F
+
+
+def check_name(name: bytes) -> bytes:
+    """A name component the peer may create: not empty, no ``/`` or NUL, not ``.`` or
+    ``..``, at most :data:`MAX_COMPONENT` bytes. Anything else could escape the
+    destination, so it is the peer's protocol error."""
+    if not name or len(name) > MAX_COMPONENT:
+        raise InvalidInput(f"name of {len(name)} bytes (1..{MAX_COMPONENT} allowed)")
+    if b"/" in name or b"\x00" in name or name in (b".", b".."):
+        raise InvalidInput("name is '.' or '..' or contains '/' or NUL")
+    return name
+
+
+def check_link_target(target: bytes) -> bytes:
+    """A symlink's text: data, never followed by us; only length and NUL are checked."""
+    if not target or len(target) >= MAX_PATH or b"\x00" in target:
+        raise InvalidInput("symlink target empty, too long or containing NUL")
+    return target
+
+
+def _time(value: int) -> int:
+    return min(max(value, 0), MAX_TIME_NS)
+
+
+def _read_time(r: Reader) -> int:
+    value = r.u64()
+    if value > MAX_TIME_NS:
+        raise InvalidInput("time out of range")
+    return value
+
+
+def _read_entry(r: Reader) -> int:
+    entry = r.u32()
+    if entry >= MAX_ENTRIES:
+        raise InvalidInput(f"entry number {entry} beyond the limit of {MAX_ENTRIES}")
+    return entry
+
+
+def _read_reason(r: Reader) -> str:
+    return r.vbytes(MAX_REASON).decode("utf-8", "replace")
+
+
+def _write_reason(w: Writer, reason: str) -> Writer:
+    return w.vbytes(reason.encode("utf-8", "replace")[:MAX_REASON])
+
+
+def _frame(kind: int, body: bytes) -> bytes:
+    return kind.to_bytes(1, "big") + len(body).to_bytes(4, "big") + body
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRequest:
+    """CHANNEL_OPEN payload. ``paths``: an upload's one target, a download's sources,
+    each exactly as typed after ``host:`` (the server resolves ``~`` and relative
+    paths). ``sources``: how many sources the copy has (the receiver's rule "several
+    sources need a directory"). ``limit``: bytes per second, 0 = none (the sender's)."""
+
+    direction: int
+    paths: tuple[bytes, ...]
+    sources: int
+    recursive: bool = False
+    preserve: bool = False
+    resume: bool = False
+    limit: int = 0
+    version: int = VERSION
+
+    def encode(self) -> bytes:
+        flags = ((FLAG_RECURSIVE if self.recursive else 0)
+                 | (FLAG_PRESERVE if self.preserve else 0)
+                 | (FLAG_RESUME if self.resume else 0))
+        if len(self.paths) > MAX_PATHS or any(len(p) > MAX_PATH for p in self.paths):
+            raise ValueError("too many or too long paths for one copy")
+        w = (Writer().u8(self.version).u8(self.direction).u8(flags).u64(self.limit)
+             .u32(self.sources).u16(len(self.paths)))
+        for path in self.paths:
+            w.vbytes(path)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> OpenRequest:
+        r = Reader(payload)
+        version = r.u8()
+        if version != VERSION:
+            raise InvalidInput(f"copy protocol version {version} (this side speaks {VERSION})")
+        direction, flags, limit, sources, count = r.u8(), r.u8(), r.u64(), r.u32(), r.u16()
+        if direction not in (UPLOAD, DOWNLOAD):
+            raise InvalidInput(f"unknown copy direction {direction}")
+        if flags & ~_FLAGS:
+            raise InvalidInput(f"unknown copy flags 0x{flags:02x}")
+        if count > MAX_PATHS or not 1 <= sources <= MAX_SOURCES:
+            raise InvalidInput("path or source count out of range")
+        paths = []
+        for _ in range(count):
+            path = r.vbytes(MAX_PATH)
+            if b"\x00" in path:
+                raise InvalidInput("path contains NUL")
+            paths.append(path)
+        r.end()
+        if direction == UPLOAD and count != 1:
+            raise InvalidInput("an upload names exactly one target")
+        if direction == DOWNLOAD and (not count or count != sources):
+            raise InvalidInput("a download names every source")
+        return cls(direction, tuple(paths), sources, bool(flags & FLAG_RECURSIVE),
+                   bool(flags & FLAG_PRESERVE), bool(flags & FLAG_RESUME), limit, version)
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """A regular file; ``resume``: the sender waits for :class:`Have` before the data."""
+
+    TYPE: ClassVar[int] = FILE
+    entry: int
+    name: bytes
+    mode: int
+    size: int
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    resume: bool = False
+
+    def encode(self) -> bytes:
+        return _frame(FILE, Writer().u32(self.entry).vbytes(self.name).u32(self.mode & 0o7777)
+                      .u64(self.size).u64(_time(self.atime_ns)).u64(_time(self.mtime_ns))
+                      .boolean(self.resume).getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> FileEntry:
+        entry, name = _read_entry(r), check_name(r.vbytes(MAX_COMPONENT))
+        mode, size = r.u32(), r.u64()
+        if size > MAX_FILE_SIZE:
+            raise InvalidInput(f"file size {size} beyond the limit of {MAX_FILE_SIZE}")
+        return cls(entry, name, mode & 0o7777, size, _read_time(r), _read_time(r), r.boolean())
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """A directory: the entries up to the matching :class:`EndDir` are inside it."""
+
+    TYPE: ClassVar[int] = DIR
+    entry: int
+    name: bytes
+    mode: int
+    atime_ns: int = 0
+    mtime_ns: int = 0
+
+    def encode(self) -> bytes:
+        return _frame(DIR, Writer().u32(self.entry).vbytes(self.name).u32(self.mode & 0o7777)
+                      .u64(_time(self.atime_ns)).u64(_time(self.mtime_ns)).getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> DirEntry:
+        entry, name, mode = _read_entry(r), check_name(r.vbytes(MAX_COMPONENT)), r.u32()
+        return cls(entry, name, mode & 0o7777, _read_time(r), _read_time(r))
+
+
+@dataclass(frozen=True, slots=True)
+class EndDir:
+    TYPE: ClassVar[int] = END_DIR
+
+    def encode(self) -> bytes:
+        return _frame(END_DIR, b"")
+
+    @classmethod
+    def decode(cls, r: Reader) -> EndDir:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Symlink:
+    TYPE: ClassVar[int] = SYMLINK
+    entry: int
+    name: bytes
+    target: bytes
+    atime_ns: int = 0
+    mtime_ns: int = 0
+
+    def encode(self) -> bytes:
+        return _frame(SYMLINK, Writer().u32(self.entry).vbytes(self.name).vbytes(self.target)
+                      .u64(_time(self.atime_ns)).u64(_time(self.mtime_ns)).getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> Symlink:
+        entry, name = _read_entry(r), check_name(r.vbytes(MAX_COMPONENT))
+        target = check_link_target(r.vbytes(MAX_PATH))
+        return cls(entry, name, target, _read_time(r), _read_time(r))
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Resume only: the data that follows begins at ``offset`` (0: a fresh copy)."""
+
+    TYPE: ClassVar[int] = START
+    entry: int
+    offset: int
+
+    def encode(self) -> bytes:
+        return _frame(START, Writer().u32(self.entry).u64(self.offset).getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> Start:
+        entry, offset = _read_entry(r), r.u64()
+        if offset > MAX_FILE_SIZE:
+            raise InvalidInput("resume offset out of range")
+        return cls(entry, offset)
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The file's data is complete; ``digest`` is the SHA-256 of the whole file."""
+
+    TYPE: ClassVar[int] = END
+    entry: int
+    digest: bytes
+
+    def encode(self) -> bytes:
+        assert len(self.digest) == DIGEST_SIZE
+        return _frame(END, Writer().u32(self.entry).fixed(self.digest).getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> End:
+        return cls(_read_entry(r), r.fixed(DIGEST_SIZE))
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """The sender could not read the whole file (its data was padded): discard it."""
+
+    TYPE: ClassVar[int] = ABORT
+    entry: int
+    reason: str
+
+    def encode(self) -> bytes:
+        return _frame(ABORT, _write_reason(Writer().u32(self.entry), self.reason).getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> Abort:
+        return cls(_read_entry(r), _read_reason(r))
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Something the sender could not send (missing source, special file, unreadable):
+    ``path`` as the sender's user would recognise it, ``errno`` 0 when there is none."""
+
+    TYPE: ClassVar[int] = FAILURE
+    path: bytes
+    errno: int
+    reason: str
+
+    def encode(self) -> bytes:
+        return _frame(FAILURE, _write_reason(Writer().vbytes(self.path[:MAX_PATH])
+                                             .u32(self.errno), self.reason).getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> Failure:
+        return cls(r.vbytes(MAX_PATH), r.u32(), _read_reason(r))
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The sender's last message: how many entries it sent and failures it reported."""
+
+    TYPE: ClassVar[int] = DONE
+    entries: int
+    failures: int
+
+    def encode(self) -> bytes:
+        return _frame(DONE, Writer().u32(self.entries).u32(self.failures).getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> Done:
+        return cls(r.u32(), r.u32())
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    """Resume: the receiver holds ``have`` bytes of the file, whose SHA-256 is ``digest``."""
+
+    TYPE: ClassVar[int] = HAVE
+    entry: int
+    have: int
+    digest: bytes
+
+    def encode(self) -> bytes:
+        assert len(self.digest) == DIGEST_SIZE
+        return _frame(HAVE, Writer().u32(self.entry).u64(self.have).fixed(self.digest)
+                      .getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> Have:
+        entry, have = _read_entry(r), r.u64()
+        if have > MAX_FILE_SIZE:
+            raise InvalidInput("resume size out of range")
+        return cls(entry, have, r.fixed(DIGEST_SIZE))
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The receiver's word on one entry: ``errno`` 0 is "arrived (and verified)"; else
+    ``reason`` and ``path`` (the receiver's, as its user would recognise it)."""
+
+    TYPE: ClassVar[int] = STATUS
+    entry: int
+    errno: int = 0
+    reason: str = ""
+    path: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.errno == 0 and not self.reason
+
+    def encode(self) -> bytes:
+        return _frame(STATUS, _write_reason(Writer().u32(self.entry).u32(self.errno),
+                                            self.reason).vbytes(self.path[:MAX_PATH]).getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> Status:
+        return cls(_read_entry(r), r.u32(), _read_reason(r), r.vbytes(MAX_PATH))
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The receiver's last message, after the sender's :class:`Done` and every status."""
+
+    TYPE: ClassVar[int] = FINISHED
+    entries: int
+    failures: int
+
+    def encode(self) -> bytes:
+        return _frame(FINISHED, Writer().u32(self.entries).u32(self.failures).getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> Finished:
+        return cls(r.u32(), r.u32())
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A protocol error: the last message before the channel closes."""
+
+    TYPE: ClassVar[int] = ERROR
+    reason: str
+
+    def encode(self) -> bytes:
+        return _frame(ERROR, _write_reason(Writer(), self.reason).getvalue())
+
+    @classmethod
+    def decode(cls, r: Reader) -> Error:
+        return cls(_read_reason(r))
+
+
+Message = (FileEntry | DirEntry | EndDir | Symlink | Start | End | Abort | Failure | Done
+           | Have | Status | Finished | Error)
+
+_BY_TYPE: dict[int, type[Message]] = {
+    cls.TYPE: cls for cls in (FileEntry, DirEntry, EndDir, Symlink, Start, End, Abort, Failure,
+                              Done, Have, Status, Finished, Error)
+}
+#: What a receiver accepts from a sender, and the other way round.
+FROM_SENDER = frozenset({FILE, DIR, END_DIR, SYMLINK, START, END, ABORT, FAILURE, DONE, ERROR})
+FROM_RECEIVER = frozenset({HAVE, STATUS, FINISHED, ERROR})
+
+
+def decode_header(header: bytes, allowed: frozenset[int]) -> tuple[int, int]:
+    """``(type, body length)`` of a message header, refused before the body is read if
+    the type is unknown here or the length beyond :data:`MAX_BODY`."""
+    if len(header) != HEADER_SIZE:
+        raise InvalidInput("truncated copy message header")
+    kind, length = header[0], int.from_bytes(header[1:5], "big")
+    if kind not in allowed:
+        raise InvalidInput(f"unexpected copy message type 0x{kind:02x}")
+    if length > MAX_BODY:
+        raise InvalidInput(f"copy message of {length} bytes exceeds the limit of {MAX_BODY}")
+    return kind, length
+
+
+def decode_body(kind: int, body: bytes) -> Message:
+    r = Reader(body)
+    message = _BY_TYPE[kind].decode(r)
+    r.end()
+    return message
+
+
+def decode_message(data: bytes, allowed: frozenset[int]) -> Message:
+    """One whole message (header and body), e.g. for tests and vectors."""
+    kind, length = decode_header(data[:HEADER_SIZE], allowed)
+    if len(data) != HEADER_SIZE + length:
+        raise InvalidInput("copy message length does not match its header")
+    return decode_body(kind, data[HEADER_SIZE:])
