@@ -213,6 +213,13 @@ class _Writer:
 
 
 def _umask() -> int:
+    """The process's umask, read without setting it where Linux allows: setting it to learn
+    it would, for an instant, apply to what other threads create, and to a session's
+    shell forked in that instant (qshd's user process runs both)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o077)
     os.umask(mask)
     return mask
