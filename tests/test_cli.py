@@ -196,13 +196,17 @@ def test_connection_refused_is_one_line(tmp_path: Path) -> None:
 
 
 def test_usage_and_config_errors_are_one_line_255(tmp_path: Path) -> None:
-    """Click would exit 2 on a usage error; qsh keeps ssh's 255 for all of its own."""
-    for args in ([], ["-p"], ["-Q", "host"], ["-o", "NoSuchOption=1", "host"],
-                 ["-F", str(tmp_path / "missing"), "host"]):
+    """Click would exit 2 on a usage error; qsh keeps ssh's 255 for all of its own. A usage
+    error is followed by the usage line, as ssh's is; a configuration error is one line."""
+    for args, lines in (([], 2), (["-p"], 2), (["-Q", "host"], 2),
+                        (["-o", "NoSuchOption=1", "host"], 1),
+                        (["-F", str(tmp_path / "missing"), "host"], 1)):
         result = subprocess.run([PYTHON, "-m", "qsh", *args], capture_output=True, text=True,
                                 timeout=60, env=_env(tmp_path))
         assert result.returncode == 255, (args, result.stderr)
-        assert result.stderr.startswith("qsh: ") and result.stderr.count("\n") == 1, args
+        assert result.stderr.startswith("qsh: ") and result.stderr.count("\n") == lines, args
+        if lines == 2:
+            assert result.stderr.splitlines()[1].startswith("usage: qsh "), args
 
 
 def test_qshd_config_check(tmp_path: Path) -> None:
