@@ -95,7 +95,7 @@ def public_host_keys(cfg: ServerConfig) -> list[PublicKey]:
             _write_all(write_end, b"K" + out.getvalue())
             status = 0
         except Exception as exc:
-            _write_all(write_end, b"E" + str(exc).encode("utf-8", "replace"))
+            _write_all(write_end, b"E" + one_line(exc).encode("utf-8", "replace"))
         finally:
             logging.shutdown()
             os._exit(status)
@@ -113,6 +113,13 @@ def public_host_keys(cfg: ServerConfig) -> list[PublicKey]:
     while r.remaining:
         keys.append(PublicKey.decode(r.vbytes(MAX_PUBLIC_BLOB)))
     return keys
+
+
+def one_line(exc: Exception) -> str:
+    """A failure as the administrator reads it: ``PATH: reason``, not ``[Errno 30] ...``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -234,5 +241,5 @@ def main() -> None:
         sys.exit(1)
     except (ConfigError, KeyFileError, PasswdError, listener_module.BindError, InstallError,
             OSError) as exc:
-        click.echo(f"qshd: {exc}", err=True)
+        click.echo(f"qshd: {one_line(exc)}", err=True)
         sys.exit(1)
