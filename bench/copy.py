@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# ruff: noqa: E402 - sys.path is fixed before the imports (see below)
 """File copies: qcp/qshd against scp and ``ssh host 'cat > file'`` in the same run (issue 9).
 
     python bench/copy.py              # 1 GiB each way, 10,000 files of 1 KiB, 3 rounds
@@ -27,10 +28,17 @@ same machine), so the disk is out of the picture and what is measured is the too
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Run as a script, this file's directory comes first on sys.path, and this module's name
+# would then shadow the standard library's ``copy`` (which dataclasses imports): drop it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
 import argparse
 import contextlib
 import hashlib
-import os
 import pstats
 import re
 import resource
@@ -38,7 +46,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -49,8 +56,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import openssh  # noqa: E402
-from bench.sessions import SSHD_EXTRA_CONFIG, PrivateQshd  # noqa: E402
+from bench import openssh
+from bench.sessions import SSHD_EXTRA_CONFIG, PrivateQshd
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024

@@ -37,6 +37,7 @@ from test_qsh_client import (
     ROOT,
     Server,
     _client_env,
+    _drain,
     _start_daemon,
     _stop_daemon,
     server,  # noqa: F401 - the fixture, shared with test_qsh_client
@@ -286,6 +287,35 @@ def test_preserve_keeps_modes_and_times(server: Server, near: Path, far: Path,
     leaf = (dst_dir / "tree-copy" / "d" / "x").stat()
     assert stat.S_IMODE(leaf.st_mode) == 0o604 and int(leaf.st_mtime) == 1_300_000_000
     assert stat.S_IMODE((dst_dir / "tree-copy" / "d").stat().st_mode) == 0o750
+
+
+def _on_terminal(server: Server, *args: str | bytes | Path) -> tuple[bytes, int | None]:
+    """qcp on a pseudo-terminal of 100 columns: everything it drew, and its status."""
+    ptyprocess = pytest.importorskip("ptyprocess")
+    argv = [os.fsdecode(a) for a in qcp_command(server, *args)]
+    child = ptyprocess.PtyProcess.spawn(argv, cwd=str(ROOT), env=_client_env(server.client_home),
+                                        dimensions=(24, 100))
+    return _drain(child, timeout=60)
+
+
+def test_progress_meter_on_a_terminal(server: Server, near: Path, far: Path) -> None:
+    source = random_file(near / "meter.bin", 6 * MiB)
+    out, status = _on_terminal(server, "-l", "24000", source, remote(server, far / "m"))
+    assert status == 0, out
+    lines = [line for line in out.split(b"\r") if line.strip()]  # (the pty adds \r to \n)
+    assert len(lines) >= 5, out  # redrawn in place, about 1.5 s at 3 MB/s
+    assert any(b"ETA" in line and b"meter.bin" in line for line in lines), out
+    assert b"meter.bin" in lines[-1] and b"100%" in lines[-1] and b"6.0MB" in lines[-1], out
+    assert max(len(line.rstrip(b"\n").replace(b"\x1b[K", b"")) for line in lines) < 100
+    tree = near / "tree"
+    tree.mkdir()
+    for name in ("a", "b"):
+        random_file(tree / name, 1000)
+    out, status = _on_terminal(server, "-r", tree, remote(server, far / "t"))
+    assert status == 0, out
+    assert b"total: 2 files" in out, out
+    out, status = _on_terminal(server, "-q", source, remote(server, far / "q"))
+    assert (status, out) == (0, b"")
 
 
 # --------------------------------------------------------------------------- failures
