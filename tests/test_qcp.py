@@ -244,6 +244,11 @@ def test_recursive_tree_keeps_links_and_empty_directories(server: Server, near: 
     assert os.readlink(copied / "dangling") == "/nonexistent/target"
     assert os.readlink(copied / "dirlink") == "sub"  # kept as a link, not followed
     assert listing(copied) == sorted([b"dangling", b"dirlink", b"empty", b"sub", b"top.txt"])
+    # Again, now that the target exists: scp's rule puts the tree inside it.
+    result = copy(server, direction, [tree], copied, "-r")
+    assert result.returncode == 0, result.stderr
+    assert (copied / "tree" / "top.txt").read_bytes() == b"top"
+    assert os.readlink(copied / "tree" / "dirlink") == "sub"
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
@@ -409,6 +414,9 @@ def test_relative_remote_paths_are_in_the_home(server: Server, near: Path) -> No
         result = qcp(server, source, remote(server, ""))  # host: -> the home, same name
         assert result.returncode == 0, result.stderr
         assert (home / "f").read_bytes() == source.read_bytes()
+        result = qcp(server, remote(server, f"~/{name}"), near / "tilde")
+        assert result.returncode == 0, result.stderr
+        assert (near / "tilde").read_bytes() == source.read_bytes()
     finally:
         (home / name).unlink(missing_ok=True)
         (home / "f").unlink(missing_ok=True)
@@ -458,10 +466,15 @@ def _strangers(directory: Path, expected: set[bytes]) -> list[bytes]:
     return [n for n in listing(directory) if n not in expected]
 
 
-@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize(("direction", "signame"), [
+    ("up", "KILL"), ("down", "KILL"), ("up", "TERM")])
 def test_server_killed_mid_copy_leaves_no_partial_file(server: Server, near: Path, far: Path,
-                                                       tmp_path: Path,
-                                                       direction: Direction) -> None:
+                                                       tmp_path: Path, direction: Direction,
+                                                       signame: str) -> None:
+    """Every process of the connection on the server's side is killed mid-copy (the
+    listener survives): qcp says so in one line, exits 1, and no temporary file is left
+    in the target directory -- also after SIGKILL, where the server's side cannot clean
+    up after itself (the file must not have had a name)."""
     src_dir, dst_dir = ends(direction, near, far)
     source = give(server, random_file(src_dir / "src.bin", 64 * MiB))
     known = set(listing(dst_dir))
@@ -478,7 +491,7 @@ def test_server_killed_mid_copy_leaves_no_partial_file(server: Server, near: Pat
             assert connection, "no connection process under the listener"
             for pid in connection:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, signal.Signals[f"SIG{signame}"])
             _, err = child.communicate(timeout=30)
         finally:
             if child.poll() is None:
@@ -490,28 +503,54 @@ def test_server_killed_mid_copy_leaves_no_partial_file(server: Server, near: Pat
              what=f"no partial file in {dst_dir}: {_strangers(dst_dir, known)}")
 
 
-@pytest.mark.parametrize("direction", DIRECTIONS)
-def test_sigint_on_qcp_leaves_no_partial_file(server: Server, near: Path, far: Path,
-                                              direction: Direction) -> None:
+@pytest.mark.parametrize(("direction", "signame"), [
+    ("up", "INT"), ("down", "INT"), ("up", "TERM"), ("down", "HUP")])
+def test_signal_on_qcp_leaves_no_partial_file(server: Server, near: Path, far: Path,
+                                              direction: Direction, signame: str) -> None:
+    """Ctrl-C (and SIGTERM, SIGHUP) mid-copy: one line, status 1, no file left behind on
+    either side, the old target untouched."""
     src_dir, dst_dir = ends(direction, near, far)
     source = give(server, random_file(src_dir / "src.bin", 64 * MiB))
+    target = give(server, random_file(dst_dir / "dst.bin", 1000))  # replaced only when whole
+    before = target.read_bytes()
     known = set(listing(dst_dir))
-    target = dst_dir / "dst.bin"
     args = ((source, remote(server, target)) if direction == "up"
             else (remote(server, source), target))
     child = spawn(server, "-l", "16000", *args)
     try:
         wait_for(lambda: bool(_strangers(dst_dir, known)), what="a temporary file")
-        child.send_signal(signal.SIGINT)
+        child.send_signal(signal.Signals[f"SIG{signame}"])
         _, err = child.communicate(timeout=30)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
     assert child.returncode == 1
-    assert err == b"qcp: killed by signal INT\n"
+    assert err == f"qcp: killed by signal {signame}\n".encode()
     wait_for(lambda: not _strangers(dst_dir, known), timeout=10,
              what=f"no partial file in {dst_dir}: {_strangers(dst_dir, known)}")
+    assert target.read_bytes() == before
+
+
+def test_qcp_killed_mid_upload_the_server_removes_its_file(server: Server, near: Path,
+                                                           far: Path) -> None:
+    """A lost connection (qcp SIGKILLed: nothing said goodbye) is the server's side's to
+    clean up: its temporary file goes, the old target stays."""
+    source = random_file(near / "src.bin", 64 * MiB)
+    target = give(server, random_file(far / "dst.bin", 1000))
+    before = target.read_bytes()
+    child = spawn(server, "-l", "16000", source, remote(server, target))
+    try:
+        wait_for(lambda: len(listing(far)) > 1, what="a temporary file")
+        child.kill()
+        child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    wait_for(lambda: listing(far) == [b"dst.bin"], timeout=15,
+             what=f"no partial file in {far}: {listing(far)}")
+    assert target.read_bytes() == before
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
