@@ -261,6 +261,7 @@ def test_special_files_are_skipped_with_one_line(server: Server, near: Path, far
     os.mkfifo(tree / "fifo")
     give(server, tree)
     result = copy(server, direction, [tree], dst_dir / "copy", "-r", timeout=60)
+    assert result.returncode == 1  # as scp: "not a regular file" is a failure
     assert (dst_dir / "copy" / "plain").read_bytes() == b"x"
     assert not (dst_dir / "copy" / "fifo").exists()
     lines = [line for line in stderr_lines(result) if "fifo" in line]
