@@ -307,15 +307,13 @@ def progress_cost(calls: int = 1_000_000) -> tuple[float, int, float]:
     return seconds / calls * 1e9, meter.redraws, meter.redraws / seconds
 
 
-def profile(tools: Tools, work: Path, top: int = 20) -> list[str]:
-    data = work / "data"
-    out = fresh(work / "out")
+def profile(tools: Tools, work: Path, qcp_args: list[str], top: int = 20) -> list[str]:
+    """cProfile of one qcp run (the client's process), the top functions by self time."""
     stats = work / "qcp.prof"
-    command = tools.qcp(str(data), tools.qremote(out))
+    command = tools.qcp(*qcp_args)
     command[1:3] = ["-m", "cProfile", "-o", str(stats), "-m", "qcp"]
     subprocess.run(command, env=tools.qshd.env, cwd=tools.qshd.tree, check=True,
                    stdout=subprocess.DEVNULL)
-    fresh(out)
     report = pstats.Stats(str(stats))
     lines = []
     entries = sorted(report.stats.items(),  # type: ignore[attr-defined]
@@ -404,9 +402,17 @@ def main() -> int:
               f"{redraws} redraws = {per_second:.1f}/s")
 
         if args.profile:
-            print("\n5. cProfile of one qcp upload (client), top functions by self time")
-            for line in profile(tools, work):
+            data, out = work / "data", work / "out"
+            print("\n5. cProfile of one qcp upload of the big file (client: the sender), "
+                  "top functions by self time")
+            for line in profile(tools, work, [str(data), tools.qremote(fresh(out))]):
                 print(f"    {line}")
+            tree = make_tree(work / "tree", count)
+            print(f"   cProfile of one qcp -r download of {count} files (client: the "
+                  "receiver)")
+            for line in profile(tools, work, ["-r", tools.qremote(tree), str(fresh(out))]):
+                print(f"    {line}")
+            fresh(out)
 
         print("\nSummary (ratios are the other tool's time / qcp's time: > 1 is qcp faster)")
         for line in summary:
