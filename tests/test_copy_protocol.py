@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common import aio, transfer
 from common.accounts.keys import HostKey
@@ -345,3 +347,27 @@ def test_hostile_server_wrong_digest_leaves_nothing(tmp_path: Path) -> None:
         ("checksum mismatch: the file changed while being read, or was damaged in transit",
          False)]
     assert os.listdir(tmp_path) == []
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from(sorted(FROM_SENDER | FROM_RECEIVER)))
+def test_any_body_decodes_or_is_invalid_input(body: bytes, kind: int) -> None:
+    """Whatever the bytes, a decoder returns a message or raises InvalidInput: never a
+    struct or index error, never a name that could escape."""
+    try:
+        message = cc.decode_body(kind, body)
+    except InvalidInput:
+        return
+    name = getattr(message, "name", None)
+    if name is not None:
+        assert cc.check_name(name) == name
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_open_payload_decodes_or_is_invalid_input(payload: bytes) -> None:
+    try:
+        request = OpenRequest.decode(payload)
+    except InvalidInput:
+        return
+    assert OpenRequest.decode(request.encode()) == request

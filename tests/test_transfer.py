@@ -29,7 +29,7 @@ from common.accounts.keys import HostKey
 from common.accounts.passwd import PasswdFile
 from common.protocol.handshake import ClientHandshake
 from common.protocol.negotiation import Offer
-from common.transfer import CopyError, CopyOptions, Report
+from common.transfer import CopyError, CopyOptions, Report, receive
 from qshd.config import ServerConfig
 from qshd.server import Daemon
 
@@ -463,3 +463,97 @@ def test_remote_paths_resolve_in_the_home(config: ServerConfig, tmp_path: Path) 
     finally:
         with contextlib.suppress(FileNotFoundError):
             (Path(os.fsdecode(home)) / name).unlink()
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_named_temporary_files_where_anonymous_ones_are_unavailable(
+        config: ServerConfig, tmp_path: Path, direction: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without O_TMPFILE (or /proc) the file is written under ``.NAME.qcp-XXXXXXXX``: it
+    must still be removed when the connection is cut, and renamed when it completes."""
+    monkeypatch.setattr(receive, "_ANONYMOUS", False)
+    source = tmp_path / "big"
+    source.write_bytes(os.urandom(20 * MB))
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: list[list[str]] = []
+
+    def look(moved: int) -> None:
+        if moved >= 4 * MB and not seen:
+            seen.append(os.listdir(out))
+
+    async def main() -> None:
+        async with connected(config) as (_, client):
+            engine = transfer.upload if direction == "up" else transfer.download
+            report = await engine(client, [os.fsencode(source)], os.fsencode(out),
+                                  CopyOptions(), Recorder(look))
+            assert report.ok
+
+    run(main())
+    assert len(seen[0]) == 1 and seen[0][0].startswith(".big.qcp-")  # named while written
+    assert os.listdir(out) == ["big"]
+    (out / "big").unlink()
+    cut_after(8 * MB, direction, tmp_path, source, out, config, CopyOptions())
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_cancelled_download_cleans_up_at_once(config: ServerConfig, tmp_path: Path,
+                                                resume: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """What qcp does on SIGINT: cancel the engine's task. Its ``finally`` removes the
+    temporary file before the cancellation returns (or keeps the --resume partial)."""
+    monkeypatch.setattr(receive, "_ANONYMOUS", False)  # a name, so there is something to see
+    source = tmp_path / "big"
+    source.write_bytes(os.urandom(20 * MB))
+    out = tmp_path / "out"
+    out.mkdir()
+    during: list[list[str]] = []
+
+    async def main() -> list[str]:
+        async with connected(config) as (_, client):
+            def look(moved: int) -> None:
+                if moved >= 4 * MB and not during:
+                    during.append(os.listdir(out))
+                    task.cancel()
+
+            task = asyncio.ensure_future(transfer.download(
+                client, [os.fsencode(source)], os.fsencode(out), CopyOptions(resume=resume),
+                Recorder(look)))
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return os.listdir(out)
+
+    after = run(main())
+    assert len(during[0]) == 1  # the file was there, under its temporary name
+    assert after == ([".big.qcp-partial"] if resume else [])
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_limit_paces_the_sender(config: ServerConfig, tmp_path: Path, direction: str) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(os.urandom(6 * MB))
+    started = time.monotonic()
+    report = copy(config, direction, [source], tmp_path / "g", CopyOptions(limit=5 * MB))
+    elapsed = time.monotonic() - started
+    assert report.ok and (tmp_path / "g").read_bytes() == source.read_bytes()
+    assert elapsed >= 0.9  # 6 MB at 5 MB/s: the last MiB waits for its turn
+
+
+def test_resume_ignores_a_partial_that_is_not_ours(config: ServerConfig, tmp_path: Path) -> None:
+    """A partial owned by someone else (a shared directory) is neither continued nor
+    renamed into place: the file fails with a reason, the stranger's file stays."""
+    if not IS_ROOT:
+        pytest.skip("giving a file to another uid needs root")
+    source = tmp_path / "f"
+    source.write_bytes(b"mine, all of it")
+    out = tmp_path / "out"
+    out.mkdir()
+    partial = out / ".f.qcp-partial"
+    partial.write_bytes(b"mine")
+    os.chown(partial, 4242, 4242)
+    report = copy(config, "up", [source], out, CopyOptions(resume=True))
+    assert [f.reason for f in report.failures] == [
+        ".f.qcp-partial is not a regular file of ours"]
+    assert partial.read_bytes() == b"mine" and partial.stat().st_uid == 4242
+    assert not (out / "f").exists()

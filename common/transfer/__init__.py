@@ -182,7 +182,7 @@ async def serve(channel: aio.Channel) -> None:
     options = CopyOptions(request.recursive, request.preserve, request.resume,
                           request.limit or None)
     home = _home()
-    what = "upload" if request.direction == UPLOAD else "download"
+    what = "download" if request.direction == DOWNLOAD else "upload"
     counts = [0, 0, 0]  # files, bytes, failures
 
     if request.direction == UPLOAD:
@@ -228,5 +228,3 @@ async def _served(peer: Peer, work: object, number: int) -> None:
         log.info("conn=%d: copy ended: %s", number, exc)
         peer.channel.close()
 
-
-_ = (DOWNLOAD,)

@@ -26,6 +26,8 @@ CHUNK = 1024 * 1024
 #: No progress from the peer for this long ends the copy (the connection's keep-alive
 #: only proves the peer is alive, not that it still serves this copy).
 IDLE_TIMEOUT = 300.0
+#: Small messages are gathered up to this size before they are written (one record).
+FLUSH_SIZE = 64 * 1024
 #: Entries the sender may have in flight without their status.
 MAX_OUTSTANDING = 65536
 #: Status errno of an entry inside a directory that could not be created: not written,
@@ -92,22 +94,57 @@ def join(parent: bytes, name: bytes) -> bytes:
 
 
 class Peer:
-    """The copy channel as messages and raw file bytes, every wait bounded."""
+    """The copy channel as messages and raw file bytes, every wait bounded.
+
+    File data is taken from the channel a record's chunk at a time, without joining
+    chunks; the part of a chunk beyond the file's end (the next message's first bytes)
+    is kept here and read first.
+
+    Small messages are gathered and written together (one record for a small file's
+    metadata, data and digest, or for many statuses) once :data:`FLUSH_SIZE` is reached,
+    and always before this side waits for the peer (:meth:`flush`): whoever waits on
+    something the peer must answer calls it first."""
 
     def __init__(self, channel: aio.Channel, allowed: frozenset[int]) -> None:
         self.channel = channel
         self.allowed = allowed
+        self._rest: memoryview | None = None
+        self._out: list[bytes] = []
+        self._out_size = 0
+
+    def _buffered(self) -> int:
+        return (len(self._rest) if self._rest is not None else 0) + \
+            self.channel.stdout.buffered
+
+    async def _read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes."""
+        if self._buffered() < n:
+            self.flush()
+            try:
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    return await self._read_exactly(n)
+            except TimeoutError:
+                raise CopyError(f"no word from the peer for {IDLE_TIMEOUT:.0f} s") from None
+        return await self._read_exactly(n)
+
+    async def _read_exactly(self, n: int) -> bytes:
+        rest = self._rest
+        if rest is None:
+            return await self.channel.readexactly(n)
+        if len(rest) >= n:
+            data = bytes(rest[:n])
+            self._rest = rest[n:] if len(rest) > n else None
+            return data
+        self._rest = None
+        return bytes(rest) + await self.channel.readexactly(n - len(rest))
 
     async def message(self) -> Message:
         try:
-            async with asyncio.timeout(IDLE_TIMEOUT):
-                header = await self.channel.readexactly(HEADER_SIZE)
-                kind, length = decode_header(header, self.allowed)
-                body = await self.channel.readexactly(length) if length else b""
+            header = await self._read(HEADER_SIZE)
+            kind, length = decode_header(header, self.allowed)
+            body = await self._read(length) if length else b""
         except asyncio.IncompleteReadError:
             raise CopyError("the peer closed the copy channel mid-copy") from None
-        except TimeoutError:
-            raise CopyError(f"no word from the peer for {IDLE_TIMEOUT:.0f} s") from None
         except aio.ConnectionLost as exc:
             raise CopyError(f"connection lost: {exc}") from None
         message = decode_body(kind, body)
@@ -115,26 +152,66 @@ class Peer:
             raise CopyError(f"the peer ended the copy: {message.reason}")
         return message
 
-    async def raw(self, limit: int) -> bytes:
+    async def raw(self, limit: int) -> memoryview:
         """Up to ``limit`` bytes of a file's data, as they arrived (no copy)."""
-        try:
-            async with asyncio.timeout(IDLE_TIMEOUT):
-                data = await self.channel.read(limit)
-        except TimeoutError:
-            raise CopyError(f"no word from the peer for {IDLE_TIMEOUT:.0f} s") from None
-        except aio.ConnectionLost as exc:
-            raise CopyError(f"connection lost: {exc}") from None
-        if not data:
-            raise CopyError("the peer closed the copy channel mid-file")
+        rest = self._rest
+        if rest is not None:
+            data = rest
+        else:
+            try:
+                if not self.channel.stdout.buffered:
+                    self.flush()
+                    async with asyncio.timeout(IDLE_TIMEOUT):
+                        chunk = await self.channel.read()
+                else:
+                    chunk = await self.channel.read()
+            except TimeoutError:
+                raise CopyError(f"no word from the peer for {IDLE_TIMEOUT:.0f} s") from None
+            except aio.ConnectionLost as exc:
+                raise CopyError(f"connection lost: {exc}") from None
+            if not chunk:
+                raise CopyError("the peer closed the copy channel mid-file")
+            data = memoryview(chunk)
+        if len(data) > limit:
+            self._rest = data[limit:]
+            return data[:limit]
+        self._rest = None
         return data
 
-    def send(self, message: bytes) -> None:
-        self.channel.write(message)
+    def send(self, data: bytes) -> None:
+        """Queue a message or file data; large pieces go out at once, without a copy."""
+        if len(data) >= FLUSH_SIZE:
+            self.flush()
+            self._write(data)
+            return
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= FLUSH_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = []
+        self._out_size = 0
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.channel.write(data)
+        except (aio.ConnectionLost, aio.ChannelClosedError) as exc:
+            raise CopyError(f"connection lost: {exc}") from None
 
     async def drain(self) -> None:
+        """Wait while the channel is backed up (what is queued here is not sent)."""
+        channel = self.channel
+        if channel.pending <= channel.high_water and not channel.closed:
+            return
         try:
             async with asyncio.timeout(IDLE_TIMEOUT):
-                await self.channel.drain()
+                await channel.drain()
         except TimeoutError:
             raise CopyError(f"the peer took nothing for {IDLE_TIMEOUT:.0f} s") from None
         except (aio.ConnectionLost, aio.ChannelClosedError) as exc:
@@ -142,6 +219,7 @@ class Peer:
 
     def fail(self, exc: InvalidInput | CopyError) -> None:
         """Tell the peer why we stop (best effort), then close."""
+        self._out.clear()
         with contextlib.suppress(aio.ConnectionLost, aio.ChannelClosedError):
             self.channel.write(Error(str(exc)).encode())
         self.channel.close()

@@ -17,6 +17,7 @@ failure, for a later ``--resume`` to continue from.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -24,6 +25,7 @@ import hmac
 import os
 import secrets
 import stat
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,6 +61,9 @@ from common.transfer.base import (
 OnFailure = Callable[[bytes, int, str], None]
 OnRemoteFailure = Callable[[FailureMessage], None]
 PARTIAL = b"partial"
+#: Files are written unnamed (O_TMPFILE) where the system allows, and named at the end
+#: through /proc: a process killed mid-file then leaves nothing behind.
+_ANONYMOUS = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _MISMATCH = "checksum mismatch: the file changed while being read, or was damaged in transit"
 
@@ -104,17 +109,10 @@ class _Temp:
     """The file being written, so whatever ends the copy can clean it up."""
 
     parent: int
-    name: bytes
+    name: bytes  # b"": anonymous (O_TMPFILE), nothing to remove
     fd: int | None
     keep: bool  # a --resume partial: kept on failure
-
-
-def _write_all(fd: int, data: bytes, position: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, position)
-        view = view[n:]
-        position += n
+    writer: _Writer | None = None
 
 
 def _hash_file(fd: int, length: int) -> hashlib._Hash:
@@ -127,6 +125,91 @@ def _hash_file(fd: int, length: int) -> hashlib._Hash:
         digest.update(data)
         position += len(data)
     return digest
+
+
+#: A file's data goes to the writer thread in batches of this size...
+BATCH = 1024 * 1024
+#: ...with at most this much handed over and not yet written (the window refills meanwhile).
+IN_FLIGHT = 16 * 1024 * 1024
+#: Files up to this size are written by the event loop itself: a thread would cost more.
+INLINE = 1024 * 1024
+#: Verified files being made durable and renamed at once, and the threads that do it.
+MAX_COMMITS = 64
+COMMIT_THREADS = 8
+
+
+class _Writer:
+    """Hashes and writes one file's data in order, in a thread of its own, while the
+    event loop goes on receiving (and decrypting) the next records: the two overlap on
+    a machine with more than one core. Small files are written inline."""
+
+    def __init__(self, pool: concurrent.futures.ThreadPoolExecutor | None, fd: int,
+                 digest: hashlib._Hash, position: int) -> None:
+        self.pool = pool
+        self.fd = fd
+        self.digest = digest
+        self.position = position
+        self.error: OSError | None = None
+        self._batch: list[memoryview] = []
+        self._batch_size = 0
+        self._jobs: deque[tuple[concurrent.futures.Future[None], int]] = deque()
+        self._in_flight = 0
+
+    def _run(self, buffers: list[memoryview], position: int) -> None:
+        if self.error is not None:
+            return
+        try:
+            for buffer in buffers:
+                self.digest.update(buffer)
+            while buffers:
+                n = os.pwritev(self.fd, buffers, position)
+                position += n
+                while buffers and n >= len(buffers[0]):
+                    n -= len(buffers.pop(0))
+                if n:
+                    buffers[0] = buffers[0][n:]
+        except OSError as exc:
+            self.error = exc
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        buffers, size = self._batch, self._batch_size
+        self._batch, self._batch_size = [], 0
+        if self.pool is None:
+            self._run(buffers, self.position)
+        else:
+            self._jobs.append((self.pool.submit(self._run, buffers, self.position), size))
+            self._in_flight += size
+        self.position += size
+
+    async def write(self, data: memoryview) -> None:
+        self._batch.append(data)
+        self._batch_size += len(data)
+        if self._batch_size >= BATCH or len(self._batch) >= 256:
+            self._submit()
+        while self._in_flight > IN_FLIGHT:
+            await self._oldest()
+
+    async def _oldest(self) -> None:
+        future, size = self._jobs[0]
+        await asyncio.wrap_future(future)  # stays listed until done, for wait()
+        self._jobs.popleft()
+        self._in_flight -= size
+
+    async def flush(self) -> OSError | None:
+        self._submit()
+        while self._jobs:
+            await self._oldest()
+        return self.error
+
+    def wait(self) -> None:
+        """Block until no job runs: before the descriptor is closed, whatever ended the
+        copy (a number reused by another open must never receive our writes)."""
+        self._batch.clear()
+        self.error = self.error or OSError(errno.ECANCELED, "cancelled")
+        concurrent.futures.wait([future for future, _ in self._jobs])
+        self._jobs.clear()
 
 
 def _umask() -> int:
@@ -162,6 +245,10 @@ class Receiver:
         self._target_error: tuple[int, str] | None = None
         self._temp: _Temp | None = None
         self._dirty: set[int] = set()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._commit_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._commits: deque[tuple[concurrent.futures.Future[None], FileEntry, bytes]] = \
+            deque()
 
     # -- the destination
 
@@ -249,10 +336,12 @@ class Receiver:
                 elif isinstance(message, Done):
                     if self._stack:
                         raise InvalidInput("copy done inside a directory")
+                    await self._harvest(0)
                     for fd in (self._target_fd, self._parent_fd):
                         if fd is not None and fd in self._dirty:
                             await _fsync_dir(fd)
                     peer.send(Finished(self.entries, self.failures).encode())
+                    peer.flush()
                     await peer.drain()
                     return
                 else:
@@ -260,6 +349,12 @@ class Receiver:
                 await peer.drain()
         finally:
             self._discard()
+            # verified files still committing complete (each closes its descriptor)
+            concurrent.futures.wait([future for future, _, _ in self._commits])
+            self._commits.clear()
+            for pool in (self._pool, self._commit_pool):
+                if pool is not None:
+                    pool.shutdown(wait=False)
             for d in self._stack:
                 if d.fd is not None:
                     os.close(d.fd)
@@ -286,9 +381,11 @@ class Receiver:
         if temp is None:
             return
         self._temp = None
+        if temp.writer is not None:
+            temp.writer.wait()
         if temp.fd is not None:
             os.close(temp.fd)
-        if not (temp.keep if keep is None else keep):
+        if temp.name and not (temp.keep if keep is None else keep):
             with contextlib.suppress(OSError):
                 os.unlink(temp.name, dir_fd=temp.parent)
 
@@ -325,6 +422,7 @@ class Receiver:
         self._stack.append(_Dir(fd, display, length, m.entry, m, created))
 
     async def _end_dir(self, d: _Dir) -> None:
+        await self._harvest(0)  # every file in it renamed, before its mode, times, fsync
         error = d.error
         if d.fd is not None:
             m = d.message
@@ -383,13 +481,24 @@ class Receiver:
             else:
                 self._temp = _Temp(parent, partial, fd, keep=True)
                 st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise OSError(errno.EEXIST, f"{printable(partial)} is not a regular file")
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                    raise OSError(errno.EEXIST, f"{printable(partial)} is not a regular file "
+                                  "of ours")
                 return fd, st.st_size if st.st_size <= size else 0
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=parent)
             self._temp = _Temp(parent, partial, fd, keep=True)
             return fd, 0
+        if _ANONYMOUS:
+            try:
+                fd = os.open(b".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600,
+                             dir_fd=parent)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+            else:  # no name until it is complete: even a killed process leaves nothing
+                self._temp = _Temp(parent, b"", fd, keep=False)
+                return fd, 0
         for _ in range(16):
             temp = temp_name(name, secrets.token_hex(4).encode())
             try:
@@ -436,6 +545,7 @@ class Receiver:
             else:
                 have = 0
             self.peer.send(Have(m.entry, have, digest.digest()).encode())
+            self.peer.flush()
             await self.peer.drain()
             start = await self.peer.message()
             if not isinstance(start, Start) or start.entry != m.entry:
@@ -458,24 +568,34 @@ class Receiver:
         if progress is not None and started:
             progress.start(shown, m.size, offset)
         remaining = m.size - offset
-        position = offset
+        writer = None
+        if fd is not None and self._temp is not None:
+            pool = None
+            if remaining > INLINE:
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(1, "qcp-write")
+                pool = self._pool
+            writer = self._temp.writer = _Writer(pool, fd, digest, offset)
         peer = self.peer
         while remaining:
             data = await peer.raw(remaining if remaining < 4 * CHUNK else 4 * CHUNK)
             n = len(data)
             remaining -= n
             self.received += n
-            if fd is not None:
-                digest.update(data)
-                try:
-                    _write_all(fd, data, position)
-                except OSError as exc:
-                    error = reason_of(exc)
+            if writer is not None:
+                await writer.write(data)
+                if writer.error is not None:
+                    error = reason_of(writer.error)
                     self._discard()  # a --resume partial keeps what was written
-                    fd = None
-            position += n
+                    fd = writer = None
             if progress is not None and started:
                 progress.advance(n)
+        if writer is not None:
+            failed = await writer.flush()
+            if failed is not None:
+                error = reason_of(failed)
+                self._discard()
+                fd = None
         end = await peer.message()
         if isinstance(end, Abort) and end.entry == m.entry:
             self._discard(keep=False)
@@ -489,36 +609,93 @@ class Receiver:
                 error = (errno.EIO, _MISMATCH)
                 self._discard(keep=False)
             else:
-                try:
-                    await self._commit(fd, parent, name, m, existing_mode)
-                except OSError as exc:
-                    error = reason_of(exc)
-                    self._discard()
+                if progress is not None and started:
+                    progress.end(shown, True)  # arrived and verified; committed below
+                mode = m.mode if self.options.preserve else (
+                    existing_mode if existing_mode is not None
+                    else m.mode & 0o777 & ~self._umask)
+                await self._commit(fd, parent, name, mode,
+                                   (m.atime_ns, m.mtime_ns) if self.options.preserve
+                                   else None, m, display)
+                return
         if progress is not None and started:
             progress.end(shown, error is None)
-        if error is None:
-            self.files += 1
-            self.bytes += m.size
         self._status(m.entry, display, error)
 
-    async def _commit(self, fd: int, parent: int, name: bytes, m: FileEntry,
-                      existing_mode: int | None) -> None:
-        """fsync, rename over the destination, then mode and times (by the descriptor)."""
+    async def _commit(self, fd: int, parent: int, name: bytes, mode: int,
+                      times: tuple[int, int] | None, m: FileEntry, display: bytes) -> None:
+        """Hand the verified file to a commit thread (fsync, rename, mode, times) and go
+        on with the next: fsyncs of many small files then overlap, and the filesystem's
+        journal commits them together. Statuses follow as commits complete, in order."""
         temp = self._temp
         assert temp is not None and temp.fd == fd
-        await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
-        os.rename(temp.name, name, src_dir_fd=parent, dst_dir_fd=parent)
-        self._temp = None
+        self._temp = None  # the commit job owns it now, and closes the descriptor
+        if self._commit_pool is None:
+            self._commit_pool = concurrent.futures.ThreadPoolExecutor(COMMIT_THREADS,
+                                                                      "qcp-commit")
+        future = self._commit_pool.submit(_commit_file, fd, parent, temp.name, name, mode,
+                                          times)
+        self._commits.append((future, m, display))
         self._dirty.add(parent)
-        try:
-            if self.options.preserve:
-                os.chmod(fd, m.mode)
-                os.utime(fd, ns=(m.atime_ns, m.mtime_ns))
+        await self._harvest(MAX_COMMITS - 1)
+
+    async def _harvest(self, keep: int) -> None:
+        """Report finished commits, in order; wait while more than ``keep`` are pending."""
+        commits = self._commits
+        while commits:
+            future, m, display = commits[0]
+            if not future.done():
+                if len(commits) <= keep:
+                    return
+                with contextlib.suppress(OSError):
+                    await asyncio.wrap_future(future)
+                continue
+            commits.popleft()
+            exc = future.exception()
+            if exc is not None and not isinstance(exc, OSError):
+                raise exc
+            if exc is None:
+                self.files += 1
+                self.bytes += m.size
+                self._status(m.entry, display, None)
             else:
-                os.chmod(fd, existing_mode if existing_mode is not None
-                         else m.mode & 0o777 & ~self._umask)
-        finally:
-            os.close(fd)
+                assert isinstance(exc, OSError)
+                self._status(m.entry, display, reason_of(exc))
+
+
+def _commit_file(fd: int, parent: int, temp: bytes, name: bytes, mode: int,
+                 times: tuple[int, int] | None) -> None:
+    """In a commit thread: make the file durable, put it in place, then set its mode and
+    times through the descriptor (the name may already be another file's again)."""
+    try:
+        try:
+            os.fsync(fd)
+            if not temp:  # anonymous (O_TMPFILE): named only now, next to its destination
+                temp = _link_anonymous(fd, parent, name)
+            os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=parent)
+            raise
+        os.chmod(fd, mode)
+        if times is not None:
+            os.utime(fd, ns=times)
+    finally:
+        os.close(fd)
+
+
+def _link_anonymous(fd: int, parent: int, name: bytes) -> bytes:
+    """Give an O_TMPFILE file a temporary name (linkat through /proc, which needs no
+    privilege), to be renamed over the destination: a rename replaces atomically, a link
+    cannot."""
+    for _ in range(16):
+        temp = temp_name(name, secrets.token_hex(4).encode())
+        try:
+            os.link(f"/proc/self/fd/{fd}", temp, dst_dir_fd=parent, follow_symlinks=True)
+        except FileExistsError:
+            continue
+        return temp
+    raise OSError(errno.EEXIST, "no free temporary name")
 
 
 async def _fsync_dir(fd: int) -> None:

@@ -4,11 +4,13 @@ the receiver's statuses as they come back (no round trip per file)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import hmac
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from common.channels.copy import (
@@ -63,6 +65,7 @@ class Sender:
         self._room.set()
         self._haves: dict[int, asyncio.Future[Have]] = {}
         self._started = time.monotonic()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- the receiver's answers
 
@@ -111,11 +114,14 @@ class Sender:
             await asyncio.gather(walk, answers, return_exceptions=True)
             for future in self._haves.values():
                 future.cancel()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
 
     async def _walk(self, sources: Sequence[tuple[bytes, bytes]]) -> None:
         for path, display in sources:
             await self._top(path, display)
         self.peer.send(Done(self.entries, self.failures).encode())
+        self.peer.flush()
         await self.peer.drain()
 
     def _fail(self, display: bytes, exc: OSError | None, reason: str = "") -> None:
@@ -150,6 +156,7 @@ class Sender:
     async def _entry(self, size: int | None) -> int:
         while len(self._outstanding) >= MAX_OUTSTANDING:
             self._room.clear()
+            self.peer.flush()  # the statuses we wait for answer what is queued here
             await self._room.wait()
         entry = self.entries
         self.entries += 1
@@ -225,6 +232,7 @@ class Sender:
         self.peer.send(FileEntry(entry, name, st.st_mode, size, st.st_atime_ns,
                                  st.st_mtime_ns, resume).encode())
         if have is not None:
+            self.peer.flush()
             await self.peer.drain()
             answer = await have
             if 0 < answer.have <= size:
@@ -239,30 +247,35 @@ class Sender:
             progress.start(shown, size, offset)
         remaining = size - offset
         problem = ""
-        position = offset
         limit = self.options.limit
-        while remaining:
-            try:
-                data = os.pread(fd, min(CHUNK, remaining), position)
-            except OSError as exc:
-                problem = reason_of(exc)[1]
-                data = b""
-            if not data:
-                problem = problem or "file shrank while being read"
-                break
-            digest.update(data)
-            self.peer.send(data)
-            n = len(data)
-            remaining -= n
-            position += n
-            self.sent += n
-            if progress is not None:
-                progress.advance(n)
-            await self.peer.drain()
-            if limit:
-                ahead = self.sent / limit - (time.monotonic() - self._started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+        if remaining > CHUNK and self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, "qcp-read")
+        reader = _Reader(self._pool if remaining > CHUNK else None, fd, digest, offset,
+                         remaining)
+        try:
+            while remaining:
+                try:
+                    data = await reader.next()
+                except OSError as exc:
+                    problem = reason_of(exc)[1]
+                    break
+                if not data:
+                    problem = "file shrank while being read"
+                    break
+                self.peer.send(data)
+                n = len(data)
+                remaining -= n
+                self.sent += n
+                if progress is not None:
+                    progress.advance(n)
+                await self.peer.drain()
+                if limit:
+                    ahead = self.sent / limit - (time.monotonic() - self._started)
+                    if ahead > 0:
+                        self.peer.flush()
+                        await asyncio.sleep(ahead)
+        finally:
+            reader.wait()
         if problem:
             while remaining:  # the receiver expects the declared size: pad, then abort
                 n = min(CHUNK, remaining)
@@ -277,6 +290,53 @@ class Sender:
             self.peer.send(End(entry, digest.digest()).encode())
         if progress is not None:
             progress.end(shown, not problem)
+
+
+#: Chunks read (and hashed) ahead of the one being sent, by a thread of their own.
+READ_AHEAD = 4
+
+
+class _Reader:
+    """Reads and hashes one file's chunks in order, ahead of the event loop, which
+    meanwhile encrypts and sends the previous ones. A short read is the file's end (the
+    caller reports a file that shrank); later chunks are then not asked for."""
+
+    def __init__(self, pool: concurrent.futures.ThreadPoolExecutor | None, fd: int,
+                 digest: hashlib._Hash, position: int, length: int) -> None:
+        self.pool = pool
+        self.fd = fd
+        self.digest = digest
+        self.position = position
+        self.left = length  # not yet asked for
+        self._jobs: deque[concurrent.futures.Future[bytes]] = deque()
+
+    def _read(self, n: int, position: int) -> bytes:
+        data = os.pread(self.fd, n, position)
+        self.digest.update(data)
+        return data if len(data) == n else data[:0]
+
+    async def next(self) -> bytes:
+        if self.pool is None:
+            n = min(CHUNK, self.left)
+            self.left -= n
+            self.position += n
+            return self._read(n, self.position - n)
+        while self.left and len(self._jobs) < READ_AHEAD:
+            n = min(CHUNK, self.left)
+            self._jobs.append(self.pool.submit(self._read, n, self.position))
+            self.left -= n
+            self.position += n
+        data = await asyncio.wrap_future(self._jobs[0])  # listed until done, for wait()
+        self._jobs.popleft()
+        if not data:
+            self.left = 0
+        return data
+
+    def wait(self) -> None:
+        """Block until no read runs: before the descriptor is closed."""
+        self.left = 0
+        concurrent.futures.wait(self._jobs)
+        self._jobs.clear()
 
 
 def _hash_prefix(fd: int, length: int) -> hashlib._Hash | None:
