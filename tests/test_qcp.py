@@ -463,6 +463,27 @@ def own_daemon(server: Server, tmp_path: Path) -> Iterator[tuple[str, int]]:
         _stop_daemon(process)
 
 
+def writing_into(directory: Path) -> bool:
+    """Whether some process holds a file open in ``directory``: the copy's file being
+    written, named or not (an O_TMPFILE file shows as ``DIR/#INODE (deleted)``). How a test
+    knows the copy is under way before it interrupts it."""
+    prefix = os.fsencode(directory) + b"/"
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(os.fsencode(f"/proc/{pid}/fd/{fd}")).startswith(prefix):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def _strangers(directory: Path, expected: set[bytes]) -> list[bytes]:
     return [n for n in listing(directory) if n not in expected]
 
@@ -487,7 +508,7 @@ def test_server_killed_mid_copy_leaves_no_partial_file(server: Server, near: Pat
                 else (remote(server, source), target))
         child = spawn(server, "-l", "16000", *args, port=port)  # 2 MB/s: ~30 s in all
         try:
-            wait_for(lambda: bool(_strangers(dst_dir, known)), what="a temporary file")
+            wait_for(lambda: writing_into(dst_dir), what="a file being written")
             connection = _descendants(listener)
             assert connection, "no connection process under the listener"
             for pid in connection:
@@ -519,7 +540,7 @@ def test_signal_on_qcp_leaves_no_partial_file(server: Server, near: Path, far: P
             else (remote(server, source), target))
     child = spawn(server, "-l", "16000", *args)
     try:
-        wait_for(lambda: bool(_strangers(dst_dir, known)), what="a temporary file")
+        wait_for(lambda: writing_into(dst_dir), what="a file being written")
         child.send_signal(signal.Signals[f"SIG{signame}"])
         _, err = child.communicate(timeout=30)
     finally:
@@ -542,7 +563,7 @@ def test_qcp_killed_mid_upload_the_server_removes_its_file(server: Server, near:
     before = target.read_bytes()
     child = spawn(server, "-l", "16000", source, remote(server, target))
     try:
-        wait_for(lambda: len(listing(far)) > 1, what="a temporary file")
+        wait_for(lambda: writing_into(far), what="a file being written")
         child.kill()
         child.communicate(timeout=30)
     finally:
