@@ -423,6 +423,42 @@ def test_relative_remote_paths_are_in_the_home(server: Server, near: Path) -> No
         (home / "f").unlink(missing_ok=True)
 
 
+def test_limit_paces_the_copy(server: Server, near: Path, far: Path) -> None:
+    """-l is Kbit/s, as scp's: -l 8000 is 1 MB/s (1,024,000 bytes/s), so 3 MiB take ~3 s."""
+    source = random_file(near / "f", 3 * MiB)
+    start = time.monotonic()
+    result = qcp(server, "-l", "8000", source, remote(server, far / "f"))
+    took = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    assert took >= 2.5, took
+    assert sha256(far / "f") == sha256(source)
+
+
+def test_connection_and_login_failures_are_one_line_exit_1(server: Server, near: Path,
+                                                           far: Path, tmp_path: Path) -> None:
+    source = random_file(near / "f", 10)
+    unknown = tmp_path / "known_hosts"
+    result = qcp(server, "-o", f"UserKnownHostsFile={unknown}", source,
+                 remote(server, far / "f"))
+    assert result.returncode == 1
+    assert re.fullmatch(rb"qcp: no \S+ host key is known for \S+ and StrictHostKeyChecking "
+                        rb"is yes\n", result.stderr), result.stderr
+    from common.accounts.keys import HostKey
+
+    stranger = tmp_path / "stranger"
+    HostKey.generate("mldsa65", now=time.time()).save(stranger)
+    result = subprocess.run(
+        [PYTHON, "-m", "qcp", "-F", "none", "-P", server.port, "-i", str(stranger),
+         "-o", f"UserKnownHostsFile={server.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+         source, remote(server, far / "f")],
+        capture_output=True, timeout=60, cwd=ROOT, env=_client_env(server.client_home),
+        stdin=subprocess.DEVNULL, start_new_session=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith(b"qcp: permission denied")
+    assert result.stderr.count(b"\n") == 1, result.stderr
+    assert listing(far) == []
+
+
 # --------------------------------------------------------------------------- interruptions
 
 
