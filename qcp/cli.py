@@ -160,7 +160,7 @@ def limit_bytes_per_second(kbps: int | None) -> int | None:
               help="Option as in the configuration file; repeatable.")
 @click.option("--resume", is_flag=True,
               help="Continue interrupted copies from their partial files.")
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
 def command(recursive: bool, preserve: bool, port: int | None, identities: tuple[str, ...],
             limit: int | None, quiet: bool, verbose: int, config_file: str | None,
             options: tuple[str, ...], resume: bool, paths: tuple[str, ...]) -> int:
