@@ -136,6 +136,34 @@ def plan(paths: tuple[str, ...]) -> Plan:
                 sources=tuple(s.path for s in sources), target=target.path)
 
 
+#: What one copy channel's open request holds (common.channels.copy.MAX_PATHS paths and
+#: common.protocol.mux.MAX_PAYLOAD bytes, less its fixed fields); kept here so that parsing
+#: the command line loads no protocol code. tests/test_qcp_cli.py checks they agree.
+OPEN_MAX_PATHS = 1024
+OPEN_MAX_BYTES = 64 * 1024 - 17
+
+
+def download_batches(sources: tuple[bytes, ...], *, max_paths: int = OPEN_MAX_PATHS,
+                     max_bytes: int = OPEN_MAX_BYTES) -> list[tuple[bytes, ...]]:
+    """A download names every source in its channel's open request, which has room for
+    ``max_paths`` paths of ``max_bytes`` in all (4 bytes of length each): more sources are
+    copied over several channels of the same connection, in order. No batch is left with
+    a single source when there are several, so that each batch keeps scp's rule "several
+    sources need a directory" (a lone source would instead take the target's name)."""
+    batches: list[list[bytes]] = [[]]
+    used = 0
+    for path in sources:
+        cost = 4 + len(path)
+        if batches[-1] and (len(batches[-1]) >= max_paths or used + cost > max_bytes):
+            batches.append([])
+            used = 0
+        batches[-1].append(path)
+        used += cost
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-1].insert(0, batches[-2].pop())
+    return [tuple(batch) for batch in batches]
+
+
 def limit_bytes_per_second(kbps: int | None) -> int | None:
     """-l as scp reads it: Kbit/s, with 1 Kbit = 1024 bits."""
     if kbps is None:
@@ -261,9 +289,19 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
     with saved_blocking_modes():
         try:
             connection = await login(cfg, ui)
-            copy = transfer.upload if what.upload else transfer.download
             try:
-                report = await copy(connection, what.sources, what.target, options, progress)
+                if what.upload:
+                    report = await transfer.upload(connection, what.sources, what.target,
+                                                   options, progress)
+                else:
+                    report = transfer.Report()
+                    for batch in download_batches(what.sources):
+                        part = await transfer.download(connection, batch, what.target,
+                                                       options, progress)
+                        report.files += part.files
+                        report.bytes += part.bytes
+                        report.sent += part.sent
+                        report.failures.extend(part.failures)
             except transfer.CopyError as exc:
                 if killed:  # the cancellation ended the copy: say why, not how
                     raise QshError(f"killed by signal {killed[0]}") from None

@@ -218,6 +218,19 @@ def test_names_with_spaces_newlines_and_non_utf8_bytes(server: Server, near: Pat
             b"content %d\n" % i)
 
 
+def test_download_of_more_sources_than_one_request_holds(server: Server, near: Path,
+                                                         far: Path) -> None:
+    """1,100 remote sources (more than a copy channel's open request names): all copied."""
+    names = [f"file-{i:04d}" for i in range(1100)]
+    for name in names:
+        (far / name).write_bytes(name.encode())
+    give(server, far)
+    result = qcp(server, *(remote(server, far / n) for n in names), near)
+    assert result.returncode == 0, result.stderr[-300:]
+    assert listing(near) == sorted(n.encode() for n in names)
+    assert (near / "file-1099").read_bytes() == b"file-1099"
+
+
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_recursive_tree_keeps_links_and_empty_directories(server: Server, near: Path,
                                                           far: Path,

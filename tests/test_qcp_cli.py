@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from qcp.cli import Location, UsageProblem, limit_bytes_per_second, parse_location, plan
+from qcp.cli import (
+    OPEN_MAX_BYTES,
+    OPEN_MAX_PATHS,
+    Location,
+    UsageProblem,
+    download_batches,
+    limit_bytes_per_second,
+    parse_location,
+    plan,
+)
 from qcp.progress import REDRAWS_PER_SECOND, TtyProgress, clock, file_line, human_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +94,28 @@ def test_limit_is_kbit_per_second_as_scp() -> None:
     assert limit_bytes_per_second(8) == 1024
     assert limit_bytes_per_second(1) == 128
     assert limit_bytes_per_second(80_000) == 10_240_000
+
+
+def test_download_batches_fit_one_open_request_each() -> None:
+    from common.channels.copy import DOWNLOAD, MAX_PATHS, OpenRequest
+    from common.protocol.mux import MAX_PAYLOAD
+
+    assert OPEN_MAX_PATHS == MAX_PATHS
+    assert download_batches((b"a",)) == [(b"a",)]
+    assert download_batches((b"a", b"b")) == [(b"a", b"b")]
+    many = tuple(b"dir/file%05d" % i for i in range(2500))
+    batches = download_batches(many)
+    assert [p for b in batches for p in b] == list(many)  # all, in order
+    assert len(batches) == 3 and all(len(b) <= MAX_PATHS for b in batches)
+    long = tuple(bytes([65 + i % 26]) * 4000 for i in range(40))  # the byte budget binds
+    for batch in (*batches, *download_batches(long)):
+        request = OpenRequest(DOWNLOAD, batch, len(batch), True, True, True, 10**9)
+        assert len(request.encode()) <= MAX_PAYLOAD
+    fixed = len(OpenRequest(DOWNLOAD, (b"",), 1).encode()) - 4  # without the one path
+    assert MAX_PAYLOAD - fixed == OPEN_MAX_BYTES
+    # Never one source alone in a batch of a copy with several (scp's directory rule).
+    assert [len(b) for b in download_batches(many[:1025])] == [1023, 2]
+    assert [len(b) for b in download_batches(many[:3], max_paths=2)] == [1, 2]
 
 
 # --------------------------------------------------------------------------- the process
