@@ -1,23 +1,348 @@
-"""qcp: file copy over a QSMP session. The copy channel arrives after login (issue 3)."""
+"""qcp: copy files to or from a host over one QSMP connection, with scp's habits.
+
+``qcp [-r] [-p] [-q] [-v] [-P PORT] [-i KEY] [-l LIMIT] [-F CONFIG] [-o OPT=VAL]
+[--resume] SRC... DST``
+
+Which argument is remote is decided as scp decides (:func:`parse_location`). Exactly one
+side is remote: every remote argument names the same ``[user@]host``. Login, host-key
+trust, the config file and ``-o`` options are qsh's (:mod:`common.client`).
+
+Exit status: 0 when every file arrived and verified; 1 for everything else -- a file that
+failed (one line ``qcp: PATH: REASON`` each, the others still copied), a usage error, a
+connection that could not be made or was lost, a signal. scp also exits 1 for all of them;
+qsh's 255 for "the connection failed" would read as a file error to scripts written for
+scp. Click would exit 2 on a usage error, so it runs with ``standalone_mode=False``.
+
+Startup is lazy as in qsh: this module imports only click; asyncio, the crypto stack and
+the copy engine load once the arguments are known to be good (``qcp --help`` loads none).
+"""
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+from qsh.cli import _LOG_LEVEL_VERBOSITY, _QUIET_LEVELS, sanitise_std_fds
+
+if TYPE_CHECKING:
+    from common.client.config import ClientConfig
+    from common.client.connect import Ui
+    from common.transfer import CopyOptions, Report
+
+    from .progress import TtyProgress
+
+EXIT_FAILURE = 1
+#: scp's bounds for -l (Kbit/s).
+MAX_LIMIT_KBPS = 100 * 1024 * 1024
+
+
+class UsageProblem(click.UsageError):
+    """A command line that names no copy qcp can make (one line, exit 1)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """One SRC or DST: ``host`` None for a local path. ``path`` is bytes as typed (argv's
+    bytes, which need not be UTF-8); for a remote one, everything after the colon (empty:
+    the remote home)."""
+
+    path: bytes
+    host: str | None = None
+    user: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.host is not None
+
+
+def _remote_colon(arg: str) -> int | None:
+    """The index of the colon that makes ``arg`` remote, or None, by scp's rule: a leading
+    colon is part of a file name; a ``/`` before any colon makes the path local (so
+    ``./a:b`` and ``/x/a:b`` are local); ``[addr]:`` and ``user@[addr]:`` bracket an IPv6
+    address, whose own colons do not count."""
+    if arg.startswith(":"):
+        return None
+    bracketed = arg.startswith("[")
+    for i, char in enumerate(arg):
+        if char == "@" and arg[i + 1:i + 2] == "[":
+            bracketed = True
+        if char == "]" and bracketed and arg[i + 1:i + 2] == ":":
+            return i + 1
+        if char == ":" and not bracketed:
+            return i
+        if char == "/":
+            return None
+    return None
+
+
+def parse_location(arg: str) -> Location:
+    """``[user@]host:path``, ``[user@][addr]:path`` or a local path. The user is what
+    comes before the last ``@`` of the host part (as scp), the brackets are dropped from
+    an address."""
+    colon = _remote_colon(arg)
+    if colon is None:
+        return Location(os.fsencode(arg))
+    user_host, path = arg[:colon], arg[colon + 1:]
+    user, at, host = user_host.rpartition("@")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise UsageProblem(f"no host name in {arg!r}")
+    if at and not user:
+        raise UsageProblem(f"empty user name in {arg!r}")
+    return Location(os.fsencode(path), host, user if at else None)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one qcp run does: ``upload`` local sources to ``target`` on the host, or
+    download remote sources into the local ``target``."""
+
+    upload: bool
+    host: str
+    user: str | None
+    sources: tuple[bytes, ...]
+    target: bytes
+
+
+def plan(paths: tuple[str, ...]) -> Plan:
+    """SRC... DST to a :class:`Plan`, or :class:`UsageProblem`."""
+    if len(paths) < 2:
+        raise UsageProblem("need at least one SRC and a DST")
+    *sources, target = (parse_location(p) for p in paths)
+    remote = [loc for loc in (*sources, target) if loc.remote]
+    if not remote:
+        raise UsageProblem("no remote path: name one as [user@]host:path "
+                           "(local copies are not supported; use cp)")
+    if target.remote and any(s.remote for s in sources):
+        raise UsageProblem("copies between two remote hosts are not supported")
+    if not target.remote and not all(s.remote for s in sources):
+        raise UsageProblem("local and remote sources cannot be mixed in one copy")
+    first = remote[0]
+    for loc in remote[1:]:
+        if (loc.host, loc.user) != (first.host, first.user):
+            raise UsageProblem("all remote paths must name the same [user@]host")
+    for loc in sources:
+        if not loc.path and not loc.remote:
+            raise UsageProblem("empty source path")
+    assert first.host is not None
+    return Plan(upload=target.remote, host=first.host, user=first.user,
+                sources=tuple(s.path for s in sources), target=target.path)
+
+
+#: What one copy channel's open request holds (common.channels.copy.MAX_PATHS paths and
+#: common.protocol.mux.MAX_PAYLOAD bytes, less its fixed fields); kept here so that parsing
+#: the command line loads no protocol code. tests/test_qcp_cli.py checks they agree.
+OPEN_MAX_PATHS = 1024
+OPEN_MAX_BYTES = 64 * 1024 - 17
+
+
+def download_batches(sources: tuple[bytes, ...], *, max_paths: int = OPEN_MAX_PATHS,
+                     max_bytes: int = OPEN_MAX_BYTES) -> list[tuple[bytes, ...]]:
+    """A download names every source in its channel's open request, which has room for
+    ``max_paths`` paths of ``max_bytes`` in all (4 bytes of length each): more sources are
+    copied over several channels of the same connection, in order. No batch is left with
+    a single source when there are several, so that each batch keeps scp's rule "several
+    sources need a directory" (a lone source would instead take the target's name)."""
+    batches: list[list[bytes]] = [[]]
+    used = 0
+    for path in sources:
+        cost = 4 + len(path)
+        if batches[-1] and (len(batches[-1]) >= max_paths or used + cost > max_bytes):
+            batches.append([])
+            used = 0
+        batches[-1].append(path)
+        used += cost
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-1].insert(0, batches[-2].pop())
+    return [tuple(batch) for batch in batches]
+
+
+def limit_bytes_per_second(kbps: int | None) -> int | None:
+    """-l as scp reads it: Kbit/s, with 1 Kbit = 1024 bits."""
+    if kbps is None:
+        return None
+    return max(1, kbps * 1024 // 8)
 
 
 @click.command(context_settings={"help_option_names": ["--help"]})
 @click.option("-r", "recursive", is_flag=True, help="Copy directories recursively.")
-@click.argument("paths", nargs=-1, required=True)
-def command(recursive: bool, paths: tuple[str, ...]) -> None:
-    """Copy files between hosts over QSMP (not available in this version)."""
-    raise click.ClickException("file copy needs login, which this version does not have yet")
+@click.option("-p", "preserve", is_flag=True, help="Keep modes, access and modification times.")
+@click.option("-P", "port", type=int, default=None, metavar="PORT",
+              help="Port to connect to (default 2022).")
+@click.option("-i", "identities", multiple=True, metavar="KEY",
+              help="Identity (private key) file; repeatable, tried in order.")
+@click.option("-l", "limit", type=click.IntRange(1, MAX_LIMIT_KBPS), default=None,
+              metavar="LIMIT", help="Limit the bandwidth to LIMIT Kbit/s.")
+@click.option("-q", "quiet", is_flag=True, help="No progress meter, no warnings.")
+@click.option("-v", "verbose", count=True, help="Verbose; repeat for more (up to -vvv).")
+@click.option("-F", "config_file", default=None, metavar="CONFIG",
+              help="Configuration file (default ~/.qsh/config; 'none' for none).")
+@click.option("-o", "options", multiple=True, metavar="OPT=VAL",
+              help="Option as in the configuration file; repeatable.")
+@click.option("--resume", is_flag=True,
+              help="Continue interrupted copies from their partial files.")
+@click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
+def command(recursive: bool, preserve: bool, port: int | None, identities: tuple[str, ...],
+            limit: int | None, quiet: bool, verbose: int, config_file: str | None,
+            options: tuple[str, ...], resume: bool, paths: tuple[str, ...]) -> int:
+    """Copy SRC... to DST, one side being [user@]host:path, over QSMP."""
+    from common.client.config import ConfigError, resolve
 
-
-def main() -> None:
+    what = plan(paths)
     try:
-        command.main(standalone_mode=False)
+        cfg = resolve(what.host, path=Path(config_file) if config_file is not None else None,
+                      options=options, user=what.user, port=port,
+                      identity_files=identities)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    verbosity = max(verbose, _LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
+    quiet = quiet or cfg.log_level in _QUIET_LEVELS
+    from common.transfer import CopyOptions
+
+    copy_options = CopyOptions(recursive=recursive, preserve=preserve, resume=resume,
+                               limit=limit_bytes_per_second(limit))
+    return _run(cfg, what, copy_options, verbosity, quiet=quiet)
+
+
+def _run(cfg: ClientConfig, what: Plan, options: CopyOptions, verbosity: int, *,
+         quiet: bool) -> int:
+    import asyncio
+
+    from common.client import connect, terminal
+    from common.errors import QsmpError, RemoteReportedError
+    from qsh import session
+
+    from .progress import TtyProgress
+
+    session.setup_logging(verbosity)
+    ui = connect.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter(), program="qcp")
+    progress = None if quiet else TtyProgress.on_terminal(total=options.recursive)
+    try:
+        report = asyncio.run(run_copy(cfg, ui, what, options, progress))
+    except connect.QshError as exc:
+        ui.error(str(exc))
+        return EXIT_FAILURE
+    except QsmpError as exc:  # a protocol failure no step put in words: still one line
+        reason = connect.describe_error(exc.code, exc.message,
+                                        by_peer=isinstance(exc, RemoteReportedError))
+        ui.error(f"connection failed: {reason}")
+        return EXIT_FAILURE
+    except Exception as exc:  # a bug of ours: still one line (the traceback with -v)
+        if verbosity:
+            import traceback
+
+            traceback.print_exc()
+        ui.error(f"internal error: {exc!r}")
+        return EXIT_FAILURE
+    finally:
+        terminal.restore_all()
+    for failure in report.failures:
+        ui.error(f"{failure.path}: {failure.reason}")
+    ui.note(1, f"{report.files} file{'' if report.files == 1 else 's'} copied, "
+               f"{report.bytes} bytes; sent {report.sent} bytes of file data")
+    return 0 if report.ok else EXIT_FAILURE
+
+
+async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
+                   progress: TtyProgress | None) -> Report:
+    """Log in and copy; the engine's :class:`Report`, or :class:`QshError` for a failure
+    that ended the whole copy.
+
+    SIGINT/SIGTERM/SIGHUP cancel this task (as in qsh's ``run_client``), so the engine's
+    ``finally`` removes its temporary file (or keeps the ``--resume`` partial) and the
+    connection is closed before qcp exits 1 with one line.
+    """
+    import asyncio
+    import signal
+
+    from common import aio, transfer
+    from common.client import terminal
+    from common.client.connect import (
+        DisconnectError,
+        QshError,
+        close_connection,
+        describe_end,
+        login,
+    )
+    from qsh.session import saved_blocking_modes
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    killed: list[str] = []
+
+    def on_signal(signum: int) -> None:
+        killed.append(signal.Signals(signum).name.removeprefix("SIG"))
+        task.cancel()
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for signum in handled:
+        loop.add_signal_handler(signum, on_signal, signum)
+    connection: aio.QsmpConnection | None = None
+    with saved_blocking_modes():
+        try:
+            connection = await login(cfg, ui)
+            try:
+                if what.upload:
+                    report = await transfer.upload(connection, what.sources, what.target,
+                                                   options, progress)
+                else:
+                    report = transfer.Report()
+                    for batch in download_batches(what.sources):
+                        part = await transfer.download(connection, batch, what.target,
+                                                       options, progress)
+                        report.files += part.files
+                        report.bytes += part.bytes
+                        report.sent += part.sent
+                        report.failures.extend(part.failures)
+            except transfer.CopyError as exc:
+                if killed:  # the cancellation ended the copy: say why, not how
+                    raise QshError(f"killed by signal {killed[0]}") from None
+                raise QshError(str(exc)) from None
+            except aio.ConnectionLost as exc:
+                raise DisconnectError(f"connection to {cfg.host} closed: "
+                                      f"{describe_end(exc.terminated)}") from None
+            if killed:  # a signal the engine absorbed: still not a finished copy
+                raise QshError(f"killed by signal {killed[0]}")
+            return report
+        except asyncio.CancelledError:
+            if killed:
+                raise QshError(f"killed by signal {killed[0]}") from None
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+            terminal.restore_all()
+            if connection is not None:
+                await close_connection(connection)
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sanitise_std_fds()
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = command.main(args, prog_name="qcp", standalone_mode=False)
+    except click.exceptions.Abort:
+        status = EXIT_FAILURE
     except click.ClickException as exc:
         click.echo(f"qcp: {exc.format_message()}", err=True)
-        sys.exit(1)
+        status = EXIT_FAILURE
+    except KeyboardInterrupt:
+        status = EXIT_FAILURE
+    if not isinstance(status, int):  # --help returns None
+        status = 0
+    gc.freeze()  # as qsh: keep interpreter shutdown from walking everything
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -127,8 +127,9 @@ class Ui:
     """
 
     def __init__(self, verbosity: int = 0, *, quiet: bool = False,
-                 prompter: Prompter | None = None) -> None:
+                 prompter: Prompter | None = None, program: str = "qsh") -> None:
         self.verbosity = verbosity
+        self.program = program  # the prefix of error lines: "qsh: ...", "qcp: ..."
         self.quiet = quiet
         self.prompter = prompter
         self.raw: terminal.RawMode | None = None
@@ -161,7 +162,7 @@ class Ui:
 
     def error(self, message: str) -> None:
         """The one line of a failure (never more: it may quote the peer)."""
-        self._write(f"qsh: {printable(message, None)}")
+        self._write(f"{self.program}: {printable(message, None)}")
 
     async def ask(self, prompt: str, *, echo: bool = True) -> str | None:
         if self.prompter is None:

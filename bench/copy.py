@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+# ruff: noqa: E402 - sys.path is fixed before the imports (see below)
+"""File copies: qcp/qshd against scp and ``ssh host 'cat > file'`` in the same run (issue 9).
+
+    python bench/copy.py              # 1 GiB each way, 10,000 files of 1 KiB, 3 rounds
+    python bench/copy.py --quick      # 256 MiB, 2,000 files, 1 round
+    python bench/copy.py --openssh /opt/openssh-10.5 --profile
+
+Every command is the real command-line program as a user types it, run as a subprocess:
+``qcp`` against a private qshd (``bench/sessions.py``'s :class:`PrivateQshd`), ``scp`` and
+``ssh`` against a private sshd (``bench/openssh.py``; ``Subsystem sftp internal-sftp`` added,
+since scp speaks SFTP by default from OpenSSH 9.0 on). Key logins on both; loopback only;
+both daemons stopped at the end. Data and destinations are in /dev/shm on both "hosts" (the
+same machine), so the disk is out of the picture and what is measured is the tools.
+
+1. one big file up (``qcp f host:d``, ``scp f host:d``, ``ssh host 'cat > d' < f``) and down
+   (``qcp host:f d``, ``scp host:f d``, ``ssh host 'cat f' > d``): median wall time of the
+   rounds, MB/s, the client's CPU, and the ratios (rate of qcp / rate of the other);
+2. N files of 1 KiB in one directory, ``qcp -r`` against ``scp -r``, both directions;
+3. ``--resume``: qcp is interrupted (SIGINT) once its partial file holds half of the big file,
+   then run again with ``--resume -v``; "sent N bytes" from its report against the size;
+4. the progress meter's cost: :meth:`TtyProgress.advance` per call, and redraws per second.
+
+``--profile`` runs one qcp upload under cProfile and prints the top functions of the client
+(the server's side is the same engine; ``qshd`` is not profiled here). Every copy is checked
+(size and SHA-256 of the result) so that a fast wrong copy cannot win.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this file's directory comes first on sys.path, and this module's name
+# would then shadow the standard library's ``copy`` (which dataclasses imports): drop it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import argparse
+import contextlib
+import hashlib
+import pstats
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import openssh
+from bench.sessions import SSHD_EXTRA_CONFIG, PrivateQshd
+
+HOST = "127.0.0.1"
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Timing:
+    seconds: list[float] = field(default_factory=list)
+    client_cpu: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.client_cpu)
+
+
+def run_timed(command: list[str], into: Timing, *, env: dict[str, str] | None = None,
+              cwd: Path = ROOT, stdin: Path | None = None, stdout: Path | None = None) -> None:
+    cpu0 = _children_cpu()
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        fin = stack.enter_context(stdin.open("rb")) if stdin else subprocess.DEVNULL
+        fout = stack.enter_context(stdout.open("wb")) if stdout else subprocess.DEVNULL
+        done = subprocess.run(command, stdin=fin, stdout=fout, stderr=subprocess.PIPE,
+                              env=env, cwd=cwd, timeout=1800)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])}... exited {done.returncode}: "
+                           f"{done.stderr.decode(errors='replace').strip()[-400:]}")
+    into.seconds.append(seconds)
+    into.client_cpu.append(_children_cpu() - cpu0)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(4 * MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_file(path: Path, size: int) -> Path:
+    block = os.urandom(4 * MiB)
+    with path.open("wb") as f:
+        left = size
+        while left:
+            f.write(block[:left])
+            left -= min(left, len(block))
+    return path
+
+
+def make_tree(path: Path, count: int) -> Path:
+    path.mkdir()
+    for i in range(count):
+        (path / f"f{i:05d}").write_bytes(os.urandom(1024))
+    return path
+
+
+def tree_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        digest.update(name.encode() + b"\0" + (path / name).read_bytes())
+    return digest.hexdigest()
+
+
+class Tools:
+    """The command lines of the three tools against their private daemons."""
+
+    def __init__(self, qshd: PrivateQshd, sshd: openssh.PrivateSshd) -> None:
+        self.qshd = qshd
+        self.sshd = sshd
+        prefix = sshd.prefix
+        self.scp_bin = str(prefix / "scp") if prefix else (shutil.which("scp") or "scp")
+
+    def qcp(self, *args: str, quiet: bool = True) -> list[str]:
+        q = self.qshd
+        return [sys.executable, "-m", "qcp", "-F", "none", "-P", str(q.port),
+                "-i", str(q.user_key_path), "-o", "StrictHostKeyChecking=accept-new",
+                "-o", f"UserKnownHostsFile={q.known_hosts}", *(["-q"] if quiet else []),
+                *args]
+
+    def qremote(self, path: Path) -> str:
+        return f"{self.qshd.user}@{HOST}:{path}"
+
+    def _ssh_options(self) -> list[str]:
+        s = self.sshd
+        return ["-F", "/dev/null", "-i", str(s._user_key),
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"]
+
+    def scp(self, *args: str) -> list[str]:
+        extra = ["-S", self.sshd.bin["ssh"]] if self.sshd.prefix else []
+        return [self.scp_bin, *extra, *self._ssh_options(), "-P", str(self.sshd.port), "-q",
+                *args]
+
+    def sremote(self, path: Path) -> str:
+        return f"{self.sshd.user or os.environ.get('USER') or 'root'}@{HOST}:{path}"
+
+    def ssh(self, remote: str) -> list[str]:
+        return self.sshd.command(remote)
+
+
+def fresh(path: Path) -> Path:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    return path
+
+
+def _rate(size: int, seconds: float) -> str:
+    return f"{size / seconds / 1e6:7.1f} MB/s"
+
+
+def big_file(tools: Tools, work: Path, size: int, rounds: int) -> dict[str, Timing]:
+    data = make_file(work / "data", size)
+    digest = sha256(data)
+    out = work / "out"
+    results = {k: Timing() for k in ("qcp up", "scp up", "ssh cat up",
+                                     "qcp down", "scp down", "ssh cat down")}
+    env, tree = tools.qshd.env, tools.qshd.tree
+    for _ in range(rounds):
+        steps = [
+            ("qcp up", lambda: run_timed(tools.qcp(str(data), tools.qremote(out)),
+                                         results["qcp up"], env=env, cwd=tree)),
+            ("scp up", lambda: run_timed(tools.scp(str(data), tools.sremote(out)),
+                                         results["scp up"])),
+            ("ssh cat up", lambda: run_timed(tools.ssh(f"cat > {out}"), results["ssh cat up"],
+                                             stdin=data)),
+            ("qcp down", lambda: run_timed(tools.qcp(tools.qremote(data), str(out)),
+                                           results["qcp down"], env=env, cwd=tree)),
+            ("scp down", lambda: run_timed(tools.scp(tools.sremote(data), str(out)),
+                                           results["scp down"])),
+            ("ssh cat down", lambda: run_timed(tools.ssh(f"cat {data}"),
+                                               results["ssh cat down"], stdout=out)),
+        ]
+        for name, step in steps:
+            fresh(out)
+            step()
+            if out.stat().st_size != size or sha256(out) != digest:
+                raise RuntimeError(f"{name}: the copy differs from the source")
+            print(f"    {name:13} {results[name].seconds[-1]:6.2f} s "
+                  f"{_rate(size, results[name].seconds[-1])}", file=sys.stderr)
+    fresh(out)
+    return results
+
+
+def many_files(tools: Tools, work: Path, count: int, rounds: int) -> dict[str, Timing]:
+    tree = make_tree(work / "tree", count)
+    digest = tree_digest(tree)
+    out = work / "tree-out"
+    results = {k: Timing() for k in ("qcp -r up", "scp -r up", "qcp -r down", "scp -r down")}
+    env, cwd = tools.qshd.env, tools.qshd.tree
+    for _ in range(rounds):
+        steps = [
+            ("qcp -r up", lambda: run_timed(tools.qcp("-r", str(tree), tools.qremote(out)),
+                                            results["qcp -r up"], env=env, cwd=cwd)),
+            ("scp -r up", lambda: run_timed(tools.scp("-r", str(tree), tools.sremote(out)),
+                                            results["scp -r up"])),
+            ("qcp -r down", lambda: run_timed(tools.qcp("-r", tools.qremote(tree), str(out)),
+                                              results["qcp -r down"], env=env, cwd=cwd)),
+            ("scp -r down", lambda: run_timed(tools.scp("-r", tools.sremote(tree), str(out)),
+                                              results["scp -r down"])),
+        ]
+        for name, step in steps:
+            fresh(out)
+            step()
+            if tree_digest(out) != digest:
+                raise RuntimeError(f"{name}: the copied tree differs")
+            print(f"    {name:13} {results[name].seconds[-1]:6.2f} s", file=sys.stderr)
+    fresh(out)
+    shutil.rmtree(tree)
+    return results
+
+
+@dataclass
+class Resumed:
+    size: int
+    partial: int
+    sent: int
+    seconds: float
+    full_seconds: float
+
+
+def resume(tools: Tools, work: Path, size: int) -> Resumed:
+    data = work / "data"
+    if not data.exists() or data.stat().st_size != size:
+        make_file(data, size)
+    out = fresh(work / "resumed")
+    env, cwd = tools.qshd.env, tools.qshd.tree
+
+    def partial() -> int:
+        sizes = [p.stat().st_size for p in work.iterdir()
+                 if p.name not in ("data", "resumed", "tree", "tree-out", "out")]
+        return max(sizes, default=0)
+
+    # The first run is slowed (-l) so that the cut lands near the middle, not past it.
+    first = subprocess.Popen(tools.qcp("--resume", "-l", str(800 * 1024), str(data),
+                                       tools.qremote(out)),
+                             env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while partial() < size // 2:
+        if first.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the first qcp --resume ended before half of the file")
+        time.sleep(0.005)
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    time.sleep(0.5)
+    have = partial()
+    start = time.perf_counter()
+    done = subprocess.run(tools.qcp("--resume", "-v", str(data), tools.qremote(out)),
+                          env=env, cwd=cwd, capture_output=True, timeout=900)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0 or sha256(out) != sha256(data):
+        raise RuntimeError(f"qcp --resume failed: {done.stderr.decode()[-400:]}")
+    sent = [int(m) for m in re.findall(rb"sent (\d+) bytes", done.stderr)]
+    full = Timing()
+    fresh(out)
+    run_timed(tools.qcp(str(data), tools.qremote(out)), full, env=env, cwd=cwd)
+    fresh(out)
+    return Resumed(size, have, sent[-1] if sent else -1, seconds, full.median)
+
+
+def progress_cost(calls: int = 1_000_000) -> tuple[float, int, float]:
+    """ns per advance() with the real clock and a writer that drops the bytes; the redraws
+    over the run; redraws per second of run time."""
+    from qcp.progress import TtyProgress
+
+    meter = TtyProgress(lambda data: None, width=100, total=True)
+    meter.start("some/file/name.bin", calls * 65536, 0)
+    start = time.perf_counter()
+    for _ in range(calls):
+        meter.advance(65536)
+    seconds = time.perf_counter() - start
+    meter.end("some/file/name.bin", True)
+    meter.close()
+    return seconds / calls * 1e9, meter.redraws, meter.redraws / seconds
+
+
+def profile(tools: Tools, work: Path, qcp_args: list[str], top: int = 20) -> list[str]:
+    """cProfile of one qcp run (the client's process), the top functions by self time."""
+    stats = work / "qcp.prof"
+    command = tools.qcp(*qcp_args)
+    command[1:3] = ["-m", "cProfile", "-o", str(stats), "-m", "qcp"]
+    subprocess.run(command, env=tools.qshd.env, cwd=tools.qshd.tree, check=True,
+                   stdout=subprocess.DEVNULL)
+    report = pstats.Stats(str(stats))
+    lines = []
+    entries = sorted(report.stats.items(),  # type: ignore[attr-defined]
+                     key=lambda item: item[1][2], reverse=True)[:top]
+    for (filename, line, function), (_, calls, tottime, cumtime, _) in entries:
+        where = f"{Path(filename).name}:{line} {function}" if line else function
+        lines.append(f"{1000 * tottime:9.1f} ms self {1000 * cumtime:9.1f} ms cum "
+                     f"{calls:8d}x  {where}")
+    return lines
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    shm = Path("/dev/shm")
+    path = Path(tempfile.mkdtemp(prefix="qcp-bench-", dir=shm if shm.is_dir() else None))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="256 MiB, 2,000 files, 1 round")
+    parser.add_argument("--size", type=int, help="MiB for the big file (default 1024)")
+    parser.add_argument("--files", type=int, help="small files (default 10000)")
+    parser.add_argument("--rounds", type=int, help="rounds, interleaved (default 3)")
+    parser.add_argument("--openssh", default="system",
+                        help="'system' (Debian's) or an OpenSSH build prefix")
+    parser.add_argument("--profile", action="store_true", help="cProfile one qcp upload")
+    args = parser.parse_args()
+    size = (args.size or (256 if args.quick else 1024)) * MiB
+    count = args.files or (2000 if args.quick else 10_000)
+    rounds = args.rounds or (1 if args.quick else 3)
+    prefix = None if args.openssh == "system" else Path(args.openssh)
+    problem = openssh.available(prefix)
+    if problem:
+        print(f"OpenSSH not available: {problem} ({openssh.INSTALL_HINT})")
+        return 1
+    print(f"qcp benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at start")
+    extra = SSHD_EXTRA_CONFIG + "Subsystem sftp internal-sftp\n"
+    with PrivateQshd() as qshd, openssh.PrivateSshd(extra, prefix) as sshd, \
+            workdir() as work:
+        tools = Tools(qshd, sshd)
+        print(f"qshd on {HOST}:{qshd.port}; {sshd.version} on {HOST}:{sshd.port}; "
+              f"data in {work}")
+        summary: list[str] = []
+
+        print(f"\n1. one file of {size // MiB} MiB, {rounds} round(s), interleaved "
+              "(median; client CPU)")
+        big = big_file(tools, work, size, rounds)
+        for name, t in big.items():
+            print(f"    {name:13} {t.median:6.2f} s {_rate(size, t.median)}  client CPU "
+                  f"{t.cpu:5.2f} s")
+        for way in ("up", "down"):
+            q = big[f"qcp {way}"].median
+            for other, target in (("scp", 2.0), ("ssh cat", 1.0)):
+                ratio = big[f"{other} {way}"].median / q
+                summary.append(f"  {size // MiB} MiB {way:4} qcp vs {other:8} {ratio:5.2f}x "
+                               f"(target >= {target:g}x): "
+                               f"{'MET' if ratio >= target else 'NOT MET'}")
+
+        print(f"\n2. {count} files of 1 KiB, -r, {rounds} round(s)")
+        small = many_files(tools, work, count, rounds)
+        for name, t in small.items():
+            print(f"    {name:13} {t.median:6.2f} s  {count / t.median:8.0f} files/s  "
+                  f"client CPU {t.cpu:5.2f} s")
+        for way in ("up", "down"):
+            ratio = small[f"scp -r {way}"].median / small[f"qcp -r {way}"].median
+            summary.append(f"  {count} x 1 KiB {way:4} qcp -r vs scp -r {ratio:5.2f}x "
+                           f"(target >= 3x): {'MET' if ratio >= 3 else 'NOT MET'}")
+
+        print(f"\n3. --resume of a {size // MiB} MiB upload cut at half")
+        r = resume(tools, work, size)
+        print(f"    partial file at the cut: {r.partial} bytes ({r.partial / r.size:.1%})")
+        print(f"    qcp --resume sent {r.sent} bytes ({r.sent / r.size:.1%} of the file) in "
+              f"{r.seconds:.2f} s; a whole copy takes {r.full_seconds:.2f} s")
+        summary.append(f"  --resume after a cut at {r.partial / r.size:.0%}: sent "
+                       f"{r.sent / r.size:.1%} of the file (expected ~"
+                       f"{1 - r.partial / r.size:.0%})")
+
+        ns, redraws, per_second = progress_cost()
+        print(f"\n4. progress meter: {ns:.0f} ns per advance() (1,000,000 calls), "
+              f"{redraws} redraws = {per_second:.1f}/s")
+
+        if args.profile:
+            data, out = work / "data", work / "out"
+            print("\n5. cProfile of one qcp upload of the big file (client: the sender), "
+                  "top functions by self time")
+            for line in profile(tools, work, [str(data), tools.qremote(fresh(out))]):
+                print(f"    {line}")
+            tree = make_tree(work / "tree", count)
+            print(f"   cProfile of one qcp -r download of {count} files (client: the "
+                  "receiver)")
+            for line in profile(tools, work, ["-r", tools.qremote(tree), str(fresh(out))]):
+                print(f"    {line}")
+            fresh(out)
+
+        print("\nSummary (ratios are the other tool's time / qcp's time: > 1 is qcp faster)")
+        for line in summary:
+            print(line)
+        print(f"  load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
