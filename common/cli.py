@@ -3,6 +3,7 @@ own error handling, and every failure becomes one line ``prog: message`` and exi
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -12,6 +13,25 @@ import click
 import common
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The client programs' ``-v`` count for each LogLevel of the config (ssh's DEBUG1..3: -v..-vvv).
+LOG_LEVEL_VERBOSITY = {"DEBUG1": 1, "DEBUG2": 2, "DEBUG3": 3}
+QUIET_LEVELS = ("QUIET", "FATAL", "ERROR")
+
+
+def sanitise_std_fds() -> None:
+    """Give closed fds 0-2 to /dev/null, as ssh does. Otherwise the next file opened (the
+    socket, the event loop's epoll) would take the number, and remote output written to
+    "fd 1" would land in it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # a lower fd was closed too and took it: keep both filled
+                os.dup2(null, fd)
+                if null > 2:
+                    os.close(null)
 
 
 def version_line(program: str) -> str:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from qsh.cli import _LOG_LEVEL_VERBOSITY, _QUIET_LEVELS, sanitise_std_fds
+from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, sanitise_std_fds
 
 if TYPE_CHECKING:
     from common.client.config import ClientConfig
@@ -202,8 +202,8 @@ def command(recursive: bool, preserve: bool, port: int | None, identities: tuple
                       identity_files=identities)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    verbosity = max(verbose, _LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
-    quiet = quiet or cfg.log_level in _QUIET_LEVELS
+    verbosity = max(verbose, LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
+    quiet = quiet or cfg.log_level in QUIET_LEVELS
     from common.transfer import CopyOptions
 
     copy_options = CopyOptions(recursive=recursive, preserve=preserve, resume=resume,
@@ -217,11 +217,10 @@ def _run(cfg: ClientConfig, what: Plan, options: CopyOptions, verbosity: int, *,
 
     from common.client import connect, terminal
     from common.errors import QsmpError, RemoteReportedError
-    from qsh import session
 
     from .progress import TtyProgress
 
-    session.setup_logging(verbosity)
+    connect.setup_logging(verbosity)
     ui = connect.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter(), program="qcp")
     progress = None if quiet else TtyProgress.on_terminal(total=options.recursive)
     try:
@@ -271,7 +270,7 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
         describe_end,
         login,
     )
-    from qsh.session import saved_blocking_modes
+    from common.client.terminal import saved_blocking_modes
 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()

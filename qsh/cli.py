@@ -22,15 +22,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from common.cli import version_option
+from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, sanitise_std_fds, version_option
 
 if TYPE_CHECKING:
     from common.client.config import ClientConfig
 
 EXIT_FAILURE = 255
-#: ``-v`` count for each LogLevel from the config (ssh's DEBUG1..3 are -v..-vvv).
-_LOG_LEVEL_VERBOSITY = {"DEBUG1": 1, "DEBUG2": 2, "DEBUG3": 3}
-_QUIET_LEVELS = ("QUIET", "FATAL", "ERROR")
 
 
 def split_destination(destination: str) -> tuple[str | None, str]:
@@ -179,9 +176,9 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
                              0o600)
         except OSError as exc:
             raise click.ClickException(f"cannot open {log_file}: {exc.strerror}") from None
-    verbosity = max(verbose, _LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
+    verbosity = max(verbose, LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
     return _run(cfg, remote_command(command), force_tty, verbosity,
-                quiet=cfg.log_level in _QUIET_LEVELS, no_command=no_command,
+                quiet=cfg.log_level in QUIET_LEVELS, no_command=no_command,
                 background=background, log_fd=log_fd)
 
 
@@ -195,7 +192,7 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
 
     from . import session
 
-    session.setup_logging(verbosity, log_fd)
+    connect.setup_logging(verbosity, log_fd)
     ui = connect.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter())
     ui.log_fd = log_fd
     try:
@@ -218,21 +215,6 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
         return EXIT_FAILURE
     finally:
         terminal.restore_all()
-
-
-def sanitise_std_fds() -> None:
-    """Give closed fds 0-2 to /dev/null, as ssh does. Otherwise the next file opened (the
-    socket, the event loop's epoll) would take the number, and remote output written to
-    "fd 1" would land in it."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:  # a lower fd was closed too and took it: keep both filled
-                os.dup2(null, fd)
-                if null > 2:
-                    os.close(null)
 
 
 def main(argv: list[str] | None = None) -> None:

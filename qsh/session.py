@@ -25,12 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import logging
 import os
 import signal
 import stat
-import sys
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,21 +148,6 @@ class FdWriter:
             await ready
         finally:
             self._loop.remove_writer(self.fd)
-
-
-@contextlib.contextmanager
-def saved_blocking_modes(fds: tuple[int, ...] = (0, 1, 2)) -> Iterator[None]:
-    """Put O_NONBLOCK back as it was on exit: the fds outlive qsh in the user's shell."""
-    saved: dict[int, bool] = {}
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            saved[fd] = os.get_blocking(fd)
-    try:
-        yield
-    finally:
-        for fd, blocking in saved.items():
-            with contextlib.suppress(OSError):
-                os.set_blocking(fd, blocking)
 
 
 # --- The session --------------------------------------------------------------------------
@@ -529,7 +512,7 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
         loop.add_signal_handler(signum, on_signal, signum)
     connection: aio.QsmpConnection | None = None
     tunnels: ClientTunnels | None = None
-    with saved_blocking_modes():
+    with terminal.saved_blocking_modes():
         try:
             connection = await login(cfg, ui)
             gate: Awaitable[None] | None = None
@@ -566,16 +549,3 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
                 await close_connection(connection)
             for signum in handled:
                 loop.remove_signal_handler(signum)
-
-
-def setup_logging(verbosity: int, log_fd: int = 2) -> None:
-    """``-vvv`` shows the adapter's own debug log (connection events, never secrets), on
-    stderr or in the ``-E`` file."""
-    if verbosity >= 3:
-        stream = sys.stderr if log_fd == 2 else open(log_fd, "a", closefd=False)  # noqa: SIM115
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("debug3: %(name)s: %(message)s"))
-        logger = logging.getLogger("qsh")
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
-

@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import logging
 import os
 import shlex
 import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -545,3 +547,15 @@ async def login(cfg: ClientConfig, ui: Ui) -> aio.QsmpConnection:
         connection.abort()
         raise
     return connection
+
+
+def setup_logging(verbosity: int, log_fd: int = 2) -> None:
+    """``-vvv`` shows the adapter's own debug log (connection events, never secrets), on
+    stderr or in the ``-E`` file."""
+    if verbosity >= 3:
+        stream = sys.stderr if log_fd == 2 else open(log_fd, "a", closefd=False)  # noqa: SIM115
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("debug3: %(name)s: %(message)s"))
+        logger = logging.getLogger("qsh")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)

@@ -204,3 +204,18 @@ def set_ready(future: asyncio.Future[None]) -> None:
     waiter runs, and a second set_result would raise inside the loop."""
     if not future.done():
         future.set_result(None)
+
+
+@contextlib.contextmanager
+def saved_blocking_modes(fds: tuple[int, ...] = (0, 1, 2)) -> Iterator[None]:
+    """Put O_NONBLOCK back as it was on exit: the fds outlive qsh in the user's shell."""
+    saved: dict[int, bool] = {}
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            saved[fd] = os.get_blocking(fd)
+    try:
+        yield
+    finally:
+        for fd, blocking in saved.items():
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, blocking)
