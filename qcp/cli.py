@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, sanitise_std_fds
+from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, sanitise_std_fds, version_option
 
 if TYPE_CHECKING:
     from common.client.config import ClientConfig
@@ -171,7 +171,8 @@ def limit_bytes_per_second(kbps: int | None) -> int | None:
     return max(1, kbps * 1024 // 8)
 
 
-@click.command(context_settings={"help_option_names": ["--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("qcp")
 @click.option("-r", "recursive", is_flag=True, help="Copy directories recursively.")
 @click.option("-p", "preserve", is_flag=True, help="Keep modes, access and modification times.")
 @click.option("-P", "port", type=int, default=None, metavar="PORT",

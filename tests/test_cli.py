@@ -299,7 +299,8 @@ def test_qshd_detaches_writes_its_pidfile_and_stops_cleanly(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(("module", "program"), [
-    ("qsh", "qsh"), ("qshd", "qshd"), ("qpasswd", "qpasswd"), ("qsh.keygen", "qsh-keygen")])
+    ("qsh", "qsh"), ("qshd", "qshd"), ("qcp", "qcp"), ("qpasswd", "qpasswd"),
+    ("qsh.keygen", "qsh-keygen")])
 def test_every_command_has_dash_V_and_help(module: str, program: str) -> None:
     """ssh's habits: -V on stderr with exit 0; -h and --help (qshd keeps sshd's -h for a
     host key, so only --help there)."""
