@@ -214,35 +214,16 @@ def command(recursive: bool, preserve: bool, port: int | None, identities: tuple
 
 def _run(cfg: ClientConfig, what: Plan, options: CopyOptions, verbosity: int, *,
          quiet: bool) -> int:
-    import asyncio
-
     from common.client import connect, terminal
-    from common.errors import QsmpError, RemoteReportedError
 
     from .progress import TtyProgress
 
     connect.setup_logging(verbosity)
     ui = connect.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter(), program="qcp")
     progress = None if quiet else TtyProgress.on_terminal(total=options.recursive)
-    try:
-        report = asyncio.run(run_copy(cfg, ui, what, options, progress))
-    except connect.QshError as exc:
-        ui.error(str(exc))
+    report = connect.run_program(run_copy(cfg, ui, what, options, progress), ui, verbosity)
+    if report is None:
         return EXIT_FAILURE
-    except QsmpError as exc:  # a protocol failure no step put in words: still one line
-        reason = connect.describe_error(exc.code, exc.message,
-                                        by_peer=isinstance(exc, RemoteReportedError))
-        ui.error(f"connection failed: {reason}")
-        return EXIT_FAILURE
-    except Exception as exc:  # a bug of ours: still one line (the traceback with -v)
-        if verbosity:
-            import traceback
-
-            traceback.print_exc()
-        ui.error(f"internal error: {exc!r}")
-        return EXIT_FAILURE
-    finally:
-        terminal.restore_all()
     for failure in report.failures:
         ui.error(f"{failure.path}: {failure.reason}")
     ui.note(1, f"{report.files} file{'' if report.files == 1 else 's'} copied, "
@@ -255,38 +236,24 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
     """Log in and copy; the engine's :class:`Report`, or :class:`QshError` for a failure
     that ended the whole copy.
 
-    SIGINT/SIGTERM/SIGHUP cancel this task (as in qsh's ``run_client``), so the engine's
-    ``finally`` removes its temporary file (or keeps the ``--resume`` partial) and the
-    connection is closed before qcp exits 1 with one line.
+    SIGINT/SIGTERM/SIGHUP cancel this task (:class:`StopSignals`, as for qsh), so the
+    engine's ``finally`` removes its temporary file (or keeps the ``--resume`` partial) and
+    the connection is closed before qcp exits 1 with one line.
     """
-    import asyncio
-    import signal
-
     from common import aio, transfer
     from common.client import terminal
     from common.client.connect import (
         DisconnectError,
         QshError,
+        StopSignals,
         close_connection,
         describe_end,
         login,
     )
     from common.client.terminal import saved_blocking_modes
 
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    killed: list[str] = []
-
-    def on_signal(signum: int) -> None:
-        killed.append(signal.Signals(signum).name.removeprefix("SIG"))
-        task.cancel()
-
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    for signum in handled:
-        loop.add_signal_handler(signum, on_signal, signum)
     connection: aio.QsmpConnection | None = None
-    with saved_blocking_modes():
+    with StopSignals() as stop, saved_blocking_modes():
         try:
             connection = await login(cfg, ui)
             try:
@@ -303,27 +270,19 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
                         report.sent += part.sent
                         report.failures.extend(part.failures)
             except transfer.CopyError as exc:
-                if killed:  # the cancellation ended the copy: say why, not how
-                    raise QshError(f"killed by signal {killed[0]}") from None
+                stop.check()  # the cancellation ended the copy: say why, not how
                 raise QshError(str(exc)) from None
             except aio.ConnectionLost as exc:
                 raise DisconnectError(f"connection to {cfg.host} closed: "
                                       f"{describe_end(exc.terminated)}") from None
-            if killed:  # a signal the engine absorbed: still not a finished copy
-                raise QshError(f"killed by signal {killed[0]}")
+            stop.check()  # a signal the engine absorbed: still not a finished copy
             return report
-        except asyncio.CancelledError:
-            if killed:
-                raise QshError(f"killed by signal {killed[0]}") from None
-            raise
         finally:
             if progress is not None:
                 progress.close()
             terminal.restore_all()
             if connection is not None:
                 await close_connection(connection)
-            for signum in handled:
-                loop.remove_signal_handler(signum)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -185,36 +185,18 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
 def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int, *,
          quiet: bool, no_command: bool = False, background: bool = False,
          log_fd: int = 2) -> int:
-    import asyncio
 
     from common.client import connect, terminal
-    from common.errors import QsmpError, RemoteReportedError
 
     from . import session
 
     connect.setup_logging(verbosity, log_fd)
     ui = connect.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter())
     ui.log_fd = log_fd
-    try:
-        return asyncio.run(session.run_client(cfg, ui, command=remote, force_tty=force_tty,
-                                              no_command=no_command, background=background))
-    except connect.QshError as exc:
-        ui.error(str(exc))
-        return EXIT_FAILURE
-    except QsmpError as exc:  # a protocol failure no step above put in words: still one line
-        reason = connect.describe_error(exc.code, exc.message,
-                                        by_peer=isinstance(exc, RemoteReportedError))
-        ui.error(f"connection failed: {reason}")
-        return EXIT_FAILURE
-    except Exception as exc:  # a bug of ours: still one line (the traceback with -v)
-        if verbosity:
-            import traceback
-
-            traceback.print_exc()
-        ui.error(f"internal error: {exc!r}")
-        return EXIT_FAILURE
-    finally:
-        terminal.restore_all()
+    status = connect.run_program(
+        session.run_client(cfg, ui, command=remote, force_tty=force_tty,
+                           no_command=no_command, background=background), ui, verbosity)
+    return EXIT_FAILURE if status is None else status
 
 
 def main(argv: list[str] | None = None) -> None:

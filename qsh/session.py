@@ -39,6 +39,7 @@ from common.client.config import ClientConfig
 from common.client.connect import (
     DisconnectError,
     QshError,
+    StopSignals,
     Ui,
     close_connection,
     describe_end,
@@ -498,21 +499,9 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
     ``finally`` runs (a password prompt's echo comes back); the session replaces those
     handlers with its own once its channel is open. All are removed on the way out.
     """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    killed: list[str] = []
-
-    def on_signal(signum: int) -> None:
-        killed.append(signal.Signals(signum).name.removeprefix("SIG"))
-        task.cancel()
-
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    for signum in handled:
-        loop.add_signal_handler(signum, on_signal, signum)
     connection: aio.QsmpConnection | None = None
     tunnels: ClientTunnels | None = None
-    with terminal.saved_blocking_modes():
+    with StopSignals(), terminal.saved_blocking_modes():
         try:
             connection = await login(cfg, ui)
             gate: Awaitable[None] | None = None
@@ -537,15 +526,9 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
             except aio.ConnectionLost as exc:
                 raise DisconnectError(f"connection to {cfg.host} closed: "
                                       f"{describe_end(exc.terminated)}") from None
-        except asyncio.CancelledError:
-            if killed:
-                raise QshError(f"killed by signal {killed[0]}") from None
-            raise
         finally:
             terminal.restore_all()
             if tunnels is not None:
                 await tunnels.close()
             if connection is not None:
                 await close_connection(connection)
-            for signum in handled:
-                loop.remove_signal_handler(signum)

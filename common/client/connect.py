@@ -19,11 +19,12 @@ import errno
 import logging
 import os
 import shlex
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from common import aio
 from common.accounts.keys import HostKey, KeyFileError, PassphraseRequired, PublicKey
@@ -43,6 +44,7 @@ PASSWORD_TRIES = 3
 PASSPHRASE_TRIES = 3
 #: How long the final close may wait for the server's goodbye.
 CLOSE_TIMEOUT = 5.0
+T = TypeVar("T")
 #: AddressFamily (-4, -6) as the socket module names it.
 FAMILIES = {"any": socket.AF_UNSPEC, "inet": socket.AF_INET, "inet6": socket.AF_INET6}
 
@@ -559,3 +561,71 @@ def setup_logging(verbosity: int, log_fd: int = 2) -> None:
         logger = logging.getLogger("qsh")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
+
+
+# --- Running a client program -------------------------------------------------------------
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP cancel the task that entered this (connecting, logging
+    in, copying), so that every ``finally`` runs: a password prompt's echo comes back, a
+    copy's temporary file goes, the connection says goodbye. Leaving by that cancellation
+    raises :class:`QshError` naming the signal (what the program ends with); ``killed``
+    tells code within which one arrived, if any. The handlers are removed on the way out,
+    and a session may replace them with its own meanwhile."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.killed: str | None = None
+
+    def __enter__(self) -> StopSignals:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_signal(signum: int) -> None:
+            if self.killed is None:
+                self.killed = signal.Signals(signum).name.removeprefix("SIG")
+            task.cancel()
+
+        for signum in self.SIGNALS:
+            loop.add_signal_handler(signum, on_signal, signum)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: object) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self.SIGNALS:
+            loop.remove_signal_handler(signum)
+        if kind is not None and issubclass(kind, asyncio.CancelledError) and self.killed:
+            raise QshError(f"killed by signal {self.killed}") from None
+
+    def check(self) -> None:
+        """Raise as on the way out if a signal arrived (work that absorbed the
+        cancellation must not end as if it had finished)."""
+        if self.killed:
+            raise QshError(f"killed by signal {self.killed}")
+
+
+def run_program(main: Coroutine[Any, Any, T], ui: Ui, verbosity: int) -> T | None:
+    """``asyncio.run(main)`` as every client program fails: its :class:`QshError` as the
+    one line it is, a protocol failure no step put in words as one line, and a bug of ours
+    as one line too (its traceback only with ``-v``). None after such a line."""
+    try:
+        return asyncio.run(main)
+    except QshError as exc:
+        ui.error(str(exc))
+    except QsmpError as exc:
+        reason = describe_error(exc.code, exc.message,
+                                by_peer=isinstance(exc, RemoteReportedError))
+        ui.error(f"connection failed: {reason}")
+    except Exception as exc:
+        if verbosity:
+            import traceback
+
+            traceback.print_exc()
+        ui.error(f"internal error: {exc!r}")
+    finally:
+        terminal.restore_all()
+    return None
