@@ -185,7 +185,6 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
 def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int, *,
          quiet: bool, no_command: bool = False, background: bool = False,
          log_fd: int = 2) -> int:
-
     from common.client import connect, terminal
 
     from . import session
