@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import signal
 import socket
 import sys
 import time
@@ -192,6 +193,10 @@ def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | 
     # As -t does: a passwd file that does not parse is refused at start, not found out at
     # the first password login.
     PasswdFile(cfg.passwd_path()).load()
+    # Until the listener's handlers are in place (Listener.run unblocks them), a SIGHUP or
+    # SIGTERM waits: one that came right after the pidfile or ready file appeared would
+    # otherwise kill the daemon with the default action.
+    signal.pthread_sigmask(signal.SIG_BLOCK, listener_module.CONTROL_SIGNALS)
     host_keys = public_host_keys(cfg)
     # A detached daemon works from "/": pin the paths given relative to where we started.
     pidfile = pidfile.absolute() if pidfile is not None else None

@@ -119,9 +119,9 @@ class Listener:
                     signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop}
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        # A listener re-executed by a reload starts with these blocked (see _reexec): a
-        # stop that arrived meanwhile is pending, and is handled now.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)
+        # They were blocked from start-up (qshd/cli.py), or across the exec of a reload
+        # (_reexec): a signal that arrived meanwhile is pending, and is handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
         selector = self._selector = selectors.DefaultSelector()
         for sock in self.sockets:
             sock.setblocking(False)
@@ -297,9 +297,9 @@ class Listener:
         # From here to the exec a SIGTERM would be lost (the new process knows nothing of
         # it): block the control signals, so that one arriving now stays pending across
         # the exec, and give up the reload if a stop came during the check.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _CONTROL_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
         if self._stop:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
             log.info("received SIGHUP, then a stop: not restarting")
             return
         log.info("received SIGHUP; restarting with the new configuration")
@@ -314,7 +314,7 @@ class Listener:
         try:
             os.execve(sys.executable, [sys.executable, "-m", "qshd", *self.argv], env)  # noqa: S606
         except OSError as exc:  # keep serving as we were
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
             log.error("reload failed: exec: %s", exc.strerror)
             for sock in self.sockets:
                 os.set_inheritable(sock.fileno(), False)
@@ -338,7 +338,7 @@ def _inherited_sockets() -> dict[tuple[str, int], socket.socket]:
 
 
 #: What stops or reloads the listener.
-_CONTROL_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+CONTROL_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 class BindError(Exception):

@@ -189,3 +189,31 @@ def test_a_stop_during_a_reload_is_not_lost(tmp_path: Path) -> None:
             daemon.wait()
     assert daemon.stderr is not None
     assert "listener stopped" in daemon.stderr.read()
+
+
+def test_a_reload_right_after_start_is_not_fatal(tmp_path: Path) -> None:
+    """``systemctl start qshd && systemctl reload qshd``: the SIGHUP can come as soon as the
+    ready file (or pidfile) is there, before the listener's handlers are. It used to kill
+    the daemon (SIGHUP's default action)."""
+    for attempt in range(3):
+        ready = tmp_path / f"port{attempt}"
+        daemon = subprocess.Popen(
+            [PYTHON, "-m", "qshd", "-D", "-e", "-p", "0", "-o", "ListenAddress=127.0.0.1",
+             "-o", f"PasswdFile={tmp_path}/passwd", "-h", str(tmp_path / "hk"),
+             "--ready-file", str(ready)], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while not (ready.exists() and ready.read_text().strip()):
+                assert daemon.poll() is None and time.monotonic() < deadline
+                time.sleep(0.001)
+            daemon.send_signal(signal.SIGHUP)
+            port = int(ready.read_text())
+            deadline = time.monotonic() + 20
+            while not _listening(port) or time.monotonic() < deadline - 18:
+                assert daemon.poll() is None, f"qshd died of the SIGHUP ({daemon.returncode})"
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=20)
