@@ -908,3 +908,20 @@ def test_sigterm_ends_qsh_within_the_bound_when_the_remote_ignores_it(server: Se
     assert status == 128 + signal.SIGTERM, process.stderr.read()  # type: ignore[union-attr]
     assert 0.9 <= elapsed < 4, elapsed
     assert b"did not end" in process.stderr.read()  # type: ignore[union-attr]
+
+
+def test_hash_known_hosts_records_a_hashed_name_that_later_runs_trust(
+        server: Server, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    args = ["-p", server.port, "-i", str(server.key), "-o", f"UserKnownHostsFile={known}",
+            "-o", "HashKnownHosts=yes"]
+    first = subprocess.run(
+        [PYTHON, "-m", "qsh", *args, "-o", "StrictHostKeyChecking=accept-new",
+         f"{server.user}@127.0.0.1", "echo first"], capture_output=True, timeout=60,
+        cwd=ROOT, env=_client_env(server.client_home), stdin=subprocess.DEVNULL,
+        start_new_session=True)
+    assert first.returncode == 0, first.stderr
+    text = known.read_text()
+    assert text.startswith("|1|") and "127.0.0.1" not in text
+    second = server.run("-o", f"UserKnownHostsFile={known}", "echo second")
+    assert second.returncode == 0 and second.stdout == b"second\n", second.stderr

@@ -507,8 +507,6 @@ def qshd_cli(*args: str) -> subprocess.CompletedProcess[str]:
     ("Match All\nPort 22", "port is not allowed in a Match block"),
     ("Match All\nPermitTTY sometimes", "expected yes or no, got 'sometimes'"),
     ("Include missing.conf", "Include missing.conf: no such file"),
-    ("ForceCommand", "forcecommand needs a value"),
-    ("PermitUserEnvironment", "permituserenvironment needs a value"),
 ])
 def test_dash_t_names_the_file_and_line_of_a_bad_value(tmp_path: Path, line: str,
                                                        message: str) -> None:
