@@ -87,6 +87,9 @@ def default_comment() -> str:
                    "(-f names another file than ~/.qsh/known_hosts).")
 @click.option("-F", "find_host", metavar="HOST",
               help="Show the known_hosts lines of HOST, with their line numbers.")
+@click.option("-H", "hash_hosts", is_flag=True,
+              help="Hash the host names in known_hosts (-f names another file); the old "
+                   "file is kept as FILE.old.")
 def command(
     algorithm: str,
     key_file: Path | None,
@@ -97,11 +100,16 @@ def command(
     no_passphrase: bool,
     remove_host: str | None,
     find_host: str | None,
+    hash_hosts: bool,
 ) -> None:
     """Generate a qsh user key pair, or show an existing key's fingerprint or public line;
     find or remove a host's keys in known_hosts."""
-    if sum(bool(x) for x in (print_public, print_fingerprint, remove_host, find_host)) > 1:
-        raise click.UsageError("-y, -l, -R and -F cannot be used together")
+    if sum(bool(x) for x in (print_public, print_fingerprint, remove_host, find_host,
+                             hash_hosts)) > 1:
+        raise click.UsageError("-y, -l, -R, -F and -H cannot be used together")
+    if hash_hosts:
+        _hash_hosts(key_file if key_file is not None else known_hosts.default_path())
+        return
     if remove_host is not None or find_host is not None:
         known = key_file if key_file is not None else known_hosts.default_path()
         if remove_host is not None:
@@ -234,6 +242,30 @@ def _find_host(path: Path, host: str) -> None:
         click.echo(lines[entry.line_number - 1])
 
 
+def _keep_old(path: Path) -> Path:
+    backup = path.with_name(path.name + ".old")
+    try:
+        backup.unlink(missing_ok=True)
+        os.link(path, backup)
+    except OSError as exc:
+        raise KeygenError(f"cannot keep a copy of {path} as {backup}: {exc.strerror}") from None
+    return backup
+
+
+def _hash_hosts(path: Path) -> None:
+    """ssh-keygen -H: plain names hashed, the old file kept as ``FILE.old`` (it holds the
+    names in clear: delete it once the new file works)."""
+    if not path.exists():
+        raise KeygenError(f"{path} does not exist")
+    backup = _keep_old(path)
+    hashed, kept = known_hosts.KnownHosts.load(path).hash_all()
+    if kept:
+        click.echo(f"{kept} line(s) with wildcards or negation left unhashed", err=True)
+    click.echo(f"{path} updated: {hashed} line(s) hashed.")
+    click.echo(f"Original contents retained as {backup}")
+    click.echo(f"WARNING: {backup} contains unhashed entries")
+
+
 def _remove_host(path: Path, host: str) -> None:
     """ssh-keygen -R: the lines named, the file rewritten atomically, the old contents kept
     beside it as ``FILE.old`` (a key removed by mistake can be put back)."""
@@ -241,12 +273,7 @@ def _remove_host(path: Path, host: str) -> None:
     if not found:
         click.echo(f"Host {host} not found in {path}")
         return
-    backup = path.with_name(path.name + ".old")
-    try:
-        backup.unlink(missing_ok=True)
-        os.link(path, backup)
-    except OSError as exc:
-        raise KeygenError(f"cannot keep a copy of {path} as {backup}: {exc.strerror}") from None
+    backup = _keep_old(path)
     for entry in found:
         click.echo(f"# Host {host} found: line {entry.line_number}")
     known.remove(name, port, default_port=DEFAULT_PORT)

@@ -18,6 +18,11 @@ channel has closed in order (PROTOCOL.md §10.3): the status request overtakes o
 waiting for window, so a connection that ends after the status but before the channel's
 CLOSE -- a record that fails its tag, a cut, an error packet -- lost output, and qsh exits
 255 whatever status it had.
+
+A signal that tells qsh to stop (SIGINT, SIGTERM, SIGHUP without a pty) is forwarded to the
+remote command, which gets ``SignalTimeout`` seconds to end; qsh then exits 128+N whatever
+status the command chose (a command that traps TERM and exits 0 must not make a cancelled
+job look successful), or 128+N with one line when the command did not end in time.
 """
 
 from __future__ import annotations
@@ -184,6 +189,8 @@ class _Outcome:
     exit_signal: proto.ExitSignal | None = None
     #: Why we stopped on our own (~., a second ^C, a signal): exit 255 with this message.
     local_stop: str | None = None
+    #: A signal we forwarded: the run ends 128+N of it at the latest, never 0.
+    killed_by: int | None = None
 
 
 class Session:
@@ -210,6 +217,7 @@ class Session:
         self._last_size: tuple[int, int, int, int] | None = None
         self._background: set[asyncio.Task[object]] = set()
         self._broken_pipe = False
+        self._grace: asyncio.TimerHandle | None = None
 
     # -- setup
 
@@ -290,12 +298,17 @@ class Session:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self._remove_signals(loop)
+            if self._grace is not None:
+                self._grace.cancel()
             if self.raw is not None:
                 self.raw.restore()
         return self._result()
 
     def _result(self) -> int:
         outcome = self._outcome
+        if outcome.killed_by is not None and outcome.local_stop is not None:
+            self.ui.error(outcome.local_stop)
+            return 128 + outcome.killed_by
         if outcome.local_stop is not None:
             raise QshError(outcome.local_stop)
         if self._broken_pipe and outcome.status is None and outcome.exit_signal is None:
@@ -319,6 +332,10 @@ class Session:
             signal_info = outcome.exit_signal
             self.ui.note(1, f"remote command killed by signal {signal_info.signal}"
                             + (" (core dumped)" if signal_info.core_dumped else ""))
+        elif outcome.killed_by is not None:
+            self.ui.note(1, f"remote command exited {outcome.status} after the forwarded "
+                            "signal; reporting the signal")
+            return 128 + outcome.killed_by
         return exit_code(outcome.status, outcome.exit_signal)
 
     def stop(self, reason: str) -> None:
@@ -422,8 +439,13 @@ class Session:
             self.stop(f"killed by signal {name}")
             return
         self._signals_seen += 1
+        self._outcome.killed_by = signum
         self.ui.note(1, f"forwarding SIG{name} to the remote command")
         self._send_request(proto.SIGNAL, proto.encode_signal(name))
+        grace = self.cfg.signal_timeout
+        self._grace = asyncio.get_running_loop().call_later(
+            grace, self.stop,
+            f"killed by signal {name}; the remote command did not end within {grace:g}s")
 
     def _window_changed(self) -> None:
         size = terminal.size_or_default(0 if self.stdin_is_tty else 1)

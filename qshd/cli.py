@@ -144,6 +144,11 @@ def _write_all(fd: int, data: bytes) -> None:
               help="Keyword=value, as in qshd_config; wins over the file.")
 @click.option("-t", "test_only", is_flag=True,
               help="Check the configuration, host keys and passwd file, then exit.")
+@click.option("-T", "dump_config", is_flag=True,
+              help="Check the configuration, then print the effective one and exit.")
+@click.option("-C", "connection", default=None, metavar="SPEC",
+              help="With -T: apply the Match blocks for a connection "
+                   "(user=NAME,addr=ADDRESS,lport=PORT[,laddr=ADDRESS]).")
 @click.option("--pidfile", type=click.Path(path_type=Path), default=None)
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None,
               help="Write the bound port here once listening (for scripts and tests).")
@@ -158,7 +163,7 @@ def _write_all(fd: int, data: bytes) -> None:
               help="With --install-service: which init system (default: the running one).")
 def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | None,
             port: int | None, host_key_file: tuple[Path, ...], options: tuple[str, ...],
-            test_only: bool,
+            test_only: bool, dump_config: bool, connection: str | None,
             pidfile: Path | None, ready_file: Path | None, install_service: bool,
             install_root: Path | None, init_system: str | None) -> None:
     """The qsh daemon: post-quantum remote shells over QSMP."""
@@ -174,12 +179,19 @@ def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | 
         raise click.UsageError("--root and --init go with --install-service")
     if debug:
         foreground = log_stderr = True
-    _setup_logging(log_stderr or test_only, debug)
+    if connection is not None and not dump_config:
+        raise click.UsageError("-C goes with -T")
+    _setup_logging(log_stderr or test_only or dump_config, debug)
     cfg = config_module.load(config_file, options)
     if port is not None:
         cfg.port = port
     if host_key_file:
         cfg.host_keys = list(host_key_file)
+    if dump_config:
+        if connection is not None:
+            cfg = cfg.for_connection(config_module.connection_spec(connection))
+        click.echo("\n".join(config_module.dump(cfg)))
+        return
     if test_only:
         for path in cfg.host_key_paths():
             if path.exists():

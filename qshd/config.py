@@ -16,6 +16,7 @@ some of these; we would rather refuse to start than run with a policy nobody mea
 from __future__ import annotations
 
 import dataclasses
+import glob
 import ipaddress
 import os
 from collections.abc import Iterable
@@ -61,6 +62,102 @@ _PENALTY_OVERFLOW = {"overflow": "overflow4", "overflow6": "overflow6"}
 
 class ConfigError(Exception):
     """A configuration problem, reported as one line naming the file and line."""
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    """What a Match block may test: the user (and the names of their groups), the client's
+    address, and the address and port it connected to (sshd -T -C's user=, addr=, lport=)."""
+
+    user: str = ""
+    groups: tuple[str, ...] = ()
+    address: str = ""
+    local_address: str = ""
+    local_port: int = 0
+
+
+#: Match criteria and the keywords a Match block may hold: what is decided per connection
+#: after the client is known (login methods and policy, the session, tunnels, time-outs).
+MATCH_CRITERIA = ("all", "user", "group", "address", "localaddress", "localport")
+MATCH_KEYWORDS = frozenset({
+    "allowtcpforwarding", "permitopen", "permitlisten", "gatewayports", "forcecommand",
+    "permittty", "passwordauthentication", "pubkeyauthentication", "permitrootlogin",
+    "authorizedkeysfile", "channeltimeout", "unusedconnectiontimeout",
+})
+
+
+@dataclass
+class MatchBlock:
+    """``Match`` criteria and the settings below them (checked when read)."""
+
+    criteria: list[tuple[str, tuple[str, ...]]]
+    settings: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    where: str = ""
+
+    def selects(self, conn: ConnectionSpec) -> bool:
+        from common.accounts.key_options import address_matches
+        from common.accounts.known_hosts import patterns_match
+
+        for kind, patterns in self.criteria:
+            if kind == "all":
+                continue
+            if kind == "user":
+                ok = bool(conn.user) and _case_match(patterns, (conn.user,))
+            elif kind == "group":
+                ok = bool(conn.groups) and _case_match(patterns, conn.groups)
+            elif kind == "address":
+                ok = bool(conn.address) and address_matches(conn.address, patterns)
+            elif kind == "localaddress":
+                ok = bool(conn.local_address) and address_matches(conn.local_address, patterns)
+            else:
+                ok = patterns_match(patterns, (str(conn.local_port),))
+            if not ok:
+                return False
+        return True
+
+
+def _case_match(patterns: tuple[str, ...], names: tuple[str, ...]) -> bool:
+    """User and group names compare as written (sshd's match_pattern_list for them)."""
+    import fnmatch
+
+    positive = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        body = pattern[1:] if negated else pattern
+        if any(fnmatch.fnmatchcase(name, body) for name in names):
+            if negated:
+                return False
+            positive = True
+    return positive
+
+
+def _match_criteria(values: list[str], where: str) -> list[tuple[str, tuple[str, ...]]]:
+    criteria: list[tuple[str, tuple[str, ...]]] = []
+    i = 0
+    while i < len(values):
+        kind = values[i].lower()
+        if kind not in MATCH_CRITERIA:
+            raise ConfigError(f"{where}: Match: unsupported criterion {values[i]!r} "
+                              "(use All, User, Group, Address, LocalAddress, LocalPort)")
+        if kind == "all":
+            if len(values) != 1:
+                raise ConfigError(f"{where}: Match All must appear alone")
+            return [("all", ())]
+        if i + 1 >= len(values):
+            raise ConfigError(f"{where}: Match {values[i]} needs a pattern list")
+        patterns = tuple(p.strip() for p in values[i + 1].split(",") if p.strip())
+        if not patterns:
+            raise ConfigError(f"{where}: Match {values[i]} needs a pattern list")
+        if kind == "localport":
+            for pattern in patterns:
+                body = pattern.lstrip("!")
+                if not (body.isdigit() and 1 <= int(body) <= 65535):
+                    raise ConfigError(f"{where}: Match LocalPort: {pattern!r} is not a port")
+        criteria.append((kind, patterns))
+        i += 2
+    if not criteria:
+        raise ConfigError(f"{where}: Match needs criteria")
+    return criteria
 
 
 def default_dir() -> Path:
@@ -110,6 +207,42 @@ class ServerConfig:
     login_grace_time: float = DEFAULT_LOGIN_GRACE
     #: Tunnels (qshd/tunnels.py): AllowTcpForwarding, PermitOpen, PermitListen, GatewayPorts.
     tunnel_policy: TunnelPolicy = field(default_factory=TunnelPolicy)
+    #: ForceCommand: run instead of whatever the client asks (qshd/policy.py).
+    force_command: str | None = None
+    permit_tty: bool = True
+    #: PermitUserEnvironment: "no", "yes" or a pattern list of variable names.
+    permit_user_environment: str = "no"
+    #: ChannelTimeout: idle seconds by channel type (only ``session`` today).
+    channel_timeouts: dict[str, float] = field(default_factory=dict)
+    #: UnusedConnectionTimeout: seconds a logged-in connection may have no channel; 0: never.
+    unused_connection_timeout: float = 0.0
+    #: AllowUsers / DenyUsers (``user`` or ``user@address`` patterns), AllowGroups /
+    #: DenyGroups; None: no such list.
+    allow_users: tuple[str, ...] | None = None
+    deny_users: tuple[str, ...] = ()
+    allow_groups: tuple[str, ...] | None = None
+    deny_groups: tuple[str, ...] = ()
+    #: Match blocks, in file order (:meth:`for_connection` applies them).
+    matches: list[MatchBlock] = field(default_factory=list)
+    #: Keywords given with -o: they win over Match blocks too.
+    overridden: frozenset[str] = frozenset()
+
+    def for_connection(self, conn: ConnectionSpec) -> ServerConfig:
+        """The configuration for one connection: every Match block that selects it, in
+        order, applied over the global settings. In the blocks, as in the file, the first
+        value of a keyword wins; a ``-o`` option wins over all of them."""
+        effective = dataclasses.replace(self, matches=[], channel_timeouts=dict(
+            self.channel_timeouts))
+        seen = set(self.overridden)
+        for block in self.matches:
+            if not block.selects(conn):
+                continue
+            for where, keyword, values in block.settings:
+                if keyword in seen:
+                    continue
+                seen.add(keyword)
+                _apply(effective, keyword, values, where, _State())
+        return effective
 
     def auth_methods(self) -> tuple[str, ...]:
         """What a refused client is told may still work."""
@@ -330,7 +463,9 @@ def _tunnel_option(policy: TunnelPolicy, keyword: str, value: str, line: str) ->
 #: where a space after a comma is forgiven.
 MULTI_VALUED = frozenset({"authorizedkeysfile", "persourcepenalties", "permitopen",
                           "permitlisten", "kems", "signatures", "ciphers",
-                          "persourcepenaltyexemptlist"})
+                          "persourcepenaltyexemptlist", "forcecommand", "channeltimeout",
+                          "allowusers", "denyusers", "allowgroups", "denygroups",
+                          "permituserenvironment"})
 
 
 def split_line(line: str, where: str) -> tuple[str, list[str]] | None:
@@ -377,126 +512,390 @@ def parse(text: str, source: str = "qshd_config") -> ServerConfig:
 
 def parse_lines(lines: Iterable[tuple[str, str]]) -> ServerConfig:
     """The configuration from ``(where, line)`` pairs, ``where`` naming each line in
-    messages (file and line number, or the ``-o`` option it came from)."""
+    messages (file and line number, or the ``-o`` option it came from). ``Include`` must
+    have been expanded (:func:`with_includes`); a ``Match`` line starts a block that lasts
+    until the next one or the end, whose settings :meth:`ServerConfig.for_connection`
+    applies."""
     config = ServerConfig()
     seen: set[str] = set()
-    penalty_items: set[str] = set()
-    listen_given = False
+    state = _State()
+    overridden: set[str] = set()
+    block: MatchBlock | None = None
+    outer: list[MatchBlock | None] = []
     for where, line in lines:
+        if line == INCLUDE_BEGIN:
+            outer.append(block)
+            continue
+        if line == INCLUDE_END:
+            block = outer.pop() if outer else None
+            continue
         split = split_line(line, where)
         if split is None:
             continue
         keyword, values = split
+        if keyword == "include":
+            raise ConfigError(f"{where}: Include is read only in a configuration file")
+        if keyword == "match":
+            block = MatchBlock(_match_criteria(values, where), where=where)
+            config.matches.append(block)
+            continue
         if not values or values == [""]:
             raise ConfigError(f"{where}: {keyword} needs a value")
         if len(values) > 1 and keyword not in MULTI_VALUED:
             raise ConfigError(f"{where}: {keyword} takes one value; "
                               f"{' '.join(values[1:])!r} is one too many "
                               '(quote a value that contains spaces: "...")')
-        value = " ".join(values)
-        repeatable = keyword in ("listenaddress", "hostkey", "persourcepenalties")
+        if keyword == "forcecommand":  # the rest of the line as written, as sshd takes it
+            values = [raw_rest(line)]
+        if block is not None:
+            _apply(ServerConfig(), keyword, values, where, _State())  # checked now
+            if keyword not in MATCH_KEYWORDS:
+                raise ConfigError(f"{where}: {keyword} is not allowed in a Match block")
+            block.settings.append((where, keyword, values))
+            continue
+        repeatable = keyword in REPEATABLE
         if keyword in seen and not repeatable:
-            continue  # first value wins, as in sshd_config
+            # First value wins, as in sshd_config; a later one is still checked, so that a
+            # mistake in it is found by -t before it becomes the first (an edit, Include).
+            _apply(ServerConfig(), keyword, values, where, _State())
+            continue
         seen.add(keyword)
-        if keyword == "port":
-            config.port = int(_number(value, where, 1, 65535))
-        elif keyword == "listenaddress":
-            if not listen_given:
-                config.listen_addresses = []
-                listen_given = True
-            config.listen_addresses.append(value)
-        elif keyword == "hostkey":
-            config.host_keys.append(Path(value).expanduser())
-        elif keyword == "kems":
-            config.kems = _names(value, registry.available_kems(), where)
-        elif keyword == "signatures":
-            config.signatures = _names(value, registry.available_signatures(), where)
-        elif keyword == "ciphers":
-            config.ciphers = _names(value, registry.available_aeads(), where)
-        elif keyword == "allowchaff":
-            config.allow_chaff = _boolean(value, where)
-        elif keyword == "handshaketimeout":
-            config.step_timeout = _number(value, where, 1, 600)
-        elif keyword == "keepaliveinterval":
-            config.keepalive_interval = _number(value, where, 1, 86400)
-        elif keyword == "rekeybytes":
-            config.rekey_bytes = int(_number(value, where, 1 << 20, 1 << 40))
-        elif keyword == "rekeyinterval":
-            config.rekey_interval = _number(value, where, 10, 86400)
-        elif keyword == "maxstartups":
-            (config.max_startups_begin, config.max_startups_rate,
-             config.max_startups) = _max_startups(value, where)
-        elif keyword == "persourcemaxstartups":
-            config.per_source_max_startups = (
-                PER_SOURCE_UNLIMITED if value.lower() == "none"
-                else _integer(value, where, 1, 100000))
-        elif keyword == "persourcenetblocksize":
-            v4, v6 = _netblock(value, where)
-            config.per_source_netblock4 = v4
-            if v6 is not None:
-                config.per_source_netblock6 = v6
-        elif keyword == "persourcepenalties":
-            config.penalties = _penalties(value, where, config.penalties, penalty_items)
-        elif keyword == "persourcepenaltyexemptlist":
-            config.penalty_exempt = _networks(value, where)
-        elif keyword == "firstmessagetimeout":
-            config.first_message_timeout = _seconds(value, where, 0, 3600)
-        elif keyword == "privsepuser":
-            try:
-                check_user_name(value)
-            except InvalidUserName:
-                raise ConfigError(f"{where}: PrivsepUser {value!r} is not a user name") from None
-            config.privsep_user = value
-        elif keyword == "passwdfile":
-            config.passwd_file = Path(value).expanduser()
-        elif keyword == "authorizedkeysfile":
-            for template in values:
-                if "\x00" in template or not template:
-                    raise ConfigError(f"{where}: AuthorizedKeysFile: an empty path or a NUL")
-                try:
-                    expand_tokens(template, "user", "/home/user")
-                except ValueError as exc:
-                    raise ConfigError(f"{where}: AuthorizedKeysFile: {exc}") from None
-            config.authorized_keys_files = tuple(values)
-        elif keyword == "permitrootlogin":
-            choice = value.lower()
-            if choice == "without-password":  # sshd's old name for prohibit-password
-                choice = "prohibit-password"
-            config.permit_root_login = _choice(choice, PERMIT_ROOT_VALUES, where)
-        elif keyword == "passwordauthentication":
-            config.password_authentication = _boolean(value, where)
-        elif keyword == "pubkeyauthentication":
-            config.pubkey_authentication = _boolean(value, where)
-        elif keyword == "maxauthtries":
-            config.max_auth_tries = _integer(value, where, 1, 100)
-        elif keyword == "logingracetime":
-            config.login_grace_time = _seconds(value, where, 1, 86400)
-        elif keyword in _TUNNEL_KEYWORDS:
-            config.tunnel_policy = _tunnel_option(config.tunnel_policy, keyword, value, where)
-        else:
-            raise ConfigError(f"{where}: unknown keyword {keyword!r}")
+        if where.startswith("-o "):
+            overridden.add(keyword)
+        _apply(config, keyword, values, where, state)
+    config.overridden = frozenset(overridden)
     return config
+
+
+@dataclass
+class _State:
+    """What the keywords that may be repeated carry from one line to the next."""
+
+    penalty_items: set[str] = field(default_factory=set)
+    listen_given: bool = False
+
+
+#: Keywords whose every line counts (the others: the first one wins).
+REPEATABLE = frozenset({"listenaddress", "hostkey", "persourcepenalties", "allowusers",
+                        "denyusers", "allowgroups", "denygroups"})
+
+
+def raw_rest(line: str) -> str:
+    """What follows the keyword (and its ``=``), as written: ForceCommand's command."""
+    text = line.strip()
+    cut = len(text)
+    for i, char in enumerate(text):
+        if char.isspace() or char == "=":
+            cut = i
+            break
+    rest = text[cut:].lstrip()
+    if rest.startswith("="):
+        rest = rest[1:].lstrip()
+    return rest
+
+
+def _apply(config: ServerConfig, keyword: str, values: list[str], where: str,
+           state: _State) -> None:
+    """One setting onto ``config``; raises ConfigError for a bad value or keyword."""
+    value = " ".join(values)
+    if keyword == "port":
+        config.port = int(_number(value, where, 1, 65535))
+    elif keyword == "listenaddress":
+        if not state.listen_given:
+            config.listen_addresses = []
+            state.listen_given = True
+        config.listen_addresses.append(value)
+    elif keyword == "hostkey":
+        config.host_keys.append(Path(value).expanduser())
+    elif keyword == "kems":
+        config.kems = _names(value, registry.available_kems(), where)
+    elif keyword == "signatures":
+        config.signatures = _names(value, registry.available_signatures(), where)
+    elif keyword == "ciphers":
+        config.ciphers = _names(value, registry.available_aeads(), where)
+    elif keyword == "allowchaff":
+        config.allow_chaff = _boolean(value, where)
+    elif keyword == "handshaketimeout":
+        config.step_timeout = _number(value, where, 1, 600)
+    elif keyword == "keepaliveinterval":
+        config.keepalive_interval = _number(value, where, 1, 86400)
+    elif keyword == "rekeybytes":
+        config.rekey_bytes = int(_number(value, where, 1 << 20, 1 << 40))
+    elif keyword == "rekeyinterval":
+        config.rekey_interval = _number(value, where, 10, 86400)
+    elif keyword == "maxstartups":
+        (config.max_startups_begin, config.max_startups_rate,
+         config.max_startups) = _max_startups(value, where)
+    elif keyword == "persourcemaxstartups":
+        config.per_source_max_startups = (
+            PER_SOURCE_UNLIMITED if value.lower() == "none"
+            else _integer(value, where, 1, 100000))
+    elif keyword == "persourcenetblocksize":
+        v4, v6 = _netblock(value, where)
+        config.per_source_netblock4 = v4
+        if v6 is not None:
+            config.per_source_netblock6 = v6
+    elif keyword == "persourcepenalties":
+        config.penalties = _penalties(value, where, config.penalties, state.penalty_items)
+    elif keyword == "persourcepenaltyexemptlist":
+        config.penalty_exempt = _networks(value, where)
+    elif keyword == "firstmessagetimeout":
+        config.first_message_timeout = _seconds(value, where, 0, 3600)
+    elif keyword == "privsepuser":
+        try:
+            check_user_name(value)
+        except InvalidUserName:
+            raise ConfigError(f"{where}: PrivsepUser {value!r} is not a user name") from None
+        config.privsep_user = value
+    elif keyword == "passwdfile":
+        config.passwd_file = Path(value).expanduser()
+    elif keyword == "authorizedkeysfile":
+        for template in values:
+            if "\x00" in template or not template:
+                raise ConfigError(f"{where}: AuthorizedKeysFile: an empty path or a NUL")
+            try:
+                expand_tokens(template, "user", "/home/user")
+            except ValueError as exc:
+                raise ConfigError(f"{where}: AuthorizedKeysFile: {exc}") from None
+        config.authorized_keys_files = tuple(values)
+    elif keyword == "permitrootlogin":
+        choice = value.lower()
+        if choice == "without-password":  # sshd's old name for prohibit-password
+            choice = "prohibit-password"
+        config.permit_root_login = _choice(choice, PERMIT_ROOT_VALUES, where)
+    elif keyword == "passwordauthentication":
+        config.password_authentication = _boolean(value, where)
+    elif keyword == "pubkeyauthentication":
+        config.pubkey_authentication = _boolean(value, where)
+    elif keyword == "maxauthtries":
+        config.max_auth_tries = _integer(value, where, 1, 100)
+    elif keyword == "logingracetime":
+        config.login_grace_time = _seconds(value, where, 1, 86400)
+    elif keyword in _TUNNEL_KEYWORDS:
+        config.tunnel_policy = _tunnel_option(config.tunnel_policy, keyword, value, where)
+    elif keyword == "forcecommand":
+        config.force_command = None if value.lower() == "none" else value
+    elif keyword == "permittty":
+        config.permit_tty = _boolean(value, where)
+    elif keyword == "permituserenvironment":
+        lowered = value.lower()
+        config.permit_user_environment = lowered if lowered in ("yes", "no") else value
+    elif keyword == "channeltimeout":
+        config.channel_timeouts = _channel_timeouts(values, where)
+    elif keyword == "unusedconnectiontimeout":
+        config.unused_connection_timeout = (
+            0.0 if value.lower() == "none" else _seconds(value, where, 0, 30 * 86400))
+    elif keyword == "allowusers":
+        config.allow_users = (*(config.allow_users or ()), *_name_patterns(values, where))
+    elif keyword == "denyusers":
+        config.deny_users = (*config.deny_users, *_name_patterns(values, where))
+    elif keyword == "allowgroups":
+        config.allow_groups = (*(config.allow_groups or ()),
+                               *_name_patterns(values, where, users=False))
+    elif keyword == "denygroups":
+        config.deny_groups = (*config.deny_groups, *_name_patterns(values, where, users=False))
+    else:
+        raise ConfigError(f"{where}: unknown keyword {keyword!r}")
+
+
+def _channel_timeouts(values: list[str], where: str) -> dict[str, float]:
+    """sshd's ``type=interval`` list; ``none``. Only the ``session`` type is implemented
+    (the other channel types of sshd are tunnels, whose sockets have time-outs of their
+    own)."""
+    if [v.lower() for v in values] == ["none"]:
+        return {}
+    timeouts: dict[str, float] = {}
+    for item in values:
+        kind, sep, interval = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{where}: ChannelTimeout: expected type=interval, got {item!r}")
+        if kind.lower() != "session":
+            raise ConfigError(f"{where}: ChannelTimeout: unsupported channel type {kind!r} "
+                              "(session)")
+        timeouts["session"] = _seconds(interval, where, 0, 30 * 86400)
+    return timeouts
+
+
+def _name_patterns(values: list[str], where: str, *, users: bool = True
+                   ) -> tuple[str, ...]:
+    for pattern in values:
+        if not pattern or any(c.isspace() or c == "\x00" for c in pattern):
+            raise ConfigError(f"{where}: bad pattern {pattern!r}")
+        if "@" in pattern:
+            user, _, host = pattern.partition("@")
+            if not users or not user or not host:
+                expected = "user or user@address" if users else "a group name pattern"
+                raise ConfigError(f"{where}: expected {expected}, got {pattern!r}")
+    return tuple(values)
 
 
 def load(path: Path | None, overrides: tuple[str, ...] = ()) -> ServerConfig:
     """Read the file; a missing default file means defaults, a missing named file is an error.
 
     ``overrides`` are ``Keyword=value`` options from the command line (sshd's ``-o``); they
-    are read first, so they win over the file.
+    are read first, so they win over the file (and over its Match blocks).
     """
     lines = [(f"-o {option!r}", option) for option in overrides]
     if path is None:
         default = default_dir() / "qshd_config"
         path = default if default.exists() else None
     if path is not None:
-        if path.is_dir():
-            raise ConfigError(f"{path}: is a directory")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not UTF-8 text") from None
-        lines += [(f"{path}:{number}", line)
-                  for number, line in enumerate(text.splitlines(), 1)]
+        lines += read_file(path, path.parent)
     return parse_lines(lines)
+
+
+#: Around an included file's lines: a Match block that file starts ends with the file
+#: (what follows the Include is in the block, or not, as before it).
+INCLUDE_BEGIN, INCLUDE_END = "\x00include", "\x00end"
+#: Include inside Include inside ...: as deep as sshd allows.
+MAX_INCLUDE_DEPTH = 16
+
+
+def read_file(path: Path, base: Path, depth: int = 0) -> list[tuple[str, str]]:
+    """The ``(where, line)`` pairs of a configuration file with every ``Include`` replaced
+    by the lines of the files it names: paths or globs, relative ones taken from ``base``
+    (the main file's directory), each glob's files in lexical order; a glob that matches
+    nothing adds nothing, a file that does not exist is an error. Lines keep their own file
+    and line number, so a mistake in an included file is reported where it is."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    lines: list[tuple[str, str]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        where = f"{path}:{number}"
+        split = split_line(line, where)
+        if split is None or split[0] != "include":
+            lines.append((where, line))
+            continue
+        if not split[1] or split[1] == [""]:
+            raise ConfigError(f"{where}: include needs a value")
+        if depth >= MAX_INCLUDE_DEPTH:
+            raise ConfigError(f"{where}: Include nested more than {MAX_INCLUDE_DEPTH} deep")
+        for pattern in split[1]:
+            target = Path(pattern).expanduser()
+            if not target.is_absolute():
+                target = base / target
+            if glob.has_magic(str(target)):
+                found = sorted(glob.glob(str(target)))
+            elif target.exists():
+                found = [str(target)]
+            else:
+                raise ConfigError(f"{where}: Include {pattern}: no such file")
+            for name in found:
+                lines.append((where, INCLUDE_BEGIN))
+                lines += read_file(Path(name), base, depth + 1)
+                lines.append((where, INCLUDE_END))
+    return lines
+
+
+def _g(number: float) -> str:
+    return f"{number:g}"
+
+
+def _patterns_text(patterns: tuple[tuple[str, str], ...] | None) -> str:
+    if patterns is None:
+        return "any"
+    if not patterns:
+        return "none"
+    return " ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in patterns)
+
+
+def dump(config: ServerConfig) -> list[str]:
+    """``qshd -T``: every keyword with its effective value, one ``keyword value`` line each
+    (lower case, as sshd -T prints them), in a stable order."""
+    p = config.penalties
+    tunnels = config.tunnel_policy
+    per_source = config.per_source_max_startups
+    lines = [f"port {config.port}"]
+    lines += [f"listenaddress {address}" for address in config.listen_addresses]
+    lines += [f"hostkey {path}" for path in config.host_key_paths()]
+    lines += [
+        f"kems {','.join(config.kems) if config.kems else 'default'}",
+        f"signatures {','.join(config.signatures) if config.signatures else 'default'}",
+        f"ciphers {','.join(config.ciphers) if config.ciphers else 'default'}",
+        f"allowchaff {'yes' if config.allow_chaff else 'no'}",
+        f"handshaketimeout {_g(config.step_timeout)}",
+        f"keepaliveinterval {_g(config.keepalive_interval)}",
+        f"rekeybytes {config.rekey_bytes}",
+        f"rekeyinterval {_g(config.rekey_interval)}",
+        f"maxstartups {config.max_startups_begin}:{config.max_startups_rate}:"
+        f"{config.max_startups}",
+        "persourcemaxstartups " + ("none" if per_source == PER_SOURCE_UNLIMITED else
+                                   "default" if per_source is None else str(per_source)),
+        f"persourcenetblocksize {config.per_source_netblock4}:{config.per_source_netblock6}",
+        "persourcepenalties " + (
+            f"crash:{_g(p.crash)} authfail:{_g(p.authfail)} noauth:{_g(p.noauth)} "
+            f"grace-exceeded:{_g(p.grace_exceeded)} min:{_g(p.min)} max:{_g(p.max)} "
+            f"max-sources4:{p.max_sources4} max-sources6:{p.max_sources6} "
+            f"overflow:{p.overflow4} overflow6:{p.overflow6}" if p.enabled else "no"),
+        "persourcepenaltyexemptlist "
+        + (",".join(str(n) for n in config.penalty_exempt) or "none"),
+        f"firstmessagetimeout {_g(config.first_message_timeout)}",
+        f"privsepuser {config.privsep_user}",
+        f"passwdfile {config.passwd_path()}",
+        f"authorizedkeysfile {' '.join(config.authorized_keys_files)}",
+        f"permitrootlogin {config.permit_root_login}",
+        f"passwordauthentication {'yes' if config.password_authentication else 'no'}",
+        f"pubkeyauthentication {'yes' if config.pubkey_authentication else 'no'}",
+        f"maxauthtries {config.max_auth_tries}",
+        f"logingracetime {_g(config.login_grace_time)}",
+        f"allowtcpforwarding {tunnels.allow}",
+        f"permitopen {_patterns_text(tunnels.permit_open)}",
+        f"permitlisten {_patterns_text(tunnels.permit_listen)}",
+        f"gatewayports {tunnels.gateway_ports}",
+        f"forcecommand {config.force_command if config.force_command is not None else 'none'}",
+        f"permittty {'yes' if config.permit_tty else 'no'}",
+        f"permituserenvironment {config.permit_user_environment}",
+        "channeltimeout " + (" ".join(f"{kind}={_g(seconds)}" for kind, seconds
+                                      in sorted(config.channel_timeouts.items())) or "none"),
+        "unusedconnectiontimeout " + (_g(config.unused_connection_timeout)
+                                      if config.unused_connection_timeout else "none"),
+    ]
+    for keyword, values in (("allowusers", config.allow_users),
+                            ("denyusers", config.deny_users),
+                            ("allowgroups", config.allow_groups),
+                            ("denygroups", config.deny_groups)):
+        if values:
+            lines.append(f"{keyword} {' '.join(values)}")
+    return lines
+
+
+def connection_spec(text: str) -> ConnectionSpec:
+    """``qshd -T -C user=...,addr=...,lport=...[,laddr=...,group=...]``: the connection to
+    apply the Match blocks for (groups default to the user's, if the account exists)."""
+    fields: dict[str, str] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in ("user", "addr", "lport", "laddr", "group"):
+            raise ConfigError(f"-C: unknown field {name!r} (user=, addr=, lport=, laddr=, "
+                              "group=)")
+        fields[name] = value.strip()
+    port = 0
+    if "lport" in fields:
+        if not fields["lport"].isdigit() or not 0 < int(fields["lport"]) < 65536:
+            raise ConfigError(f"-C: lport={fields['lport']} is not a port")
+        port = int(fields["lport"])
+    if "addr" in fields:
+        try:
+            ipaddress.ip_address(fields["addr"])
+        except ValueError:
+            raise ConfigError(f"-C: addr={fields['addr']} is not an address") from None
+    user = fields.get("user", "")
+    groups: tuple[str, ...] = tuple(g for g in fields.get("group", "").split(":") if g)
+    if user and not groups:
+        import grp
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(user)
+            ids = os.getgrouplist(user, entry.pw_gid)
+            groups = tuple(grp.getgrgid(gid).gr_name for gid in ids)
+        except (KeyError, OSError):
+            groups = ()
+    return ConnectionSpec(user, groups, fields.get("addr", ""), fields.get("laddr", ""), port)

@@ -37,6 +37,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import fnmatch
+import grp
 import logging
 import os
 import pwd
@@ -52,13 +54,20 @@ from pathlib import Path
 from typing import NoReturn
 
 from common import aio
-from common.accounts.keys import PublicKey, read_limited
+from common.accounts.key_options import (
+    KeyOptions,
+    OptionError,
+    address_matches,
+    parse_options,
+    split_options,
+)
+from common.accounts.keys import LINE_PREFIX, PublicKey, read_limited
 from common.accounts.passwd import InvalidUserName, PasswdError, PasswdFile, check_user_name
 from common.errors import InvalidInput
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
 
 from . import children
-from .config import ServerConfig, expand_tokens
+from .config import ConnectionSpec, ServerConfig, expand_tokens
 
 log = logging.getLogger("qshd")
 
@@ -136,27 +145,51 @@ def _check_owner_and_mode(st: os.stat_result, what: str, path: str, uid: int, *,
                                   "group or others")
 
 
-def read_authorized_keys(path: Path, account: Account) -> list[PublicKey] | None:
+@dataclass(frozen=True, slots=True)
+class AuthorizedKey:
+    """One usable line of an authorized_keys file: the key and what its options allow."""
+
+    key: PublicKey
+    options: KeyOptions
+    where: str  # "file:line", for the log
+
+    def matches(self, other: PublicKey) -> bool:
+        return self.key.matches(other)
+
+
+#: What an accepted login carries to the user's process: the options of the key line that
+#: let it in (none for a password).
+NO_OPTIONS = KeyOptions()
+
+
+def read_authorized_keys(path: Path, account: Account) -> list[AuthorizedKey] | None:
     """The keys in ``path``, read with ``account``'s rights after sshd's StrictModes checks;
     None if there is no file. Raises :class:`AuthorizedKeysError`.
 
-    Malformed lines are skipped and logged by number, as sshd skips them: one bad line
-    must not lock the user out of every other key. Their content is never logged: the
-    file may be a link to anything the user could read and the log could not."""
+    Malformed lines, and lines with an option qshd does not implement, are skipped and
+    logged by number, as sshd skips them: one bad line must not lock the user out of
+    every other key. Their content is never logged: the file may be a link to anything the
+    user could read and the log could not."""
     data = _read_as_user(path, account)
     if data is None:
         return None
-    keys: list[PublicKey] = []
+    keys: list[AuthorizedKey] = []
     for number, raw in enumerate(data.split(b"\n"), 1):
         line = raw.decode("utf-8", "replace").strip()
         if not line or line.startswith("#"):
             continue
         try:
-            key, _comment = PublicKey.parse_line(line)
-        except InvalidInput:
+            options_text, key_text = split_options(line, LINE_PREFIX)
+            key, _comment = PublicKey.parse_line(key_text)
+        except (OptionError, InvalidInput):
             log.info("%s: line %d: malformed key, skipped", path, number)
             continue
-        keys.append(key)
+        try:
+            options = parse_options(options_text) if options_text else NO_OPTIONS
+        except OptionError as exc:
+            log.info("%s: line %d: %s, skipped", path, number, exc)
+            continue
+        keys.append(AuthorizedKey(key, options, f"{path}:{number}"))
     return keys
 
 
@@ -438,8 +471,11 @@ class Authenticator:
     """
 
     def __init__(self, config: ServerConfig, *, euid: int | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 local: tuple[str, int] | None = None) -> None:
         self.config = config
+        #: The address and port the client connected to (Match LocalAddress/LocalPort).
+        self.local = local or ("", config.port)
         self.euid = os.geteuid() if euid is None else euid
         self.clock = clock
         self.passwd = PasswdFile(config.passwd_path())
@@ -447,11 +483,12 @@ class Authenticator:
         self._passwd_lock = threading.Lock()
         self.password_checks = PasswordChecks()
 
-    def methods(self) -> tuple[str, ...]:
+    def methods(self, config: ServerConfig | None = None) -> tuple[str, ...]:
+        config = config or self.config
         enabled = []
-        if self.config.pubkey_authentication:
+        if config.pubkey_authentication:
             enabled.append(METHOD_PUBLICKEY)
-        if self.config.password_authentication:
+        if config.password_authentication:
             enabled.append(METHOD_PASSWORD)
         return tuple(enabled)
 
@@ -468,41 +505,67 @@ class Authenticator:
         in its own pool (see :meth:`decide` for the same decision in one blocking call)."""
         method, user = request.method, request.user
         peer = peer_text(connection)
-        if method not in self.methods():
-            return self._method_disabled(method, user, peer)
         loop = asyncio.get_running_loop()
         account = await loop.run_in_executor(None, Account.lookup, user)
+        config = self.effective(user, account, peer)
+        if method not in self.methods(config):
+            return self._method_disabled(method, user, peer)
         if method == METHOD_PASSWORD:
             assert request.password is not None
             # bcrypt runs even for unknown or refused users, so the time a failure takes
             # does not reveal which names exist or which ones policy forbids.
             ok = await self._check_password(connection, user, request.password)
-            return self._judge_password(user, account, ok, peer)
-        subject, paths = self._key_subject(account)
+            return self._judge_password(user, account, ok, peer, config)
+        subject, paths = self._key_subject(account, config)
         found = await loop.run_in_executor(None, _read_all_keys, paths, subject)
-        return self._judge_key(request, account, found, paths, peer)
+        grant = self._judge_key(request, account, found, paths, peer, config)
+        if grant is not None and grant.restricted:
+            # Key options are enforced in the connection's own processes (qshd.postauth);
+            # this server has none, and a restriction it cannot keep is a refusal.
+            log.info("Failed publickey for %s from %s: the key's options are enforced only "
+                     "by the daemon's connection processes", user, peer)
+            return False
+        return grant is not None
 
     def decide(self, request: AuthRequested, peer: str) -> bool:
         """The same decision as :meth:`_decide`, blocking: for qshd's per-connection monitor,
         which serves one client and may wait (its pre-auth process cannot)."""
+        return self.decide_login(request, peer) is not None
+
+    def decide_login(self, request: AuthRequested, peer: str) -> KeyOptions | None:
+        """:meth:`decide`, with what the login may do: the options of the key line that
+        admitted it (:data:`NO_OPTIONS` for a password), or None for a refusal."""
         method, user = request.method, request.user
-        if method not in self.methods():
-            return self._method_disabled(method, user, peer)
         account = Account.lookup(user)
+        config = self.effective(user, account, peer)
+        if method not in self.methods(config):
+            self._method_disabled(method, user, peer)
+            return None
         if method == METHOD_PASSWORD:
             assert request.password is not None
             ok = self._verify_password(user, request.password)
-            return self._judge_password(user, account, ok, peer)
-        subject, paths = self._key_subject(account)
-        return self._judge_key(request, account, _read_all_keys(paths, subject), paths, peer)
+            return (NO_OPTIONS if self._judge_password(user, account, ok, peer, config)
+                    else None)
+        subject, paths = self._key_subject(account, config)
+        return self._judge_key(request, account, _read_all_keys(paths, subject), paths, peer,
+                               config)
+
+    def effective(self, user: str, account: Account | None, peer: str) -> ServerConfig:
+        """The configuration for this login: the Match blocks that select it applied."""
+        if not self.config.matches:
+            return self.config
+        return self.config.for_connection(ConnectionSpec(
+            user, group_names(account) if account is not None else (),
+            peer.split(" port ", 1)[0], self.local[0], self.local[1]))
 
     @staticmethod
     def _method_disabled(method: str, user: str, peer: str) -> bool:
         log.info("Failed %s for %s from %s: method disabled", method, user, peer)
         return False
 
-    def _judge_password(self, user: str, account: Account | None, ok: bool, peer: str) -> bool:
-        refusal = self._policy_refusal(account, METHOD_PASSWORD)
+    def _judge_password(self, user: str, account: Account | None, ok: bool, peer: str,
+                        config: ServerConfig) -> bool:
+        refusal = self._policy_refusal(account, METHOD_PASSWORD, config, peer)
         invalid = "invalid user " if account is None else ""
         if account is None or refusal is not None or not ok:
             reason = f": {refusal}" if refusal is not None else ""
@@ -511,51 +574,73 @@ class Authenticator:
         log.info("Accepted password for %s from %s", user, peer)
         return True
 
-    def _key_subject(self, account: Account | None) -> tuple[Account, tuple[Path, ...]]:
+    def _key_subject(self, account: Account | None, config: ServerConfig | None = None
+                     ) -> tuple[Account, tuple[Path, ...]]:
         """Whose authorized_keys to read. The same steps whatever the name (the decision
         comes after them): an unknown name reads the stand-in's files, so the refusal is not
         quicker for it."""
         subject = account if account is not None else STAND_IN
-        return subject, self.authorized_keys_paths(subject)
+        return subject, self.authorized_keys_paths(subject, config)
 
     def _judge_key(self, request: AuthRequested, account: Account | None,
-                   found: list[list[PublicKey] | AuthorizedKeysError | None],
-                   paths: tuple[Path, ...], peer: str) -> bool:
+                   found: list[list[AuthorizedKey] | AuthorizedKeysError | None],
+                   paths: tuple[Path, ...], peer: str, config: ServerConfig
+                   ) -> KeyOptions | None:
+        """The options of the first line that holds the key and admits this login (sshd
+        reads on past a line whose from= or expiry-time refuses it), or None."""
         user, key = request.user, request.public_key
         assert key is not None
-        refusal = self._policy_refusal(account, METHOD_PUBLICKEY)
-        listed = any(isinstance(keys, list) and any(key.matches(k) for k in keys)
-                     for keys in found)
+        refusal = self._policy_refusal(account, METHOD_PUBLICKEY, config, peer)
+        lines = [line for keys in found if isinstance(keys, list)
+                 for line in keys if line.matches(key)]
+        listed = bool(lines)
         problems = [problem for problem in found if isinstance(problem, AuthorizedKeysError)]
         if account is None:
             log.info("Failed publickey for invalid user %s from %s", user, peer)
-            return False
+            return None
         if refusal is not None:
             log.info("Failed publickey for %s from %s: %s", user, peer, refusal)
-            return False
+            return None
         if key.is_expired(self.clock()):
             log.info("Failed publickey for %s from %s: key %s has expired", user, peer,
                      key.fingerprint())
-            return False
+            return None
         for problem in problems:  # as sshd: a file it refuses does not stop the next one
             log.warning("Authentication refused for %s from %s: %s", user, peer, problem)
         if not listed:
             if problems and len(problems) == len(paths):
-                return False
+                return None
             log.info("Failed publickey for %s from %s: key %s is not in %s", user, peer,
                      key.fingerprint(), " or ".join(str(path) for path in paths))
-            return False
-        log.info("Accepted publickey for %s from %s: %s", user, peer, key.fingerprint())
-        return True
+            return None
+        address = peer.split(" port ", 1)[0]
+        reasons = []
+        for line in lines:
+            why = line.options.refusal(address, self.clock())
+            if why is None:
+                log.info("Accepted publickey for %s from %s: %s%s", user, peer,
+                         key.fingerprint(), " (restricted by its options in " + line.where
+                         + ")" if line.options.restricted else "")
+                return line.options
+            reasons.append(f"{line.where}: {why}")
+        log.info("Failed publickey for %s from %s: key %s: %s", user, peer, key.fingerprint(),
+                 "; ".join(reasons))
+        return None
 
-    def _policy_refusal(self, account: Account | None, method: str) -> str | None:
+    def _policy_refusal(self, account: Account | None, method: str,
+                        config: ServerConfig | None = None, peer: str = "") -> str | None:
         """Why this account may not log in by this method, or None if it may."""
+        config = config or self.config
         if account is None:
             return None  # reported as "invalid user" by the caller
         if self.euid != 0 and account.uid != self.euid:
             return "this daemon runs without root and serves only its own user"
+        listed = user_list_refusal(config, account.name, group_names(account),
+                                   peer.split(" port ", 1)[0])
+        if listed is not None:
+            return listed
         if self.euid == 0 and account.uid == 0:
-            permit = self.config.permit_root_login
+            permit = config.permit_root_login
             if permit == "no":
                 return "root login refused (PermitRootLogin no)"
             if permit == "prohibit-password" and method == METHOD_PASSWORD:
@@ -565,11 +650,12 @@ class Authenticator:
             return f"the login shell {shell} is not executable"
         return None
 
-    def authorized_keys_paths(self, account: Account) -> tuple[Path, ...]:
+    def authorized_keys_paths(self, account: Account, config: ServerConfig | None = None
+                              ) -> tuple[Path, ...]:
         """Every AuthorizedKeysFile of the account, in the order given: a key listed in any
         of them logs in."""
         paths = []
-        for template in self.config.authorized_keys_files:
+        for template in (config or self.config).authorized_keys_files:
             path = Path(expand_tokens(template, account.name, account.home))
             paths.append(path if path.is_absolute() else Path(account.home) / path)
         return tuple(paths)
@@ -610,7 +696,41 @@ class Authenticator:
             return False
 
 
-def _read_keys(path: Path, account: Account) -> list[PublicKey] | AuthorizedKeysError | None:
+def group_names(account: Account) -> tuple[str, ...]:
+    """The names of the account's groups (Match Group, AllowGroups, DenyGroups)."""
+    names = []
+    for gid in account.groups:
+        with contextlib.suppress(KeyError):
+            names.append(grp.getgrgid(gid).gr_name)
+    return tuple(names)
+
+
+def user_list_refusal(config: ServerConfig, user: str, groups: tuple[str, ...],
+                      address: str) -> str | None:
+    """sshd's order: DenyUsers, AllowUsers, DenyGroups, AllowGroups; the first that
+    refuses says why. A ``user@address`` pattern needs both to match."""
+    def listed(patterns: tuple[str, ...]) -> bool:
+        for pattern in patterns:
+            name, _, host = pattern.partition("@")
+            if fnmatch.fnmatchcase(user, name) and (
+                    not host or address_matches(address, (host,))):
+                return True
+        return False
+
+    if listed(config.deny_users):
+        return "user is listed in DenyUsers"
+    if config.allow_users is not None and not listed(config.allow_users):
+        return "user is not listed in AllowUsers"
+    if any(fnmatch.fnmatchcase(g, p) for g in groups for p in config.deny_groups):
+        return "a group of the user is listed in DenyGroups"
+    if config.allow_groups is not None and not any(
+            fnmatch.fnmatchcase(g, p) for g in groups for p in config.allow_groups):
+        return "no group of the user is listed in AllowGroups"
+    return None
+
+
+def _read_keys(path: Path, account: Account
+               ) -> list[AuthorizedKey] | AuthorizedKeysError | None:
     """authorized_keys read as the user; its problem as a value, for the judge."""
     try:
         return read_authorized_keys(path, account)
@@ -619,5 +739,5 @@ def _read_keys(path: Path, account: Account) -> list[PublicKey] | AuthorizedKeys
 
 
 def _read_all_keys(paths: tuple[Path, ...], account: Account
-                   ) -> list[list[PublicKey] | AuthorizedKeysError | None]:
+                   ) -> list[list[AuthorizedKey] | AuthorizedKeysError | None]:
     return [_read_keys(path, account) for path in paths]

@@ -21,6 +21,7 @@ exit status that tells the listener which penalty it earned (:mod:`qshd.outcome`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -147,6 +148,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         number: int, startup_fd: int) -> int:
     """The connection's process (forked by the listener): see the module docstring."""
     host_keys, privsep_user = shared.host_keys, shared.privsep_user
+    privsep.not_dumpable()  # it will hold the host keys; its children inherit the flag
     tag = f"connection #{number} from {peer[0]} port {peer[1]}"
     started = time.monotonic()
     pre_monitor, pre_child = MonitorLink.pair()
@@ -181,6 +183,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         privsep.sandbox_preauth(privsep_user or config.privsep_user)
         return preauth.serve(config, sock, pre_child, host_keys, tag)
 
+    local = sock.getsockname()[:2]
     log_read, log_write = os.pipe2(os.O_CLOEXEC)
     # The pre-auth process first: the client's first byte waits for it, not for the standby.
     preauth_pid = _fork(confined, tag)
@@ -197,8 +200,11 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         log.error("%s: cannot load the host keys: %s", tag, exc)
         end_children(preauth_pid, standby_pid)
         return outcome.EXIT_NOAUTH  # our fault, not the client's: no crash penalty
-    authenticator = Authenticator(config)
+    authenticator = Authenticator(config, local=local)
     where = f"{peer[0]} port {peer[1]}"
+    #: The key options of each accepted key login, by user: the one logged in goes to the
+    #: user's process with the handoff (a password login has none).
+    granted: dict[str, str] = {}
 
     def sign(key_id: bytes, transcript_hash: bytes) -> bytes:
         return keys[key_id].sign(signed_data(transcript_hash))
@@ -222,7 +228,11 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
             return False
         request = AuthRequested(user, METHOD_PUBLICKEY, public_key=key,
                                 session_id=session_id, signature=signature)
-        return authenticator.decide(request, where)
+        options = authenticator.decide_login(request, where)
+        if options is None:
+            return False
+        granted[user] = options.text
+        return True
 
     policy = Policy(sign=sign, check_password=check_password, check_key=check_key,
                     max_failures=config.max_auth_tries, login_grace=config.login_grace_time)
@@ -244,6 +254,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
     if _reap(preauth_pid, PREAUTH_EXIT_TIMEOUT) is None:
         end_children(preauth_pid)
     user = handoff.user
+    handoff = dataclasses.replace(handoff, key_options=granted.get(user, ""))
     try:
         post_monitor.send(handoff)
     except OSError as exc:  # the standby is gone: there is nobody to hand over to

@@ -11,7 +11,7 @@ request     body                                                           answe
 SIGN        key ID, transcript hash (exactly 32 bytes)                     SIGNATURE
 PASSWORD    user, password                                                 VERDICT
 PUBLICKEY   user, key blob, session ID, signature                          VERDICT
-HANDOFF     user, the connection's exported state                          (none)
+HANDOFF     user, the connection's exported state, key options             (none)
 ==========  =============================================================  ==============
 
 After the handoff the user's process keeps a link of its own to the monitor, for what only
@@ -64,6 +64,8 @@ MAX_USER = 64
 #: A terminal's line (``pts/12``).
 MAX_LINE = 32
 MAX_TEXT = 1024
+#: A key line's options field (common.accounts.key_options.MAX_OPTIONS).
+MAX_OPTIONS = 8192
 
 
 class MonitorError(Exception):
@@ -119,12 +121,17 @@ class PublicKeyLogin:
 class Handoff:
     user: str
     state: bytes
+    #: The accepted key line's options (authorized_keys), as written; "" for none. Filled
+    #: in by the monitor on its way to the user's process: what the pre-auth process puts
+    #: here is never read.
+    key_options: str = ""
 
     def __repr__(self) -> str:  # the state holds session keys
         return f"Handoff(user={self.user!r}, {len(self.state)} bytes)"
 
     def encode(self) -> bytes:
-        return Writer().u8(Type.HANDOFF).text(self.user).vbytes(self.state).getvalue()
+        return (Writer().u8(Type.HANDOFF).text(self.user).vbytes(self.state)
+                .text(self.key_options).getvalue())
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +196,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
             message = PublicKeyLogin(r.text(MAX_USER), r.vbytes(MAX_BLOB),
                                      r.vbytes(HASH_SIZE), r.vbytes(MAX_BLOB))
         elif kind == Type.HANDOFF:
-            message = Handoff(r.text(MAX_USER), r.vbytes(MAX_STATE))
+            message = Handoff(r.text(MAX_USER), r.vbytes(MAX_STATE), r.text(MAX_OPTIONS))
         elif kind == Type.PTY_OPENED:
             message = PtyOpened(r.text(MAX_LINE), r.u32())
         elif kind == Type.PTY_CLOSED:

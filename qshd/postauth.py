@@ -12,18 +12,21 @@ connected with that user's rights, never root's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from common import aio
 from common.aio.memory import release_free_memory
 from common.protocol.mux import GlobalRequest
 
 from . import privsep, utmp
-from .config import ServerConfig
-from .login import Account
+from .config import ConnectionSpec, ServerConfig
+from .login import Account, group_names
 from .monitor_protocol import Handoff, MonitorError, MonitorLink, PtyClosed, PtyOpened
+from .policy import key_options, session_policy, tunnel_policy
 from .sessions import HANGUP_GRACE, Session, serve_channel
 from .tunnels import Tunnels
 
@@ -77,6 +80,13 @@ async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
     local = sock.getsockname()
     info = f"{peer[0]} {peer[1]} {local[0]} {local[1]}"
     euid = os.geteuid()
+    # The Match blocks for this connection, then the accepted key's options on top.
+    config = config.for_connection(ConnectionSpec(account.name, group_names(account),
+                                                  peer[0], local[0], local[1]))
+    options = key_options(handoff.key_options)
+    session_rules = session_policy(config, options)
+    tunnel_rules = tunnel_policy(config, options)
+    open_channels = [0]
 
     tunnels: list[Tunnels] = []
 
@@ -84,13 +94,17 @@ async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
         # Made on first use: the client's first tunnel request may be read before adopt()
         # returns. Already the user (become_user above): tunnels act with its rights.
         if not tunnels:
-            tunnels.append(Tunnels(connection, config.tunnel_policy, account.name))
+            tunnels.append(Tunnels(connection, tunnel_rules, account.name))
         return tunnels[0]
 
     async def on_channel(connection: aio.QsmpConnection, channel: aio.Channel) -> None:
-        await serve_channel(channel, account, euid=euid, connection_info=info,
-                            sessions=sessions, accounting=accounting,
-                            tunnels=tunnels_of(connection))
+        open_channels[0] += 1
+        try:
+            await serve_channel(channel, account, euid=euid, connection_info=info,
+                                sessions=sessions, accounting=accounting,
+                                tunnels=tunnels_of(connection), policy=session_rules)
+        finally:
+            open_channels[0] -= 1
 
     async def on_global_request(connection: aio.QsmpConnection,
                                 event: GlobalRequest) -> tuple[bool, bytes]:
@@ -101,11 +115,37 @@ async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
                                  settings=config.transport_settings(), user=account.name,
                                  number=number)
     release_free_memory()
+    if config.unused_connection_timeout > 0:
+        def unused() -> bool:
+            listening = bool(tunnels and getattr(tunnels[0], "_listeners", None))
+            return open_channels[0] == 0 and not listening
+
+        await _close_when_unused(connection, config.unused_connection_timeout, unused, tag)
     await connection.wait_closed()
     pending = [asyncio.ensure_future(s.wait_closed()) for s in sessions]
     if pending:
         await asyncio.wait(pending, timeout=2 * HANGUP_GRACE + 1)
     return 0
+
+
+async def _close_when_unused(connection: aio.QsmpConnection, timeout: float,
+                             unused: Callable[[], bool], tag: str) -> None:
+    """UnusedConnectionTimeout: close the connection once it has had no channel (and no
+    remote listener) for ``timeout`` seconds, as sshd 9.2+ does; return when it ends."""
+    idle_since = asyncio.get_running_loop().time()
+    step = min(1.0, timeout / 4)
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(connection.wait_closed(), step)
+            return
+        now = asyncio.get_running_loop().time()
+        if not unused():
+            idle_since = now
+        elif now - idle_since >= timeout:
+            log.info("%s: closing the connection: no channel for %gs "
+                     "(UnusedConnectionTimeout)", tag, timeout)
+            connection.close()
+            return
 
 
 def warm_up() -> None:

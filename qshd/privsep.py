@@ -292,6 +292,12 @@ def dumpable() -> bool:
     return _prctl(_PR_GET_DUMPABLE) != 0
 
 
+def not_dumpable() -> None:
+    """No core file, no ptrace by the same uid (sshd does this in its monitor too): a
+    connection's process holds host keys or session keys and enforces policy."""
+    _prctl(_PR_SET_DUMPABLE, 0)
+
+
 def capabilities() -> tuple[int, int, int]:
     """(effective, permitted, inheritable) capability sets of this process, via ``capget``
     (works in a chroot without /proc)."""

@@ -92,6 +92,7 @@ from common.protocol.mux import ChannelRequest, OpenFailureReason
 from common.transfer import serve as copy_serve
 
 from .login import Account
+from .policy import SessionPolicy
 from .tunnels import Tunnels
 
 log = logging.getLogger("qshd")
@@ -365,7 +366,11 @@ class Session:
 
     def __init__(self, channel: aio.Channel, account: Account, *, euid: int,
                  connection_info: str,
-                 accounting: TerminalAccounting | None = None) -> None:
+                 accounting: TerminalAccounting | None = None,
+                 policy: SessionPolicy | None = None) -> None:
+        self.policy = policy or SessionPolicy()
+        #: What the client asked to run, when a forced command replaced it.
+        self.original_command: str | None = None
         self.channel = channel
         self.account = account
         self.euid = euid
@@ -384,7 +389,7 @@ class Session:
         self._closed: asyncio.Future[None] = self.loop.create_future()
         self._pumps: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._last_output = 0.0
+        self._last_output = self._last_input = self.loop.time()
         self._watcher: asyncio.Task[None] | None = None
 
     # -- lifetime
@@ -395,6 +400,8 @@ class Session:
         try:
             self.channel.accept()
             self._start_task(self._serve_requests, "requests")
+            if self.policy.idle_timeout > 0:
+                self._start_task(self._close_when_idle, "ChannelTimeout")
             await self._done.wait()
         finally:
             try:
@@ -529,6 +536,9 @@ class Session:
             command = decode_exec(payload) if name == EXEC else None
             if self.child is not None:
                 return False
+            if self.policy.force_command is not None:
+                self.original_command = command
+                command = self.policy.force_command
             started = await self._start(command)
             if not started and not request.want_reply:
                 self._done.set()  # nobody would ever learn of the failure otherwise
@@ -537,6 +547,10 @@ class Session:
             return False  # settings after the start would not apply
         if name == PTY_REQ:
             if self.pty is not None:
+                return False
+            if not self.policy.permit_tty:
+                log.info("%s: refusing a terminal for %s (PermitTTY or the key's no-pty)",
+                         self.tag, self.account.name)
                 return False
             self.pty = PtyRequest.decode(payload)
             self.size = self.pty.size
@@ -549,6 +563,18 @@ class Session:
             self.env[var] = value
             return True
         return False
+
+    async def _close_when_idle(self) -> None:
+        """ChannelTimeout session=N: no data either way for N seconds closes the session
+        (its program is hung up as when the client closes it)."""
+        timeout = self.policy.idle_timeout
+        while True:
+            idle = self.loop.time() - max(self._last_output, self._last_input)
+            if idle >= timeout:
+                log.info("%s: closing the session of %s: idle for %gs (ChannelTimeout)",
+                         self.tag, self.account.name, timeout)
+                return  # ends the session: the teardown hangs up and closes
+            await asyncio.sleep(timeout - idle)
 
     def _signal(self, number: int) -> bool:
         child = self.child
@@ -576,6 +602,13 @@ class Session:
             "MAIL": f"/var/mail/{account.name}",
             "QSH_CONNECTION": self.connection_info,
         })
+        client_ip, client_port, _, server_port = (self.connection_info.split() + [""] * 4)[:4]
+        env["QSH_CLIENT"] = f"{client_ip} {client_port} {server_port}"
+        for name, value in self.policy.environment:  # the key's environment=, if permitted
+            if not name.startswith("QSH_"):
+                env[name] = value
+        if self.original_command is not None:
+            env["QSH_ORIGINAL_COMMAND"] = self.original_command
         if self.pty is not None:
             env["TERM"] = self.pty.term
             if tty_name is not None:
@@ -783,6 +816,7 @@ class Session:
         child = self.child
         broken = False
         async for chunk in self.channel:
+            self._last_input = self.loop.time()
             if broken:
                 continue
             view = memoryview(chunk)
@@ -843,13 +877,20 @@ def _tell(hook: Callable[..., None], *args: Any) -> None:
 async def serve_channel(channel: aio.Channel, account: Account, *, euid: int,
                         connection_info: str, sessions: set[Session],
                         accounting: TerminalAccounting | None = None,
-                        tunnels: Tunnels | None = None) -> None:
+                        tunnels: Tunnels | None = None,
+                        policy: SessionPolicy | None = None) -> None:
     """A channel a logged-in user opened: a ``session`` runs until its end (tracked in
     ``sessions`` meanwhile, so its owner can wait for every hang-up); a tunnel goes to the
     connection's ``tunnels`` (refused without); a copy runs here, its files opened with the
     user's rights (never as another euid); any other kind is refused."""
     if channel.kind in TUNNEL_KINDS and tunnels is not None:
         await tunnels.serve_channel(channel)
+        return
+    if channel.kind == COPY and policy is not None and not policy.allows_copy:
+        log.info("conn=%d: refusing a copy channel for %s: a forced command is in effect",
+                 channel.connection.number, account.name)
+        channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
+                       "copying is not allowed: a forced command is in effect")
         return
     if channel.kind == COPY and euid == account.uid:  # qcp: files opened as the user
         await copy_serve(channel)
@@ -861,7 +902,7 @@ async def serve_channel(channel: aio.Channel, account: Account, *, euid: int,
                        f"{channel.kind} channels are not supported by this server")
         return
     session = Session(channel, account, euid=euid, connection_info=connection_info,
-                      accounting=accounting)
+                      accounting=accounting, policy=policy)
     sessions.add(session)
     try:
         await session.run()

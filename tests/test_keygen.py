@@ -273,3 +273,61 @@ def test_dash_R_refuses_a_malformed_host(tmp_path: Path, plain_key: Path, host: 
     before = path.read_text()
     assert_one_line_failure(keygen("-f", str(path), "-R", host), "is not a host name")
     assert path.read_text() == before
+
+
+# --- issue 14: hashed host names --------------------------------------------------------
+
+
+def test_dash_H_hashes_plain_names_and_keeps_wildcards(tmp_path: Path, plain_key: Path) -> None:
+    from common.accounts.known_hosts import KnownHosts
+
+    path, body = _known_hosts(tmp_path, plain_key)
+    with path.open("a") as f:
+        f.write(f"*.corp.example {body}\n")
+    before = path.read_text()
+    key = PublicKey.parse_line(body)[0]
+    result = keygen("-f", str(path), "-H")
+    assert result.returncode == 0, result.stderr
+    assert "1 line(s) with wildcards or negation left unhashed" in result.stderr
+    assert (tmp_path / "known_hosts.old").read_text() == before
+    text = path.read_text()
+    assert "web1" not in text and "127.0.0.1" not in text and "10.0.0.1" not in text
+    assert text.startswith("# mine\n") and f"*.corp.example {body}\n" in text
+    assert text.count("|1|") == 3  # "web1,[10.0.0.1]:2200" became two lines
+    known = KnownHosts.load(path)
+    for host, port in (("web1", 2022), ("127.0.0.1", 2222),
+                       ("10.0.0.1", 2200), ("x.corp.example", 2022)):
+        assert known.check(host, port, key) == "match", host
+    assert known.check("web3", 2022, key) == "unknown"
+    again = keygen("-f", str(path), "-H")  # nothing left to hash: unchanged
+    assert again.returncode == 0 and path.read_text() == text
+    found = keygen("-f", str(path), "-F", "web1")
+    assert found.returncode == 0 and "|1|" in found.stdout
+    removed = keygen("-f", str(path), "-R", "web1")
+    assert removed.returncode == 0
+    assert KnownHosts.load(path).check("web1", 2022, key) == "unknown"
+    assert KnownHosts.load(path).check("127.0.0.1", 2222, key) == "match"
+
+
+def test_hashed_names_are_openssh_compatible(tmp_path: Path, plain_key: Path) -> None:
+    """A line hashed by OpenSSH's ssh-keygen -H is found by qsh, and one hashed by qsh is
+    found by ssh-keygen -F: the format is OpenSSH's |1|salt|HMAC-SHA1."""
+    import shutil
+
+    from common.accounts.known_hosts import hash_host, patterns_match
+
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("OpenSSH's ssh-keygen is not installed")
+    ed25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    theirs = tmp_path / "openssh_known_hosts"
+    theirs.write_text(f"[db.example]:2222 {ed25519}\n")
+    subprocess.run(["ssh-keygen", "-H", "-f", str(theirs)], check=True, capture_output=True)
+    hashed = theirs.read_text().split()[0]
+    assert hashed.startswith("|1|")
+    assert patterns_match((hashed,), ("[db.example]:2222",))
+    assert not patterns_match((hashed,), ("[db.example]:2223",))
+    ours = tmp_path / "ours"
+    ours.write_text(f"{hash_host('web.example')} {ed25519}\n")
+    found = subprocess.run(["ssh-keygen", "-F", "web.example", "-f", str(ours)],
+                           capture_output=True, text=True)
+    assert found.returncode == 0 and "web.example" in found.stdout

@@ -841,3 +841,87 @@ def test_dash_q_silences_warnings(tmp_path: Path) -> None:
     assert b"Warning: permanently added" in loud.stderr
     assert b"Warning" not in quiet.stderr and quiet.returncode == loud.returncode == 255
     assert quiet.stderr.startswith(b"qsh: permission denied"), quiet.stderr
+
+
+# --- issue 14: several known_hosts lines for one host; signals never end in success
+
+
+@pytest.mark.parametrize("real_first", [True, False])
+def test_any_matching_known_hosts_line_may_hold_the_key(server: Server, tmp_path: Path,
+                                                        real_first: bool) -> None:
+    """Two lines match the host (a rotation, a wildcard beside a specific entry): the
+    handshake succeeds whichever of them holds the key, as ssh accepts when any line does."""
+    from common.accounts.known_hosts import format_line
+    real = HostKey.load(server.host_key).public
+    other = HostKey.generate("mldsa65", now=time.time()).public
+    pattern = f"[127.0.0.1]:{server.port}"
+    lines = [format_line(pattern, real), format_line("[127.0.0.*]:" + server.port, other)]
+    if not real_first:
+        lines.reverse()
+    known = tmp_path / "known_hosts"
+    known.write_text("\n".join(lines) + "\n")
+    result = server.run("-o", f"UserKnownHostsFile={known}", "echo in")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"in\n"
+    assert b"CHANGED" not in result.stderr
+
+
+def test_a_really_changed_key_is_refused_with_the_banner(server: Server,
+                                                         tmp_path: Path) -> None:
+    from common.accounts.known_hosts import format_line
+    pattern = f"[127.0.0.1]:{server.port}"
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(
+        format_line(pattern, HostKey.generate("mldsa65", now=time.time()).public) + "\n"
+        for _ in range(2)))
+    result = server.run("-o", f"UserKnownHostsFile={known}", "echo in")
+    assert result.returncode == 255
+    assert b"REMOTE HOST IDENTIFICATION HAS CHANGED" in result.stderr
+    assert result.stdout == b""
+
+
+def _spawn_ready(server: Server, *args: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(server.qsh_args(*args), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                               env=_client_env(server.client_home), start_new_session=True)
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"ready\n"
+    return process
+
+
+def test_sigterm_is_never_success_even_if_the_remote_exits_0(server: Server) -> None:
+    """The remote command traps TERM and exits 0: qsh, told to stop, still reports it was
+    killed (128+15), so a supervisor or ``timeout`` never sees success."""
+    process = _spawn_ready(server, "trap 'exit 0' TERM; echo ready; sleep 44 & wait")
+    process.send_signal(signal.SIGTERM)
+    status = process.wait(timeout=10)
+    assert status == 128 + signal.SIGTERM, process.stderr.read()  # type: ignore[union-attr]
+
+
+def test_sigterm_ends_qsh_within_the_bound_when_the_remote_ignores_it(server: Server) -> None:
+    process = _spawn_ready(server, "-o", "SignalTimeout=1",
+                           "trap '' TERM; echo ready; sleep 20")
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    status = process.wait(timeout=15)
+    elapsed = time.monotonic() - started
+    assert status == 128 + signal.SIGTERM, process.stderr.read()  # type: ignore[union-attr]
+    assert 0.9 <= elapsed < 4, elapsed
+    assert b"did not end" in process.stderr.read()  # type: ignore[union-attr]
+
+
+def test_hash_known_hosts_records_a_hashed_name_that_later_runs_trust(
+        server: Server, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    args = ["-p", server.port, "-i", str(server.key), "-o", f"UserKnownHostsFile={known}",
+            "-o", "HashKnownHosts=yes"]
+    first = subprocess.run(
+        [PYTHON, "-m", "qsh", *args, "-o", "StrictHostKeyChecking=accept-new",
+         f"{server.user}@127.0.0.1", "echo first"], capture_output=True, timeout=60,
+        cwd=ROOT, env=_client_env(server.client_home), stdin=subprocess.DEVNULL,
+        start_new_session=True)
+    assert first.returncode == 0, first.stderr
+    text = known.read_text()
+    assert text.startswith("|1|") and "127.0.0.1" not in text
+    second = server.run("-o", f"UserKnownHostsFile={known}", "echo second")
+    assert second.returncode == 0 and second.stdout == b"second\n", second.stderr

@@ -89,6 +89,28 @@ def test_the_sample_config_shows_every_keyword_at_its_default() -> None:
         assert getattr(parsed, name) == getattr(default, name), name
 
 
+def test_every_keyword_is_documented_in_qshd_config_5_and_printed_by_dash_T() -> None:
+    """qshd_config(5) holds the configuration reference (qshd(8) points to it): each keyword
+    qshd knows has an entry there, and ``qshd -T`` prints each one (Include and Match are
+    structure, not settings)."""
+    from qshd.config import dump
+
+    known = set(re.findall(r'keyword == "([a-z]+)"', (ROOT / "qshd" / "config.py").read_text()))
+    page = (ROOT / "man" / "qshd_config.5").read_text()
+    documented = {m.lower() for m in re.findall(r"\\fB([A-Za-z]+)\\fR", page)}
+    for line in re.findall(r"^\.BR? (.*)$", page, re.M):
+        documented |= {word.lower() for word in re.findall(r"[A-Za-z]+", line)}
+    assert not known - documented, f"not in qshd_config.5: {sorted(known - documented)}"
+    printed = {line.split()[0] for line in dump(ServerConfig(allow_users=("a",),
+                                                             allow_groups=("g",),
+                                                             deny_users=("b",),
+                                                             deny_groups=("h",)))}
+    missing = known - printed - {"include", "match"}
+    assert not missing, f"not printed by qshd -T: {sorted(missing)}"
+    assert "CONFIGURATION" in (ROOT / "man" / "qshd.8").read_text()
+    assert ".B AllowChaff" not in (ROOT / "man" / "qshd.8").read_text()  # moved, not copied
+
+
 # --- the SysV init script, for real --------------------------------------------------------
 
 

@@ -24,8 +24,16 @@ Decisions, and why:
   host first (:attr:`LookupResult.algorithms`).
 * Expiry is not judged here: the handshake checks ``is_expired(now)`` for every key.
 * Comments, blank lines and lines we cannot parse (``@cert-authority``/``@revoked`` markers,
-  hashed ``|1|`` host names, other tools' key types) are kept byte for byte when the file is
-  rewritten and otherwise ignored. Hashed host names are not supported yet.
+  other tools' key types) are kept byte for byte when the file is rewritten and otherwise
+  ignored.
+* Hashed host names (``HashKnownHosts``, ``qsh-keygen -H``) are OpenSSH's own format,
+  ``|1|base64(salt)|base64(HMAC-SHA1(salt, name))``, a 20-byte random salt per line, so a
+  file stays readable by ``ssh-keygen -F`` and lines can be moved between the two tools.
+  SHA-1 is kept on purpose: as an HMAC key'd by a random salt it is a PRF whose strength
+  here does not rest on collision resistance, and hashing only hides the names from a casual
+  reader of the file (a guessed name is checked in a microsecond whatever the hash); a hash
+  of our own would buy no security and lose that compatibility. The name hashed is the one
+  we would write (``name`` or ``[name]:port``, lower case); a hashed line names one host.
 * Writes re-read the file, apply the change and replace the file atomically (0600), so an
   edit made by the user since we loaded it is not lost and a crash never truncates the file.
   Two qsh processes adding a host at the same instant can still lose one of the two lines;
@@ -34,6 +42,9 @@ Decisions, and why:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import re
 from collections.abc import Callable
@@ -92,10 +103,43 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
 
 
+HASH_MAGIC = "|1|"
+_SALT_SIZE = 20
+_SHA1_SIZE = 20
+
+
+def hash_host(name: str, salt: bytes | None = None) -> str:
+    """OpenSSH's hashed host name (see the module docstring) for a pattern as we write it."""
+    salt = os.urandom(_SALT_SIZE) if salt is None else salt
+    digest = hmac.new(salt, name.lower().encode("utf-8"), hashlib.sha1).digest()
+    return f"{HASH_MAGIC}{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+def _hashed_match(pattern: str, names: tuple[str, ...]) -> bool:
+    """Whether a ``|1|salt|hash`` pattern is one of ``names``; False if malformed."""
+    parts = pattern[len(HASH_MAGIC):].split("|")
+    if len(parts) != 2:
+        return False
+    try:
+        salt = base64.b64decode(parts[0], validate=True)
+        digest = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        return False
+    if len(salt) != _SALT_SIZE or len(digest) != _SHA1_SIZE:
+        return False
+    return any(hmac.compare_digest(
+        hmac.new(salt, name.lower().encode("utf-8"), hashlib.sha1).digest(), digest)
+        for name in names)
+
+
 def patterns_match(patterns: tuple[str, ...], names: tuple[str, ...]) -> bool:
     """OpenSSH semantics: some positive pattern matches a name and no negated one does."""
     positive = False
     for pattern in patterns:
+        if pattern.startswith(HASH_MAGIC):
+            if _hashed_match(pattern, names):
+                positive = True
+            continue
         negated = pattern.startswith("!")
         body = pattern[1:] if negated else pattern
         if any(_glob(body).fullmatch(name) for name in names):
@@ -144,8 +188,10 @@ def parse_line(line: str, line_number: int = 0) -> Entry | None:
     if not stripped or stripped.startswith("#"):
         return None
     parts = stripped.split(None, 1)
-    if len(parts) != 2 or parts[0].startswith(("@", "|")):
+    if len(parts) != 2 or parts[0].startswith("@"):
         return None
+    if parts[0].startswith("|") and (not parts[0].startswith(HASH_MAGIC) or "," in parts[0]):
+        return None  # another hash format, or a list around a hashed name: not ours
     patterns = tuple(p for p in parts[0].split(",") if p)
     if not patterns:
         return None
@@ -235,10 +281,13 @@ class KnownHosts:
         *,
         comment: str = "",
         default_port: int = _DEFAULT_PORT,
+        hashed: bool = False,
     ) -> None:
         """Trust ``key`` for the host: append one line and rewrite the file atomically.
-        Adding a key the file already trusts for this host changes nothing."""
-        line = format_line(host_pattern(host, port, default_port), key, comment)
+        Adding a key the file already trusts for this host changes nothing. ``hashed``
+        writes the host name hashed (HashKnownHosts)."""
+        pattern = host_pattern(host, port, default_port)
+        line = format_line(hash_host(pattern) if hashed else pattern, key, comment)
         names = _host_names(host, port, default_port)
         self._rewrite(lambda lines: _with_key(lines, names, key, line))
 
@@ -276,6 +325,32 @@ class KnownHosts:
         line = format_line(host_pattern(host, port, default_port), key, comment)
         names = _host_names(host, port, default_port)
         self._rewrite(lambda lines: [*_without_host(lines, names)[0], line])
+
+    def hash_all(self) -> tuple[int, int]:
+        """``qsh-keygen -H``: every plain host name becomes a hashed line of its own (same
+        key and comment). Wildcard and negated patterns cannot be hashed and stay as they
+        are. Returns (lines hashed, lines left with patterns that cannot be hashed)."""
+        hashed = kept = 0
+
+        def edit(lines: list[str]) -> list[str]:
+            nonlocal hashed, kept
+            out: list[str] = []
+            for number, line in enumerate(lines, start=1):
+                entry = parse_line(line, number)
+                if entry is None or entry.patterns[0].startswith(HASH_MAGIC):
+                    out.append(line)
+                    continue
+                if any(c in p for p in entry.patterns for c in "*?!"):
+                    kept += 1
+                    out.append(line)
+                    continue
+                hashed += 1
+                out += [format_line(hash_host(p), entry.key, entry.comment)
+                        for p in entry.patterns]
+            return out
+
+        self._rewrite(edit)
+        return hashed, kept
 
     def _rewrite(self, edit: _Edit) -> None:
         # Re-read first: the user (or another qsh) may have changed the file since load().

@@ -38,7 +38,8 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
                   rng: Rng | None = None,
                   timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
                   user: str | None = None, identity: HostKey | None = None,
-                  password: bytes | None = None, family: int = 0) -> QsmpConnection:
+                  password: bytes | None = None, family: int = 0,
+                  local_addr: tuple[str, int] | None = None) -> QsmpConnection:
     """Connect over TCP and run the handshake; return the established connection.
 
     ``on_host_key`` decides on a server key that ``handshake`` does not already trust
@@ -52,7 +53,8 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
     With ``user`` and an ``identity`` (a user key) or a ``password``, the first login
     attempt rides behind the handshake's last message; :meth:`QsmpConnection.wait_authenticated`
     gives its answer. ``family`` (``socket.AF_INET``/``AF_INET6``; 0 for either) limits
-    the addresses a name may resolve to, as ssh's -4 and -6.
+    the addresses a name may resolve to, as ssh's -4 and -6; ``local_addr`` binds our end
+    (a source address, as ssh's -b).
     """
     tune_allocator()
     loop = asyncio.get_running_loop()
@@ -66,7 +68,8 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
     try:
         async with asyncio.timeout(timeout) as deadline:
             connection._connect_deadline = deadline
-            await loop.create_connection(lambda: connection, host, port, family=family)
+            await loop.create_connection(lambda: connection, host, port, family=family,
+                                         local_addr=local_addr)
             await connection.wait_established()
     except BaseException:
         connection.abort()

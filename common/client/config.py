@@ -119,6 +119,10 @@ class ClientConfig:
     exit_on_forward_failure: bool | None = None
     #: AddressFamily (-4, -6): "any", "inet" or "inet6".
     address_family: str = "any"
+    #: Seconds qsh waits, after forwarding SIGINT/TERM/HUP, for the remote command to end.
+    signal_timeout: float = 2.0
+    #: HashKnownHosts: new known_hosts lines get a hashed host name.
+    hash_known_hosts: bool = False
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -343,6 +347,11 @@ _KEYWORDS: dict[str, _Keyword] = {
                      "AddressFamily", a, {"any": "any", "inet": "inet", "inet6": "inet6"}))),
         _Keyword("ExitOnForwardFailure", "exit_on_forward_failure",
                  _single("ExitOnForwardFailure", lambda a: _flag("ExitOnForwardFailure", a))),
+        _Keyword("HashKnownHosts", "hash_known_hosts",
+                 _single("HashKnownHosts", lambda a: _flag("HashKnownHosts", a))),
+        _Keyword("SignalTimeout", "signal_timeout",
+                 _single("SignalTimeout", lambda a: _positive(
+                     "SignalTimeout", _seconds("SignalTimeout", a)))),
     )
 }
 

@@ -243,7 +243,8 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
                 refusal.append(HostKeyNotVerifiable("host key verification failed"))
                 return False
         try:
-            known.add(cfg.hostname, cfg.port, key, default_port=DEFAULT_PORT)
+            known.add(cfg.hostname, cfg.port, key, default_port=DEFAULT_PORT,
+                      hashed=cfg.hash_known_hosts)
         except (KeyFileError, OSError) as exc:
             ui.warn(f"Warning: could not record the host key in {cfg.known_hosts}: {exc}")
             return True
