@@ -7,6 +7,7 @@ Pure and fast: files live in tmp_path, HOME and the local user name are pinned p
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -531,3 +532,15 @@ def test_explicit_file_is_not_permission_checked(home: Path) -> None:
     path.chmod(0o666)
     if os.stat(path).st_mode & 0o022:
         assert resolve("web1", path=path).port == 2200
+
+
+def test_every_keyword_is_documented_in_qsh_config_5() -> None:
+    """The reference for ~/.qsh/config is qsh_config(5): no keyword qsh accepts may be
+    missing from it."""
+    from common.client.config import _KEYWORDS
+
+    page = (Path(__file__).resolve().parents[1] / "man" / "qsh_config.5").read_text()
+    documented = {word for line in page.splitlines() if line.startswith((".B ", ".BR "))
+                  for word in re.findall(r"[A-Z][A-Za-z]+", line)}
+    missing = {k.name for k in _KEYWORDS.values()} - documented
+    assert not missing, f"not in qsh_config.5: {sorted(missing)}"
