@@ -227,7 +227,7 @@ def test_fakes_get_echo_shaped_replies() -> None:
     delays = [r - c for (c, _), (r, _) in zip(c2s, s2c, strict=True)]
     real = LATENCY + ECHO_DELAY
     assert all(real - 1e-6 <= d <= real + 0.0011 for d in delays), sorted(delays)[-3:]
-    assert server.echo_mimic.fake_replies == len(c2s) - len(GAPS) - 1
+    assert server.echo_mimic.fake_replies == len(c2s) - len(GAPS) - 1 > 0
 
 
 def test_a_keystroke_without_echo_is_answered_too() -> None:
