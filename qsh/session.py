@@ -248,6 +248,7 @@ class Session:
             ok = replies[0] is not None and replies[0][0]
             if ok:
                 self.pty = True
+                self.connection.set_interactive(True)  # the keystroke clock (issue 12)
             else:
                 self.ui.warn("PTY allocation request failed")
         last = replies[-1]

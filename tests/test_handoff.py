@@ -472,7 +472,7 @@ def test_format_layout() -> None:
     state = handoff.decode(data)
     t = state.transport
     assert data[:4] == b"QSHH" and data[4] == 1
-    suite_size = 1 + 15 + 8 + 10 + 13 + 2  # "mlkem768x25519", "mldsa65", "aes256gcm"
+    suite_size = 1 + 15 + 8 + 10 + 13 + 2 + 1  # names; the last byte: no obscure policy
     pos = 5 + suite_size
     assert data[pos : pos + 32] == t.session_id
     pos += 32
@@ -497,7 +497,7 @@ def corrupt(data: bytes, at: int, value: bytes) -> bytes:
 def test_malformed_states_are_refused() -> None:
     data = sample_state()
     suite_at = 5
-    user_at = 5 + 49 + 32
+    user_at = 5 + 50 + 32  # the suite now ends with the obscure flag
     pending_at = len(data) - 24
     cases = {
         "empty": b"",

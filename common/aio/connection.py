@@ -237,6 +237,12 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self._pump()
         return None if waiter is None else await waiter
 
+    def set_interactive(self, on: bool = True) -> None:
+        """A PTY session is in use (or no longer): small channel writes go out on the
+        keystroke clock when the server agreed to keystroke obfuscation."""
+        self._core.set_interactive(on)
+        self._pump()
+
     def request_rekey(self) -> None:
         """Rekey our transmit direction now (the peer rekeys its own when it wants)."""
         self._core.request_rekey()
@@ -496,6 +502,7 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self._pumping = True
         try:
             core = self._core
+            core.note_time(self._now())
             dispatch = self._dispatch
             while True:
                 events = core.events_received()

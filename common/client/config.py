@@ -106,6 +106,8 @@ class ClientConfig:
     ciphers: tuple[str, ...] | None = None
     signatures: tuple[str, ...] | None = None
     chaff: bool = False
+    #: ObscureKeystrokeTiming: the keystroke clock in milliseconds; 0 is "no".
+    obscure_keystroke_timing: int = 20
     strict_host_key_checking: str = "ask"
     known_hosts: Path = field(default_factory=default_known_hosts)
     connect_timeout: float = 30.0
@@ -208,6 +210,19 @@ def _choice(keyword: str, arg: str, aliases: Mapping[str, str]) -> str:
 
 def _flag(keyword: str, arg: str) -> bool:
     return _choice(keyword, arg, {"yes": "yes", "no": "no", "true": "yes", "false": "no"}) == "yes"
+
+
+def _obscure_timing(arg: str) -> int:
+    """ObscureKeystrokeTiming as ssh_config has it: yes (20 ms), no, or interval:N (ms)."""
+    lowered = arg.lower()
+    if lowered in ("yes", "true"):
+        return 20
+    if lowered in ("no", "false"):
+        return 0
+    match = re.fullmatch(r"interval:([0-9]{1,4})", lowered)
+    if match is None or not 5 <= int(match.group(1)) <= 1000:
+        raise ValueError(f"bad ObscureKeystrokeTiming {arg!r} (yes, no or interval:5..1000)")
+    return int(match.group(1))
 
 
 def _seconds(keyword: str, arg: str) -> float:
@@ -319,6 +334,8 @@ _KEYWORDS: dict[str, _Keyword] = {
                  _single("Signatures",
                          lambda a: _algorithms("Signatures", a, suites.DEFAULT_SIGNATURES))),
         _Keyword("Chaff", "chaff", _single("Chaff", lambda a: _flag("Chaff", a))),
+        _Keyword("ObscureKeystrokeTiming", "obscure_keystroke_timing",
+                 _single("ObscureKeystrokeTiming", _obscure_timing)),
         _Keyword("StrictHostKeyChecking", "strict_host_key_checking",
                  _single("StrictHostKeyChecking", lambda a: _choice(
                      "StrictHostKeyChecking", a,

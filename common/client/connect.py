@@ -36,7 +36,7 @@ from common.errors import ErrorCode, QsmpError, RemoteReportedError, UsageError
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthFailed
 from common.protocol.connection import ConnectionTerminated
 from common.protocol.handshake import ClientHandshake, State
-from common.protocol.negotiation import ChaffPolicy, Offer
+from common.protocol.negotiation import ChaffPolicy, ObscurePolicy, Offer
 from common.protocol.transport import TransportSettings
 
 #: Password prompts per connection, as ssh's NumberOfPasswordPrompts.
@@ -192,7 +192,9 @@ def build_offer(cfg: ClientConfig) -> Offer:
             if name not in available:
                 raise QshError(f"unknown {kind} {name!r}; available: {', '.join(available)}")
     chaff = ChaffPolicy(enabled=True) if cfg.chaff else base.chaff
-    return Offer(kems=kems, signatures=signatures, aeads=aeads, chaff=chaff)
+    interval = cfg.obscure_keystroke_timing
+    obscure = ObscurePolicy(interval_ms=interval) if interval else None
+    return Offer(kems=kems, signatures=signatures, aeads=aeads, chaff=chaff, obscure=obscure)
 
 
 async def open_connection(cfg: ClientConfig, ui: Ui, *,

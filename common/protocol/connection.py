@@ -171,6 +171,7 @@ class Connection:
         self._server_auth: ServerAuth | None = None
         self._client_auth = ClientAuth()
         self._auth_methods = auth_methods
+        self._interactive = False
         #: Client: builds the request body once the session ID exists.
         self._auth_request: Callable[[bytes], bytes] | None = None
 
@@ -199,6 +200,19 @@ class Connection:
         if self.transport is None:
             return True
         return self._server_auth is not None and not self._server_auth.authenticated
+
+    def note_time(self, now: float) -> None:
+        """The time, before the application's writes are taken: the keystroke clock
+        starts at the first keystroke and echo replies are timed from it."""
+        self._now = now
+        if self.transport is not None:
+            self.transport.note_time(now)
+
+    def set_interactive(self, on: bool) -> None:
+        """Client: a PTY session is in use (keystroke obfuscation runs only then)."""
+        self._interactive = on
+        if self.transport is not None:
+            self.transport.set_interactive(on)
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         if self.terminated is not None:
@@ -262,6 +276,9 @@ class Connection:
         if hs.result is not None and self.transport is None:
             result = hs.result
             self.transport = Transport(result, self.role, self.settings, self._rng, self._now)
+            if isinstance(hs, ClientHandshake):
+                self.transport.obscure_offer = hs.offer.obscure
+                self.transport.set_interactive(self._interactive)
             if self._require_auth:
                 self._server_auth = ServerAuth(result.session_id,
                                                max_attempts=self._max_auth_attempts,

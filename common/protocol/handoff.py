@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from common.crypto import registry
 from common.errors import InvalidInput
 from common.protocol.auth import MAX_USER_NAME
-from common.protocol.negotiation import MAX_PADDING, SUPPORTED_VERSIONS, ChaffPolicy, Suite
+from common.protocol.negotiation import (
+    MAX_PADDING,
+    SUPPORTED_VERSIONS,
+    ChaffPolicy,
+    ObscurePolicy,
+    Suite,
+)
 from common.protocol.schedule import CHAIN_SIZE, HASH_SIZE, IV_SIZE
 from common.wire import HEADER_SIZE, MAX_RECORD_BODY, Reader, Writer, decode_header
 
@@ -110,6 +116,9 @@ def encode(state: HandoffState) -> bytes:
     w.u8(suite.version).name(suite.kem).name(suite.signature).name(suite.aead)
     suite.chaff.encode(w)
     w.u16(suite.padding_max)
+    w.boolean(suite.obscure is not None)
+    if suite.obscure is not None:
+        suite.obscure.encode(w)
     w.fixed(t.session_id)
     w.name(state.user)
     for d in (t.tx, t.rx):
@@ -162,7 +171,8 @@ def _decode(r: Reader) -> HandoffState:
     keepalive_due_in = _seconds(r.u64(), "keep-alive delay") if r.boolean() else None
     keepalive_token = r.fixed(KEEPALIVE_TOKEN_SIZE) if r.boolean() else None
     chaff_due_in = _seconds(r.u64(), "chaff delay") if r.boolean() else None
-    if (chaff_due_in is not None) != suite.chaff.enabled:
+    # With keystroke obfuscation the server's chaff is its fake echoes: no chaff timer.
+    if (chaff_due_in is not None) != (suite.chaff.enabled and suite.obscure is None):
         raise HandoffError("chaff timer does not match the suite's chaff policy")
     if chaff_due_in is not None and chaff_due_in > suite.chaff.interval_max_ms / 1000:
         raise HandoffError("chaff delay exceeds the suite's interval")
@@ -191,7 +201,8 @@ def _suite(r: Reader) -> Suite:
     padding_max = r.u16()
     if padding_max > MAX_PADDING:
         raise HandoffError(f"padding of {padding_max} bytes exceeds {MAX_PADDING}")
-    return Suite(version, kem, signature, aead, chaff, padding_max)
+    obscure = ObscurePolicy.decode(r) if r.boolean() else None
+    return Suite(version, kem, signature, aead, chaff, padding_max, obscure)
 
 
 def _direction(r: Reader, key_size: int) -> DirectionState:

@@ -63,13 +63,16 @@ from common.errors import (
 )
 from common.protocol.negotiation import (
     CHAFF_POLICY_SIZE,
+    EXT_OBSCURE,
     MAX_PADDING,
     SUPPORTED_VERSIONS,
     ChaffPolicy,
+    ObscurePolicy,
     Offer,
     ServerPolicy,
     Suite,
     agree_chaff,
+    agree_obscure,
     check_chaff_answer,
     pick,
     pick_version,
@@ -169,7 +172,11 @@ class ConnectRequest:
         w.fixed(self.key_id).fixed(self.session_token)
         w.names(self.offer.kems).names(self.offer.signatures).names(self.offer.aeads)
         self.offer.chaff.encode(w)
-        w.u16(self.offer.padding_max).vbytes(self.extensions)
+        extensions = self.extensions
+        if self.offer.obscure is not None:  # an extension, so servers without it ignore it
+            policy = self.offer.obscure.encoded()
+            extensions += Writer().u16(EXT_OBSCURE).u16(len(policy)).fixed(policy).getvalue()
+        w.u16(self.offer.padding_max).vbytes(extensions)
         return w.getvalue()
 
     @classmethod
@@ -189,9 +196,15 @@ class ConnectRequest:
         if padding > MAX_PADDING:
             raise InvalidInput(f"padding of {padding} bytes exceeds {MAX_PADDING}")
         extensions = r.vbytes(MAX_EXTENSIONS)
-        parse_extensions(extensions)
+        found = parse_extensions(extensions)
         r.end()
-        return cls(versions, key_id, token, Offer(kems, sigs, aeads, chaff, padding), extensions)
+        obscure = None
+        if EXT_OBSCURE in found:
+            er = Reader(found.pop(EXT_OBSCURE))
+            obscure = ObscurePolicy.decode(er)
+            er.end()
+        return cls(versions, key_id, token,
+                   Offer(kems, sigs, aeads, chaff, padding, obscure), extensions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,6 +464,8 @@ class ClientHandshake(_Handshake):
             raise UsageError(f"padding above {MAX_PADDING} bytes")
         try:
             offer.chaff.validate()
+            if offer.obscure is not None:
+                offer.obscure.validate()
         except InvalidInput as exc:
             raise UsageError(str(exc)) from None
         for name in offer.kems:
@@ -724,6 +739,7 @@ class ServerHandshake(_Handshake):
             aead=pick(offer.aeads, self.policy.aeads, registry.available_aeads(), "cipher"),
             chaff=agree_chaff(offer.chaff, self.policy),
             padding_max=min(offer.padding_max, self.policy.padding_max),
+            obscure=agree_obscure(offer.obscure, self.policy),
         )
         self._c.transcript.add(header_bytes, body)
         kem = registry.kem(suite.kem)

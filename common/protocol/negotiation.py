@@ -7,6 +7,7 @@ messages that carried this into the transcript, so a man in the middle cannot do
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from common.crypto import suites
 from common.errors import InvalidInput, UnknownProtocol
@@ -57,6 +58,65 @@ class ChaffPolicy:
 
 
 CHAFF_OFF = ChaffPolicy()
+
+
+#: Keystroke obfuscation bounds (PROTOCOL.md 7.8): a clock faster than this is a flood,
+#: a fake period longer than this is chaff by another name.
+MIN_OBSCURE_INTERVAL_MS = 5
+MAX_OBSCURE_INTERVAL_MS = 1000
+MAX_OBSCURE_TAIL_MS = 60_000
+MAX_SIZE_CLASSES = 4
+MIN_SIZE_CLASS = 16
+MAX_SIZE_CLASS = 4096
+#: ConnectRequest extension that offers keystroke obfuscation (handshake.parse_extensions).
+EXT_OBSCURE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ObscurePolicy:
+    """Keystroke timing and size obfuscation: the client's clock period, how long fake
+    keystrokes follow the last real one, and the size classes small records are padded to
+    (plaintext bytes: inner header, body and padding)."""
+
+    interval_ms: int = 20
+    tail_min_ms: int = 1000
+    tail_max_ms: int = 3000
+    size_classes: tuple[int, ...] = (64, 256, 1024)
+
+    def encode(self, w: Writer) -> None:
+        w.u16(self.interval_ms).u32(self.tail_min_ms).u32(self.tail_max_ms)
+        w.u8(len(self.size_classes))
+        for size in self.size_classes:
+            w.u16(size)
+
+    def encoded(self) -> bytes:
+        w = Writer()
+        self.encode(w)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, r: Reader) -> ObscurePolicy:
+        interval, tail_min, tail_max, count = r.u16(), r.u32(), r.u32(), r.u8()
+        if not 1 <= count <= MAX_SIZE_CLASSES:
+            raise InvalidInput("bad number of size classes")
+        policy = cls(interval, tail_min, tail_max, tuple(r.u16() for _ in range(count)))
+        policy.validate()
+        return policy
+
+    def validate(self) -> None:
+        if not MIN_OBSCURE_INTERVAL_MS <= self.interval_ms <= MAX_OBSCURE_INTERVAL_MS:
+            raise InvalidInput("keystroke clock interval out of range")
+        if not 0 <= self.tail_min_ms <= self.tail_max_ms <= MAX_OBSCURE_TAIL_MS:
+            raise InvalidInput("fake keystroke period out of range")
+        classes = self.size_classes
+        if (not 1 <= len(classes) <= MAX_SIZE_CLASSES
+                or any(not MIN_SIZE_CLASS <= c <= MAX_SIZE_CLASS for c in classes)
+                or any(a >= b for a, b in pairwise(classes))):
+            raise InvalidInput("bad size classes")
+
+    def wire_size(self, tag_size: int = 16) -> int:
+        """Bytes on the wire of one smallest-class record (header, plaintext, tag)."""
+        return 13 + self.size_classes[0] + tag_size
 #: Encoded size of a ChaffPolicy: boolean, two u32 intervals, two u16 sizes.
 CHAFF_POLICY_SIZE = 1 + 4 + 4 + 2 + 2
 
@@ -70,6 +130,8 @@ class Offer:
     aeads: tuple[str, ...] = suites.DEFAULT_AEADS
     chaff: ChaffPolicy = CHAFF_OFF
     padding_max: int = 64
+    #: Keystroke obfuscation asked for (sent as extension EXT_OBSCURE); None: not offered.
+    obscure: ObscurePolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +145,10 @@ class ServerPolicy:
     chaff_min_interval_ms: int = 50
     chaff_max_size: int = 4096
     padding_max: int = 256
+    allow_obscure: bool = True
+    #: The fastest keystroke clock (and so the largest chaff rate) the server accepts.
+    obscure_min_interval_ms: int = 10
+    obscure_max_tail_ms: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +161,9 @@ class Suite:
     aead: str
     chaff: ChaffPolicy
     padding_max: int
+    #: Agreed keystroke obfuscation (server side from the handshake; the client learns it
+    #: from the server's OBSCURE record, see transport); None: off.
+    obscure: ObscurePolicy | None = None
 
     def configuration(self) -> bytes:
         """The QSMP "protocol string" (spec 5.1): signature, KEM, hash, cipher."""
@@ -141,3 +210,28 @@ def agree_chaff(requested: ChaffPolicy, policy: ServerPolicy) -> ChaffPolicy:
     size_max = min(requested.size_max, policy.chaff_max_size)
     size_min = min(requested.size_min, size_max)
     return ChaffPolicy(True, lo, hi, size_min, size_max)
+
+
+def agree_obscure(requested: ObscurePolicy | None, policy: ServerPolicy
+                  ) -> ObscurePolicy | None:
+    """The client's obfuscation request within the server's bounds (a slower clock, a
+    shorter fake period), or off."""
+    if requested is None or not policy.allow_obscure:
+        return None
+    interval = min(max(requested.interval_ms, policy.obscure_min_interval_ms),
+                   MAX_OBSCURE_INTERVAL_MS)
+    tail_max = min(requested.tail_max_ms, policy.obscure_max_tail_ms)
+    return ObscurePolicy(interval, min(requested.tail_min_ms, tail_max), tail_max,
+                         requested.size_classes)
+
+
+def check_obscure_answer(requested: ObscurePolicy | None, answer: ObscurePolicy) -> None:
+    """The client's check of the server's OBSCURE record: only if offered, never faster,
+    longer or with other size classes than asked."""
+    if requested is None:
+        raise UnknownProtocol("server turned on keystroke obfuscation that was not offered")
+    if (answer.interval_ms < requested.interval_ms
+            or answer.tail_max_ms > requested.tail_max_ms
+            or answer.tail_min_ms > requested.tail_min_ms
+            or answer.size_classes != requested.size_classes):
+        raise UnknownProtocol("server's keystroke obfuscation exceeds the request")

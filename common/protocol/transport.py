@@ -35,7 +35,8 @@ from common.errors import (
 )
 from common.protocol.handoff import DirectionState, TransportState
 from common.protocol.handshake import Established, Role, read_kem_ciphertext
-from common.protocol.negotiation import Suite
+from common.protocol.negotiation import ObscurePolicy, Suite, check_obscure_answer
+from common.protocol.obscure import EchoMimic, Held, KeystrokeClock, class_padding
 from common.protocol.record import RecordOpener, RecordSealer
 from common.protocol.schedule import LABEL_C2S, LABEL_S2C, DirectionKeys, derive_rekey
 from common.wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Writer
@@ -61,10 +62,16 @@ class InnerType(IntEnum):
     REKEY = 0x06
     SHUTDOWN = 0x07
     ERROR = 0x08
+    #: Server to client, once, first: the agreed keystroke obfuscation (PROTOCOL.md 7.8).
+    OBSCURE = 0x09
+    #: Client to server: a fake keystroke on the clock; answered with echo-shaped chaff.
+    FAKE_KEYSTROKE = 0x0A
 
 
 #: First inner type that belongs to the layers above the transport.
 FIRST_UPPER_TYPE = 0x20
+#: Channel data and extended data (mux.MuxMessage): what a keystroke and its echo are.
+DATA_TYPES = (0x24, 0x25)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +120,14 @@ class Randomness:
 
 
 def seal_message(sealer: RecordSealer, random: Randomness, padding_max: int,
-                 inner_type: int, head: bytes, payload: bytes | memoryview) -> bytearray:
-    """One message into one record, with one copy of the payload (into the plaintext)."""
+                 inner_type: int, head: bytes, payload: bytes | memoryview,
+                 pad: int | None = None) -> bytearray:
+    """One message into one record, with one copy of the payload (into the plaintext).
+    ``pad``: exact padding (a size class); None draws it up to ``padding_max``."""
     if len(head) + len(payload) > MAX_RECORD_PAYLOAD:
         raise InvalidInput("message larger than a record")
-    pad = random.below(padding_max + 1) if padding_max else 0
+    if pad is None:
+        pad = random.below(padding_max + 1) if padding_max else 0
     plaintext = b"".join((bytes((inner_type, pad >> 8, pad & 0xFF)), head, payload, bytes(pad)))
     return sealer.seal(Flag.ENCRYPTED_MESSAGE, plaintext)
 
@@ -130,6 +140,9 @@ class Transport:
         self._setup(established.suite, established.session_id, established.sealer,
                     established.opener, established.tx_chain, established.rx_chain,
                     role, settings, rng, now)
+        if role is Role.SERVER and self.suite.obscure is not None:
+            # Tells the client the offer was taken (a server without it sends nothing).
+            self.send(InnerType.OBSCURE, self.suite.obscure.encoded())
 
     def _setup(self, suite: Suite, session_id: bytes, sealer: RecordSealer,
                opener: RecordOpener, tx_chain: bytes, rx_chain: bytes, role: Role,
@@ -162,7 +175,21 @@ class Transport:
         )
         self._keepalive_token: bytes | None = None
         chaff = self.suite.chaff
-        self._chaff_due = now + self._chaff_delay() if chaff.enabled else None
+        obscure = self.suite.obscure
+        # With keystroke obfuscation the server's chaff is its echo-shaped replies, and the
+        # client's the clock's fakes once interactive (see handle_timer).
+        self._chaff_due = (now + self._chaff_delay()
+                           if chaff.enabled and obscure is None else None)
+        #: Client: what we offered, to check the server's OBSCURE record against.
+        self.obscure_offer: ObscurePolicy | None = None
+        self._interactive = False
+        self._clock: KeystrokeClock | None = None
+        self._mimic: EchoMimic | None = None
+        self._classes: tuple[int, ...] = ()
+        self._pad_limit = self._padding_max
+        if obscure is not None and role is Role.SERVER:
+            self._use_classes(obscure)
+            self._mimic = EchoMimic(self._random.below)
         self.outgoing: list[bytes | bytearray] = []
         self.closed = False
 
@@ -230,11 +257,57 @@ class Transport:
 
     # ------------------------------------------------------------------ sending
 
+    def _use_classes(self, policy: ObscurePolicy) -> None:
+        self._classes = policy.size_classes
+        self._pad_limit = max(self._padding_max, policy.size_classes[-1])
+
+    def set_interactive(self, on: bool) -> None:
+        """Client: an interactive (PTY) session is in use, or no longer: the keystroke
+        clock runs only then (bulk and non-PTY sessions never wait)."""
+        self._interactive = on
+        if self._clock is not None:
+            self._clock.set_interactive(on, self._now)
+
+    @property
+    def keystroke_clock(self) -> KeystrokeClock | None:
+        return self._clock
+
+    @property
+    def echo_mimic(self) -> EchoMimic | None:
+        return self._mimic
+
     def send(self, inner_type: int, head: bytes, payload: bytes | memoryview = b"") -> None:
         if self.closed:
             return
+        clock = self._clock
+        if clock is not None and inner_type >= FIRST_UPPER_TYPE:
+            size = INNER_HEADER_SIZE + len(head) + len(payload)
+            if inner_type in DATA_TYPES and clock.holds(size):
+                if clock.hold(Held(inner_type, head, bytes(payload)), self._now):
+                    self._tick(self._now)
+                return
+            for held in clock.release_all():  # nothing overtakes what waits for a tick
+                self._emit(held.inner_type, held.head, held.payload)
+        self._emit(inner_type, head, payload)
+
+    def _tick(self, now: float) -> None:
+        assert self._clock is not None
+        tick = self._clock.tick(now)
+        for held in tick.messages:
+            self._emit(held.inner_type, held.head, held.payload)
+        if tick.fake:
+            self._emit(InnerType.FAKE_KEYSTROKE, b"")
+
+    def _emit(self, inner_type: int, head: bytes, payload: bytes | memoryview = b"") -> None:
+        if self.closed:
+            return
+        pad = None
+        if self._classes:
+            pad = class_padding(INNER_HEADER_SIZE + len(head) + len(payload), self._classes)
+            if (pad is not None and self._mimic is not None and inner_type in DATA_TYPES):
+                self._mimic.sent_small(self._now)
         self.outgoing.append(seal_message(self.sealer, self._random, self._padding_max,
-                                          inner_type, head, payload))
+                                          inner_type, head, payload, pad))
         if inner_type >= FIRST_UPPER_TYPE:
             # Only application bytes spend the budget: rekey offers of a big KEM (McEliece:
             # 1.36 MB) would otherwise exhaust it themselves and rekey forever.
@@ -273,10 +346,13 @@ class Transport:
         inner_type = plaintext[0]
         pad = (plaintext[1] << 8) | plaintext[2]
         end = len(plaintext) - pad
-        if pad > self._padding_max or end < INNER_HEADER_SIZE:
+        if pad > self._pad_limit or end < INNER_HEADER_SIZE:
             raise InvalidInput("record padding exceeds the agreed maximum")
         message = memoryview(plaintext)[INNER_HEADER_SIZE:end]
         if inner_type >= FIRST_UPPER_TYPE:
+            if (self._mimic is not None and inner_type in DATA_TYPES
+                    and len(plaintext) <= self._classes[-1]):
+                self._mimic.received(self._now, real=True)  # a keystroke: owed an echo
             return inner_type, message
         self._control(inner_type, message)
         return None
@@ -285,6 +361,23 @@ class Transport:
         if inner_type == InnerType.CHAFF:
             return
         r = Reader(body)
+        if inner_type == InnerType.FAKE_KEYSTROKE:
+            r.end()
+            if self._mimic is None:
+                raise InvalidRequest("fake keystroke without keystroke obfuscation")
+            self._mimic.received(self._now, real=False)
+            return
+        if inner_type == InnerType.OBSCURE:
+            policy = ObscurePolicy.decode(r)
+            r.end()
+            if self._role is not Role.CLIENT or self._clock is not None:
+                raise InvalidRequest("unexpected keystroke obfuscation record")
+            check_obscure_answer(self.obscure_offer, policy)
+            self._use_classes(policy)
+            self._clock = KeystrokeClock(policy, self._random.between,
+                                         chaff=self.suite.chaff.enabled)
+            self._clock.set_interactive(self._interactive, self._now)
+            return
         if inner_type == InnerType.KEEPALIVE_REQUEST:
             token = r.fixed(8)
             r.end()
@@ -365,6 +458,10 @@ class Transport:
 
     def next_timer(self) -> float | None:
         candidates = [t for t in (self._keepalive_due, self._chaff_due) if t is not None]
+        if self._clock is not None and (tick := self._clock.next_timer()) is not None:
+            candidates.append(tick)
+        if self._mimic is not None and (reply := self._mimic.next_timer()) is not None:
+            candidates.append(reply)
         if not self._rekey_requested:
             candidates.append(self._tx_key_since + self._settings.rekey_interval)
         return min(candidates) if candidates else None
@@ -381,10 +478,18 @@ class Transport:
             interval = self._settings.keepalive_interval
             assert interval is not None
             self._keepalive_due = now + interval
+        clock = self._clock
+        if clock is not None and clock.next_tick is not None and now >= clock.next_tick:
+            self._tick(now)
+        if self._mimic is not None:
+            for _ in range(self._mimic.due(now)):
+                self._emit(InnerType.CHAFF, b"")
         if self._chaff_due is not None and now >= self._chaff_due:
-            chaff = self.suite.chaff
-            size = self._random.between(chaff.size_min, chaff.size_max)
-            self.send(InnerType.CHAFF, bytes(size))
+            # An interactive session's chaff is the clock's (same sizes, same timing).
+            if clock is None or not clock.interactive:
+                chaff = self.suite.chaff
+                size = self._random.between(chaff.size_min, chaff.size_max)
+                self.send(InnerType.CHAFF, bytes(size))
             self._chaff_due = now + self._chaff_delay()
         if (not self._rekey_requested
                 and now >= self._tx_key_since + self._settings.rekey_interval):
