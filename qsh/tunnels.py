@@ -36,8 +36,16 @@ from common.channels.tunnel import (
 from common.client.connect import Ui, printable
 from common.errors import InvalidInput, UsageError
 from common.forward import socks
-from common.forward.listen import Handler, close_servers, describe_os_error, listen, open_tcp
-from common.forward.pump import pump, set_nodelay
+from common.forward.listen import (
+    Handler,
+    ProtocolFactory,
+    close_servers,
+    connect_forwarder,
+    describe_os_error,
+    listen,
+    stream_protocol,
+)
+from common.forward.pump import Forwarder, pump, set_nodelay
 from common.protocol.mux import OpenFailureReason
 
 #: Seconds qsh waits for one local connect of a remote tunnel.
@@ -53,13 +61,17 @@ class ClientTunnels:
         self._servers: list[asyncio.Server] = []
         #: Remote tunnels by the port the server bound.
         self._remote: dict[int, ForwardSpec] = {}
+        #: Every forwarded socket: streams (``-D``) and forwarders (``-T``, ``-R``).
         self._sockets: set[asyncio.StreamWriter] = set()
+        self._forwarders: set[Forwarder] = set()
+        #: The tasks opening ``-T`` channels (held: the loop keeps only weak references).
+        self._opening: set[asyncio.Task[None]] = set()
         self.bound_ports: dict[ForwardSpec, int] = {}
 
     async def negotiate(self) -> list[str]:
         """Ask for every tunnel; the failures, one line each."""
         # The server may open forwarded-tcpip channels as soon as a listener exists.
-        self.connection._on_channel = self._on_channel
+        self.connection.set_channel_handler(self._on_channel)
         asks: list[Awaitable[tuple[bool, bytes] | None]] = []
         for spec in self.specs:
             if spec.kind == "remote":
@@ -89,7 +101,7 @@ class ClientTunnels:
                                 f"{spec.host}:{spec.host_port}")
                 continue
             try:
-                servers = await listen(spec.bind, spec.port, self._local_handler(spec))
+                servers = await listen(spec.bind, spec.port, self._local_factory(spec))
             except OSError as exc:
                 failures.append(f"{spec.describe()}: cannot listen on port {spec.port}: "
                                 f"{describe_os_error(exc)}")
@@ -102,10 +114,51 @@ class ClientTunnels:
     async def close(self) -> None:
         for writer in list(self._sockets):
             writer.transport.abort()
+        for forwarder in list(self._forwarders):
+            forwarder.abort()
         await close_servers(self._servers)
         self._servers.clear()
 
     # -- local and dynamic tunnels
+
+    def _local_factory(self, spec: ForwardSpec) -> ProtocolFactory:
+        if spec.kind == "dynamic":
+            return stream_protocol(self._local_handler(spec))
+        tag = spec.describe()
+
+        def accepted(forwarder: Forwarder) -> None:
+            self._forwarders.add(forwarder)
+            task = asyncio.ensure_future(self._open_local(spec, forwarder))
+            self._opening.add(task)
+            task.add_done_callback(self._opening.discard)
+
+        def factory() -> Forwarder:
+            return Forwarder(tag, on_connected=accepted)
+        return factory
+
+    async def _open_local(self, spec: ForwardSpec, forwarder: Forwarder) -> None:
+        """The channel of one ``-T`` connection; the forwarder moves the bytes."""
+        host, port = spec.host, spec.host_port
+        try:
+            peer_host, peer_port = forwarder.peername
+            endpoint = Endpoint(host, port, peer_host, peer_port).encode()
+            channel = await self.connection.open_channel(DIRECT_TCPIP, endpoint)
+        except aio.ChannelOpenError as exc:
+            self.ui.warn(f"qsh: {spec.describe()}: {printable(exc.message)}")
+            forwarder.abort()
+        except (aio.ConnectionLost, UsageError, InvalidInput) as exc:
+            self.ui.warn(f"qsh: {spec.describe()}: no channel for {host}:{port}: {exc}")
+            forwarder.abort()
+        except asyncio.CancelledError:  # the loop shutting down
+            forwarder.abort()
+        except Exception as exc:  # never a traceback from a callback
+            self.ui.note(1, f"{spec.describe()}: {exc!r}")
+            forwarder.abort()
+        else:
+            forwarder.attach(channel)
+            forwarder.add_done_callback(self._forwarders.discard)
+            return
+        self._forwarders.discard(forwarder)
 
     def _local_handler(self, spec: ForwardSpec) -> Handler:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -172,22 +225,26 @@ class ClientTunnels:
             channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
                            f"no tunnel for port {endpoint.port}")
             return
+        forwarder = Forwarder(f"{spec.describe()} chan={channel.id}")
         try:
-            reader, writer = await open_tcp(spec.host, spec.host_port, CONNECT_TIMEOUT)
+            await connect_forwarder(forwarder, spec.host, spec.host_port, CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             why = describe_os_error(exc)
             self.ui.warn(f"qsh: {spec.describe()}: connect to {spec.host}:{spec.host_port} "
                          f"failed: {why}")
             channel.reject(OpenFailureReason.CONNECT_FAILED, f"connect failed: {why}")
             return
-        self._sockets.add(writer)
+        self._forwarders.add(forwarder)
         try:
-            set_nodelay(writer)
             try:
                 channel.accept()
             except aio.ConnectionLost:
-                writer.transport.abort()
+                forwarder.abort()
                 return
-            await pump(channel, reader, writer, f"{spec.describe()} chan={channel.id}")
+            forwarder.attach(channel)
+            await forwarder.wait()
+        except asyncio.CancelledError:
+            forwarder.abort()
+            raise
         finally:
-            self._sockets.discard(writer)
+            self._forwarders.discard(forwarder)

@@ -225,6 +225,14 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self._pump()
         return await waiter
 
+    def set_channel_handler(self, handler: ChannelHandler | None) -> None:
+        """Serve the channels the peer opens from now on with ``handler`` (what
+        ``on_channel`` of :func:`connect`, :func:`serve` and :func:`adopt` sets): it gets
+        each one unanswered, to :meth:`Channel.accept` or :meth:`Channel.reject`. None
+        refuses them (administratively prohibited), the default. For a program that knows
+        only once connected which channels it expects (qsh's ``-R`` tunnels)."""
+        self._on_channel = handler
+
     async def global_request(self, name: str, payload: bytes = b"", *,
                              want_reply: bool = True) -> tuple[bool, bytes] | None:
         if self._lost is not None:

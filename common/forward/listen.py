@@ -14,9 +14,10 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 
-from common.forward.pump import STREAM_LIMIT
+from common.forward.pump import STREAM_LIMIT, Forwarder
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+ProtocolFactory = Callable[[], asyncio.Protocol]
 
 LOOPBACK = ("127.0.0.1", "::1")
 #: Connections queued by the kernel for one listener before it refuses more.
@@ -42,15 +43,25 @@ def is_loopback_bind(bind: str) -> bool:
         return False
 
 
-async def listen(bind: str, port: int, handler: Handler) -> list[asyncio.Server]:
-    """Listen on ``bind``:``port``; raise OSError if no address could be bound (the first
-    address's error), else return the servers (call ``close`` on each to stop)."""
+def stream_protocol(handler: Handler) -> ProtocolFactory:
+    """What ``asyncio.start_server`` makes for each connection: streams, ``handler`` in a
+    task (``-D``, whose SOCKS dialogue reads a stream)."""
+    def make() -> asyncio.Protocol:
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=STREAM_LIMIT), handler)
+    return make
+
+
+async def listen(bind: str, port: int, factory: ProtocolFactory) -> list[asyncio.Server]:
+    """Listen on ``bind``:``port``, each accepted connection served by a protocol from
+    ``factory``; raise OSError if no address could be bound (the first address's error),
+    else return the servers (call ``close`` on each to stop)."""
     servers: list[asyncio.Server] = []
     first_error: OSError | None = None
+    loop = asyncio.get_running_loop()
     for address in bind_addresses(bind):
         try:
-            server = await asyncio.start_server(handler, address, port, limit=STREAM_LIMIT,
-                                                backlog=BACKLOG, reuse_address=True)
+            server = await loop.create_server(factory, address, port, backlog=BACKLOG,
+                                              reuse_address=True)
         except OSError as exc:
             if first_error is None:
                 first_error = exc
@@ -91,10 +102,9 @@ def describe_os_error(exc: BaseException) -> str:
     return str(exc)
 
 
-async def open_tcp(host: str, port: int, timeout: float
-                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect with a deadline (name resolution included)."""
+async def connect_forwarder(forwarder: Forwarder, host: str, port: int, timeout: float) -> None:
+    """Connect with a deadline (name resolution included), ``forwarder`` the socket's
+    protocol."""
+    loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port, limit=STREAM_LIMIT,
-                                                       family=socket.AF_UNSPEC)
-    return reader, writer
+        await loop.create_connection(lambda: forwarder, host, port, family=socket.AF_UNSPEC)

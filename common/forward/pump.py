@@ -1,20 +1,30 @@
-"""One forwarded TCP connection over one channel (:func:`pump`).
+"""One forwarded TCP connection over one channel: :class:`Forwarder` (a protocol, for the
+tunnels that own their socket from the start), :func:`pump` (over asyncio streams, for
+``-D``, whose socket first carries the SOCKS dialogue).
 
-Two loops, one per direction, each a plain read-write-drain cycle:
+:class:`Forwarder` is the socket's asyncio protocol and the channel's consumer
+(:meth:`~common.aio.Channel.set_consumer`), so bytes move by callbacks, with no task and no
+stream objects: a short connection costs a handful of callbacks on each side, not three
+tasks and two stream buffers (bench/tunnel.py's connections/s).
 
-* socket to channel: read at most a record's worth, ``channel.write`` it, ``await
-  channel.drain()``. While the peer's window is full the drain waits and the socket is not
-  read, so the kernel's buffer fills and TCP stops the local sender: no buffering of ours
+* socket to channel: ``data_received`` writes into the channel; while the channel is
+  :attr:`~common.aio.Channel.write_blocked` (the peer's window full, the connection's socket
+  backed up) the socket is not read (``pause_reading``) until the channel's writable
+  callback, so the kernel's buffer fills and TCP stops the local sender: no buffering of ours
   beyond the channel's high-water mark.
-* channel to socket: ``channel.read()`` (which grants window back as it consumes), write,
-  ``await writer.drain()``. A local reader that stops reading stops the remote sender
-  within one window.
+* channel to socket: each received chunk is written to the socket and its window granted
+  back at once, unless the socket is backed up (``pause_writing``): then the grants wait for
+  ``resume_writing``. A local reader that stops reading stops the remote sender within one
+  window.
+
+:func:`pump` does the same with two loops, one per direction, each a read-write-drain cycle.
 
 Half-close travels both ways: EOF on the socket becomes the channel's EOF, the channel's
 EOF becomes ``shutdown(SHUT_WR)``; the channel closes once both directions have ended, as in
-SSH. When either side vanishes -- the socket resets, the channel is closed or aborted by the
-peer, the connection dies -- both loops are cancelled, the socket is aborted and the channel
-closed, so nothing of the pair is left behind (descriptors, tasks, buffers).
+SSH. When the peer closes the channel, what it sent before still goes to the socket, within
+:data:`FLUSH_TIMEOUT`. When either side vanishes -- the socket resets, the channel is aborted
+by the peer, the connection dies -- the socket is aborted and the channel closed, so nothing
+of the pair is left behind (descriptors, tasks, buffers, timers).
 """
 
 from __future__ import annotations
@@ -22,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from common.aio import Channel
+from common.aio.errors import ConnectionLost
 
 log = logging.getLogger("qsh.forward")
 
@@ -106,6 +118,229 @@ def set_nodelay(writer: asyncio.StreamWriter) -> None:
     import socket
 
     sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Forwarder(asyncio.Protocol):
+    """One TCP connection joined to one channel (see the module's docstring). Make it the
+    socket's protocol (``create_connection``, ``create_server``); the socket is not read
+    until :meth:`attach` gives it its open channel. :meth:`wait` returns once both the socket
+    and the channel are gone; :meth:`abort` ends both at once. ``on_connected`` is called
+    with the forwarder when its socket is made (an accepted connection starts its channel's
+    open there)."""
+
+    def __init__(self, tag: str = "",
+                 on_connected: Callable[[Forwarder], None] | None = None) -> None:
+        self.tag = tag
+        self._on_connected = on_connected
+        self.transport: asyncio.Transport | None = None
+        self.channel: Channel | None = None
+        self._done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._socket_eof = False  # the socket's EOF, passed on to the channel
+        self._channel_eof = False  # the channel's EOF, passed on to the socket
+        self._socket_gone = False
+        self._channel_gone = False
+        self._reading_paused = False
+        self._socket_backed_up = False
+        self._held = 0  # bytes written to the socket, their window not yet granted
+        self._ending = False
+        self._clean = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- the owner's side
+
+    def attach(self, channel: Channel) -> None:
+        """Start forwarding between the socket and ``channel`` (open)."""
+        self.channel = channel
+        channel.add_close_callback(self._channel_closed)
+        if self._ending or self._socket_gone:
+            channel.abort()
+            return
+        channel.set_writable_callback(self._writable)
+        channel.set_consumer(self._from_channel, self._eof_from_channel)
+        self._writable()
+
+    def abort(self) -> None:
+        self._end(clean=False)
+
+    @property
+    def peername(self) -> tuple[str, int]:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return (str(peer[0]), int(peer[1])) if peer else ("", 0)
+
+    def add_done_callback(self, callback: Callable[[Forwarder], None]) -> None:
+        """Call ``callback(forwarder)`` (soon) once both ends are gone."""
+        self._done.add_done_callback(lambda _: callback(self))
+
+    async def wait(self) -> bool:
+        """Until both ends are gone; True for a clean end (EOF both ways)."""
+        return await asyncio.shield(self._done)
+
+    # -- the socket (asyncio)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        _nodelay(transport)
+        if self.channel is None:
+            transport.pause_reading()
+            self._reading_paused = True
+        if self._on_connected is not None:
+            self._on_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        channel = self.channel
+        if self._ending or channel is None:
+            return
+        try:
+            channel.write(data)
+        except Exception as exc:  # the channel or the connection went away meanwhile
+            log.debug("%s: forwarding ended: %r", self.tag, exc)
+            self._end(clean=False)
+            return
+        if channel.write_blocked and not self._reading_paused:
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._socket_eof = True
+        if self.channel is not None and not self._ending:
+            self.channel.write_eof()
+            self._maybe_done_both_ways()
+        return True  # keep the socket open for what the channel still sends
+
+    def pause_writing(self) -> None:
+        self._socket_backed_up = True
+
+    def resume_writing(self) -> None:
+        self._socket_backed_up = False
+        held, self._held = self._held, 0
+        channel = self.channel
+        if held and channel is not None and channel.is_open:
+            channel.grant(held)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._socket_gone = True
+        if not self._ending:
+            log.debug("%s: the socket went away: %r", self.tag, exc)
+            self._end(clean=False)
+        self._check_done()
+
+    # -- the channel (callbacks from the connection's event processing: never raise)
+
+    def _writable(self) -> None:
+        channel = self.channel
+        if (self._reading_paused and not self._ending and channel is not None
+                and self.transport is not None and not channel.write_blocked):
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _from_channel(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self._socket_gone or transport.is_closing():
+            return
+        try:
+            transport.write(data)
+            assert self.channel is not None
+            if self._socket_backed_up:
+                self._held += len(data)
+            else:
+                self.channel.grant(len(data))
+        except Exception as exc:
+            log.debug("%s: forwarding ended: %r", self.tag, exc)
+            self._end(clean=False)
+
+    def _eof_from_channel(self) -> None:
+        self._channel_eof = True
+        transport = self.transport
+        try:
+            if transport is not None and not transport.is_closing() and transport.can_write_eof():
+                transport.write_eof()
+        except Exception as exc:
+            log.debug("%s: shutdown failed: %r", self.tag, exc)
+            self._end(clean=False)
+            return
+        self._maybe_done_both_ways()
+
+    def _channel_closed(self, channel: Channel) -> None:
+        self._channel_gone = True
+        if not self._ending:
+            # The peer closed (or the connection ended): nothing more goes out. What it
+            # sent up to its EOF still goes to the socket, within a bound; without an
+            # EOF (an abort, the connection lost) the stream was cut: reset the socket, so
+            # the local end does not take it for complete.
+            self._ending = True
+            transport = self.transport
+            if channel.lost is not None or not self._channel_eof:
+                if transport is not None:
+                    transport.abort()
+            else:
+                self._clean = True
+                if transport is not None:
+                    transport.close()
+                    self._arm(FLUSH_TIMEOUT)
+        self._check_done()
+
+    # -- the end
+
+    def _maybe_done_both_ways(self) -> None:
+        if self._socket_eof and self._channel_eof:
+            self._end(clean=True)
+
+    def _end(self, *, clean: bool) -> None:
+        if self._ending:
+            if not clean and self.transport is not None:
+                self.transport.abort()  # an abort overrides a pending flush
+            return
+        self._ending = True
+        self._clean = clean
+        transport, channel = self.transport, self.channel
+        try:
+            if clean:
+                if transport is not None:
+                    transport.close()
+                if channel is not None:
+                    channel.close()
+            else:
+                if transport is not None:
+                    transport.abort()
+                if channel is not None:
+                    channel.abort()
+        except ConnectionLost:
+            pass
+        self._arm(CLOSE_TIMEOUT)
+        self._check_done()
+
+    def _arm(self, seconds: float) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(seconds, self._give_up)
+
+    def _give_up(self) -> None:
+        self._timer = None
+        if self.transport is not None and not self._socket_gone:
+            self.transport.abort()  # connection_lost follows
+        self._channel_gone = True  # no answer to our CLOSE: stop waiting for one
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if not self._socket_gone and self.transport is not None:
+            return
+        if not self._channel_gone and self.channel is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._done.done():
+            self._done.set_result(self._clean)
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    import socket
+
+    sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
