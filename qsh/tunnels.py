@@ -64,8 +64,6 @@ class ClientTunnels:
         #: Every forwarded socket: streams (``-D``) and forwarders (``-T``, ``-R``).
         self._sockets: set[asyncio.StreamWriter] = set()
         self._forwarders: set[Forwarder] = set()
-        #: The tasks opening ``-T`` channels (held: the loop keeps only weak references).
-        self._opening: set[asyncio.Task[None]] = set()
         self.bound_ports: dict[ForwardSpec, int] = {}
 
     async def negotiate(self) -> list[str]:
@@ -127,37 +125,36 @@ class ClientTunnels:
         tag = spec.describe()
 
         def accepted(forwarder: Forwarder) -> None:
+            # No task: the open goes out now, its answer comes back as a callback.
+            host, port = spec.host, spec.host_port
+            try:
+                peer_host, peer_port = forwarder.peername
+                endpoint = Endpoint(host, port, peer_host, peer_port).encode()
+                opening = self.connection.start_channel(DIRECT_TCPIP, endpoint)
+            except (aio.ConnectionLost, UsageError, InvalidInput) as exc:
+                self.ui.warn(f"qsh: {tag}: no channel for {host}:{port}: {exc}")
+                forwarder.abort()
+                return
             self._forwarders.add(forwarder)
-            task = asyncio.ensure_future(self._open_local(spec, forwarder))
-            self._opening.add(task)
-            task.add_done_callback(self._opening.discard)
+            opening.add_done_callback(lambda done: self._opened(tag, forwarder, done))
 
         def factory() -> Forwarder:
             return Forwarder(tag, on_connected=accepted)
         return factory
 
-    async def _open_local(self, spec: ForwardSpec, forwarder: Forwarder) -> None:
-        """The channel of one ``-T`` connection; the forwarder moves the bytes."""
-        host, port = spec.host, spec.host_port
-        try:
-            peer_host, peer_port = forwarder.peername
-            endpoint = Endpoint(host, port, peer_host, peer_port).encode()
-            channel = await self.connection.open_channel(DIRECT_TCPIP, endpoint)
-        except aio.ChannelOpenError as exc:
-            self.ui.warn(f"qsh: {spec.describe()}: {printable(exc.message)}")
-            forwarder.abort()
-        except (aio.ConnectionLost, UsageError, InvalidInput) as exc:
-            self.ui.warn(f"qsh: {spec.describe()}: no channel for {host}:{port}: {exc}")
-            forwarder.abort()
-        except asyncio.CancelledError:  # the loop shutting down
-            forwarder.abort()
-        except Exception as exc:  # never a traceback from a callback
-            self.ui.note(1, f"{spec.describe()}: {exc!r}")
-            forwarder.abort()
-        else:
-            forwarder.attach(channel)
+    def _opened(self, tag: str, forwarder: Forwarder, opening: asyncio.Future[aio.Channel]
+                ) -> None:
+        """The answer to a ``-T`` connection's open: forward, or close the socket."""
+        exc = None if opening.cancelled() else opening.exception()
+        if exc is None and not opening.cancelled():
+            forwarder.attach(opening.result())
             forwarder.add_done_callback(self._forwarders.discard)
             return
+        if isinstance(exc, aio.ChannelOpenError):
+            self.ui.warn(f"qsh: {tag}: {printable(exc.message)}")
+        elif exc is not None:
+            self.ui.warn(f"qsh: {tag}: no channel: {exc}")
+        forwarder.abort()
         self._forwarders.discard(forwarder)
 
     def _local_handler(self, spec: ForwardSpec) -> Handler:

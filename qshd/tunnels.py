@@ -153,9 +153,6 @@ class Tunnels:
         self.disabled = disabled
         self._listeners: dict[tuple[str, int], list[asyncio.Server]] = {}
         self._forwarders: set[Forwarder] = set()
-        #: The tasks opening ``forwarded-tcpip`` channels (held: the loop keeps only weak
-        #: references).
-        self._opening: set[asyncio.Task[None]] = set()
         self._connecting = 0
         self._lock = asyncio.Lock()
         self._closed = False
@@ -224,11 +221,7 @@ class Tunnels:
         port_box: list[int] = []
 
         def accepted(forwarder: Forwarder) -> None:
-            self._forwarders.add(forwarder)
-            task = asyncio.ensure_future(self._forwarded(request.address, port_box[0],
-                                                         forwarder))
-            self._opening.add(task)
-            task.add_done_callback(self._opening.discard)
+            self._forwarded(request.address, port_box[0], forwarder)
 
         def factory() -> Forwarder:
             return Forwarder(self.tag, on_connected=accepted)
@@ -251,33 +244,34 @@ class Tunnels:
         await close_servers(servers)
         return True, b""
 
-    async def _forwarded(self, address: str, port: int, forwarder: Forwarder) -> None:
-        """A connection to a remote listener: one ``forwarded-tcpip`` channel."""
+    def _forwarded(self, address: str, port: int, forwarder: Forwarder) -> None:
+        """A connection to a remote listener: one ``forwarded-tcpip`` channel, its open
+        sent at once, its answer a callback (no task)."""
+        host, peer_port = forwarder.peername
+        endpoint = Endpoint(address or "localhost", port, host, peer_port)
         try:
-            host, peer_port = forwarder.peername
-            endpoint = Endpoint(address or "localhost", port, host, peer_port)
-            try:
-                channel = await self.connection.open_channel(FORWARDED_TCPIP,
-                                                             endpoint.encode())
-            except aio.ChannelOpenError as exc:
+            opening = self.connection.start_channel(FORWARDED_TCPIP, endpoint.encode())
+        except Exception as exc:  # connection gone, too many channels
+            log.debug("%s: no channel for port %d: %s", self.tag, port, exc)
+            forwarder.abort()
+            return
+        self._forwarders.add(forwarder)
+
+        def opened(done: asyncio.Future[aio.Channel]) -> None:
+            exc = None if done.cancelled() else done.exception()
+            if exc is None and not done.cancelled():
+                forwarder.attach(done.result())
+                forwarder.add_done_callback(self._forwarders.discard)
+                return
+            if isinstance(exc, aio.ChannelOpenError):
                 log.info("%s: the client refused a connection to port %d: %s", self.tag,
                          port, exc.message)
-                forwarder.abort()
-                return
-            except Exception as exc:  # connection gone, too many channels
+            else:
                 log.debug("%s: no channel for port %d: %s", self.tag, port, exc)
-                forwarder.abort()
-                return
-            forwarder.tag = f"{self.tag} chan={channel.id}"
-            forwarder.attach(channel)
-            await forwarder.wait()
-        except asyncio.CancelledError:  # the loop shutting down: the socket goes with it
             forwarder.abort()
-        except Exception:
-            log.exception("%s: forwarded connection failed", self.tag)
-            forwarder.abort()
-        finally:
             self._forwarders.discard(forwarder)
+
+        opening.add_done_callback(opened)
 
     # -- channels
 

@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from common.accounts.keys import HostKey, PublicKey
@@ -213,6 +213,13 @@ class QsmpConnection(asyncio.BufferedProtocol):
         """Open a channel; returns once the peer accepted it, raises
         :class:`ChannelOpenError` if it refused, :class:`ConnectionLost` if the connection
         ended first."""
+        return await self.start_channel(kind, payload)
+
+    def start_channel(self, kind: str, payload: bytes = b"") -> asyncio.Future[Channel]:
+        """:meth:`open_channel` without a coroutine: the open is sent now, the future
+        completes as :meth:`open_channel` returns or raises (for a caller that runs in a
+        callback, e.g. an accepted socket's protocol). Cancelling the future abandons the
+        channel (it is closed as soon as the peer's answer arrives)."""
         if self._lost is not None:
             raise self._lost
         if self._core.closed:
@@ -223,7 +230,21 @@ class QsmpConnection(asyncio.BufferedProtocol):
         waiter: asyncio.Future[Channel] = self.loop.create_future()
         self._opening[channel_id] = waiter
         self._pump()
-        return await waiter
+        return waiter
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Whatever the calls inside produce (an EOF and a CLOSE, say) goes out together
+        at the end, in one write, rather than one write each."""
+        if self._pumping:
+            yield  # inside event processing already: the running pump sends it all
+            return
+        self._pumping = True
+        try:
+            yield
+        finally:
+            self._pumping = False
+            self._pump()
 
     def set_channel_handler(self, handler: ChannelHandler | None) -> None:
         """Serve the channels the peer opens from now on with ``handler`` (what

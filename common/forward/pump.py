@@ -49,6 +49,9 @@ STREAM_LIMIT = 1024 * 1024
 FLUSH_TIMEOUT = 10.0
 #: How long a closed channel waits for the peer's CLOSE before the pump gives up on it.
 CLOSE_TIMEOUT = 10.0
+#: What a :class:`Forwarder` reads from its socket before the channel is open (it stops
+#: reading there): the first bytes go out with no wait once the channel opens.
+EARLY_LIMIT = 256 * 1024
 
 
 async def _to_channel(reader: asyncio.StreamReader, channel: Channel) -> None:
@@ -125,11 +128,11 @@ def set_nodelay(writer: asyncio.StreamWriter) -> None:
 
 class Forwarder(asyncio.Protocol):
     """One TCP connection joined to one channel (see the module's docstring). Make it the
-    socket's protocol (``create_connection``, ``create_server``); the socket is not read
-    until :meth:`attach` gives it its open channel. :meth:`wait` returns once both the socket
-    and the channel are gone; :meth:`abort` ends both at once. ``on_connected`` is called
-    with the forwarder when its socket is made (an accepted connection starts its channel's
-    open there)."""
+    socket's protocol (``create_connection``, ``create_server``); until :meth:`attach`
+    gives it its open channel, it reads at most :data:`EARLY_LIMIT` bytes, sent as soon as
+    the channel opens. :meth:`wait` returns once both the socket and the channel are gone;
+    :meth:`abort` ends both at once. ``on_connected`` is called with the forwarder when its
+    socket is made (an accepted connection starts its channel's open there)."""
 
     def __init__(self, tag: str = "",
                  on_connected: Callable[[Forwarder], None] | None = None) -> None:
@@ -148,6 +151,9 @@ class Forwarder(asyncio.Protocol):
         self._ending = False
         self._clean = False
         self._timer: asyncio.TimerHandle | None = None
+        #: What the socket sent before the channel was open (bounded: reading pauses).
+        self._early: list[bytes] = []
+        self._early_size = 0
 
     # -- the owner's side
 
@@ -159,7 +165,14 @@ class Forwarder(asyncio.Protocol):
             channel.abort()
             return
         channel.set_writable_callback(self._writable)
-        channel.set_consumer(self._from_channel, self._eof_from_channel)
+        with channel.connection.batch():
+            channel.set_consumer(self._from_channel, self._eof_from_channel)
+            early, self._early = self._early, []
+            self._early_size = 0
+            for data in early:
+                self.data_received(data)
+            if self._socket_eof:
+                self._eof_to_channel()
         self._writable()
 
     def abort(self) -> None:
@@ -176,7 +189,7 @@ class Forwarder(asyncio.Protocol):
 
     async def wait(self) -> bool:
         """Until both ends are gone; True for a clean end (EOF both ways)."""
-        return await asyncio.shield(self._done)
+        return await self._done
 
     # -- the socket (asyncio)
 
@@ -184,15 +197,20 @@ class Forwarder(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         _nodelay(transport)
-        if self.channel is None:
-            transport.pause_reading()
-            self._reading_paused = True
         if self._on_connected is not None:
             self._on_connected(self)
 
     def data_received(self, data: bytes) -> None:
         channel = self.channel
-        if self._ending or channel is None:
+        if self._ending:
+            return
+        if channel is None:  # kept until the channel is open
+            self._early.append(data)
+            self._early_size += len(data)
+            if self._early_size >= EARLY_LIMIT and not self._reading_paused:
+                self._reading_paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
             return
         try:
             channel.write(data)
@@ -208,9 +226,18 @@ class Forwarder(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._socket_eof = True
         if self.channel is not None and not self._ending:
-            self.channel.write_eof()
-            self._maybe_done_both_ways()
+            try:
+                with self.channel.connection.batch():  # EOF and CLOSE in one write
+                    self._eof_to_channel()
+            except Exception as exc:
+                log.debug("%s: forwarding ended: %r", self.tag, exc)
+                self._end(clean=False)
         return True  # keep the socket open for what the channel still sends
+
+    def _eof_to_channel(self) -> None:
+        assert self.channel is not None
+        self.channel.write_eof()
+        self._maybe_done_both_ways()
 
     def pause_writing(self) -> None:
         self._socket_backed_up = True
