@@ -12,6 +12,9 @@ Each accepted local connection opens one ``direct-tcpip`` channel (after the SOC
 for ``-D``); each ``forwarded-tcpip`` channel the server opens for a remote listener
 connects to the tunnel's local destination. A refused or unreachable destination closes
 the accepted socket and is reported in one line.
+
+:meth:`ClientTunnels.add` and :meth:`ClientTunnels.cancel` change the tunnels of a running
+connection (the ``~C`` escape line, :mod:`qsh.escapes`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Awaitable
 
 from common import aio
 from common.channels.tunnel import (
+    CANCEL_TCPIP_FORWARD,
     DIRECT_TCPIP,
     FORWARD_CHECK,
     FORWARDED_TCPIP,
@@ -58,7 +62,8 @@ class ClientTunnels:
         self.connection = connection
         self.ui = ui
         self.specs = specs
-        self._servers: list[asyncio.Server] = []
+        #: Local and dynamic tunnels' listeners.
+        self._listeners: dict[ForwardSpec, list[asyncio.Server]] = {}
         #: Remote tunnels by the port the server bound.
         self._remote: dict[int, ForwardSpec] = {}
         #: Every forwarded socket: streams (``-D``) and forwarders (``-T``, ``-R``).
@@ -68,10 +73,15 @@ class ClientTunnels:
 
     async def negotiate(self) -> list[str]:
         """Ask for every tunnel; the failures, one line each."""
+        return await self.add(self.specs)
+
+    async def add(self, specs: list[ForwardSpec]) -> list[str]:
+        """Ask for more tunnels (at connect time, or from ``~C``); the failures, one line
+        each."""
         # The server may open forwarded-tcpip channels as soon as a listener exists.
         self.connection.set_channel_handler(self._on_channel)
         asks: list[Awaitable[tuple[bool, bytes] | None]] = []
-        for spec in self.specs:
+        for spec in specs:
             if spec.kind == "remote":
                 payload = ForwardRequest(spec.bind, spec.port).encode()
                 asks.append(self.connection.global_request(TCPIP_FORWARD, payload))
@@ -81,7 +91,7 @@ class ClientTunnels:
         # Tasks start in order, so the requests leave in order, in one flight.
         replies = await asyncio.gather(*asks)
         failures: list[str] = []
-        for spec, reply in zip(self.specs, replies, strict=True):
+        for spec, reply in zip(specs, replies, strict=True):
             ok, payload = reply if reply is not None else (False, b"")
             if not ok:
                 reason = decode_reason(payload) or "refused by the server"
@@ -104,7 +114,7 @@ class ClientTunnels:
                 failures.append(f"{spec.describe()}: cannot listen on port {spec.port}: "
                                 f"{describe_os_error(exc)}")
                 continue
-            self._servers.extend(servers)
+            self._listeners[spec] = servers
             self.bound_ports[spec] = int(servers[0].sockets[0].getsockname()[1])
             self.ui.note(1, f"{spec.describe()}: listening")
         return failures
@@ -114,8 +124,36 @@ class ClientTunnels:
             writer.transport.abort()
         for forwarder in list(self._forwarders):
             forwarder.abort()
-        await close_servers(self._servers)
-        self._servers.clear()
+        servers = [server for listeners in self._listeners.values() for server in listeners]
+        self._listeners.clear()
+        await close_servers(servers)
+
+    async def cancel(self, kind: str, bind: str, port: int) -> str | None:
+        """Stop the tunnel of ``kind`` listening on ``[bind:]port`` (``~C -KL/-KR/-KD``):
+        a local listener closes (its connections carry on, as in ssh); a remote one is
+        cancelled on the server (``cancel-tcpip-forward``). None, or why not."""
+        def matches(spec: ForwardSpec) -> bool:
+            return (spec.kind == kind and self.bound_ports.get(spec) == port
+                    and (not bind or spec.bind == bind))
+
+        if kind != "remote":
+            for spec in list(self._listeners):
+                if matches(spec):
+                    await close_servers(self._listeners.pop(spec))
+                    del self.bound_ports[spec]
+                    return None
+            return f"no {kind} forward on port {port}"
+        for bound, spec in list(self._remote.items()):
+            if matches(spec):
+                payload = ForwardRequest(spec.bind, bound).encode()
+                reply = await self.connection.global_request(CANCEL_TCPIP_FORWARD, payload)
+                if reply is None or not reply[0]:
+                    reason = decode_reason(reply[1]) if reply else ""
+                    return f"the server did not cancel it: {printable(reason or 'refused')}"
+                del self._remote[bound]
+                del self.bound_ports[spec]
+                return None
+        return f"no remote forward on port {port}"
 
     # -- local and dynamic tunnels
 
