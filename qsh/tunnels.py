@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 
 from common import aio
 from common.channels.tunnel import (
@@ -42,11 +42,12 @@ from common.errors import InvalidInput, UsageError
 from common.forward import socks
 from common.forward.listen import (
     Handler,
-    ProtocolFactory,
+    Listener,
     close_servers,
     connect_forwarder,
     describe_os_error,
     listen,
+    listen_forwarders,
     stream_protocol,
 )
 from common.forward.pump import Forwarder, pump, set_nodelay
@@ -63,7 +64,7 @@ class ClientTunnels:
         self.ui = ui
         self.specs = specs
         #: Local and dynamic tunnels' listeners.
-        self._listeners: dict[ForwardSpec, list[asyncio.Server]] = {}
+        self._listeners: dict[ForwardSpec, Sequence[asyncio.Server | Listener]] = {}
         #: Remote tunnels by the port the server bound.
         self._remote: dict[int, ForwardSpec] = {}
         #: Every forwarded socket: streams (``-D``) and forwarders (``-T``, ``-R``).
@@ -109,7 +110,7 @@ class ClientTunnels:
                                 f"{spec.host}:{spec.host_port}")
                 continue
             try:
-                servers = await listen(spec.bind, spec.port, self._local_factory(spec))
+                servers = await self._listen(spec)
             except OSError as exc:
                 failures.append(f"{spec.describe()}: cannot listen on port {spec.port}: "
                                 f"{describe_os_error(exc)}")
@@ -157,9 +158,12 @@ class ClientTunnels:
 
     # -- local and dynamic tunnels
 
-    def _local_factory(self, spec: ForwardSpec) -> ProtocolFactory:
+    async def _listen(self, spec: ForwardSpec) -> Sequence[asyncio.Server | Listener]:
         if spec.kind == "dynamic":
-            return stream_protocol(self._local_handler(spec))
+            return await listen(spec.bind, spec.port, stream_protocol(self._local_handler(spec)))
+        return await listen_forwarders(spec.bind, spec.port, self._forwarder_factory(spec))
+
+    def _forwarder_factory(self, spec: ForwardSpec) -> Callable[[], Forwarder]:
         tag = spec.describe()
 
         def accepted(forwarder: Forwarder) -> None:

@@ -48,12 +48,13 @@ from common.channels.tunnel import (
 )
 from common.errors import InvalidInput
 from common.forward.listen import (
+    Listener,
     bound_port,
     close_servers,
     connect_forwarder,
     describe_os_error,
     is_loopback_bind,
-    listen,
+    listen_forwarders,
 )
 from common.forward.pump import Forwarder
 from common.protocol.mux import GlobalRequest, OpenFailureReason
@@ -151,7 +152,7 @@ class Tunnels:
         self.policy = policy
         self.user = user
         self.disabled = disabled
-        self._listeners: dict[tuple[str, int], list[asyncio.Server]] = {}
+        self._listeners: dict[tuple[str, int], list[Listener]] = {}
         self._forwarders: set[Forwarder] = set()
         self._connecting = 0
         self._lock = asyncio.Lock()
@@ -227,7 +228,7 @@ class Tunnels:
             return Forwarder(self.tag, on_connected=accepted)
 
         try:
-            servers = await listen(bind, request.port, factory)
+            servers = await listen_forwarders(bind, request.port, factory)
         except OSError as exc:
             return self._refuse(what, f"cannot listen: {describe_os_error(exc)}")
         port = bound_port(servers)

@@ -12,15 +12,18 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from common.forward.pump import STREAM_LIMIT, Forwarder
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 ProtocolFactory = Callable[[], asyncio.Protocol]
+
+log = logging.getLogger("qsh.forward")
 
 LOOPBACK = ("127.0.0.1", "::1")
 #: Connections queued by the kernel for one listener before it refuses more.
@@ -76,14 +79,99 @@ async def listen(bind: str, port: int, factory: ProtocolFactory) -> list[asyncio
     return servers
 
 
-def bound_port(servers: list[asyncio.Server]) -> int:
+class Listener:
+    """Listening sockets whose connections go to :class:`Forwarder` objects, accepted by the
+    event loop's reader callback (no transport, no task per connection): the same
+    ``close``/``wait_closed``/``sockets`` as an ``asyncio.Server``."""
+
+    def __init__(self, sock: socket.socket, factory: Callable[[], Forwarder]) -> None:
+        self.sockets = [sock]
+        self._sock = sock
+        self._factory = factory
+        self._loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        self._loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(BACKLOG):
+            try:
+                conn, _peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:  # out of descriptors, say: drop this turn, retry later
+                self._loop.remove_reader(self._sock.fileno())
+                self._loop.call_later(1.0, self._resume)
+                log.warning("accept failed: %s", exc)
+                return
+            try:
+                self._factory().start(conn)
+            except Exception:
+                conn.close()
+                raise
+
+    def _resume(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+async def listen_forwarders(bind: str, port: int, factory: Callable[[], Forwarder]
+                            ) -> list[Listener]:
+    """:func:`listen` for :class:`Forwarder` connections (``-T``, ``-R``)."""
+    listeners: list[Listener] = []
+    first_error: OSError | None = None
+    loop = asyncio.get_running_loop()
+    for address in bind_addresses(bind):
+        try:
+            infos = await loop.getaddrinfo(address, port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE)
+        except OSError as exc:
+            first_error = first_error or exc
+            continue
+        for family, kind, proto, _name, sockaddr in infos:
+            try:
+                sock = _bound(family, kind, proto, sockaddr)
+            except OSError as exc:
+                first_error = first_error or exc
+                continue
+            listeners.append(Listener(sock, factory))
+            if port == 0:
+                port = int(sock.getsockname()[1])
+    if not listeners:
+        raise first_error or OSError(errno.EADDRNOTAVAIL, f"no address for {bind!r}")
+    return listeners
+
+
+def _bound(family: int, kind: int, proto: int, sockaddr: tuple[Any, ...]) -> socket.socket:
+    """A listening socket as asyncio's ``create_server`` makes one."""
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bound_port(servers: Sequence[asyncio.Server | Listener]) -> int:
     for server in servers:
         for sock in server.sockets:
             return int(sock.getsockname()[1])
     return 0
 
 
-async def close_servers(servers: list[asyncio.Server]) -> None:
+async def close_servers(servers: Sequence[asyncio.Server | Listener]) -> None:
     for server in servers:
         server.close()
     for server in servers:
@@ -121,15 +209,16 @@ async def connect_forwarder(forwarder: Forwarder, host: str, port: int, timeout:
             try:
                 sock.setblocking(False)
                 await _connect(loop, sock, address)
-                await loop.connect_accepted_socket(lambda: forwarder, sock)
-                return
             except OSError as exc:
                 sock.close()
                 if first_error is None:
                     first_error = exc
+                continue
             except BaseException:
                 sock.close()
                 raise
+            forwarder.start(sock)
+            return
         raise first_error or OSError(errno.EHOSTUNREACH, f"no address for {host}")
 
 
