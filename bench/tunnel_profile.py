@@ -4,6 +4,7 @@ qshd's user process while ``bench/tunnel.py``'s connections/s part runs (issue 1
 
     python bench/tunnel_profile.py                  # 2000 connections, top 25 of each
     python bench/tunnel_profile.py --connections N --top K --sort tottime|cumulative
+    python bench/tunnel_profile.py --no-profile --tree ../main   # CPU only, another checkout
 
 Both programs are the real ones, started through this script in ``--wrap`` mode, which
 turns cProfile on around qsh's whole run (stats written on SIGTERM, as bench/tunnel.py
@@ -25,8 +26,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 HERE = Path(__file__).resolve()
 #: cProfile's clock: wall time by default (cheap; fine on an idle machine); with
@@ -89,21 +88,24 @@ def main() -> None:
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--no-profile", action="store_true",
                         help="only the CPU per connection, without cProfile")
+    parser.add_argument("--tree", type=Path, default=HERE.parents[1],
+                        help="run qsh and qshd from this checkout (for a before and after)")
     args = parser.parse_args()
+    sys.path.insert(0, str(HERE.parents[1]))
 
     from bench.sessions import PrivateQshd
     from bench.tunnel import HOST, FarEnd, connections, free_port, wait_ready
 
     outdir = tempfile.mkdtemp(prefix="qsh-tunnel-prof-")
     wrapper = [] if args.no_profile else [sys.executable, str(HERE), "--wrap", outdir]
-    with PrivateQshd(wrapper=wrapper or None) as qshd:
+    with PrivateQshd(tree=args.tree.resolve(), wrapper=wrapper or None) as qshd:
         far = FarEnd("echo")
         lport = free_port()
         cli = qshd.cli(None)
         command = [*cli[:-1], "-N", "-T", f"{lport}:{HOST}:{far.port}", cli[-1]]
         if wrapper:
             command = [*wrapper, *command]
-        qsh = subprocess.Popen(command, env=qshd.env, stdin=subprocess.DEVNULL)
+        qsh = subprocess.Popen(command, env=qshd.env, cwd=qshd.tree, stdin=subprocess.DEVNULL)
         try:
             wait_ready(lport)
             time.sleep(0.5)

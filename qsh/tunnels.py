@@ -172,30 +172,30 @@ class ClientTunnels:
             try:
                 peer_host, peer_port = forwarder.peername
                 endpoint = Endpoint(host, port, peer_host, peer_port).encode()
-                opening = self.connection.start_channel(DIRECT_TCPIP, endpoint)
+                self._forwarders.add(forwarder)
+                self.connection.open_channel_nowait(
+                    DIRECT_TCPIP, endpoint,
+                    lambda channel, error: self._opened(tag, forwarder, channel, error))
             except (aio.ConnectionLost, UsageError, InvalidInput) as exc:
                 self.ui.warn(f"qsh: {tag}: no channel for {host}:{port}: {exc}")
                 forwarder.abort()
-                return
-            self._forwarders.add(forwarder)
-            opening.add_done_callback(lambda done: self._opened(tag, forwarder, done))
+                self._forwarders.discard(forwarder)
 
         def factory() -> Forwarder:
             return Forwarder(tag, on_connected=accepted)
         return factory
 
-    def _opened(self, tag: str, forwarder: Forwarder, opening: asyncio.Future[aio.Channel]
-                ) -> None:
+    def _opened(self, tag: str, forwarder: Forwarder, channel: aio.Channel | None,
+                error: Exception | None) -> None:
         """The answer to a ``-T`` connection's open: forward, or close the socket."""
-        exc = None if opening.cancelled() else opening.exception()
-        if exc is None and not opening.cancelled():
-            forwarder.attach(opening.result())
+        if channel is not None:
+            forwarder.attach(channel)
             forwarder.add_done_callback(self._forwarders.discard)
             return
-        if isinstance(exc, aio.ChannelOpenError):
-            self.ui.warn(f"qsh: {tag}: {printable(exc.message)}")
-        elif exc is not None:
-            self.ui.warn(f"qsh: {tag}: no channel: {exc}")
+        if isinstance(error, aio.ChannelOpenError):
+            self.ui.warn(f"qsh: {tag}: {printable(error.message)}")
+        else:
+            self.ui.warn(f"qsh: {tag}: no channel: {error}")
         forwarder.abort()
         self._forwarders.discard(forwarder)
 

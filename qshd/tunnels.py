@@ -247,32 +247,30 @@ class Tunnels:
 
     def _forwarded(self, address: str, port: int, forwarder: Forwarder) -> None:
         """A connection to a remote listener: one ``forwarded-tcpip`` channel, its open
-        sent at once, its answer a callback (no task)."""
+        sent at once, its answer a callback (no task, no turn of the loop)."""
         host, peer_port = forwarder.peername
         endpoint = Endpoint(address or "localhost", port, host, peer_port)
-        try:
-            opening = self.connection.start_channel(FORWARDED_TCPIP, endpoint.encode())
-        except Exception as exc:  # connection gone, too many channels
-            log.debug("%s: no channel for port %d: %s", self.tag, port, exc)
-            forwarder.abort()
-            return
-        self._forwarders.add(forwarder)
 
-        def opened(done: asyncio.Future[aio.Channel]) -> None:
-            exc = None if done.cancelled() else done.exception()
-            if exc is None and not done.cancelled():
-                forwarder.attach(done.result())
+        def opened(channel: aio.Channel | None, error: Exception | None) -> None:
+            if channel is not None:
+                forwarder.attach(channel)
                 forwarder.add_done_callback(self._forwarders.discard)
                 return
-            if isinstance(exc, aio.ChannelOpenError):
+            if isinstance(error, aio.ChannelOpenError):
                 log.info("%s: the client refused a connection to port %d: %s", self.tag,
-                         port, exc.message)
+                         port, error.message)
             else:
-                log.debug("%s: no channel for port %d: %s", self.tag, port, exc)
+                log.debug("%s: no channel for port %d: %s", self.tag, port, error)
             forwarder.abort()
             self._forwarders.discard(forwarder)
 
-        opening.add_done_callback(opened)
+        self._forwarders.add(forwarder)
+        try:
+            self.connection.open_channel_nowait(FORWARDED_TCPIP, endpoint.encode(), opened)
+        except Exception as exc:  # connection gone, too many channels
+            log.debug("%s: no channel for port %d: %s", self.tag, port, exc)
+            forwarder.abort()
+            self._forwarders.discard(forwarder)
 
     # -- channels
 

@@ -871,3 +871,30 @@ def test_consumer_gets_buffered_then_pushed_data_and_the_window_waits_for_grants
             client.close()
 
     run(main())
+
+
+def test_open_channel_nowait_answers_by_callback() -> None:
+    answers: list[tuple[aio.Channel | None, Exception | None]] = []
+
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            client.open_channel_nowait("echo", b"", lambda c, e: answers.append((c, e)))
+            client.open_channel_nowait("nosuch", b"", lambda c, e: answers.append((c, e)))
+            for _ in range(500):
+                if len(answers) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            (channel, error), (refused, why) = answers
+            assert channel is not None and error is None and channel.is_open
+            assert refused is None and isinstance(why, aio.ChannelOpenError)
+            channel.write(b"ping")
+            channel.write_eof()
+            assert await channel.read_to_eof() == b"ping"
+            # Unanswered when the connection ends: told so, with the reason.
+            client.open_channel_nowait("echo", b"", lambda c, e: answers.append((c, e)))
+            client.abort()
+            await client.wait_closed()
+            assert answers[2][0] is None and isinstance(answers[2][1], aio.ConnectionLost)
+
+    run(main())

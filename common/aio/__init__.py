@@ -36,6 +36,7 @@ from common.aio.connection import (
     ChannelHandler,
     GlobalRequestHandler,
     HostKeyCallback,
+    OpenAnswer,
     QsmpConnection,
 )
 from common.aio.errors import ChannelClosedError, ChannelOpenError, ConnectionLost
@@ -57,6 +58,7 @@ __all__ = [
     "ConnectionLost",
     "GlobalRequestHandler",
     "HostKeyCallback",
+    "OpenAnswer",
     "QsmpConnection",
     "ReadStream",
     "Server",

@@ -192,34 +192,45 @@ def describe_os_error(exc: BaseException) -> str:
 
 
 async def connect_forwarder(forwarder: Forwarder, host: str, port: int, timeout: float) -> None:
-    """Connect with a deadline (name resolution included), ``forwarder`` the socket's
-    protocol; the addresses in the resolver's order, the first one's error if none answers.
+    """Connect with a deadline (name resolution included) and give the socket to
+    ``forwarder``; the addresses in the resolver's order, the first one's error if none
+    answers.
 
-    Leaner than ``loop.create_connection`` (no resolver round trip for an address, and a
-    loopback connect, which the kernel completes within the call, is seen done without
-    waiting for the socket to turn writable): a short tunnelled connection pays this once
-    per connection (bench/tunnel.py's connections/s)."""
+    Leaner than ``loop.create_connection``: no resolver round trip for an address, and a
+    connect the kernel completes within the call (loopback does) takes no turn of the event
+    loop at all -- a short tunnelled connection pays this once (bench/tunnel.py's
+    connections/s)."""
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout):
-        infos = _numeric(host, port) or await loop.getaddrinfo(host, port,
-                                                               type=socket.SOCK_STREAM)
-        first_error: OSError | None = None
-        for family, kind, proto, _name, address in infos:
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setblocking(False)
-                await _connect(loop, sock, address)
-            except OSError as exc:
-                sock.close()
-                if first_error is None:
-                    first_error = exc
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            forwarder.start(sock)
-            return
-        raise first_error or OSError(errno.EHOSTUNREACH, f"no address for {host}")
+    deadline = loop.time() + timeout
+    infos: Sequence[tuple[int, int, int, str, tuple[Any, ...]]] = _numeric(host, port)
+    if not infos:
+        async with asyncio.timeout_at(deadline):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    first_error: OSError | None = None
+    for family, kind, proto, _name, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            error = sock.connect_ex(address)
+            if error in (errno.EINPROGRESS, errno.EAGAIN):
+                error = sock.connect_ex(address)  # 0 once established (loopback: already)
+            if error in (errno.EALREADY, errno.EINPROGRESS):
+                async with asyncio.timeout_at(deadline):
+                    await _writable(loop, sock)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error not in (0, errno.EISCONN):
+                raise OSError(error, os.strerror(error))
+        except OSError as exc:  # TimeoutError included
+            sock.close()
+            if first_error is None:
+                first_error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        forwarder.start(sock)
+        return
+    raise first_error or OSError(errno.EHOSTUNREACH, f"no address for {host}")
 
 
 def _numeric(host: str, port: int) -> list[tuple[int, int, int, str, tuple[Any, ...]]]:
@@ -235,21 +246,13 @@ def _numeric(host: str, port: int) -> list[tuple[int, int, int, str, tuple[Any, 
     return [(socket.AF_INET6, socket.SOCK_STREAM, 0, "", (host, port, 0, 0))]
 
 
-async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                   address: tuple[Any, ...]) -> None:
-    error = sock.connect_ex(address)
-    if error in (errno.EINPROGRESS, errno.EAGAIN):
-        error = sock.connect_ex(address)  # 0 once established (loopback: already)
-    if error in (errno.EALREADY, errno.EINPROGRESS):
-        ready = loop.create_future()
-        loop.add_writer(sock.fileno(), _set_done, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_writer(sock.fileno())
-        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if error not in (0, errno.EISCONN):
-        raise OSError(error, os.strerror(error))
+async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready = loop.create_future()
+    loop.add_writer(sock.fileno(), _set_done, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(sock.fileno())
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
