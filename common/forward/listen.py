@@ -103,11 +103,13 @@ class Listener:
                 self._loop.call_later(1.0, self._resume)
                 log.warning("accept failed: %s", exc)
                 return
+            forwarder = self._factory()
             try:
-                self._factory().start(conn)
-            except Exception:
+                forwarder.start(conn)
+            except Exception:  # a bug: this connection goes, the listener stays
+                log.exception("forwarded connection failed")
+                forwarder.abort()
                 conn.close()
-                raise
 
     def _resume(self) -> None:
         if self._sock.fileno() >= 0:
