@@ -180,6 +180,10 @@ class Channel:
     Writing: :meth:`write` queues and sends at once as far as the peer's window allows;
     ``await`` :meth:`drain` to wait while too much is queued. ``bytes`` are sent without a
     copy; other buffers are copied first, because the caller may reuse them.
+
+    Without a task: :meth:`set_consumer` pushes received data to a callback (the window
+    reopens only by :meth:`grant`), :attr:`write_blocked` and :meth:`set_writable_callback`
+    replace :meth:`drain`, :meth:`add_close_callback` replaces :meth:`wait_closed`.
     """
 
     def __init__(self, connection: QsmpConnection, channel_id: int, kind: str, payload: bytes,
