@@ -33,7 +33,7 @@ import errno
 import os
 import signal
 import stat
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,8 +198,11 @@ class Session:
 
     def __init__(self, connection: aio.QsmpConnection, cfg: ClientConfig, ui: Ui, *,
                  command: str | None, pty: bool,
-                 gate: Awaitable[None] | None = None) -> None:
+                 gate: Awaitable[None] | None = None,
+                 tunnels: ClientTunnels | None = None) -> None:
         self.connection = connection
+        #: Where ``~C`` adds and cancels tunnels (None: it says it cannot).
+        self.tunnels = tunnels
         #: Awaited together with the channel's open, before any request: the tunnels'
         #: negotiation, which must succeed before a shell or command starts.
         self.gate = gate
@@ -383,7 +386,7 @@ class Session:
                 if not data:
                     channel.write_eof()
                     return
-                items: list[bytes | escapes.Escape] = (
+                items: list[bytes | escapes.Escape | escapes.Echo | escapes.CommandLine] = (
                     scanner.feed(data) if scanner is not None else [data])
                 for item in items:
                     if isinstance(item, bytes):
@@ -396,9 +399,44 @@ class Session:
                                        .rstrip("\n"))
                     elif item is escapes.Escape.SUSPEND:
                         self._suspend()
+                    elif item is escapes.Escape.COMMAND:
+                        _show(b"\r\nqsh> ")
+                    elif isinstance(item, escapes.Echo):
+                        _show(item.data)
+                    elif isinstance(item, escapes.CommandLine):
+                        self._background_task(self._run_command(item.text))
                 await channel.drain()
         except (aio.ChannelClosedError, aio.ConnectionLost):
             return  # the remote side is done: nothing to send anymore
+
+    async def _run_command(self, text: str) -> None:
+        """One ``~C`` line: open or cancel a tunnel, as ssh's command line does."""
+        try:
+            command = escapes.parse_command(text)
+        except ValueError as exc:
+            self.ui.say(f"qsh: {exc}")
+            return
+        if command.action == "none":
+            return
+        if command.action == "help":
+            self.ui.say(escapes.COMMAND_HELP)
+            return
+        if self.tunnels is None:
+            self.ui.say("qsh: tunnels cannot be changed on this connection")
+            return
+        try:
+            if command.action == "open":
+                assert command.spec is not None
+                failures = await self.tunnels.add([command.spec])
+                for failure in failures:
+                    self.ui.say(f"qsh: tunnel not set up: {failure}")
+                if not failures:
+                    self.ui.say("Forwarding port.")
+            else:
+                why = await self.tunnels.cancel(command.kind, command.bind, command.port)
+                self.ui.say(f"qsh: {why}" if why else "Canceled forwarding.")
+        except (aio.ChannelClosedError, aio.ConnectionLost) as exc:
+            self.ui.say(f"qsh: {exc}")
 
     def _suspend(self) -> None:
         self.ui.say("~^Z [suspend qsh]")
@@ -465,9 +503,19 @@ class Session:
             with contextlib.suppress(aio.ChannelClosedError, aio.ConnectionLost):
                 await channel.request(name, payload, want_reply=False)
 
-        task = asyncio.ensure_future(send())
+        self._background_task(send())
+
+    def _background_task(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _show(data: bytes) -> None:
+    """Terminal output of our own (the ``~C`` prompt and its echo), on fd 2."""
+    with contextlib.suppress(OSError):
+        while data:
+            data = data[os.write(2, data):]
 
 
 # --- Whole runs ---------------------------------------------------------------------------
@@ -528,8 +576,9 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
         try:
             connection = await login(cfg, ui)
             gate: Awaitable[None] | None = None
+            # Made for every run: ~C may add tunnels later.
+            tunnels = ClientTunnels(connection, ui, cfg.forwards)
             if cfg.forwards:
-                tunnels = ClientTunnels(connection, ui, cfg.forwards)
                 # The requests go out now, beside the session's open (one round trip).
                 gate = asyncio.ensure_future(settle_tunnels(
                     asyncio.ensure_future(tunnels.negotiate()), cfg, ui))
@@ -544,7 +593,8 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
                         return await wait_connection(connection, cfg)
                 pty = wants_pty(cfg.request_tty, command=command, stdin_is_tty=os.isatty(0),
                                 force=force_tty)
-                session = Session(connection, cfg, ui, command=command, pty=pty, gate=gate)
+                session = Session(connection, cfg, ui, command=command, pty=pty, gate=gate,
+                                  tunnels=tunnels)
                 return await session.run()
             except aio.ConnectionLost as exc:
                 raise DisconnectError(f"connection to {cfg.host} closed: "

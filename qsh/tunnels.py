@@ -12,16 +12,20 @@ Each accepted local connection opens one ``direct-tcpip`` channel (after the SOC
 for ``-D``); each ``forwarded-tcpip`` channel the server opens for a remote listener
 connects to the tunnel's local destination. A refused or unreachable destination closes
 the accepted socket and is reported in one line.
+
+:meth:`ClientTunnels.add` and :meth:`ClientTunnels.cancel` change the tunnels of a running
+connection (the ``~C`` escape line, :mod:`qsh.escapes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 
 from common import aio
 from common.channels.tunnel import (
+    CANCEL_TCPIP_FORWARD,
     DIRECT_TCPIP,
     FORWARD_CHECK,
     FORWARDED_TCPIP,
@@ -36,8 +40,17 @@ from common.channels.tunnel import (
 from common.client.connect import Ui, printable
 from common.errors import InvalidInput, UsageError
 from common.forward import socks
-from common.forward.listen import Handler, close_servers, describe_os_error, listen, open_tcp
-from common.forward.pump import pump, set_nodelay
+from common.forward.listen import (
+    Handler,
+    Listener,
+    close_servers,
+    connect_forwarder,
+    describe_os_error,
+    listen,
+    listen_forwarders,
+    stream_protocol,
+)
+from common.forward.pump import Forwarder, pump, set_nodelay
 from common.protocol.mux import OpenFailureReason
 
 #: Seconds qsh waits for one local connect of a remote tunnel.
@@ -50,18 +63,26 @@ class ClientTunnels:
         self.connection = connection
         self.ui = ui
         self.specs = specs
-        self._servers: list[asyncio.Server] = []
+        #: Local and dynamic tunnels' listeners.
+        self._listeners: dict[ForwardSpec, Sequence[asyncio.Server | Listener]] = {}
         #: Remote tunnels by the port the server bound.
         self._remote: dict[int, ForwardSpec] = {}
+        #: Every forwarded socket: streams (``-D``) and forwarders (``-T``, ``-R``).
         self._sockets: set[asyncio.StreamWriter] = set()
+        self._forwarders: set[Forwarder] = set()
         self.bound_ports: dict[ForwardSpec, int] = {}
 
     async def negotiate(self) -> list[str]:
         """Ask for every tunnel; the failures, one line each."""
+        return await self.add(self.specs)
+
+    async def add(self, specs: list[ForwardSpec]) -> list[str]:
+        """Ask for more tunnels (at connect time, or from ``~C``); the failures, one line
+        each."""
         # The server may open forwarded-tcpip channels as soon as a listener exists.
-        self.connection._on_channel = self._on_channel
+        self.connection.set_channel_handler(self._on_channel)
         asks: list[Awaitable[tuple[bool, bytes] | None]] = []
-        for spec in self.specs:
+        for spec in specs:
             if spec.kind == "remote":
                 payload = ForwardRequest(spec.bind, spec.port).encode()
                 asks.append(self.connection.global_request(TCPIP_FORWARD, payload))
@@ -71,7 +92,7 @@ class ClientTunnels:
         # Tasks start in order, so the requests leave in order, in one flight.
         replies = await asyncio.gather(*asks)
         failures: list[str] = []
-        for spec, reply in zip(self.specs, replies, strict=True):
+        for spec, reply in zip(specs, replies, strict=True):
             ok, payload = reply if reply is not None else (False, b"")
             if not ok:
                 reason = decode_reason(payload) or "refused by the server"
@@ -89,12 +110,12 @@ class ClientTunnels:
                                 f"{spec.host}:{spec.host_port}")
                 continue
             try:
-                servers = await listen(spec.bind, spec.port, self._local_handler(spec))
+                servers = await self._listen(spec)
             except OSError as exc:
                 failures.append(f"{spec.describe()}: cannot listen on port {spec.port}: "
                                 f"{describe_os_error(exc)}")
                 continue
-            self._servers.extend(servers)
+            self._listeners[spec] = servers
             self.bound_ports[spec] = int(servers[0].sockets[0].getsockname()[1])
             self.ui.note(1, f"{spec.describe()}: listening")
         return failures
@@ -102,10 +123,81 @@ class ClientTunnels:
     async def close(self) -> None:
         for writer in list(self._sockets):
             writer.transport.abort()
-        await close_servers(self._servers)
-        self._servers.clear()
+        for forwarder in list(self._forwarders):
+            forwarder.abort()
+        servers = [server for listeners in self._listeners.values() for server in listeners]
+        self._listeners.clear()
+        await close_servers(servers)
+
+    async def cancel(self, kind: str, bind: str, port: int) -> str | None:
+        """Stop the tunnel of ``kind`` listening on ``[bind:]port`` (``~C -KL/-KR/-KD``):
+        a local listener closes (its connections carry on, as in ssh); a remote one is
+        cancelled on the server (``cancel-tcpip-forward``). None, or why not."""
+        def matches(spec: ForwardSpec) -> bool:
+            return (spec.kind == kind and self.bound_ports.get(spec) == port
+                    and (not bind or spec.bind == bind))
+
+        if kind != "remote":
+            for spec in list(self._listeners):
+                if matches(spec):
+                    await close_servers(self._listeners.pop(spec))
+                    del self.bound_ports[spec]
+                    return None
+            return f"no {kind} forward on port {port}"
+        for bound, spec in list(self._remote.items()):
+            if matches(spec):
+                payload = ForwardRequest(spec.bind, bound).encode()
+                reply = await self.connection.global_request(CANCEL_TCPIP_FORWARD, payload)
+                if reply is None or not reply[0]:
+                    reason = decode_reason(reply[1]) if reply else ""
+                    return f"the server did not cancel it: {printable(reason or 'refused')}"
+                del self._remote[bound]
+                del self.bound_ports[spec]
+                return None
+        return f"no remote forward on port {port}"
 
     # -- local and dynamic tunnels
+
+    async def _listen(self, spec: ForwardSpec) -> Sequence[asyncio.Server | Listener]:
+        if spec.kind == "dynamic":
+            return await listen(spec.bind, spec.port, stream_protocol(self._local_handler(spec)))
+        return await listen_forwarders(spec.bind, spec.port, self._forwarder_factory(spec))
+
+    def _forwarder_factory(self, spec: ForwardSpec) -> Callable[[], Forwarder]:
+        tag = spec.describe()
+
+        def accepted(forwarder: Forwarder) -> None:
+            # No task: the open goes out now, its answer comes back as a callback.
+            host, port = spec.host, spec.host_port
+            try:
+                peer_host, peer_port = forwarder.peername
+                endpoint = Endpoint(host, port, peer_host, peer_port).encode()
+                self._forwarders.add(forwarder)
+                self.connection.open_channel_nowait(
+                    DIRECT_TCPIP, endpoint,
+                    lambda channel, error: self._opened(tag, forwarder, channel, error))
+            except (aio.ConnectionLost, UsageError, InvalidInput) as exc:
+                self.ui.warn(f"qsh: {tag}: no channel for {host}:{port}: {exc}")
+                forwarder.abort()
+                self._forwarders.discard(forwarder)
+
+        def factory() -> Forwarder:
+            return Forwarder(tag, on_connected=accepted)
+        return factory
+
+    def _opened(self, tag: str, forwarder: Forwarder, channel: aio.Channel | None,
+                error: Exception | None) -> None:
+        """The answer to a ``-T`` connection's open: forward, or close the socket."""
+        if channel is not None:
+            forwarder.attach(channel)
+            forwarder.add_done_callback(self._forwarders.discard)
+            return
+        if isinstance(error, aio.ChannelOpenError):
+            self.ui.warn(f"qsh: {tag}: {printable(error.message)}")
+        else:
+            self.ui.warn(f"qsh: {tag}: no channel: {error}")
+        forwarder.abort()
+        self._forwarders.discard(forwarder)
 
     def _local_handler(self, spec: ForwardSpec) -> Handler:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -172,22 +264,26 @@ class ClientTunnels:
             channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
                            f"no tunnel for port {endpoint.port}")
             return
+        forwarder = Forwarder(f"{spec.describe()} chan={channel.id}")
         try:
-            reader, writer = await open_tcp(spec.host, spec.host_port, CONNECT_TIMEOUT)
+            await connect_forwarder(forwarder, spec.host, spec.host_port, CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             why = describe_os_error(exc)
             self.ui.warn(f"qsh: {spec.describe()}: connect to {spec.host}:{spec.host_port} "
                          f"failed: {why}")
             channel.reject(OpenFailureReason.CONNECT_FAILED, f"connect failed: {why}")
             return
-        self._sockets.add(writer)
+        self._forwarders.add(forwarder)
         try:
-            set_nodelay(writer)
             try:
                 channel.accept()
             except aio.ConnectionLost:
-                writer.transport.abort()
+                forwarder.abort()
                 return
-            await pump(channel, reader, writer, f"{spec.describe()} chan={channel.id}")
+            forwarder.attach(channel)
+            await forwarder.wait()
+        except asyncio.CancelledError:
+            forwarder.abort()
+            raise
         finally:
-            self._sockets.discard(writer)
+            self._forwarders.discard(forwarder)

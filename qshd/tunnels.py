@@ -25,7 +25,6 @@ torn down when the connection ends: listeners closed, forwarded sockets aborted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import logging
 from collections.abc import Sequence
@@ -49,14 +48,15 @@ from common.channels.tunnel import (
 )
 from common.errors import InvalidInput
 from common.forward.listen import (
+    Listener,
     bound_port,
     close_servers,
+    connect_forwarder,
     describe_os_error,
     is_loopback_bind,
-    listen,
-    open_tcp,
+    listen_forwarders,
 )
-from common.forward.pump import pump, set_nodelay
+from common.forward.pump import Forwarder
 from common.protocol.mux import GlobalRequest, OpenFailureReason
 
 log = logging.getLogger("qshd")
@@ -152,8 +152,8 @@ class Tunnels:
         self.policy = policy
         self.user = user
         self.disabled = disabled
-        self._listeners: dict[tuple[str, int], list[asyncio.Server]] = {}
-        self._sockets: set[asyncio.StreamWriter] = set()
+        self._listeners: dict[tuple[str, int], list[Listener]] = {}
+        self._forwarders: set[Forwarder] = set()
         self._connecting = 0
         self._lock = asyncio.Lock()
         self._closed = False
@@ -174,8 +174,8 @@ class Tunnels:
         self._closed = True
         listeners = [s for servers in self._listeners.values() for s in servers]
         self._listeners.clear()
-        for writer in list(self._sockets):
-            writer.transport.abort()
+        for forwarder in list(self._forwarders):
+            forwarder.abort()
         await close_servers(listeners)
 
     # -- global requests
@@ -221,14 +221,14 @@ class Tunnels:
         bind = self.policy.listen_address(request.address)
         port_box: list[int] = []
 
-        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            # asyncio (3.11) logs a traceback for a connection callback that ends cancelled
-            # (the loop shutting down): end quietly instead, the socket is aborted anyway.
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._forwarded(request.address, port_box[0], reader, writer)
+        def accepted(forwarder: Forwarder) -> None:
+            self._forwarded(request.address, port_box[0], forwarder)
+
+        def factory() -> Forwarder:
+            return Forwarder(self.tag, on_connected=accepted)
 
         try:
-            servers = await listen(bind, request.port, accepted)
+            servers = await listen_forwarders(bind, request.port, factory)
         except OSError as exc:
             return self._refuse(what, f"cannot listen: {describe_os_error(exc)}")
         port = bound_port(servers)
@@ -245,32 +245,32 @@ class Tunnels:
         await close_servers(servers)
         return True, b""
 
-    async def _forwarded(self, address: str, port: int, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
-        """A connection to a remote listener: one ``forwarded-tcpip`` channel."""
-        self._sockets.add(writer)
-        try:
-            peer = writer.get_extra_info("peername") or ("", 0)
-            set_nodelay(writer)
-            endpoint = Endpoint(address or "localhost", port, str(peer[0]), int(peer[1]))
-            try:
-                channel = await self.connection.open_channel(FORWARDED_TCPIP,
-                                                             endpoint.encode())
-            except aio.ChannelOpenError as exc:
+    def _forwarded(self, address: str, port: int, forwarder: Forwarder) -> None:
+        """A connection to a remote listener: one ``forwarded-tcpip`` channel, its open
+        sent at once, its answer a callback (no task, no turn of the loop)."""
+        host, peer_port = forwarder.peername
+        endpoint = Endpoint(address or "localhost", port, host, peer_port)
+
+        def opened(channel: aio.Channel | None, error: Exception | None) -> None:
+            if channel is not None:
+                forwarder.attach(channel)
+                forwarder.add_done_callback(self._forwarders.discard)
+                return
+            if isinstance(error, aio.ChannelOpenError):
                 log.info("%s: the client refused a connection to port %d: %s", self.tag,
-                         port, exc.message)
-                writer.transport.abort()
-                return
-            except Exception as exc:  # connection gone, too many channels
-                log.debug("%s: no channel for port %d: %s", self.tag, port, exc)
-                writer.transport.abort()
-                return
-            await pump(channel, reader, writer, f"{self.tag} chan={channel.id}")
-        except Exception:
-            log.exception("%s: forwarded connection failed", self.tag)
-            writer.transport.abort()
-        finally:
-            self._sockets.discard(writer)
+                         port, error.message)
+            else:
+                log.debug("%s: no channel for port %d: %s", self.tag, port, error)
+            forwarder.abort()
+            self._forwarders.discard(forwarder)
+
+        self._forwarders.add(forwarder)
+        try:
+            self.connection.open_channel_nowait(FORWARDED_TCPIP, endpoint.encode(), opened)
+        except Exception as exc:  # connection gone, too many channels
+            log.debug("%s: no channel for port %d: %s", self.tag, port, exc)
+            forwarder.abort()
+            self._forwarders.discard(forwarder)
 
     # -- channels
 
@@ -296,9 +296,10 @@ class Tunnels:
             channel.reject(OpenFailureReason.RESOURCE_SHORTAGE,
                            f"too many connects in progress (at most {MAX_PENDING_CONNECTS})")
             return
+        forwarder = Forwarder(f"{self.tag} chan={channel.id}")
         self._connecting += 1
         try:
-            reader, writer = await open_tcp(endpoint.host, endpoint.port, CONNECT_TIMEOUT)
+            await connect_forwarder(forwarder, endpoint.host, endpoint.port, CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             why = describe_os_error(exc)
             log.info("%s: connect to %s for %s failed: %s", self.tag, target, self.user, why)
@@ -306,18 +307,21 @@ class Tunnels:
             return
         finally:
             self._connecting -= 1
-        self._sockets.add(writer)
+        self._forwarders.add(forwarder)
         try:
             if self._closed:
-                writer.transport.abort()
+                forwarder.abort()
                 channel.reject(OpenFailureReason.CONNECT_FAILED, "the connection is closing")
                 return
-            set_nodelay(writer)
             try:
                 channel.accept()
             except aio.ConnectionLost:
-                writer.transport.abort()
+                forwarder.abort()
                 return
-            await pump(channel, reader, writer, f"{self.tag} chan={channel.id}")
+            forwarder.attach(channel)
+            await forwarder.wait()
+        except asyncio.CancelledError:
+            forwarder.abort()
+            raise
         finally:
-            self._sockets.discard(writer)
+            self._forwarders.discard(forwarder)

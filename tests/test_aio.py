@@ -790,3 +790,111 @@ def test_a_login_on_an_ended_connection_fails_at_once() -> None:
                 await asyncio.wait_for(client.login_password("alice", b"pw"), 5)
 
     run(main())
+
+
+# --- push delivery (set_consumer) and the channel handler installed after connecting ---------
+
+
+def test_handler_installed_after_connecting_serves_server_opened_channels() -> None:
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            peer = await server_side(server, client)
+            # No handler yet: refused, as before.
+            with pytest.raises(aio.ChannelOpenError):
+                await peer.open_channel("echo", b"early")
+
+            async def on_channel(connection: aio.QsmpConnection, channel: aio.Channel) -> None:
+                assert connection is client
+                await echo(channel)
+
+            client.set_channel_handler(on_channel)
+            channel = await peer.open_channel("echo", b"late")
+            channel.write(b"ping")
+            channel.write_eof()
+            assert await channel.read_to_eof() == b"ping"
+            client.set_channel_handler(None)
+            with pytest.raises(aio.ChannelOpenError):
+                await peer.open_channel("echo", b"again")
+            client.close()
+
+    run(main())
+
+
+def test_consumer_gets_buffered_then_pushed_data_and_the_window_waits_for_grants() -> None:
+    window = 256 * 1024
+    chunks: list[bytes] = []
+    eofs: list[bool] = []
+    granting: list[aio.Channel] = []  # once set: grant as delivered
+
+    def consume(data: bytes) -> None:
+        chunks.append(data)
+        for channel in granting:
+            channel.grant(len(data))
+    ready: asyncio.Queue[aio.Channel] = asyncio.Queue(1)
+
+    async def on_channel(connection: aio.QsmpConnection, channel: aio.Channel) -> None:
+        channel.accept()
+        ready.put_nowait(channel)
+        await channel.wait_closed()
+
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server, window=window, on_channel=on_channel)
+            peer = await server_side(server, client)
+            sender = await peer.open_channel("push")
+            sender.high_water = 0
+            sender.write(b"first")
+            mine = await asyncio.wait_for(ready.get(), 10)
+            while mine.stdout.buffered < 5:
+                await asyncio.sleep(0.01)
+            # What was buffered comes at once; nothing is granted by delivery alone.
+            mine.set_consumer(consume, lambda: eofs.append(True))
+            assert b"".join(chunks) == b"first" and mine.stdout.buffered == 0
+            block = os.urandom(64 * 1024)
+            for _ in range(8):  # 512 KiB against a 256 KiB window
+                sender.write(block)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sender.drain(), 0.3)
+            assert sum(map(len, chunks)) == window  # exactly the window, then it stops
+            mine.grant(window)
+            granting.append(mine)
+            await asyncio.wait_for(sender.drain(), 10)
+            sender.write_eof()
+            for _ in range(500):
+                if eofs:
+                    break
+                await asyncio.sleep(0.01)
+            assert eofs == [True]
+            assert b"".join(chunks) == b"first" + block * 8
+            assert mine.stdout.buffered == 0  # reads no longer see the stream
+            client.close()
+
+    run(main())
+
+
+def test_open_channel_nowait_answers_by_callback() -> None:
+    answers: list[tuple[aio.Channel | None, Exception | None]] = []
+
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            client.open_channel_nowait("echo", b"", lambda c, e: answers.append((c, e)))
+            client.open_channel_nowait("nosuch", b"", lambda c, e: answers.append((c, e)))
+            for _ in range(500):
+                if len(answers) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            (channel, error), (refused, why) = answers
+            assert channel is not None and error is None and channel.is_open
+            assert refused is None and isinstance(why, aio.ChannelOpenError)
+            channel.write(b"ping")
+            channel.write_eof()
+            assert await channel.read_to_eof() == b"ping"
+            # Unanswered when the connection ends: told so, with the reason.
+            client.open_channel_nowait("echo", b"", lambda c, e: answers.append((c, e)))
+            client.abort()
+            await client.wait_closed()
+            assert answers[2][0] is None and isinstance(answers[2][1], aio.ConnectionLost)
+
+    run(main())

@@ -45,7 +45,14 @@ from common.client.terminal import RawMode
 from common.errors import ErrorCode
 from common.protocol.connection import ConnectionTerminated, not_qsmp
 from qsh.cli import hoist_options, remote_command, split_destination
-from qsh.escapes import Escape, EscapeScanner
+from qsh.escapes import (
+    Command,
+    CommandLine,
+    Echo,
+    Escape,
+    EscapeScanner,
+    parse_command,
+)
 from qsh.session import exit_code, wants_pty
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +96,65 @@ def test_escape_scanner(chunks: list[bytes], expected: list[bytes | Escape]) -> 
 def test_escape_scanner_passes_bulk_data_unchanged() -> None:
     data = os.urandom(MiB).replace(b"~", b"-")
     assert EscapeScanner().feed(data) == [data]
+
+
+@pytest.mark.parametrize(("chunks", "expected"), [
+    # ~C: the prompt, then the line is echoed, not sent, and handed over at Enter.
+    ([b"~C-L 1\r"], [Escape.COMMAND, Echo(b"-L 1\r\n"), CommandLine("-L 1")]),
+    ([b"ls\r~C?\nx"], [b"ls\r", Escape.COMMAND, Echo(b"?\r\n"), CommandLine("?"), b"x"]),
+    # split over reads, with erase (DEL, ^H) and ^U
+    ([b"~", b"Cab", b"\x7f\x7fc\x08d\re"],
+     [Escape.COMMAND, Echo(b"ab\b \b\b \bc\b \bd\r\n"), CommandLine("d"), b"e"]),
+    ([b"~Cxy\x15z\r"], [Escape.COMMAND, Echo(b"xy\b \b\b \bz\r\n"), CommandLine("z")]),
+    # ^C or ESC abandon the line; control bytes are not part of it
+    ([b"~Cab\x03x"], [Escape.COMMAND, Echo(b"ab\r\n"), CommandLine(""), b"x"]),
+    ([b"~Ca\x01\x1b"], [Escape.COMMAND, Echo(b"a\r\n"), CommandLine("")]),
+    # after the line, ~ is at a line start again; not at a line start, ~C is plain text
+    ([b"~C\r~."], [Escape.COMMAND, Echo(b"\r\n"), CommandLine(""), Escape.DISCONNECT]),
+    ([b"a~C\r"], [b"a~C\r"]),
+])
+def test_escape_scanner_command_line(chunks: list[bytes], expected: list[object]) -> None:
+    scanner = EscapeScanner()
+    out: list[object] = []
+    for chunk in chunks:
+        for item in scanner.feed(chunk):
+            if isinstance(item, Echo) and out and isinstance(out[-1], Echo):
+                out[-1] = Echo(out[-1].data + item.data)
+            elif isinstance(item, bytes) and out and isinstance(out[-1], bytes):
+                out[-1] += item
+            else:
+                out.append(item)
+    assert out == expected
+
+
+def test_escape_command_line_is_bounded() -> None:
+    scanner = EscapeScanner()
+    items = scanner.feed(b"~C" + b"x" * 10_000 + b"\r")
+    line = items[-1]
+    assert isinstance(line, CommandLine) and len(line.text) == 512
+
+
+def test_parse_escape_commands() -> None:
+    local = parse_command("-L 8080:localhost:80")
+    assert local.action == "open" and local.spec is not None
+    assert (local.spec.kind, local.spec.port, local.spec.host, local.spec.host_port) == (
+        "local", 8080, "localhost", 80)
+    assert parse_command("-T127.0.0.1:8080:h:80").spec.bind == "127.0.0.1"  # type: ignore[union-attr]
+    remote = parse_command(" -R 0:localhost:22 ").spec
+    assert remote is not None and (remote.kind, remote.port) == ("remote", 0)
+    dynamic = parse_command("-D 1080").spec
+    assert dynamic is not None and (dynamic.kind, dynamic.port) == ("dynamic", 1080)
+    assert parse_command("-KL 8080") == Command("cancel", kind="local", port=8080)
+    assert parse_command("-KT8080") == Command("cancel", kind="local", port=8080)
+    assert parse_command("-KR 127.0.0.1:9000") == Command("cancel", kind="remote",
+                                                          bind="127.0.0.1", port=9000)
+    assert parse_command("-KD [::1]:1080") == Command("cancel", kind="dynamic", bind="::1",
+                                                      port=1080)
+    assert parse_command("?") == Command("help")
+    assert parse_command("  ") == Command("none")
+    for bad in ("ls", "-X 1", "-L", "-L 8080", "-KL a:b:c", "-KR x", "-D 99999"):
+        with pytest.raises(ValueError):
+            parse_command(bad)
 
 
 def test_exit_code_mapping() -> None:
@@ -677,6 +743,107 @@ def test_escape_help_and_literal_tilde(server: Server) -> None:
     child.write(b"~~x\r")  # type: ignore[attr-defined]
     out, status = _drain(child)
     assert status == 0 and b"got:~x" in out, out
+
+
+def test_escape_command_line_adds_a_tunnel_and_cancels_it(server: Server) -> None:
+    """``~C`` then ``-L port:host:port``: a -T tunnel on a running session, fetched through;
+    ``~C -KL port`` closes it again. The command line never reaches the remote shell."""
+    page = os.urandom(100_000)
+    listener = socket.create_server(("127.0.0.1", 0))
+    target = listener.getsockname()[1]
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.sendall(page)
+
+    threading.Thread(target=serve, daemon=True).start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        lport = probe.getsockname()[1]
+    child = server.spawn("-t", "echo ready; read line; echo \"got:$line\"")
+    seen = bytearray()
+
+    def expect(pattern: bytes) -> None:
+        part = bytearray()  # only what came after the previous step
+        try:
+            _expect(child, pattern, seen=part)
+        finally:
+            seen.extend(part)
+
+    try:
+        expect(b"ready")
+        child.write(b"~C")  # type: ignore[attr-defined]
+        expect(b"qsh> ")
+        child.write(f"-L {lport}:127.0.0.1:{target}\r".encode())  # type: ignore[attr-defined]
+        expect(b"Forwarding port.")
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", lport), timeout=20) as s:
+                got = bytearray()
+                while data := s.recv(65536):
+                    got += data
+            assert bytes(got) == page
+        child.write(b"~C")  # type: ignore[attr-defined]
+        expect(b"qsh> ")
+        child.write(f"-KL {lport}\r".encode())  # type: ignore[attr-defined]
+        expect(b"Canceled forwarding.")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", lport), timeout=20).close()
+        child.write(b"x\r")  # type: ignore[attr-defined]
+        out, status = _drain(child)
+    finally:
+        listener.close()
+    assert status == 0, bytes(seen) + out
+    assert b"got:x" in out and b"got:-L" not in bytes(seen) + out
+
+
+def test_escape_command_line_remote_tunnel_and_cancel_tcpip_forward(server: Server) -> None:
+    """``~C -R``: the server listens, connections come back to a local server; ``~C -KR``
+    sends cancel-tcpip-forward and the server's listener is gone."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    target = listener.getsockname()[1]
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.sendall(b"reverse ok")
+
+    threading.Thread(target=serve, daemon=True).start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        rport = probe.getsockname()[1]
+    child = server.spawn("-t", "echo ready; read line; echo \"got:$line\"")
+    seen = bytearray()
+
+    def expect(pattern: bytes) -> None:
+        part = bytearray()
+        try:
+            _expect(child, pattern, seen=part)
+        finally:
+            seen.extend(part)
+
+    try:
+        expect(b"ready")
+        child.write(f"~C-R {rport}:127.0.0.1:{target}\r".encode())  # type: ignore[attr-defined]
+        expect(b"Forwarding port.")
+        with socket.create_connection(("127.0.0.1", rport), timeout=20) as s:
+            assert s.recv(100) == b"reverse ok"
+        child.write(f"~C-KR {rport}\r".encode())  # type: ignore[attr-defined]
+        expect(b"Canceled forwarding.")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", rport), timeout=20).close()
+        child.write(f"~C-KR {rport}\r".encode())  # type: ignore[attr-defined]
+        expect(b"no remote forward on port")
+        child.write(b"x\r")  # type: ignore[attr-defined]
+        out, status = _drain(child)
+    finally:
+        listener.close()
+    assert status == 0, bytes(seen) + out
+    assert b"got:x" in out
 
 
 def test_suspend_escape_stops_qsh_and_fg_resumes_it(server: Server) -> None:

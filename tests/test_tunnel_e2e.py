@@ -381,6 +381,44 @@ def test_half_close_send_shutdown_still_receive(env: Env) -> None:
         server.close()
 
 
+def test_a_local_reader_that_stops_reading_stops_the_far_sender(env: Env) -> None:
+    """Flow control end to end: while the client through -T reads nothing, the far end can
+    send only what the channel's window, the high-water marks and the kernels' buffers
+    hold -- not all of it into qsh's or qshd's memory; reading again takes the rest."""
+    total = 256 * MiB
+    sent = [0]  # by the latest connection (env.qsh's readiness probe makes one first)
+
+    def source(conn: socket.socket) -> None:
+        block = bytes(MiB)
+        done = sent[0] = 0
+        while done < total:
+            conn.sendall(block)
+            done += len(block)
+            sent[0] = done
+
+    server = TcpServer(source)
+    lport = free_port()
+    try:
+        with env.qsh("-T", f"{lport}:127.0.0.1:{server.port}", ready=lport), \
+                socket.create_connection((LOCAL, lport), timeout=30) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            previous = -1
+            deadline = time.monotonic() + 20
+            while sent[0] != previous and time.monotonic() < deadline:  # until it stalls
+                previous = sent[0]
+                time.sleep(1.0)
+            stalled = sent[0]
+            assert stalled < 96 * MiB, f"the far end sent {stalled} bytes to a reader " \
+                "that read nothing"
+            received = 0
+            buf = bytearray(MiB)
+            while n := s.recv_into(buf):
+                received += n
+            assert received == total
+    finally:
+        server.close()
+
+
 def test_R_reaches_a_local_echo_server(env: Env, echo_server: TcpServer) -> None:
     rport = free_port()
     with env.qsh("-R", f"{rport}:127.0.0.1:{echo_server.port}", ready=rport):

@@ -8,7 +8,13 @@ moves its bytes, fires its timers and turns its events into awaitable objects:
   peer opens; each connection is isolated (a failure in one, even a bug of ours, closes
   only that connection and is logged);
 * :class:`Channel` is a byte stream with flow control: ``read`` / ``readexactly`` /
-  ``read_stderr``, ``write`` + ``drain``, ``write_eof``, ``close``, and channel requests.
+  ``read_stderr``, ``write`` + ``drain``, ``write_eof``, ``close``, and channel requests;
+  or, for a byte pump that runs on callbacks alone (``common.forward``), push delivery:
+  ``set_consumer`` + ``grant``, ``write_blocked`` + ``set_writable_callback``,
+  ``add_close_callback``;
+* :class:`QsmpConnection` also opens channels from a callback (``open_channel_nowait``),
+  sends what several calls produce in one write (``batch``), and takes the handler of
+  channels the peer opens after connecting (``set_channel_handler``).
 
 Speed (DESIGN.md section 5) decides the shape of the hot path. There are no asyncio
 streams: the connection is an :class:`asyncio.BufferedProtocol` that receives straight
@@ -36,6 +42,7 @@ from common.aio.connection import (
     ChannelHandler,
     GlobalRequestHandler,
     HostKeyCallback,
+    OpenAnswer,
     QsmpConnection,
 )
 from common.aio.errors import ChannelClosedError, ChannelOpenError, ConnectionLost
@@ -57,6 +64,7 @@ __all__ = [
     "ConnectionLost",
     "GlobalRequestHandler",
     "HostKeyCallback",
+    "OpenAnswer",
     "QsmpConnection",
     "ReadStream",
     "Server",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from common.aio.errors import ChannelClosedError, ConnectionLost
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 class ReadStream:
     """Received data of one channel stream (normal or stderr), as the core's chunks."""
 
-    __slots__ = ("_channel", "_chunks", "_eof", "_offset", "_size", "_waiter")
+    __slots__ = ("_channel", "_chunks", "_eof", "_offset", "_on_data", "_on_eof", "_size",
+                 "_waiter")
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
@@ -32,9 +34,16 @@ class ReadStream:
         self._size = 0
         self._eof = False
         self._waiter: asyncio.Future[None] | None = None
+        #: Push delivery (:meth:`Channel.set_consumer`) instead of the buffer.
+        self._on_data: Callable[[bytes], None] | None = None
+        self._on_eof: Callable[[], None] | None = None
 
     # -- fed by the connection
     def _feed(self, data: bytes) -> None:
+        on_data = self._on_data
+        if on_data is not None:
+            on_data(data)
+            return
         self._chunks.append(data)
         self._size += len(data)
         waiter = self._waiter
@@ -45,6 +54,10 @@ class ReadStream:
 
     def _set_eof(self) -> None:
         self._eof = True
+        on_eof = self._on_eof
+        if on_eof is not None and self._channel._lost is None:
+            self._on_eof = None  # once
+            on_eof()
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -69,8 +82,9 @@ class ReadStream:
             if self._waiter is waiter:
                 self._waiter = None
 
-    def _take(self, n: int) -> bytes:
-        """Up to ``n`` (all if n < 0) buffered bytes; no copy when a whole chunk fits."""
+    def _take(self, n: int, *, grant: bool = True) -> bytes:
+        """Up to ``n`` (all if n < 0) buffered bytes; no copy when a whole chunk fits.
+        ``grant``: reopen the peer's window by as much (else the caller grants)."""
         chunks = self._chunks
         first = chunks[0]
         offset = self._offset
@@ -102,7 +116,8 @@ class ReadStream:
                 self._offset = 0
             data = b"".join(parts)
         self._size -= n
-        self._channel._consumed(n)
+        if grant:
+            self._channel._consumed(n)
         return data
 
     async def read(self, n: int = -1) -> bytes:
@@ -165,6 +180,10 @@ class Channel:
     Writing: :meth:`write` queues and sends at once as far as the peer's window allows;
     ``await`` :meth:`drain` to wait while too much is queued. ``bytes`` are sent without a
     copy; other buffers are copied first, because the caller may reuse them.
+
+    Without a task: :meth:`set_consumer` pushes received data to a callback (the window
+    reopens only by :meth:`grant`), :attr:`write_blocked` and :meth:`set_writable_callback`
+    replace :meth:`drain`, :meth:`add_close_callback` replaces :meth:`wait_closed`.
     """
 
     def __init__(self, connection: QsmpConnection, channel_id: int, kind: str, payload: bytes,
@@ -187,6 +206,7 @@ class Channel:
         self._requests: deque[ChannelRequest] = deque()
         self._request_waiter: asyncio.Future[None] | None = None
         self._replies: deque[asyncio.Future[tuple[bool, bytes]]] = deque()
+        self._on_writable: Callable[[], None] | None = None
         self.high_water = CHANNEL_HIGH_WATER
 
     def __repr__(self) -> str:
@@ -254,6 +274,62 @@ class Channel:
 
     def __aiter__(self) -> ReadStream:
         return self.stdout
+
+    # -- push delivery (callbacks instead of reads and drains, for byte pumps that run
+    # without a task: common.forward.pump)
+
+    def set_consumer(self, on_data: Callable[[bytes], None],
+                     on_eof: Callable[[], None]) -> None:
+        """Deliver received data by calling ``on_data(chunk)`` as each record arrives
+        (what was already buffered first, at once), and ``on_eof()`` once at the peer's
+        EOF -- not when the connection is lost before it: :meth:`add_close_callback` says
+        that. Reads no longer see this stream. Flow control is the consumer's: the peer's
+        window reopens only by :meth:`grant`, so grant what has been passed on (to a
+        socket that took it), and hold back while the destination is backed up. The
+        callbacks run inside the connection's event processing: they must not raise
+        and must not wait."""
+        stream = self.stdout
+        if stream._waiter is not None:
+            raise RuntimeError("a task is already reading this channel")
+        while stream._size:
+            on_data(stream._take(-1, grant=False))
+        stream._on_data = on_data
+        if stream._eof:
+            if self._lost is None:
+                on_eof()
+        else:
+            stream._on_eof = on_eof
+
+    def grant(self, n: int) -> None:
+        """Reopen the peer's window by ``n`` bytes delivered through :meth:`set_consumer`
+        and taken by their destination."""
+        try:
+            self._consumed(n)
+        except UsageError:
+            # Delivered in the same batch of events as the peer's CLOSE, which the core
+            # has already acted on: no window left to reopen.
+            return
+
+    @property
+    def write_blocked(self) -> bool:
+        """What :meth:`drain` would wait for: more than :attr:`high_water` written bytes
+        waiting for window, or the connection's socket backed up. :meth:`set_writable_callback`
+        says when it may have cleared."""
+        conn = self.connection
+        return conn._write_paused or (
+            self._state == _OPEN and conn._core.mux.pending(self.id) > self.high_water)
+
+    def set_writable_callback(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback()`` whenever :attr:`write_blocked` may have become false (the
+        peer opened its window, the socket drained); it runs inside the connection's event
+        processing and must not raise."""
+        self._on_writable = callback
+
+    def add_close_callback(self, callback: Callable[[Channel], None]) -> None:
+        """Call ``callback(channel)`` (soon, from the event loop) once the channel is
+        closed: both CLOSEs exchanged, refused, or the connection gone (then :attr:`lost`
+        says how)."""
+        self._closed.add_done_callback(lambda _: callback(self))
 
     def _consumed(self, n: int) -> None:
         if self._state != _OPEN:
@@ -326,6 +402,8 @@ class Channel:
                     self._drain_waiter = None
 
     def _wake_drain(self) -> None:
+        if self._on_writable is not None:
+            self._on_writable()
         waiter = self._drain_waiter
         if waiter is not None:
             self._drain_waiter = None

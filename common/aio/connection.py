@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from common.accounts.keys import HostKey, PublicKey
@@ -72,6 +72,8 @@ HostKeyCallback = Callable[[PublicKey], Awaitable[bool]]
 #: Server: decide one login attempt (the core has checked syntax and key signatures).
 AuthHandler = Callable[["QsmpConnection", AuthRequested], Awaitable[bool]]
 ChannelHandler = Callable[["QsmpConnection", "Channel"], Awaitable[None]]
+#: The answer to :meth:`QsmpConnection.open_channel_nowait`: (channel, None) or (None, error).
+OpenAnswer = Callable[["Channel | None", "Exception | None"], None]
 GlobalRequestHandler = Callable[["QsmpConnection", GlobalRequest],
                                 Awaitable[tuple[bool, bytes]]]
 
@@ -127,7 +129,7 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self._read_paused = False
         self._recv_pre_auth = self._recv[:PRE_AUTH_READ_SIZE]
         self._channels: dict[int, Channel] = {}
-        self._opening: dict[int, asyncio.Future[Channel]] = {}
+        self._opening: dict[int, asyncio.Future[Channel] | OpenAnswer] = {}
         self._global_replies: deque[asyncio.Future[tuple[bool, bytes]]] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._established: asyncio.Future[None] = loop.create_future()
@@ -213,6 +215,12 @@ class QsmpConnection(asyncio.BufferedProtocol):
         """Open a channel; returns once the peer accepted it, raises
         :class:`ChannelOpenError` if it refused, :class:`ConnectionLost` if the connection
         ended first."""
+        waiter: asyncio.Future[Channel] = self.loop.create_future()
+        self._send_open(kind, payload, waiter)
+        return await waiter
+
+    def _send_open(self, kind: str, payload: bytes,
+                   waiter: asyncio.Future[Channel] | OpenAnswer) -> None:
         if self._lost is not None:
             raise self._lost
         if self._core.closed:
@@ -220,10 +228,49 @@ class QsmpConnection(asyncio.BufferedProtocol):
         channel_id = self._core.mux.open_channel(kind, payload)
         channel = Channel(self, channel_id, kind, bytes(payload), _OPENING)
         self._channels[channel_id] = channel
-        waiter: asyncio.Future[Channel] = self.loop.create_future()
         self._opening[channel_id] = waiter
         self._pump()
-        return await waiter
+
+    def open_channel_nowait(self, kind: str, payload: bytes, answer: OpenAnswer) -> None:
+        """:meth:`open_channel` without a coroutine or a future, for a caller that runs in
+        a callback (a forwarded socket just accepted): the open is sent now, and
+        ``answer(channel, None)`` or ``answer(None, error)`` (:class:`ChannelOpenError`,
+        :class:`ConnectionLost`) is called from the event processing that receives the
+        peer's answer, with no turn of the event loop in between. ``answer`` must not
+        wait; an exception from it aborts the channel and is logged. Raises as
+        :meth:`open_channel` does when the open cannot even be sent."""
+        self._send_open(kind, payload, answer)
+
+    def _answer_open(self, answer: OpenAnswer, channel: Channel | None,
+                     error: Exception | None) -> None:
+        try:
+            answer(channel, error)
+        except Exception:
+            log.exception("conn=%d: channel open callback failed", self.number)
+            if channel is not None:
+                channel.abort()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Whatever the calls inside produce (an EOF and a CLOSE, say) goes out together
+        at the end, in one write, rather than one write each."""
+        if self._pumping:
+            yield  # inside event processing already: the running pump sends it all
+            return
+        self._pumping = True
+        try:
+            yield
+        finally:
+            self._pumping = False
+            self._pump()
+
+    def set_channel_handler(self, handler: ChannelHandler | None) -> None:
+        """Serve the channels the peer opens from now on with ``handler`` (what
+        ``on_channel`` of :func:`connect`, :func:`serve` and :func:`adopt` sets): it gets
+        each one unanswered, to :meth:`Channel.accept` or :meth:`Channel.reject`. None
+        refuses them (administratively prohibited), the default. For a program that knows
+        only once connected which channels it expects (qsh's ``-R`` tunnels)."""
+        self._on_channel = handler
 
     async def global_request(self, name: str, payload: bytes = b"", *,
                              want_reply: bool = True) -> tuple[bool, bytes] | None:
@@ -711,10 +758,13 @@ class QsmpConnection(asyncio.BufferedProtocol):
             self._established.set_exception(_termination_error(event))
         if self._auth_answer is not None and not self._auth_answer.done():
             self._auth_answer.set_exception(_termination_error(event))
-        for waiter in self._opening.values():
-            if not waiter.done():
-                waiter.set_exception(lost)
+        opening = list(self._opening.values())
         self._opening.clear()
+        for waiter in opening:
+            if not isinstance(waiter, asyncio.Future):
+                self._answer_open(waiter, None, lost)
+            elif not waiter.done():
+                waiter.set_exception(lost)
         for channel in list(self._channels.values()):
             channel._finish(lost)
         self._channels.clear()
@@ -783,7 +833,9 @@ class QsmpConnection(asyncio.BufferedProtocol):
         channel._state = _OPEN
         channel.reply_payload = event.payload
         waiter = self._opening.pop(event.channel_id, None)
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not isinstance(waiter, asyncio.Future):
+            self._answer_open(waiter, channel, None)
+        elif waiter is not None and not waiter.done():
             waiter.set_result(channel)
         else:  # the opener gave up waiting
             channel.abort()
@@ -793,8 +845,11 @@ class QsmpConnection(asyncio.BufferedProtocol):
         if channel is not None:
             channel._finish(None)
         waiter = self._opening.pop(event.channel_id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ChannelOpenError(event.reason, event.message))
+        error = ChannelOpenError(event.reason, event.message)
+        if waiter is not None and not isinstance(waiter, asyncio.Future):
+            self._answer_open(waiter, None, error)
+        elif waiter is not None and not waiter.done():
+            waiter.set_exception(error)
 
     def _on_eof(self, event: ChannelEof) -> None:
         channel = self._channels.get(event.channel_id)

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Where a short tunnelled connection spends its CPU: cProfile of ``qsh -N -T`` and of
+qshd's user process while ``bench/tunnel.py``'s connections/s part runs (issue 10).
+
+    python bench/tunnel_profile.py                  # 2000 connections, top 25 of each
+    python bench/tunnel_profile.py --connections N --top K --sort tottime|cumulative
+    python bench/tunnel_profile.py --no-profile --tree ../main   # CPU only, another checkout
+
+Both programs are the real ones, started through this script in ``--wrap`` mode, which
+turns cProfile on around qsh's whole run (stats written on SIGTERM, as bench/tunnel.py
+ends it) and around qshd's ``postauth.serve`` (the process that became the user; stats
+written when the connection ends). Printed: per-connection CPU of each process (from
+``/proc``, so the profiler's own cost is in it) and the top functions.
+
+Benchmarks are never unit tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this directory comes first on sys.path, where a module named like a
+# standard one (a bench/copy.py) would shadow it for every import below: move it last.
+sys.path.sort(key=lambda entry: Path(entry or ".").resolve() == Path(__file__).resolve().parent)
+
+import argparse
+import cProfile
+import os
+import pstats
+import subprocess
+import tempfile
+import time
+
+HERE = Path(__file__).resolve()
+#: cProfile's clock: wall time by default (cheap; fine on an idle machine); with
+#: QSH_PROFILE_CPU=1 process CPU time (not inflated by waiting for a core on a busy machine,
+#: but each reading is a system call, which inflates call-heavy code).
+TIMER = time.process_time if os.environ.get("QSH_PROFILE_CPU") else time.perf_counter
+
+
+def wrap(outdir: str, argv: list[str]) -> None:
+    """Run ``python -m qsh|qshd ARGS`` (``argv``) with cProfile."""
+    module = argv[argv.index("-m") + 1]
+    args = argv[argv.index("-m") + 2:]
+    if module == "qshd":
+        import qshd.postauth as postauth
+        from qshd import cli
+
+        serve = postauth.serve
+
+        def profiled(*a: object, **k: object) -> int:
+            profile = cProfile.Profile(TIMER)
+            profile.enable()
+            try:
+                return serve(*a, **k)  # type: ignore[arg-type]
+            finally:
+                profile.disable()
+                profile.dump_stats(f"{outdir}/qshd-user.{os.getpid()}.prof")
+
+        postauth.serve = profiled
+        sys.argv = ["qshd", *args]
+        cli.main()
+        return
+    import qsh.cli
+
+    # qsh ends on SIGTERM through SystemExit (255, "killed by signal TERM").
+    profile = cProfile.Profile(TIMER)
+    profile.enable()
+    try:
+        qsh.cli.main(args)
+    finally:
+        profile.disable()
+        profile.dump_stats(f"{outdir}/qsh.{os.getpid()}.prof")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--sort", default="tottime")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="only the CPU per connection, without cProfile")
+    parser.add_argument("--tree", type=Path, default=HERE.parents[1],
+                        help="run qsh and qshd from this checkout (for a before and after)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE.parents[1]))
+
+    from bench.sessions import PrivateQshd
+    from bench.tunnel import HOST, FarEnd, connections, free_port, wait_ready
+
+    outdir = tempfile.mkdtemp(prefix="qsh-tunnel-prof-")
+    wrapper = [] if args.no_profile else [sys.executable, str(HERE), "--wrap", outdir]
+    with PrivateQshd(tree=args.tree.resolve(), wrapper=wrapper or None) as qshd:
+        far = FarEnd("echo")
+        lport = free_port()
+        cli = qshd.cli(None)
+        command = [*cli[:-1], "-N", "-T", f"{lport}:{HOST}:{far.port}", cli[-1]]
+        if wrapper:
+            command = [*wrapper, *command]
+        qsh = subprocess.Popen(command, env=qshd.env, cwd=qshd.tree, stdin=subprocess.DEVNULL)
+        try:
+            wait_ready(lport)
+            time.sleep(0.5)
+            assert qshd.process is not None
+            # The user process: the newest descendant of the daemon (listener -> monitor
+            # -> user process), found by walking down.
+            user = qshd.process.pid
+            for _ in range(6):
+                kids = children(user)
+                if not kids:
+                    break
+                user = max(kids)
+            before = cpu_seconds(qsh.pid), cpu_seconds(user)
+            rate = connections(lport, args.connections)
+            after = cpu_seconds(qsh.pid), cpu_seconds(user)
+        finally:
+            qsh.terminate()
+            qsh.wait(10)
+            far.close()
+        time.sleep(1)
+    n = args.connections
+
+    def per(i: int) -> str:
+        user_s, sys_s = (after[i][k] - before[i][k] for k in (0, 1))
+        return (f"{(user_s + sys_s) / n * 1e3:.2f} ms (user {user_s / n * 1e3:.2f}, "
+                f"system {sys_s / n * 1e3:.2f})")
+
+    print(f"{n} connections: {rate:.0f}/s; CPU per connection: qsh {per(0)}, qshd user "
+          f"process {per(1)}" + ("" if args.no_profile else " (under cProfile)"))
+    if args.no_profile:
+        return
+    for name in sorted(os.listdir(outdir)):
+        print(f"\n===== {name} =====")
+        stats = pstats.Stats(f"{outdir}/{name}")
+        stats.sort_stats(args.sort).print_stats(args.top)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--wrap" and "qshd" in sys.argv:
+        # PrivateQshd wants the daemon one process below the wrapper.
+        sys.exit(subprocess.call([sys.executable, str(HERE), "--wrap-inner", *sys.argv[2:]]))
+    elif len(sys.argv) > 2 and sys.argv[1] in ("--wrap", "--wrap-inner"):
+        wrap(sys.argv[2], sys.argv[3:])
+    else:
+        main()
