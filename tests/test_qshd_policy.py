@@ -73,9 +73,9 @@ def daemon(directory: Path, extra: str = "") -> tuple[Qshd, Path]:
     return start_qshd(directory, config), keys
 
 
-async def key_login(qshd: Qshd, user: str = "root", source: str | None = None
-                    ) -> aio.QsmpConnection | AuthFailed:
-    client = await aio.connect("127.0.0.1", qshd.port,
+async def key_login(qshd: Qshd, user: str = "root", source: str | None = None,
+                    host: str = "127.0.0.1") -> aio.QsmpConnection | AuthFailed:
+    client = await aio.connect(host, qshd.port,
                                handshake=ClientHandshake(Offer(), qshd.host_key),
                                user=user, identity=USER_KEY,
                                local_addr=(source, 0) if source else None)
@@ -354,15 +354,18 @@ def test_match_user_and_address_select_different_policy(
     write_keys(keys, KEY_LINE)
     blocks = tmp_path / "match.conf"
     blocks.write_text(f"Match User {user.name}\n    ForceCommand echo user-block\n"
+                      "Match Address ::1\n    ForceCommand echo from-ipv6\n"
                       "Match Address 127.0.0.2\n    ForceCommand echo second-source\n")
-    config = (f"AuthorizedKeysFile {keys} .qsh/authorized_keys\nPermitRootLogin yes\n"
-              f"Include {blocks}\n")
+    # Listening on ::1 as well (same port): the 127.0.0.1 against ::1.
+    config = (f"ListenAddress ::1\nAuthorizedKeysFile {keys} .qsh/authorized_keys\n"
+              f"PermitRootLogin yes\nInclude {blocks}\n")
     qshd = start_qshd(tmp_path, config)
     try:
         assert run(command_output(qshd, "echo plain")) == b"plain\n"
         assert run(command_output(qshd, "echo plain", user=user.name)) == b"user-block\n"
         assert run(command_output(qshd, "echo plain", source="127.0.0.2")) == \
             b"second-source\n"
+        assert run(command_output(qshd, "echo plain", host="::1")) == b"from-ipv6\n"
     finally:
         stop_qshd(qshd)
         subprocess.run(["rm", "-rf", str(home_keys)], check=True)
