@@ -25,7 +25,11 @@ from pathlib import Path
 
 from common.accounts.passwd import InvalidUserName, check_user_name, default_passwd_path
 from common.crypto import registry
-from common.protocol.negotiation import ServerPolicy
+from common.protocol.negotiation import (
+    MAX_OBSCURE_INTERVAL_MS,
+    MIN_OBSCURE_INTERVAL_MS,
+    ServerPolicy,
+)
 from common.protocol.transport import TransportSettings
 
 from .admission import (
@@ -175,6 +179,10 @@ class ServerConfig:
     signatures: tuple[str, ...] | None = None
     ciphers: tuple[str, ...] | None = None
     allow_chaff: bool = True
+    #: ObscureKeystrokeTiming: whether clients may ask for keystroke obfuscation, and the
+    #: fastest keystroke clock (so the largest fake-keystroke rate) accepted.
+    allow_obscure: bool = True
+    obscure_min_interval_ms: int = 10
     step_timeout: float = 30.0
     keepalive_interval: float = 300.0
     rekey_bytes: int = 1 << 30
@@ -259,7 +267,8 @@ class ServerConfig:
 
     def policy(self) -> ServerPolicy:
         return ServerPolicy(kems=self.kems, signatures=self.signatures, aeads=self.ciphers,
-                            allow_chaff=self.allow_chaff)
+                            allow_chaff=self.allow_chaff, allow_obscure=self.allow_obscure,
+                            obscure_min_interval_ms=self.obscure_min_interval_ms)
 
     def startups(self) -> Startups:
         """A ``start`` above ``full`` (set apart) is clamped: no drop before the cap."""
@@ -312,6 +321,18 @@ def _number(value: str, line: str, low: float, high: float) -> float:
     if not low <= number <= high:
         raise ConfigError(f"{line}: {value} is outside {low:g}..{high:g}")
     return number
+
+
+def _obscure(value: str, line: str) -> tuple[bool, int]:
+    """``yes`` (the fastest clock accepted: 10 ms), ``no``, or ``interval:N``: clients'
+    keystroke clocks no faster than N ms (5..1000), as the client keyword reads."""
+    lowered = value.lower()
+    if lowered in ("yes", "no"):
+        return lowered == "yes", 10
+    if lowered.startswith("interval:"):
+        return True, _integer(lowered.removeprefix("interval:"), line, MIN_OBSCURE_INTERVAL_MS,
+                              MAX_OBSCURE_INTERVAL_MS)
+    raise ConfigError(f"{line}: expected yes, no or interval:N, got {value!r}")
 
 
 def expand_tokens(template: str, user: str, home: str) -> str:
@@ -615,6 +636,8 @@ def _apply(config: ServerConfig, keyword: str, values: list[str], where: str,
         config.ciphers = _names(value, registry.available_aeads(), where)
     elif keyword == "allowchaff":
         config.allow_chaff = _boolean(value, where)
+    elif keyword == "obscurekeystroketiming":
+        config.allow_obscure, config.obscure_min_interval_ms = _obscure(value, where)
     elif keyword == "handshaketimeout":
         config.step_timeout = _number(value, where, 1, 600)
     elif keyword == "keepaliveinterval":
@@ -819,6 +842,8 @@ def dump(config: ServerConfig) -> list[str]:
         f"signatures {','.join(config.signatures) if config.signatures else 'default'}",
         f"ciphers {','.join(config.ciphers) if config.ciphers else 'default'}",
         f"allowchaff {'yes' if config.allow_chaff else 'no'}",
+        "obscurekeystroketiming " + ("no" if not config.allow_obscure
+                                     else f"interval:{config.obscure_min_interval_ms}"),
         f"handshaketimeout {_g(config.step_timeout)}",
         f"keepaliveinterval {_g(config.keepalive_interval)}",
         f"rekeybytes {config.rekey_bytes}",

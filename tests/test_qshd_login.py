@@ -637,3 +637,21 @@ def test_publickey_timing_does_not_tell_unknown_users(tmp_path: Path) -> None:
     assert ratio >= 0.75, (f"unknown users answered in {ratio:.2f} of the time "
                           f"(median {statistics.median(unknown) * 1e3:.2f} ms vs "
                           f"{statistics.median(known) * 1e3:.2f} ms)")
+
+
+@pytest.mark.parametrize(("value", "agreed"), [
+    ("yes", 20), ("interval:50", 50), ("interval:5", 20), ("no", None)])
+def test_obscure_keystroke_timing_bounds_what_clients_get(value: str,
+                                                          agreed: int | None) -> None:
+    """The server's keyword reaches the negotiation: a client asking for the default 20 ms
+    clock gets it, a slower one where the server says so, none where it says no."""
+    from common.protocol.negotiation import ObscurePolicy, agree_obscure
+
+    result = agree_obscure(ObscurePolicy(), parse(f"ObscureKeystrokeTiming {value}\n").policy())
+    assert (result.interval_ms if result is not None else None) == agreed
+
+
+@pytest.mark.parametrize("value", ["maybe", "interval:1", "interval:x", "interval:2000"])
+def test_obscure_keystroke_timing_bad_values(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^qshd_config:1: "):
+        parse(f"ObscureKeystrokeTiming {value}\n")
