@@ -107,18 +107,9 @@ PIPE_SIZE = 1024 * 1024
 #: After the program exited, a PTY that gives neither data nor EIO for this long is held
 #: open by a background job: stop waiting for it (the hangup then reaches that job).
 PTY_QUIET = 0.25
-#: Environment variables a client may set with "env" (sshd's usual AcceptEnv).
-ENV_NAMES = frozenset({"LANG", "TZ"})
-ENV_PREFIXES = ("LC_",)
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_WINSIZE = 0xFFFF
-
-
-def env_allowed(name: str) -> bool:
-    return name in ENV_NAMES or (
-        name.startswith(ENV_PREFIXES) and name[3:].replace("_", "").isalnum()
-        and name.isupper())
 
 
 def _pack_winsize(size: WindowSize) -> bytes:
@@ -557,7 +548,7 @@ class Session:
             return True
         if name == ENV:
             var, value = decode_env(payload)
-            if not env_allowed(var) or "\x00" in value:
+            if not self.policy.accepts_env(var) or "\x00" in value:
                 log.debug("%s: refusing environment variable %s", self.tag, var)
                 return False
             self.env[var] = value
