@@ -168,6 +168,8 @@ def remote_command(words: tuple[str, ...]) -> str | None:
 @click.option("-C", "compression", is_flag=True,
               help="Accepted for ssh's sake; qsh does not compress (see qsh_config(5)).")
 @click.option("-n", "stdin_null", is_flag=True, help="Read stdin from /dev/null.")
+@click.option("-s", "subsystem", is_flag=True,
+              help="COMMAND names a subsystem of the server (as sftp) to start.")
 @click.option("-b", "bind_address", default=None, metavar="ADDRESS",
               help="Connect from this local address.")
 @click.option("-c", "cipher_spec", default=None, metavar="CIPHERS",
@@ -201,7 +203,7 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
             config_file: str | None, options: tuple[str, ...], verbose: int,
             force_tty: bool, local_forwards: tuple[str, ...], remote_forwards: tuple[str, ...],
             dynamic_forwards: tuple[str, ...], no_command: bool, background: bool,
-            print_config: bool, compression: bool, stdin_null: bool,
+            print_config: bool, compression: bool, stdin_null: bool, subsystem: bool,
             bind_address: str | None, cipher_spec: str | None, escape_char: str | None,
             destination: str, command: tuple[str, ...], **ignored: object) -> int:
     """Log in to DESTINATION ([user@]host) and run a shell, or COMMAND, over QSMP."""
@@ -219,7 +221,8 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
             notes.append(IGNORED_VALUES[letter].format(value))
     # Flags that are options in the config: before -o, as ssh gives them precedence.
     extra = [f"{keyword}={value}" for keyword, value in (
-        ("Compression", "yes" if compression else None), ("BindAddress", bind_address),
+        ("Compression", "yes" if compression else None),
+        ("SessionType", "subsystem" if subsystem else None), ("BindAddress", bind_address),
         ("Ciphers", cipher_spec), ("EscapeChar", escape_char)) if value is not None]
     user, host = split_destination(destination)
     try:
@@ -237,6 +240,8 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
     no_command = no_command or cfg.session_type == "none"
     if not command and cfg.remote_command is not None:
         command = (cfg.remote_command,)
+    if cfg.session_type == "subsystem" and len(command) != 1:
+        raise click.UsageError("-s takes one subsystem name, as the command")
     try:
         given = [parse_forward(kind, text) for kind, texts in (
             ("local", local_forwards), ("remote", remote_forwards),

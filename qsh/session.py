@@ -248,7 +248,10 @@ class Session:
             self._last_size = size
             request = proto.PtyRequest(term[:proto.MAX_TERM], proto.WindowSize(*size))
             calls.append(channel.request(proto.PTY_REQ, request.encode()))
-        if self.command is not None:
+        if self.cfg.session_type == "subsystem":  # -s: the "command" names a subsystem
+            calls.append(channel.request(proto.SUBSYSTEM,
+                                         proto.encode_subsystem(self.command or "")))
+        elif self.command is not None:
             calls.append(channel.request(proto.EXEC, proto.encode_exec(self.command)))
         else:
             calls.append(channel.request(proto.SHELL))
@@ -263,7 +266,8 @@ class Session:
                 self.ui.warn("PTY allocation request failed")
         last = replies[-1]
         if last is None or not last[0]:
-            what = "run the command" if self.command is not None else "start a shell"
+            what = ("start the subsystem" if self.cfg.session_type == "subsystem"
+                    else "run the command" if self.command is not None else "start a shell")
             raise QshError(f"the server refused to {what}")
         self.ui.note(1, f"session started ({'pty' if self.pty else 'no pty'})")
         return channel

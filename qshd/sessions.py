@@ -76,6 +76,7 @@ from common.channels.session import (
     SHELL,
     SIGNAL,
     SIGNAL_NAMES,
+    SUBSYSTEM,
     WINDOW_CHANGE,
     ExitSignal,
     PtyRequest,
@@ -83,6 +84,7 @@ from common.channels.session import (
     decode_env,
     decode_exec,
     decode_signal,
+    decode_subsystem,
     decode_window_change,
     encode_exit_status,
 )
@@ -523,6 +525,19 @@ class Session:
             return self.pty is not None
         if name == SIGNAL:
             return self._signal(decode_signal(payload))
+        if name == SUBSYSTEM:  # Subsystem NAME COMMAND: that command, run like exec
+            wanted = decode_subsystem(payload)
+            command = dict(self.policy.subsystems).get(wanted)
+            if command is None or self.child is not None:
+                log.info("%s: refusing subsystem %r", self.tag, wanted)
+                return False
+            if self.policy.force_command is not None:
+                self.original_command = command
+                command = self.policy.force_command
+            started = await self._start(command)
+            if not started and not request.want_reply:
+                self._done.set()
+            return started
         if name in (SHELL, EXEC):
             command = decode_exec(payload) if name == EXEC else None
             if self.child is not None:

@@ -319,3 +319,47 @@ def test_rsync_up_down_and_incremental(env: Env, tmp_path: Path) -> None:
     assert got.returncode == 0, got.stderr
     for n in range(5):
         assert (down / f"f{n}").read_bytes() == (source / f"f{n}").read_bytes()
+
+
+def test_qsh_dash_s_starts_the_sftp_subsystem_and_refuses_unknown_ones(env: Env) -> None:
+    if not Path("/usr/lib/openssh/sftp-server").exists():
+        pytest.skip("OpenSSH's sftp-server is not installed (apt-get install openssh-sftp-server)")
+    # An SSH_FXP_INIT (version 3): sftp-server answers SSH_FXP_VERSION (type 2). Its stdin
+    # stays open until the answer is read: sftp-server drops pending output at EOF.
+    init = b"\x00\x00\x00\x05\x01\x00\x00\x00\x03"
+    process = subprocess.Popen(["qsh", "-s", "qtest", "sftp"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=env.environ(), cwd=env.client_home)
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(init)
+        process.stdin.flush()
+        answer = process.stdout.read(5)
+        process.stdin.close()
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()
+    assert answer[4:5] == b"\x02", answer
+    unknown = env.run("qsh", "-s", "qtest", "nosuch")
+    assert unknown.returncode == 255 and "refused to start the subsystem" in unknown.stderr
+
+
+def test_openssh_sftp_and_scp_over_qsh(env: Env, tmp_path: Path) -> None:
+    if shutil.which("sftp") is None or shutil.which("scp") is None:
+        pytest.skip("OpenSSH's sftp and scp are not installed (apt-get install openssh-client)")
+    if not Path("/usr/lib/openssh/sftp-server").exists():
+        pytest.skip("OpenSSH's sftp-server is not installed (apt-get install openssh-sftp-server)")
+    data = os.urandom(300_000)
+    (tmp_path / "up.bin").write_bytes(data)
+    batch = tmp_path / "batch"
+    batch.write_text(f"put {tmp_path / 'up.bin'} s.bin\nget s.bin {tmp_path / 'back.bin'}\n")
+    sftp = env.run("sftp", "-S", "qsh", "-b", str(batch), "qtest")
+    assert sftp.returncode == 0, sftp.stderr
+    assert (tmp_path / "back.bin").read_bytes() == data
+    assert (env.home / "s.bin").stat().st_uid == pwd.getpwnam(env.user).pw_uid
+    up = env.run("scp", "-S", "qsh", str(tmp_path / "up.bin"), "qtest:c.bin")
+    assert up.returncode == 0, up.stderr
+    down = env.run("scp", "-S", "qsh", "qtest:c.bin", str(tmp_path / "c.bin"))
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "c.bin").read_bytes() == data

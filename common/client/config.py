@@ -482,7 +482,8 @@ _KEYWORDS: dict[str, _Keyword] = {
         _Keyword("SetEnv", "set_env", _set_env),
         _Keyword("Compression", "compression",
                  _single("Compression", lambda a: _flag("Compression", a))),
-        _Keyword("RemoteCommand", "remote_command", lambda a: " ".join(a)),
+        _Keyword("RemoteCommand", "remote_command",  # sftp and scp pass "none"
+                 lambda a: None if " ".join(a).lower() == "none" else " ".join(a)),
         _Keyword("SessionType", "session_type",
                  _single("SessionType", lambda a: _choice(
                      "SessionType", a,
