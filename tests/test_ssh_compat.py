@@ -271,6 +271,8 @@ def _make_repository(env: Env) -> Path:
 def test_git_protocol_v2_with_a_port_in_an_ssh_url(env: Env, tmp_path: Path) -> None:
     """git with GIT_SSH_COMMAND=qsh: its -G probe finds ssh's options, so ssh:// URLs
     with a port work, and SendEnv=GIT_PROTOCOL gets protocol v2 (the server's AcceptEnv)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
     bare = _make_repository(env)
     url = f"ssh://qtest:{env.port}{bare}"
     work = tmp_path / "work"
