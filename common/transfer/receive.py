@@ -33,10 +33,12 @@ from common.channels.copy import (
     MAX_DEPTH,
     MAX_PATH,
     Abort,
+    DigestKey,
     DirEntry,
     Done,
     End,
     EndDir,
+    FileDigest,
     FileEntry,
     Finished,
     Have,
@@ -115,16 +117,20 @@ class _Temp:
     writer: _Writer | None = None
 
 
-def _hash_file(fd: int, length: int) -> hashlib._Hash:
-    digest = hashlib.sha256()
+def _hash_file(fd: int, length: int, key: DigestKey, entry: int
+               ) -> tuple[bytes, FileDigest]:
+    """HAVE's digest of the first ``length`` bytes, and the whole file's digest fed with
+    them (to go on with the rest): one read for both."""
+    prefix, digest = FileDigest(key, entry, prefix=True), FileDigest(key, entry)
     position = 0
     while position < length:
         data = os.pread(fd, min(CHUNK, length - position), position)
         if not data:
             break
+        prefix.update(data)
         digest.update(data)
         position += len(data)
-    return digest
+    return prefix.digest(), digest
 
 
 #: A file's data goes to the writer thread in batches of this size...
@@ -144,7 +150,7 @@ class _Writer:
     a machine with more than one core. Small files are written inline."""
 
     def __init__(self, pool: concurrent.futures.ThreadPoolExecutor | None, fd: int,
-                 digest: hashlib._Hash, position: int) -> None:
+                 digest: FileDigest, position: int) -> None:
         self.pool = pool
         self.fd = fd
         self.digest = digest
@@ -226,12 +232,13 @@ def _umask() -> int:
 
 
 class Receiver:
-    def __init__(self, peer: Peer, options: CopyOptions, target: bytes, display: bytes,
-                 sources: int, *, on_failure: OnFailure,
+    def __init__(self, peer: Peer, options: CopyOptions, key: DigestKey, target: bytes,
+                 display: bytes, sources: int, *, on_failure: OnFailure,
                  on_remote_failure: OnRemoteFailure | None = None,
                  progress: Progress | None = None) -> None:
         self.peer = peer
         self.options = options
+        self.key = key
         self.target = target or b"."
         self.display = display or self.target
         self.sources = sources
@@ -544,14 +551,16 @@ class Receiver:
             error = reason_of(exc)
             self._discard()
             fd = None
-        digest = hashlib.sha256()
+        digest = FileDigest(self.key, m.entry)
         offset = 0
         if m.resume:
             if fd is not None and have:
-                digest = await loop.run_in_executor(None, _hash_file, fd, have)
+                prefix, digest = await loop.run_in_executor(None, _hash_file, fd, have,
+                                                            self.key, m.entry)
             else:
                 have = 0
-            self.peer.send(Have(m.entry, have, digest.digest()).encode())
+                prefix = FileDigest(self.key, m.entry, prefix=True).digest()
+            self.peer.send(Have(m.entry, have, prefix).encode())
             self.peer.flush()
             await self.peer.drain()
             start = await self.peer.message()
@@ -561,7 +570,7 @@ class Receiver:
                 raise InvalidInput(f"resume offset {start.offset} (we have {have})")
             offset = start.offset
             if not offset:
-                digest = hashlib.sha256()
+                digest = FileDigest(self.key, m.entry)
             if fd is not None:
                 try:
                     os.ftruncate(fd, offset)

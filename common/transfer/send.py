@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import hmac
 import os
 import stat
@@ -16,10 +15,12 @@ from collections.abc import Callable, Sequence
 from common.channels.copy import (
     MAX_DEPTH,
     Abort,
+    DigestKey,
     DirEntry,
     Done,
     End,
     EndDir,
+    FileDigest,
     FileEntry,
     Finished,
     Have,
@@ -50,9 +51,11 @@ NOT_REGULAR = "not a regular file"
 
 
 class Sender:
-    def __init__(self, peer: Peer, options: CopyOptions, *, on_failure: OnFailure,
-                 on_status: OnStatus, progress: Progress | None = None) -> None:
+    def __init__(self, peer: Peer, options: CopyOptions, key: DigestKey, *,
+                 on_failure: OnFailure, on_status: OnStatus,
+                 progress: Progress | None = None) -> None:
         self.peer = peer
+        self.key = key
         self.options = options
         self.on_failure = on_failure
         self.on_status = on_status
@@ -223,7 +226,7 @@ class Sender:
         size = st.st_size
         resume = self.options.resume and size > 0
         entry = await self._entry(size)
-        digest = hashlib.sha256()
+        digest = FileDigest(self.key, entry)
         offset = 0
         have: asyncio.Future[Have] | None = None
         if resume:
@@ -237,9 +240,9 @@ class Sender:
             answer = await have
             if 0 < answer.have <= size:
                 prefix = await asyncio.get_running_loop().run_in_executor(
-                    None, _hash_prefix, fd, answer.have)
-                if prefix is not None and hmac.compare_digest(prefix.digest(), answer.digest):
-                    digest, offset = prefix, answer.have
+                    None, _hash_prefix, fd, answer.have, self.key, entry)
+                if prefix is not None and hmac.compare_digest(prefix[0], answer.digest):
+                    digest, offset = prefix[1], answer.have
             self.peer.send(Start(entry, offset).encode())
         progress = self.progress
         shown = printable(display)
@@ -302,7 +305,7 @@ class _Reader:
     caller reports a file that shrank); later chunks are then not asked for."""
 
     def __init__(self, pool: concurrent.futures.ThreadPoolExecutor | None, fd: int,
-                 digest: hashlib._Hash, position: int, length: int) -> None:
+                 digest: FileDigest, position: int, length: int) -> None:
         self.pool = pool
         self.fd = fd
         self.digest = digest
@@ -339,15 +342,18 @@ class _Reader:
         self._jobs.clear()
 
 
-def _hash_prefix(fd: int, length: int) -> hashlib._Hash | None:
-    """SHA-256 of the first ``length`` bytes, or None if the file is shorter now."""
-    digest = hashlib.sha256()
+def _hash_prefix(fd: int, length: int, key: DigestKey, entry: int
+                 ) -> tuple[bytes, FileDigest] | None:
+    """The first ``length`` bytes' digest as HAVE's, and the whole file's digest fed with
+    them (to go on with the rest); None if the file is shorter now. One read for both."""
+    prefix, digest = FileDigest(key, entry, prefix=True), FileDigest(key, entry)
     position = 0
     while position < length:
         data = os.pread(fd, min(CHUNK, length - position), position)
         if not data:
             return None
+        prefix.update(data)
         digest.update(data)
         position += len(data)
-    return digest
+    return prefix.digest(), digest
 
