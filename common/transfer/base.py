@@ -78,6 +78,8 @@ class Report:
 def printable(path: bytes) -> str:
     """A path for a terminal line: undecodable bytes as \\xNN, control characters as ?."""
     text = path.decode("utf-8", "backslashreplace")
+    if text.isascii() and text.isprintable():  # the usual case, without a loop
+        return text
     return "".join("?" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c for c in text)
 
 

@@ -245,7 +245,7 @@ class Sender:
                     digest, offset = prefix[1], answer.have
             self.peer.send(Start(entry, offset).encode())
         progress = self.progress
-        shown = printable(display)
+        shown = printable(display) if progress is not None else ""
         if progress is not None:
             progress.start(shown, size, offset)
         remaining = size - offset
@@ -338,8 +338,9 @@ class _Reader:
     def wait(self) -> None:
         """Block until no read runs: before the descriptor is closed."""
         self.left = 0
-        concurrent.futures.wait(self._jobs)
-        self._jobs.clear()
+        if self._jobs:
+            concurrent.futures.wait(self._jobs)
+            self._jobs.clear()
 
 
 def _hash_prefix(fd: int, length: int, key: DigestKey, entry: int
