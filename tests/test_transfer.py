@@ -508,8 +508,8 @@ def test_named_temporary_files_where_anonymous_ones_are_unavailable(
     out.mkdir()
     seen: list[list[str]] = []
 
-    def look(moved: int) -> None:
-        if moved >= 4 * MB and not seen:
+    def look(moved: int) -> None:  # the receiver may lag the sender by a window or more
+        if moved >= 4 * MB:
             seen.append(os.listdir(out))
 
     async def main() -> None:
@@ -520,7 +520,8 @@ def test_named_temporary_files_where_anonymous_ones_are_unavailable(
             assert report.ok
 
     run(main())
-    assert len(seen[0]) == 1 and seen[0][0].startswith(".big.qcp-")  # named while written
+    assert any(len(names) == 1 and names[0].startswith(".big.qcp-")  # named while written
+               for names in seen), seen
     assert os.listdir(out) == ["big"]
     (out / "big").unlink()
     cut_after(8 * MB, direction, tmp_path, source, out, config, CopyOptions())

@@ -54,6 +54,7 @@ from common.transfer.base import (
     CopyOptions,
     Peer,
     Progress,
+    finished,
     join,
     printable,
     reason_of,
@@ -209,7 +210,7 @@ class _Writer:
 
     async def _oldest(self) -> None:
         future, size = self._jobs[0]
-        await asyncio.wrap_future(future)  # stays listed until done, for wait()
+        await finished(future)  # stays listed until done, for wait()
         self._jobs.popleft()
         self._in_flight -= size
 

@@ -36,6 +36,7 @@ from common.transfer.base import (
     CopyOptions,
     Peer,
     Progress,
+    finished,
     join,
     printable,
     reason_of,
@@ -329,7 +330,7 @@ class _Reader:
             self._jobs.append(self.pool.submit(self._read, n, self.position))
             self.left -= n
             self.position += n
-        data = await asyncio.wrap_future(self._jobs[0])  # listed until done, for wait()
+        data = await finished(self._jobs[0])  # listed until done, for wait()
         self._jobs.popleft()
         if not data:
             self.left = 0
