@@ -13,7 +13,7 @@ body is read. A file's content is *not* framed: after :class:`FileEntry` (or aft
 then :class:`End` with the digest of the whole file (or :class:`Abort`, when the sender
 could not read it all and padded the rest). The digest is GMAC (AES-256-GCM over the file as
 associated data, nothing encrypted) under a key the client draws for each copy: a keyed
-universal hash, 5-10 times faster than SHA-256 here, and as good at its job, which is to
+universal hash, 5-20 times faster than SHA-256 here, and as good at its job, which is to
 prove that what was written is what was read (the channel itself is already
 authenticated) (:class:`FileDigest`). That keeps the bulk path free of framing and
 copies: the sender's reads go to the channel as they are.

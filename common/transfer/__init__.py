@@ -4,7 +4,8 @@ The client side runs :func:`upload` or :func:`download` (qcp's command line on t
 server side runs :func:`serve` for each ``copy`` channel, in the logged-in user's own
 process, so every file is opened with that user's rights. The sender streams the tree
 without waiting for a round trip per file; the receiver writes each file to a temporary
-name, verifies its SHA-256 and renames it into place (:mod:`common.transfer.receive`).
+name, verifies its digest (GMAC, keyed per copy) and renames it into place
+(:mod:`common.transfer.receive`).
 
 Per-file problems end up in :attr:`Report.failures` (the other files still copy); only a
 failure of the copy as a whole raises :class:`CopyError`. The engine never prints.

@@ -7,11 +7,12 @@ every create is relative to the directory's descriptor (``openat`` and friends),
 link planted in the destination cannot redirect a write outside it.
 
 Never a wrong file. A file is written to ``.NAME.qcp-XXXXXXXX`` (``O_CREAT|O_EXCL``,
-mode 0600) next to its destination, fsynced, its SHA-256 checked against the sender's,
+mode 0600) next to its destination, fsynced, its digest checked against the sender's,
 then renamed over the destination (atomic; an existing destination is never truncated).
 On any failure, cancellation or lost connection the temporary file is removed. With
 ``--resume`` the file is written to ``.NAME.qcp-partial`` instead, and that is kept on a
-failure, for a later ``--resume`` to continue from.
+failure, for a later ``--resume`` to continue from. A small file (:data:`SMALL`) is checked
+in memory before anything is created; a commit thread then writes it the same way.
 """
 
 from __future__ import annotations
