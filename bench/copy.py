@@ -334,7 +334,9 @@ def profile(tools: Tools, work: Path, qcp_args: list[str], top: int = 15
     command[1:3] = ["-m", "cProfile", "-o", str(stats / "client.prof"), "-m", "qcp"]
     subprocess.run(command, env=tools.qshd.env, cwd=tools.qshd.tree, check=True,
                    stdout=subprocess.DEVNULL)
-    server = sorted(stats.glob("serve-*.prof"))
+    deadline = time.monotonic() + 10  # the server writes it as its side ends, maybe later
+    while not (server := sorted(stats.glob("serve-*.prof"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return _top(stats / "client.prof", top), _top(server[0], top) if server else []
 
 
