@@ -222,6 +222,47 @@ async def hostile_upload(target: Path, frames: list[bytes], *, sources: int = 1,
         await server.wait_closed()
 
 
+def test_a_cut_keeps_every_byte_that_arrived_in_the_resume_partial(tmp_path: Path) -> None:
+    """The receiver hands a file's data to its writer thread in batches (4 MiB); when the
+    connection ends mid-file, a --resume partial also gets what arrived but was not handed
+    over yet, so that the next --resume sends only the rest."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    partial = dest / ".big.qcp-partial"
+    data = os.urandom(1536 * 1024)  # not a whole number of batches (1 MiB before, now 4)
+
+    async def main() -> int:
+        server = await aio.serve("127.0.0.1", 0,
+                                 make_handshake=lambda: ServerHandshake([HOST_KEY]),
+                                 on_channel=_serve_copy)
+        try:
+            client = await aio.connect("127.0.0.1", server.port,
+                                       handshake=ClientHandshake(Offer(), HOST_KEY.public))
+            request = OpenRequest(UPLOAD, (os.fsencode(dest),), 1, resume=True)
+            channel = await client.open_channel(COPY, request.encode())
+            channel.write(FileEntry(0, b"big", 0o644, 10 * len(data), resume=True).encode())
+            header = await asyncio.wait_for(channel.readexactly(cc.HEADER_SIZE), 10)
+            kind, length = cc.decode_header(header, FROM_RECEIVER)
+            have = cc.decode_body(kind, await channel.readexactly(length))
+            assert isinstance(have, cc.Have) and have.have == 0
+            channel.write(cc.Start(0, 0).encode() + data)
+            await channel.drain()
+            client.close()  # mid-file: its records are flushed, then the connection ends
+            await client.wait_closed()
+            for _ in range(100):  # the server's side notices, keeps the partial
+                if partial.exists() and partial.stat().st_size == len(data):
+                    break
+                await asyncio.sleep(0.05)
+            return partial.stat().st_size
+        finally:
+            server.close(connections=True)
+            await server.wait_closed()
+
+    assert run(main()) == len(data)
+    assert partial.read_bytes() == data
+    assert os.listdir(dest) == [partial.name]
+
+
 def tree_snapshot(root: Path) -> list[tuple[str, int]]:
     return sorted((str(p.relative_to(root)), p.lstat().st_size if not p.is_dir() else -1)
                   for p in root.rglob("*"))

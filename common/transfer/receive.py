@@ -135,8 +135,9 @@ def _hash_file(fd: int, length: int, key: DigestKey, entry: int
     return prefix.digest(), digest
 
 
-#: A file's data goes to the writer thread in batches of this size...
-BATCH = 1024 * 1024
+#: A file's data goes to the writer thread in batches of this size (4 MiB rather than 1:
+#: a quarter of the hand-offs, measured 5-10% faster for 512 MiB here)...
+BATCH = 4 * 1024 * 1024
 #: ...with at most this much handed over and not yet written (the window refills meanwhile).
 IN_FLIGHT = 16 * 1024 * 1024
 #: Files up to this size are written by the event loop itself: a thread would cost more.
@@ -221,13 +222,17 @@ class _Writer:
             await self._oldest()
         return self.error
 
-    def wait(self) -> None:
+    def wait(self, *, keep: bool = False) -> None:
         """Block until no job runs: before the descriptor is closed, whatever ended the
-        copy (a number reused by another open must never receive our writes)."""
-        self._batch.clear()
-        self.error = self.error or OSError(errno.ECANCELED, "cancelled")
+        copy (a number reused by another open must never receive our writes). ``keep``:
+        the file is a --resume partial, so what arrived and is not written yet (up to a
+        batch) is written now, here, for the next --resume to start after it."""
         concurrent.futures.wait([future for future, _ in self._jobs])
         self._jobs.clear()
+        if keep and self._batch and self.error is None:
+            self._run(self._batch, self.position)
+        self._batch.clear()
+        self.error = self.error or OSError(errno.ECANCELED, "cancelled")
 
 
 def _umask() -> int:
@@ -410,11 +415,12 @@ class Receiver:
         if temp is None:
             return
         self._temp = None
+        kept = bool(temp.name) and (temp.keep if keep is None else keep)
         if temp.writer is not None:
-            temp.writer.wait()
+            temp.writer.wait(keep=kept)
         if temp.fd is not None:
             os.close(temp.fd)
-        if temp.name and not (temp.keep if keep is None else keep):
+        if temp.name and not kept:
             with contextlib.suppress(OSError):
                 os.unlink(temp.name, dir_fd=temp.parent)
 

@@ -255,7 +255,7 @@ class Sender:
         if remaining > CHUNK and self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, "qcp-read")
         reader = _Reader(self._pool if remaining > CHUNK else None, fd, digest, offset,
-                         remaining)
+                         remaining, CHUNK if limit else READ_SIZE)
         try:
             while remaining:
                 try:
@@ -296,8 +296,12 @@ class Sender:
             progress.end(shown, not problem)
 
 
-#: Chunks read (and hashed) ahead of the one being sent, by a thread of their own.
+#: Chunks read (and digested) ahead of the one being sent, by a thread of their own...
 READ_AHEAD = 4
+#: ...each this large, unless the copy is paced (-l), which sends CHUNKs: a job per 4 MiB
+#: rather than per 1 MiB halves the hand-offs' cost (a thread woken, the GIL passed back
+#: and forth); measured 5-10% faster for 512 MiB on this machine.
+READ_SIZE = 4 * CHUNK
 
 
 class _Reader:
@@ -306,8 +310,9 @@ class _Reader:
     caller reports a file that shrank); later chunks are then not asked for."""
 
     def __init__(self, pool: concurrent.futures.ThreadPoolExecutor | None, fd: int,
-                 digest: FileDigest, position: int, length: int) -> None:
+                 digest: FileDigest, position: int, length: int, size: int) -> None:
         self.pool = pool
+        self.size = size  # of a read in the thread
         self.fd = fd
         self.digest = digest
         self.position = position
@@ -326,7 +331,7 @@ class _Reader:
             self.position += n
             return self._read(n, self.position - n)
         while self.left and len(self._jobs) < READ_AHEAD:
-            n = min(CHUNK, self.left)
+            n = min(self.size, self.left)
             self._jobs.append(self.pool.submit(self._read, n, self.position))
             self.left -= n
             self.position += n
