@@ -23,8 +23,9 @@ from common.errors import InvalidInput
 
 T = TypeVar("T")
 
-#: One read from a source file, and so (split by the channel's record size) the unit the
-#: sender hands to the channel: large, so per-call costs are paid per megabyte.
+#: One read from a small source file, or from any when paced (-l; larger files are read 4
+#: of these at a time, ``send.READ_SIZE``), and so (split by the channel's record size) the
+#: unit the sender hands to the channel: large, so per-call costs are paid per megabyte.
 CHUNK = 1024 * 1024
 #: No progress from the peer for this long ends the copy (the connection's keep-alive
 #: only proves the peer is alive, not that it still serves this copy).
