@@ -11,12 +11,13 @@ Every message is ``u8 type ‖ u32 length ‖ body``, its length bounded per typ
 body is read. A file's content is *not* framed: after :class:`FileEntry` (or after
 :class:`Start` when resuming) exactly ``size - offset`` raw bytes follow in the stream,
 then :class:`End` with the digest of the whole file (or :class:`Abort`, when the sender
-could not read it all and padded the rest). The digest is GMAC (AES-256-GCM over the file as
-associated data, nothing encrypted) under a key the client draws for each copy: a keyed
-universal hash, 5-20 times faster than SHA-256 here, and as good at its job, which is to
-prove that what was written is what was read (the channel itself is already
-authenticated) (:class:`FileDigest`). That keeps the bulk path free of framing and
+could not read it all and padded the rest). That keeps the bulk path free of framing and
 copies: the sender's reads go to the channel as they are.
+
+The digest is GMAC (AES-256-GCM over the file as associated data, nothing encrypted) under
+a key the client draws for each copy (:class:`FileDigest`): a keyed universal hash, 5-20
+times faster than SHA-256 here, and as good at its job, which is to prove that what was
+written is what was read (the channel itself is already authenticated).
 
 Only encoding, decoding and the name rules live here: no files, no asyncio.
 """
@@ -26,14 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from cryptography.hazmat.primitives.ciphers import (
-    AEADEncryptionContext,
-    Cipher,
-    algorithms,
-    modes,
-)
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from common.crypto.gmac import ONE_SHOT, Gmac, GmacKey
 from common.errors import InvalidInput
 from common.wire import Reader, Writer
 
@@ -69,6 +63,8 @@ MAX_TIME_NS = (1 << 63) - 1
 #: The per-copy digest key (AES-256) in the open request, and a digest (the GMAC tag).
 KEY_SIZE = 32
 DIGEST_SIZE = 16
+#: The copy's digest key, set up once per copy (the engine and tests build it from here).
+DigestKey = GmacKey
 HEADER_SIZE = 5
 #: Largest body of any message (a symlink: name + target + fixed fields).
 MAX_BODY = 16 * 1024
@@ -139,61 +135,17 @@ def _frame(kind: int, body: bytes) -> bytes:
     return kind.to_bytes(1, "big") + len(body).to_bytes(4, "big") + body
 
 
-class DigestKey:
-    """The copy's digest key, set up once (an AES key schedule per file would cost more
-    than hashing a small file)."""
+class FileDigest(Gmac):
+    """GMAC-AES-256 of one file's bytes (:mod:`common.crypto.gmac`) under the copy's key,
+    with the nonce ``u8 prefix ‖ 3 zero bytes ‖ u64 entry``: ``prefix`` is 1 for a resume's
+    HAVE (the bytes the receiver already has), 0 for END (the whole file)."""
 
-    __slots__ = ("aead", "cipher")
+    __slots__ = ()
 
-    def __init__(self, key: bytes) -> None:
-        self.cipher = algorithms.AES(key)
-        self.aead = AESGCM(key)
-
-
-class FileDigest:
-    """GMAC-AES-256 of one file's bytes: the tag of AES-256-GCM with the copy's key, the
-    nonce ``u8 prefix ‖ 3 zero bytes ‖ u64 entry``, the file as associated data and nothing
-    to encrypt. ``prefix`` is 1 for a resume's HAVE (the bytes the receiver already has), 0
-    for END (the whole file). Like ``hashlib``'s objects, except that :meth:`digest` may be
-    called once.
-
-    Up to :data:`ONE_SHOT` bytes are gathered and digested in one call at the end (a cipher
-    context per small file costs ten times a one-shot call); beyond, they are streamed."""
-
-    __slots__ = ("_context", "_key", "_nonce", "_parts", "_size")
-
-    ONE_SHOT = 1024 * 1024
+    ONE_SHOT = ONE_SHOT
 
     def __init__(self, key: DigestKey, entry: int, prefix: bool = False) -> None:
-        self._key = key
-        self._nonce = bytes([1 if prefix else 0, 0, 0, 0]) + entry.to_bytes(8, "big")
-        self._parts: list[bytes | memoryview] = []
-        self._size = 0
-        self._context: AEADEncryptionContext | None = None
-
-    def update(self, data: bytes | memoryview) -> None:
-        context = self._context
-        if context is None:
-            self._parts.append(data)
-            self._size += len(data)
-            if self._size <= self.ONE_SHOT:
-                return
-            context = self._context = Cipher(self._key.cipher,
-                                             modes.GCM(self._nonce)).encryptor()
-            for part in self._parts:
-                context.authenticate_additional_data(part)
-            self._parts = []
-            return
-        context.authenticate_additional_data(data)
-
-    def digest(self) -> bytes:
-        context = self._context
-        if context is None:
-            parts = self._parts
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
-            return self._key.aead.encrypt(self._nonce, b"", data)
-        context.finalize()
-        return bytes(context.tag)
+        super().__init__(key, bytes([1 if prefix else 0, 0, 0, 0]) + entry.to_bytes(8, "big"))
 
 
 def file_digest(key: bytes, entry: int, data: bytes, prefix: bool = False) -> bytes:
