@@ -21,9 +21,10 @@ same machine), so the disk is out of the picture and what is measured is the too
    then run again with ``--resume -v``; "sent N bytes" from its report against the size;
 4. the progress meter's cost: :meth:`TtyProgress.advance` per call, and redraws per second.
 
-``--profile`` runs one qcp upload under cProfile and prints the top functions of the client
-(the server's side is the same engine; ``qshd`` is not profiled here). Every copy is checked
-(size and SHA-256 of the result) so that a fast wrong copy cannot win.
+``--profile`` runs each kind of copy once more under cProfile and prints the top functions
+of both ends: the client's process, and the server's side of the copy (a qshd of its own,
+started with ``QCP_SERVE_PROFILE``, which makes the user's process profile each copy).
+Every copy is checked (size and SHA-256 of the result) so that a fast wrong copy cannot win.
 """
 
 from __future__ import annotations
@@ -307,22 +308,36 @@ def progress_cost(calls: int = 1_000_000) -> tuple[float, int, float]:
     return seconds / calls * 1e9, meter.redraws, meter.redraws / seconds
 
 
-def profile(tools: Tools, work: Path, qcp_args: list[str], top: int = 20) -> list[str]:
-    """cProfile of one qcp run (the client's process), the top functions by self time."""
-    stats = work / "qcp.prof"
-    command = tools.qcp(*qcp_args)
-    command[1:3] = ["-m", "cProfile", "-o", str(stats), "-m", "qcp"]
-    subprocess.run(command, env=tools.qshd.env, cwd=tools.qshd.tree, check=True,
-                   stdout=subprocess.DEVNULL)
-    report = pstats.Stats(str(stats))
-    lines = []
-    entries = sorted(report.stats.items(),  # type: ignore[attr-defined]
-                     key=lambda item: item[1][2], reverse=True)[:top]
+def _top(path: Path, top: int) -> list[str]:
+    report = pstats.Stats(str(path))
+    stats = report.stats  # type: ignore[attr-defined]
+    lines = [f"{1000 * sum(v[2] for v in stats.values()):9.1f} ms in all (self times)"]
+    entries = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
     for (filename, line, function), (_, calls, tottime, cumtime, _) in entries:
         where = f"{Path(filename).name}:{line} {function}" if line else function
         lines.append(f"{1000 * tottime:9.1f} ms self {1000 * cumtime:9.1f} ms cum "
                      f"{calls:8d}x  {where}")
     return lines
+
+
+def profile(tools: Tools, work: Path, qcp_args: list[str], top: int = 15
+            ) -> tuple[list[str], list[str]]:
+    """cProfile of one qcp run: the client's process, and the server's side of the copy
+    when qshd was started with QCP_SERVE_PROFILE (the user's process's event loop thread
+    while the copy runs); the top functions of each by self time."""
+    stats = work / "prof"
+    if stats.exists():
+        shutil.rmtree(stats)
+    stats.mkdir(mode=0o1777)
+    stats.chmod(0o1777)  # the user's process writes there
+    command = tools.qcp(*qcp_args)
+    command[1:3] = ["-m", "cProfile", "-o", str(stats / "client.prof"), "-m", "qcp"]
+    subprocess.run(command, env=tools.qshd.env, cwd=tools.qshd.tree, check=True,
+                   stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10  # the server writes it as its side ends, maybe later
+    while not (server := sorted(stats.glob("serve-*.prof"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _top(stats / "client.prof", top), _top(server[0], top) if server else []
 
 
 @contextlib.contextmanager
@@ -336,6 +351,44 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def profiled(work: Path, size: int, count: int, prefix: Path | None) -> None:
+    """Part 5: each kind of copy once under cProfile, both ends, against a qshd of its own
+    started with QCP_SERVE_PROFILE (the other parts' qshd runs without it)."""
+    data = work / "data"
+    if not data.exists() or data.stat().st_size != size:
+        make_file(data, size)
+    tree = work / "tree"
+    if not tree.exists():
+        make_tree(tree, count)
+    out = work / "out"
+    os.environ["QCP_SERVE_PROFILE"] = str(work / "prof")  # inherited by that qshd only
+    try:
+        qshd = PrivateQshd()
+    finally:
+        del os.environ["QCP_SERVE_PROFILE"]
+    extra = SSHD_EXTRA_CONFIG + "Subsystem sftp internal-sftp\n"
+    with qshd, openssh.PrivateSshd(extra, prefix) as sshd:
+        tools = Tools(qshd, sshd)
+        cases = [
+            (f"qcp upload of {size // MiB} MiB", [str(data), tools.qremote(out)]),
+            (f"qcp download of {size // MiB} MiB", [tools.qremote(data), str(out)]),
+            (f"qcp -r upload of {count} files", ["-r", str(tree), tools.qremote(out)]),
+            (f"qcp -r download of {count} files", ["-r", tools.qremote(tree), str(out)]),
+        ]
+        print("\n5. cProfile, both ends, top functions by self time (a qshd with "
+              "QCP_SERVE_PROFILE)")
+        for what, args in cases:
+            fresh(out)
+            client, server = profile(tools, work, args)
+            sender = "client" if "upload" in what else "server"
+            for side, lines in (("client", client), ("server", server)):
+                role = "sender" if side == sender else "receiver"
+                print(f"   {what}: the {side} ({role})")
+                for line in lines:
+                    print(f"    {line}")
+        fresh(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="256 MiB, 2,000 files, 1 round")
@@ -344,7 +397,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="rounds, interleaved (default 3)")
     parser.add_argument("--openssh", default="system",
                         help="'system' (Debian's) or an OpenSSH build prefix")
-    parser.add_argument("--profile", action="store_true", help="cProfile one qcp upload")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile each kind of copy, client and server")
     args = parser.parse_args()
     size = (args.size or (256 if args.quick else 1024)) * MiB
     count = args.files or (2000 if args.quick else 10_000)
@@ -402,17 +456,7 @@ def main() -> int:
               f"{redraws} redraws = {per_second:.1f}/s")
 
         if args.profile:
-            data, out = work / "data", work / "out"
-            print("\n5. cProfile of one qcp upload of the big file (client: the sender), "
-                  "top functions by self time")
-            for line in profile(tools, work, [str(data), tools.qremote(fresh(out))]):
-                print(f"    {line}")
-            tree = make_tree(work / "tree", count)
-            print(f"   cProfile of one qcp -r download of {count} files (client: the "
-                  "receiver)")
-            for line in profile(tools, work, ["-r", tools.qremote(tree), str(fresh(out))]):
-                print(f"    {line}")
-            fresh(out)
+            profiled(work, size, count, prefix)
 
         print("\nSummary (ratios are the other tool's time / qcp's time: > 1 is qcp faster)")
         for line in summary:

@@ -140,7 +140,7 @@ def plan(paths: tuple[str, ...]) -> Plan:
 #: common.protocol.mux.MAX_PAYLOAD bytes, less its fixed fields); kept here so that parsing
 #: the command line loads no protocol code. tests/test_qcp_cli.py checks they agree.
 OPEN_MAX_PATHS = 1024
-OPEN_MAX_BYTES = 64 * 1024 - 17
+OPEN_MAX_BYTES = 64 * 1024 - 49
 
 
 def download_batches(sources: tuple[bytes, ...], *, max_paths: int = OPEN_MAX_PATHS,

@@ -46,7 +46,7 @@ from common.wire import Reader
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "copy.json"
 HOST_KEY = HostKey.generate("mldsa65", now=time.time())
-EMPTY_DIGEST = bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+WRONG_DIGEST = bytes(cc.DIGEST_SIZE)
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
@@ -83,6 +83,27 @@ def test_vectors_encode_and_decode_both_ways() -> None:
         request = OpenRequest(**{k: _value(v) for k, v in vector["fields"].items()})
         assert request.encode().hex() == vector["encoding"]
         assert OpenRequest.decode(bytes.fromhex(vector["encoding"])) == request
+    for vector in data["digests"]:
+        key, content = bytes.fromhex(vector["key"]), bytes.fromhex(vector["data"])
+        assert cc.file_digest(key, vector["entry"], content, vector["prefix"]).hex() \
+            == vector["digest"]
+
+
+def test_file_digest_is_gmac_and_streams_like_one_shot() -> None:
+    """END's digest is AES-256-GCM's tag with nothing encrypted and the file as associated
+    data (docs/PROTOCOL.md §10A); fed in pieces past the one-shot size it is the same."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key, data = bytes(range(32)), os.urandom(3 * cc.FileDigest.ONE_SHOT + 5)
+    nonce = bytes(4) + (9).to_bytes(8, "big")
+    assert cc.file_digest(key, 9, data) == AESGCM(key).encrypt(nonce, b"", data)
+    streamed = cc.FileDigest(cc.DigestKey(key), 9)
+    for i in range(0, len(data), 100_000):
+        streamed.update(memoryview(data)[i:i + 100_000])
+    assert streamed.digest() == cc.file_digest(key, 9, data)
+    prefix = AESGCM(key).encrypt(b"\x01" + nonce[1:], b"", data[:10])
+    assert cc.file_digest(key, 9, data[:10], prefix=True) == prefix
+    assert cc.file_digest(bytes(32), 9, data) != cc.file_digest(key, 9, data)
 
 
 def test_a_file_entry_byte_by_byte() -> None:
@@ -137,8 +158,8 @@ def test_sizes_counts_and_lengths_are_bounded() -> None:
 
 
 @pytest.mark.parametrize("payload, match", [
-    (b"\x02" + bytes(20), "version"),
-    (OpenRequest(UPLOAD, (b"t",), 1).encode()[:1] + b"\x05" + bytes(16), "direction"),
+    (b"\x01" + bytes(60), "version"),
+    (OpenRequest(UPLOAD, (b"t",), 1).encode()[:1] + b"\x05" + bytes(60), "direction"),
     (OpenRequest(UPLOAD, (b"t",), 1).encode().replace(b"\x00\x00", b"\x00\x80", 1), "flags"),
     (OpenRequest(UPLOAD, (b"a", b"b"), 1).encode(), "exactly one target"),
     (OpenRequest(DOWNLOAD, (b"a",), 2).encode(), "every source"),
@@ -201,16 +222,57 @@ async def hostile_upload(target: Path, frames: list[bytes], *, sources: int = 1,
         await server.wait_closed()
 
 
+def test_a_cut_keeps_every_byte_that_arrived_in_the_resume_partial(tmp_path: Path) -> None:
+    """The receiver hands a file's data to its writer thread in batches (4 MiB); when the
+    connection ends mid-file, a --resume partial also gets what arrived but was not handed
+    over yet, so that the next --resume sends only the rest."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    partial = dest / ".big.qcp-partial"
+    data = os.urandom(1536 * 1024)  # not a whole number of batches (1 MiB before, now 4)
+
+    async def main() -> int:
+        server = await aio.serve("127.0.0.1", 0,
+                                 make_handshake=lambda: ServerHandshake([HOST_KEY]),
+                                 on_channel=_serve_copy)
+        try:
+            client = await aio.connect("127.0.0.1", server.port,
+                                       handshake=ClientHandshake(Offer(), HOST_KEY.public))
+            request = OpenRequest(UPLOAD, (os.fsencode(dest),), 1, resume=True)
+            channel = await client.open_channel(COPY, request.encode())
+            channel.write(FileEntry(0, b"big", 0o644, 10 * len(data), resume=True).encode())
+            header = await asyncio.wait_for(channel.readexactly(cc.HEADER_SIZE), 10)
+            kind, length = cc.decode_header(header, FROM_RECEIVER)
+            have = cc.decode_body(kind, await channel.readexactly(length))
+            assert isinstance(have, cc.Have) and have.have == 0
+            channel.write(cc.Start(0, 0).encode() + data)
+            await channel.drain()
+            client.close()  # mid-file: its records are flushed, then the connection ends
+            await client.wait_closed()
+            for _ in range(100):  # the server's side notices, keeps the partial
+                if partial.exists() and partial.stat().st_size == len(data):
+                    break
+                await asyncio.sleep(0.05)
+            return partial.stat().st_size
+        finally:
+            server.close(connections=True)
+            await server.wait_closed()
+
+    assert run(main()) == len(data)
+    assert partial.read_bytes() == data
+    assert os.listdir(dest) == [partial.name]
+
+
 def tree_snapshot(root: Path) -> list[tuple[str, int]]:
     return sorted((str(p.relative_to(root)), p.lstat().st_size if not p.is_dir() else -1)
                   for p in root.rglob("*"))
 
 
 def _raw_file(entry: int, name: bytes, data: bytes) -> bytes:
-    import hashlib
-
+    """A file as an honest sender frames it, under the default (zero) key of a hand-made
+    OpenRequest."""
     return (FileEntry(entry, name, 0o644, len(data)).encode() + data
-            + End(entry, hashlib.sha256(data).digest()).encode())
+            + End(entry, cc.file_digest(bytes(cc.KEY_SIZE), entry, data)).encode())
 
 
 @pytest.mark.parametrize("name", [b"../../x", b"/etc/x", b"..", b".", b"", b"a/../../x",
@@ -340,7 +402,7 @@ def test_hostile_server_huge_size_then_silence_is_refused(tmp_path: Path) -> Non
 def test_hostile_server_wrong_digest_leaves_nothing(tmp_path: Path) -> None:
     async def act(channel: aio.Channel) -> None:
         channel.write(FileEntry(0, b"f", 0o644, 4).encode() + b"data"
-                      + End(0, EMPTY_DIGEST).encode() + Done(1, 0).encode())
+                      + End(0, WRONG_DIGEST).encode() + Done(1, 0).encode())
 
     report = run(hostile_download(tmp_path, act))
     assert [(f.reason, f.remote) for f in report.failures] == [

@@ -10,9 +10,14 @@ for a round trip except a resumed file: statuses come back while later files are
 Every message is ``u8 type ‖ u32 length ‖ body``, its length bounded per type before the
 body is read. A file's content is *not* framed: after :class:`FileEntry` (or after
 :class:`Start` when resuming) exactly ``size - offset`` raw bytes follow in the stream,
-then :class:`End` with the SHA-256 of the whole file (or :class:`Abort`, when the sender
+then :class:`End` with the digest of the whole file (or :class:`Abort`, when the sender
 could not read it all and padded the rest). That keeps the bulk path free of framing and
 copies: the sender's reads go to the channel as they are.
+
+The digest is GMAC (AES-256-GCM over the file as associated data, nothing encrypted) under
+a key the client draws for each copy (:class:`FileDigest`): a keyed universal hash, 5-20
+times faster than SHA-256 here, and as good at its job, which is to prove that what was
+written is what was read (the channel itself is already authenticated).
 
 Only encoding, decoding and the name rules live here: no files, no asyncio.
 """
@@ -22,11 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from common.crypto.gmac import ONE_SHOT, Gmac, GmacKey
 from common.errors import InvalidInput
 from common.wire import Reader, Writer
 
 COPY = "copy"
-VERSION = 1
+VERSION = 2
 
 UPLOAD = 0  # the client sends files, the server writes them
 DOWNLOAD = 1  # the server sends files, the client writes them
@@ -54,7 +60,11 @@ MAX_FILE_SIZE = 1 << 52
 MAX_REASON = 1024
 #: Times, in nanoseconds since the epoch (before 1970 is sent as 0).
 MAX_TIME_NS = (1 << 63) - 1
-DIGEST_SIZE = 32  # SHA-256
+#: The per-copy digest key (AES-256) in the open request, and a digest (the GMAC tag).
+KEY_SIZE = 32
+DIGEST_SIZE = 16
+#: The copy's digest key, set up once per copy (the engine and tests build it from here).
+DigestKey = GmacKey
 HEADER_SIZE = 5
 #: Largest body of any message (a symlink: name + target + fixed fields).
 MAX_BODY = 16 * 1024
@@ -125,12 +135,33 @@ def _frame(kind: int, body: bytes) -> bytes:
     return kind.to_bytes(1, "big") + len(body).to_bytes(4, "big") + body
 
 
+class FileDigest(Gmac):
+    """GMAC-AES-256 of one file's bytes (:mod:`common.crypto.gmac`) under the copy's key,
+    with the nonce ``u8 prefix ‖ 3 zero bytes ‖ u64 entry``: ``prefix`` is 1 for a resume's
+    HAVE (the bytes the receiver already has), 0 for END (the whole file)."""
+
+    __slots__ = ()
+
+    ONE_SHOT = ONE_SHOT
+
+    def __init__(self, key: DigestKey, entry: int, prefix: bool = False) -> None:
+        super().__init__(key, bytes([1 if prefix else 0, 0, 0, 0]) + entry.to_bytes(8, "big"))
+
+
+def file_digest(key: bytes, entry: int, data: bytes, prefix: bool = False) -> bytes:
+    """One file's digest in one call (tests, vectors)."""
+    digest = FileDigest(DigestKey(key), entry, prefix)
+    digest.update(data)
+    return digest.digest()
+
+
 @dataclass(frozen=True, slots=True)
 class OpenRequest:
     """CHANNEL_OPEN payload. ``paths``: an upload's one target, a download's sources,
     each exactly as typed after ``host:`` (the server resolves ``~`` and relative
     paths). ``sources``: how many sources the copy has (the receiver's rule "several
-    sources need a directory"). ``limit``: bytes per second, 0 = none (the sender's)."""
+    sources need a directory"). ``limit``: bytes per second, 0 = none (the sender's).
+    ``key``: the copy's digest key (:class:`FileDigest`), drawn by the client."""
 
     direction: int
     paths: tuple[bytes, ...]
@@ -139,6 +170,7 @@ class OpenRequest:
     preserve: bool = False
     resume: bool = False
     limit: int = 0
+    key: bytes = bytes(KEY_SIZE)
     version: int = VERSION
 
     def encode(self) -> bytes:
@@ -147,8 +179,10 @@ class OpenRequest:
                  | (FLAG_RESUME if self.resume else 0))
         if len(self.paths) > MAX_PATHS or any(len(p) > MAX_PATH for p in self.paths):
             raise ValueError("too many or too long paths for one copy")
+        if len(self.key) != KEY_SIZE:
+            raise ValueError("the digest key is 32 bytes")
         w = (Writer().u8(self.version).u8(self.direction).u8(flags).u64(self.limit)
-             .u32(self.sources).u16(len(self.paths)))
+             .fixed(self.key).u32(self.sources).u16(len(self.paths)))
         for path in self.paths:
             w.vbytes(path)
         return w.getvalue()
@@ -159,7 +193,8 @@ class OpenRequest:
         version = r.u8()
         if version != VERSION:
             raise InvalidInput(f"copy protocol version {version} (this side speaks {VERSION})")
-        direction, flags, limit, sources, count = r.u8(), r.u8(), r.u64(), r.u32(), r.u16()
+        direction, flags, limit = r.u8(), r.u8(), r.u64()
+        key, sources, count = r.fixed(KEY_SIZE), r.u32(), r.u16()
         if direction not in (UPLOAD, DOWNLOAD):
             raise InvalidInput(f"unknown copy direction {direction}")
         if flags & ~_FLAGS:
@@ -178,7 +213,7 @@ class OpenRequest:
         if direction == DOWNLOAD and (not count or count != sources):
             raise InvalidInput("a download names every source")
         return cls(direction, tuple(paths), sources, bool(flags & FLAG_RECURSIVE),
-                   bool(flags & FLAG_PRESERVE), bool(flags & FLAG_RESUME), limit, version)
+                   bool(flags & FLAG_PRESERVE), bool(flags & FLAG_RESUME), limit, key, version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +317,7 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class End:
-    """The file's data is complete; ``digest`` is the SHA-256 of the whole file."""
+    """The file's data is complete; ``digest`` is the whole file's (:class:`FileDigest`)."""
 
     TYPE: ClassVar[int] = END
     entry: int
@@ -350,7 +385,8 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Have:
-    """Resume: the receiver holds ``have`` bytes of the file, whose SHA-256 is ``digest``."""
+    """Resume: the receiver holds ``have`` bytes of the file; ``digest`` is theirs
+    (:class:`FileDigest` with ``prefix`` set)."""
 
     TYPE: ClassVar[int] = HAVE
     entry: int

@@ -4,7 +4,8 @@ The client side runs :func:`upload` or :func:`download` (qcp's command line on t
 server side runs :func:`serve` for each ``copy`` channel, in the logged-in user's own
 process, so every file is opened with that user's rights. The sender streams the tree
 without waiting for a round trip per file; the receiver writes each file to a temporary
-name, verifies its SHA-256 and renames it into place (:mod:`common.transfer.receive`).
+name, verifies its digest (GMAC, keyed per copy) and renames it into place
+(:mod:`common.transfer.receive`).
 
 Per-file problems end up in :attr:`Report.failures` (the other files still copy); only a
 failure of the copy as a whole raises :class:`CopyError`. The engine never prints.
@@ -12,9 +13,11 @@ failure of the copy as a whole raises :class:`CopyError`. The engine never print
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
+import secrets
 from collections.abc import Sequence
 
 from common import aio
@@ -23,8 +26,10 @@ from common.channels.copy import (
     DOWNLOAD,
     FROM_RECEIVER,
     FROM_SENDER,
+    KEY_SIZE,
     UPLOAD,
     VERSION,
+    DigestKey,
     OpenRequest,
     Status,
 )
@@ -62,8 +67,10 @@ log = logging.getLogger("qshd")
 
 def _request(direction: int, paths: Sequence[bytes], sources: int,
              options: CopyOptions) -> OpenRequest:
+    """A fresh digest key for each copy: drawn after the files exist, so no content can be
+    made to collide with another under it."""
     return OpenRequest(direction, tuple(paths), sources, options.recursive, options.preserve,
-                       options.resume, options.limit or 0)
+                       options.resume, options.limit or 0, secrets.token_bytes(KEY_SIZE))
 
 
 async def _open(connection: aio.QsmpConnection, request: OpenRequest) -> aio.Channel:
@@ -85,7 +92,8 @@ async def upload(connection: aio.QsmpConnection, sources: Sequence[bytes], targe
     if not sources:
         raise CopyError("nothing to copy")
     report = Report()
-    channel = await _open(connection, _request(UPLOAD, (target,), len(sources), options))
+    request = _request(UPLOAD, (target,), len(sources), options)
+    channel = await _open(connection, request)
     peer = Peer(channel, FROM_RECEIVER)
 
     def on_failure(path: bytes, number: int, reason: str) -> None:
@@ -99,8 +107,8 @@ async def upload(connection: aio.QsmpConnection, sources: Sequence[bytes], targe
         else:
             report.failures.append(Failure(printable(status.path), status.reason, True))
 
-    sender = Sender(peer, options, on_failure=on_failure, on_status=on_status,
-                    progress=progress)
+    sender = Sender(peer, options, DigestKey(request.key), on_failure=on_failure,
+                    on_status=on_status, progress=progress)
     try:
         await sender.run([(s, s) for s in sources])
     except InvalidInput as exc:
@@ -118,7 +126,8 @@ async def download(connection: aio.QsmpConnection, sources: Sequence[bytes], tar
     if not sources:
         raise CopyError("nothing to copy")
     report = Report()
-    channel = await _open(connection, _request(DOWNLOAD, sources, len(sources), options))
+    request = _request(DOWNLOAD, sources, len(sources), options)
+    channel = await _open(connection, request)
     peer = Peer(channel, FROM_SENDER)
 
     def on_failure(path: bytes, number: int, reason: str) -> None:
@@ -127,8 +136,9 @@ async def download(connection: aio.QsmpConnection, sources: Sequence[bytes], tar
     def on_remote_failure(message: FailureMessage) -> None:
         report.failures.append(Failure(printable(message.path), message.reason, True))
 
-    receiver = Receiver(peer, options, target, target, len(sources), on_failure=on_failure,
-                        on_remote_failure=on_remote_failure, progress=progress)
+    receiver = Receiver(peer, options, DigestKey(request.key), target, target, len(sources),
+                        on_failure=on_failure, on_remote_failure=on_remote_failure,
+                        progress=progress)
     try:
         await receiver.run()
     except InvalidInput as exc:
@@ -168,9 +178,33 @@ def resolve_remote(path: bytes, home: bytes) -> bytes:
     return join(home, path)
 
 
+#: For measurements only (bench/copy.py --profile): a directory named here gets a cProfile
+#: of the server's side of each copy, ``serve-PID-N.prof`` (the user's process's event loop
+#: thread while the copy runs: the engine, decryption, the socket). Off when unset.
+PROFILE_ENV = "QCP_SERVE_PROFILE"
+
+
 async def serve(channel: aio.Channel) -> None:
     """The server's side of one copy channel, in the logged-in user's own process.
     File problems go back to the client as failures; a broken peer ends the channel."""
+    where = os.environ.get(PROFILE_ENV)
+    if not where:
+        await _serve(channel)
+        return
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        await _serve(channel)
+    finally:
+        profile.disable()
+        with contextlib.suppress(OSError):
+            profile.dump_stats(os.path.join(
+                where, f"serve-{os.getpid()}-{channel.connection.number}.prof"))
+
+
+async def _serve(channel: aio.Channel) -> None:
     number = channel.connection.number
     try:
         request = OpenRequest.decode(channel.payload)
@@ -189,8 +223,8 @@ async def serve(channel: aio.Channel) -> None:
         peer = Peer(channel, FROM_SENDER)
         target = resolve_remote(request.paths[0], home)
         log.debug("conn=%d: copy upload to %r", number, target)
-        receiver = Receiver(peer, options, target, request.paths[0], request.sources,
-                            on_failure=lambda path, errno, reason: None)
+        receiver = Receiver(peer, options, DigestKey(request.key), target, request.paths[0],
+                            request.sources, on_failure=lambda path, errno, reason: None)
         try:
             await _served(peer, receiver.run(), number)
         finally:
@@ -210,7 +244,8 @@ async def serve(channel: aio.Channel) -> None:
 
         sources = [(resolve_remote(p, home), p) for p in request.paths]
         log.debug("conn=%d: copy download of %r", number, [s for s, _ in sources])
-        sender = Sender(peer, options, on_failure=on_failure, on_status=on_status)
+        sender = Sender(peer, options, DigestKey(request.key), on_failure=on_failure,
+                        on_status=on_status)
         try:
             await _served(peer, sender.run(sources), number)
         finally:

@@ -4,11 +4,12 @@ stream, and the small helpers for paths and errors."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno as _errno
 import os
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from common import aio
 from common.channels.copy import (
@@ -20,8 +21,11 @@ from common.channels.copy import (
 )
 from common.errors import InvalidInput
 
-#: One read from a source file, and so (split by the channel's record size) the unit the
-#: sender hands to the channel: large, so per-call costs are paid per megabyte.
+T = TypeVar("T")
+
+#: One read from a small source file, or from any when paced (-l; larger files are read 4
+#: of these at a time, ``send.READ_SIZE``), and so (split by the channel's record size) the
+#: unit the sender hands to the channel: large, so per-call costs are paid per megabyte.
 CHUNK = 1024 * 1024
 #: No progress from the peer for this long ends the copy (the connection's keep-alive
 #: only proves the peer is alive, not that it still serves this copy).
@@ -78,7 +82,18 @@ class Report:
 def printable(path: bytes) -> str:
     """A path for a terminal line: undecodable bytes as \\xNN, control characters as ?."""
     text = path.decode("utf-8", "backslashreplace")
+    if text.isascii() and text.isprintable():  # the usual case, without a loop
+        return text
     return "".join("?" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c for c in text)
+
+
+async def finished(future: concurrent.futures.Future[T]) -> T:
+    """A thread's result. One that is done already is taken as it is: wrapping it for
+    asyncio would still wake the event loop through its self-pipe, a write and a read per
+    job (the largest single cost of a big file's event loop after the crypto)."""
+    if not future.done():
+        return await asyncio.wrap_future(future)
+    return future.result()
 
 
 def reason_of(exc: OSError) -> tuple[int, str]:

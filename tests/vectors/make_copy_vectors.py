@@ -27,9 +27,10 @@ from common.channels.copy import (
     Start,
     Status,
     Symlink,
+    file_digest,
 )
 
-DIGEST = bytes(range(32))
+DIGEST = bytes(range(16))
 MESSAGES: list[Message] = [
     FileEntry(0, b"report.pdf", 0o644, 1_000_000, 1_700_000_000_000_000_000,
               1_700_000_001_500_000_000, False),
@@ -52,7 +53,16 @@ MESSAGES: list[Message] = [
 OPENS = [
     OpenRequest(UPLOAD, (b"~/incoming",), 3, recursive=True),
     OpenRequest(DOWNLOAD, (b"/var/log/syslog", b"notes.txt"), 2, preserve=True, resume=True,
-                limit=1_250_000),
+                limit=1_250_000, key=bytes(range(0x20, 0x40))),
+]
+#: (key, entry, prefix, data): GMAC-AES-256 digests of files (END's, and HAVE's with prefix).
+_KEY = bytes(range(0x40, 0x60))
+DIGESTS = [
+    (_KEY, 0, False, b""),
+    (_KEY, 0, True, b""),
+    (_KEY, 7, False, b"hello, world\n"),
+    (_KEY, 7, True, b"hello, world\n"),
+    (_KEY, (1 << 26) - 1, False, bytes(range(256)) * 5),
 ]
 
 
@@ -74,6 +84,8 @@ def build() -> dict[str, object]:
         "messages": [{"type": type(m).__name__, "fields": _fields(m), "encoding": m.encode().hex()}
                      for m in MESSAGES],
         "open": [{"fields": _fields(o), "encoding": o.encode().hex()} for o in OPENS],
+        "digests": [{"key": k.hex(), "entry": e, "prefix": p, "data": d.hex(),
+                     "digest": file_digest(k, e, d, p).hex()} for k, e, p, d in DIGESTS],
     }
 
 
