@@ -22,20 +22,15 @@ Benchmarks are never unit tests: nothing here asserts a speed.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this directory comes first on sys.path, where a module named like a
-# standard one (a bench/copy.py) would shadow it for every import below: move it last.
-sys.path.sort(key=lambda entry: Path(entry or ".").resolve() == Path(__file__).resolve().parent)
-
 import argparse
 import contextlib
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -17,20 +17,15 @@ Benchmarks are never unit tests: nothing here asserts a speed.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this directory comes first on sys.path, where a module named like a
-# standard one (a bench/copy.py) would shadow it for every import below: move it last.
-sys.path.sort(key=lambda entry: Path(entry or ".").resolve() == Path(__file__).resolve().parent)
-
 import argparse
 import cProfile
 import os
 import pstats
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 HERE = Path(__file__).resolve()
 #: cProfile's clock: wall time by default (cheap; fine on an idle machine); with

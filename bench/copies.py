@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
-# ruff: noqa: E402 - sys.path is fixed before the imports (see below)
 """File copies: qcp/qshd against scp and ``ssh host 'cat > file'`` in the same run (issue 9).
 
-    python bench/copy.py              # 1 GiB each way, 10,000 files of 1 KiB, 3 rounds
-    python bench/copy.py --quick      # 256 MiB, 2,000 files, 1 round
-    python bench/copy.py --openssh /opt/openssh-10.5 --profile
+    python bench/copies.py              # 1 GiB each way, 10,000 files of 1 KiB, 3 rounds
+    python bench/copies.py --quick      # 256 MiB, 2,000 files, 1 round
+    python bench/copies.py --openssh /opt/openssh-10.5 --profile
 
 Every command is the real command-line program as a user types it, run as a subprocess:
 ``qcp`` against a private qshd (``bench/sessions.py``'s :class:`PrivateQshd`), ``scp`` and
@@ -29,17 +28,10 @@ Every copy is checked (size and SHA-256 of the result) so that a fast wrong copy
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, this file's directory comes first on sys.path, and this module's name
-# would then shadow the standard library's ``copy`` (which dataclasses imports): drop it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
 import argparse
 import contextlib
 import hashlib
+import os
 import pstats
 import re
 import resource
@@ -47,6 +39,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -57,8 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import openssh
-from bench.sessions import SSHD_EXTRA_CONFIG, PrivateQshd
+from bench import openssh  # noqa: E402 - ROOT is on sys.path first
+from bench.sessions import SSHD_EXTRA_CONFIG, PrivateQshd  # noqa: E402
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
