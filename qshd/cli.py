@@ -22,6 +22,7 @@ from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, KeyFileError, PublicK
 from common.accounts.passwd import PasswdError, PasswdFile
 from common.aio.memory import tune_allocator
 from common.cli import version_option
+from common.crypto.secret import harden_process
 from common.wire import Reader, Writer
 
 from . import config as config_module
@@ -249,6 +250,7 @@ def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | 
 
 
 def main() -> None:
+    harden_process()  # before the first secret: no core, no ptrace (common/crypto/secret.py)
     try:
         command.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -1,0 +1,168 @@
+"""Secrets in memory: processes that never dump them, and a buffer that zeroes itself.
+
+Python cannot promise to erase every copy of a key: ``bytes`` are immutable, libraries
+copy what they are given, the allocator reuses freed blocks without clearing them. What
+the operating system can promise is that no other process, core file or swap device ever
+sees the memory of the process that holds them. Two tools here, used by every qsh process
+(docs/PROTOCOL.md section 16.9 is the threat model):
+
+* :func:`harden_process`, called first thing by qshd, qsh and qcp: ``RLIMIT_CORE`` soft
+  limit 0 (no core file, whatever crashes it; the hard limit is left so a user's shell may
+  raise it again with ``ulimit -c``) and ``PR_SET_DUMPABLE`` 0 (no ptrace, no
+  ``/proc/PID/mem``, no core, even for the same uid). The kernel resets DUMPABLE on every
+  credential change and every exec, so a process that changes uid sets it again
+  (qshd/privsep.py does).
+* :class:`Secret`, a buffer of its own pages: ``mlock``-ed so they are never written to
+  swap (best effort: an unprivileged process may be over ``RLIMIT_MEMLOCK``; :attr:`locked`
+  says), ``MADV_DONTDUMP`` so they are left out of a core even where one is allowed, and
+  zeroed (then unlocked and unmapped) by :meth:`Secret.close`. Every open secret is
+  registered, and :func:`wipe_all` zeroes them all: the path every process runs on its way
+  out (an exception, ``sys.exit``, SIGTERM/SIGHUP/SIGINT handled by the program, and the
+  ``atexit`` hook installed by :func:`harden_process`).
+
+Where a library takes only ``bytes`` (the signature and KEM backends, the AEAD
+constructors), :meth:`Secret.bytes` hands it a copy that lives until the garbage
+collector frees it: that copy is what the process-wide measures above protect.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import mmap
+import resource
+import weakref
+
+__all__ = ["Secret", "harden_process", "process_hardened", "wipe_all"]
+
+_PR_GET_DUMPABLE = 3
+_PR_SET_DUMPABLE = 4
+_PAGE = mmap.PAGESIZE
+
+_libc_handle: ctypes.CDLL | None = None
+_open: weakref.WeakSet[Secret] = weakref.WeakSet()
+_atexit_installed = False
+
+
+def _libc() -> ctypes.CDLL:
+    global _libc_handle
+    if _libc_handle is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                               ctypes.c_ulong]
+        libc.prctl.restype = ctypes.c_int
+        libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mlock.restype = ctypes.c_int
+        libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.munlock.restype = ctypes.c_int
+        _libc_handle = libc
+    return _libc_handle
+
+
+def harden_process() -> None:
+    """No core file and no ptrace for this process, from now on; wipe every open
+    :class:`Secret` at exit. Cheap (two system calls): called at the very start of each
+    program, before the first secret exists. Failures are ignored on purpose: a platform
+    without prctl still gets the core limit, and neither may stop a client from running."""
+    global _atexit_installed
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    if not _atexit_installed:
+        atexit.register(wipe_all)
+        _atexit_installed = True
+
+
+def process_hardened() -> bool:
+    """Whether this process dumps no core and cannot be traced (for tests and ``-d``)."""
+    return (resource.getrlimit(resource.RLIMIT_CORE)[0] == 0
+            and _libc().prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 0)
+
+
+def wipe_all() -> None:
+    """Zero and free every open :class:`Secret`: a process's last act, however it ends."""
+    for secret in list(_open):
+        secret.close()
+
+
+class Secret:
+    """Secret bytes in locked pages of their own, zeroed by :meth:`close`.
+
+    ``Secret(data)`` copies ``data`` in (the caller drops or overwrites its own copy);
+    :meth:`view` reads it without copying, :meth:`bytes` makes a ``bytes`` copy for a
+    library that takes nothing else. Closed twice is fine; reading a closed secret raises
+    ValueError. A context manager, and closed when collected.
+    """
+
+    __slots__ = ("__weakref__", "_address", "_map", "_size", "locked")
+
+    def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
+        source = memoryview(data).cast("B")
+        self._size = len(source)
+        self._map: mmap.mmap | None = mmap.mmap(
+            -1, max(_PAGE, -(-self._size // _PAGE) * _PAGE),
+            flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        anchor = ctypes.c_char.from_buffer(self._map)
+        self._address = ctypes.addressof(anchor)
+        del anchor  # an exported buffer would keep close() from unmapping
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            self._map.madvise(mmap.MADV_DONTDUMP)
+        with contextlib.suppress(OSError, AttributeError):
+            self.locked = _libc().mlock(self._address, len(self._map)) == 0
+        if not hasattr(self, "locked"):
+            self.locked = False
+        self._map[:self._size] = source
+        _open.add(self)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:  # never the contents
+        state = "closed" if self._map is None else f"{self._size} bytes"
+        return f"<Secret {state}>"
+
+    def __enter__(self) -> Secret:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._map is None
+
+    @property
+    def address(self) -> int:
+        """Where the bytes are (tests read the memory back after :meth:`close`)."""
+        return self._address
+
+    def view(self) -> memoryview:
+        """The bytes, without a copy; valid until :meth:`close` (do not keep it)."""
+        if self._map is None:
+            raise ValueError("secret is closed")
+        return memoryview(self._map)[:self._size].toreadonly()
+
+    def bytes(self) -> bytes:
+        """A ``bytes`` copy, for a library that accepts nothing else: that copy cannot be
+        wiped and lives until it is collected (see the module docstring)."""
+        if self._map is None:
+            raise ValueError("secret is closed")
+        return self._map[:self._size]
+
+    def close(self) -> None:
+        """Zero the bytes, unlock and unmap the pages. Idempotent."""
+        map_, self._map = self._map, None
+        if map_ is None:
+            return
+        _open.discard(self)
+        ctypes.memset(self._address, 0, len(map_))
+        if self.locked:
+            with contextlib.suppress(OSError):
+                _libc().munlock(self._address, len(map_))
+        with contextlib.suppress(BufferError):
+            map_.close()  # a view() still held keeps the (zeroed) pages mapped until it goes

@@ -1,0 +1,262 @@
+"""No secret outlives its process or reaches disk (issue 16): every qshd process and the qsh
+client dump no core and cannot be traced even by their own uid; the :class:`Secret` buffer
+zeroes itself; a zero-log mode.
+
+The process checks run a real ``python -m qshd`` and ``python -m qsh`` started with an
+unlimited core limit and the kernel's ``core`` pattern (a file in the working directory),
+so a process that did not lower its limit would leave a core file where the test looks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_qshd_processes import (
+    LOCAL,
+    PYTHON,
+    ROOT,
+    Accounts,
+    Qshd,
+    accounts,  # noqa: F401 (a fixture)
+    alive,
+    config_text,
+    descendants,
+    limits,
+    preauth_of,
+    prepare,
+    stop_qshd,
+    user_process_of,
+    wait_for,
+    wait_gone,
+)
+
+from common.accounts.keys import PublicKey
+from common.accounts.known_hosts import format_line
+from common.crypto.secret import Secret, wipe_all
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not sys.platform.startswith("linux"),
+    reason="other uids' processes and throwaway accounts need root")
+
+
+# --------------------------------------------------------------------------- Secret
+
+
+def test_a_secret_is_zero_after_close_read_back_from_its_own_pages() -> None:
+    secret = Secret(b"hunter2-" * 100)
+    held = secret.view()  # keeps the pages mapped after close, so they can be read back
+    assert bytes(held[:8]) == b"hunter2-"
+    assert secret.bytes() == b"hunter2-" * 100
+    secret.close()
+    assert bytes(held) == bytes(800)
+    assert secret.closed and "hunter2" not in repr(secret)
+    with pytest.raises(ValueError):
+        secret.view()
+    secret.close()  # twice is fine
+
+
+def test_wipe_all_zeroes_every_open_secret() -> None:
+    first, second = Secret(b"a" * 40), Secret(bytearray(b"b" * 5000))
+    views = [first.view(), second.view()]
+    wipe_all()
+    assert [bytes(v) for v in views] == [bytes(40), bytes(5000)]
+    assert first.closed and second.closed
+
+
+def test_a_secret_is_locked_and_left_out_of_core_dumps() -> None:
+    secret = Secret(b"x" * 32)
+    try:
+        start = f"{secret.address:x}"
+        smaps = Path("/proc/self/smaps").read_text()
+        block = smaps[smaps.index(start + "-"):].split("\nVmFlags:", 1)[1].split("\n", 1)[0]
+        assert "dd" in block.split()  # MADV_DONTDUMP
+        if secret.locked:
+            assert "lo" in block.split()
+        assert secret.locked or os.geteuid() != 0  # root is never over RLIMIT_MEMLOCK
+    finally:
+        secret.close()
+
+
+# --------------------------------------------------------------------------- processes
+
+_READER = """
+import ctypes, os, sys
+uid, pid = int(sys.argv[1]), int(sys.argv[2])
+if uid:
+    os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)
+else:  # root's own processes: root without capabilities is just another uid
+    from qshd.privsep import drop_capabilities
+    drop_capabilities()
+try:
+    open(f"/proc/{pid}/mem", "rb").close()
+    print("readable")
+except OSError as exc:
+    print("refused", exc.errno)
+"""
+
+
+def mem_readable_by_owner(pid: int) -> bool:
+    """Whether a process of the target's own uid (and no capability) may open
+    ``/proc/PID/mem``: yes for a dumpable process, no for one that is not."""
+    uid = _uid_of(pid)
+    out = subprocess.run([PYTHON, "-c", _READER, str(uid), str(pid)], capture_output=True,
+                         timeout=10, cwd=ROOT, check=True, text=True).stdout
+    return out.startswith("readable")
+
+
+def _uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(pid)
+
+
+def _uid_or_none(pid: int) -> int | None:
+    try:
+        return _uid_of(pid)
+    except OSError:
+        return None
+
+
+def _unlimited_cores() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def start_daemon(directory: Path, config: str) -> Qshd:
+    """As test_qshd_processes.start_qshd, but working in ``directory`` (where a core file
+    would land) and with an unlimited core limit to start from."""
+    cfg = directory / "qshd_config"
+    cfg.write_text(config)
+    ready = directory / "ready"
+    log = directory / "qshd.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "ab") as log_file:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "qshd", "-D", "-e", "-p", "0", "-f", str(cfg),
+             "-h", str(directory / "host_key"), "--ready-file", str(ready)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=directory,
+            env=env, preexec_fn=_unlimited_cores)
+    wait_for("qshd to listen", lambda: (ready.exists() and ready.read_text().strip())
+             or process.poll() is not None, 30)
+    assert process.poll() is None, log.read_text()
+    host_key = PublicKey.load(directory / "host_key.pub")[0]
+    return Qshd(process, int(ready.read_text()), host_key, directory, cfg, log)
+
+
+@pytest.fixture()
+def hardened_daemon(tmp_path: Path, accounts: Accounts) -> Iterator[Qshd]:  # noqa: F811
+    for directory in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
+        directory.chmod(0o755)  # the user's process reads authorized_keys as the user
+    prepare(tmp_path, accounts)
+    qshd = start_daemon(tmp_path, config_text(tmp_path, f"PrivsepUser {accounts.privsep.name}",
+                                               "PerSourcePenalties no"))
+    yield qshd
+    stop_qshd(qshd)
+
+
+def qsh_client(qshd: Qshd, user: str, *command: str) -> subprocess.Popen[bytes]:
+    known = qshd.directory / "known_hosts"
+    known.write_text(format_line(f"[127.0.0.1]:{qshd.port}", qshd.host_key) + "\n")
+    return subprocess.Popen(
+        [PYTHON, "-m", "qsh", "-p", str(qshd.port), "-i", str(qshd.directory / "id_test"),
+         "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+         f"{user}@{LOCAL}", *command],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=qshd.directory, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=_unlimited_cores, start_new_session=True)
+
+
+def client_address(process: subprocess.Popen[bytes], port: int) -> tuple[str, int]:
+    """The local end of the client's TCP connection to ``port`` (from /proc/net/tcp)."""
+    def found() -> tuple[str, int] | None:
+        inodes = set()
+        with contextlib.suppress(OSError):
+            for name in os.listdir(f"/proc/{process.pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{process.pid}/fd/{name}")
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].split(":")[1], 16)
+            if fields[9] in inodes and remote_port == port:
+                local_port = int(fields[1].split(":")[1], 16)
+                return LOCAL, local_port
+        assert process.poll() is None, process.communicate()
+        return None
+
+    address: tuple[str, int] = wait_for("the client's connection", found, 20)
+    return address
+
+
+def assert_hardened(pid: int, what: str) -> None:
+    assert limits(pid)["Max core file size"][0] == "0", f"{what}: {limits(pid)}"
+    assert not mem_readable_by_owner(pid), f"{what}: /proc/{pid}/mem opens for its own uid"
+
+
+def crash_leaves_no_core(pid: int, sig: int, what: str, then: int | None = None) -> None:
+    """Deliver ``sig`` (then ``then``, e.g. SIGCONT to a stopped process) and check that no
+    core file appeared in the process's working directory."""
+    cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    before = {p.name for p in cwd.iterdir()} if cwd.is_dir() else set()
+    os.kill(pid, sig)
+    if then is not None:
+        os.kill(pid, then)
+    wait_gone([pid])
+    time.sleep(0.2)  # a core is written before the parent is told; be generous anyway
+    after = {p.name for p in cwd.iterdir()} if cwd.is_dir() else set()
+    assert not [n for n in after - before if n.startswith("core")], f"{what} left a core"
+
+
+@needs_root
+def test_every_process_dumps_no_core_and_is_closed_to_its_own_uid(
+        hardened_daemon: Qshd, accounts: Accounts) -> None:  # noqa: F811
+    qshd = hardened_daemon
+    assert_hardened(qshd.pid, "the listener")
+    # The pre-auth process: a connection that says nothing yet.
+    with socket.create_connection((LOCAL, qshd.port), timeout=10) as raw:
+        name = raw.getsockname()
+        procs = preauth_of(qshd, (str(name[0]), int(name[1])), accounts.privsep.uid)
+        preauth = procs.with_uid(accounts.privsep.uid)
+        assert_hardened(preauth, "the pre-auth process")
+        assert_hardened(procs.monitor, "the monitor")
+        crash_leaves_no_core(preauth, signal.SIGSEGV, "the pre-auth process")
+    # A logged-in user's process and the qsh client, during a session.
+    client = qsh_client(qshd, accounts.user.name, "sleep 30")
+    try:
+        address = client_address(client, qshd.port)
+        procs = user_process_of(qshd, address, accounts.user.uid, timeout=20)
+        user = procs.with_uid(accounts.user.uid)
+        assert_hardened(user, "the user's process")
+        assert_hardened(client.pid, "the qsh client")
+        os.kill(client.pid, signal.SIGSTOP)  # so it is still there after the server dies
+        crash_leaves_no_core(user, signal.SIGABRT, "the user's process")
+        crash_leaves_no_core(client.pid, signal.SIGSEGV, "the qsh client", signal.SIGCONT)
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.wait(10)
+        # The session's command, orphaned by the crash: the throwaway account's, so ours.
+        orphans = [int(p) for p in os.listdir("/proc") if p.isdigit()
+                   and _uid_or_none(int(p)) == accounts.user.uid]
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_gone(orphans)
+    left = [p for p in descendants(qshd.pid) if alive(p)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_gone(left)
+    crash_leaves_no_core(qshd.pid, signal.SIGSEGV, "the listener")
+    assert not [p for p in qshd.directory.iterdir() if p.name.startswith("core")]
