@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from common.accounts.keys import HostKey, PublicKey
 from common.aio.memory import release_free_memory
+from common.crypto.secret import wipe_all
 from common.errors import QsmpError
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
 from common.protocol.auth import signed_data as user_signed_data
@@ -239,6 +240,8 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
     try:
         handoff, status = serve_preauth(pre_monitor, policy, started=started, tag=tag)
     finally:
+        for key in keys.values():
+            key.close()  # zeroed: the user's process never needs them
         keys.clear()
         pre_monitor.close()
     if handoff is None:
@@ -338,6 +341,7 @@ def _fork(run: Callable[[], int], tag: str) -> int:
     except BaseException:
         log.exception("%s: unexpected error", tag)
     finally:
+        wipe_all()  # os._exit runs no atexit hook
         logging.shutdown()
         os._exit(status)
 

@@ -260,3 +260,126 @@ def test_every_process_dumps_no_core_and_is_closed_to_its_own_uid(
     wait_gone(left)
     crash_leaves_no_core(qshd.pid, signal.SIGSEGV, "the listener")
     assert not [p for p in qshd.directory.iterdir() if p.name.startswith("core")]
+
+
+# --------------------------------------------------------------------------- where secrets live
+
+
+def test_a_host_keys_signing_key_is_a_secret_zeroed_by_close() -> None:
+    from helpers import host_key
+
+    key = host_key()
+    signing = key.signing_key
+    held = key.secret.view()
+    assert bytes(held) == signing and key.secret.locked
+    assert key.sign(b"m") and "Secret" not in repr(key)
+    key.close()
+    assert bytes(held) == bytes(len(signing))
+    with pytest.raises(ValueError):
+        key.sign(b"m")
+
+
+_PROMPT = """
+import asyncio
+import common.client.terminal as terminal
+buffers = []
+read = terminal._read_line_into
+async def spy(fd, buffer):
+    buffers.append(buffer)
+    return await read(fd, buffer)
+terminal._read_line_into = spy
+secret = asyncio.run(terminal.TtyPrompter().ask_secret("pw: "))
+print(secret.bytes().decode(), "zeroed" if not any(buffers[0]) else "left")
+"""
+
+
+def _controlling_terminal(slave: int) -> None:
+    import fcntl
+    import termios
+
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+
+def test_a_typed_password_goes_into_a_secret_and_the_read_buffer_is_zeroed() -> None:
+    master, slave = os.openpty()
+    try:
+        child = subprocess.Popen(
+            [PYTHON, "-c", _PROMPT], stdin=slave, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            preexec_fn=lambda: _controlling_terminal(slave))
+        os.close(slave)
+        slave = -1
+        prompt = b""
+        deadline = time.monotonic() + 10
+        while b"pw: " not in prompt and time.monotonic() < deadline:
+            prompt += os.read(master, 100)
+        os.write(master, b"s3cret typed\n")
+        out, err = child.communicate(timeout=10)
+        assert out.decode().split() == ["s3cret", "typed", "zeroed"], err
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
+# --------------------------------------------------------------------------- zero-log mode
+
+SOURCE = "127.0.0.2"  # the client's address: the daemon's own is 127.0.0.1
+
+
+async def _sessions(qshd: Qshd, user: str, command: str) -> None:
+    """A refused password, then a key login that runs ``command``, from :data:`SOURCE`."""
+    from test_qshd_processes import execute
+
+    from common import aio
+    from common.protocol.handshake import ClientHandshake
+    from common.protocol.negotiation import Offer
+
+    refused = await aio.connect(LOCAL, qshd.port, local_addr=(SOURCE, 0),
+                                handshake=ClientHandshake(Offer(), qshd.host_key),
+                                user=user, password=b"not the password")
+    assert await refused.wait_authenticated() is not None
+    refused.abort()
+    client = await aio.connect(LOCAL, qshd.port, local_addr=(SOURCE, 0),
+                               handshake=ClientHandshake(Offer(), qshd.host_key),
+                               user=user, identity=qshd.user_key)
+    assert await client.wait_authenticated() is None
+    out, _err, status = await execute(client, command)
+    assert status == 0 and out == b"zero-log-marker\n"
+    client.close()
+
+
+def _logged_session(tmp_path: Path, level: str) -> str:
+    import asyncio
+
+    from test_qshd_processes import ME, start_qshd
+
+    prepare(tmp_path)
+    qshd = start_qshd(tmp_path, config_text(tmp_path, f"LogLevel {level}",
+                                            "PerSourcePenalties no"))
+    try:
+        asyncio.run(asyncio.wait_for(_sessions(qshd, ME, "echo zero-log-marker"), 30))
+        fingerprint = qshd.user_key.public.fingerprint()
+        time.sleep(0.3)  # the monitor's last lines
+    finally:
+        text = stop_qshd(qshd)
+    return text + "\n" + fingerprint
+
+
+@needs_root
+def test_loglevel_quiet_names_no_user_address_key_or_command(tmp_path: Path) -> None:
+    from test_qshd_processes import ME
+
+    text, fingerprint = _logged_session(tmp_path, "QUIET").rsplit("\n", 1)
+    assert "listening on" in text and "listener stopped" in text  # start and stop only
+    for needle in (ME, SOURCE, "zero-log-marker", "echo", fingerprint):
+        assert needle not in text, (needle, text)
+
+
+@needs_root
+def test_loglevel_verbose_shows_the_fingerprint_of_the_key_that_logged_in(
+        tmp_path: Path) -> None:
+    text, fingerprint = _logged_session(tmp_path, "VERBOSE").rsplit("\n", 1)
+    assert f"Accepted key mldsa65 {fingerprint} found at " in text, text
+    assert SOURCE in text  # INFO's lines are there too

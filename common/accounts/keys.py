@@ -47,7 +47,11 @@ hostile file cannot make us allocate gigabytes.
 Files are written atomically (temporary file in the same directory, fsync, rename, fsync of the
 directory), so a crash or a full disk never leaves a half-written key where the old one was.
 Private files are 0600 and loading refuses a file that group or others can access, like OpenSSH.
-Python cannot reliably wipe ``bytes``; secret keys live as long as their objects.
+The signing key lives in a :class:`~common.crypto.secret.Secret` (locked pages, left out of core
+dumps, zeroed by :meth:`HostKey.close`). Python cannot wipe ``bytes``: the file's text, its
+base64 decoding and the copy each signature backend is handed (:attr:`HostKey.signing_key`)
+live until collected; the process-wide measures (no core, no ptrace) cover those
+(docs/PROTOCOL.md section 16.9).
 
 File I/O is allowed here: the sans-IO rule forbids sockets and clocks in ``common/``, and a key
 file is neither. Time still comes in as ``now``.
@@ -69,6 +73,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from common.crypto.registry import available_signatures, signature
 from common.crypto.rng import SYSTEM_RNG, Rng
+from common.crypto.secret import Secret
 from common.crypto.suites import Signature
 from common.errors import InvalidInput, UnknownProtocol
 from common.wire import MAX_NAME_LENGTH, Reader, Writer
@@ -268,12 +273,27 @@ class HostSigner(Protocol):
 
     def sign(self, message: bytes, rng: Rng = ...) -> bytes: ...
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class HostKey:
-    """The QSMP server key: the public key plus the signing key that goes with it."""
+    """The QSMP server key: the public key plus the signing key that goes with it, kept in
+    a :class:`Secret` (given as bytes, it is copied in)."""
 
     public: PublicKey
-    signing_key: bytes = field(repr=False)
+    secret: Secret = field(repr=False)
+
+    def __init__(self, public: PublicKey, signing_key: bytes | bytearray | Secret) -> None:
+        object.__setattr__(self, "public", public)
+        object.__setattr__(self, "secret", signing_key if isinstance(signing_key, Secret)
+                           else Secret(signing_key))
+
+    @property
+    def signing_key(self) -> bytes:
+        """A ``bytes`` copy, for the signature backends (they take nothing else)."""
+        return self.secret.bytes()
+
+    def close(self) -> None:
+        """Zero the signing key; the key cannot sign afterwards."""
+        self.secret.close()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HostKey):
