@@ -383,3 +383,99 @@ def test_loglevel_verbose_shows_the_fingerprint_of_the_key_that_logged_in(
     text, fingerprint = _logged_session(tmp_path, "VERBOSE").rsplit("\n", 1)
     assert f"Accepted key mldsa65 {fingerprint} found at " in text, text
     assert SOURCE in text  # INFO's lines are there too
+
+
+# --------------------------------------------------------------------------- nothing left behind
+
+
+def _qsh_on_a_terminal(qshd: Qshd, user: str, *command: str) -> tuple[subprocess.Popen[bytes],
+                                                                       int]:
+    """``python -m qsh`` with a pseudo-terminal as its controlling terminal (so it asks
+    for a password there); returns the process and the terminal's master end."""
+    known = qshd.directory / "known_hosts"
+    known.write_text(format_line(f"[127.0.0.1]:{qshd.port}", qshd.host_key) + "\n")
+    master, slave = os.openpty()
+    try:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "qsh", "-p", str(qshd.port), "-o", f"UserKnownHostsFile={known}",
+             "-o", "StrictHostKeyChecking=yes", f"{user}@{LOCAL}", *command],
+            stdin=slave, stdout=slave, stderr=slave, cwd=qshd.directory,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            preexec_fn=lambda: (_unlimited_cores(), _controlling_terminal(slave)))
+    finally:
+        os.close(slave)
+    return process, master
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = 20) -> bytes:
+    import select
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {marker!r} in {seen!r}"
+        if select.select([fd], [], [], left)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                chunk = b""
+            assert chunk, f"terminal closed before {marker!r}: {seen!r}"
+            seen += chunk
+    return seen
+
+
+@needs_root
+@pytest.mark.slow
+def test_killed_processes_leave_no_password_or_host_key_in_a_core_or_the_log(
+        tmp_path: Path, accounts: Accounts) -> None:  # noqa: F811
+    """A password login and a running session, logged at DEBUG3; then every process gets
+    SIGABRT (a signal that dumps core where a core is allowed: SIGKILL never does) and what
+    is left gets SIGKILL. Neither the core directories nor the log hold the password or a
+    slice of the host key's private half."""
+    from test_qshd_processes import ME, PASSWORD
+
+    from common.accounts.keys import HostKey
+
+    for directory in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
+        directory.chmod(0o755)
+    prepare(tmp_path, accounts)
+    qshd = start_daemon(tmp_path, config_text(tmp_path, f"PrivsepUser {accounts.privsep.name}",
+                                              "PerSourcePenalties no", "LogLevel DEBUG3"))
+    signing_key = HostKey.load(tmp_path / "host_key").signing_key
+    needles = [PASSWORD, signing_key[:32], signing_key[len(signing_key) // 2:][:32]]
+    client, master = _qsh_on_a_terminal(qshd, ME, "echo logged-in; sleep 30")
+    cwds: set[Path] = set()
+    try:
+        _read_until(master, b"password: ")
+        os.write(master, PASSWORD + b"\n")
+        _read_until(master, b"logged-in")
+        user = user_process_of(qshd, client_address(client, qshd.port), 0, timeout=20)
+        processes = [client.pid, *user.holders, user.monitor, qshd.pid]
+        for pid in processes:
+            cwds.add(Path(os.readlink(f"/proc/{pid}/cwd")))
+        before = {cwd: {p.name for p in cwd.iterdir()} for cwd in cwds}
+        os.kill(client.pid, signal.SIGSTOP)
+        for pid in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGABRT)
+        os.kill(client.pid, signal.SIGCONT)
+        wait_gone(processes)
+    finally:
+        for pid in [client.pid, *descendants(qshd.pid), qshd.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        client.wait(10)
+        qshd.process.wait(10)
+        os.close(master)
+    time.sleep(0.3)
+    cores = [cwd / name for cwd in cwds for name in
+             {p.name for p in cwd.iterdir()} - before.get(cwd, set()) if name.startswith("core")]
+    assert not cores, f"core files: {cores}"
+    for path in [*tmp_path.rglob("*"), *cores]:
+        if path.is_file() and path.name not in ("host_key", "id_test", "passwd"):
+            data = path.read_bytes()
+            assert not [n for n in needles if n in data], f"a secret in {path}"
+    text = qshd.log_text()
+    assert "DEBUG" in text or "debug" in text or "Accepted password" in text
+    assert PASSWORD.decode() not in text
