@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from common.accounts.keys import HostKey, PublicKey
 from common.aio.memory import release_free_memory
+from common.crypto import algorithms
 from common.crypto.secret import wipe_all
 from common.errors import QsmpError
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
@@ -243,6 +244,8 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         for key in keys.values():
             key.close()  # zeroed: the user's process never needs them
         keys.clear()
+        # The backend's cache of expanded signing keys holds them too (SECURITY.md).
+        algorithms._pc_signing_key.cache_clear()
         pre_monitor.close()
     if handoff is None:
         preauth_status = _reap(preauth_pid, KILL_GRACE)

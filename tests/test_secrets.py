@@ -479,3 +479,18 @@ def test_killed_processes_leave_no_password_or_host_key_in_a_core_or_the_log(
     text = qshd.log_text()
     assert "DEBUG" in text or "debug" in text or "Accepted password" in text
     assert PASSWORD.decode() not in text
+
+
+def test_a_forked_child_closing_a_secret_leaves_the_parents_intact() -> None:
+    """memfd_secret pages are shared across fork: a child's exit path (wipe_all) must not
+    zero what the parent still uses."""
+    secret = Secret(b"parent's key")
+    try:
+        pid = os.fork()
+        if pid == 0:
+            wipe_all()
+            os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert secret.bytes() == b"parent's key"
+    finally:
+        secret.close()

@@ -4,7 +4,7 @@ Python cannot promise to erase every copy of a key: ``bytes`` are immutable, lib
 copy what they are given, the allocator reuses freed blocks without clearing them. What
 the operating system can promise is that no other process, core file or swap device ever
 sees the memory of the process that holds them. Two tools here, used by every qsh process
-(docs/PROTOCOL.md section 16.9 is the threat model):
+(SECURITY.md is the threat model):
 
 * :func:`harden_process`, called first thing by qshd, qsh and qcp: ``RLIMIT_CORE`` soft
   limit 0 (no core file, whatever crashes it; the hard limit is left so a user's shell may
@@ -12,9 +12,11 @@ sees the memory of the process that holds them. Two tools here, used by every qs
   ``/proc/PID/mem``, no core, even for the same uid). The kernel resets DUMPABLE on every
   credential change and every exec, so a process that changes uid sets it again
   (qshd/privsep.py does).
-* :class:`Secret`, a buffer of its own pages: ``mlock``-ed so they are never written to
-  swap (best effort: an unprivileged process may be over ``RLIMIT_MEMLOCK``; :attr:`locked`
-  says), ``MADV_DONTDUMP`` so they are left out of a core even where one is allowed, and
+* :class:`Secret`, a buffer of its own pages: ``memfd_secret`` memory where the kernel
+  has it (locked, and not even in the kernel's direct map), otherwise anonymous pages
+  ``mlock``-ed so they are never written to swap (best effort: an unprivileged process may
+  be over ``RLIMIT_MEMLOCK``; :attr:`locked` says); ``MADV_DONTDUMP`` so they are left out
+  of a core even where one is allowed; and
   zeroed (then unlocked and unmapped) by :meth:`Secret.close`. Every open secret is
   registered, and :func:`wipe_all` zeroes them all: the path every process runs on its way
   out (an exception, ``sys.exit``, SIGTERM/SIGHUP/SIGINT handled by the program, and the
@@ -31,7 +33,9 @@ import atexit
 import contextlib
 import ctypes
 import mmap
+import os
 import resource
+import sys
 import weakref
 
 __all__ = ["Secret", "harden_process", "process_hardened", "wipe_all"]
@@ -56,6 +60,7 @@ def _libc() -> ctypes.CDLL:
         libc.mlock.restype = ctypes.c_int
         libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         libc.munlock.restype = ctypes.c_int
+        libc.syscall.restype = ctypes.c_long
         _libc_handle = libc
     return _libc_handle
 
@@ -87,6 +92,35 @@ def wipe_all() -> None:
         secret.close()
 
 
+#: memfd_secret(2): the same number on every architecture that has it (Linux 5.14+).
+_SYS_MEMFD_SECRET = 447
+_memfd_secret_works = sys.platform.startswith("linux")
+
+
+def _secret_memory(length: int) -> mmap.mmap | None:
+    """``length`` bytes of memfd_secret memory: locked, never dumped, and removed from the
+    kernel's own direct map, so not even a kernel bug that reads arbitrary memory through
+    it finds them. None where the kernel lacks it (or has it off: ``secretmem.enable``),
+    remembered so the system call is tried once per process."""
+    global _memfd_secret_works
+    if not _memfd_secret_works:
+        return None
+    try:
+        fd = int(_libc().syscall(_SYS_MEMFD_SECRET, 0))
+    except (OSError, AttributeError):
+        fd = -1
+    if fd < 0:
+        _memfd_secret_works = False
+        return None
+    try:
+        os.ftruncate(fd, length)
+        return mmap.mmap(fd, length)
+    except (OSError, ValueError):  # over RLIMIT_MEMLOCK, say: ordinary pages then
+        return None
+    finally:
+        os.close(fd)
+
+
 class Secret:
     """Secret bytes in locked pages of their own, zeroed by :meth:`close`.
 
@@ -96,23 +130,27 @@ class Secret:
     ValueError. A context manager, and closed when collected.
     """
 
-    __slots__ = ("__weakref__", "_address", "_map", "_size", "locked")
+    __slots__ = ("__weakref__", "_address", "_map", "_owner", "_size", "locked")
 
     def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
         source = memoryview(data).cast("B")
         self._size = len(source)
-        self._map: mmap.mmap | None = mmap.mmap(
-            -1, max(_PAGE, -(-self._size // _PAGE) * _PAGE),
-            flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        length = max(_PAGE, -(-self._size // _PAGE) * _PAGE)
+        self._map: mmap.mmap | None = _secret_memory(length)
+        self.locked = self._map is not None  # memfd_secret's pages are locked by the kernel
+        #: memfd_secret's pages are shared with a child forked later: only this process
+        #: zeroes them (the child's close just drops its mapping).
+        self._owner = os.getpid() if self._map is not None else 0
+        if self._map is None:
+            self._map = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         anchor = ctypes.c_char.from_buffer(self._map)
         self._address = ctypes.addressof(anchor)
         del anchor  # an exported buffer would keep close() from unmapping
         with contextlib.suppress(OSError, AttributeError, ValueError):
             self._map.madvise(mmap.MADV_DONTDUMP)
-        with contextlib.suppress(OSError, AttributeError):
-            self.locked = _libc().mlock(self._address, len(self._map)) == 0
-        if not hasattr(self, "locked"):
-            self.locked = False
+        if not self.locked:
+            with contextlib.suppress(OSError, AttributeError):
+                self.locked = _libc().mlock(self._address, length) == 0
         self._map[:self._size] = source
         _open.add(self)
 
@@ -160,7 +198,8 @@ class Secret:
         if map_ is None:
             return
         _open.discard(self)
-        ctypes.memset(self._address, 0, len(map_))
+        if not self._owner or self._owner == os.getpid():
+            ctypes.memset(self._address, 0, len(map_))
         if self.locked:
             with contextlib.suppress(OSError):
                 _libc().munlock(self._address, len(map_))
