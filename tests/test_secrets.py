@@ -494,3 +494,36 @@ def test_a_forked_child_closing_a_secret_leaves_the_parents_intact() -> None:
         assert secret.bytes() == b"parent's key"
     finally:
         secret.close()
+
+
+@pytest.mark.parametrize("program", ["qsh", "qcp"])
+def test_the_clients_are_hardened_while_they_wait_for_a_server(tmp_path: Path,
+                                                               program: str) -> None:
+    """qsh and qcp, held at the handshake by a server that accepts and says nothing: their
+    core limit is 0 and their memory is closed to their own uid."""
+    server = socket.create_server((LOCAL, 0))
+    port = server.getsockname()[1]
+    target = [f"{LOCAL}", "true"] if program == "qsh" else [str(tmp_path / "f"),
+                                                             f"{LOCAL}:/tmp/x"]
+    (tmp_path / "f").write_text("x")
+    flag = "-p" if program == "qsh" else "-P"
+    client = subprocess.Popen(
+        [PYTHON, "-m", program, flag, str(port), "-o", "ConnectTimeout=20", *target],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=_unlimited_cores, start_new_session=True)
+    try:
+        server.settimeout(20)
+        held, _ = server.accept()
+        with held:
+            assert client.poll() is None
+            assert limits(client.pid)["Max core file size"][0] == "0"
+            if os.geteuid() == 0:
+                assert not mem_readable_by_owner(client.pid)
+            else:  # the same uid as the test: a plain open is the check
+                with pytest.raises(PermissionError):
+                    open(f"/proc/{client.pid}/mem", "rb").close()
+    finally:
+        client.kill()
+        client.wait(10)
+        server.close()
