@@ -527,3 +527,33 @@ def test_the_clients_are_hardened_while_they_wait_for_a_server(tmp_path: Path,
         client.kill()
         client.wait(10)
         server.close()
+
+
+@needs_root
+def test_the_monitor_holds_no_host_key_once_the_login_is_decided(tmp_path: Path) -> None:
+    """The monitor lives as long as the session (it keeps the accounting); the host keys it
+    signed with are zeroed, and the backend's cache of expanded keys dropped, once the
+    login is decided: root reading its memory finds no slice of the private half."""
+    import asyncio
+
+    from test_qshd_processes import local_address, login, memory_contains, start_qshd
+
+    from common.accounts.keys import HostKey
+
+    prepare(tmp_path)
+    qshd = start_qshd(tmp_path, config_text(tmp_path, "PerSourcePenalties no"))
+    try:
+        signing_key = HostKey.load(tmp_path / "host_key").signing_key
+        needles = [signing_key[:32], signing_key[len(signing_key) // 2:][:32]]
+
+        async def check() -> None:
+            client = await login(qshd)
+            try:
+                processes = user_process_of(qshd, local_address(client), os.geteuid())
+                assert not memory_contains(processes.monitor, needles)
+            finally:
+                client.abort()
+
+        asyncio.run(asyncio.wait_for(check(), 30))
+    finally:
+        stop_qshd(qshd)
