@@ -557,3 +557,26 @@ def test_the_monitor_holds_no_host_key_once_the_login_is_decided(tmp_path: Path)
         asyncio.run(asyncio.wait_for(check(), 30))
     finally:
         stop_qshd(qshd)
+
+
+@needs_root
+def test_the_qsh_client_holds_no_copy_of_the_typed_password_during_the_session(
+        tmp_path: Path) -> None:
+    """A password typed at qsh's prompt is read into one buffer, moved into a Secret and
+    zeroed once the server has answered: root reading the client's memory mid-session
+    finds it nowhere (before, the prompt's str and bytes copies were still there)."""
+    from test_qshd_processes import ME, PASSWORD, memory_contains, start_qshd
+
+    prepare(tmp_path)
+    qshd = start_qshd(tmp_path, config_text(tmp_path, "PerSourcePenalties no"))
+    client, master = _qsh_on_a_terminal(qshd, ME, "echo logged-in; sleep 30")
+    try:
+        _read_until(master, b"password: ")
+        os.write(master, PASSWORD + b"\n")
+        _read_until(master, b"logged-in")
+        assert not memory_contains(client.pid, [PASSWORD])
+    finally:
+        client.kill()
+        client.wait(10)
+        os.close(master)
+        stop_qshd(qshd)
