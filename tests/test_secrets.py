@@ -580,3 +580,16 @@ def test_the_qsh_client_holds_no_copy_of_the_typed_password_during_the_session(
         client.wait(10)
         os.close(master)
         stop_qshd(qshd)
+
+
+def test_scrub_zeroes_a_copy_a_library_needed_as_bytes() -> None:
+    from common.crypto.secret import scrub
+
+    copy = bytes(range(1, 65))  # a fresh object, as Secret.bytes() makes
+    scrub(copy)
+    assert copy == bytes(64)
+    text = "".join(["QUJD", "REVG"] * 8)  # a key file's base64 text
+    scrub(text)
+    assert set(text) == {"0"}
+    scrub(b"x")  # the shared one-byte objects are left alone
+    assert bytes([120]) == b"x"

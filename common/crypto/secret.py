@@ -38,7 +38,7 @@ import resource
 import sys
 import weakref
 
-__all__ = ["Secret", "harden_process", "process_hardened", "wipe_all"]
+__all__ = ["Secret", "harden_process", "process_hardened", "scrub", "wipe_all"]
 
 _PR_GET_DUMPABLE = 3
 _PR_SET_DUMPABLE = 4
@@ -90,6 +90,35 @@ def wipe_all() -> None:
     """Zero and free every open :class:`Secret`: a process's last act, however it ends."""
     for secret in list(_open):
         secret.close()
+
+
+def _contents_offset(sample: bytes | str) -> int | None:
+    """Where CPython keeps the characters of a ``bytes`` or an ASCII ``str`` object,
+    checked on ``sample``; None on any other implementation or layout."""
+    if sys.implementation.name != "cpython":
+        return None
+    offset = sys.getsizeof(type(sample)()) - 1
+    raw = sample.encode("ascii") if isinstance(sample, str) else sample
+    if ctypes.string_at(id(sample) + offset, len(raw)) != raw:
+        return None
+    return offset
+
+
+_BYTES_OFFSET = _contents_offset(bytes(range(40, 80)))
+_ASCII_OFFSET = _contents_offset("".join(chr(c) for c in range(40, 80)))
+
+
+def scrub(data: bytes | str) -> None:
+    """Zero ``data`` in place: CPython only, for a ``bytes`` or an ASCII ``str`` (a key
+    file's text) that the caller made and nobody else holds (a copy of a key a library
+    needed as ``bytes``, a decoded key file). Anything else is left alone: on another
+    interpreter, a str that is not ASCII, the shared empty and one-byte objects."""
+    if len(data) < 2:
+        return
+    if type(data) is bytes and _BYTES_OFFSET is not None:
+        ctypes.memset(id(data) + _BYTES_OFFSET, 0, len(data))
+    elif type(data) is str and _ASCII_OFFSET is not None and data.isascii():
+        ctypes.memset(id(data) + _ASCII_OFFSET, 0x30, len(data))  # still valid ASCII
 
 
 #: memfd_secret(2): the same number on every architecture that has it (Linux 5.14+).
