@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from common.accounts.keys import HostKey, PublicKey
 from common.aio.memory import release_free_memory
 from common.crypto import algorithms
-from common.crypto.secret import wipe_all
+from common.crypto.secret import wipe_all, wipe_on_signals
 from common.errors import QsmpError
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
 from common.protocol.auth import signed_data as user_signed_data
@@ -151,6 +151,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
     """The connection's process (forked by the listener): see the module docstring."""
     host_keys, privsep_user = shared.host_keys, shared.privsep_user
     privsep.not_dumpable()  # it will hold the host keys; its children inherit the flag
+    wipe_on_signals()  # a SIGTERM while it holds them zeroes them first
     tag = f"connection #{number} from {peer[0]} port {peer[1]}"
     started = time.monotonic()
     pre_monitor, pre_child = MonitorLink.pair()

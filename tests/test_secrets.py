@@ -593,3 +593,36 @@ def test_scrub_zeroes_a_copy_a_library_needed_as_bytes() -> None:
     assert set(text) == {"0"}
     scrub(b"x")  # the shared one-byte objects are left alone
     assert bytes([120]) == b"x"
+
+
+_WIPE_ON_SIGNAL = """
+import os, sys, time
+from common.crypto import secret as module
+close = module.Secret.close
+def traced(self):
+    if not self.closed:
+        print("wiped", len(self), flush=True)
+    close(self)
+module.Secret.close = traced
+key = module.Secret(b"k" * 48)
+module.wipe_on_signals()
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_wipes_every_secret_then_ends_the_process_as_it_would(sig: int) -> None:
+    child = subprocess.Popen([PYTHON, "-c", _WIPE_ON_SIGNAL], stdout=subprocess.PIPE,
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
+        child.send_signal(sig)
+        out, _ = child.communicate(timeout=10)
+        assert out == b"wiped 48\n"
+        assert child.returncode == -sig  # the parent sees the same death
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

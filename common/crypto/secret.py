@@ -35,10 +35,12 @@ import ctypes
 import mmap
 import os
 import resource
+import signal
 import sys
 import weakref
 
-__all__ = ["Secret", "harden_process", "process_hardened", "scrub", "wipe_all"]
+__all__ = ["Secret", "harden_process", "process_hardened", "scrub", "wipe_all",
+           "wipe_on_signals"]
 
 _PR_GET_DUMPABLE = 3
 _PR_SET_DUMPABLE = 4
@@ -90,6 +92,21 @@ def wipe_all() -> None:
     """Zero and free every open :class:`Secret`: a process's last act, however it ends."""
     for secret in list(_open):
         secret.close()
+
+
+def wipe_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP,
+                                                 signal.SIGINT)) -> None:
+    """For a process whose signals would otherwise end it at once (SIG_DFL): wipe every
+    open :class:`Secret` first, then die of the same signal (its parent sees the same wait
+    status). A process that handles these signals itself exits through :func:`wipe_all`
+    anyway (``atexit``, or its own exit path)."""
+    def wipe_and_die(number: int, _frame: object) -> None:
+        wipe_all()
+        signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
+
+    for number in signals:
+        signal.signal(number, wipe_and_die)
 
 
 def _contents_offset(sample: bytes | str) -> int | None:
