@@ -38,11 +38,43 @@ def split_destination(destination: str) -> tuple[str | None, str]:
     return (user if sep else None), host
 
 
-_VALUE_OPTIONS = frozenset("pliFoTLRDE")
-_FLAG_OPTIONS = frozenset("vtNfq46hV")
-USAGE = ("usage: qsh [-46fhNqtVv] [-D [bind:]port] [-E log_file] [-F config] [-i identity] "
-         "[-L|-T [bind:]port:host:hostport] [-l user] [-o option] [-p port] "
-         "[-R [bind:]port:host:hostport] [user@]host [command ...]")
+_VALUE_OPTIONS = frozenset("pliFoTLRDEbBcemJOSwWPIQ")
+_FLAG_OPTIONS = frozenset("vtNfq46hVGCaAxXYkKgnsyM")
+USAGE = ("usage: qsh [-46AaCfGgKkMNnqstVvXxYy] [-B bind_interface] [-b bind_address] "
+         "[-c cipher_spec] [-D [bind:]port] [-E log_file] [-e escape_char] [-F config] "
+         "[-i identity] [-L|-T [bind:]port:host:hostport] [-l user] [-m mac_spec] "
+         "[-o option] [-p port] [-R [bind:]port:host:hostport] [-S ctl_path] "
+         "[user@]host [command ...]")
+
+#: ssh's flags that cannot apply to qsh: accepted, and said so under -v.
+IGNORED_FLAGS = {
+    "a": "-a: agent forwarding is off (qsh uses no agent)",
+    "A": "-A: ignored (qsh uses no agent, so there is none to forward)",
+    "x": "-x: X11 forwarding is off (qsh does not forward X11)",
+    "X": "-X: ignored (qsh does not forward X11)",
+    "Y": "-Y: ignored (qsh does not forward X11)",
+    "k": "-k: GSSAPI delegation is off (qsh has no GSSAPI)",
+    "K": "-K: ignored (qsh has no GSSAPI)",
+    "g": "-g: ignored (write the bind address in the tunnel: -L 0.0.0.0:port:host:port)",
+    "y": "-y: ignored (qsh logs to stderr, or the -E file)",
+    "M": "-M: ignored (connection sharing is not implemented: every run logs in)",
+}
+#: ssh's options with a value that cannot apply to qsh.
+IGNORED_VALUES = {
+    "B": "-B {}: ignored (use -b with the interface's address)",
+    "m": "-m {}: ignored (qsh's ciphers are AEADs: no separate MAC)",
+    "S": "-S {}: ignored (connection sharing is not implemented: every run logs in)",
+    "P": "-P {}: ignored (no effect in qsh)",
+    "I": "-I {}: ignored (qsh has no PKCS#11 keys)",
+}
+#: ssh's options qsh refuses, with why.
+REFUSED_VALUES = {
+    "w": "-w: tun/tap forwarding is not supported",
+    "W": "-W: stdio forwarding is not supported yet",
+    "J": "-J: jump hosts are not supported yet",
+    "O": "-O: there is no control master (connection sharing is not implemented)",
+    "Q": "-Q: not supported (qsh -G shows the algorithms in use)",
+}
 
 
 def hoist_options(argv: list[str]) -> list[str]:
@@ -132,6 +164,39 @@ def remote_command(words: tuple[str, ...]) -> str | None:
 @click.option("-N", "no_command", is_flag=True, help="No shell or command: tunnels only.")
 @click.option("-f", "background", is_flag=True,
               help="Go to the background after login and tunnel set-up.")
+@click.option("-G", "print_config", is_flag=True,
+              help="Print the effective configuration for the host (as ssh -G) and exit.")
+@click.option("-C", "compression", is_flag=True,
+              help="Accepted for ssh's sake; qsh does not compress (see qsh_config(5)).")
+@click.option("-n", "stdin_null", is_flag=True, help="Read stdin from /dev/null.")
+@click.option("-s", "subsystem", is_flag=True,
+              help="COMMAND names a subsystem of the server (as sftp) to start.")
+@click.option("-b", "bind_address", default=None, metavar="ADDRESS",
+              help="Connect from this local address.")
+@click.option("-c", "cipher_spec", default=None, metavar="CIPHERS",
+              help="Ciphers, as -o Ciphers=CIPHERS.")
+@click.option("-e", "escape_char", default=None, metavar="CHAR",
+              help="Escape character: ~ or none.")
+@click.option("-a", "ignored_a", is_flag=True, hidden=True)
+@click.option("-A", "ignored_A", is_flag=True, hidden=True)
+@click.option("-x", "ignored_x", is_flag=True, hidden=True)
+@click.option("-X", "ignored_X", is_flag=True, hidden=True)
+@click.option("-Y", "ignored_Y", is_flag=True, hidden=True)
+@click.option("-k", "ignored_k", is_flag=True, hidden=True)
+@click.option("-K", "ignored_K", is_flag=True, hidden=True)
+@click.option("-g", "ignored_g", is_flag=True, hidden=True)
+@click.option("-y", "ignored_y", is_flag=True, hidden=True)
+@click.option("-M", "ignored_M", is_flag=True, hidden=True)
+@click.option("-B", "value_B", default=None, hidden=True)
+@click.option("-m", "value_m", default=None, hidden=True)
+@click.option("-S", "value_S", default=None, hidden=True)
+@click.option("-P", "value_P", default=None, hidden=True)
+@click.option("-I", "value_I", default=None, hidden=True)
+@click.option("-w", "value_w", default=None, hidden=True)
+@click.option("-W", "value_W", default=None, hidden=True)
+@click.option("-J", "value_J", default=None, hidden=True)
+@click.option("-O", "value_O", default=None, hidden=True)
+@click.option("-Q", "value_Q", default=None, hidden=True)
 @click.argument("destination")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
@@ -139,18 +204,45 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
             config_file: str | None, options: tuple[str, ...], verbose: int,
             force_tty: bool, local_forwards: tuple[str, ...], remote_forwards: tuple[str, ...],
             dynamic_forwards: tuple[str, ...], no_command: bool, background: bool,
-            destination: str, command: tuple[str, ...]) -> int:
+            print_config: bool, compression: bool, stdin_null: bool, subsystem: bool,
+            bind_address: str | None, cipher_spec: str | None, escape_char: str | None,
+            destination: str, command: tuple[str, ...], **ignored: object) -> int:
     """Log in to DESTINATION ([user@]host) and run a shell, or COMMAND, over QSMP."""
     from common.channels.tunnel import parse_forward
-    from common.client.config import ConfigError, resolve
+    from common.client.config import ConfigError, dump, resolve
 
+    notes: list[str] = []
+    for name, value in ignored.items():
+        letter = name[-1]
+        if value and name.startswith("ignored_"):
+            notes.append(IGNORED_FLAGS[letter])
+        elif value is not None and name.startswith("value_"):
+            if letter in REFUSED_VALUES:
+                raise click.UsageError(REFUSED_VALUES[letter])
+            notes.append(IGNORED_VALUES[letter].format(value))
+    # Flags that are options in the config: before -o, as ssh gives them precedence.
+    extra = [f"{keyword}={value}" for keyword, value in (
+        ("Compression", "yes" if compression else None),
+        ("SessionType", "subsystem" if subsystem else None), ("BindAddress", bind_address),
+        ("Ciphers", cipher_spec), ("EscapeChar", escape_char)) if value is not None]
     user, host = split_destination(destination)
     try:
         cfg = resolve(host, path=Path(config_file) if config_file is not None else None,
-                      options=options, user=login or user, port=port,
+                      options=[*extra, *options], user=login or user, port=port,
                       identity_files=identities)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    cfg.notes[:0] = notes
+    if print_config:
+        click.echo("\n".join(dump(cfg)))
+        return 0
+    stdin_null = stdin_null or cfg.stdin_null
+    background = background or cfg.fork_after_authentication
+    no_command = no_command or cfg.session_type == "none"
+    if not command and cfg.remote_command is not None:
+        command = (cfg.remote_command,)
+    if cfg.session_type == "subsystem" and len(command) != 1:
+        raise click.UsageError("-s takes one subsystem name, as the command")
     try:
         given = [parse_forward(kind, text) for kind, texts in (
             ("local", local_forwards), ("remote", remote_forwards),
@@ -159,7 +251,7 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
         raise click.UsageError(str(exc)) from None
     # Command-line tunnels first, then the config's (ssh adds both); ExitOnForwardFailure
     # defaults to yes when the command line asked for a tunnel.
-    cfg.forwards = [*given, *cfg.forwards]
+    cfg.forwards = [] if cfg.clear_all_forwardings else [*given, *cfg.forwards]
     if cfg.exit_on_forward_failure is None:
         cfg.exit_on_forward_failure = bool(given)
     if no_command and command:
@@ -177,6 +269,10 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
                              0o600)
         except OSError as exc:
             raise click.ClickException(f"cannot open {log_file}: {exc.strerror}") from None
+    if stdin_null:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
     verbosity = max(verbose, LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
     return _run(cfg, remote_command(command), force_tty, verbosity,
                 quiet=cfg.log_level in QUIET_LEVELS, no_command=no_command,
@@ -191,8 +287,12 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
     from . import session
 
     connect.setup_logging(verbosity, log_fd)
-    ui = connect.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter())
+    # BatchMode: nobody to ask, so no password, passphrase or host key question.
+    ui = connect.Ui(verbosity, quiet=quiet,
+                    prompter=None if cfg.batch_mode else terminal.TtyPrompter())
     ui.log_fd = log_fd
+    for note in cfg.notes:
+        ui.note(1, note)
     status = connect.run_program(
         session.run_client(cfg, ui, command=remote, force_tty=force_tty,
                            no_command=no_command, background=background), ui, verbosity)

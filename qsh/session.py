@@ -40,7 +40,7 @@ from typing import Any
 from common import aio
 from common.channels import session as proto
 from common.client import terminal
-from common.client.config import ClientConfig
+from common.client.config import ClientConfig, environment_to_send
 from common.client.connect import (
     DisconnectError,
     QshError,
@@ -234,6 +234,13 @@ class Session:
         except aio.ChannelOpenError as exc:
             raise QshError(f"the server refused a session: {exc.message}") from None
         self.channel = channel
+        # SendEnv/SetEnv: no reply asked (a refusal is silent, as in ssh); before the start.
+        for name, value in environment_to_send(self.cfg, os.environ):
+            if len(value.encode("utf-8", "surrogateescape")) > proto.MAX_ENV_VALUE:
+                self.ui.note(1, f"not sending {name}: longer than {proto.MAX_ENV_VALUE} bytes")
+                continue
+            self.ui.note(1, f"sending environment variable {name}")
+            await channel.request(proto.ENV, proto.encode_env(name, value), want_reply=False)
         calls: list[Awaitable[tuple[bool, bytes] | None]] = []
         if self.want_pty:
             term = os.environ.get("TERM") or "dumb"
@@ -241,7 +248,10 @@ class Session:
             self._last_size = size
             request = proto.PtyRequest(term[:proto.MAX_TERM], proto.WindowSize(*size))
             calls.append(channel.request(proto.PTY_REQ, request.encode()))
-        if self.command is not None:
+        if self.cfg.session_type == "subsystem":  # -s: the "command" names a subsystem
+            calls.append(channel.request(proto.SUBSYSTEM,
+                                         proto.encode_subsystem(self.command or "")))
+        elif self.command is not None:
             calls.append(channel.request(proto.EXEC, proto.encode_exec(self.command)))
         else:
             calls.append(channel.request(proto.SHELL))
@@ -256,7 +266,8 @@ class Session:
                 self.ui.warn("PTY allocation request failed")
         last = replies[-1]
         if last is None or not last[0]:
-            what = "run the command" if self.command is not None else "start a shell"
+            what = ("start the subsystem" if self.cfg.session_type == "subsystem"
+                    else "run the command" if self.command is not None else "start a shell")
             raise QshError(f"the server refused to {what}")
         self.ui.note(1, f"session started ({'pty' if self.pty else 'no pty'})")
         return channel
@@ -375,7 +386,8 @@ class Session:
     async def _pump_in(self, channel: aio.Channel) -> None:
         """fd 0 to the channel, with the ``~`` escapes when there is a pty."""
         reader = FdReader(0)
-        scanner = escapes.EscapeScanner() if self.pty else None
+        scanner = (escapes.EscapeScanner() if self.pty and self.cfg.escape_char != "none"
+                   else None)
         try:
             while True:
                 try:

@@ -19,6 +19,7 @@ import dataclasses
 import glob
 import ipaddress
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,16 @@ def _match_criteria(values: list[str], where: str) -> list[tuple[str, tuple[str,
     return criteria
 
 
+#: Where Debian, Fedora and Arch put OpenSSH's sftp-server.
+SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
+                "/usr/lib/ssh/sftp-server", "/usr/libexec/sftp-server")
+
+
+def default_subsystems() -> dict[str, str]:
+    found = next((path for path in SFTP_SERVERS if os.access(path, os.X_OK)), None)
+    return {"sftp": found} if found is not None else {}
+
+
 def default_dir() -> Path:
     """Root daemons live in /etc/qsh, per-user daemons in ~/.qsh (OpenSSH's habit)."""
     return Path("/etc/qsh") if os.geteuid() == 0 else Path.home() / ".qsh"
@@ -224,6 +235,10 @@ class ServerConfig:
     permit_tty: bool = True
     #: PermitUserEnvironment: "no", "yes" or a pattern list of variable names.
     permit_user_environment: str = "no"
+    #: AcceptEnv: patterns of the variable names a client may set (sshd's usual list).
+    accept_env: tuple[str, ...] = ("LANG", "LC_*", "TZ")
+    #: Subsystem NAME COMMAND, by name; sftp defaults to OpenSSH's sftp-server if present.
+    subsystems: dict[str, str] = field(default_factory=default_subsystems)
     #: ChannelTimeout: idle seconds by channel type (only ``session`` today).
     channel_timeouts: dict[str, float] = field(default_factory=dict)
     #: UnusedConnectionTimeout: seconds a logged-in connection may have no channel; 0: never.
@@ -490,7 +505,7 @@ MULTI_VALUED = frozenset({"authorizedkeysfile", "persourcepenalties", "permitope
                           "permitlisten", "kems", "signatures", "ciphers",
                           "persourcepenaltyexemptlist", "forcecommand", "channeltimeout",
                           "allowusers", "denyusers", "allowgroups", "denygroups",
-                          "permituserenvironment"})
+                          "permituserenvironment", "acceptenv", "subsystem"})
 
 
 def split_line(line: str, where: str) -> tuple[str, list[str]] | None:
@@ -572,6 +587,9 @@ def parse_lines(lines: Iterable[tuple[str, str]]) -> ServerConfig:
                               '(quote a value that contains spaces: "...")')
         if keyword == "forcecommand":  # the rest of the line as written, as sshd takes it
             values = [raw_rest(line)]
+        if keyword == "subsystem" and not any(k == "subsystem" for k in seen):
+            config.subsystems = {}  # the file's Subsystem lines replace the defaults
+            seen.add("subsystem")
         if block is not None:
             _apply(ServerConfig(), keyword, values, where, _State())  # checked now
             if keyword not in MATCH_KEYWORDS:
@@ -598,11 +616,12 @@ class _State:
 
     penalty_items: set[str] = field(default_factory=set)
     listen_given: bool = False
+    accept_env_given: bool = False
 
 
 #: Keywords whose every line counts (the others: the first one wins).
 REPEATABLE = frozenset({"listenaddress", "hostkey", "persourcepenalties", "allowusers",
-                        "denyusers", "allowgroups", "denygroups"})
+                        "denyusers", "allowgroups", "denygroups", "acceptenv", "subsystem"})
 
 
 def raw_rest(line: str) -> str:
@@ -714,6 +733,21 @@ def _apply(config: ServerConfig, keyword: str, values: list[str], where: str,
         config.permit_user_environment = lowered if lowered in ("yes", "no") else value
     elif keyword == "channeltimeout":
         config.channel_timeouts = _channel_timeouts(values, where)
+    elif keyword == "acceptenv":
+        for pattern in values:
+            if not re.fullmatch(r"!?[A-Za-z0-9_*?]+", pattern):
+                raise ConfigError(f"{where}: AcceptEnv: bad pattern {pattern!r}")
+        # The first line replaces the default list; later ones add to it.
+        config.accept_env = ((*config.accept_env, *values) if state.accept_env_given
+                             else tuple(values))
+        state.accept_env_given = True
+    elif keyword == "subsystem":
+        if len(values) < 2 or not re.fullmatch(r"[A-Za-z0-9@._-]{1,64}", values[0]):
+            raise ConfigError(f"{where}: Subsystem takes a name and a command")
+        command = " ".join(values[1:])
+        if command == "internal-sftp":  # sshd's built-in: the system's sftp-server here
+            command = default_subsystems().get("sftp", "internal-sftp")
+        config.subsystems.setdefault(values[0], command)
     elif keyword == "unusedconnectiontimeout":
         config.unused_connection_timeout = (
             0.0 if value.lower() == "none" else _seconds(value, where, 0, 30 * 86400))
@@ -891,6 +925,8 @@ def dump(config: ServerConfig) -> list[str]:
                                       in sorted(config.channel_timeouts.items())) or "none"),
         "unusedconnectiontimeout " + (_g(config.unused_connection_timeout)
                                       if config.unused_connection_timeout else "none"),
+        f"acceptenv {' '.join(config.accept_env) or 'none'}",
+        *(f"subsystem {name} {command}" for name, command in config.subsystems.items()),
     ]
     for keyword, values in (("allowusers", config.allow_users),
                             ("denyusers", config.deny_users),

@@ -40,6 +40,22 @@ class SessionPolicy:
     environment: tuple[tuple[str, str], ...] = ()
     #: Seconds a session may pass without data either way before it is closed; 0: never.
     idle_timeout: float = 0.0
+    #: AcceptEnv: the names of the variables a client may set with "env".
+    accept_env: tuple[str, ...] = ("LANG", "LC_*", "TZ")
+    #: Subsystem NAME COMMAND.
+    subsystems: tuple[tuple[str, str], ...] = ()
+
+    def accepts_env(self, name: str) -> bool:
+        """A variable name of the usual shape that AcceptEnv lists (``!`` excludes)."""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            return False
+        accepted = False
+        for pattern in self.accept_env:
+            if fnmatch.fnmatchcase(name, pattern.lstrip("!")):
+                if pattern.startswith("!"):
+                    return False
+                accepted = True
+        return accepted
 
     @property
     def allows_copy(self) -> bool:
@@ -113,6 +129,8 @@ def session_policy(config: ServerConfig, options: KeyOptions) -> SessionPolicy:
         permit_tty=config.permit_tty and options.pty,
         environment=environment,
         idle_timeout=config.channel_timeouts.get("session", 0.0),
+        accept_env=config.accept_env,
+        subsystems=tuple(config.subsystems.items()),
     )
 
 

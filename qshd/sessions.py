@@ -76,6 +76,7 @@ from common.channels.session import (
     SHELL,
     SIGNAL,
     SIGNAL_NAMES,
+    SUBSYSTEM,
     WINDOW_CHANGE,
     ExitSignal,
     PtyRequest,
@@ -83,6 +84,7 @@ from common.channels.session import (
     decode_env,
     decode_exec,
     decode_signal,
+    decode_subsystem,
     decode_window_change,
     encode_exit_status,
 )
@@ -107,18 +109,9 @@ PIPE_SIZE = 1024 * 1024
 #: After the program exited, a PTY that gives neither data nor EIO for this long is held
 #: open by a background job: stop waiting for it (the hangup then reaches that job).
 PTY_QUIET = 0.25
-#: Environment variables a client may set with "env" (sshd's usual AcceptEnv).
-ENV_NAMES = frozenset({"LANG", "TZ"})
-ENV_PREFIXES = ("LC_",)
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_WINSIZE = 0xFFFF
-
-
-def env_allowed(name: str) -> bool:
-    return name in ENV_NAMES or (
-        name.startswith(ENV_PREFIXES) and name[3:].replace("_", "").isalnum()
-        and name.isupper())
 
 
 def _pack_winsize(size: WindowSize) -> bytes:
@@ -532,6 +525,19 @@ class Session:
             return self.pty is not None
         if name == SIGNAL:
             return self._signal(decode_signal(payload))
+        if name == SUBSYSTEM:  # Subsystem NAME COMMAND: that command, run like exec
+            wanted = decode_subsystem(payload)
+            command = dict(self.policy.subsystems).get(wanted)
+            if command is None or self.child is not None:
+                log.info("%s: refusing subsystem %r", self.tag, wanted)
+                return False
+            if self.policy.force_command is not None:
+                self.original_command = command
+                command = self.policy.force_command
+            started = await self._start(command)
+            if not started and not request.want_reply:
+                self._done.set()
+            return started
         if name in (SHELL, EXEC):
             command = decode_exec(payload) if name == EXEC else None
             if self.child is not None:
@@ -557,7 +563,7 @@ class Session:
             return True
         if name == ENV:
             var, value = decode_env(payload)
-            if not env_allowed(var) or "\x00" in value:
+            if not self.policy.accepts_env(var) or "\x00" in value:
                 log.debug("%s: refusing environment variable %s", self.tag, var)
                 return False
             self.env[var] = value

@@ -541,6 +541,6 @@ def test_every_keyword_is_documented_in_qsh_config_5() -> None:
 
     page = (Path(__file__).resolve().parents[1] / "man" / "qsh_config.5").read_text()
     documented = {word for line in page.splitlines() if line.startswith((".B ", ".BR "))
-                  for word in re.findall(r"[A-Z][A-Za-z]+", line)}
+                  for word in re.findall(r"[A-Z][A-Za-z0-9]+", line)}
     missing = {k.name for k in _KEYWORDS.values()} - documented
     assert not missing, f"not in qsh_config.5: {sorted(missing)}"

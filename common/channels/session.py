@@ -9,6 +9,7 @@ stdout as data, stderr as extended data of type 1, and these requests::
       "env"            name variable | text value
       "shell"          (empty)
       "exec"           text command
+      "subsystem"      name subsystem         (e.g. "sftp"; the server's Subsystem command)
       "window-change"  u32 columns | u32 rows | u32 width_px | u32 height_px
       "signal"         name signal            (e.g. "INT", "TERM", "HUP", "KILL")
     server -> client
@@ -38,6 +39,7 @@ PTY_REQ = "pty-req"
 ENV = "env"
 SHELL = "shell"
 EXEC = "exec"
+SUBSYSTEM = "subsystem"
 WINDOW_CHANGE = "window-change"
 SIGNAL = "signal"
 EXIT_STATUS = "exit-status"
@@ -121,6 +123,17 @@ def decode_env(payload: bytes) -> tuple[str, str]:
     if "=" in name:
         raise InvalidInput("environment variable name contains '='")
     return name, value
+
+
+def encode_subsystem(name: str) -> bytes:
+    return Writer().name(name).getvalue()
+
+
+def decode_subsystem(payload: bytes) -> str:
+    r = Reader(payload)
+    name = r.name()
+    r.end()
+    return name
 
 
 def encode_exec(command: str) -> bytes:

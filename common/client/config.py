@@ -25,8 +25,13 @@ Decisions that differ from ssh, and why:
   case-insensitive, and a block that silently stops applying because of ``Web1`` vs ``web1``
   is a security surprise. This also keeps one pattern implementation for known_hosts and
   the config (:func:`common.known_hosts.patterns_match`).
-* ``Match``, ``Include`` and ssh's other keywords are unknown keywords, not silently ignored:
-  an option the user believes is in force but is not is worse than an error.
+* Every other ssh_config keyword is understood (the tools that run ssh -- Ansible, git,
+  rsync -- pass them): the ones that mean something for qsh are implemented; those that
+  cannot apply (GSSAPI, X11, agents, OpenSSH algorithm names, ...) are accepted and ignored,
+  each with the reason as a ``-v`` line (:attr:`ClientConfig.notes`). Only a word that is no
+  ssh keyword at all is an error. ``Match``, ``Include``, ``ProxyCommand`` and ``ProxyJump``
+  are the exceptions, errors until implemented: ignoring them would silently reach the host
+  another way, or with settings the user believes are in force but are not.
 * KEMs/Ciphers/Signatures are checked for syntax only. Which algorithms exist depends on the
   machine (liboqs is optional), so availability is judged when the offer is built.
 """
@@ -125,6 +130,38 @@ class ClientConfig:
     signal_timeout: float = 2.0
     #: HashKnownHosts: new known_hosts lines get a hashed host name.
     hash_known_hosts: bool = False
+    #: BatchMode: never ask anything (no passwords, passphrases or host key questions).
+    batch_mode: bool = False
+    password_authentication: bool = True
+    pubkey_authentication: bool = True
+    #: PreferredAuthentications: the methods qsh may use, None: all.
+    preferred_authentications: tuple[str, ...] | None = None
+    number_of_password_prompts: int = 3
+    #: ServerAliveCountMax: shown by -G; see qsh_config(5) for what qsh does with it.
+    server_alive_count_max: int = 3
+    #: ConnectionAttempts: TCP connects tried, one second apart, before giving up.
+    connection_attempts: int = 1
+    #: SendEnv: patterns of local variables to send (``-pattern`` removes).
+    send_env: list[str] = field(default_factory=list)
+    #: SetEnv: NAME=VALUE pairs sent with every session.
+    set_env: list[tuple[str, str]] = field(default_factory=list)
+    compression: bool = False
+    #: RemoteCommand: run when the command line gives none.
+    remote_command: str | None = None
+    #: SessionType: "default", "none" (-N) or "subsystem" (-s).
+    session_type: str = "default"
+    #: StdinNull (-n): stdin from /dev/null.
+    stdin_null: bool = False
+    #: ForkAfterAuthentication (-f).
+    fork_after_authentication: bool = False
+    #: ClearAllForwardings: drop every tunnel of the config and the command line.
+    clear_all_forwardings: bool = False
+    #: EscapeChar (-e): "~" or "none".
+    escape_char: str = "~"
+    #: BindAddress (-b): the local address connections are made from.
+    bind_address: str | None = None
+    #: "-v" lines: the keywords accepted but without effect in qsh, and why.
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -316,6 +353,62 @@ def _single(keyword: str, convert: Callable[[str], object]) -> Callable[[list[st
     return lambda args: convert(_one(keyword, args))
 
 
+def _count(keyword: str, low: int, high: int) -> Callable[[list[str]], object]:
+    def parse(args: list[str]) -> int:
+        arg = _one(keyword, args)
+        if not re.fullmatch(r"[0-9]{1,6}", arg) or not low <= int(arg) <= high:
+            raise ValueError(f"bad {keyword} {arg!r} ({low}-{high})")
+        return int(arg)
+    return parse
+
+
+#: PreferredAuthentications: ssh's method names qsh has. keyboard-interactive is how ssh
+#: asks for a password on most servers, so it stands for qsh's password prompt.
+AUTH_METHODS = {"publickey": "publickey", "password": "password",
+                "keyboard-interactive": "password"}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _preferred(args: list[str]) -> tuple[str, ...]:
+    names = ",".join(args).split(",")
+    if any(not re.fullmatch(r"[a-z0-9@.-]+", n) for n in names):
+        raise ValueError(f"bad PreferredAuthentications list {','.join(args)!r}")
+    return tuple(dict.fromkeys(AUTH_METHODS[n] for n in names if n in AUTH_METHODS))
+
+
+def _send_env(args: list[str]) -> list[str]:
+    for pattern in args:
+        if not re.fullmatch(r"-?[A-Za-z0-9_*?]+", pattern):
+            raise ValueError(f"bad SendEnv pattern {pattern!r}")
+    return args
+
+
+def _set_env(args: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if not sep or not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"bad SetEnv {arg!r} (NAME=VALUE)")
+        pairs.append((name, value))
+    return pairs
+
+
+def _escape_char(arg: str) -> str:
+    if arg not in ("~", "none"):
+        raise ValueError(f"EscapeChar {arg!r}: qsh's escape character is ~ (or none)")
+    return arg
+
+
+def _not_yet(keyword: str) -> Callable[[list[str]], object]:
+    """Keywords that change how the host is reached: ignoring them would connect another
+    way than the user asked, so anything but ``none`` is refused until implemented."""
+    def parse(args: list[str]) -> object:
+        if " ".join(args).lower() != "none":
+            raise ValueError(f"{keyword} is not supported by this qsh yet")
+        return None
+    return parse
+
+
 _KEYWORDS: dict[str, _Keyword] = {
     k.name.lower(): k
     for k in (
@@ -369,8 +462,90 @@ _KEYWORDS: dict[str, _Keyword] = {
         _Keyword("SignalTimeout", "signal_timeout",
                  _single("SignalTimeout", lambda a: _positive(
                      "SignalTimeout", _seconds("SignalTimeout", a)))),
+        _Keyword("BatchMode", "batch_mode", _single("BatchMode", lambda a: _flag("BatchMode", a))),
+        _Keyword("PasswordAuthentication", "password_authentication",
+                 _single("PasswordAuthentication",
+                         lambda a: _flag("PasswordAuthentication", a))),
+        _Keyword("PubkeyAuthentication", "pubkey_authentication",
+                 _single("PubkeyAuthentication", lambda a: _choice(
+                     "PubkeyAuthentication", a, {"yes": "yes", "no": "no", "true": "yes",
+                                                 "false": "no", "unbound": "yes",
+                                                 "host-bound": "yes"}) == "yes")),
+        _Keyword("PreferredAuthentications", "preferred_authentications", _preferred),
+        _Keyword("NumberOfPasswordPrompts", "number_of_password_prompts",
+                 _count("NumberOfPasswordPrompts", 0, 100)),
+        _Keyword("ServerAliveCountMax", "server_alive_count_max",
+                 _count("ServerAliveCountMax", 1, 1000)),
+        _Keyword("ConnectionAttempts", "connection_attempts",
+                 _count("ConnectionAttempts", 1, 100)),
+        _Keyword("SendEnv", "send_env", _send_env, multiple=True),
+        _Keyword("SetEnv", "set_env", _set_env),
+        _Keyword("Compression", "compression",
+                 _single("Compression", lambda a: _flag("Compression", a))),
+        _Keyword("RemoteCommand", "remote_command",  # sftp and scp pass "none"
+                 lambda a: None if " ".join(a).lower() == "none" else " ".join(a)),
+        _Keyword("SessionType", "session_type",
+                 _single("SessionType", lambda a: _choice(
+                     "SessionType", a,
+                     {"default": "default", "none": "none", "subsystem": "subsystem"}))),
+        _Keyword("StdinNull", "stdin_null", _single("StdinNull", lambda a: _flag("StdinNull", a))),
+        _Keyword("ForkAfterAuthentication", "fork_after_authentication",
+                 _single("ForkAfterAuthentication",
+                         lambda a: _flag("ForkAfterAuthentication", a))),
+        _Keyword("ClearAllForwardings", "clear_all_forwardings",
+                 _single("ClearAllForwardings", lambda a: _flag("ClearAllForwardings", a))),
+        _Keyword("BindAddress", "bind_address", _single("BindAddress", str)),
+        _Keyword("EscapeChar", "escape_char", _single("EscapeChar", _escape_char)),
+        _Keyword("ProxyCommand", "", _not_yet("ProxyCommand")),
+        _Keyword("ProxyJump", "", _not_yet("ProxyJump")),
     )
 }
+
+#: ssh_config keywords that cannot apply to qsh, with why; accepted with any value and
+#: reported under -v. (Tools pass them: Ansible's defaults alone bring four.)
+IGNORED_KEYWORDS: dict[str, str] = {
+    **dict.fromkeys(("ControlMaster", "ControlPath", "ControlPersist"),
+                    "connection sharing is not implemented: every run logs in"),
+    **dict.fromkeys(("GSSAPIAuthentication", "GSSAPIDelegateCredentials",
+                     "GSSAPIKeyExchange", "GSSAPITrustDns", "GSSAPIClientIdentity",
+                     "GSSAPIServerIdentity", "GSSAPIRenewalForcesRekey"),
+                    "qsh has no GSSAPI (Kerberos) login"),
+    **dict.fromkeys(("HostbasedAuthentication", "HostbasedAcceptedAlgorithms",
+                     "HostbasedKeyTypes", "EnableSSHKeysign"),
+                    "qsh has no host-based login"),
+    **dict.fromkeys(("KbdInteractiveAuthentication", "KbdInteractiveDevices",
+                     "ChallengeResponseAuthentication"),
+                    "qsh asks for passwords itself (no keyboard-interactive devices)"),
+    **dict.fromkeys(("ForwardX11", "ForwardX11Timeout", "ForwardX11Trusted",
+                     "XAuthLocation"), "qsh does not forward X11"),
+    **dict.fromkeys(("ForwardAgent", "AddKeysToAgent", "IdentityAgent", "IdentitiesOnly"),
+                    "qsh uses no agent: only identity files are tried"),
+    **dict.fromkeys(("KexAlgorithms", "HostKeyAlgorithms", "MACs",
+                     "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes",
+                     "CASignatureAlgorithms", "RequiredRSASize", "FingerprintHash"),
+                    "OpenSSH algorithm names: qsh's are KEMs, Signatures and Ciphers"),
+    **dict.fromkeys(("UpdateHostKeys", "VerifyHostKeyDNS", "CheckHostIP",
+                     "GlobalKnownHostsFile", "KnownHostsCommand", "RevokedHostKeys",
+                     "HostKeyAlias", "NoHostAuthenticationForLocalhost", "VisualHostKey"),
+                    "host keys are checked against UserKnownHostsFile only"),
+    **dict.fromkeys(("CertificateFile", "PKCS11Provider", "SecurityKeyProvider"),
+                    "qsh has no certificates or hardware keys"),
+    **dict.fromkeys(("CanonicalDomains", "CanonicalizeFallbackLocal", "CanonicalizeHostname",
+                     "CanonicalizeMaxDots", "CanonicalizePermittedCNAMEs"),
+                    "host names are used as given (no canonicalization)"),
+    **dict.fromkeys(("Tunnel", "TunnelDevice"), "qsh has no tun/tap forwarding"),
+    **dict.fromkeys(("LocalCommand", "PermitLocalCommand"), "qsh runs no local command"),
+    **dict.fromkeys(("StreamLocalBindMask", "StreamLocalBindUnlink", "PermitRemoteOpen"),
+                    "qsh's tunnels are TCP only"),
+    **dict.fromkeys(("TCPKeepAlive", "IPQoS", "BindInterface",
+                     "ProxyUseFdpass", "UseRoaming", "Protocol", "Cipher", "Tag",
+                     "SyslogFacility", "LogVerbose", "ChannelTimeout", "RekeyLimit",
+                     "GatewayPorts", "EnableEscapeCommandline", "IgnoreUnknown",
+                     "UsePrivilegedPort", "RSAAuthentication", "RhostsRSAAuthentication"),
+                    "no effect in qsh"),
+}
+for _name in IGNORED_KEYWORDS:
+    _KEYWORDS[_name.lower()] = _Keyword(_name, "", lambda a: None)
 
 
 # --- Parsing ----------------------------------------------------------------------------
@@ -551,8 +726,20 @@ def resolve(
         for p in identity_files
     ]
     forwards: list[ForwardSpec] = []
+    notes: list[str] = []
+    send_env: list[str] = []
     for setting in _settings_for(host, options, path):
-        if setting.keyword.attr == "forwards":
+        name = setting.keyword.name
+        if name in IGNORED_KEYWORDS:
+            note = f"{name} {setting.text}: ignored ({IGNORED_KEYWORDS[name]})"
+            if note not in notes:
+                notes.append(note)
+        elif not setting.keyword.attr:
+            continue
+        elif name == "SendEnv":
+            assert isinstance(setting.value, list)
+            send_env.extend(setting.value)
+        elif setting.keyword.attr == "forwards":
             assert isinstance(setting.value, ForwardSpec)
             forwards.append(setting.value)
         elif setting.keyword.multiple:
@@ -590,4 +777,84 @@ def resolve(
         values["identity_files"] = list(dict.fromkeys(files))
     if forwards:
         values["forwards"] = forwards
+    if values.get("compression"):
+        notes.append("Compression yes: ignored (qsh sends records uncompressed: compressing "
+                     "before encrypting lets an observer learn about the plaintext from "
+                     "record sizes)")
+    if "server_alive_count_max" in values:
+        notes.append("ServerAliveCountMax: qsh ends the connection when one keep-alive "
+                     "probe stays unanswered for a whole ServerAliveInterval")
+    patterns: list[str] = []
+    for pattern in send_env:  # ssh: "-NAME" removes what earlier lines added
+        if pattern.startswith("-"):
+            patterns = [p for p in patterns if not patterns_match((pattern[1:],), (p,))]
+        else:
+            patterns.append(pattern)
+    values["send_env"] = patterns
+    values["notes"] = notes
     return ClientConfig(host=host, hostname=hostname, **values)
+
+
+def environment_to_send(cfg: ClientConfig, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """SendEnv's matching local variables, then SetEnv's pairs, as "env" requests."""
+    sent = [(name, value) for name, value in environ.items()
+            if _ENV_NAME.fullmatch(name) and any(
+                re.fullmatch(re.escape(p).replace(r"\*", ".*").replace(r"\?", "."), name)
+                for p in cfg.send_env)]
+    return sent + list(cfg.set_env)
+
+
+def dump(cfg: ClientConfig) -> list[str]:
+    """``qsh -G``: the effective configuration, one lower-case ``keyword value`` per line,
+    as ``ssh -G`` prints it."""
+    def yn(flag: bool | None) -> str:
+        return "yes" if flag else "no"
+
+    def algorithms(names: tuple[str, ...] | None) -> str:
+        return ",".join(names) if names else "default"
+
+    lines = [
+        f"host {cfg.host}", f"hostname {cfg.hostname}", f"port {cfg.port}", f"user {cfg.user}",
+        *(f"identityfile {path}" for path in cfg.identity_files),
+        f"kems {algorithms(cfg.kems)}", f"ciphers {algorithms(cfg.ciphers)}",
+        f"signatures {algorithms(cfg.signatures)}",
+        f"chaff {yn(cfg.chaff)}",
+        "obscurekeystroketiming " + (f"interval:{cfg.obscure_keystroke_timing}"
+                                     if cfg.obscure_keystroke_timing else "no"),
+        f"stricthostkeychecking {cfg.strict_host_key_checking}",
+        f"userknownhostsfile {cfg.known_hosts}",
+        f"hashknownhosts {yn(cfg.hash_known_hosts)}",
+        f"connecttimeout {cfg.connect_timeout:g}",
+        f"connectionattempts {cfg.connection_attempts}",
+        f"serveraliveinterval {cfg.server_alive_interval:g}",
+        f"serveralivecountmax {cfg.server_alive_count_max}",
+        f"requesttty {cfg.request_tty}",
+        f"loglevel {cfg.log_level}",
+        f"addressfamily {cfg.address_family}",
+        f"exitonforwardfailure {yn(cfg.exit_on_forward_failure)}",
+        f"signaltimeout {cfg.signal_timeout:g}",
+        f"batchmode {yn(cfg.batch_mode)}",
+        f"passwordauthentication {yn(cfg.password_authentication)}",
+        f"pubkeyauthentication {yn(cfg.pubkey_authentication)}",
+        "preferredauthentications " + ",".join(
+            cfg.preferred_authentications if cfg.preferred_authentications is not None
+            else ("publickey", "password")),
+        f"numberofpasswordprompts {cfg.number_of_password_prompts}",
+        f"compression {yn(cfg.compression)}",
+        f"sessiontype {cfg.session_type}",
+        f"stdinnull {yn(cfg.stdin_null)}",
+        f"forkafterauthentication {yn(cfg.fork_after_authentication)}",
+        f"clearallforwardings {yn(cfg.clear_all_forwardings)}",
+        f"escapechar {cfg.escape_char}",
+    ]
+    if cfg.bind_address is not None:
+        lines.append(f"bindaddress {cfg.bind_address}")
+    if cfg.remote_command is not None:
+        lines.append(f"remotecommand {cfg.remote_command}")
+    lines += [f"sendenv {pattern}" for pattern in cfg.send_env]
+    lines += [f"setenv {name}={value}" for name, value in cfg.set_env]
+    for spec in cfg.forwards:
+        keyword = {"local": "localforward", "remote": "remoteforward",
+                   "dynamic": "dynamicforward"}[spec.kind]
+        lines.append(f"{keyword} {spec.text}")
+    return lines

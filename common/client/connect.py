@@ -273,15 +273,30 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
     if identity is not None:
         password = None  # one pipelined attempt: the key
     tried: list[PublicKey] = []
+    local_addr = (cfg.bind_address, 0) if cfg.bind_address is not None else None
+    attempt = 0
     while True:
         handshake = ClientHandshake(offer, trusted, step_timeout=cfg.connect_timeout)
-        ui.note(1, f"connecting to {cfg.hostname} port {cfg.port}")
+        attempt += 1
+        ui.note(1, f"connecting to {cfg.hostname} port {cfg.port}"
+                   + (f" (attempt {attempt})" if attempt > 1 else ""))
         try:
             connection = await aio.connect(
                 cfg.hostname, cfg.port, handshake=handshake, settings=settings,
                 on_host_key=on_host_key, timeout=cfg.connect_timeout,
                 user=cfg.user if identity is not None or password is not None else None,
-                identity=identity, password=password, family=FAMILIES[cfg.address_family])
+                identity=identity, password=password, family=FAMILIES[cfg.address_family],
+                local_addr=local_addr)
+        except ConnectionRefusedError as exc:
+            # ConnectionAttempts: as ssh, a refused or unreachable TCP connect is tried
+            # again a second later; nothing after the TCP connect is retried.
+            if attempt < cfg.connection_attempts:
+                ui.note(1, f"connect to {cfg.hostname} port {cfg.port}: "
+                           f"{os.strerror(exc.errno or errno.ECONNREFUSED)}; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            raise QshError(f"connect to host {cfg.hostname} port {cfg.port}: "
+                           f"{os.strerror(exc.errno or errno.ECONNREFUSED)}") from None
         except socket.gaierror as exc:
             raise QshError(f"could not resolve hostname {printable(cfg.hostname)}: "
                            f"{exc.strerror}") from None
@@ -515,6 +530,7 @@ def check_alive(connection: aio.QsmpConnection) -> None:
 async def _authenticate(connection: aio.QsmpConnection, cfg: ClientConfig, ui: Ui,
                         keys: KeyRing, pipelined: Path | None) -> None:
     user = cfg.user
+    allowed = allowed_methods(cfg)
     methods: tuple[str, ...] | None = None  # unknown until the server refuses something
     failed: AuthFailed | None
     if pipelined is not None:
@@ -524,7 +540,7 @@ async def _authenticate(connection: aio.QsmpConnection, cfg: ClientConfig, ui: U
             return
         ui.note(1, f"key {pipelined} refused: {failed.message}")
         methods = failed.methods
-    while methods is None or METHOD_PUBLICKEY in methods:
+    while METHOD_PUBLICKEY in allowed and (methods is None or METHOD_PUBLICKEY in methods):
         entry = await keys.next()
         if entry is None:
             break
@@ -538,6 +554,9 @@ async def _authenticate(connection: aio.QsmpConnection, cfg: ClientConfig, ui: U
         methods = failed.methods
     if methods is not None and METHOD_PASSWORD not in methods:
         raise PermissionDenied(f"permission denied ({','.join(methods)})")
+    if METHOD_PASSWORD not in allowed or cfg.number_of_password_prompts == 0:
+        shown = ",".join(methods) if methods is not None else "no method left to try"
+        raise PermissionDenied(f"permission denied ({shown})")
     if ui.prompter is None or not terminal.has_tty():
         if not keys.tried:
             raise PermissionDenied(
@@ -545,7 +564,8 @@ async def _authenticate(connection: aio.QsmpConnection, cfg: ClientConfig, ui: U
         raise PermissionDenied(f"permission denied ({','.join(methods or ())}; "
                                "no terminal to ask for a password)")
     prompt = f"{user}@{cfg.hostname}'s password: "
-    for attempt in range(PASSWORD_TRIES):
+    tries = cfg.number_of_password_prompts
+    for attempt in range(tries):
         answer = await ui.ask_secret(prompt)
         if answer is None:
             break
@@ -558,13 +578,23 @@ async def _authenticate(connection: aio.QsmpConnection, cfg: ClientConfig, ui: U
         methods = failed.methods
         if METHOD_PASSWORD not in methods:
             break
-        if attempt + 1 < PASSWORD_TRIES:
+        if attempt + 1 < tries:
             ui.warn("Permission denied, please try again.")
     raise PermissionDenied(f"permission denied ({','.join(methods or (METHOD_PASSWORD,))})")
 
 
+def allowed_methods(cfg: ClientConfig) -> tuple[str, ...]:
+    """PubkeyAuthentication, PasswordAuthentication and PreferredAuthentications together:
+    the methods qsh may try (keys always before passwords, whatever the order given)."""
+    preferred = cfg.preferred_authentications
+    return tuple(method for method, on in ((METHOD_PUBLICKEY, cfg.pubkey_authentication),
+                                           (METHOD_PASSWORD, cfg.password_authentication))
+                 if on and (preferred is None or method in preferred))
+
+
 async def login(cfg: ClientConfig, ui: Ui) -> aio.QsmpConnection:
-    keys = KeyRing(list(cfg.identity_files), ui)
+    use_keys = METHOD_PUBLICKEY in allowed_methods(cfg)
+    keys = KeyRing(list(cfg.identity_files) if use_keys else [], ui)
     first = await keys.next()
     connection = await open_connection(cfg, ui, identity=first[1] if first else None)
     try:
