@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import click
 
 from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, sanitise_std_fds, version_option
+from common.crypto.secret import harden_process
 
 if TYPE_CHECKING:
     from common.client.config import ClientConfig
@@ -286,6 +287,7 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
 
 
 def main(argv: list[str] | None = None) -> None:
+    harden_process()  # before the first secret: no core, no ptrace (common/crypto/secret.py)
     sanitise_std_fds()
     args = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import click
 
 from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, sanitise_std_fds, version_option
+from common.crypto.secret import harden_process
 
 if TYPE_CHECKING:
     from common.client.config import ClientConfig
@@ -299,6 +300,7 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
 
 
 def main(argv: list[str] | None = None) -> None:
+    harden_process()  # before the first secret: no core, no ptrace (common/crypto/secret.py)
     sanitise_std_fds()
     args = hoist_options(list(sys.argv[1:] if argv is None else argv))
     try:

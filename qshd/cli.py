@@ -22,10 +22,12 @@ from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, KeyFileError, PublicK
 from common.accounts.passwd import PasswdError, PasswdFile
 from common.aio.memory import tune_allocator
 from common.cli import version_option
+from common.crypto.secret import harden_process
 from common.wire import Reader, Writer
 
 from . import config as config_module
 from . import listener as listener_module
+from . import loglevel
 from .admission import Admission
 from .config import ConfigError, ServerConfig
 from .install import InstallError
@@ -48,14 +50,18 @@ def load_or_create_host_key(path: Path) -> HostKey:
     return key
 
 
-def _setup_logging(to_stderr: bool, debug: int) -> None:
-    level = logging.DEBUG if debug else logging.INFO
+def _setup_logging(to_stderr: bool, debug: int, level_name: str = "INFO",
+                   facility: str = "AUTH") -> None:
+    """LogLevel and SyslogFacility as sshd's (qshd/loglevel.py); set again once the
+    configuration is read."""
+    level = loglevel.level_number(level_name, debug)
     handler: logging.Handler
     if to_stderr or not os.path.exists("/dev/log"):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("qshd[%(process)d]: %(message)s"))
     else:
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler = logging.handlers.SysLogHandler(address="/dev/log",
+                                                 facility=loglevel.FACILITIES[facility])
         handler.setFormatter(logging.Formatter("qshd[%(process)d]: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -134,6 +140,8 @@ def _write_all(fd: int, data: bytes) -> None:
 @click.option("-D", "foreground", is_flag=True, help="Do not detach; stay in the foreground.")
 @click.option("-e", "log_stderr", is_flag=True, help="Log to stderr instead of syslog.")
 @click.option("-d", "debug", count=True, help="Debug logging (implies -D -e).")
+@click.option("-q", "quiet", is_flag=True, help="LogLevel QUIET: log nothing that names a "
+              "user, an address, a key or a command.")
 @click.option("-f", "config_file", type=click.Path(path_type=Path), default=None,
               help="Configuration file (default /etc/qsh/qshd_config or ~/.qsh/qshd_config).")
 @click.option("-p", "port", type=click.IntRange(0, 65535), default=None,
@@ -161,7 +169,8 @@ def _write_all(fd: int, data: bytes) -> None:
                                  "(a DESTDIR) and create no account.")
 @click.option("--init", "init_system", type=click.Choice(["systemd", "sysv"]), default=None,
               help="With --install-service: which init system (default: the running one).")
-def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | None,
+def command(foreground: bool, log_stderr: bool, debug: int, quiet: bool,
+            config_file: Path | None,
             port: int | None, host_key_file: tuple[Path, ...], options: tuple[str, ...],
             test_only: bool, dump_config: bool, connection: str | None,
             pidfile: Path | None, ready_file: Path | None, install_service: bool,
@@ -183,6 +192,10 @@ def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | 
         raise click.UsageError("-C goes with -T")
     _setup_logging(log_stderr or test_only or dump_config, debug)
     cfg = config_module.load(config_file, options)
+    if quiet:
+        cfg.log_level = "QUIET"
+    _setup_logging(log_stderr or test_only or dump_config, debug, cfg.log_level,
+                   cfg.syslog_facility)
     if port is not None:
         cfg.port = port
     if host_key_file:
@@ -238,7 +251,7 @@ def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | 
     preauth.warm_up()
     postauth.warm_up()
     for host, port in listener.addresses:
-        log.info("listening on %s port %d", host, port)
+        log.log(loglevel.NOTICE, "listening on %s port %d", host, port)
     if ready_file is not None:
         ready_file.write_text(f"{listener.port}\n")
     try:
@@ -249,6 +262,7 @@ def command(foreground: bool, log_stderr: bool, debug: int, config_file: Path | 
 
 
 def main() -> None:
+    harden_process()  # before the first secret: no core, no ptrace (common/crypto/secret.py)
     try:
         command.main(standalone_mode=False)
     except click.exceptions.Abort:

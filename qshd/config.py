@@ -47,6 +47,7 @@ from .admission import (
     PenaltySettings,
     Startups,
 )
+from .loglevel import FACILITIES, LEVELS
 from .tunnels import ALLOW_VALUES, GATEWAY_VALUES, TunnelPolicy, parse_patterns
 
 DEFAULT_PORT = 2022
@@ -214,6 +215,9 @@ class ServerConfig:
     #: The account the pre-auth process runs as (sshd's privsep user; ``nobody`` when the
     #: named one does not exist, see qshd.8).
     privsep_user: str = "qshd"
+    #: LogLevel and SyslogFacility (qshd/loglevel.py); QUIET is the zero-log mode.
+    log_level: str = "INFO"
+    syslog_facility: str = "AUTH"
     #: None: the default for the daemon's privileges (see :meth:`passwd_path`).
     passwd_file: Path | None = None
     #: Relative paths are taken from the user's home; %h, %u and %% are expanded. A key
@@ -689,6 +693,11 @@ def _apply(config: ServerConfig, keyword: str, values: list[str], where: str,
         except InvalidUserName:
             raise ConfigError(f"{where}: PrivsepUser {value!r} is not a user name") from None
         config.privsep_user = value
+    elif keyword == "loglevel":
+        config.log_level = _choice(value, tuple(n.lower() for n in LEVELS), where).upper()
+    elif keyword == "syslogfacility":
+        config.syslog_facility = _choice(value, tuple(n.lower() for n in FACILITIES),
+                                         where).upper()
     elif keyword == "passwdfile":
         config.passwd_file = Path(value).expanduser()
     elif keyword == "authorizedkeysfile":
@@ -896,6 +905,8 @@ def dump(config: ServerConfig) -> list[str]:
         + (",".join(str(n) for n in config.penalty_exempt) or "none"),
         f"firstmessagetimeout {_g(config.first_message_timeout)}",
         f"privsepuser {config.privsep_user}",
+        f"loglevel {config.log_level}",
+        f"syslogfacility {config.syslog_facility}",
         f"passwdfile {config.passwd_path()}",
         f"authorizedkeysfile {' '.join(config.authorized_keys_files)}",
         f"permitrootlogin {config.permit_root_login}",

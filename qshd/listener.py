@@ -39,8 +39,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from common.crypto.secret import wipe_all
+
 from . import outcome, privsep
 from .admission import Admission, Penalty, Refused, Ticket
+from .loglevel import NOTICE
 
 log = logging.getLogger("qshd")
 
@@ -143,7 +146,7 @@ class Listener:
             os.close(wake_w)
             for sock in self.sockets:
                 sock.close()
-        log.info("listener stopped; %d connection(s) carry on", len(self._children))
+        log.log(NOTICE, "listener stopped; %d connection(s) carry on", len(self._children))
 
     def _step(self, selector: selectors.BaseSelector, wake_r: int) -> None:
         for key, _ in selector.select(timeout=5.0):
@@ -210,6 +213,7 @@ class Listener:
             except BaseException:
                 log.exception("connection #%d: unexpected error", number)
             finally:
+                wipe_all()  # os._exit runs no atexit hook
                 os._exit(status)
         os.close(startup_w)
         sock.close()
@@ -288,11 +292,11 @@ class Listener:
                                    capture_output=True, text=True, timeout=RELOAD_CHECK_TIMEOUT,
                                    stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            log.error("reload refused: the configuration check did not run: %s", exc)
+            log.log(NOTICE, "reload refused: the configuration check did not run: %s", exc)
             return
         if check.returncode != 0:
             reason = (check.stderr.strip().splitlines() or ["(no message)"])[-1]
-            log.error("reload refused, keeping the running configuration: %s", reason)
+            log.log(NOTICE, "reload refused, keeping the running configuration: %s", reason)
             return
         # From here to the exec a SIGTERM would be lost (the new process knows nothing of
         # it): block the control signals, so that one arriving now stays pending across
@@ -300,9 +304,9 @@ class Listener:
         signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
         if self._stop:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
-            log.info("received SIGHUP, then a stop: not restarting")
+            log.log(NOTICE, "received SIGHUP, then a stop: not restarting")
             return
-        log.info("received SIGHUP; restarting with the new configuration")
+        log.log(NOTICE, "received SIGHUP; restarting with the new configuration")
         items = []
         for sock, (host, port) in zip(self.sockets, self.addresses, strict=True):
             os.set_inheritable(sock.fileno(), True)
@@ -315,7 +319,7 @@ class Listener:
             os.execve(sys.executable, [sys.executable, "-m", "qshd", *self.argv], env)  # noqa: S606
         except OSError as exc:  # keep serving as we were
             signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
-            log.error("reload failed: exec: %s", exc.strerror)
+            log.log(NOTICE, "reload failed: exec: %s", exc.strerror)
             for sock in self.sockets:
                 os.set_inheritable(sock.fileno(), False)
                 sock.setblocking(False)

@@ -68,6 +68,7 @@ from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequeste
 
 from . import children
 from .config import ConnectionSpec, ServerConfig, expand_tokens
+from .loglevel import VERBOSE
 
 log = logging.getLogger("qshd")
 
@@ -618,6 +619,8 @@ class Authenticator:
         for line in lines:
             why = line.options.refusal(address, self.clock())
             if why is None:
+                log.log(VERBOSE, "Accepted key %s %s found at %s", key.algorithm,
+                        key.fingerprint(), line.where)
                 log.info("Accepted publickey for %s from %s: %s%s", user, peer,
                          key.fingerprint(), " (restricted by its options in " + line.where
                          + ")" if line.options.restricted else "")

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 from common.accounts.keys import HostKey, PublicKey
 from common.aio.memory import release_free_memory
+from common.crypto import algorithms
+from common.crypto.secret import wipe_all, wipe_on_signals
 from common.errors import QsmpError
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
 from common.protocol.auth import signed_data as user_signed_data
@@ -149,6 +151,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
     """The connection's process (forked by the listener): see the module docstring."""
     host_keys, privsep_user = shared.host_keys, shared.privsep_user
     privsep.not_dumpable()  # it will hold the host keys; its children inherit the flag
+    wipe_on_signals()  # a SIGTERM while it holds them zeroes them first
     tag = f"connection #{number} from {peer[0]} port {peer[1]}"
     started = time.monotonic()
     pre_monitor, pre_child = MonitorLink.pair()
@@ -239,7 +242,11 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
     try:
         handoff, status = serve_preauth(pre_monitor, policy, started=started, tag=tag)
     finally:
+        for key in keys.values():
+            key.close()  # zeroed: the user's process never needs them
         keys.clear()
+        # The backend's cache of expanded signing keys holds them too (SECURITY.md).
+        algorithms._pc_signing_key.cache_clear()
         pre_monitor.close()
     if handoff is None:
         preauth_status = _reap(preauth_pid, KILL_GRACE)
@@ -338,6 +345,7 @@ def _fork(run: Callable[[], int], tag: str) -> int:
     except BaseException:
         log.exception("%s: unexpected error", tag)
     finally:
+        wipe_all()  # os._exit runs no atexit hook
         logging.shutdown()
         os._exit(status)
 

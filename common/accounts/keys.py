@@ -47,7 +47,11 @@ hostile file cannot make us allocate gigabytes.
 Files are written atomically (temporary file in the same directory, fsync, rename, fsync of the
 directory), so a crash or a full disk never leaves a half-written key where the old one was.
 Private files are 0600 and loading refuses a file that group or others can access, like OpenSSH.
-Python cannot reliably wipe ``bytes``; secret keys live as long as their objects.
+The signing key lives in a :class:`~common.crypto.secret.Secret` (locked pages, left out of core
+dumps, zeroed by :meth:`HostKey.close`). Python cannot wipe ``bytes``: the file's text, its
+base64 decoding and the copy each signature backend is handed (:attr:`HostKey.signing_key`)
+live until collected; the process-wide measures (no core, no ptrace) cover those
+(docs/PROTOCOL.md section 16.9).
 
 File I/O is allowed here: the sans-IO rule forbids sockets and clocks in ``common/``, and a key
 file is neither. Time still comes in as ``now``.
@@ -63,12 +67,14 @@ import hmac
 import os
 import secrets
 import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from common.crypto.registry import available_signatures, signature
 from common.crypto.rng import SYSTEM_RNG, Rng
+from common.crypto.secret import Secret, scrub
 from common.crypto.suites import Signature
 from common.errors import InvalidInput, UnknownProtocol
 from common.wire import MAX_NAME_LENGTH, Reader, Writer
@@ -268,12 +274,39 @@ class HostSigner(Protocol):
 
     def sign(self, message: bytes, rng: Rng = ...) -> bytes: ...
 
-@dataclass(frozen=True, eq=False)
+#: How many copies kept by a backend a key remembers (the ML-DSA cache holds 8 keys).
+_MAX_LENT = 8
+
+
+@dataclass(frozen=True, eq=False, init=False)
 class HostKey:
-    """The QSMP server key: the public key plus the signing key that goes with it."""
+    """The QSMP server key: the public key plus the signing key that goes with it, kept in
+    a :class:`Secret` (given as bytes, it is copied in)."""
 
     public: PublicKey
-    signing_key: bytes = field(repr=False)
+    secret: Secret = field(repr=False)
+    _lent: list[bytes] = field(init=False, repr=False, compare=False)
+
+    def __init__(self, public: PublicKey, signing_key: bytes | bytearray | Secret) -> None:
+        object.__setattr__(self, "public", public)
+        object.__setattr__(self, "secret", signing_key if isinstance(signing_key, Secret)
+                           else Secret(signing_key))
+        #: Copies of the signing key a backend kept (its cache of expanded keys): zeroed
+        #: by close(), as the backend cannot be asked to.
+        object.__setattr__(self, "_lent", [])
+
+    @property
+    def signing_key(self) -> bytes:
+        """A ``bytes`` copy, for the signature backends (they take nothing else)."""
+        return self.secret.bytes()
+
+    def close(self) -> None:
+        """Zero the signing key, and the copies a backend kept; the key cannot sign
+        afterwards (the caller drops the backend's cache of expanded keys too)."""
+        for copy in self._lent:
+            scrub(copy)
+        self._lent.clear()
+        self.secret.close()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HostKey):
@@ -309,7 +342,17 @@ class HostKey:
         return cls(PublicKey(key_id, expiration, algorithm, verification_key), signing_key)
 
     def sign(self, message: bytes, rng: Rng = SYSTEM_RNG) -> bytes:
-        return _signature(self.public.algorithm).sign(self.signing_key, message, rng)
+        key = self.signing_key
+        try:
+            return _signature(self.public.algorithm).sign(key, message, rng)
+        finally:
+            # Ours alone (this name and getrefcount's argument): zeroed now. Kept by the
+            # backend (its cache): zeroed by close().
+            if sys.getrefcount(key) <= 2:
+                scrub(key)
+            else:
+                self._lent.append(key)
+                del self._lent[:-_MAX_LENT]
 
     def check_pair(self, rng: Rng = SYSTEM_RNG) -> bool:
         """Sign and verify a probe message. The file format cannot prove the two halves
@@ -339,10 +382,13 @@ class HostKey:
             raise InvalidInput("not a qsh private key (bad magic)")
         public = PublicKey.decode(r.vbytes(MAX_PUBLIC_BLOB))
         signing_key = r.vbytes(MAX_SIGNING_KEY)
-        r.end()
-        if not signing_key:
-            raise InvalidInput("empty signing key")
-        return cls(public, signing_key)
+        try:
+            r.end()
+            if not signing_key:
+                raise InvalidInput("empty signing key")
+            return cls(public, signing_key)
+        finally:
+            scrub(signing_key)  # a fresh copy (Reader.vbytes): the Secret holds it now
 
     def encode_encrypted(self, passphrase: bytes, rng: Rng = SYSTEM_RNG) -> bytes:
         salt = rng(SALT_SIZE)
@@ -376,9 +422,14 @@ class HostKey:
             signing_key = _aesgcm(key).decrypt(nonce, ciphertext, header)
         except InvalidTag:
             raise KeyFileError("incorrect passphrase") from None
-        if not signing_key:
-            raise InvalidInput("empty signing key")
-        return cls(public, signing_key)
+        finally:
+            scrub(key)
+        try:
+            if not signing_key:
+                raise InvalidInput("empty signing key")
+            return cls(public, signing_key)
+        finally:
+            scrub(signing_key)
 
     # -- files -------------------------------------------------------------------------
 
@@ -415,6 +466,7 @@ class HostKey:
         without a passphrase and KeyFileError for everything else that is wrong. A
         passphrase given for an unencrypted file is ignored, as ssh does."""
         text = _read_text(path, MAX_KEY_FILE, private=check_mode)
+        blob = b""
         try:
             label, blob = _dearmour(text)
             if label == HOST_KEY_LABEL:
@@ -425,20 +477,29 @@ class HostKey:
                 return cls.decode_encrypted(blob, passphrase)
         except InvalidInput as exc:
             raise KeyFileError(f"{path}: malformed key file: {exc}") from exc
+        finally:
+            scrub(blob)  # the decoded file and its text: ours alone, the key is in a Secret
+            scrub(text)
         raise KeyFileError(f"{path}: unsupported key file type {label!r}")
 
     @staticmethod
     def load_public_part(path: str | os.PathLike[str], *, check_mode: bool = True) -> PublicKey:
         """The public key of a private key file, encrypted or not, without a passphrase."""
         text = _read_text(path, MAX_KEY_FILE, private=check_mode)
+        blob = b""
         try:
             label, blob = _dearmour(text)
             if label == HOST_KEY_LABEL:
-                return HostKey.decode_private(blob).public
+                key = HostKey.decode_private(blob)
+                key.close()
+                return key.public
             if label == ENCRYPTED_KEY_LABEL:
                 return _parse_encrypted(blob)[0]
         except InvalidInput as exc:
             raise KeyFileError(f"{path}: malformed key file: {exc}") from exc
+        finally:
+            scrub(blob)
+            scrub(text)
         raise KeyFileError(f"{path}: unsupported key file type {label!r}")
 
 
@@ -542,6 +603,8 @@ def _read_text(path: str | os.PathLike[str], limit: int, *, private: bool = Fals
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise KeyFileError(f"{path}: malformed key file: not UTF-8 text") from None
+    finally:
+        scrub(data)  # the file's bytes: the caller gets the text
 
 
 def read_limited(fd: int, limit: int) -> bytes | None:

@@ -32,6 +32,7 @@ from common.accounts.known_hosts import Entry, KnownHosts, host_pattern
 from common.client import terminal
 from common.client.config import DEFAULT_PORT, ClientConfig, default_identity_files
 from common.crypto import registry
+from common.crypto.secret import Secret
 from common.errors import ErrorCode, QsmpError, RemoteReportedError, UsageError
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthFailed
 from common.protocol.connection import ConnectionTerminated
@@ -172,6 +173,18 @@ class Ui:
         if self.prompter is None:
             return None
         return await self.prompter.ask(prompt, echo=echo)
+
+    async def ask_secret(self, prompt: str) -> Secret | None:
+        """A password or passphrase, unechoed, straight into a :class:`Secret` where the
+        prompter can (:meth:`terminal.TtyPrompter.ask_secret`); the caller closes it."""
+        if self.prompter is None:
+            return None
+        direct = getattr(self.prompter, "ask_secret", None)
+        if direct is not None:
+            secret: Secret | None = await direct(prompt)
+            return secret
+        answer = await self.prompter.ask(prompt, echo=False)
+        return None if answer is None else Secret(answer.encode("utf-8", "surrogateescape"))
 
 
 # --- Connecting ---------------------------------------------------------------------------
@@ -426,6 +439,13 @@ class KeyRing:
         self._ui = ui
         self._defaults = set(default_identity_files())
         self.tried: list[Path] = []
+        self._loaded: list[HostKey] = []
+
+    def close(self) -> None:
+        """Zero every key loaded: once logged in, nothing signs with them again."""
+        for key in self._loaded:
+            key.close()
+        self._loaded.clear()
 
     async def next(self) -> tuple[Path, HostKey] | None:
         while self._paths:
@@ -433,6 +453,7 @@ class KeyRing:
             key = await self._load(path)
             if key is not None:
                 self.tried.append(path)
+                self._loaded.append(key)
                 return path, key
         return None
 
@@ -457,17 +478,18 @@ class KeyRing:
             return None
         prompt = f"Enter passphrase for key '{path}': "
         for _ in range(PASSPHRASE_TRIES):
-            answer = await self._ui.ask(prompt, echo=False)
-            if not answer:  # empty (or no terminal after all): skip the key, as ssh does
+            answer = await self._ui.ask_secret(prompt)
+            if answer is None or not len(answer):  # empty: skip the key, as ssh does
                 return None
-            secret = answer.encode("utf-8", "surrogateescape")
             try:
                 # scrypt takes a noticeable moment; keep the loop (keepalives) running.
-                return await asyncio.to_thread(HostKey.load, path, secret)
+                return await asyncio.to_thread(HostKey.load, path, answer.bytes())
             except KeyFileError as exc:
                 if "passphrase" not in str(exc):
                     self._ui.warn(f"Warning: {exc}; not using it.")
                     return None
+            finally:
+                answer.close()
             prompt = f"Bad passphrase, try again for {path}: "
         return None
 
@@ -544,13 +566,12 @@ async def _authenticate(connection: aio.QsmpConnection, cfg: ClientConfig, ui: U
     prompt = f"{user}@{cfg.hostname}'s password: "
     tries = cfg.number_of_password_prompts
     for attempt in range(tries):
-        answer = await ui.ask(prompt, echo=False)
+        answer = await ui.ask_secret(prompt)
         if answer is None:
             break
-        check_alive(connection)
-        failed = await connection.login_password(
-            user, answer.encode("utf-8", "surrogateescape"))
-        del answer
+        with answer:  # zeroed once sent and answered
+            check_alive(connection)
+            failed = await connection.login_password(user, answer.bytes())
         if failed is None:
             ui.note(1, f"authenticated as {user} with a password")
             return
@@ -581,6 +602,8 @@ async def login(cfg: ClientConfig, ui: Ui) -> aio.QsmpConnection:
     except BaseException:
         connection.abort()
         raise
+    finally:
+        keys.close()
     return connection
 
 

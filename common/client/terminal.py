@@ -27,6 +27,8 @@ import termios
 import tty
 from collections.abc import Iterator
 
+from common.crypto.secret import Secret
+
 DEFAULT_COLUMNS = 80
 DEFAULT_ROWS = 24
 
@@ -149,29 +151,58 @@ class TtyPrompter:
         """The answer (without its newline), or None when there is no terminal. With
         ``echo=False`` the answer is not shown, and echo comes back however this ends
         (answer, ^C, cancellation)."""
-        try:
-            fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
-        except OSError:
-            return None
-        saved: list[int | list[bytes | int]] | None = None
-        try:
-            if not echo:
-                with contextlib.suppress(termios.error):
-                    saved = termios.tcgetattr(fd)
-                    quiet = termios.tcgetattr(fd)
-                    quiet[3] &= ~termios.ECHO  # lflag
-                    quiet[3] |= termios.ECHONL | termios.ICANON
-                    termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
-            os.write(fd, prompt.encode())
+        with _terminal(prompt, echo) as fd:
+            if fd is None:
+                return None
             line = await _read_line(fd)
             return line.decode(errors="replace")
+
+    async def ask_secret(self, prompt: str) -> Secret | None:
+        """``ask(echo=False)`` for a password or passphrase: read (``readv``) into one buffer
+        allocated up front, so the answer is copied nowhere but into the :class:`Secret`
+        returned, and that buffer is zeroed. The caller closes the secret."""
+        buffer = bytearray(MAX_SECRET_LINE)
+        try:
+            with _terminal(prompt, False) as fd:
+                if fd is None:
+                    return None
+                length = await _read_line_into(fd, buffer)
+                return Secret(memoryview(buffer)[:length])
         finally:
-            if saved is not None:
-                # TCSADRAIN, not TCSAFLUSH: what was typed ahead (the first command after
-                # the password) is kept for the session.
-                with contextlib.suppress(termios.error, OSError):
-                    termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-            os.close(fd)
+            buffer[:] = bytes(len(buffer))
+
+
+#: The longest password or passphrase read; a terminal's line in canonical mode is shorter.
+MAX_SECRET_LINE = 4096
+
+
+@contextlib.contextmanager
+def _terminal(prompt: str, echo: bool) -> Iterator[int | None]:
+    """/dev/tty with ``prompt`` written to it (None without one); without ``echo`` the
+    answer is not shown, and echo comes back however this ends."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        yield None
+        return
+    saved: list[int | list[bytes | int]] | None = None
+    try:
+        if not echo:
+            with contextlib.suppress(termios.error):
+                saved = termios.tcgetattr(fd)
+                quiet = termios.tcgetattr(fd)
+                quiet[3] &= ~termios.ECHO  # lflag
+                quiet[3] |= termios.ECHONL | termios.ICANON
+                termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+        os.write(fd, prompt.encode())
+        yield fd
+    finally:
+        if saved is not None:
+            # TCSADRAIN, not TCSAFLUSH: what was typed ahead (the first command after
+            # the password) is kept for the session.
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        os.close(fd)
 
 
 async def _read_line(fd: int) -> bytes:
@@ -197,6 +228,35 @@ async def _read_line(fd: int) -> bytes:
         data += chunk
         if data.endswith((b"\n", b"\r")):
             return bytes(data.rstrip(b"\r\n"))
+
+
+async def _read_line_into(fd: int, buffer: bytearray) -> int:
+    """As :func:`_read_line`, into ``buffer`` (no other copy); returns the line's length
+    without its end. A longer line is cut at the buffer's size."""
+    loop = asyncio.get_running_loop()
+    view = memoryview(buffer)
+    length = 0
+    while length < len(buffer):
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, set_ready, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+        try:
+            count = os.readv(fd, [view[length:]])
+        except BlockingIOError:
+            continue
+        except OSError:  # EIO: the terminal hung up
+            count = 0
+        if not count:
+            break
+        length += count
+        if buffer[length - 1] in b"\r\n":
+            break
+    while length and buffer[length - 1] in b"\r\n":
+        length -= 1
+    return length
 
 
 def set_ready(future: asyncio.Future[None]) -> None:
