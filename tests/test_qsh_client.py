@@ -965,10 +965,10 @@ def test_dash_V_and_dash_h(tmp_path: Path) -> None:
 
 
 def test_an_unknown_option_gets_the_usage_line_and_255(tmp_path: Path) -> None:
-    result = _qsh(tmp_path, "-x", "h")
+    result = _qsh(tmp_path, "-Z", "h")  # no such flag in ssh either
     assert result.returncode == 255
     lines = result.stderr.decode().splitlines()
-    assert lines[0] == "qsh: No such option '-x'." and lines[1].startswith("usage: qsh [-46")
+    assert lines[0] == "qsh: No such option '-Z'." and lines[1].startswith("usage: qsh [")
     assert len(lines) == 2
 
 
