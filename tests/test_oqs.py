@@ -10,12 +10,16 @@ fall back to skipping them.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from common.crypto import registry
 
+ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = os.environ.get("QSH_TEST_REQUIRE_LIBOQS") == "1"
 
 
@@ -45,3 +49,18 @@ def test_registry_offers_mceliece_and_slhdsa(oqs: Any) -> None:
         for level in (128, 192, 256):
             for variant in "sf":
                 assert f"slhdsa-{family}-{level}{variant}" in sigs
+
+
+def test_importing_liboqs_prints_nothing_even_with_logging_on(oqs: Any) -> None:
+    """A fresh interpreter that logs everything to stderr (as ``qsh -vvv`` does) and then
+    loads liboqs through the registry writes not one byte to stdout or stderr."""
+    code = ("import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
+            "from common.crypto import registry\n"
+            "assert 'mceliece348864' in registry.available_kems()\n"
+            "import logging.config\n"
+            "logging.config.dictConfig({'version': 1, 'disable_existing_loggers': False})\n"
+            "logging.getLogger('oqs.oqs').info('after a reconfiguration')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout, result.stderr) == (b"", b"")
