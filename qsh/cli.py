@@ -37,7 +37,7 @@ def split_destination(destination: str) -> tuple[str | None, str]:
     return (user if sep else None), host
 
 
-_VALUE_OPTIONS = frozenset("pliFoTLRDE")
+_VALUE_OPTIONS = frozenset("pliFoTLRDEQ")
 _FLAG_OPTIONS = frozenset("vtNfq46hV")
 USAGE = ("usage: qsh [-46fhNqtVv] [-D [bind:]port] [-E log_file] [-F config] [-i identity] "
          "[-L|-T [bind:]port:host:hostport] [-l user] [-o option] [-p port] "
@@ -102,9 +102,26 @@ def remote_command(words: tuple[str, ...]) -> str | None:
     return command
 
 
+def _query(ctx: click.Context, _param: click.Parameter, kind: str | None) -> None:
+    """-Q kem|sig|cipher: what this machine offers and which library serves each."""
+    if kind is None or ctx.resilient_parsing:
+        return
+    from common.crypto import registry
+
+    try:
+        listing, note = registry.query(kind)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, _param) from None
+    click.echo(listing, nl=False)
+    click.echo(note, nl=False, err=True)
+    ctx.exit(0)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"],
                                  "allow_interspersed_args": False})
 @version_option("qsh")
+@click.option("-Q", "query", metavar="kem|sig|cipher", is_eager=True, expose_value=False,
+              callback=_query, help="List the usable algorithms of a kind, and their library.")
 @click.option("-q", "quiet", is_flag=True, help="Quiet: no warnings or diagnostics.")
 @click.option("-4", "inet4", is_flag=True, help="IPv4 addresses only.")
 @click.option("-6", "inet6", is_flag=True, help="IPv6 addresses only.")

@@ -64,3 +64,71 @@ def test_importing_liboqs_prints_nothing_even_with_logging_on(oqs: Any) -> None:
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert (result.stdout, result.stderr) == (b"", b"")
+
+
+# --------------------------------------------------------------------------- qsh-keygen, -Q
+
+SLH_DSA = tuple(f"slhdsa-{family}-{level}{variant}" for family in ("sha2", "shake")
+                for level in (128, 192, 256) for variant in "sf")
+MCELIECE = ("mceliece348864", "mceliece460896", "mceliece6688128", "mceliece8192128")
+
+
+def _run(module: str, *args: str, liboqs: bool) -> subprocess.CompletedProcess[str]:
+    """A real CLI, with liboqs as found by this run or with it made unfindable."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if not liboqs:
+        env["OQS_INSTALL_PATH"] = "/nonexistent"
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
+
+
+def test_keygen_makes_every_slhdsa_key(oqs: Any, tmp_path: Path) -> None:
+    for name in ("slhdsa-sha2-128s", "slhdsa-shake-256f"):
+        path = tmp_path / name
+        result = _run("qsh.keygen", "-t", name, "-N", "", "-f", str(path), liboqs=True)
+        assert result.returncode == 0, result.stderr
+        assert path.with_name(name + ".pub").read_text().startswith(f"qsh-{name} ")
+    listed = _run("qsh.keygen", "--help", liboqs=True).stdout
+    for name in SLH_DSA:
+        assert name in listed
+
+
+def test_keygen_says_which_algorithms_need_liboqs(tmp_path: Path) -> None:
+    """Without liboqs, an SLH-DSA key is refused with the reason, not "invalid choice"."""
+    result = _run("qsh.keygen", "-t", "slhdsa-sha2-128s", "-N", "", "-f", str(tmp_path / "k"),
+                  liboqs=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("qsh-keygen: slhdsa-sha2-128s needs liboqs"), result.stderr
+    assert not (tmp_path / "k").exists()
+    assert "need liboqs" in " ".join(_run("qsh.keygen", "--help", liboqs=False).stdout.split())
+
+
+def _listing(kind: str, liboqs: bool) -> tuple[dict[str, str], str]:
+    result = _run("qsh", "-Q", kind, liboqs=liboqs)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split(None, 1) for line in result.stdout.splitlines()]
+    return {name: source for name, source in lines}, result.stderr
+
+
+def test_query_lists_algorithms_and_their_library(oqs: Any) -> None:
+    kems, note = _listing("kem", liboqs=True)
+    assert kems["mlkem768x25519"].startswith("OpenSSL")
+    for name in MCELIECE:
+        assert kems[name].startswith("liboqs 0.")
+    assert note == ""
+    sigs, _ = _listing("sig", liboqs=True)
+    assert "pycryptodome" in sigs["mldsa65"] and "OpenSSL" in sigs["mldsa65"]
+    for name in SLH_DSA:
+        assert sigs[name].startswith("liboqs 0.")
+    ciphers, _ = _listing("cipher", liboqs=True)
+    assert set(ciphers) == {"aes256gcm", "chacha20poly1305"}
+
+
+def test_query_without_liboqs_names_what_is_missing() -> None:
+    kems, note = _listing("kem", liboqs=False)
+    assert set(kems) == {"mlkem768x25519", "mlkem768", "mlkem1024"}
+    assert "mceliece348864" in note and "liboqs" in note
+    sigs, note = _listing("signature", liboqs=False)
+    assert set(sigs) == {"mldsa65", "mldsa87"} and "slhdsa-sha2-128s" in note
+    bad = _run("qsh", "-Q", "nonsense", liboqs=False)
+    assert bad.returncode == 255 and "kem" in bad.stderr

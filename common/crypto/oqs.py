@@ -299,6 +299,12 @@ class OqsSignature:
             return False
 
 
+def liboqs_version() -> str:
+    """The liboqs C library's version, e.g. ``0.16.0``."""
+    getter = getattr(_oqs, "oqs_version", None)
+    return str(getter()) if getter is not None else ""
+
+
 # --- registration --------------------------------------------------------------------------
 
 
