@@ -8,11 +8,15 @@ it). As root the daemon logs the tests in as a throwaway account (test_qsh_clien
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +26,9 @@ import pytest
 from test_oqs import _liboqs_or_skip
 from test_qsh_client import PYTHON, ROOT, _client_env, _start_daemon, _stop_daemon, _target_account
 
-from common.accounts.keys import HostKey
+from common.accounts.keys import HostKey, PublicKey
 from common.accounts.known_hosts import KnownHosts
+from common.crypto import registry
 
 MiB = 1024 * 1024
 
@@ -69,10 +74,11 @@ class Daemon:
     account: Account
     port: str
     user_key: Path
+    host_public: PublicKey
 
     def run(self, *args: str, options: tuple[str, ...] = (), input: bytes | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        argv = [PYTHON, "-m", "qsh", "-p", self.port, "-o", "StrictHostKeyChecking=yes",
+            timeout: float = 60, port: str | None = None) -> subprocess.CompletedProcess[bytes]:
+        argv = [PYTHON, "-m", "qsh", "-p", port or self.port, "-o", "StrictHostKeyChecking=yes",
                 "-i", str(self.user_key), *options, f"{self.account.user}@127.0.0.1", *args]
         return subprocess.run(argv, input=input, stdin=None if input is not None
                               else subprocess.DEVNULL, capture_output=True, timeout=timeout,
@@ -89,6 +95,7 @@ def _key_file(account: Account, algorithm: str, name: str) -> tuple[Path, HostKe
     return path, key
 
 
+@contextlib.contextmanager
 def daemon_for(account: Account, host_algorithm: str, user_algorithm: str,
                *options: str) -> Iterator[Daemon]:
     """A qshd with a ``host_algorithm`` host key that accepts our ``user_algorithm`` key."""
@@ -100,14 +107,15 @@ def daemon_for(account: Account, host_algorithm: str, user_algorithm: str,
     known.unlink(missing_ok=True)
     KnownHosts.load(known).add("127.0.0.1", int(port), host.public)
     try:
-        yield Daemon(account, port, user_path)
+        yield Daemon(account, port, user_path, host.public)
     finally:
         _stop_daemon(process)
 
 
 @pytest.fixture(scope="module")
 def mldsa_daemon(account: Account) -> Iterator[Daemon]:
-    yield from daemon_for(account, "mldsa65", "mldsa65")
+    with daemon_for(account, "mldsa65", "mldsa65", "-o", "RekeyBytes=1048576") as daemon:
+        yield daemon
 
 
 # --------------------------------------------------------------------------- quiet liboqs
@@ -122,3 +130,112 @@ def test_liboqs_python_writes_nothing_to_our_stdout_or_stderr(mldsa_daemon: Daem
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"a\0b"
     assert result.stderr == b"err"
+
+
+# --------------------------------------------------------------------------- Classic McEliece
+
+REKEYED = 3 * MiB  # with RekeyBytes 1M, three budgets' worth of the server's direction
+
+
+def _through_relay(daemon: Daemon, command: str, options: tuple[str, ...],
+                   timeout: float = 60) -> tuple[subprocess.CompletedProcess[bytes], int]:
+    relay = Relay(daemon.port)
+    KnownHosts.load(daemon.account.client_home / ".qsh" / "known_hosts").add(
+        "127.0.0.1", int(relay.port), daemon.host_public)
+    result = daemon.run(command, options=options, timeout=timeout, port=relay.port)
+    up, _ = relay.close()
+    return result, up
+
+
+def _login_command_and_rekeys(daemon: Daemon, kem: str, signature: str) -> None:
+    """A login with exactly this KEM and host signature, a command, and output large enough
+    for rekeys: each of the server's rekeys asks the client for a fresh key of the
+    connection's KEM (McEliece: 261 KB to 1.36 MB, sent in fragments) and switches to the
+    new key mid-stream. The relay's byte count shows the client sent those keys."""
+    options = ("-o", f"KEMs={kem}", "-o", f"Signatures={signature}")
+    result, baseline = _through_relay(daemon, "id -un; exit 3", ("-v", *options))
+    assert (result.returncode, result.stdout) == (3, f"{daemon.account.user}\n".encode())
+    assert f": {kem}, {signature}, ".encode() in result.stderr, result.stderr
+    result, up = _through_relay(
+        daemon, f"head -c {REKEYED} /dev/urandom | tee /dev/stderr | sha256sum", options,
+        timeout=120)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert len(result.stderr) == REKEYED
+    assert result.stdout.split()[0].decode() == hashlib.sha256(result.stderr).hexdigest()
+    # At least one: the server goes on sending under the old key until the client's fresh
+    # key has arrived, so how many budgets' worth pass before it depends on timing.
+    assert up - baseline >= registry.kem(kem).public_key_size, (up, baseline)
+
+
+@pytest.mark.parametrize("kem", ["mceliece348864", "mceliece460896"])
+def test_mceliece_login_command_and_rekey(mldsa_daemon: Daemon, kem: str) -> None:
+    _login_command_and_rekeys(mldsa_daemon, kem, "mldsa65")
+
+
+@pytest.mark.slow
+def test_mceliece_largest_set_login_and_rekey(mldsa_daemon: Daemon) -> None:
+    """8192128: a 1 357 824-byte public key in P2, P5 and every rekey offer, the largest
+    thing any bound has to admit."""
+    _login_command_and_rekeys(mldsa_daemon, "mceliece8192128", "mldsa65")
+
+
+# --------------------------------------------------------------------------- SLH-DSA
+
+
+@pytest.mark.parametrize(("host", "user"), [("slhdsa-sha2-128f", "slhdsa-shake-128f"),
+                                            ("slhdsa-shake-128s", "slhdsa-sha2-128s")])
+def test_slhdsa_host_and_user_keys(account: Account, host: str, user: str) -> None:
+    """SLH-DSA, SHA2 and SHAKE, as the host key (signing the handshake) and as the user key
+    (signing the login), with a McEliece rekey on top for the 'f' pair."""
+    with daemon_for(account, host, user, "-o", "RekeyBytes=1048576") as daemon:
+        _login_command_and_rekeys(daemon, "mceliece348864", host)
+
+
+# --------------------------------------------------------------------------- a counting relay
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 in front of the daemon that counts the bytes each way: the
+    only outside view of a rekey (each one makes the client send a fresh public key)."""
+
+    def __init__(self, port: str) -> None:
+        self.target = int(port)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = str(self.sock.getsockname()[1])
+        self.up = 0  # client to server
+        self.down = 0
+        self._done = threading.Event()
+        self._threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(60)
+        try:
+            client, _ = self.sock.accept()
+        except OSError:
+            return
+        server = socket.create_connection(("127.0.0.1", self.target), timeout=60)
+        for source, sink, up in ((client, server, True), (server, client, False)):
+            thread = threading.Thread(target=self._pump, args=(source, sink, up), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, up: bool) -> None:
+        source.settimeout(120)
+        try:
+            while data := source.recv(1 << 16):
+                if up:
+                    self.up += len(data)
+                else:
+                    self.down += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> tuple[int, int]:
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.sock.close()
+        return self.up, self.down
