@@ -239,3 +239,30 @@ class Relay:
             thread.join(timeout=30)
         self.sock.close()
         return self.up, self.down
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_mceliece_asked_of_a_server_without_liboqs_is_refused_cleanly(
+        account: Account, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server without liboqs does not offer McEliece: a client that insists gets one line
+    saying nothing is shared, exit 255, no traceback on either side."""
+    monkeypatch.setenv("OQS_INSTALL_PATH", "/nonexistent")
+    with daemon_for(account, "mldsa65", "mldsa65") as daemon:
+        monkeypatch.undo()
+        result = daemon.run("true", options=("-o", "KEMs=mceliece348864"))
+    assert result.returncode == 255
+    assert result.stdout == b""
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qsh: ") and "no common" in lines[0], lines
+    assert b"Traceback" not in (account.base / "qshd.log").read_bytes()
+
+
+def test_slhdsa_host_key_for_a_client_that_offers_only_mldsa(account: Account) -> None:
+    """The default client offer (ML-DSA) meets an SLH-DSA host key: refused with a line."""
+    with daemon_for(account, "slhdsa-sha2-128f", "mldsa65") as daemon:
+        result = daemon.run("true")
+    assert result.returncode == 255
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qsh: "), lines
