@@ -43,7 +43,7 @@ _FLAG_OPTIONS = frozenset("vtNfq46hVGCaAxXYkKgnsyM")
 USAGE = ("usage: qsh [-46AaCfGgKkMNnqstVvXxYy] [-B bind_interface] [-b bind_address] "
          "[-c cipher_spec] [-D [bind:]port] [-E log_file] [-e escape_char] [-F config] "
          "[-i identity] [-L|-T [bind:]port:host:hostport] [-l user] [-m mac_spec] "
-         "[-o option] [-p port] [-R [bind:]port:host:hostport] [-S ctl_path] "
+         "[-o option] [-p port] [-Q query] [-R [bind:]port:host:hostport] [-S ctl_path] "
          "[user@]host [command ...]")
 
 #: ssh's flags that cannot apply to qsh: accepted, and said so under -v.
@@ -73,7 +73,6 @@ REFUSED_VALUES = {
     "W": "-W: stdio forwarding is not supported yet",
     "J": "-J: jump hosts are not supported yet",
     "O": "-O: there is no control master (connection sharing is not implemented)",
-    "Q": "-Q: not supported (qsh -G shows the algorithms in use)",
 }
 
 
@@ -135,9 +134,26 @@ def remote_command(words: tuple[str, ...]) -> str | None:
     return command
 
 
+def _query(ctx: click.Context, _param: click.Parameter, kind: str | None) -> None:
+    """-Q kem|sig|cipher: what this machine offers and which library serves each."""
+    if kind is None or ctx.resilient_parsing:
+        return
+    from common.crypto import registry
+
+    try:
+        listing, note = registry.query(kind)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, _param) from None
+    click.echo(listing, nl=False)
+    click.echo(note, nl=False, err=True)
+    ctx.exit(0)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"],
                                  "allow_interspersed_args": False})
 @version_option("qsh")
+@click.option("-Q", "query", metavar="kem|sig|cipher", is_eager=True, expose_value=False,
+              callback=_query, help="List the usable algorithms of a kind, and their library.")
 @click.option("-q", "quiet", is_flag=True, help="Quiet: no warnings or diagnostics.")
 @click.option("-4", "inet4", is_flag=True, help="IPv4 addresses only.")
 @click.option("-6", "inet6", is_flag=True, help="IPv6 addresses only.")
@@ -196,7 +212,6 @@ def remote_command(words: tuple[str, ...]) -> str | None:
 @click.option("-W", "value_W", default=None, hidden=True)
 @click.option("-J", "value_J", default=None, hidden=True)
 @click.option("-O", "value_O", default=None, hidden=True)
-@click.option("-Q", "value_Q", default=None, hidden=True)
 @click.argument("destination")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,

@@ -28,9 +28,12 @@ from common import cli as clirun
 from common.accounts import known_hosts
 from common.accounts.keys import DEFAULT_ALGORITHM, HostKey, KeyFileError, PublicKey
 from common.client.config import DEFAULT_PORT
+from common.crypto.suites import DEFAULT_SIGNATURES, LIBOQS_SIGNATURES
 
 PROG = "qsh-keygen"
-ALGORITHMS = ("mldsa65", "mldsa87")
+#: Every signature qsh knows; the SLH-DSA ones work only where liboqs is installed, which is
+#: checked once one is asked for (loading liboqs for every run would slow down -l and -y).
+ALGORITHMS = (*DEFAULT_SIGNATURES, *LIBOQS_SIGNATURES)
 KEY_DIRECTORY_MODE = 0o700
 
 
@@ -63,7 +66,7 @@ def default_comment() -> str:
     type=click.Choice(ALGORITHMS),
     default=DEFAULT_ALGORITHM,
     show_default=True,
-    help="Signature algorithm of the new key.",
+    help="Signature algorithm of the new key (the slhdsa-* ones need liboqs).",
 )
 @click.option(
     "-f",
@@ -147,6 +150,12 @@ def _generate(algorithm: str, path: Path, default_location: bool, passphrase: st
             raise KeygenError(f"cannot create {path.parent}: {exc.strerror}") from exc
     if path.exists() or path.is_symlink():
         _confirm_overwrite(path, interactive)
+    if algorithm in LIBOQS_SIGNATURES:
+        from common.crypto import registry
+
+        if algorithm not in registry.available_signatures():
+            raise KeygenError(f"{algorithm} needs liboqs, which is not usable here "
+                              f"({registry.liboqs_missing()}); see README, liboqs")
     secret = _new_passphrase(passphrase, no_passphrase, interactive)
     key = HostKey.generate(algorithm, now=time.time())
     key.save(path, secret)

@@ -519,10 +519,12 @@ def _forget_oqs_module() -> None:
     """Undo an import of common.algorithms_oqs made against a fake, so that nothing later
     in the session (registry.usable()) picks up the fake's algorithms."""
     sys.modules.pop("common.crypto.oqs", None)
-    import common
+    import common.crypto
 
-    if "algorithms_oqs" in vars(common):
-        delattr(common, "algorithms_oqs")
+    # The package keeps the submodule as an attribute: "from common.crypto import oqs" would
+    # hand the fake-bound module to every later test.
+    if "oqs" in vars(common.crypto):
+        delattr(common.crypto, "oqs")
 
 
 @pytest.fixture

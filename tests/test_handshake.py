@@ -607,8 +607,20 @@ def test_server_takes_the_clients_first_choice_it_allows() -> None:
     assert client.transport.suite.aead == "chacha20poly1305"
 
 
-SUITE_COMBINATIONS = list(itertools.product(
-    registry.available_kems(), registry.available_signatures(), registry.available_aeads()))
+def _suite_combinations() -> list[tuple[str, str, str]]:
+    """All of them when there are few (built-in only: 12); with liboqs the product is 196
+    handshakes (125 s) that add no case to every algorithm beside the first of the others."""
+    kems, sigs, aeads = (registry.available_kems(), registry.available_signatures(),
+                         registry.available_aeads())
+    product = list(itertools.product(kems, sigs, aeads))
+    if len(product) <= 32:
+        return product
+    return sorted({*((k, sigs[0], aeads[0]) for k in kems),
+                   *((kems[0], s, aeads[0]) for s in sigs),
+                   *((kems[-1], sigs[-1], a) for a in aeads)})
+
+
+SUITE_COMBINATIONS = _suite_combinations()
 
 
 @pytest.mark.parametrize(("kem", "sig", "aead"), SUITE_COMBINATIONS,

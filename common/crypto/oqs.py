@@ -26,9 +26,12 @@ than being passed off as SLH-DSA to a peer whose liboqs has the real one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import importlib.util
+import io
+import logging
 import os
 import platform
 import sys
@@ -117,13 +120,32 @@ def _liboqs_loadable() -> bool:
     return False
 
 
+class _Discard(io.TextIOBase):
+    """A text stream that swallows what is written to it."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
 def _import_oqs() -> Any:
     if "oqs" not in sys.modules and importlib.util.find_spec("oqs") is None:
         raise ImportError("liboqs-python is not installed")
     if not _liboqs_loadable():
         raise ImportError("the liboqs C library is not installed")
+    # liboqs-python logs "liboqs-python faulthandler is disabled" on import, through a handler
+    # on the sys.stdout of that moment (no setting turns it off): through qsh that line would
+    # be the first of every command's output. Its logger is muted and kept from the root
+    # logger, and the import sees a sys.stdout/stderr that swallows, so the handler it keeps
+    # writes nowhere even if a logging configuration later re-enables that logger.
+    logger = logging.getLogger("oqs.oqs")
+    logger.disabled = True
+    logger.propagate = False
     try:
-        with warnings.catch_warnings():
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(_Discard()),
+              contextlib.redirect_stderr(_Discard())):
             # liboqs-python warns when its version differs from the C library's minor one.
             warnings.simplefilter("ignore")
             import oqs
@@ -275,6 +297,12 @@ class OqsSignature:
                 )
         except Exception:
             return False
+
+
+def liboqs_version() -> str:
+    """The liboqs C library's version, e.g. ``0.16.0``."""
+    getter = getattr(_oqs, "oqs_version", None)
+    return str(getter()) if getter is not None else ""
 
 
 # --- registration --------------------------------------------------------------------------

@@ -11,11 +11,28 @@ from __future__ import annotations
 from common.crypto.suites import Aead, Kem, Registry, Signature
 
 _registry: Registry | None = None
+#: Why liboqs is not in use (its ImportError), or None when it is.
+_liboqs_missing: str | None = None
+_liboqs_version = ""
+
+OPENSSL = "OpenSSL (cryptography)"
+#: Which library serves each built-in algorithm: the one place this choice is written down
+#: (common.crypto.algorithms gives the measurements behind it). Everything else in the
+#: registry comes from liboqs.
+BUILTIN_PROVIDERS: dict[str, str] = {
+    "mlkem768": OPENSSL,
+    "mlkem1024": OPENSSL,
+    "mlkem768x25519": f"{OPENSSL}, ML-KEM-768 + X25519",
+    "mldsa65": f"{OPENSSL} for keys and verifying, pycryptodome for signing",
+    "mldsa87": f"{OPENSSL} for keys and verifying, pycryptodome for signing",
+    "aes256gcm": OPENSSL,
+    "chacha20poly1305": OPENSSL,
+}
 
 
 def usable() -> Registry:
     """All algorithms usable on this machine (built-in, plus liboqs ones when present)."""
-    global _registry
+    global _registry, _liboqs_missing, _liboqs_version
     if _registry is None:
         from common.crypto import algorithms
 
@@ -23,12 +40,25 @@ def usable() -> Registry:
         algorithms.register(reg)
         try:
             from common.crypto import oqs as algorithms_oqs
-        except ImportError:
-            pass
+        except ImportError as exc:
+            _liboqs_missing = str(exc)
         else:
             algorithms_oqs.register(reg)
+            _liboqs_version = algorithms_oqs.liboqs_version()
         _registry = reg
     return _registry
+
+
+def provider(name: str) -> str:
+    """The library that serves the usable algorithm ``name``, as ``qsh -Q`` shows it."""
+    usable()
+    return BUILTIN_PROVIDERS.get(name) or f"liboqs {_liboqs_version}".rstrip()
+
+
+def liboqs_missing() -> str | None:
+    """Why liboqs is not in use on this machine (None: it is)."""
+    usable()
+    return _liboqs_missing
 
 
 def kem(name: str) -> Kem:
@@ -53,3 +83,31 @@ def available_signatures() -> tuple[str, ...]:
 
 def available_aeads() -> tuple[str, ...]:
     return tuple(usable().aeads)
+
+
+_QUERY_KINDS = {"kem": "kem", "sig": "sig", "signature": "sig", "key": "sig",
+                "cipher": "cipher", "aead": "cipher"}
+
+
+def query(kind: str) -> tuple[str, str]:
+    """``qsh -Q kind`` as ``ssh -Q`` does it: one usable algorithm a line, here with the
+    library that serves it; and a note naming what liboqs would add, when it is missing
+    (empty otherwise). Raises ValueError for an unknown kind."""
+    from common.crypto.suites import LIBOQS_KEMS, LIBOQS_SIGNATURES
+
+    which = _QUERY_KINDS.get(kind.lower())
+    if which is None:
+        raise ValueError(f"unknown query {kind!r}: kem, sig or cipher")
+    names, optional = {
+        "kem": (available_kems(), LIBOQS_KEMS),
+        "sig": (available_signatures(), LIBOQS_SIGNATURES),
+        "cipher": (available_aeads(), ()),
+    }[which]
+    width = max(len(name) for name in names)
+    listing = "".join(f"{name:<{width}}  {provider(name)}\n" for name in names)
+    missing = [name for name in optional if name not in names]
+    note = ""
+    if missing:
+        note = (f"not available without liboqs ({liboqs_missing()}): "
+                f"{' '.join(missing)}\n")
+    return listing, note

@@ -91,3 +91,10 @@ DEFAULT_SIGNATURES: tuple[str, ...] = ("mldsa65", "mldsa87")
 DEFAULT_AEADS: tuple[str, ...] = ("aes256gcm", "chacha20poly1305")
 #: The hash family of the QSMP "protocol string"; fixed in this revision.
 HASH_NAME = "sha3-256"
+#: What only liboqs provides (common.crypto.oqs registers them when it is installed): named
+#: here, without liboqs, so that qsh-keygen and ``qsh -Q`` can say what its absence withholds.
+LIBOQS_KEMS: tuple[str, ...] = (
+    "mceliece348864", "mceliece460896", "mceliece6688128", "mceliece8192128")
+LIBOQS_SIGNATURES: tuple[str, ...] = tuple(
+    f"slhdsa-{family}-{level}{variant}"
+    for family in ("sha2", "shake") for level in (128, 192, 256) for variant in "sf")
