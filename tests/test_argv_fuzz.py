@@ -3,7 +3,7 @@
 Each example runs the command's real ``main`` in a process of its own, inside new network,
 PID and mount namespaces: nothing it tries can leave the machine (not even loopback is up
 there), whatever it starts, a detached daemon included, dies with the namespace, and the
-filesystem is read-only there but for fresh, empty /tmp and /run (its HOME is in /tmp): it
+filesystem is read-only there but for a fresh, empty tmpfs that holds its HOME: it
 runs as root, as an administrator would run qshd, and cannot change the machine. It has no
 controlling terminal and 15 seconds. What it prints must hold no Python traceback, and it
 must end with one of the command's documented exit statuses.
@@ -17,6 +17,7 @@ import os
 import select
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,20 +60,22 @@ def _mount(libc: ctypes.CDLL, source: str | None, target: str, fstype: str | Non
         raise OSError(ctypes.get_errno(), f"mount {target}")
 
 
-def _seal_filesystem() -> Path:
-    """In the new mount namespace: everything read-only, fresh tmpfs on /tmp and /run."""
+def _seal_filesystem(scratch: Path) -> Path:
+    """In the new mount namespace: everything read-only but a fresh tmpfs on ``scratch`` (an
+    empty directory the test made), which holds HOME. Nothing is mounted over /tmp or /run:
+    the interpreter and its packages may live there (a venv in a CI clone under /tmp)."""
     libc = ctypes.CDLL(None, use_errno=True)
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
-    for scratch in ("/tmp", "/run"):
-        _mount(libc, "tmpfs", scratch, "tmpfs", 0)
+    _mount(libc, "tmpfs", str(scratch), "tmpfs", 0)
     for path in ("/", "/dev", "/sys"):
         _mount(libc, path, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
-    home = Path("/tmp/home")
+    home = scratch / "home"
     home.mkdir()
     return home
 
 
-def _confined(run: Callable[[list[str]], object], argv: list[str], output: int) -> None:
+def _confined(run: Callable[[list[str]], object], argv: list[str], output: int,
+              scratch: Path) -> None:
     """In the namespaces' first process: seal the filesystem, run, exit."""
     os.setsid()  # no controlling terminal: nothing can prompt
     null = os.open(os.devnull, os.O_RDONLY)
@@ -82,7 +85,7 @@ def _confined(run: Callable[[list[str]], object], argv: list[str], output: int) 
     # pytest's capture replaced these in the parent; the command writes to the real fds.
     sys.stdout = open(1, "w", closefd=False, buffering=1)  # noqa: SIM115
     sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
-    home = _seal_filesystem()
+    home = _seal_filesystem(scratch)
     os.chdir(home)
     os.environ.clear()
     os.environ.update(HOME=str(home), PATH="/usr/bin:/bin", LANG="C.UTF-8", TERM="dumb")
@@ -105,7 +108,7 @@ def _confined(run: Callable[[list[str]], object], argv: list[str], output: int) 
 
 
 def _namespaces_parent(run: Callable[[list[str]], object], argv: list[str],
-                       output: int) -> None:
+                       output: int, scratch: Path) -> None:
     """Between the test and the namespaces: it waits for their first process, which
     ignores signals it has no handler for (an alarm of its own included), so the time limit
     is kept from here; when that process ends, the kernel ends every other one in there."""
@@ -117,7 +120,7 @@ def _namespaces_parent(run: Callable[[list[str]], object], argv: list[str],
             os._exit(98)
         inner = os.fork()
         if inner == 0:
-            _confined(run, argv, output)
+            _confined(run, argv, output, scratch)
         os.close(output)
         limit = time.monotonic() + TIMEOUT
         while True:
@@ -137,11 +140,12 @@ def _namespaces_parent(run: Callable[[list[str]], object], argv: list[str],
 def run_confined(command: str, argv: list[str]) -> tuple[int, bytes]:
     """(exit status, everything printed)."""
     run = _main(command)
+    scratch = Path(tempfile.mkdtemp(prefix="qsh-argv-"))  # a tmpfs is mounted on it in there
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _namespaces_parent(run, argv, write_end)
+        _namespaces_parent(run, argv, write_end, scratch)
     os.close(write_end)
     chunks = []
     deadline = time.monotonic() + TIMEOUT + 10
@@ -157,6 +161,7 @@ def run_confined(command: str, argv: list[str]) -> tuple[int, bytes]:
     finally:
         os.close(read_end)
         _, raw = os.waitpid(pid, 0)
+        scratch.rmdir()  # empty out here: the tmpfs lived only in the namespace
     status = os.WEXITSTATUS(raw) if os.WIFEXITED(raw) else 128 + os.WTERMSIG(raw)
     return status, b"".join(chunks)
 
