@@ -275,15 +275,6 @@ class ClientTunnels:
             return
         self._forwarders.add(forwarder)
         try:
-            try:
-                channel.accept()
-            except aio.ConnectionLost:
-                forwarder.abort()
-                return
-            forwarder.attach(channel)
-            await forwarder.wait()
-        except asyncio.CancelledError:
-            forwarder.abort()
-            raise
+            await forwarder.serve(channel)
         finally:
             self._forwarders.discard(forwarder)

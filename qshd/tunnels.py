@@ -313,15 +313,6 @@ class Tunnels:
                 forwarder.abort()
                 channel.reject(OpenFailureReason.CONNECT_FAILED, "the connection is closing")
                 return
-            try:
-                channel.accept()
-            except aio.ConnectionLost:
-                forwarder.abort()
-                return
-            forwarder.attach(channel)
-            await forwarder.wait()
-        except asyncio.CancelledError:
-            forwarder.abort()
-            raise
+            await forwarder.serve(channel)
         finally:
             self._forwarders.discard(forwarder)

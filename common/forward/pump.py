@@ -220,6 +220,22 @@ class Forwarder:
         """Until both ends are gone; True for a clean end (EOF both ways)."""
         return await self._done
 
+    async def serve(self, channel: Channel) -> None:
+        """The far end opened ``channel`` for this (connected) socket: accept it and forward
+        until both ends are gone. The socket is aborted if the connection is already lost
+        or the serving task is cancelled, so nothing is left open."""
+        try:
+            try:
+                channel.accept()
+            except ConnectionLost:
+                self.abort()
+                return
+            self.attach(channel)
+            await self.wait()
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+
     # -- the socket
 
     def _update_reading(self) -> None:
