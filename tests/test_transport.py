@@ -160,8 +160,9 @@ def tampered_outcome(record_size: int, position: int, mask: int | None = None) -
 
 def _allowed(position: int) -> set[ErrorCode]:
     if position == 0:
-        # unknown flag / a handshake flag / a forged plaintext error (body is no code)
-        return {E.INVALID_INPUT, E.INVALID_REQUEST}
+        # unknown flag / a handshake flag / a forged plaintext error (body is no code) / a
+        # forged plaintext close (0x04 ^ 7 = CONNECTION_TERMINATED): honoured, by_peer
+        return {E.INVALID_INPUT, E.INVALID_REQUEST, E.CHANNEL_DOWN}
     if position < 9:
         return {E.PACKET_UNSEQUENCED}
     if position < HEADER_SIZE:
