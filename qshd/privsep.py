@@ -77,6 +77,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.accounts.passwd import InvalidUserName, check_user_name
+from common.crypto import secret
 
 __all__ = [
     "DEFAULT_EMPTY_DIR",
@@ -247,22 +248,20 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-_libc_handle: ctypes.CDLL | None = None
+_capabilities_declared = False
 
 
 def _libc() -> ctypes.CDLL:
-    """libc through ctypes, loaded once; called before any chroot (loading needs files)."""
-    global _libc_handle
-    if _libc_handle is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                               ctypes.c_ulong]
-        libc.prctl.restype = ctypes.c_int
-        libc.capget.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
-        libc.capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
-        libc.capget.restype = ctypes.c_int
-        _libc_handle = libc
-    return _libc_handle
+    """The process's one libc handle (common/crypto/secret.py, prctl declared there) with
+    capget and capset declared too; called before any chroot (loading needs files)."""
+    global _capabilities_declared
+    handle = secret.libc()
+    if not _capabilities_declared:
+        handle.capget.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+        handle.capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+        handle.capget.restype = ctypes.c_int
+        _capabilities_declared = True
+    return handle
 
 
 def _prctl(option: int, arg: int = 0) -> int:

@@ -51,7 +51,9 @@ _open: weakref.WeakSet[Secret] = weakref.WeakSet()
 _atexit_installed = False
 
 
-def _libc() -> ctypes.CDLL:
+def libc() -> ctypes.CDLL:
+    """libc through ctypes, loaded once, with the calls used here declared (prctl, mlock,
+    munlock, syscall); qshd's privilege separation declares its own on the same handle."""
     global _libc_handle
     if _libc_handle is None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -76,7 +78,7 @@ def harden_process() -> None:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     with contextlib.suppress(OSError, AttributeError):
-        _libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+        libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
     if not _atexit_installed:
         atexit.register(wipe_all)
         _atexit_installed = True
@@ -85,7 +87,7 @@ def harden_process() -> None:
 def process_hardened() -> bool:
     """Whether this process dumps no core and cannot be traced (for tests and ``-d``)."""
     return (resource.getrlimit(resource.RLIMIT_CORE)[0] == 0
-            and _libc().prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 0)
+            and libc().prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 0)
 
 
 def wipe_all() -> None:
@@ -152,7 +154,7 @@ def _secret_memory(length: int) -> mmap.mmap | None:
     if not _memfd_secret_works:
         return None
     try:
-        fd = int(_libc().syscall(_SYS_MEMFD_SECRET, 0))
+        fd = int(libc().syscall(_SYS_MEMFD_SECRET, 0))
     except (OSError, AttributeError):
         fd = -1
     if fd < 0:
@@ -196,7 +198,7 @@ class Secret:
             self._map.madvise(mmap.MADV_DONTDUMP)
         if not self.locked:
             with contextlib.suppress(OSError, AttributeError):
-                self.locked = _libc().mlock(self._address, length) == 0
+                self.locked = libc().mlock(self._address, length) == 0
         self._map[:self._size] = source
         _open.add(self)
 
@@ -248,6 +250,6 @@ class Secret:
             ctypes.memset(self._address, 0, len(map_))
         if self.locked:
             with contextlib.suppress(OSError):
-                _libc().munlock(self._address, len(map_))
+                libc().munlock(self._address, len(map_))
         with contextlib.suppress(BufferError):
             map_.close()  # a view() still held keeps the (zeroed) pages mapped until it goes
