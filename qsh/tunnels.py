@@ -50,7 +50,7 @@ from common.forward.listen import (
     listen_forwarders,
     stream_protocol,
 )
-from common.forward.pump import Forwarder, pump, set_nodelay
+from common.forward.pump import Forwarder, pump, requested_endpoint, set_nodelay
 from common.protocol.mux import OpenFailureReason
 
 #: Seconds qsh waits for one local connect of a remote tunnel.
@@ -250,14 +250,9 @@ class ClientTunnels:
     # -- remote tunnels
 
     async def _on_channel(self, connection: aio.QsmpConnection, channel: aio.Channel) -> None:
-        if channel.kind != FORWARDED_TCPIP:
-            channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
-                           f"qsh does not accept {channel.kind} channels")
-            return
-        try:
-            endpoint = Endpoint.decode(channel.payload)
-        except InvalidInput as exc:
-            channel.reject(OpenFailureReason.CONNECT_FAILED, f"malformed request: {exc}")
+        endpoint = requested_endpoint(channel, FORWARDED_TCPIP,
+                                      "qsh does not accept {kind} channels")
+        if endpoint is None:
             return
         spec = self._remote.get(endpoint.port)
         if spec is None:

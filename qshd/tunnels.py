@@ -56,7 +56,7 @@ from common.forward.listen import (
     is_loopback_bind,
     listen_forwarders,
 )
-from common.forward.pump import Forwarder
+from common.forward.pump import Forwarder, requested_endpoint
 from common.protocol.mux import GlobalRequest, OpenFailureReason
 
 log = logging.getLogger("qshd")
@@ -276,14 +276,9 @@ class Tunnels:
 
     async def serve_channel(self, channel: aio.Channel) -> None:
         """A tunnel channel the client opened."""
-        if channel.kind != DIRECT_TCPIP:
-            channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
-                           f"a client may not open {channel.kind} channels")
-            return
-        try:
-            endpoint = Endpoint.decode(channel.payload)
-        except InvalidInput as exc:
-            channel.reject(OpenFailureReason.CONNECT_FAILED, f"malformed request: {exc}")
+        endpoint = requested_endpoint(channel, DIRECT_TCPIP,
+                                      "a client may not open {kind} channels")
+        if endpoint is None:
             return
         target = f"{endpoint.host}:{endpoint.port}"
         reason = self.disabled or self.policy.local_refusal(endpoint.host, endpoint.port)

@@ -39,6 +39,9 @@ from collections.abc import Callable
 
 from common.aio import Channel
 from common.aio.errors import ConnectionLost
+from common.channels.tunnel import Endpoint
+from common.errors import InvalidInput
+from common.protocol.mux import OpenFailureReason
 
 log = logging.getLogger("qsh.forward")
 
@@ -487,3 +490,18 @@ def _nodelay(sock: socket.socket) -> None:
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def requested_endpoint(channel: Channel, kind: str, refusal: str) -> Endpoint | None:
+    """The endpoint a tunnel channel the peer opened names, or None once the channel has
+    been refused: another kind than the one this side accepts (``refusal``, a sentence
+    naming it with ``{kind}``), or a payload that does not decode. Both ends' first step."""
+    if channel.kind != kind:
+        channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
+                       refusal.format(kind=channel.kind))
+        return None
+    try:
+        return Endpoint.decode(channel.payload)
+    except InvalidInput as exc:
+        channel.reject(OpenFailureReason.CONNECT_FAILED, f"malformed request: {exc}")
+        return None
