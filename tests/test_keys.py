@@ -515,3 +515,34 @@ def test_hostile_scrypt_parameters_are_refused(
     monkeypatch.undo()
     with pytest.raises(KeyFileError, match="memory limit"):
         HostKey.load(path, b"p")
+
+
+# --- atomic_write never replaces what is not a regular file -------------------------------
+
+
+def _special_files(tmp_path: Path) -> Iterator[Path]:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    yield fifo
+    if os.geteuid() == 0:  # a null device of our own: the real /dev/null must not be risked
+        null = tmp_path / "null"
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        yield null
+
+
+def test_atomic_write_refuses_to_replace_a_device_or_fifo(tmp_path: Path) -> None:
+    """``UserKnownHostsFile=/dev/null`` is an ssh idiom; the rename of an atomic write would
+    turn /dev/null into a regular file for the whole machine (it did, run as root)."""
+    for path in _special_files(tmp_path):
+        kind = stat.S_IFMT(path.lstat().st_mode)
+        with pytest.raises(keys.KeyFileError, match="not a regular file"):
+            keys.atomic_write(path, b"data\n", 0o600)
+        assert stat.S_IFMT(path.lstat().st_mode) == kind
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_atomic_write_still_replaces_a_regular_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    keys.atomic_write(path, b"new", 0o600)
+    assert path.read_bytes() == b"new"

@@ -22,6 +22,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -1008,6 +1009,27 @@ def test_dash_q_silences_warnings(tmp_path: Path) -> None:
     assert b"Warning: permanently added" in loud.stderr
     assert b"Warning" not in quiet.stderr and quiet.returncode == loud.returncode == 255
     assert quiet.stderr.startswith(b"qsh: permission denied"), quiet.stderr
+
+
+def test_a_null_device_as_known_hosts_stays_a_device(tmp_path: Path) -> None:
+    """``-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no`` is copied from ssh
+    habits; recording the key renamed a regular file over the device (as root: /dev/null).
+    A null device of the test's own stands in for /dev/null."""
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    key = tmp_path / "host_key"
+    HostKey.generate("mldsa65", now=time.time()).save(key)
+    process, port = _start_daemon(tmp_path, key)
+    try:
+        result = _qsh(tmp_path, "-p", port, "-o", "StrictHostKeyChecking=no",
+                      "-o", f"UserKnownHostsFile={null}", "nobody-here@127.0.0.1", "true")
+    finally:
+        _stop_daemon(process)
+    assert stat.S_ISCHR(null.lstat().st_mode)
+    assert b"could not record the host key" in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(b"qsh: permission denied"), result.stderr
 
 
 # --- issue 14: several known_hosts lines for one host; signals never end in success

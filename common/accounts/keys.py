@@ -625,10 +625,22 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
     a mixture, and a failure at any step leaves the old file untouched.
 
     The temporary file is created with O_EXCL and ``mode`` from the start, so a private key is
-    never readable by others, not even for an instant. Raises KeyFileError.
+    never readable by others, not even for an instant. A path that exists as anything but a
+    regular file or a symlink (a device, a FIFO, a directory) is refused, never replaced.
+    Raises KeyFileError.
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
+    try:
+        kind = stat.S_IFMT(target.lstat().st_mode)
+    except FileNotFoundError:
+        kind = stat.S_IFREG
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from exc
+    if kind not in (stat.S_IFREG, stat.S_IFLNK):
+        # The rename would put a regular file in the place of a device or FIFO: with
+        # ``UserKnownHostsFile=/dev/null`` (an ssh idiom), root's /dev/null for everyone.
+        raise KeyFileError(f"cannot write {path}: not a regular file")
     tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     flags |= getattr(os, "O_CLOEXEC", 0)
