@@ -185,6 +185,30 @@ def test_an_existing_destination_is_replaced_not_truncated_first(config: ServerC
     assert stat.S_IMODE(dest.stat().st_mode) == 0o640  # an existing file keeps its mode
 
 
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("size", [100, 3 * 1024 * 1024])  # the small-file path and the big one
+def test_a_device_or_fifo_destination_is_refused_not_replaced(config: ServerConfig,
+                                                              tmp_path: Path, direction: str,
+                                                              size: int) -> None:
+    """The rename that makes a copy atomic would put a regular file in the place of the
+    device: ``qcp f host:/dev/null`` as root replaced the machine's /dev/null. A null
+    device of the test's own stands in for it."""
+    source = tmp_path / "src"
+    source.write_bytes(os.urandom(size))
+    targets = [tmp_path / "fifo"]
+    os.mkfifo(targets[0])
+    if os.geteuid() == 0:
+        targets.append(tmp_path / "null")
+        os.mknod(targets[1], 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    for target in targets:
+        kind = stat.S_IFMT(target.lstat().st_mode)
+        report = copy(config, direction, [source], target)
+        assert not report.ok
+        assert "not a regular file" in str(report.failures), report.failures
+        assert stat.S_IFMT(target.lstat().st_mode) == kind
+    assert leftovers(tmp_path) == []
+
+
 # --------------------------------------------------------------------------- trees, -p
 
 

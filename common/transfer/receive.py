@@ -424,6 +424,20 @@ class Receiver:
             with contextlib.suppress(OSError):
                 os.unlink(temp.name, dir_fd=temp.parent)
 
+    def _place_replaceable(self, name: bytes) -> tuple[int, bytes, bytes]:
+        """:meth:`_place` for what is committed by a rename, which would put a regular file
+        in the place of a device, FIFO or socket there (``qcp f host:/dev/null`` as root
+        replaced the machine's /dev/null): such a destination is refused."""
+        parent, name, display = self._place(name)
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except OSError:
+            return parent, name, display  # absent (or unreadable: the create will say)
+        if stat.S_IFMT(st.st_mode) in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO,
+                                       stat.S_IFSOCK):
+            raise _Refused(errno.EEXIST, "exists and is not a regular file", display)
+        return parent, name, display
+
     # -- directories and links
 
     def _dir(self, m: DirEntry) -> None:
@@ -478,7 +492,7 @@ class Receiver:
 
     def _symlink(self, m: Symlink) -> None:
         try:
-            parent, name, display = self._place(m.name)
+            parent, name, display = self._place_replaceable(m.name)
         except _Skip:
             self._status(m.entry, b"", (SKIPPED, ""))
             return
@@ -552,7 +566,7 @@ class Receiver:
         display = b""
         parent, name = -1, b""
         try:
-            parent, name, display = self._place(m.name)
+            parent, name, display = self._place_replaceable(m.name)
         except _Skip:
             error = (SKIPPED, "")
         except _Refused as refused:
