@@ -387,6 +387,28 @@ def test_keepalive_answered_then_expired() -> None:
     assert_failed(client, server, E.KEEP_ALIVE_EXPIRED, held=held)
 
 
+def test_keepalive_count_max_tolerates_that_many_unanswered_intervals() -> None:
+    """ssh's ServerAliveCountMax: with interval 10 and a count of 3 a silent peer is given
+    up after the third interval without an answer (t=40), not the first (t=20); an answer
+    that comes late but before then starts the count again."""
+    settings = TransportSettings(keepalive_interval=10, keepalive_count_max=3)
+    client, server = established_pair(client_settings=settings)
+    client.handle_timer(NOW + 10)  # the request; the (stalled) server does not answer
+    held = take(client)
+    for t in (20, 30):
+        client.handle_timer(NOW + t)
+        assert not client.closed, t
+        assert take(client) == b""  # still the one request outstanding
+    server.receive_data(held, NOW + 31)  # the answer comes, late
+    client.receive_data(take(server), NOW + 31)
+    for t in (40, 50, 60):  # counted from zero again: three misses before giving up
+        client.handle_timer(NOW + t)
+        assert not client.closed, t
+    held = take(client)
+    client.handle_timer(NOW + 70)
+    assert_failed(client, server, E.KEEP_ALIVE_EXPIRED, held=held)
+
+
 def test_server_side_keepalive() -> None:
     client, server = established_pair(server_settings=TransportSettings(keepalive_interval=5))
     for t in (5, 10, 15):

@@ -137,7 +137,7 @@ class ClientConfig:
     #: PreferredAuthentications: the methods qsh may use, None: all.
     preferred_authentications: tuple[str, ...] | None = None
     number_of_password_prompts: int = 3
-    #: ServerAliveCountMax: shown by -G; see qsh_config(5) for what qsh does with it.
+    #: ServerAliveCountMax: keep-alive intervals without an answer before giving up.
     server_alive_count_max: int = 3
     #: ConnectionAttempts: TCP connects tried, one second apart, before giving up.
     connection_attempts: int = 1
@@ -781,9 +781,6 @@ def resolve(
         notes.append("Compression yes: ignored (qsh sends records uncompressed: compressing "
                      "before encrypting lets an observer learn about the plaintext from "
                      "record sizes)")
-    if "server_alive_count_max" in values:
-        notes.append("ServerAliveCountMax: qsh ends the connection when one keep-alive "
-                     "probe stays unanswered for a whole ServerAliveInterval")
     patterns: list[str] = []
     for pattern in send_env:  # ssh: "-NAME" removes what earlier lines added
         if pattern.startswith("-"):

@@ -269,7 +269,8 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
 
     offer = build_offer(cfg)
     interval = cfg.server_alive_interval
-    settings = TransportSettings(keepalive_interval=interval if interval > 0 else None)
+    settings = TransportSettings(keepalive_interval=interval if interval > 0 else None,
+                                 keepalive_count_max=cfg.server_alive_count_max)
     if identity is not None:
         password = None  # one pipelined attempt: the key
     tried: list[PublicKey] = []

@@ -78,6 +78,9 @@ DATA_TYPES = (0x24, 0x25)
 class TransportSettings:
     #: Seconds between keep-alive requests we send; None = only answer the peer's.
     keepalive_interval: float | None = None
+    #: Intervals a request may stay unanswered before the peer is given up (ssh's
+    #: ServerAliveCountMax); 1: at the first interval that finds it unanswered.
+    keepalive_count_max: int = 1
     #: Rekey a direction after this many bytes sent under one key...
     rekey_bytes: int = 1 << 30
     #: ...or this many seconds, whichever comes first.
@@ -174,6 +177,7 @@ class Transport:
             now + settings.keepalive_interval if settings.keepalive_interval else None
         )
         self._keepalive_token: bytes | None = None
+        self._keepalive_missed = 0
         chaff = self.suite.chaff
         obscure = self.suite.obscure
         # With keystroke obfuscation the server's chaff is its echo-shaped replies, and the
@@ -388,6 +392,7 @@ class Transport:
             if self._keepalive_token is None or token != self._keepalive_token:
                 raise BadKeepAlive("keep-alive answer does not match the request")
             self._keepalive_token = None
+            self._keepalive_missed = 0
         elif inner_type == InnerType.REKEY_REQUEST:
             r.end()
             if self._rekey_offer is not None:
@@ -472,9 +477,14 @@ class Transport:
             return
         if self._keepalive_due is not None and now >= self._keepalive_due:
             if self._keepalive_token is not None:
-                raise KeepAliveExpired("peer did not answer the keep-alive")
-            self._keepalive_token = self._rng(8)
-            self.send(InnerType.KEEPALIVE_REQUEST, self._keepalive_token)
+                # Still the one request outstanding: no second one (its answer would not
+                # match), only the count of intervals it has gone unanswered.
+                self._keepalive_missed += 1
+                if self._keepalive_missed >= self._settings.keepalive_count_max:
+                    raise KeepAliveExpired("peer did not answer the keep-alive")
+            else:
+                self._keepalive_token = self._rng(8)
+                self.send(InnerType.KEEPALIVE_REQUEST, self._keepalive_token)
             interval = self._settings.keepalive_interval
             assert interval is not None
             self._keepalive_due = now + interval
