@@ -196,7 +196,8 @@ class ServerConfig:
     allow_obscure: bool = True
     obscure_min_interval_ms: int = 10
     step_timeout: float = 30.0
-    keepalive_interval: float = 300.0
+    keepalive_interval: float | None = 300.0
+    keepalive_count_max: int = 1
     rekey_bytes: int = 1 << 30
     rekey_interval: float = 3600.0
     #: MaxStartups start:rate:full; ``max_startups`` is ``full``.
@@ -281,6 +282,7 @@ class ServerConfig:
         """Keep-alive and rekey budgets: the same in every process a connection passes
         through (the pre-auth process and the user's process after the handoff)."""
         return TransportSettings(keepalive_interval=self.keepalive_interval,
+                                 keepalive_count_max=self.keepalive_count_max,
                                  rekey_bytes=self.rekey_bytes,
                                  rekey_interval=self.rekey_interval)
 
@@ -665,6 +667,10 @@ def _apply(config: ServerConfig, keyword: str, values: list[str], where: str,
         config.step_timeout = _number(value, where, 1, 600)
     elif keyword == "keepaliveinterval":
         config.keepalive_interval = _number(value, where, 1, 86400)
+    elif keyword == "clientaliveinterval":  # sshd's name; 0 turns the keep-alive off
+        config.keepalive_interval = _number(value, where, 0, 86400) or None
+    elif keyword == "clientalivecountmax":
+        config.keepalive_count_max = int(_number(value, where, 1, 1000))
     elif keyword == "rekeybytes":
         config.rekey_bytes = int(_number(value, where, 1 << 20, 1 << 40))
     elif keyword == "rekeyinterval":
@@ -888,7 +894,9 @@ def dump(config: ServerConfig) -> list[str]:
         "obscurekeystroketiming " + ("no" if not config.allow_obscure
                                      else f"interval:{config.obscure_min_interval_ms}"),
         f"handshaketimeout {_g(config.step_timeout)}",
-        f"keepaliveinterval {_g(config.keepalive_interval)}",
+        f"keepaliveinterval {_g(config.keepalive_interval or 0)}",
+        f"clientaliveinterval {_g(config.keepalive_interval or 0)}",  # sshd -T's name
+        f"clientalivecountmax {config.keepalive_count_max}",
         f"rekeybytes {config.rekey_bytes}",
         f"rekeyinterval {_g(config.rekey_interval)}",
         f"maxstartups {config.max_startups_begin}:{config.max_startups_rate}:"

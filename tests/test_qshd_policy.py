@@ -568,3 +568,19 @@ def test_for_connection_applies_match_blocks_in_order() -> None:
     assert config.for_connection(ConnectionSpec("u", ("wheel",))).force_command == "x"
     assert config.for_connection(ConnectionSpec("u", ("users",))).permit_tty is True
     assert config.permit_tty is True and config.force_command is None
+
+
+def test_sshds_client_alive_keywords_set_the_keep_alive() -> None:
+    """An administrator's sshd_config habit: ClientAliveInterval (0: off) and
+    ClientAliveCountMax reach the transport's keep-alive; -T shows both."""
+    from qshd.config import dump
+    config = parse("ClientAliveInterval 15\nClientAliveCountMax 4\n")
+    settings = config.transport_settings()
+    assert (settings.keepalive_interval, settings.keepalive_count_max) == (15, 4)
+    assert {"keepaliveinterval 15", "clientalivecountmax 4"} <= set(dump(config))
+    off = parse("ClientAliveInterval 0\n")
+    assert off.transport_settings().keepalive_interval is None
+    assert "keepaliveinterval 0" in dump(off)
+    assert parse("KeepAliveInterval 20\n").transport_settings().keepalive_interval == 20
+    with pytest.raises(ConfigError, match="outside"):
+        parse("ClientAliveCountMax 0\n")
