@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,6 +75,57 @@ REFUSED_VALUES = {
     "J": "-J: jump hosts are not supported yet",
     "O": "-O: there is no control master (connection sharing is not implemented)",
 }
+
+
+def _is_tunnel(word: str) -> bool:
+    """``[bind:]port:host:hostport`` by its shape (parsed properly later): three or four
+    fields once bracketed IPv6 addresses are set aside, the last a port number."""
+    fields = re.sub(r"\[[^\]]*\]", "h", word).split(":")
+    return len(fields) in (3, 4) and fields[-1].isdigit() and fields[-3].isdigit()
+
+
+def ssh_dash_T(argv: list[str]) -> list[str]:
+    """ssh's ``-T`` (no pseudo-terminal) takes no value, qsh's ``-T`` takes a tunnel: a -T
+    whose value is not shaped like a tunnel is ssh's, and becomes ``-o RequestTTY=no``, so
+    ``ssh -T git@host`` and ``ssh -qT host cmd`` habits (and scripts) work unchanged. Only
+    the options before the destination and right after it are looked at."""
+    out: list[str] = []
+    i, seen_destination = 0, False
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            break
+        if not word.startswith("-") or word == "-":
+            if seen_destination:
+                break  # the remote command starts here
+            seen_destination = True
+            out.append(word)
+            i += 1
+            continue
+        if word.startswith("--"):
+            out.append(word)
+            i += 1
+            continue
+        flags, pending, took_next = "", word[1:], False
+        while pending:
+            letter, pending = pending[0], pending[1:]
+            if letter not in _VALUE_OPTIONS:
+                flags += letter
+                continue
+            value = pending or (argv[i + 1] if i + 1 < len(argv) else None)
+            if letter == "T" and value is not None and not _is_tunnel(value):
+                out += ([f"-{flags}"] if flags else []) + ["-o", "RequestTTY=no"]
+                flags = ""
+                continue  # what is left of the cluster is more letters
+            out.append(f"-{flags}{letter}{pending}")
+            flags, took_next = "", not pending and i + 1 < len(argv)
+            if took_next:
+                out.append(argv[i + 1])
+            break
+        if flags:
+            out.append(f"-{flags}")
+        i += 2 if took_next else 1
+    return out + argv[i:]
 
 
 def hoist_options(argv: list[str]) -> list[str]:
@@ -317,7 +369,7 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
 def main(argv: list[str] | None = None) -> None:
     harden_process()  # before the first secret: no core, no ptrace (common/crypto/secret.py)
     sanitise_std_fds()
-    args = hoist_options(list(sys.argv[1:] if argv is None else argv))
+    args = hoist_options(ssh_dash_T(list(sys.argv[1:] if argv is None else argv)))
     try:
         status = command.main(args, prog_name="qsh", standalone_mode=False)
     except click.exceptions.Abort:

@@ -45,7 +45,7 @@ from common.client.connect import describe_end, printable
 from common.client.terminal import RawMode
 from common.errors import ErrorCode
 from common.protocol.connection import ConnectionTerminated, not_qsmp
-from qsh.cli import hoist_options, remote_command, split_destination
+from qsh.cli import hoist_options, remote_command, split_destination, ssh_dash_T
 from qsh.escapes import (
     Command,
     CommandLine,
@@ -225,6 +225,24 @@ def test_command_line_shapes() -> None:
     assert hoist_options(["db", "-x"]) == ["-x", "--", "db"]  # click then rejects -x
     assert hoist_options(["--help"]) == ["--help"]
     assert hoist_options(["--", "db", "-t"]) == ["--", "db", "-t"]
+
+
+def test_sshs_dash_T_without_a_tunnel_means_no_pty() -> None:
+    """qsh's -T takes a tunnel; ssh's -T (no pseudo-terminal) takes nothing, and scripts
+    say ``ssh -T git@host`` or ``ssh -qT host cmd``. A -T whose next word is not a tunnel
+    is ssh's: ``-o RequestTTY=no`` (before the fix: "bad forwarding specification")."""
+    assert ssh_dash_T(["-T", "git@github.com"]) == ["-o", "RequestTTY=no", "git@github.com"]
+    assert ssh_dash_T(["-qT", "db", "ls"]) == ["-q", "-o", "RequestTTY=no", "db", "ls"]
+    assert ssh_dash_T(["-Tq", "db"]) == ["-o", "RequestTTY=no", "-q", "db"]
+    assert ssh_dash_T(["-T", "::1"]) == ["-o", "RequestTTY=no", "::1"]
+    for tunnel in (["-T", "8080:localhost:80", "db"], ["-T8080:web:80", "db"],
+                   ["-T", "127.0.0.1:8080:[::1]:80", "db"], ["-vT", "8080:web:80", "db"],
+                   ["-T", "[::1]:8080:web:80", "db"]):
+        assert ssh_dash_T(tunnel) == tunnel
+    # Words of the remote command and values of other options are left alone.
+    assert ssh_dash_T(["db", "grep", "-T", "x"]) == ["db", "grep", "-T", "x"]
+    assert ssh_dash_T(["-l", "-T", "db"]) == ["-l", "-T", "db"]
+    assert ssh_dash_T(["--", "-T", "x"]) == ["--", "-T", "x"]
 
 
 def _pty_pair() -> tuple[int, int]:

@@ -114,6 +114,16 @@ def test_dash_G_prints_the_effective_configuration(tmp_path: Path) -> None:
         assert expected in lines, (expected, lines)
 
 
+def test_sshs_dash_T_is_no_pty_unless_a_tunnel_follows(tmp_path: Path) -> None:
+    result = _run_qsh("-G", "-F", "none", "-qT", "git@web1", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "requesttty no" in result.stdout.splitlines()
+    assert "user git" in result.stdout.splitlines()
+    tunnel = _run_qsh("-G", "-F", "none", "-T", "8080:localhost:80", "web1", home=tmp_path)
+    assert tunnel.returncode == 0, tunnel.stderr
+    assert "requesttty auto" in tunnel.stdout.splitlines()
+
+
 def test_sshs_flags(tmp_path: Path) -> None:
     """Each of ssh's flags is implemented, accepted with a -v line, or refused with why."""
     ok = _run_qsh("-G", "-F", "none", "-a", "-A", "-x", "-X", "-Y", "-k", "-K", "-g", "-y",
