@@ -14,6 +14,19 @@ direction's byte or time budget runs out, its *sender* asks the receiver for a f
 public key, encapsulates to it, sends the ciphertext as the last record under the old key
 and switches; the receiver decapsulates and switches after that record. Sequence numbers
 restart at zero under the new key; the old key objects are dropped.
+
+A requested rekey has a hard limit (the budget protects the *sender's* confidentiality, so
+the sender enforces it): a legitimate peer answers on reading the request, within one round
+trip, and in one round trip we can send no more than the flow-control windows it granted
+(8 MiB a channel by default). So after the request the old key carries at most
+max(rekey_bytes, REKEY_GRACE_BYTES) more application bytes; the message that would pass
+that ends the connection with KEY_EXPIRED. Time is bounded without cutting anyone: once the
+request is REKEY_GRACE_TIME old, application messages wait for the new key (OpenSSH holds
+all data during a key exchange; we hold only once the peer is late), so a peer suspended
+with Ctrl-Z finds its session intact. What waits counts against the same byte limit, which
+also bounds the memory. Control records (keep-alive, chaff, the rekey itself) still use
+the old key: they carry no user data. The receiving side sets no limit on a peer that never
+rekeys its own direction: that budget guards the peer's confidentiality, not ours.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from common.errors import (
     InvalidInput,
     InvalidRequest,
     KeepAliveExpired,
+    KeyExpired,
     RemoteReportedError,
     UsageError,
 )
@@ -46,6 +60,11 @@ MAX_REASON = 1024
 #: A rekey public key travels in pieces of at most this size, so KEMs whose keys exceed one
 #: record (Classic McEliece 8192128: 1.36 MB) can rekey too.
 REKEY_FRAGMENT = 512 * 1024
+#: Application bytes the old key may still carry once a rekey is requested, at least (see
+#: the module docstring): 32 full default windows in flight at the moment of the request.
+REKEY_GRACE_BYTES = 256 * 1024 * 1024
+#: Seconds after the request from which application messages wait for the new key.
+REKEY_GRACE_TIME = 60.0
 
 
 def shutdown_reason(text: str) -> bytes:
@@ -82,6 +101,10 @@ class TransportSettings:
     rekey_bytes: int = 1 << 30
     #: ...or this many seconds, whichever comes first.
     rekey_interval: float = 3600.0
+    #: Once requested, the old key carries at most max(rekey_bytes, this) more bytes.
+    rekey_grace_bytes: int = REKEY_GRACE_BYTES
+    #: Once requested this long ago, application messages wait for the new key.
+    rekey_grace_time: float = REKEY_GRACE_TIME
 
 
 class Shutdown(Exception):
@@ -164,6 +187,10 @@ class Transport:
         self._now = now
         self._tx_key_since = now
         self._rekey_requested = False
+        self._requested_at = now
+        #: Application bytes sealed under the old key since the request, or waiting.
+        self._after_request = 0
+        self._waiting: list[tuple[int, bytes, bytes]] = []
         self._budget_used = 0
         self._offer_parts = bytearray()
         self._rekey_offer: KemPrivateKey | None = None
@@ -301,6 +328,9 @@ class Transport:
     def _emit(self, inner_type: int, head: bytes, payload: bytes | memoryview = b"") -> None:
         if self.closed:
             return
+        if inner_type >= FIRST_UPPER_TYPE and self._rekey_requested and self._rekey_limit(
+                inner_type, head, payload):
+            return
         pad = None
         if self._classes:
             pad = class_padding(INNER_HEADER_SIZE + len(head) + len(payload), self._classes)
@@ -315,11 +345,27 @@ class Transport:
             if not self._rekey_requested and self._budget_used >= self._settings.rekey_bytes:
                 self.request_rekey()
 
+    def _rekey_limit(self, inner_type: int, head: bytes, payload: bytes | memoryview) -> bool:
+        """Our rekey is requested and unanswered: raise KeyExpired past the byte limit, or
+        keep the message for the new key (True) once the request is overdue."""
+        settings = self._settings
+        self._after_request += len(head) + len(payload)
+        if self._after_request > max(settings.rekey_bytes, settings.rekey_grace_bytes):
+            self._waiting.clear()
+            raise KeyExpired("the peer did not answer a rekey request: old key's limit "
+                             "reached")
+        if self._waiting or self._now >= self._requested_at + settings.rekey_grace_time:
+            self._waiting.append((inner_type, head, bytes(payload)))
+            return True
+        return False
+
     def request_rekey(self) -> None:
         """Start a rekey of our transmit direction (also used by tests and by timers)."""
         if self._rekey_requested or self.closed:
             return
         self._rekey_requested = True
+        self._requested_at = self._now
+        self._after_request = 0
         self.send(InnerType.REKEY_REQUEST, b"")
 
     def shutdown(self, reason: str = "") -> None:
@@ -438,6 +484,9 @@ class Transport:
         self._tx_key_since = self._now
         self._budget_used = 0
         self.rekeys_sent += 1
+        waiting, self._waiting = self._waiting, []
+        for message in waiting:  # in order, under the new key
+            self._emit(*message)
 
     def _finish_rx_rekey(self, ciphertext: bytes) -> None:
         if self._rekey_offer is None:
