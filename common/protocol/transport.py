@@ -36,6 +36,7 @@ from enum import IntEnum
 
 from common.crypto import registry
 from common.crypto.rng import Rng
+from common.crypto.secret import scrub
 from common.crypto.suites import KemPrivateKey
 from common.errors import (
     BadKeepAlive,
@@ -52,7 +53,7 @@ from common.protocol.handshake import Established, Role, read_kem_ciphertext
 from common.protocol.negotiation import ObscurePolicy, Suite, check_obscure_answer
 from common.protocol.obscure import EchoMimic, Held, KeystrokeClock, class_padding
 from common.protocol.record import RecordOpener, RecordSealer
-from common.protocol.schedule import LABEL_C2S, LABEL_S2C, DirectionKeys, derive_rekey
+from common.protocol.schedule import LABEL_C2S, LABEL_S2C, DirectionKeys, derive_rekey, wipe
 from common.wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Writer
 
 INNER_HEADER_SIZE = 3
@@ -168,7 +169,7 @@ class Transport:
             self.send(InnerType.OBSCURE, self.suite.obscure.encoded())
 
     def _setup(self, suite: Suite, session_id: bytes, sealer: RecordSealer,
-               opener: RecordOpener, tx_chain: bytes, rx_chain: bytes, role: Role,
+               opener: RecordOpener, tx_chain: bytearray, rx_chain: bytearray, role: Role,
                settings: TransportSettings, rng: Rng, now: float) -> None:
         self.suite = suite
         self.session_id = session_id
@@ -238,10 +239,11 @@ class Transport:
         rx_key, rx_iv = self.opener.key_material()
         return TransportState(
             suite=self.suite, session_id=self.session_id,
-            tx=DirectionState(tx_key, tx_iv, self._tx_chain, self.sealer.sequence,
-                              self.sealer.bytes_sealed),
-            rx=DirectionState(rx_key, rx_iv, self._rx_chain, self.opener.sequence,
-                              self.opener.bytes_opened),
+            # bytes copies for the handoff message (this process stops using the keys).
+            tx=DirectionState(bytes(tx_key), tx_iv, bytes(self._tx_chain),
+                              self.sealer.sequence, self.sealer.bytes_sealed),
+            rx=DirectionState(bytes(rx_key), rx_iv, bytes(self._rx_chain),
+                              self.opener.sequence, self.opener.bytes_opened),
             tx_key_age=max(now - self._tx_key_since, 0.0),
             budget_used=self._budget_used,
             rekeys_sent=self.rekeys_sent, rekeys_received=self.rekeys_received,
@@ -259,15 +261,15 @@ class Transport:
         than the carried delay brings the next request forward, none stops sending them
         (an outstanding request is still matched with its answer)."""
         aead = registry.aead(state.suite.aead)
-        sealer = RecordSealer(aead, DirectionKeys(state.tx.key, state.tx.iv, state.tx.chain),
-                              state.tx.sequence)
+        tx = DirectionKeys.of(state.tx.key, state.tx.iv, state.tx.chain)
+        rx = DirectionKeys.of(state.rx.key, state.rx.iv, state.rx.chain)
+        sealer = RecordSealer(aead, tx, state.tx.sequence)
         sealer.bytes_sealed = state.tx.byte_count
-        opener = RecordOpener(aead, DirectionKeys(state.rx.key, state.rx.iv, state.rx.chain),
-                              state.rx.sequence)
+        opener = RecordOpener(aead, rx, state.rx.sequence)
         opener.bytes_opened = state.rx.byte_count
         transport = cls.__new__(cls)
-        transport._setup(state.suite, state.session_id, sealer, opener, state.tx.chain,
-                         state.rx.chain, role, settings, rng, now)
+        transport._setup(state.suite, state.session_id, sealer, opener, tx.chain,
+                         rx.chain, role, settings, rng, now)
         transport._tx_key_since = now - state.tx_key_age
         transport._budget_used = state.budget_used
         transport.rekeys_sent = state.rekeys_sent
@@ -477,6 +479,8 @@ class Transport:
         # The last record under the old key carries the ciphertext.
         self.send(InnerType.REKEY, Writer().vbytes(ciphertext).getvalue())
         keys = derive_rekey(secret, self._tx_chain, self._tx_label)
+        scrub(secret)
+        wipe(self._tx_chain)  # the old chain: the new keys cannot lead back to it
         self.sealer.wipe()
         self.sealer = RecordSealer(self._aead, keys)
         self._tx_chain = keys.chain
@@ -494,6 +498,8 @@ class Transport:
         secret = self._rekey_offer.decapsulate(ciphertext)
         self._rekey_offer = None
         keys = derive_rekey(secret, self._rx_chain, self._rx_label)
+        scrub(secret)
+        wipe(self._rx_chain)
         self.opener.wipe()
         self.opener = RecordOpener(self._aead, keys)
         self._rx_chain = keys.chain
