@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
+import sys
+from pathlib import Path
 
 import pytest
 from helpers import (
@@ -666,3 +669,57 @@ def test_application_data_waits_once_the_request_is_overdue() -> None:
     client.mux.send_data(cid, b"after")
     pump(client, server, later + 3600)
     assert received(server) == b"after"
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not sys.platform.startswith("linux"),
+                    reason="a real qshd with a login needs root")
+def test_a_real_qshd_ends_a_client_that_never_answers_its_rekey(tmp_path: Path) -> None:
+    """A real qshd (RekeyBytes 1 MiB) streams 300 MB to a client whose core reads its
+    REKEY_REQUEST and never answers (everything else, window adjusts included, is our
+    client's): the daemon stops between 256 MiB and one record past it, with KEY_EXPIRED,
+    and logs one line without a traceback. Before the fix all 300 MB arrived."""
+    import asyncio
+
+    from test_qshd_processes import config_text, login, prepare, start_qshd, stop_qshd
+
+    from common.aio import ConnectionLost
+    from common.channels.session import encode_exec
+
+    total = 300_000_000
+    prepare(tmp_path)
+    qshd = start_qshd(tmp_path, config_text(tmp_path, "PerSourcePenalties no",
+                                            "RekeyBytes 1048576"))
+
+    async def run() -> tuple[int, object]:
+        client = await login(qshd)
+        _deaf_to_rekey(client.core)
+        channel = await client.open_channel("session")
+        assert await channel.request("exec", encode_exec(f"head -c {total} /dev/zero")) == (
+            True, b"")
+        channel.write_eof()
+        received = 0
+        try:
+            while data := await channel.read(1 << 20):
+                received += len(data)
+        except ConnectionLost:
+            pass
+        try:  # before the fix the stream ended and the connection stayed up
+            await asyncio.wait_for(client.wait_closed(), 5)
+        except TimeoutError:
+            client.abort()
+            return received, None
+        return received, client.terminated
+
+    try:
+        received, term = asyncio.run(asyncio.wait_for(run(), 60))
+    finally:
+        stop_qshd(qshd)
+    assert term is not None and term.code == E.KEY_EXPIRED and term.by_peer, term
+    assert REKEY_GRACE_BYTES <= received <= REKEY_GRACE_BYTES + (3 << 20), received
+    log = qshd.log.read_text()
+    assert "Traceback" not in log
+    assert sum("rekey" in line for line in log.splitlines()) == 1, log
