@@ -13,7 +13,8 @@ Rekey (secure-channels seed, QSMP's "each direction keyed by its transmitter"): 
 direction's byte or time budget runs out, its *sender* asks the receiver for a fresh KEM
 public key, encapsulates to it, sends the ciphertext as the last record under the old key
 and switches; the receiver decapsulates and switches after that record. Sequence numbers
-restart at zero under the new key; the old key objects are dropped.
+restart at zero under the new key; the old key and chain value are zeroed, and the KEM
+secret once the new keys are derived.
 
 A requested rekey has a hard limit (the budget protects the *sender's* confidentiality, so
 the sender enforces it): a legitimate peer answers on reading the request, within one round
