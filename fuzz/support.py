@@ -270,6 +270,9 @@ def established(scenario: Scenario, role: Role, settings: TransportSettings
         peer_role = Role.SERVER
 
     def ends(tx: DirectionKeys, rx: DirectionKeys) -> Established:
+        # Copies: a rekey zeroes the keys and chains it replaces, and these are reused.
+        tx = DirectionKeys.of(tx.key, tx.iv, tx.chain)
+        rx = DirectionKeys.of(rx.key, rx.iv, rx.chain)
         return Established(
             suite=suite,
             sealer=RecordSealer(cipher, tx, FIRST_RECORD_SEQUENCE),

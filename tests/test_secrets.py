@@ -637,3 +637,114 @@ def test_a_signal_wipes_every_secret_then_ends_the_process_as_it_would(sig: int)
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+# --------------------------------------------------------------------------- session keys
+
+_SESSION = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from common.crypto import algorithms
+from helpers import established_pair, pump
+
+out = int(sys.argv[2])
+
+def leak(tag, data):  # straight to the pipe: no copy of ours stays behind
+    os.write(out, tag + len(data).to_bytes(2, "big") + data)
+
+# Observe (not change) every KEM shared secret, both ends: the handshake's and each rekey's.
+encapsulate, decapsulate = algorithms.XWing.encapsulate, algorithms._XWingPrivateKey.decapsulate
+def spy_encapsulate(self, public, rng):
+    ciphertext, secret = encapsulate(self, public, rng)
+    leak(b"S", secret)
+    return ciphertext, secret
+def spy_decapsulate(self, ciphertext):
+    secret = decapsulate(self, ciphertext)
+    leak(b"S", secret)
+    return secret
+algorithms.XWing.encapsulate = spy_encapsulate
+algorithms._XWingPrivateKey.decapsulate = spy_decapsulate
+
+client, server = established_pair(client_seed=None, server_seed=None)
+cid = client.mux.open_channel("session")
+pump(client, server)
+for _ in range(3):
+    for conn in (client, server):
+        t = conn.transport
+        leak(b"K", t.sealer.key_material()[0])
+        leak(b"K", t.opener.key_material()[0])
+        leak(b"C", t._tx_chain)
+        leak(b"C", t._rx_chain)
+    for n in range(200):  # traffic under each key, to churn the heap as a session does
+        client.mux.send_data(cid, bytes([n]) * 3000)
+        pump(client, server)
+        server.events_received()
+    client.request_rekey()
+    server.request_rekey()
+    pump(client, server)
+assert client.transport.rekeys_sent == 3 and server.transport.rekeys_sent == 3
+os.write(out, b".")
+time.sleep(60)
+"""
+
+
+def _found_in_memory(pid: int, needles: list[bytes]) -> list[bytes]:
+    """Which of ``needles`` are anywhere in the process's private writable memory."""
+    found: set[bytes] = set()
+    longest = max(len(n) for n in needles)
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            fields = line.split()
+            if not fields[1].startswith("rw") or (len(fields) >= 6 and fields[5].startswith("/")
+                                                  and not fields[5].startswith("[")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            for offset in range(start, end, 8 << 20):
+                try:
+                    mem.seek(offset)
+                    data = mem.read(min((8 << 20) + longest, end - offset))
+                except OSError:
+                    break
+                found.update(n for n in needles if n in data)
+    return [n for n in needles if n in found]
+
+
+@needs_root
+def test_old_session_keys_and_kem_secrets_are_not_in_memory_after_rekeys() -> None:
+    """A real process runs a session (both ends, in memory), with three rekeys of each
+    direction and traffic under every key; root then reads its memory: no KEM shared secret
+    (the handshake's or a rekey's: each is wiped once its keys are derived) and no key or
+    chain value of a replaced key is anywhere. Only the current keys and chains may be
+    (they are in use)."""
+    read, write = os.pipe()
+    child = subprocess.Popen([PYTHON, "-c", _SESSION, str(ROOT / "tests"), str(write)],
+                             pass_fds=(write,), cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.close(write)
+    try:
+        data = b""
+        deadline = time.monotonic() + 60
+        while not data.endswith(b".") and time.monotonic() < deadline:
+            chunk = os.read(read, 65536)
+            if not chunk:
+                break
+            data += chunk
+        assert data.endswith(b"."), (child.poll(), data[-50:])
+        needles: dict[bytes, list[bytes]] = {b"S": [], b"K": [], b"C": []}
+        pos = 0
+        while data[pos:pos + 1] != b".":
+            tag, size = data[pos:pos + 1], int.from_bytes(data[pos + 1:pos + 3], "big")
+            needles[tag].append(data[pos + 3:pos + 3 + size])
+            pos += 3 + size
+        # 1 + 3 rekeys per direction: 4 secrets a direction, each seen at both ends.
+        assert len(needles[b"S"]) == 16 and len(needles[b"K"]) == len(needles[b"C"]) == 12
+        # Keys and chains are recorded before each rekey: all of them have been replaced.
+        gone = needles[b"S"] + needles[b"K"] + needles[b"C"]
+        found = _found_in_memory(child.pid, gone)
+        kinds = {tag.decode(): [i for i, n in enumerate(ns) if n in found]
+                 for tag, ns in needles.items()}
+        assert not found, f"found in memory (S=KEM secret, K=key, C=chain): {kinds}"
+    finally:
+        child.kill()
+        child.wait(10)
+        os.close(read)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
+import sys
+from pathlib import Path
 
 import pytest
 from helpers import (
@@ -25,12 +28,18 @@ from helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.errors import ErrorCode, UsageError
+from common.errors import ErrorCode, KeyExpired, UsageError
 from common.protocol.connection import Connection, ConnectionTerminated
-from common.protocol.mux import ChannelData, ChannelOpenRequest, MuxMessage
+from common.protocol.mux import DEFAULT_WINDOW, ChannelData, ChannelOpenRequest, MuxMessage
 from common.protocol.negotiation import CHAFF_OFF, ChaffPolicy, Offer, ServerPolicy
-from common.protocol.transport import INNER_HEADER_SIZE, InnerType, TransportSettings
-from common.wire import HEADER_SIZE, Flag, Writer
+from common.protocol.transport import (
+    INNER_HEADER_SIZE,
+    REKEY_GRACE_BYTES,
+    REKEY_GRACE_TIME,
+    InnerType,
+    TransportSettings,
+)
+from common.wire import HEADER_SIZE, MAX_RECORD_PAYLOAD, Flag, Writer
 
 E = ErrorCode
 TAG = 16  # both registered AEADs
@@ -474,7 +483,7 @@ def test_server_policy_clamps_chaff() -> None:
     now = NOW
     for _ in range(10):
         timer = client.next_timer()
-        assert timer == pytest.approx(now + 0.5)
+        assert timer is not None and timer == pytest.approx(now + 0.5)
         now = timer
         client.handle_timer(now)
         (record,) = records_of(client)
@@ -572,3 +581,167 @@ def test_handshake_records_are_sealed_too() -> None:
     wire = pump(client, server)
     assert all(b"secret-command" not in p for p in wire.packets())
     assert [p[0] for p in wire.packets(S2C)][-1] == Flag.ESTABLISH_RESPONSE
+
+
+# --------------------------------------------------------------------------- rekey limit
+
+
+def _deaf_to_rekey(conn: Connection) -> None:
+    """Make ``conn`` a peer that reads REKEY_REQUEST and never answers it (a modified
+    peer: everything else it does is ours, unchanged)."""
+    transport = conn.transport
+    assert transport is not None
+    honest = transport._control
+
+    def control(inner_type: int, body: memoryview) -> None:
+        if inner_type != InnerType.REKEY_REQUEST:
+            honest(inner_type, body)
+
+    transport._control = control  # type: ignore[method-assign]
+
+
+def test_unanswered_rekey_ends_at_the_default_byte_limit() -> None:
+    """The security finding: a peer that never answers REKEY_REQUEST had us seal under one
+    key for ever. Now the old key carries at most max(rekey_bytes, 256 MiB) application
+    bytes after the request, and the next message past that ends the connection (its
+    records are what a peer that read nothing would have got; the data is never sealed)."""
+    client, _server = established_pair(
+        client_settings=TransportSettings(rekey_bytes=1 << 20))
+    transport = client.transport
+    assert transport is not None
+    chunk = bytes(MAX_RECORD_PAYLOAD - 64)
+    sent = 0
+    while sent < 1 << 20:  # spend the budget: the request goes out
+        transport.send(0x24, b"", chunk)
+        sent += len(chunk)
+        transport.outgoing.clear()
+    assert transport.rekey_in_progress
+    after, limit = 0, REKEY_GRACE_BYTES  # counted from the message after the request
+    while after + len(chunk) <= limit:
+        transport.send(0x24, b"", chunk)
+        after += len(chunk)
+        transport.outgoing.clear()
+    rest = limit - after
+    transport.send(0x24, b"", bytes(rest))  # exactly at the limit: still allowed
+    assert len(transport.outgoing) == 1
+    transport.outgoing.clear()
+    with pytest.raises(KeyExpired):
+        transport.send(0x24, b"", b"x")
+    assert transport.outgoing == []
+
+
+def test_unanswered_rekey_ends_the_connection_with_key_expired() -> None:
+    settings = TransportSettings(rekey_bytes=4000, rekey_grace_bytes=10_000)
+    client, server, cid, _ = session(client_settings=settings)
+    _deaf_to_rekey(server)
+    data = bytes(range(250)) * 4  # 1000 bytes; a CHANNEL_DATA message is 4 + 1000
+    for _ in range(4):  # 4016 bytes: the request goes out with the fourth
+        client.mux.send_data(cid, data)
+        pump(client, server)
+    assert client.transport is not None and client.transport.rekey_in_progress
+    for _ in range(10_000 // 1004):  # 9 more, 9036 bytes: still under the old key
+        client.mux.send_data(cid, data)
+        pump(client, server)
+        assert client.terminated is None
+    assert received(server) == data * 13
+    client.mux.send_data(cid, data)  # 10040 > 10000: never sealed
+    client.events_received()
+    assert_failed(client, server, E.KEY_EXPIRED)
+
+
+def test_a_peer_that_answers_is_never_cut() -> None:
+    """Full windows in flight when the request goes out, with a byte budget of one window:
+    a peer that answers within its round trip never meets the limit, however often."""
+    client, server, cid, sid = session(
+        client_settings=TransportSettings(rekey_bytes=1 << 20, rekey_grace_bytes=DEFAULT_WINDOW))
+    window = DEFAULT_WINDOW
+    for n in range(4):
+        client.mux.send_data(cid, bytes([n]) * window)
+        pump(client, server)
+        assert len(received(server)) == window
+        server.mux.acknowledge(sid, window)
+        pump(client, server)
+    assert client.terminated is None and server.terminated is None
+    assert client.transport is not None and client.transport.rekeys_sent >= 4
+
+
+def test_application_data_waits_once_the_request_is_overdue() -> None:
+    """Past the grace time, application messages wait for the new key instead of being
+    sealed under the old one (a peer suspended with Ctrl-Z is kept, as OpenSSH keeps a
+    rekeying connection: nothing is cut for time), and go in order once it is there."""
+    settings = TransportSettings(rekey_interval=60.0)
+    client, server, cid, _ = session(client_settings=settings)
+    client.handle_timer(NOW + 60)
+    request = take(client)  # the peer is suspended: it reads nothing yet
+    assert request
+    later = NOW + 60 + REKEY_GRACE_TIME
+    client.note_time(later - 1)
+    client.mux.send_data(cid, b"early")  # within the grace time: sealed under the old key
+    early = take(client)
+    assert early
+    client.note_time(later)
+    client.mux.send_data(cid, b"late")
+    assert take(client) == b""  # waits: nothing more under the old key
+    client.handle_timer(later + 3600)
+    assert client.terminated is None
+    server.receive_data(request + early, later + 3600)  # the peer resumes
+    pump(client, server, later + 3600)
+    assert received(server) == b"earlylate"
+    assert client.transport is not None and client.transport.rekeys_sent == 1
+    client.mux.send_data(cid, b"after")
+    pump(client, server, later + 3600)
+    assert received(server) == b"after"
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not sys.platform.startswith("linux"),
+                    reason="a real qshd with a login needs root")
+def test_a_real_qshd_ends_a_client_that_never_answers_its_rekey(tmp_path: Path) -> None:
+    """A real qshd (RekeyBytes 1 MiB) streams 300 MB to a client whose core reads its
+    REKEY_REQUEST and never answers (everything else, window adjusts included, is our
+    client's): the daemon stops between 256 MiB and one record past it, with KEY_EXPIRED,
+    and logs one line without a traceback. Before the fix all 300 MB arrived."""
+    import asyncio
+
+    from test_qshd_processes import config_text, login, prepare, start_qshd, stop_qshd
+
+    from common.aio import ConnectionLost
+    from common.channels.session import encode_exec
+
+    total = 300_000_000
+    prepare(tmp_path)
+    qshd = start_qshd(tmp_path, config_text(tmp_path, "PerSourcePenalties no",
+                                            "RekeyBytes 1048576"))
+
+    async def run() -> tuple[int, object]:
+        client = await login(qshd)
+        _deaf_to_rekey(client.core)
+        channel = await client.open_channel("session")
+        assert await channel.request("exec", encode_exec(f"head -c {total} /dev/zero")) == (
+            True, b"")
+        channel.write_eof()
+        received = 0
+        try:
+            while data := await channel.read(1 << 20):
+                received += len(data)
+        except ConnectionLost:
+            pass
+        try:  # before the fix the stream ended and the connection stayed up
+            await asyncio.wait_for(client.wait_closed(), 5)
+        except TimeoutError:
+            client.abort()
+            return received, None
+        return received, client.terminated
+
+    try:
+        received, term = asyncio.run(asyncio.wait_for(run(), 60))
+    finally:
+        stop_qshd(qshd)
+    assert term is not None and term.code == E.KEY_EXPIRED and term.by_peer, term
+    assert REKEY_GRACE_BYTES <= received <= REKEY_GRACE_BYTES + (3 << 20), received
+    log = qshd.log.read_text()
+    assert "Traceback" not in log
+    assert sum("rekey" in line for line in log.splitlines()) == 1, log

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from common.crypto import pycryptodome
 from common.crypto.rng import Rng, is_system_rng
+from common.crypto.secret import scrub
 from common.crypto.suites import Aead, AeadContext, Kem, Registry, Signature
 from common.errors import AuthenticationFailure, DecapsulationFailure, InvalidInput, RandomFailure
 
@@ -191,7 +192,13 @@ def _x25519(private: x25519.X25519PrivateKey, public: bytes) -> bytes:
 
 
 def _xwing_combine(ss_m: bytes, ss_x: bytes, ct_x: bytes, pk_x: bytes) -> bytes:
-    return hashlib.sha3_256(ss_m + ss_x + ct_x + pk_x + _XWING_LABEL).digest()
+    """The combined secret; the two partial secrets (fresh objects from the libraries,
+    ours alone) and the hashed input that holds them are zeroed."""
+    data = ss_m + ss_x + ct_x + pk_x + _XWING_LABEL
+    secret = hashlib.sha3_256(data).digest()
+    for part in (data, ss_m, ss_x):
+        scrub(part)
+    return secret
 
 
 class _XWingPrivateKey:
@@ -199,8 +206,11 @@ class _XWingPrivateKey:
 
     def __init__(self, seed: bytes) -> None:
         expanded = hashlib.shake_256(seed).digest(_MLKEM_SEED_SIZE + _X25519_SIZE)
-        self._mlkem = mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:_MLKEM_SEED_SIZE])
-        self._x25519 = x25519.X25519PrivateKey.from_private_bytes(expanded[_MLKEM_SEED_SIZE:])
+        seed_m, seed_x = expanded[:_MLKEM_SEED_SIZE], expanded[_MLKEM_SEED_SIZE:]
+        self._mlkem = mlkem.MLKEM768PrivateKey.from_seed_bytes(seed_m)
+        self._x25519 = x25519.X25519PrivateKey.from_private_bytes(seed_x)
+        for part in (expanded, seed_m, seed_x):  # OpenSSL holds the keys now
+            scrub(part)
         self._pk_x = self._x25519.public_key().public_bytes_raw()
         self._public = self._mlkem.public_key().public_bytes_raw() + self._pk_x
 
@@ -401,11 +411,13 @@ class CgAead:
         self.name = name
         self._factory = factory
 
-    def new(self, key: bytes) -> AeadContext:
+    def new(self, key: bytes | bytearray) -> AeadContext:
         # AESGCM would also take a 16- or 24-byte key; the wire name promises 256 bits.
         if len(key) != self.key_size:
             raise InvalidInput(f"{self.name} key is {len(key)} bytes, not {self.key_size}")
-        return _AeadContext(self._factory(bytes(key)))
+        # Handed over as it is, bytearray included: cryptography copies the key into
+        # OpenSSL's context and keeps no reference, so the caller can zero its buffer.
+        return _AeadContext(self._factory(key))  # type: ignore[arg-type]
 
 
 # --- registration --------------------------------------------------------------------------

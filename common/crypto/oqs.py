@@ -41,6 +41,7 @@ from typing import Any
 
 from common.crypto.algorithms import require_ciphertext_size
 from common.crypto.rng import Rng
+from common.crypto.secret import scrub
 from common.crypto.suites import Kem, Registry, Signature
 from common.errors import DecapsulationFailure, InvalidInput, LocalError
 
@@ -186,6 +187,11 @@ class _OqsKemPrivateKey:
 
     def public_bytes(self) -> bytes:
         return self._public
+
+    def __del__(self) -> None:
+        # The exported private key is a fresh object of ours (an ephemeral key: used for
+        # one handshake or one rekey, then dropped).
+        scrub(self._secret)
 
     def decapsulate(self, ciphertext: bytes) -> bytes:
         # Checked here: liboqs-python zero-pads a short buffer and rejects a long one with

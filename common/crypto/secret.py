@@ -127,11 +127,16 @@ _BYTES_OFFSET = _contents_offset(bytes(range(40, 80)))
 _ASCII_OFFSET = _contents_offset("".join(chr(c) for c in range(40, 80)))
 
 
-def scrub(data: bytes | str) -> None:
+def scrub(data: bytes | bytearray | str) -> None:
     """Zero ``data`` in place: CPython only, for a ``bytes`` or an ASCII ``str`` (a key
     file's text) that the caller made and nobody else holds (a copy of a key a library
-    needed as ``bytes``, a decoded key file). Anything else is left alone: on another
-    interpreter, a str that is not ASCII, the shared empty and one-byte objects."""
+    needed as ``bytes``, a decoded key file, a KEM's shared secret); a ``bytearray`` on
+    any interpreter. Anything else is left alone: on another interpreter, a str that is
+    not ASCII, the shared empty and one-byte objects."""
+    if type(data) is bytearray:
+        if data:
+            ctypes.memset((ctypes.c_char * len(data)).from_buffer(data), 0, len(data))
+        return
     if len(data) < 2:
         return
     if type(data) is bytes and _BYTES_OFFSET is not None:

@@ -75,7 +75,7 @@ class Aead(Protocol):
     nonce_size: int
     tag_size: int
 
-    def new(self, key: bytes) -> AeadContext: ...
+    def new(self, key: bytes | bytearray) -> AeadContext: ...
 
 
 @dataclass(frozen=True)

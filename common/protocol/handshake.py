@@ -42,6 +42,7 @@ from enum import Enum, auto
 from common.accounts.keys import MAX_PUBLIC_BLOB, HostSigner, PublicKey
 from common.crypto import registry
 from common.crypto.rng import SYSTEM_RNG, Rng
+from common.crypto.secret import scrub
 from common.crypto.suites import KemPrivateKey
 from common.errors import (
     ConnectFailure,
@@ -335,8 +336,8 @@ class Established:
     opener: RecordOpener
     session_id: bytes
     host_key: PublicKey
-    tx_chain: bytes
-    rx_chain: bytes
+    tx_chain: bytearray
+    rx_chain: bytearray
 
 
 @dataclass(slots=True)
@@ -483,8 +484,8 @@ class ClientHandshake(_Handshake):
         self._server_ephemeral = b""
         self._sealer: RecordSealer | None = None
         self._opener: RecordOpener | None = None
-        self._tx_chain = b""
-        self._rx_chain = b""
+        self._tx_chain = bytearray()
+        self._rx_chain = bytearray()
         self._kem_key: KemPrivateKey | None = None
         self._mac_key = b""
         self._exchange_request = b""
@@ -572,6 +573,7 @@ class ClientHandshake(_Handshake):
         )
         self._c.transcript.add(packet)
         c2s = derive_direction(secret, self._cookie, self._c.transcript.digest(), LABEL_C2S)
+        scrub(secret)  # the KEM's secret is only ever needed for this derivation
         aead = registry.aead(suite.aead)
         self._sealer = RecordSealer(aead, c2s)
         self._tx_chain = c2s.chain
@@ -584,6 +586,7 @@ class ClientHandshake(_Handshake):
         self._exchange_request = bytes(
             self._send_sealed(self._sealer, Flag.EXCHANGE_REQUEST, plaintext)
         )
+        scrub(plaintext)  # it holds the MAC key
         self._arm(State.AWAIT_EXSTART_RESPONSE, now)
 
     def _on_exstart_response(self, _header: Header, header_bytes: bytes, body: memoryview,
@@ -607,10 +610,12 @@ class ClientHandshake(_Handshake):
             raise HashInvalid("exchange response MAC does not verify")
         secret = self._kem_key.decapsulate(ciphertext)
         self._kem_key = None
+        scrub(self._mac_key)
         self._mac_key = b""
         self._c.transcript.add(header_bytes, body)
         th = self._c.transcript.digest()
         s2c = derive_direction(secret, self._cookie, th, LABEL_S2C)
+        scrub(secret)
         self._opener = RecordOpener(registry.aead(suite.aead), s2c, self._c.rx_seq)
         self._rx_chain = s2c.chain
         assert self._sealer is not None and self.server_key is not None
@@ -682,8 +687,8 @@ class ServerHandshake(_Handshake):
         self._kem_key: KemPrivateKey | None = None
         self._opener: RecordOpener | None = None
         self._sealer: RecordSealer | None = None
-        self._rx_chain = b""
-        self._tx_chain = b""
+        self._rx_chain = bytearray()
+        self._tx_chain = bytearray()
         self._limits: dict[Flag, int] = {}
 
     def start(self, now: float) -> None:
@@ -779,6 +784,7 @@ class ServerHandshake(_Handshake):
         self._kem_key = None
         self._c.transcript.add(header_bytes, body)
         c2s = derive_direction(secret, self._cookie, self._c.transcript.digest(), LABEL_C2S)
+        scrub(secret)
         self._opener = RecordOpener(registry.aead(suite.aead), c2s, self._c.rx_seq)
         self._rx_chain = c2s.chain
         packet = self._send_plain(Flag.EXSTART_RESPONSE, bytes([REMOTE_CONNECTED]))
@@ -805,6 +811,9 @@ class ServerHandshake(_Handshake):
         )
         self._c.transcript.add(packet)
         s2c = derive_direction(secret, self._cookie, self._c.transcript.digest(), LABEL_S2C)
+        scrub(secret)
+        scrub(mac_key)
+        scrub(plaintext)  # it holds the MAC key too
         self._sealer = RecordSealer(registry.aead(suite.aead), s2c)
         self._tx_chain = s2c.chain
         self._arm(State.AWAIT_ESTABLISH_REQUEST, now)

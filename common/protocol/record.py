@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from common.crypto.suites import Aead, AeadContext
 from common.errors import AuthenticationFailure, PacketUnsequenced, UsageError
-from common.protocol.schedule import DirectionKeys
+from common.protocol.schedule import DirectionKeys, wipe
 from common.wire import HEADER, HEADER_SIZE, Header
 
 _IV_MASK_BYTES = 12
@@ -49,13 +49,14 @@ class RecordSealer:
         return out
 
     def wipe(self) -> None:
-        """Drop the key context. Python cannot zero the bytes OpenSSL copied, but the
-        context is freed and nothing here can use the key again."""
+        """Zero our copy of the key and drop the key context (OpenSSL cleanses its own
+        copy when the context is freed); nothing here can use the key again."""
         self._ctx = _DeadContext()
-        self._key = b""
+        wipe(self._key)
+        self._key = bytearray()
         self._iv = 0
 
-    def key_material(self) -> tuple[bytes, bytes]:
+    def key_material(self) -> tuple[bytearray, bytes]:
         """``(key, iv)``, for handing the connection to another process."""
         return _key_material(self._key, self._iv)
 
@@ -91,15 +92,16 @@ class RecordOpener:
 
     def wipe(self) -> None:
         self._ctx = _DeadContext()
-        self._key = b""
+        wipe(self._key)
+        self._key = bytearray()
         self._iv = 0
 
-    def key_material(self) -> tuple[bytes, bytes]:
+    def key_material(self) -> tuple[bytearray, bytes]:
         """``(key, iv)``, for handing the connection to another process."""
         return _key_material(self._key, self._iv)
 
 
-def _key_material(key: bytes, iv: int) -> tuple[bytes, bytes]:
+def _key_material(key: bytearray, iv: int) -> tuple[bytearray, bytes]:
     if not key:
         raise UsageError("record key already wiped")
     return key, iv.to_bytes(_IV_MASK_BYTES, "big")

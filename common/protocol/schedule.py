@@ -9,10 +9,19 @@ transcript hash so that every negotiated setting is bound into every key.
 Each direction gets ``key || iv || chain``: ``key`` and ``iv`` feed the AEAD (nonce = ``iv``
 XOR the record sequence number, as TLS 1.3 does), ``chain`` is carried forward into the
 next rekey so a new key depends on all previous secrets of that direction.
+
+Secrets in memory (SECURITY.md): KMAC runs here on pycryptodome's Keccak core directly,
+not through ``KMAC256``, so that the secret key, the padded key block and the output only
+ever sit in buffers of ours (bytearrays, zeroed by :func:`wipe`) and in Keccak's state,
+which is zeroed before it is freed. ``KMAC256.new`` copies the key into three ``bytes``
+objects and returns the output as ``bytes``, none of which can be wiped. The derived
+``key`` and ``chain`` are bytearrays: the record layer zeroes a key when it is replaced,
+the transport a chain once the next one is derived.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from dataclasses import dataclass
 
@@ -20,7 +29,17 @@ from common.crypto import pycryptodome
 
 pycryptodome.load()
 
-from Crypto.Hash import KMAC256  # noqa: E402  (after choosing the backend)
+# After choosing the backend. The same Keccak code KMAC256 uses (tests/test_vectors.py and
+# test_secrets.py check the result against KMAC256 itself).
+from Crypto.Hash.keccak import _raw_keccak_lib  # noqa: E402
+from Crypto.Util._raw_api import (  # noqa: E402
+    VoidPointer,
+    c_size_t,
+    c_ubyte,
+    c_uint8_ptr,
+)
+
+Buffer = bytes | bytearray | memoryview
 
 KEY_SIZE = 32
 IV_SIZE = 12
@@ -34,13 +53,80 @@ LABEL_S2C = b"s2c"
 
 @dataclass(frozen=True, slots=True)
 class DirectionKeys:
-    key: bytes
+    """One direction's keys. ``key`` and ``chain`` are ours to zero (:func:`wipe`)."""
+
+    key: bytearray
     iv: bytes
-    chain: bytes
+    chain: bytearray
+
+    @classmethod
+    def of(cls, key: Buffer, iv: Buffer, chain: Buffer) -> DirectionKeys:
+        """Keys from elsewhere (a handoff), copied into buffers of ours."""
+        return cls(bytearray(key), bytes(iv), bytearray(chain))
+
+    def wipe(self) -> None:
+        wipe(self.key)
+        wipe(self.chain)
 
 
-def _kmac(key: bytes, data: bytes, custom: bytes, length: int) -> bytes:
-    return KMAC256.new(key=key, data=data, mac_len=length, custom=custom).digest()
+def wipe(buffer: bytearray) -> None:
+    """Zero ``buffer`` in place (it keeps its length)."""
+    ctypes.memset((ctypes.c_char * len(buffer)).from_buffer(buffer), 0, len(buffer))
+
+
+_RATE = 136  # cSHAKE256: 1600 - 2 * 256 bits
+_CSHAKE_PADDING = 0x04
+
+
+def _left_encode(x: int) -> bytes:
+    n = max(1, (x.bit_length() + 7) // 8)
+    return bytes((n,)) + x.to_bytes(n, "big")
+
+
+def _right_encode(x: int) -> bytes:
+    n = max(1, (x.bit_length() + 7) // 8)
+    return x.to_bytes(n, "big") + bytes((n,))
+
+
+def _encode_string(x: bytes) -> bytes:
+    return _left_encode(8 * len(x)) + x
+
+
+def _bytepad(x: bytes) -> bytes:
+    padded = _left_encode(_RATE) + x
+    return padded + bytes(-len(padded) % _RATE)
+
+
+def _kmac(key: Buffer, data: Buffer, custom: bytes, length: int) -> bytearray:
+    """KMAC256 (SP 800-185) of ``data`` under ``key``: ``length`` bytes, in a bytearray.
+    The key is read in place into a padded block of ours, zeroed after absorbing; Keccak's
+    state is zeroed (``keccak_reset``) before it is freed."""
+    key_view = memoryview(key).cast("B")
+    if len(key_view) < 32:
+        raise ValueError("a KMAC256 key is at least 32 bytes")  # as KMAC256.new says
+    head = _left_encode(_RATE) + _left_encode(8 * len(key_view))
+    block = bytearray(-(-(len(head) + len(key_view)) // _RATE) * _RATE)
+    out = bytearray(length)
+    state = VoidPointer()
+    if _raw_keccak_lib.keccak_init(state.address_of(), c_size_t(2 * 32), c_ubyte(24)):
+        raise ValueError("Keccak state could not be made")
+    try:
+        block[:len(head)] = head
+        block[len(head):len(head) + len(key_view)] = key_view
+        trailer = _right_encode(8 * length)
+        for part in (_bytepad(_encode_string(b"KMAC") + _encode_string(custom)), block,
+                     data, trailer):
+            if _raw_keccak_lib.keccak_absorb(state.get(), c_uint8_ptr(part),
+                                             c_size_t(len(part))):
+                raise ValueError("Keccak absorb failed")
+        if _raw_keccak_lib.keccak_squeeze(state.get(), c_uint8_ptr(out), c_size_t(length),
+                                          c_ubyte(_CSHAKE_PADDING)):
+            raise ValueError("Keccak squeeze failed")
+    finally:
+        wipe(block)
+        _raw_keccak_lib.keccak_reset(state.get())
+        _raw_keccak_lib.keccak_destroy(state.get())
+    return out
 
 
 def session_cookie(session_token: bytes, configuration: bytes, verification_key: bytes) -> bytes:
@@ -48,16 +134,18 @@ def session_cookie(session_token: bytes, configuration: bytes, verification_key:
     return hashlib.sha3_256(session_token + configuration + verification_key).digest()
 
 
-def _split(material: bytes) -> DirectionKeys:
-    return DirectionKeys(
+def _split(material: bytearray) -> DirectionKeys:
+    keys = DirectionKeys(
         key=material[:KEY_SIZE],
-        iv=material[KEY_SIZE : KEY_SIZE + IV_SIZE],
+        iv=bytes(material[KEY_SIZE : KEY_SIZE + IV_SIZE]),
         chain=material[KEY_SIZE + IV_SIZE :],
     )
+    wipe(material)
+    return keys
 
 
 def derive_direction(
-    shared_secret: bytes, cookie: bytes, transcript_hash: bytes, label: bytes
+    shared_secret: Buffer, cookie: bytes, transcript_hash: bytes, label: bytes
 ) -> DirectionKeys:
     """Keys for one direction from the KEM secret its *transmitting* host created."""
     material = _kmac(
@@ -69,7 +157,7 @@ def derive_direction(
     return _split(material)
 
 
-def derive_rekey(shared_secret: bytes, chain: bytes, label: bytes) -> DirectionKeys:
+def derive_rekey(shared_secret: Buffer, chain: Buffer, label: bytes) -> DirectionKeys:
     """The next keys of a direction: the fresh KEM secret keys KMAC over the old chain value,
     so the new key needs both, and the old key cannot be recovered from the new."""
     material = _kmac(
@@ -78,9 +166,9 @@ def derive_rekey(shared_secret: bytes, chain: bytes, label: bytes) -> DirectionK
     return _split(material)
 
 
-def exchange_mac(mac_key: bytes, transcript_hash: bytes, ciphertext: bytes) -> bytes:
+def exchange_mac(mac_key: Buffer, transcript_hash: bytes, ciphertext: bytes) -> bytes:
     """``cc = M_mk(cpta)`` (spec 7.6), with the transcript added so the MAC is session-bound."""
-    return _kmac(mac_key, transcript_hash + ciphertext, b"qsh exchange mac", HASH_SIZE)
+    return bytes(_kmac(mac_key, transcript_hash + ciphertext, b"qsh exchange mac", HASH_SIZE))
 
 
 def signed_data(transcript_hash: bytes) -> bytes:

@@ -13,7 +13,21 @@ Rekey (secure-channels seed, QSMP's "each direction keyed by its transmitter"): 
 direction's byte or time budget runs out, its *sender* asks the receiver for a fresh KEM
 public key, encapsulates to it, sends the ciphertext as the last record under the old key
 and switches; the receiver decapsulates and switches after that record. Sequence numbers
-restart at zero under the new key; the old key objects are dropped.
+restart at zero under the new key; the old key and chain value are zeroed, and the KEM
+secret once the new keys are derived.
+
+A requested rekey has a hard limit (the budget protects the *sender's* confidentiality, so
+the sender enforces it): a legitimate peer answers on reading the request, within one round
+trip, and in one round trip we can send no more than the flow-control windows it granted
+(8 MiB a channel by default). So after the request the old key carries at most
+max(rekey_bytes, REKEY_GRACE_BYTES) more application bytes; the message that would pass
+that ends the connection with KEY_EXPIRED. Time is bounded without cutting anyone: once the
+request is REKEY_GRACE_TIME old, application messages wait for the new key (OpenSSH holds
+all data during a key exchange; we hold only once the peer is late), so a peer suspended
+with Ctrl-Z finds its session intact. What waits counts against the same byte limit, which
+also bounds the memory. Control records (keep-alive, chaff, the rekey itself) still use
+the old key: they carry no user data. The receiving side sets no limit on a peer that never
+rekeys its own direction: that budget guards the peer's confidentiality, not ours.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ from enum import IntEnum
 
 from common.crypto import registry
 from common.crypto.rng import Rng
+from common.crypto.secret import scrub
 from common.crypto.suites import KemPrivateKey
 from common.errors import (
     BadKeepAlive,
@@ -30,6 +45,7 @@ from common.errors import (
     InvalidInput,
     InvalidRequest,
     KeepAliveExpired,
+    KeyExpired,
     RemoteReportedError,
     UsageError,
 )
@@ -38,7 +54,7 @@ from common.protocol.handshake import Established, Role, read_kem_ciphertext
 from common.protocol.negotiation import ObscurePolicy, Suite, check_obscure_answer
 from common.protocol.obscure import EchoMimic, Held, KeystrokeClock, class_padding
 from common.protocol.record import RecordOpener, RecordSealer
-from common.protocol.schedule import LABEL_C2S, LABEL_S2C, DirectionKeys, derive_rekey
+from common.protocol.schedule import LABEL_C2S, LABEL_S2C, DirectionKeys, derive_rekey, wipe
 from common.wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Writer
 
 INNER_HEADER_SIZE = 3
@@ -46,6 +62,11 @@ MAX_REASON = 1024
 #: A rekey public key travels in pieces of at most this size, so KEMs whose keys exceed one
 #: record (Classic McEliece 8192128: 1.36 MB) can rekey too.
 REKEY_FRAGMENT = 512 * 1024
+#: Application bytes the old key may still carry once a rekey is requested, at least (see
+#: the module docstring): 32 full default windows in flight at the moment of the request.
+REKEY_GRACE_BYTES = 256 * 1024 * 1024
+#: Seconds after the request from which application messages wait for the new key.
+REKEY_GRACE_TIME = 60.0
 
 
 def shutdown_reason(text: str) -> bytes:
@@ -85,6 +106,10 @@ class TransportSettings:
     rekey_bytes: int = 1 << 30
     #: ...or this many seconds, whichever comes first.
     rekey_interval: float = 3600.0
+    #: Once requested, the old key carries at most max(rekey_bytes, this) more bytes.
+    rekey_grace_bytes: int = REKEY_GRACE_BYTES
+    #: Once requested this long ago, application messages wait for the new key.
+    rekey_grace_time: float = REKEY_GRACE_TIME
 
 
 class Shutdown(Exception):
@@ -148,7 +173,7 @@ class Transport:
             self.send(InnerType.OBSCURE, self.suite.obscure.encoded())
 
     def _setup(self, suite: Suite, session_id: bytes, sealer: RecordSealer,
-               opener: RecordOpener, tx_chain: bytes, rx_chain: bytes, role: Role,
+               opener: RecordOpener, tx_chain: bytearray, rx_chain: bytearray, role: Role,
                settings: TransportSettings, rng: Rng, now: float) -> None:
         self.suite = suite
         self.session_id = session_id
@@ -167,6 +192,10 @@ class Transport:
         self._now = now
         self._tx_key_since = now
         self._rekey_requested = False
+        self._requested_at = now
+        #: Application bytes sealed under the old key since the request, or waiting.
+        self._after_request = 0
+        self._waiting: list[tuple[int, bytes, bytes]] = []
         self._budget_used = 0
         self._offer_parts = bytearray()
         self._rekey_offer: KemPrivateKey | None = None
@@ -215,10 +244,11 @@ class Transport:
         rx_key, rx_iv = self.opener.key_material()
         return TransportState(
             suite=self.suite, session_id=self.session_id,
-            tx=DirectionState(tx_key, tx_iv, self._tx_chain, self.sealer.sequence,
-                              self.sealer.bytes_sealed),
-            rx=DirectionState(rx_key, rx_iv, self._rx_chain, self.opener.sequence,
-                              self.opener.bytes_opened),
+            # bytes copies for the handoff message (this process stops using the keys).
+            tx=DirectionState(bytes(tx_key), tx_iv, bytes(self._tx_chain),
+                              self.sealer.sequence, self.sealer.bytes_sealed),
+            rx=DirectionState(bytes(rx_key), rx_iv, bytes(self._rx_chain),
+                              self.opener.sequence, self.opener.bytes_opened),
             tx_key_age=max(now - self._tx_key_since, 0.0),
             budget_used=self._budget_used,
             rekeys_sent=self.rekeys_sent, rekeys_received=self.rekeys_received,
@@ -236,15 +266,15 @@ class Transport:
         than the carried delay brings the next request forward, none stops sending them
         (an outstanding request is still matched with its answer)."""
         aead = registry.aead(state.suite.aead)
-        sealer = RecordSealer(aead, DirectionKeys(state.tx.key, state.tx.iv, state.tx.chain),
-                              state.tx.sequence)
+        tx = DirectionKeys.of(state.tx.key, state.tx.iv, state.tx.chain)
+        rx = DirectionKeys.of(state.rx.key, state.rx.iv, state.rx.chain)
+        sealer = RecordSealer(aead, tx, state.tx.sequence)
         sealer.bytes_sealed = state.tx.byte_count
-        opener = RecordOpener(aead, DirectionKeys(state.rx.key, state.rx.iv, state.rx.chain),
-                              state.rx.sequence)
+        opener = RecordOpener(aead, rx, state.rx.sequence)
         opener.bytes_opened = state.rx.byte_count
         transport = cls.__new__(cls)
-        transport._setup(state.suite, state.session_id, sealer, opener, state.tx.chain,
-                         state.rx.chain, role, settings, rng, now)
+        transport._setup(state.suite, state.session_id, sealer, opener, tx.chain,
+                         rx.chain, role, settings, rng, now)
         transport._tx_key_since = now - state.tx_key_age
         transport._budget_used = state.budget_used
         transport.rekeys_sent = state.rekeys_sent
@@ -305,6 +335,9 @@ class Transport:
     def _emit(self, inner_type: int, head: bytes, payload: bytes | memoryview = b"") -> None:
         if self.closed:
             return
+        if inner_type >= FIRST_UPPER_TYPE and self._rekey_requested and self._rekey_limit(
+                inner_type, head, payload):
+            return
         pad = None
         if self._classes:
             pad = class_padding(INNER_HEADER_SIZE + len(head) + len(payload), self._classes)
@@ -319,11 +352,27 @@ class Transport:
             if not self._rekey_requested and self._budget_used >= self._settings.rekey_bytes:
                 self.request_rekey()
 
+    def _rekey_limit(self, inner_type: int, head: bytes, payload: bytes | memoryview) -> bool:
+        """Our rekey is requested and unanswered: raise KeyExpired past the byte limit, or
+        keep the message for the new key (True) once the request is overdue."""
+        settings = self._settings
+        self._after_request += len(head) + len(payload)
+        if self._after_request > max(settings.rekey_bytes, settings.rekey_grace_bytes):
+            self._waiting.clear()
+            raise KeyExpired("the peer did not answer a rekey request: old key's limit "
+                             "reached")
+        if self._waiting or self._now >= self._requested_at + settings.rekey_grace_time:
+            self._waiting.append((inner_type, head, bytes(payload)))
+            return True
+        return False
+
     def request_rekey(self) -> None:
         """Start a rekey of our transmit direction (also used by tests and by timers)."""
         if self._rekey_requested or self.closed:
             return
         self._rekey_requested = True
+        self._requested_at = self._now
+        self._after_request = 0
         self.send(InnerType.REKEY_REQUEST, b"")
 
     def shutdown(self, reason: str = "") -> None:
@@ -436,6 +485,8 @@ class Transport:
         # The last record under the old key carries the ciphertext.
         self.send(InnerType.REKEY, Writer().vbytes(ciphertext).getvalue())
         keys = derive_rekey(secret, self._tx_chain, self._tx_label)
+        scrub(secret)
+        wipe(self._tx_chain)  # the old chain: the new keys cannot lead back to it
         self.sealer.wipe()
         self.sealer = RecordSealer(self._aead, keys)
         self._tx_chain = keys.chain
@@ -443,6 +494,9 @@ class Transport:
         self._tx_key_since = self._now
         self._budget_used = 0
         self.rekeys_sent += 1
+        waiting, self._waiting = self._waiting, []
+        for message in waiting:  # in order, under the new key
+            self._emit(*message)
 
     def _finish_rx_rekey(self, ciphertext: bytes) -> None:
         if self._rekey_offer is None:
@@ -450,6 +504,8 @@ class Transport:
         secret = self._rekey_offer.decapsulate(ciphertext)
         self._rekey_offer = None
         keys = derive_rekey(secret, self._rx_chain, self._rx_label)
+        scrub(secret)
+        wipe(self._rx_chain)
         self.opener.wipe()
         self.opener = RecordOpener(self._aead, keys)
         self._rx_chain = keys.chain
