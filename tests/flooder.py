@@ -84,7 +84,13 @@ def main() -> None:
     port, key_file, seconds = int(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
     kind = sys.argv[4] if len(sys.argv) > 4 else "keepalive"
     trusted = PublicKey.load(key_file)[0]
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A small, fixed receive buffer: with the kernel's autotuning (tcp_rmem's maximum is
+    # 32 MiB on some machines) the server's replies could all fit in it on a loaded machine,
+    # where the server answers slowly, and never back up to where the read gate looks.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
     core = handshake(sock, trusted)
     print("established", flush=True)
     sent, blocked = flood(sock, core, seconds, kind)

@@ -437,6 +437,13 @@ def test_server_stops_reading_a_peer_that_asks_for_replies_and_never_reads(
             try:
                 assert (await flooder.stdout.readline()).strip() == b"established"
                 [peer] = server.connections
+                # Small kernel buffers at both ends (the flooder's receive buffer is fixed
+                # too): on a loaded machine the server answers slowly, and with autotuned
+                # buffers of several MiB every reply could fit in the kernel's, never
+                # reaching the gate; this is about the gate, not about the kernel's buffers.
+                sock = peer.transport.get_extra_info("socket") if peer.transport else None
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
                 most, paused_at = 0, None
                 # Until the pause, with time to spare on a loaded machine (the flood is a
                 # process of its own that must be scheduled), then a moment longer to see
