@@ -314,3 +314,37 @@ def test_qcp_through_a_jump_host(env: Env) -> None:
     assert result.returncode == 0, result.stderr
     assert target.read_bytes() == source.read_bytes()
     assert env.hop1.logins() == before + 2
+
+
+# --------------------------------------------------------------------------- no daemon
+
+
+def test_jump_specs_are_parsed_and_checked() -> None:
+    from common.client.proxy import Hop, parse_jump
+
+    assert parse_jump("alice@bastion:2200,ssh://inner/,[::1]:22,10.0.0.1") == (
+        Hop("alice", "bastion", 2200), Hop(None, "inner", None), Hop(None, "::1", 22),
+        Hop(None, "10.0.0.1", None))
+    # Nothing that the hop's qsh could read as an option, or a shell as syntax.
+    for bad in ("-oProxyCommand=x", "a;b", "u$(x)@h", "h:0", "h:99999", "[::1", "h p", ""):
+        with pytest.raises(ValueError):
+            parse_jump(bad)
+
+
+def test_proxy_command_tokens(tmp_path: Path) -> None:
+    from common.client.config import resolve
+    from common.client.proxy import jump_command, proxy_command
+
+    cfg = resolve("alias", path=Path("none"),
+                  options=["HostName=10.1.2.3", "Port=2200", "User=bob",
+                           "ProxyCommand=relay %h %p %r %n 100%%"])
+    assert proxy_command(cfg, 0) == "relay 10.1.2.3 2200 bob alias 100%"
+    shady = resolve("x;reboot", path=Path("none"), options=["ProxyCommand=nc %h %p"])
+    with pytest.raises(ValueError, match="shell"):
+        proxy_command(shady, 0)
+    # ssh's construction: the last hop runs -W, the earlier ones are its -J; -F and -v pass.
+    config = tmp_path / "config"
+    config.write_text("Host target\n  ProxyJump a@first:1,b@second:2\n")
+    command = jump_command(resolve("target", path=config), 2)
+    assert command.endswith(f" -l b -p 2 -J a@first:1 -F {config} -vv "
+                            "-W '[%h]:%p' second"), command
