@@ -36,9 +36,13 @@ LOCAL = "127.0.0.1"
 
 #: A relay for ProxyCommand: connects to argv[1]:argv[2], copies both ways, and writes
 #: "host port up down" (bytes each way) to argv[3] when done: proof the bytes went through.
+#: With argv[4], it writes its pid there and lingers after the end (a proxy to be killed).
 RELAY = r"""
 import os, socket, sys, threading
 host, port, record = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if len(sys.argv) > 4:
+    with open(sys.argv[4], "w") as f:
+        f.write(str(os.getpid()))
 s = socket.create_connection((host, port))
 counts = [0, 0]
 def up():
@@ -50,6 +54,9 @@ while data := s.recv(65536):
     os.write(1, data); counts[1] += len(data)
 with open(record, "w") as f:
     f.write(f"{host} {port} {counts[0]} {counts[1]}")
+if len(sys.argv) > 4:  # "linger": a proxy that does not end at EOF, to be killed
+    import time
+    time.sleep(60)
 """
 
 
@@ -211,6 +218,26 @@ def test_proxy_command_relays_the_connection(env: Env) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"direct\n"
     assert not record.exists()
+
+
+def test_proxy_that_lingers_is_killed(env: Env) -> None:
+    """A proxy that outlives its connection (it ignores EOF) is signalled and reaped when the
+    connection ends, within the grace period: no process is left behind."""
+    relay = env.base / "relay.py"
+    relay.write_text(RELAY)
+    record, pid_file = env.base / "linger-record", env.base / "linger-pid"
+    proxy = (f"{shlex.quote(PYTHON)} {shlex.quote(str(relay))} %h %p "
+             f"{shlex.quote(str(record))} {shlex.quote(str(pid_file))}")
+    started = time.monotonic()
+    result = env.run("-o", f"ProxyCommand={proxy}", "-p", str(env.final.port),
+                     f"{env.user}@{LOCAL}", "echo lingered")
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"lingered\n"
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert took < 30, took  # the grace and the kill, not the relay's 60 s
 
 
 def test_proxy_command_that_exits_is_one_line(env: Env) -> None:
