@@ -4,9 +4,10 @@ the ProxyCommand of the next hop).
 
 No session channel and no pty: after login one channel is opened to host:port from the
 server (its AllowTcpForwarding/PermitOpen policy decides, as for ``-L``); stdin goes into
-the channel and the channel to stdout, EOF each way becomes EOF the other way (a socket on
-stdout is shut down for writing, anything else closed). qsh exits 0 once the channel has
-closed (the far end is done), 255 with one line when the server refuses the channel or the
+the channel and the channel to stdout, EOF from stdin becomes the channel's EOF, and the
+channel's EOF closes stdout (a socket is shut down for writing, anything else closed) and
+stops reading stdin, as ssh does. qsh exits 0 once the channel has closed (the far end is
+done), 255 with one line when the server refuses the channel or the
 connection is lost.
 """
 
@@ -65,10 +66,18 @@ async def forward_stdio(cfg: ClientConfig, ui: Ui, host: str, port: int) -> int:
 
 
 async def _forward(channel: aio.Channel, ui: Ui) -> None:
-    """Until the channel has closed; the stdin pump is dropped then (nobody to send to)."""
+    """Until the channel has closed. The far end's EOF ends stdin's side too (ssh's
+    "force drain" of its stdio forward): nothing more is read from stdin, our EOF goes out
+    and the channel closes, so ``qsh -W`` ends when the far end does even if its stdin
+    stays open (a jump's parent holds it open until it sees the end)."""
     up = asyncio.ensure_future(_stdin_to_channel(channel, ui))
     try:
         await _channel_to_stdout(channel, ui)
+        if not up.done():
+            up.cancel()
+            await asyncio.gather(up, return_exceptions=True)
+            with contextlib.suppress(aio.ChannelClosedError, aio.ConnectionLost):
+                channel.write_eof()
         await channel.wait_closed()
         if channel.lost is not None:
             raise channel.lost

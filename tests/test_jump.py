@@ -15,6 +15,7 @@ import os
 import pwd
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -163,6 +164,35 @@ def test_stdio_forward_to_echo_server(env: Env, echo_server: TcpServer) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == payload
     assert result.stderr == b""
+
+
+def banner(conn: socket.socket) -> None:
+    conn.sendall(b"hello\n")
+
+
+def test_stdio_forward_ends_when_the_far_end_does(env: Env) -> None:
+    """The destination says its piece and closes while stdin stays open: qsh -W ends (0)
+    with the output, as ssh -W does, instead of waiting for an EOF on stdin."""
+    server = TcpServer(banner)
+    try:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "qsh", "-W", f"{LOCAL}:{server.port}", "-p", str(env.hop1.port),
+             f"{env.user}@{LOCAL}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=ROOT, env=_client_env(env.home), start_new_session=True)
+        try:
+            status = process.wait(timeout=30)
+            assert process.stdout is not None and process.stderr is not None
+            assert status == 0, process.stderr.read()
+            assert process.stdout.read() == b"hello\n"
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    stream.close()
+    finally:
+        server.close()
 
 
 def test_stdio_forward_bracketed_destination(env: Env, echo_server: TcpServer) -> None:
