@@ -405,3 +405,17 @@ def test_proxy_command_tokens(tmp_path: Path) -> None:
     command = jump_command(resolve("target", path=config), 2)
     assert command.endswith(f" -l b -p 2 -J a@first:1 -F {config} -vv "
                             "-W '[%h]:%p' second"), command
+
+
+def test_proxies_do_not_nest_without_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ProxyJump under ``Host *`` matches the jump host too: each hop's qsh would start
+    another one. The depth travels in the environment and stops the chain."""
+    from common.client.config import resolve
+    from common.client.proxy import MAX_NESTING, NESTING_VARIABLE, proxy_command
+
+    cfg = resolve("target", path=Path("none"), options=["ProxyJump=bastion"])
+    monkeypatch.setenv(NESTING_VARIABLE, str(MAX_NESTING - 1))
+    assert proxy_command(cfg, 0) is not None
+    monkeypatch.setenv(NESTING_VARIABLE, str(MAX_NESTING))
+    with pytest.raises(ValueError, match="reaches itself"):
+        proxy_command(cfg, 0)

@@ -29,6 +29,7 @@ file names a ProxyJump, and nothing else is paid by runs that use no proxy.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shlex
 import sys
@@ -51,6 +52,11 @@ KILL_GRACE = 1.0
 EXIT_WAIT = 1.0
 #: Hops one ProxyJump may list (each is a process and a connection).
 MAX_HOPS = 16
+#: Proxies started by proxies, at most: a ProxyJump under ``Host *`` that also matches the
+#: jump host itself would otherwise start qsh after qsh without end. Counted in the
+#: environment each proxy inherits.
+MAX_NESTING = 16
+NESTING_VARIABLE = "QSH_PROXY_DEPTH"
 #: What may stand for %h, %n and %r in a command given to a shell.
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9_.:@%+=,-]+")
 _USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.+-]*")
@@ -125,7 +131,7 @@ def jump_command(cfg: ClientConfig, verbosity: int) -> str:
     if verbosity:
         words.append("-" + "v" * min(verbosity, 3))
     quoted = " ".join(shlex.quote(word).replace("%", "%%") for word in words)
-    return f"{quoted} -W '[%h]:%p' {shlex.quote(last.host)}"
+    return f"{quoted} -W '[%h]:%p' {shlex.quote(last.host).replace('%', '%%')}"
 
 
 def expand(command: str, cfg: ClientConfig) -> str:
@@ -144,8 +150,19 @@ def expand(command: str, cfg: ClientConfig) -> str:
     return re.sub(r"%(.?)", token, command)
 
 
+def nesting() -> int:
+    """How many proxies run this one (0: started by hand)."""
+    text = os.environ.get(NESTING_VARIABLE, "")
+    return int(text) if text.isdigit() and len(text) < 4 else 0
+
+
 def proxy_command(cfg: ClientConfig, verbosity: int) -> str | None:
     """The command to run (tokens expanded), or None for a direct connection."""
+    if (cfg.proxy_jump is not None or cfg.proxy_command is not None) and (
+            nesting() >= MAX_NESTING):
+        raise ValueError(f"{nesting()} proxies deep: a ProxyJump or ProxyCommand that "
+                         "reaches itself? (give the jump host's own Host block "
+                         "ProxyJump none)")
     if cfg.proxy_jump is not None:
         return expand(jump_command(cfg, verbosity), cfg)
     if cfg.proxy_command is not None:
@@ -173,7 +190,8 @@ class Proxy:
             # exec: the shell becomes the proxy, so the pid we signal is the proxy's.
             process = await asyncio.create_subprocess_exec(
                 "/bin/sh", "-c", f"exec {command}", stdin=theirs.fileno(),
-                stdout=theirs.fileno(), stderr=None)
+                stdout=theirs.fileno(), stderr=None,
+                env={**os.environ, NESTING_VARIABLE: str(nesting() + 1)})
         except BaseException:
             ours.close()
             raise
