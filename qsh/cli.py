@@ -253,6 +253,19 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
     if print_config:
         click.echo("\n".join(dump(cfg)))
         return 0
+    stdio: tuple[str, int] | None = None
+    if stdio_forward is not None:  # ssh -W: no session, no pty, no tunnels, no -f
+        from common.client.proxy import split_host_port
+
+        if command or local_forwards or remote_forwards or dynamic_forwards or background:
+            raise click.UsageError("-W takes no command, tunnel or -f")
+        try:
+            stdio_host, stdio_port = split_host_port(stdio_forward, "-W")
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        if stdio_port is None:
+            raise click.UsageError(f"-W {stdio_forward}: host:port expected")
+        stdio, cfg.forwards = (stdio_host, stdio_port), []
     stdin_null = stdin_null or cfg.stdin_null
     background = background or cfg.fork_after_authentication
     no_command = no_command or cfg.session_type == "none"
@@ -273,19 +286,6 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
         cfg.exit_on_forward_failure = bool(given)
     if no_command and command:
         raise click.UsageError("-N takes no command")
-    stdio: tuple[str, int] | None = None
-    if stdio_forward is not None:  # ssh -W: no session, no pty, no tunnels
-        from common.client.proxy import split_host_port
-
-        if command or given or background:
-            raise click.UsageError("-W takes no command, tunnel or -f")
-        try:
-            stdio_host, stdio_port = split_host_port(stdio_forward, "-W")
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-        if stdio_port is None:
-            raise click.UsageError(f"-W {stdio_forward}: host:port expected")
-        stdio, cfg.forwards = (stdio_host, stdio_port), []
     if inet4 or inet6:  # the last of -4 and -6 wins in ssh; both is a contradiction here
         if inet4 and inet6:
             raise click.UsageError("-4 and -6 cannot be used together")

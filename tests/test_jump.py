@@ -196,8 +196,12 @@ def test_stdio_forward_ends_when_the_far_end_does(env: Env) -> None:
 
 
 def test_stdio_forward_bracketed_destination(env: Env, echo_server: TcpServer) -> None:
-    result = env.run("-W", f"[{LOCAL}]:{echo_server.port}", "-p", str(env.hop1.port),
-                     f"{env.user}@{LOCAL}", input=b"ping")
+    """``[host]:port`` (what a jump host is given), and the config's session settings do
+    not apply to -W: no RemoteCommand, no going to the background."""
+    config = env.base / "stdio_config"
+    config.write_text("Host *\n  RemoteCommand echo not-this\n  ForkAfterAuthentication yes\n")
+    result = env.run("-F", str(config), "-W", f"[{LOCAL}]:{echo_server.port}",
+                     "-p", str(env.hop1.port), f"{env.user}@{LOCAL}", input=b"ping")
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"ping"
 
