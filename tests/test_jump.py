@@ -254,6 +254,33 @@ def test_proxy_command_relays_the_connection(env: Env) -> None:
     assert not record.exists()
 
 
+def test_host_key_alias_names_the_key_through_a_proxy(env: Env) -> None:
+    """HostKeyAlias: the known_hosts entry is looked up (and recorded) under the alias,
+    without the port, as ssh does; the usual companion of a ProxyCommand."""
+    relay = env.base / "relay.py"
+    relay.write_text(RELAY)
+    proxy = (f"{shlex.quote(PYTHON)} {shlex.quote(str(relay))} %h %p "
+             f"{shlex.quote(str(env.base / 'alias-record'))}")
+    known = env.base / "alias_known_hosts"
+    known.unlink(missing_ok=True)
+    KnownHosts.load(known).add("finalbox", 2022, env.final.key.public)
+    common = ["-o", f"ProxyCommand={proxy}", "-o", f"UserKnownHostsFile={known}",
+              "-o", "StrictHostKeyChecking=yes", "-p", str(env.final.port)]
+    result = env.run(*common, "-o", "HostKeyAlias=finalbox", f"{env.user}@{LOCAL}",
+                     "echo aliased")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"aliased\n"
+    # Without the alias the same file knows nothing of [127.0.0.1]:port.
+    result = env.run(*common, f"{env.user}@{LOCAL}", "echo never")
+    assert result.returncode == 255
+    assert "StrictHostKeyChecking is yes" in result.stderr.decode(), result.stderr
+    # An alias whose recorded key is another host's: the changed-key refusal.
+    KnownHosts.load(known).add("otherbox", 2022, env.hop1.key.public)
+    result = env.run(*common, "-o", "HostKeyAlias=otherbox", f"{env.user}@{LOCAL}", "true")
+    assert result.returncode == 255
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in result.stderr.decode(), result.stderr
+
+
 def test_proxy_that_lingers_is_killed(env: Env) -> None:
     """A proxy that outlives its connection (it ignores EOF) is signalled and reaped when the
     connection ends, within the grace period: no process is left behind."""

@@ -165,6 +165,9 @@ class ClientConfig:
     #: unexpanded); ProxyJump (-J): ``[user@]host[:port],...``. At most one is set.
     proxy_command: str | None = None
     proxy_jump: str | None = None
+    #: HostKeyAlias: the name host keys are looked up and recorded under (no port), in
+    #: place of HostName and port.
+    host_key_alias: str | None = None
     #: -F as given (None: the default file), for the jump hosts' own qsh. Where the
     #: settings came from, not a setting: left out of comparisons.
     config_file: Path | None = field(default=None, compare=False)
@@ -410,6 +413,12 @@ def _escape_char(arg: str) -> str:
     return arg
 
 
+def _host_key_alias(arg: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,255}", arg):
+        raise ValueError(f"bad HostKeyAlias {arg!r} (a host name)")
+    return arg
+
+
 def _proxy_command(args: list[str]) -> tuple[str, str | None]:
     command = args[0]
     if command.lower() == "none":
@@ -515,6 +524,8 @@ _KEYWORDS: dict[str, _Keyword] = {
         _Keyword("EscapeChar", "escape_char", _single("EscapeChar", _escape_char)),
         _Keyword("ProxyCommand", "proxy", _proxy_command, raw=True),
         _Keyword("ProxyJump", "proxy", _proxy_jump),
+        _Keyword("HostKeyAlias", "host_key_alias",
+                 _single("HostKeyAlias", _host_key_alias)),
     )
 }
 
@@ -543,7 +554,7 @@ IGNORED_KEYWORDS: dict[str, str] = {
                     "OpenSSH algorithm names: qsh's are KEMs, Signatures and Ciphers"),
     **dict.fromkeys(("UpdateHostKeys", "VerifyHostKeyDNS", "CheckHostIP",
                      "GlobalKnownHostsFile", "KnownHostsCommand", "RevokedHostKeys",
-                     "HostKeyAlias", "NoHostAuthenticationForLocalhost", "VisualHostKey"),
+                     "NoHostAuthenticationForLocalhost", "VisualHostKey"),
                     "host keys are checked against UserKnownHostsFile only"),
     **dict.fromkeys(("CertificateFile", "PKCS11Provider", "SecurityKeyProvider"),
                     "qsh has no certificates or hardware keys"),
@@ -877,6 +888,8 @@ def dump(cfg: ClientConfig) -> list[str]:
         lines.append(f"proxycommand {cfg.proxy_command}")
     if cfg.proxy_jump is not None:
         lines.append(f"proxyjump {cfg.proxy_jump}")
+    if cfg.host_key_alias is not None:
+        lines.append(f"hostkeyalias {cfg.host_key_alias}")
     lines += [f"sendenv {pattern}" for pattern in cfg.send_env]
     lines += [f"setenv {name}={value}" for name, value in cfg.set_env]
     for spec in cfg.forwards:

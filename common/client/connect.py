@@ -227,8 +227,11 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
     except KeyFileError as exc:
         raise QshError(str(exc)) from None
     mode = cfg.strict_host_key_checking
-    pattern = host_pattern(cfg.hostname, cfg.port, DEFAULT_PORT)
-    found = known.lookup(cfg.hostname, cfg.port, default_port=DEFAULT_PORT)
+    # HostKeyAlias: the key is known under that name, with no port (as ssh).
+    key_host, key_port = ((cfg.host_key_alias, DEFAULT_PORT) if cfg.host_key_alias
+                          else (cfg.hostname, cfg.port))
+    pattern = host_pattern(key_host, key_port, DEFAULT_PORT)
+    found = known.lookup(key_host, key_port, default_port=DEFAULT_PORT)
     offending = found.matching  # if the host presents another key, these lines say so
     pinned = tuple(entry.key for entry in offending)
     # "no" lets even a changed key through (with the warning), so nothing is pre-trusted.
@@ -258,7 +261,7 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
                 refusal.append(HostKeyNotVerifiable("host key verification failed"))
                 return False
         try:
-            known.add(cfg.hostname, cfg.port, key, default_port=DEFAULT_PORT,
+            known.add(key_host, key_port, key, default_port=DEFAULT_PORT,
                       hashed=cfg.hash_known_hosts)
         except (KeyFileError, OSError) as exc:
             ui.warn(f"Warning: could not record the host key in {cfg.known_hosts}: {exc}")
