@@ -232,18 +232,25 @@ class Proxy:
                     return
                 if await self.exited(wait):
                     return
-        except BaseException:  # cancelled (the loop ending): no zombie, no orphan proxy
-            if self.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
+        except BaseException:  # cancelled (the loop ending): no orphan proxy
+            self.kill()
             raise
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
 
     def watch(self, connection: aio.QsmpConnection) -> None:
         """Reap the proxy once ``connection`` has ended."""
         import asyncio
 
         async def reap() -> None:
-            await connection.wait_closed()
+            try:
+                await connection.wait_closed()
+            except BaseException:  # cancelled: the program is ending without a close
+                self.kill()
+                raise
             await self.stop()
 
         self._reaper = asyncio.ensure_future(reap())
@@ -302,7 +309,10 @@ async def connect(cfg: ClientConfig, ui: Ui, **kwargs: Any) -> aio.QsmpConnectio
         # our end is closed now; the proxy sees EOF and ends by itself, quietly.
         lost = isinstance(exc, aio.ConnectionLost) or (
             isinstance(exc, OSError) and not isinstance(exc, TimeoutError))
-        if lost and await proxy.exited(EXIT_WAIT) and (why := proxy.describe_exit()):
+        # A proxy that ends cleanly (0) after the far end closed is no news: the error
+        # already says what happened.
+        if lost and await proxy.exited(EXIT_WAIT) and proxy.process.returncode != 0 and (
+                why := proxy.describe_exit()):
             raise QshError(why) from None
         await proxy.stop(grace=EXIT_WAIT)
         raise
