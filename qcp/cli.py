@@ -1,6 +1,6 @@
 """qcp: copy files to or from a host over one QSMP connection, with scp's habits.
 
-``qcp [-r] [-p] [-q] [-v] [-P PORT] [-i KEY] [-l LIMIT] [-F CONFIG] [-o OPT=VAL]
+``qcp [-r] [-p] [-q] [-v] [-P PORT] [-i KEY] [-l LIMIT] [-F CONFIG] [-J JUMP] [-o OPT=VAL]
 [--resume] SRC... DST``
 
 Which argument is remote is decided as scp decides (:func:`parse_location`). Exactly one
@@ -188,19 +188,23 @@ def limit_bytes_per_second(kbps: int | None) -> int | None:
               help="Configuration file (default ~/.qsh/config; 'none' for none).")
 @click.option("-o", "options", multiple=True, metavar="OPT=VAL",
               help="Option as in the configuration file; repeatable.")
+@click.option("-J", "jump", default=None, metavar="[USER@]HOST[:PORT][,...]",
+              help="Reach the host through these jump hosts (ProxyJump), as scp -J.")
 @click.option("--resume", is_flag=True,
               help="Continue interrupted copies from their partial files.")
 @click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
 def command(recursive: bool, preserve: bool, port: int | None, identities: tuple[str, ...],
             limit: int | None, quiet: bool, verbose: int, config_file: str | None,
-            options: tuple[str, ...], resume: bool, paths: tuple[str, ...]) -> int:
+            options: tuple[str, ...], jump: str | None, resume: bool,
+            paths: tuple[str, ...]) -> int:
     """Copy SRC... to DST, one side being [user@]host:path, over QSMP."""
     from common.client.config import ConfigError, resolve
 
     what = plan(paths)
     try:
         cfg = resolve(what.host, path=Path(config_file) if config_file is not None else None,
-                      options=options, user=what.user, port=port,
+                      options=[*([f"ProxyJump={jump}"] if jump is not None else []),
+                               *options], user=what.user, port=port,
                       identity_files=identities)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None

@@ -43,9 +43,9 @@ _VALUE_OPTIONS = frozenset("pliFoTLRDEbBcemJOSwWPIQ")
 _FLAG_OPTIONS = frozenset("vtNfq46hVGCaAxXYkKgnsyM")
 USAGE = ("usage: qsh [-46AaCfGgKkMNnqstVvXxYy] [-B bind_interface] [-b bind_address] "
          "[-c cipher_spec] [-D [bind:]port] [-E log_file] [-e escape_char] [-F config] "
-         "[-i identity] [-L|-T [bind:]port:host:hostport] [-l user] [-m mac_spec] "
-         "[-o option] [-p port] [-Q query] [-R [bind:]port:host:hostport] [-S ctl_path] "
-         "[user@]host [command ...]")
+         "[-i identity] [-J destination] [-L|-T [bind:]port:host:hostport] [-l user] "
+         "[-m mac_spec] [-o option] [-p port] [-Q query] [-R [bind:]port:host:hostport] "
+         "[-S ctl_path] [-W host:port] [user@]host [command ...]")
 
 #: ssh's flags that cannot apply to qsh: accepted, and said so under -v.
 IGNORED_FLAGS = {
@@ -71,8 +71,6 @@ IGNORED_VALUES = {
 #: ssh's options qsh refuses, with why.
 REFUSED_VALUES = {
     "w": "-w: tun/tap forwarding is not supported",
-    "W": "-W: stdio forwarding is not supported yet",
-    "J": "-J: jump hosts are not supported yet",
     "O": "-O: there is no control master (connection sharing is not implemented)",
 }
 
@@ -261,8 +259,10 @@ def _query(ctx: click.Context, _param: click.Parameter, kind: str | None) -> Non
 @click.option("-P", "value_P", default=None, hidden=True)
 @click.option("-I", "value_I", default=None, hidden=True)
 @click.option("-w", "value_w", default=None, hidden=True)
-@click.option("-W", "value_W", default=None, hidden=True)
-@click.option("-J", "value_J", default=None, hidden=True)
+@click.option("-J", "jump", default=None, metavar="[USER@]HOST[:PORT][,...]",
+              help="Reach the host through these jump hosts, in order (ProxyJump).")
+@click.option("-W", "stdio_forward", default=None, metavar="HOST:PORT",
+              help="Forward stdin and stdout to HOST:PORT from the server; no session.")
 @click.option("-O", "value_O", default=None, hidden=True)
 @click.argument("destination")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -273,6 +273,7 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
             dynamic_forwards: tuple[str, ...], no_command: bool, background: bool,
             print_config: bool, compression: bool, stdin_null: bool, subsystem: bool,
             bind_address: str | None, cipher_spec: str | None, escape_char: str | None,
+            jump: str | None, stdio_forward: str | None,
             destination: str, command: tuple[str, ...], **ignored: object) -> int:
     """Log in to DESTINATION ([user@]host) and run a shell, or COMMAND, over QSMP."""
     from common.channels.tunnel import parse_forward
@@ -291,7 +292,8 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
     extra = [f"{keyword}={value}" for keyword, value in (
         ("Compression", "yes" if compression else None),
         ("SessionType", "subsystem" if subsystem else None), ("BindAddress", bind_address),
-        ("Ciphers", cipher_spec), ("EscapeChar", escape_char)) if value is not None]
+        ("Ciphers", cipher_spec), ("EscapeChar", escape_char), ("ProxyJump", jump))
+        if value is not None]
     user, host = split_destination(destination)
     try:
         cfg = resolve(host, path=Path(config_file) if config_file is not None else None,
@@ -303,6 +305,19 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
     if print_config:
         click.echo("\n".join(dump(cfg)))
         return 0
+    stdio: tuple[str, int] | None = None
+    if stdio_forward is not None:  # ssh -W: no session, no pty, no tunnels, no -f
+        from common.client.proxy import split_host_port
+
+        if command or local_forwards or remote_forwards or dynamic_forwards or background:
+            raise click.UsageError("-W takes no command, tunnel or -f")
+        try:
+            stdio_host, stdio_port = split_host_port(stdio_forward, "-W")
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        if stdio_port is None:
+            raise click.UsageError(f"-W {stdio_forward}: host:port expected")
+        stdio, cfg.forwards = (stdio_host, stdio_port), []
     stdin_null = stdin_null or cfg.stdin_null
     background = background or cfg.fork_after_authentication
     no_command = no_command or cfg.session_type == "none"
@@ -343,12 +358,12 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
     verbosity = max(verbose, LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
     return _run(cfg, remote_command(command), force_tty, verbosity,
                 quiet=cfg.log_level in QUIET_LEVELS, no_command=no_command,
-                background=background, log_fd=log_fd)
+                background=background, log_fd=log_fd, stdio=stdio)
 
 
 def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int, *,
          quiet: bool, no_command: bool = False, background: bool = False,
-         log_fd: int = 2) -> int:
+         log_fd: int = 2, stdio: tuple[str, int] | None = None) -> int:
     from common.client import connect, terminal
 
     from . import session
@@ -360,9 +375,14 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
     ui.log_fd = log_fd
     for note in cfg.notes:
         ui.note(1, note)
-    status = connect.run_program(
-        session.run_client(cfg, ui, command=remote, force_tty=force_tty,
-                           no_command=no_command, background=background), ui, verbosity)
+    if stdio is not None:  # -W
+        from .stdio import forward_stdio
+
+        main = forward_stdio(cfg, ui, *stdio)
+    else:
+        main = session.run_client(cfg, ui, command=remote, force_tty=force_tty,
+                                  no_command=no_command, background=background)
+    status = connect.run_program(main, ui, verbosity)
     return EXIT_FAILURE if status is None else status
 
 

@@ -134,7 +134,7 @@ def test_sshs_flags(tmp_path: Path) -> None:
     lines = ok.stdout.splitlines()
     assert {"bindaddress 127.0.0.1", "ciphers chacha20poly1305", "escapechar none",
             "compression yes"} <= set(lines)
-    for flag, why in (("-J", "jump hosts"), ("-W", "stdio forwarding"),
+    for flag, why in (("-W", "host:port expected"),
                       ("-w", "tun/tap"), ("-O", "control master")):
         refused = _run_qsh("-F", "none", flag, "x", "web1", home=tmp_path)
         assert refused.returncode == 255 and why in refused.stderr, refused.stderr

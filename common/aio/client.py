@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from common.accounts.keys import HostKey
@@ -39,7 +40,8 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
                   timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
                   user: str | None = None, identity: HostKey | None = None,
                   password: bytes | None = None, family: int = 0,
-                  local_addr: tuple[str, int] | None = None) -> QsmpConnection:
+                  local_addr: tuple[str, int] | None = None,
+                  sock: socket.socket | None = None) -> QsmpConnection:
     """Connect over TCP and run the handshake; return the established connection.
 
     ``on_host_key`` decides on a server key that ``handshake`` does not already trust
@@ -54,7 +56,9 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
     attempt rides behind the handshake's last message; :meth:`QsmpConnection.wait_authenticated`
     gives its answer. ``family`` (``socket.AF_INET``/``AF_INET6``; 0 for either) limits
     the addresses a name may resolve to, as ssh's -4 and -6; ``local_addr`` binds our end
-    (a source address, as ssh's -b).
+    (a source address, as ssh's -b). With ``sock`` (a connected stream socket: a
+    ProxyCommand's end of a socketpair) no connect is made: the handshake runs over it,
+    ``host`` and ``port`` only naming the peer, and the connection owns the socket.
     """
     tune_allocator()
     loop = asyncio.get_running_loop()
@@ -68,8 +72,11 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
     try:
         async with asyncio.timeout(timeout) as deadline:
             connection._connect_deadline = deadline
-            await loop.create_connection(lambda: connection, host, port, family=family,
-                                         local_addr=local_addr)
+            if sock is not None:
+                await loop.create_connection(lambda: connection, sock=sock)
+            else:
+                await loop.create_connection(lambda: connection, host, port, family=family,
+                                             local_addr=local_addr)
             await connection.wait_established()
     except BaseException:
         connection.abort()

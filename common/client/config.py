@@ -29,9 +29,10 @@ Decisions that differ from ssh, and why:
   rsync -- pass them): the ones that mean something for qsh are implemented; those that
   cannot apply (GSSAPI, X11, agents, OpenSSH algorithm names, ...) are accepted and ignored,
   each with the reason as a ``-v`` line (:attr:`ClientConfig.notes`). Only a word that is no
-  ssh keyword at all is an error. ``Match``, ``Include``, ``ProxyCommand`` and ``ProxyJump``
-  are the exceptions, errors until implemented: ignoring them would silently reach the host
-  another way, or with settings the user believes are in force but are not.
+  ssh keyword at all is an error. ``Match`` and ``Include`` are the exceptions, errors until
+  implemented: ignoring them would silently apply settings other than those the user
+  believes are in force. ``ProxyCommand`` and ``ProxyJump`` (:mod:`common.client.proxy`)
+  share one slot, so whichever comes first wins, as in ssh.
 * KEMs/Ciphers/Signatures are checked for syntax only. Which algorithms exist depends on the
   machine (liboqs is optional), so availability is judged when the offer is built.
 """
@@ -160,6 +161,16 @@ class ClientConfig:
     escape_char: str = "~"
     #: BindAddress (-b): the local address connections are made from.
     bind_address: str | None = None
+    #: ProxyCommand: a shell command whose stdin/stdout carry the connection (%-tokens
+    #: unexpanded); ProxyJump (-J): ``[user@]host[:port],...``. At most one is set.
+    proxy_command: str | None = None
+    proxy_jump: str | None = None
+    #: HostKeyAlias: the name host keys are looked up and recorded under (no port), in
+    #: place of HostName and port.
+    host_key_alias: str | None = None
+    #: -F as given (None: the default file), for the jump hosts' own qsh. Where the
+    #: settings came from, not a setting: left out of comparisons.
+    config_file: Path | None = field(default=None, compare=False)
     #: "-v" lines: the keywords accepted but without effect in qsh, and why.
     notes: list[str] = field(default_factory=list)
 
@@ -333,6 +344,9 @@ class _Keyword:
     parse: Callable[[list[str]], object]
     #: Collect every value instead of keeping the first.
     multiple: bool = False
+    #: The value is the rest of the line as written (ProxyCommand: a shell command, whose
+    #: quotes are the shell's), handed to ``parse`` as one argument.
+    raw: bool = False
 
 
 def _forward(keyword: str, kind: str) -> Callable[[list[str]], object]:
@@ -399,14 +413,26 @@ def _escape_char(arg: str) -> str:
     return arg
 
 
-def _not_yet(keyword: str) -> Callable[[list[str]], object]:
-    """Keywords that change how the host is reached: ignoring them would connect another
-    way than the user asked, so anything but ``none`` is refused until implemented."""
-    def parse(args: list[str]) -> object:
-        if " ".join(args).lower() != "none":
-            raise ValueError(f"{keyword} is not supported by this qsh yet")
-        return None
-    return parse
+def _host_key_alias(arg: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,255}", arg):
+        raise ValueError(f"bad HostKeyAlias {arg!r} (a host name)")
+    return arg
+
+
+def _proxy_command(args: list[str]) -> tuple[str, str | None]:
+    command = args[0]
+    if command.lower() == "none":
+        return "command", None
+    return "command", _check_tokens("ProxyCommand", command, "%hnpr")
+
+
+def _proxy_jump(args: list[str]) -> tuple[str, str | None]:
+    text = _one("ProxyJump", args)
+    if text.lower() == "none":
+        return "jump", None
+    from common.client.proxy import parse_jump  # only files that use it pay for it
+
+    return "jump", ",".join(str(hop) for hop in parse_jump(text))
 
 
 _KEYWORDS: dict[str, _Keyword] = {
@@ -496,8 +522,10 @@ _KEYWORDS: dict[str, _Keyword] = {
                  _single("ClearAllForwardings", lambda a: _flag("ClearAllForwardings", a))),
         _Keyword("BindAddress", "bind_address", _single("BindAddress", str)),
         _Keyword("EscapeChar", "escape_char", _single("EscapeChar", _escape_char)),
-        _Keyword("ProxyCommand", "", _not_yet("ProxyCommand")),
-        _Keyword("ProxyJump", "", _not_yet("ProxyJump")),
+        _Keyword("ProxyCommand", "proxy", _proxy_command, raw=True),
+        _Keyword("ProxyJump", "proxy", _proxy_jump),
+        _Keyword("HostKeyAlias", "host_key_alias",
+                 _single("HostKeyAlias", _host_key_alias)),
     )
 }
 
@@ -526,7 +554,7 @@ IGNORED_KEYWORDS: dict[str, str] = {
                     "OpenSSH algorithm names: qsh's are KEMs, Signatures and Ciphers"),
     **dict.fromkeys(("UpdateHostKeys", "VerifyHostKeyDNS", "CheckHostIP",
                      "GlobalKnownHostsFile", "KnownHostsCommand", "RevokedHostKeys",
-                     "HostKeyAlias", "NoHostAuthenticationForLocalhost", "VisualHostKey"),
+                     "NoHostAuthenticationForLocalhost", "VisualHostKey"),
                     "host keys are checked against UserKnownHostsFile only"),
     **dict.fromkeys(("CertificateFile", "PKCS11Provider", "SecurityKeyProvider"),
                     "qsh has no certificates or hardware keys"),
@@ -575,7 +603,7 @@ def _parse_setting(keyword: str, rest: str, origin: str) -> _Setting:
     spec = _KEYWORDS.get(keyword.lower())
     if spec is None:
         raise ConfigError(f"{origin}: unknown keyword {keyword}")
-    args = _split_args(rest, origin)
+    args = [rest.strip()] if spec.raw and rest.strip() else _split_args(rest, origin)
     if not args:
         raise ConfigError(f"{origin}: missing value for {spec.name}")
     try:
@@ -752,6 +780,11 @@ def resolve(
     if "hostname" in values:
         hostname = re.sub(r"%(.)", lambda m: host if m.group(1) == "h" else "%",
                           str(values.pop("hostname")))
+    kind, proxy = values.pop("proxy", (None, None))
+    if proxy is not None:
+        values["proxy_command" if kind == "command" else "proxy_jump"] = proxy
+    if path is not None:
+        values["config_file"] = path
     if user is not None:
         values["user"] = user
     if port is not None:
@@ -848,6 +881,12 @@ def dump(cfg: ClientConfig) -> list[str]:
         lines.append(f"bindaddress {cfg.bind_address}")
     if cfg.remote_command is not None:
         lines.append(f"remotecommand {cfg.remote_command}")
+    if cfg.proxy_command is not None:
+        lines.append(f"proxycommand {cfg.proxy_command}")
+    if cfg.proxy_jump is not None:
+        lines.append(f"proxyjump {cfg.proxy_jump}")
+    if cfg.host_key_alias is not None:
+        lines.append(f"hostkeyalias {cfg.host_key_alias}")
     lines += [f"sendenv {pattern}" for pattern in cfg.send_env]
     lines += [f"setenv {name}={value}" for name, value in cfg.set_env]
     for spec in cfg.forwards:

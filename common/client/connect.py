@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 from common import aio
 from common.accounts.keys import HostKey, KeyFileError, PassphraseRequired, PublicKey
 from common.accounts.known_hosts import Entry, KnownHosts, host_pattern
-from common.client import terminal
+from common.client import proxy, terminal
 from common.client.config import DEFAULT_PORT, ClientConfig, default_identity_files
 from common.crypto import registry
 from common.crypto.secret import Secret
@@ -227,8 +227,11 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
     except KeyFileError as exc:
         raise QshError(str(exc)) from None
     mode = cfg.strict_host_key_checking
-    pattern = host_pattern(cfg.hostname, cfg.port, DEFAULT_PORT)
-    found = known.lookup(cfg.hostname, cfg.port, default_port=DEFAULT_PORT)
+    # HostKeyAlias: the key is known under that name, with no port (as ssh).
+    key_host, key_port = ((cfg.host_key_alias, DEFAULT_PORT) if cfg.host_key_alias
+                          else (cfg.hostname, cfg.port))
+    pattern = host_pattern(key_host, key_port, DEFAULT_PORT)
+    found = known.lookup(key_host, key_port, default_port=DEFAULT_PORT)
     offending = found.matching  # if the host presents another key, these lines say so
     pinned = tuple(entry.key for entry in offending)
     # "no" lets even a changed key through (with the warning), so nothing is pre-trusted.
@@ -258,7 +261,7 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
                 refusal.append(HostKeyNotVerifiable("host key verification failed"))
                 return False
         try:
-            known.add(cfg.hostname, cfg.port, key, default_port=DEFAULT_PORT,
+            known.add(key_host, key_port, key, default_port=DEFAULT_PORT,
                       hashed=cfg.hash_known_hosts)
         except (KeyFileError, OSError) as exc:
             ui.warn(f"Warning: could not record the host key in {cfg.known_hosts}: {exc}")
@@ -282,8 +285,8 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
         ui.note(1, f"connecting to {cfg.hostname} port {cfg.port}"
                    + (f" (attempt {attempt})" if attempt > 1 else ""))
         try:
-            connection = await aio.connect(
-                cfg.hostname, cfg.port, handshake=handshake, settings=settings,
+            connection = await proxy.connect(
+                cfg, ui, handshake=handshake, settings=settings,
                 on_host_key=on_host_key, timeout=cfg.connect_timeout,
                 user=cfg.user if identity is not None or password is not None else None,
                 identity=identity, password=password, family=FAMILIES[cfg.address_family],
@@ -374,7 +377,7 @@ async def _known_key_failed(cfg: ClientConfig, ui: Ui, exc: QsmpError, pattern: 
     """
     ui.note(1, f"handshake over the known host key failed ({printable(exc.message)}); "
                f"asking {pattern} which key it has")
-    presented = await probe_host_key(cfg, tried[-1])
+    presented = await probe_host_key(cfg, tried[-1], ui)
     pinned = tuple(entry.key for entry in offending)
     if presented is not None:
         if not any(key.matches(presented) for key in pinned):
@@ -391,12 +394,14 @@ async def _known_key_failed(cfg: ClientConfig, ui: Ui, exc: QsmpError, pattern: 
     raise QshError(f"{said} and the host presented no key: {TAMPERED}") from None
 
 
-async def probe_host_key(cfg: ClientConfig, pinned: PublicKey) -> PublicKey | None:
+async def probe_host_key(cfg: ClientConfig, pinned: PublicKey, ui: Ui | None = None
+                         ) -> PublicKey | None:
     """The key the host presents when not asked for a particular one (a fresh connection
     whose first message names no key ID), its signature over that connection's transcript
     checked by the handshake before we see it; None if none could be had. The pinned key's
     algorithm is offered first, so that a host with several keys picks one of that kind.
-    The handshake stops there: nothing is sent under keys from it."""
+    The handshake stops there: nothing is sent under keys from it. Through the same
+    ProxyCommand or jump hosts as the connection it stands in for."""
     offer = build_offer(cfg)
     signatures = sorted(offer.signatures, key=lambda name: name != pinned.algorithm)
     offer = dataclasses.replace(offer, signatures=tuple(signatures))
@@ -408,10 +413,10 @@ async def probe_host_key(cfg: ClientConfig, pinned: PublicKey) -> PublicKey | No
 
     handshake = ClientHandshake(offer, None, step_timeout=cfg.connect_timeout)
     try:
-        connection = await aio.connect(cfg.hostname, cfg.port, handshake=handshake,
-                                       on_host_key=record, timeout=cfg.connect_timeout,
-                                       family=FAMILIES[cfg.address_family])
-    except (OSError, QsmpError):  # TimeoutError is an OSError
+        connection = await proxy.connect(cfg, ui or Ui(), handshake=handshake,
+                                         on_host_key=record, timeout=cfg.connect_timeout,
+                                         family=FAMILIES[cfg.address_family])
+    except (OSError, QsmpError, QshError):  # TimeoutError is an OSError
         pass
     else:  # not reached: record() refuses every key
         connection.abort()
@@ -422,6 +427,7 @@ async def close_connection(connection: aio.QsmpConnection) -> None:
     connection.close()
     with contextlib.suppress(TimeoutError, QsmpError, OSError):
         await asyncio.wait_for(connection.wait_closed(), CLOSE_TIMEOUT)
+    await proxy.finish(connection)  # a ProxyCommand's process: reaped before we exit
 
 
 # --- Logging in ---------------------------------------------------------------------------
