@@ -9,6 +9,8 @@ so a process that did not lower its limit would leave a core file where the test
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import os
 import resource
@@ -16,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -438,12 +441,54 @@ def _read_until(fd: int, marker: bytes, timeout: float = 20) -> bytes:
 
 @needs_root
 @pytest.mark.slow
-def test_killed_processes_leave_no_password_or_host_key_in_a_core_or_the_log(
+class _KeyedSession:
+    """A password login from this process (in a thread of its own), so that the test knows
+    the session's keys: the client's sending key is the server's receiving key and the
+    other way round. It stays logged in until the daemon's processes are gone."""
+
+    def __init__(self, qshd: Qshd, user: str, password: bytes) -> None:
+        self.keys: list[bytes] = []
+        self.address: tuple[str, int] | None = None
+        self.failure: BaseException | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(qshd, user,
+                                                                             password),),
+                                        daemon=True)
+        self._thread.start()
+        assert self._ready.wait(60) and self.failure is None, self.failure
+
+    async def _main(self, qshd: Qshd, user: str, password: bytes) -> None:
+        from test_qshd_processes import execute, login
+        try:
+            client = await login(qshd, user=user, password=password)
+            # A command first: the user's process has then done all it does for a session.
+            assert await execute(client, "echo ready") == (b"ready\n", b"", 0)
+            transport = client.core.transport
+            assert transport is not None and client.transport is not None
+            self.keys = [bytes(transport.sealer.key_material()[0]),
+                         bytes(transport.opener.key_material()[0])]
+            self.address = client.transport.get_extra_info("sockname")[:2]
+        except BaseException as exc:
+            self.failure = exc
+            raise
+        finally:
+            self._ready.set()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(60):
+                await client.wait_closed()
+        client.abort()
+
+    def join(self) -> None:
+        self._thread.join(70)
+
+
+def test_killed_processes_leave_no_password_host_key_or_session_key_in_a_core_or_log(
         tmp_path: Path, accounts: Accounts) -> None:  # noqa: F811
-    """A password login and a running session, logged at DEBUG3; then every process gets
-    SIGABRT (a signal that dumps core where a core is allowed: SIGKILL never does) and what
-    is left gets SIGKILL. Neither the core directories nor the log hold the password or a
-    slice of the host key's private half."""
+    """A password login and a running session, logged at DEBUG3, and a second login whose
+    session keys the test knows; then every process gets SIGABRT (a signal that dumps core
+    where a core is allowed: SIGKILL never does) and what is left gets SIGKILL. Neither the
+    core directories nor the log hold the password, a slice of the host key's private half
+    or a session key."""
     from test_qshd_processes import ME, PASSWORD
 
     from common.accounts.keys import HostKey
@@ -462,7 +507,13 @@ def test_killed_processes_leave_no_password_or_host_key_in_a_core_or_the_log(
         os.write(master, PASSWORD + b"\n")
         _read_until(master, b"logged-in")
         user = user_process_of(qshd, client_address(client, qshd.port), 0, timeout=20)
-        processes = [client.pid, *user.holders, user.monitor, qshd.pid]
+        keyed = _KeyedSession(qshd, ME, PASSWORD)
+        assert keyed.address is not None and all(len(key) >= 16 for key in keyed.keys)
+        needles += [form for key in keyed.keys  # raw, and as a log line would print it
+                    for form in (key, key.hex().encode(), base64.b64encode(key))]
+        second = user_process_of(qshd, keyed.address, 0, timeout=20)
+        processes = [client.pid, *user.holders, user.monitor, *second.holders,
+                     second.monitor, qshd.pid]
         for pid in processes:
             cwds.add(Path(os.readlink(f"/proc/{pid}/cwd")))
         before = {cwd: {p.name for p in cwd.iterdir()} for cwd in cwds}
@@ -479,6 +530,8 @@ def test_killed_processes_leave_no_password_or_host_key_in_a_core_or_the_log(
         client.wait(10)
         qshd.process.wait(10)
         os.close(master)
+        if "keyed" in locals():
+            keyed.join()
     time.sleep(0.3)
     cores = [cwd / name for cwd in cwds for name in
              {p.name for p in cwd.iterdir()} - before.get(cwd, set()) if name.startswith("core")]
