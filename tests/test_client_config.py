@@ -473,9 +473,73 @@ def test_unknown_keyword_is_one_line_with_file_and_line(home: Path) -> None:
     assert "\n" not in message
 
 
-def test_match_and_include_are_not_silently_ignored(home: Path) -> None:
-    assert error_of(home, "Match host x\n").endswith(":1: unknown keyword Match")
-    assert error_of(home, "Include other\n").endswith(":1: unknown keyword Include")
+# --- Match and Include ----------------------------------------------------------------------
+
+
+def test_match_host_sees_the_hostname_set_so_far_and_originalhost_the_alias(home: Path) -> None:
+    text = ("Host web1\n  HostName 10.0.0.7\n"
+            "Match host 10.0.0.*\n  Port 2200\n"
+            "Match originalhost web1 user bob\n  Port 2300\n"
+            "Match originalhost web1\n  User carol\n  Port 2400\n")
+    cfg = resolve_text(home, text)
+    assert (cfg.hostname, cfg.port, cfg.user) == ("10.0.0.7", 2200, "carol")
+    other = resolve_text(home, text, host="db")
+    assert (other.port, other.user) == (2022, "alice")
+
+
+def test_match_user_localuser_all_and_negation(home: Path) -> None:
+    text = ("Match user bob\n  Port 2201\n"
+            "Match localuser alice !host db*\n  Port 2202\n"
+            "Match all\n  Port 2203\n")
+    assert resolve_text(home, text, user="bob").port == 2201
+    assert resolve_text(home, text).port == 2202
+    assert resolve_text(home, text, host="db1").port == 2203
+
+
+def test_match_exec_runs_with_tokens_and_matches_on_success(home: Path) -> None:
+    marker = home / "ran"
+    text = (f'Match exec "test %h = web1 && touch {marker}"\n  Port 2210\n'
+            'Match exec false\n  Port 2211\n')
+    assert resolve_text(home, text).port == 2210 and marker.exists()
+    assert resolve_text(home, text, host="db").port == 2022
+
+
+def test_match_final_matches_and_canonical_does_not(home: Path) -> None:
+    text = "Match canonical\n  Port 2220\nMatch final host web1\n  Port 2221\n"
+    assert resolve_text(home, text).port == 2221
+
+
+def test_match_errors_are_one_line(home: Path) -> None:
+    assert error_of(home, "Match\n").endswith(":1: Match needs a criterion")
+    assert error_of(home, "Match host\n").endswith(":1: Match host needs an argument")
+    assert error_of(home, "Match frob x\n").endswith(":1: unknown Match criterion frob")
+    assert error_of(home, "Match all host x\n").endswith(
+        ":1: Match all cannot be combined with other criteria")
+
+
+def test_include_reads_files_relative_to_the_qsh_directory_with_globs(home: Path) -> None:
+    (home / ".qsh" / "conf.d").mkdir()
+    (home / ".qsh" / "conf.d" / "10-web").write_text("Host web*\n  Port 2230\n")
+    (home / ".qsh" / "conf.d" / "20-all").write_text("User dave\n")
+    cfg = resolve_text(home, "Include conf.d/*\nHost *\n  Port 2231\n")
+    assert (cfg.port, cfg.user) == (2230, "dave")
+
+
+def test_include_inside_a_block_is_conditional(home: Path) -> None:
+    (home / ".qsh" / "web").write_text("Port 2240\nHost *\n  User erin\n")
+    text = "Host web1\n  Include web\n"
+    assert (resolve_text(home, text).port, resolve_text(home, text).user) == (2240, "erin")
+    db = resolve_text(home, text, host="db")
+    assert (db.port, db.user) == (2022, "alice")
+
+
+def test_include_errors(home: Path) -> None:
+    (home / ".qsh" / "loop").write_text("Include loop\n")
+    assert "Include nested too deeply" in error_of(home, "Include loop\n")
+    (home / ".qsh" / "bad").write_text("Frobnicate 1\n")
+    bad = home / ".qsh" / "bad"
+    assert error_of(home, "Include bad\n") == f"{bad}:1: unknown keyword Frobnicate"
+    resolve_text(home, "Include nothing-here*\n")  # no match is no error, as in ssh
 
 
 @pytest.mark.parametrize(

@@ -29,9 +29,10 @@ Decisions that differ from ssh, and why:
   rsync -- pass them): the ones that mean something for qsh are implemented; those that
   cannot apply (GSSAPI, X11, agents, OpenSSH algorithm names, ...) are accepted and ignored,
   each with the reason as a ``-v`` line (:attr:`ClientConfig.notes`). Only a word that is no
-  ssh keyword at all is an error. ``Match`` and ``Include`` are the exceptions, errors until
-  implemented: ignoring them would silently apply settings other than those the user
-  believes are in force. ``ProxyCommand`` and ``ProxyJump`` (:mod:`common.client.proxy`)
+  ssh keyword at all is an error. ``Match`` (host, originalhost, user, localuser, exec, all,
+  final; canonical never holds, as qsh does not canonicalise) and ``Include`` as in ssh,
+  judged lazily so that ``Match host`` sees the HostName set before it.
+  ``ProxyCommand`` and ``ProxyJump`` (:mod:`common.client.proxy`)
   share one slot, so whichever comes first wins, as in ssh.
 * KEMs/Ciphers/Signatures are checked for syntax only. Which algorithms exist depends on the
   machine (liboqs is optional), so availability is judged when the offer is built.
@@ -589,14 +590,90 @@ class _Setting:
     origin: str
 
 
+#: Match criteria that take an argument, and those that stand alone.
+_MATCH_WITH_ARGUMENT = frozenset({"host", "originalhost", "user", "localuser", "exec"})
+_MATCH_ALONE = frozenset({"all", "canonical", "final"})
+#: Include files within Include files, at most (ssh's limit too).
+INCLUDE_DEPTH = 16
+#: Seconds a ``Match exec`` command may run before the configuration is refused.
+MATCH_EXEC_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Criterion:
+    name: str
+    negate: bool
+    argument: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Condition:
+    """One ``Host`` line's patterns, or one ``Match`` line's criteria (all must hold)."""
+    patterns: tuple[str, ...] = ()
+    criteria: tuple[_Criterion, ...] = ()
+
+
+class _Context:
+    """What a condition is judged against when its block is reached: ``Match host`` sees
+    the HostName and ``Match user`` the User set by the lines before it, as in ssh, so the
+    resolver hands in callables that read its progress so far."""
+
+    def __init__(self, original: str, hostname: Callable[[], str], user: Callable[[], str],
+                 port: Callable[[], int]) -> None:
+        self.original = original
+        self.hostname = hostname
+        self.user = user
+        self.port = port
+
+    def holds(self, condition: _Condition) -> bool:
+        if condition.patterns:
+            return patterns_match(condition.patterns, (self.original,))
+        return all(self._criterion(c) != c.negate for c in condition.criteria)
+
+    def _criterion(self, c: _Criterion) -> bool:
+        if c.name in ("all", "final"):
+            return True  # one pass, which is also the final one
+        if c.name == "canonical":
+            return False  # qsh does not canonicalise host names
+        patterns = tuple(c.argument.split(","))
+        if c.name == "host":
+            return patterns_match(patterns, (self.hostname(),))
+        if c.name == "originalhost":
+            return patterns_match(patterns, (self.original,))
+        if c.name == "user":
+            return patterns_match(patterns, (self.user(),))
+        if c.name == "localuser":
+            return patterns_match(patterns, (_local_user(),))
+        return self._exec(c)
+
+    def _exec(self, c: _Criterion) -> bool:
+        import subprocess  # only a Match exec line needs it
+
+        tokens = {"%": "%", "h": self.hostname(), "n": self.original, "p": str(self.port()),
+                  "r": self.user(), "u": _local_user(), "d": str(_home())}
+        command = re.sub(r"%(.)", lambda m: tokens.get(m.group(1), m.group(0)), c.argument)
+        try:
+            # stdout to stderr: qsh's own stdout may be a protocol stream (git, rsync).
+            done = subprocess.run(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                                  stdout=2, timeout=MATCH_EXEC_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            raise ConfigError(f"{c.origin}: Match exec did not finish in "
+                              f"{MATCH_EXEC_TIMEOUT:g} s") from None
+        except OSError as exc:
+            raise ConfigError(f"{c.origin}: Match exec: {exc.strerror}") from None
+        return done.returncode == 0
+
+
 @dataclass(slots=True)
 class _Block:
-    #: None for the options before the first Host line, which apply to every host.
-    patterns: tuple[str, ...] | None
+    #: Every condition must hold (an Include inside a Host block adds the block's); none
+    #: for the options before the first Host or Match line.
+    conditions: tuple[_Condition, ...] = ()
     settings: list[_Setting] = field(default_factory=list)
 
-    def applies_to(self, host: str) -> bool:
-        return self.patterns is None or patterns_match(self.patterns, (host,))
+    def applies(self, context: _Context) -> bool:
+        return all(context.holds(condition) for condition in self.conditions)
 
 
 def _parse_setting(keyword: str, rest: str, origin: str) -> _Setting:
@@ -613,8 +690,59 @@ def _parse_setting(keyword: str, rest: str, origin: str) -> _Setting:
     return _Setting(spec, value, " ".join(args), origin)
 
 
-def _parse_file(text: str, filename: str) -> list[_Block]:
-    blocks = [_Block(None)]
+def _parse_match(rest: str, origin: str) -> _Condition:
+    words = _split_args(rest, origin)
+    if not words:
+        raise ConfigError(f"{origin}: Match needs a criterion")
+    criteria: list[_Criterion] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        negate = word.startswith("!")
+        name = word.removeprefix("!").lower()
+        if name in _MATCH_ALONE:
+            if name == "all" and any(w.removeprefix("!").lower() not in _MATCH_ALONE
+                                     for w in words):
+                raise ConfigError(f"{origin}: Match all cannot be combined with other criteria")
+            criteria.append(_Criterion(name, negate, "", origin))
+            i += 1
+        elif name in _MATCH_WITH_ARGUMENT:
+            if i + 1 >= len(words):
+                raise ConfigError(f"{origin}: Match {name} needs an argument")
+            criteria.append(_Criterion(name, negate, words[i + 1], origin))
+            i += 2
+        else:
+            raise ConfigError(f"{origin}: unknown Match criterion {name}")
+    return _Condition(criteria=tuple(criteria))
+
+
+def _include(rest: str, origin: str, conditions: tuple[_Condition, ...], depth: int
+             ) -> list[_Block]:
+    """The blocks of the files an ``Include`` names (globs, sorted; relative names are in
+    ~/.qsh), each under the conditions of the block the line is in."""
+    import glob  # only an Include line needs it
+
+    if depth >= INCLUDE_DEPTH:
+        raise ConfigError(f"{origin}: Include nested too deeply")
+    names = _split_args(rest, origin)
+    if not names:
+        raise ConfigError(f"{origin}: missing value for Include")
+    blocks: list[_Block] = []
+    for name in names:
+        if name.startswith("~"):
+            name = str(_home()) + name[1:] if name == "~" or name.startswith("~/") \
+                else os.path.expanduser(name)
+        pattern = name if os.path.isabs(name) else str(_home() / ".qsh" / name)
+        for path in sorted(glob.glob(pattern)):
+            text = _read(Path(path), explicit=False)
+            if text is not None:
+                blocks += _parse_file(text, path, conditions, depth + 1)
+    return blocks
+
+
+def _parse_file(text: str, filename: str, conditions: tuple[_Condition, ...] = (),
+                depth: int = 0) -> list[_Block]:
+    blocks = [_Block(conditions)]
     for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
         origin = f"{filename}:{number}"
         split = _split_keyword(line)
@@ -623,13 +751,20 @@ def _parse_file(text: str, filename: str) -> list[_Block]:
         keyword, rest = split
         if not keyword:
             raise ConfigError(f"{origin}: missing keyword before '='")
-        if keyword.lower() == "host":
+        lowered = keyword.lower()
+        if lowered == "host":
             patterns = _split_args(rest, origin)
             if not patterns:
                 raise ConfigError(f"{origin}: Host needs at least one pattern")
             if any(p in ("", "!") for p in patterns):
                 raise ConfigError(f"{origin}: empty Host pattern")
-            blocks.append(_Block(tuple(patterns)))
+            blocks.append(_Block((*conditions, _Condition(patterns=tuple(patterns)))))
+        elif lowered == "match":
+            blocks.append(_Block((*conditions, _parse_match(rest, origin))))
+        elif lowered == "include":
+            current = blocks[-1].conditions
+            blocks += _include(rest, origin, current, depth)
+            blocks.append(_Block(current))  # the rest of the block the Include was in
         else:
             blocks[-1].settings.append(_parse_setting(keyword, rest, origin))
     return blocks
@@ -641,8 +776,8 @@ def _parse_option(text: str) -> _Setting:
     if split is None or not split[0]:
         raise ConfigError(f"{origin}: expected Keyword=value")
     keyword, rest = split
-    if keyword.lower() == "host":
-        raise ConfigError(f"{origin}: Host is not allowed as a command-line option")
+    if keyword.lower() in ("host", "match", "include"):
+        raise ConfigError(f"{origin}: {keyword} is not allowed as a command-line option")
     return _parse_setting(keyword, rest, origin)
 
 
@@ -711,7 +846,10 @@ def _expand_path(value: str, tokens: Mapping[str, str], home: Path, origin: str)
     return Path(re.sub(r"%(.)", lambda m: tokens[m.group(1)], value))
 
 
-def _settings_for(host: str, options: Sequence[str], path: Path | None) -> Iterator[_Setting]:
+def _settings_for(context: _Context, options: Sequence[str], path: Path | None
+                  ) -> Iterator[_Setting]:
+    """In order: each block's conditions judged when it is reached (lazily, so that the
+    settings already taken are what ``Match host``/``user`` see)."""
     yield from (_parse_option(text) for text in options)
     if path is not None and str(path) == "none":  # ssh -F none: no file at all
         return
@@ -721,7 +859,7 @@ def _settings_for(host: str, options: Sequence[str], path: Path | None) -> Itera
     if text is None:
         return
     for block in _parse_file(text, str(path)):
-        if block.applies_to(host):
+        if block.applies(context):
             yield from block.settings
 
 
@@ -756,7 +894,25 @@ def resolve(
     forwards: list[ForwardSpec] = []
     notes: list[str] = []
     send_env: list[str] = []
-    for setting in _settings_for(host, options, path):
+    def hostname_so_far() -> str:
+        if "hostname" not in first:
+            return host
+        return re.sub(r"%(.)", lambda m: host if m.group(1) == "h" else "%",
+                      str(first["hostname"].value))
+
+    def user_so_far() -> str:
+        return user if user is not None else str(first["user"].value) if "user" in first \
+            else _local_user()
+
+    def port_so_far() -> int:
+        if port is not None:
+            return port
+        value = first["port"].value if "port" in first else DEFAULT_PORT
+        assert isinstance(value, int)
+        return value
+
+    context = _Context(host, hostname_so_far, user_so_far, port_so_far)
+    for setting in _settings_for(context, options, path):
         name = setting.keyword.name
         if name in IGNORED_KEYWORDS:
             note = f"{name} {setting.text}: ignored ({IGNORED_KEYWORDS[name]})"
