@@ -35,6 +35,7 @@ from common.channels.tunnel import (
     ForwardRequest,
     ForwardSpec,
     decode_bound_port,
+    decode_first_max,
     decode_reason,
 )
 from common.client.connect import Ui, printable
@@ -71,6 +72,9 @@ class ClientTunnels:
         self._sockets: set[asyncio.StreamWriter] = set()
         self._forwarders: set[Forwarder] = set()
         self.bound_ports: dict[ForwardSpec, int] = {}
+        #: The first bytes a direct-tcpip open may carry, as the server's forward-check
+        #: answers offered (0: a server that does not take them).
+        self.first_max = 0
 
     async def negotiate(self) -> list[str]:
         """Ask for every tunnel; the failures, one line each."""
@@ -109,6 +113,7 @@ class ClientTunnels:
                     self.ui.say(f"Allocated port {port} for remote forward to "
                                 f"{spec.host}:{spec.host_port}")
                 continue
+            self.first_max = decode_first_max(payload)
             try:
                 servers = await self._listen(spec)
             except OSError as exc:
@@ -171,7 +176,11 @@ class ClientTunnels:
             host, port = spec.host, spec.host_port
             try:
                 peer_host, peer_port = forwarder.peername
-                endpoint = Endpoint(host, port, peer_host, peer_port).encode()
+                first = forwarder.first
+                endpoint = Endpoint(host, port, peer_host, peer_port, first).encode()
+                self.ui.note(2, f"{tag}: connection from {peer_host}:{peer_port}"
+                             + (f", {len(first)} first bytes sent with the open" if first
+                                else ""))
                 self._forwarders.add(forwarder)
                 self.connection.open_channel_nowait(
                     DIRECT_TCPIP, endpoint,
@@ -182,7 +191,7 @@ class ClientTunnels:
                 self._forwarders.discard(forwarder)
 
         def factory() -> Forwarder:
-            return Forwarder(tag, on_connected=accepted)
+            return Forwarder(tag, on_connected=accepted, first_max=self.first_max)
         return factory
 
     def _opened(self, tag: str, forwarder: Forwarder, channel: aio.Channel | None,

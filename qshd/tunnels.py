@@ -35,6 +35,7 @@ from common.channels.tunnel import (
     CANCEL_TCPIP_FORWARD,
     CONNECT_TIMEOUT,
     DIRECT_TCPIP,
+    FIRST_MAX,
     FORWARD_CHECK,
     FORWARDED_TCPIP,
     MAX_LISTENERS,
@@ -44,6 +45,7 @@ from common.channels.tunnel import (
     ForwardCheck,
     ForwardRequest,
     encode_bound_port,
+    encode_first_max,
     encode_reason,
 )
 from common.errors import InvalidInput
@@ -207,7 +209,8 @@ class Tunnels:
         reason = self.disabled or self.policy.local_refusal(check.host, check.port)
         if reason is not None:
             return self._refuse(what, reason)
-        return True, b""
+        # Allowed; and a direct-tcpip open may carry the first bytes of its stream.
+        return True, encode_first_max(FIRST_MAX)
 
     async def _forward(self, request: ForwardRequest) -> tuple[bool, bytes]:
         what = f"listening on {request.address or 'localhost'}:{request.port}"
@@ -277,7 +280,7 @@ class Tunnels:
     async def serve_channel(self, channel: aio.Channel) -> None:
         """A tunnel channel the client opened."""
         endpoint = requested_endpoint(channel, DIRECT_TCPIP,
-                                      "a client may not open {kind} channels")
+                                      "a client may not open {kind} channels", FIRST_MAX)
         if endpoint is None:
             return
         target = f"{endpoint.host}:{endpoint.port}"
@@ -308,6 +311,6 @@ class Tunnels:
                 forwarder.abort()
                 channel.reject(OpenFailureReason.CONNECT_FAILED, "the connection is closing")
                 return
-            await forwarder.serve(channel)
+            await forwarder.serve(channel, endpoint.first)
         finally:
             self._forwarders.discard(forwarder)

@@ -22,6 +22,7 @@ import pytest
 from common import aio
 from common.channels.tunnel import (
     DIRECT_TCPIP,
+    FIRST_MAX,
     FORWARD_CHECK,
     FORWARDED_TCPIP,
     MAX_HOST,
@@ -30,8 +31,10 @@ from common.channels.tunnel import (
     ForwardCheck,
     ForwardRequest,
     decode_bound_port,
+    decode_first_max,
     decode_reason,
     encode_bound_port,
+    encode_first_max,
     encode_reason,
     parse_forward,
 )
@@ -53,6 +56,15 @@ VECTORS = json.loads((ROOT / "tests" / "vectors" / "tunnel.json").read_text())
 # --------------------------------------------------------------------------- vectors
 
 
+def _endpoint_payload(host: bytes, port: int, originator: bytes = b"", oport: int = 0,
+                      extra: bytes = b"") -> bytes:
+    return (Writer().vbytes(host).u16(port).vbytes(originator).u16(oport).getvalue() + extra)
+
+
+def _endpoint_payload_first(first: bytes) -> bytes:
+    return _endpoint_payload(b"host", 80, extra=Writer().vbytes(first).getvalue())
+
+
 def _mux_message(make: Any) -> bytes:
     mux = Mux(is_client=True)
     make(mux)
@@ -68,6 +80,54 @@ def test_channel_open_vectors(name: str, kind: str) -> None:
     assert endpoint.encode().hex() == v["payload"]
     assert Endpoint.decode(bytes.fromhex(v["payload"])) == endpoint
     assert _mux_message(lambda m: m.open_channel(kind, endpoint.encode())).hex() == v["message"]
+
+
+def test_direct_tcpip_with_first_bytes_vector() -> None:
+    """The optional first-bytes field (§10B.1): encoded after the originator's port, read
+    only by a side that offered it; and the forward-check success that offers it."""
+    v = VECTORS["direct_tcpip_first"]
+    endpoint = Endpoint(v["host"], v["port"], v["originator"], v["originator_port"],
+                        bytes.fromhex(v["first"]))
+    payload = bytes.fromhex(v["payload"])
+    assert endpoint.encode() == payload
+    assert payload.startswith(bytes.fromhex(VECTORS["direct_tcpip"]["payload"]))
+    assert Endpoint.decode(payload, first_max=FIRST_MAX) == endpoint
+    with pytest.raises(InvalidInput, match="trailing"):  # not offered: not accepted
+        Endpoint.decode(payload)
+    assert _mux_message(lambda m: m.open_channel(DIRECT_TCPIP, payload)).hex() == v["message"]
+    # Without first bytes the payload is the old one, byte for byte, and a server that
+    # offers first bytes still reads an open without them (a client that does not send any).
+    plain = VECTORS["direct_tcpip"]
+    without = Endpoint(plain["host"], plain["port"], plain["originator"],
+                       plain["originator_port"], b"")
+    assert without.encode().hex() == plain["payload"]
+    assert Endpoint.decode(bytes.fromhex(plain["payload"]), first_max=FIRST_MAX) == without
+    offer = VECTORS["forward_check_first_max"]
+    assert encode_first_max(offer["first_max"]).hex() == offer["payload"]
+    assert decode_first_max(bytes.fromhex(offer["payload"])) == offer["first_max"]
+
+
+@pytest.mark.parametrize(("payload", "first_max", "why"), [
+    (_endpoint_payload_first(b"x" * 101), 100, "exceeds"),
+    (_endpoint_payload_first(b""), 100, "empty first"),
+    (_endpoint_payload_first(b"x") + b"\0", 100, "trailing"),
+    (_endpoint_payload_first(b"x")[:-1], 100, "truncated"),
+])
+def test_first_bytes_are_bounded(payload: bytes, first_max: int, why: str) -> None:
+    with pytest.raises(InvalidInput, match=why):
+        Endpoint.decode(payload, first_max=first_max)
+
+
+def test_first_bytes_offer_decodes_leniently_and_is_capped() -> None:
+    """An empty success (a server without the extension) or one that does not decode offers
+    nothing; an offer above FIRST_MAX is taken as FIRST_MAX (the client never sends more
+    than our own bound); the encoder refuses more than FIRST_MAX."""
+    assert decode_first_max(b"") == 0
+    assert decode_first_max(b"\0\0\x40") == 0
+    assert decode_first_max(b"\0\0\0\x10\0") == 0
+    assert decode_first_max(encode_first_max(0xFFFFFFFF)) == FIRST_MAX
+    with pytest.raises(InvalidInput, match="exceed"):
+        Endpoint("h", 1, first=b"x" * (FIRST_MAX + 1)).encode()
 
 
 def test_global_request_vectors() -> None:
@@ -92,9 +152,6 @@ def test_global_request_vectors() -> None:
 # --------------------------------------------------------------------------- bounds
 
 
-def _endpoint_payload(host: bytes, port: int, originator: bytes = b"", oport: int = 0,
-                      extra: bytes = b"") -> bytes:
-    return (Writer().vbytes(host).u16(port).vbytes(originator).u16(oport).getvalue() + extra)
 
 
 @pytest.mark.parametrize(("payload", "why"), [
@@ -343,7 +400,7 @@ def test_in_process_server_forwards_only_as_the_user(tmp_path: Path, same_user: 
     echo_sock.close()
     assert answer is not None
     if same_user:
-        assert answer == (True, b"")
+        assert answer == (True, encode_first_max(FIRST_MAX))
         assert opened == "ping"
     else:
         assert answer[0] is False

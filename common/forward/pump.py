@@ -141,14 +141,21 @@ class Forwarder:
     non-blocking socket: the event loop's reader and writer callbacks, no transport, no
     task. :meth:`start` hands it the socket (the listener or the connect does);
     ``on_connected`` is then called with the forwarder (an accepted connection starts its
-    channel's open there). Until :meth:`attach` gives it its open channel, it reads at most
-    :data:`EARLY_LIMIT` bytes, sent as soon as the channel opens. :meth:`wait` returns once
-    both the socket and the channel are gone; :meth:`abort` ends both at once."""
+    channel's open there). With ``first_max``, :meth:`start` first reads what the socket
+    already holds, up to that many bytes, for ``on_connected`` to send in the open
+    (:attr:`first`, docs/PROTOCOL.md §10B.1). Until :meth:`attach` gives it its open
+    channel, it reads at most :data:`EARLY_LIMIT` bytes more, sent as soon as the channel
+    opens. :meth:`wait` returns once both the socket and the channel are gone; :meth:`abort`
+    ends both at once."""
 
     def __init__(self, tag: str = "",
-                 on_connected: Callable[[Forwarder], None] | None = None) -> None:
+                 on_connected: Callable[[Forwarder], None] | None = None,
+                 first_max: int = 0) -> None:
         self.tag = tag
         self._on_connected = on_connected
+        self._first_max = first_max
+        #: What the socket held when it was accepted (``first_max``): for the open.
+        self.first = b""
         self._loop = asyncio.get_running_loop()
         self._sock: socket.socket | None = None
         self._fd = -1
@@ -182,6 +189,16 @@ class Forwarder:
         _nodelay(sock)
         self._sock = sock
         self._fd = sock.fileno()
+        if self._first_max:
+            # A client that speaks first has usually sent its request by the time its
+            # connection is accepted: it can ride in the open. A reset is seen again by the
+            # reader callback (as EOF), so it is not handled here.
+            with contextlib.suppress(OSError):
+                data = sock.recv(self._first_max)
+                if data:
+                    self.first = data
+                else:
+                    self._socket_eof = True
         self._update_reading()
         if self._on_connected is not None:
             self._on_connected(self)
@@ -223,11 +240,17 @@ class Forwarder:
         """Until both ends are gone; True for a clean end (EOF both ways)."""
         return await self._done
 
-    async def serve(self, channel: Channel) -> None:
+    async def serve(self, channel: Channel, first: bytes = b"") -> None:
         """The far end opened ``channel`` for this (connected) socket: accept it and forward
-        until both ends are gone. The socket is aborted if the connection is already lost
-        or the serving task is cancelled, so nothing is left open."""
+        until both ends are gone; ``first`` (the bytes that came with the open) goes to the
+        socket before anything the channel carries. The socket is aborted if the connection
+        is already lost or the serving task is cancelled, so nothing is left open."""
         try:
+            if first:
+                try:
+                    self._send(first)
+                except OSError as exc:
+                    self._socket_failed(exc)
             try:
                 channel.accept()
             except ConnectionLost:
@@ -492,16 +515,18 @@ def _nodelay(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def requested_endpoint(channel: Channel, kind: str, refusal: str) -> Endpoint | None:
+def requested_endpoint(channel: Channel, kind: str, refusal: str, first_max: int = 0
+                       ) -> Endpoint | None:
     """The endpoint a tunnel channel the peer opened names, or None once the channel has
     been refused: another kind than the one this side accepts (``refusal``, a sentence
-    naming it with ``{kind}``), or a payload that does not decode. Both ends' first step."""
+    naming it with ``{kind}``), or a payload that does not decode (first bytes beyond
+    ``first_max``, what this side offered, included). Both ends' first step."""
     if channel.kind != kind:
         channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
                        refusal.format(kind=channel.kind))
         return None
     try:
-        return Endpoint.decode(channel.payload)
+        return Endpoint.decode(channel.payload, first_max=first_max)
     except InvalidInput as exc:
         channel.reject(OpenFailureReason.CONNECT_FAILED, f"malformed request: {exc}")
         return None
