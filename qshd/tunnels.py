@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ from common.forward.listen import (
     bound_port,
     close_servers,
     connect_forwarder,
+    connect_now,
     describe_os_error,
     is_loopback_bind,
     listen_forwarders,
@@ -160,6 +162,9 @@ class Tunnels:
         self._lock = asyncio.Lock()
         self._closed = False
         self._watch = asyncio.ensure_future(self._close_with_connection())
+        self._tasks: set[asyncio.Task[None]] = set()
+        # direct-tcpip to a loopback address is served right where its open arrives.
+        connection.set_open_hook(self._open_now)
 
     @property
     def tag(self) -> str:
@@ -174,6 +179,8 @@ class Tunnels:
         if self._closed:
             return
         self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
         listeners = [s for servers in self._listeners.values() for s in servers]
         self._listeners.clear()
         for forwarder in list(self._forwarders):
@@ -277,6 +284,73 @@ class Tunnels:
 
     # -- channels
 
+    def _open_now(self, channel: aio.Channel) -> bool:
+        """A channel the client opens, seen in the event processing that received its
+        open: a permitted ``direct-tcpip`` to a loopback address is connected and answered
+        here, with no task and no turn of the loop (a short tunnelled connection's main
+        cost is such turns, bench/tunnel.py's connections/s). False leaves the channel to
+        :meth:`serve_channel` (other kinds, names, refusals: one place for their logs)."""
+        if channel.kind != DIRECT_TCPIP or self._closed or self.disabled is not None:
+            return False
+        try:
+            endpoint = Endpoint.decode(channel.payload, first_max=FIRST_MAX)
+        except InvalidInput:
+            return False
+        if self.policy.local_refusal(endpoint.host, endpoint.port) is not None:
+            return False
+        forwarder = Forwarder(f"{self.tag} chan={channel.id}")
+        try:
+            pending = connect_now(forwarder, endpoint.host, endpoint.port)
+        except ValueError:  # not a loopback address
+            return False
+        except OSError as exc:
+            self._connect_failed(channel, endpoint, exc)
+            return True
+        if pending is not None:  # a full backlog: wait for it as serve_channel would
+            task = asyncio.ensure_future(self._serve(channel, endpoint, forwarder, pending))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
+        self._forwarders.add(forwarder)
+        forwarder.add_done_callback(self._forwarders.discard)
+        forwarder.serve_now(channel, endpoint.first)
+        return True
+
+    def _connect_failed(self, channel: aio.Channel, endpoint: Endpoint,
+                        exc: BaseException) -> None:
+        target = f"{endpoint.host}:{endpoint.port}"
+        why = describe_os_error(exc)
+        log.info("%s: connect to %s for %s failed: %s", self.tag, target, self.user, why)
+        channel.reject(OpenFailureReason.CONNECT_FAILED, f"connect to {target} failed: {why}")
+
+    async def _serve(self, channel: aio.Channel, endpoint: Endpoint, forwarder: Forwarder,
+                     started: socket.socket | None = None) -> None:
+        """Connect (or finish ``started``) under the pending-connects bound, then forward."""
+        if self._connecting >= MAX_PENDING_CONNECTS:
+            if started is not None:
+                started.close()
+            channel.reject(OpenFailureReason.RESOURCE_SHORTAGE,
+                           f"too many connects in progress (at most {MAX_PENDING_CONNECTS})")
+            return
+        self._connecting += 1
+        try:
+            await connect_forwarder(forwarder, endpoint.host, endpoint.port, CONNECT_TIMEOUT,
+                                    started=started)
+        except (OSError, TimeoutError) as exc:
+            self._connect_failed(channel, endpoint, exc)
+            return
+        finally:
+            self._connecting -= 1
+        self._forwarders.add(forwarder)
+        try:
+            if self._closed:
+                forwarder.abort()
+                channel.reject(OpenFailureReason.CONNECT_FAILED, "the connection is closing")
+                return
+            await forwarder.serve(channel, endpoint.first)
+        finally:
+            self._forwarders.discard(forwarder)
+
     async def serve_channel(self, channel: aio.Channel) -> None:
         """A tunnel channel the client opened."""
         endpoint = requested_endpoint(channel, DIRECT_TCPIP,
@@ -290,27 +364,4 @@ class Tunnels:
                      reason)
             channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED, reason)
             return
-        if self._connecting >= MAX_PENDING_CONNECTS:
-            channel.reject(OpenFailureReason.RESOURCE_SHORTAGE,
-                           f"too many connects in progress (at most {MAX_PENDING_CONNECTS})")
-            return
-        forwarder = Forwarder(f"{self.tag} chan={channel.id}")
-        self._connecting += 1
-        try:
-            await connect_forwarder(forwarder, endpoint.host, endpoint.port, CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
-            why = describe_os_error(exc)
-            log.info("%s: connect to %s for %s failed: %s", self.tag, target, self.user, why)
-            channel.reject(OpenFailureReason.CONNECT_FAILED, f"connect to {target} failed: {why}")
-            return
-        finally:
-            self._connecting -= 1
-        self._forwarders.add(forwarder)
-        try:
-            if self._closed:
-                forwarder.abort()
-                channel.reject(OpenFailureReason.CONNECT_FAILED, "the connection is closing")
-                return
-            await forwarder.serve(channel, endpoint.first)
-        finally:
-            self._forwarders.discard(forwarder)
+        await self._serve(channel, endpoint, Forwarder(f"{self.tag} chan={channel.id}"))

@@ -407,3 +407,70 @@ def test_in_process_server_forwards_only_as_the_user(tmp_path: Path, same_user: 
         assert "does not run as the user" in decode_reason(answer[1])
         assert opened == ("refused: tunnels are not served by this server: it does not run "
                           "as the user")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="logs in as root to the in-process server")
+def test_loopback_direct_tcpip_is_served_without_a_task(tmp_path: Path) -> None:
+    """A permitted direct-tcpip to a loopback address is connected and answered where its
+    open arrives (the connection's open hook), by callbacks: while it forwards, no channel
+    handler task exists for it (one per tunnelled connection was most of a short
+    connection's cost). A name still goes the task's way, and both forward."""
+    import time
+
+    from common.accounts.keys import HostKey
+    from common.accounts.passwd import PasswdFile
+    from qshd.config import ServerConfig
+    from qshd.server import Daemon
+
+    me = pwd.getpwuid(0).pw_name
+    PasswdFile(tmp_path / "pw").set_password(me, b"pw", cost=4)
+    echo_sock = socket.create_server(("127.0.0.1", 0))
+    echo_port = echo_sock.getsockname()[1]
+
+    def serve(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            while data := conn.recv(100):
+                conn.sendall(data)
+
+    def echo() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = echo_sock.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=echo, daemon=True).start()
+
+    def handler_tasks() -> int:
+        return sum(1 for t in asyncio.all_tasks()
+                   if "_run_channel_handler" in repr(t.get_coro()))
+
+    async def main() -> list[tuple[str, int]]:
+        key = HostKey.generate("mldsa65", now=time.time())
+        daemon = Daemon(ServerConfig(passwd_file=tmp_path / "pw", permit_root_login="yes",
+                                     port=0, listen_addresses=["127.0.0.1"]), [key])
+        await daemon.start()
+        seen = []
+        try:
+            client = await aio.connect("127.0.0.1", daemon.port,
+                                       handshake=ClientHandshake(Offer(), key.public),
+                                       user=me, password=b"pw")
+            assert await client.wait_authenticated() is None
+            # As qsh does: the check first (the in-process server sets up tunnels then).
+            assert await client.global_request(
+                FORWARD_CHECK, ForwardCheck("127.0.0.1", echo_port).encode())
+            for host in ("127.0.0.1", "localhost"):
+                channel = await client.open_channel(
+                    DIRECT_TCPIP, Endpoint(host, echo_port, first=b"pi").encode())
+                channel.write(b"ng")
+                seen.append(((await channel.readexactly(4)).decode(), handler_tasks()))
+                channel.close()
+                await channel.wait_closed()
+            client.close()
+            await client.wait_closed()
+        finally:
+            await daemon.close()
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(main(), 30))
+    echo_sock.close()
+    assert seen == [("ping", 0), ("ping", 1)]

@@ -193,10 +193,11 @@ def describe_os_error(exc: BaseException) -> str:
     return str(exc)
 
 
-async def connect_forwarder(forwarder: Forwarder, host: str, port: int, timeout: float) -> None:
+async def connect_forwarder(forwarder: Forwarder, host: str, port: int, timeout: float, *,
+                            started: socket.socket | None = None) -> None:
     """Connect with a deadline (name resolution included) and give the socket to
     ``forwarder``; the addresses in the resolver's order, the first one's error if none
-    answers.
+    answers. ``started``: the socket :func:`connect_now` left in progress, the only one.
 
     Leaner than ``loop.create_connection``: no resolver round trip for an address, and a
     connect the kernel completes within the call (loopback does) takes no turn of the event
@@ -204,18 +205,26 @@ async def connect_forwarder(forwarder: Forwarder, host: str, port: int, timeout:
     connections/s)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    if started is not None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await _writable(loop, started)
+            error = started.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error))
+        except BaseException:
+            started.close()
+            raise
+        forwarder.start(started)
+        return
     infos: Sequence[tuple[int, int, int, str, tuple[Any, ...]]] = _numeric(host, port)
     if not infos:
         async with asyncio.timeout_at(deadline):
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     first_error: OSError | None = None
     for family, kind, proto, _name, address in infos:
-        sock = socket.socket(family, kind, proto)
+        sock, error = _start_connect(family, kind, proto, address)
         try:
-            sock.setblocking(False)
-            error = sock.connect_ex(address)
-            if error in (errno.EINPROGRESS, errno.EAGAIN):
-                error = sock.connect_ex(address)  # 0 once established (loopback: already)
             if error in (errno.EALREADY, errno.EINPROGRESS):
                 async with asyncio.timeout_at(deadline):
                     await _writable(loop, sock)
@@ -233,6 +242,46 @@ async def connect_forwarder(forwarder: Forwarder, host: str, port: int, timeout:
         forwarder.start(sock)
         return
     raise first_error or OSError(errno.EHOSTUNREACH, f"no address for {host}")
+
+
+def connect_now(forwarder: Forwarder, host: str, port: int) -> socket.socket | None:
+    """:func:`connect_forwarder` for a loopback address, without waiting: None once the
+    forwarder has the connected socket (the kernel completes a loopback connect within the
+    call), else the socket whose connect is still in progress (a full backlog), for
+    ``connect_forwarder(..., started=sock)``. OSError if it failed at once (refused), and
+    ValueError for a host that is not a loopback address (use :func:`connect_forwarder`)."""
+    infos = _numeric(host, port)
+    if not infos or not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"{host} is not a loopback address")
+    family, kind, proto, _name, address = infos[0]
+    sock, error = _start_connect(family, kind, proto, address)
+    if error in (errno.EALREADY, errno.EINPROGRESS):
+        return sock
+    if error not in (0, errno.EISCONN):
+        sock.close()
+        raise OSError(error, os.strerror(error))
+    try:
+        forwarder.start(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return None
+
+
+def _start_connect(family: int, kind: int, proto: int, address: tuple[Any, ...]
+                   ) -> tuple[socket.socket, int]:
+    """A non-blocking socket and its connect's state: 0 once established (loopback:
+    already), EINPROGRESS/EALREADY while under way, else the error."""
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        error = sock.connect_ex(address)
+        if error in (errno.EINPROGRESS, errno.EAGAIN):
+            error = sock.connect_ex(address)  # 0 once established (loopback: already)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, error
 
 
 def _numeric(host: str, port: int) -> list[tuple[int, int, int, str, tuple[Any, ...]]]:

@@ -160,7 +160,11 @@ class Forwarder:
         self._sock: socket.socket | None = None
         self._fd = -1
         self.channel: Channel | None = None
-        self._done: asyncio.Future[bool] = self._loop.create_future()
+        #: Both ends gone: then the done callbacks run, and a waiter (made only when
+        #: someone waits: the callbacks cost no future, no call_soon) gets the result.
+        self._finished = False
+        self._done_callbacks: list[Callable[[Forwarder], None]] = []
+        self._waiter: asyncio.Future[bool] | None = None
         self._socket_eof = False  # the socket's EOF, passed on to the channel
         self._channel_eof = False  # the channel's EOF, passed on to the socket
         self._socket_gone = False
@@ -233,12 +237,20 @@ class Forwarder:
         return (str(peer[0]), int(peer[1])) if peer else ("", 0)
 
     def add_done_callback(self, callback: Callable[[Forwarder], None]) -> None:
-        """Call ``callback(forwarder)`` (soon) once both ends are gone."""
-        self._done.add_done_callback(lambda _: callback(self))
+        """Call ``callback(forwarder)`` once both ends are gone (at once if they are); it
+        must not raise."""
+        if self._finished:
+            callback(self)
+        else:
+            self._done_callbacks.append(callback)
 
     async def wait(self) -> bool:
         """Until both ends are gone; True for a clean end (EOF both ways)."""
-        return await self._done
+        if self._finished:
+            return self._clean
+        if self._waiter is None:
+            self._waiter = self._loop.create_future()
+        return await self._waiter
 
     async def serve(self, channel: Channel, first: bytes = b"") -> None:
         """The far end opened ``channel`` for this (connected) socket: accept it and forward
@@ -246,21 +258,26 @@ class Forwarder:
         socket before anything the channel carries. The socket is aborted if the connection
         is already lost or the serving task is cancelled, so nothing is left open."""
         try:
-            if first:
-                try:
-                    self._send(first)
-                except OSError as exc:
-                    self._socket_failed(exc)
-            try:
-                channel.accept()
-            except ConnectionLost:
-                self.abort()
-                return
-            self.attach(channel)
+            self.serve_now(channel, first)
             await self.wait()
         except asyncio.CancelledError:
             self.abort()
             raise
+
+    def serve_now(self, channel: Channel, first: bytes = b"") -> None:
+        """:meth:`serve` without a task, for a caller in a callback: accept ``channel`` and
+        forward by callbacks; :meth:`add_done_callback` tells when both ends are gone."""
+        if first:
+            try:
+                self._send(first)
+            except OSError as exc:
+                self._socket_failed(exc)
+        try:
+            channel.accept()
+        except ConnectionLost:
+            self.abort()
+            return
+        self.attach(channel)
 
     # -- the socket
 
@@ -488,7 +505,7 @@ class Forwarder:
         self._check_done()
 
     def _arm(self, seconds: float) -> None:
-        if self._timer is None and not self._done.done():
+        if self._timer is None and not self._finished:
             self._timer = self._loop.call_later(seconds, self._give_up)
 
     def _give_up(self) -> None:
@@ -505,8 +522,13 @@ class Forwarder:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._done.done():
-            self._done.set_result(self._clean)
+        if not self._finished:
+            self._finished = True
+            callbacks, self._done_callbacks = self._done_callbacks, []
+            for callback in callbacks:
+                callback(self)
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(self._clean)
 
 
 def _nodelay(sock: socket.socket) -> None:
