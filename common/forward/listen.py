@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -95,7 +96,7 @@ class Listener:
     def _accept(self) -> None:
         for _ in range(BACKLOG):
             try:
-                conn, _peer = self._sock.accept()
+                conn, peer = self._sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:  # out of descriptors, say: drop this turn, retry later
@@ -105,7 +106,7 @@ class Listener:
                 return
             forwarder = self._factory()
             try:
-                forwarder.start(conn)
+                forwarder.start(conn, (str(peer[0]), int(peer[1])))
             except Exception:  # a bug: this connection goes, the listener stays
                 log.exception("forwarded connection failed")
                 forwarder.abort()
@@ -250,10 +251,9 @@ def connect_now(forwarder: Forwarder, host: str, port: int) -> socket.socket | N
     call), else the socket whose connect is still in progress (a full backlog), for
     ``connect_forwarder(..., started=sock)``. OSError if it failed at once (refused), and
     ValueError for a host that is not a loopback address (use :func:`connect_forwarder`)."""
-    infos = _numeric(host, port)
-    if not infos or not ipaddress.ip_address(host).is_loopback:
+    if not _is_loopback(host):
         raise ValueError(f"{host} is not a loopback address")
-    family, kind, proto, _name, address = infos[0]
+    family, kind, proto, _name, address = _numeric(host, port)[0]
     sock, error = _start_connect(family, kind, proto, address)
     if error in (errno.EALREADY, errno.EINPROGRESS):
         return sock
@@ -266,6 +266,14 @@ def connect_now(forwarder: Forwarder, host: str, port: int) -> socket.socket | N
         sock.close()
         raise
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _is_loopback(host: str) -> bool:
+    """A loopback address given as such (a tunnel names the same few again and again)."""
+    if not _numeric(host, 1):
+        return False
+    return ipaddress.ip_address(host).is_loopback
 
 
 def _start_connect(family: int, kind: int, proto: int, address: tuple[Any, ...]

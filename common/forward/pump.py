@@ -158,6 +158,7 @@ class Forwarder:
         self.first = b""
         self._loop = asyncio.get_running_loop()
         self._sock: socket.socket | None = None
+        self._peer: tuple[str, int] | None = None
         self._fd = -1
         self.channel: Channel | None = None
         #: Both ends gone: then the done callbacks run, and a waiter (made only when
@@ -187,11 +188,13 @@ class Forwarder:
 
     # -- the owner's side
 
-    def start(self, sock: socket.socket) -> None:
-        """Take ``sock`` (connected; made non-blocking here) and start reading it."""
+    def start(self, sock: socket.socket, peer: tuple[str, int] | None = None) -> None:
+        """Take ``sock`` (connected; made non-blocking here) and start reading it; ``peer``
+        its peer's address if the caller has it (accept returns it: no system call)."""
         sock.setblocking(False)
         _nodelay(sock)
         self._sock = sock
+        self._peer = peer
         self._fd = sock.fileno()
         if self._first_max:
             # A client that speaks first has usually sent its request by the time its
@@ -230,6 +233,8 @@ class Forwarder:
 
     @property
     def peername(self) -> tuple[str, int]:
+        if self._peer is not None:
+            return self._peer
         try:
             peer = self._sock.getpeername() if self._sock is not None else None
         except OSError:
