@@ -474,3 +474,75 @@ def test_loopback_direct_tcpip_is_served_without_a_task(tmp_path: Path) -> None:
     seen = asyncio.run(asyncio.wait_for(main(), 30))
     echo_sock.close()
     assert seen == [("ping", 0), ("ping", 1)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="logs in as root to the in-process server")
+def test_open_answer_leaves_with_the_first_answer(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With first bytes in the open, the server's acceptance waits for the destination's
+    first answer and leaves with it: when open_channel returns, the echo is already there.
+    A destination that says nothing still gets its channel answered, after ANSWER_DELAY
+    (here lowered to a fifth of a second; the first case raised so that load cannot race
+    it)."""
+
+    import time
+
+    from common.accounts.keys import HostKey
+    from common.accounts.passwd import PasswdFile
+    from common.forward import pump
+    from qshd.config import ServerConfig
+    from qshd.server import Daemon
+
+    me = pwd.getpwuid(0).pw_name
+    PasswdFile(tmp_path / "pw").set_password(me, b"pw", cost=4)
+    far = socket.create_server(("127.0.0.1", 0))
+    far_port = far.getsockname()[1]
+    quiet: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = far.accept()  # the first: an echo, after a while
+            with conn:
+                data = conn.recv(100)
+                time.sleep(0.3)
+                conn.sendall(data)
+            conn, _ = far.accept()  # the second: says nothing
+            quiet.append(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def main() -> tuple[int, float]:
+        key = HostKey.generate("mldsa65", now=time.time())
+        daemon = Daemon(ServerConfig(passwd_file=tmp_path / "pw", permit_root_login="yes",
+                                     port=0, listen_addresses=["127.0.0.1"]), [key])
+        await daemon.start()
+        try:
+            client = await aio.connect("127.0.0.1", daemon.port,
+                                       handshake=ClientHandshake(Offer(), key.public),
+                                       user=me, password=b"pw")
+            assert await client.wait_authenticated() is None
+            assert await client.global_request(
+                FORWARD_CHECK, ForwardCheck("127.0.0.1", far_port).encode())
+            monkeypatch.setattr(pump, "ANSWER_DELAY", 30.0, raising=False)
+            channel = await client.open_channel(
+                DIRECT_TCPIP, Endpoint("127.0.0.1", far_port, first=b"hello").encode())
+            buffered = channel.stdout.buffered
+            channel.close()
+            monkeypatch.setattr(pump, "ANSWER_DELAY", 0.2, raising=False)
+            start = time.monotonic()
+            silent = await client.open_channel(
+                DIRECT_TCPIP, Endpoint("127.0.0.1", far_port, first=b"hello").encode())
+            waited = time.monotonic() - start
+            silent.close()
+            client.close()
+            await client.wait_closed()
+        finally:
+            await daemon.close()
+        return buffered, waited
+
+    buffered, waited = asyncio.run(asyncio.wait_for(main(), 30))
+    far.close()
+    for conn in quiet:
+        conn.close()
+    assert buffered == 5
+    assert 0.15 < waited < 10

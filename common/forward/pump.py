@@ -58,6 +58,11 @@ CLOSE_TIMEOUT = 10.0
 #: What a :class:`Forwarder` reads from its socket before the channel is open (it stops
 #: reading there): the first bytes go out with no wait once the channel opens.
 EARLY_LIMIT = 256 * 1024
+#: After writing an open's first bytes, how long the answer to the open may wait for the
+#: destination's first answer, so that both leave in one flight (one record pair and one
+#: turn of the opener's loop fewer for a short connection); the opener only needs the
+#: answer to send more than the first bytes.
+ANSWER_DELAY = 0.002
 #: A :class:`Forwarder`'s queue for its socket: above the high mark the channel's window
 #: grants wait, below the low mark they resume (asyncio's transport defaults).
 SOCKET_HIGH_WATER = 64 * 1024
@@ -182,6 +187,10 @@ class Forwarder:
         self._ending = False
         self._clean = False
         self._timer: asyncio.TimerHandle | None = None
+        #: A channel opened by the peer whose answer waits (at most ANSWER_DELAY) for the
+        #: socket's first bytes, to go out with them.
+        self._unanswered: Channel | None = None
+        self._answer_timer: asyncio.TimerHandle | None = None
         #: What the socket sent before the channel was open (bounded: reading pauses).
         self._early: list[bytes] = []
         self._early_size = 0
@@ -271,18 +280,41 @@ class Forwarder:
 
     def serve_now(self, channel: Channel, first: bytes = b"") -> None:
         """:meth:`serve` without a task, for a caller in a callback: accept ``channel`` and
-        forward by callbacks; :meth:`add_done_callback` tells when both ends are gone."""
+        forward by callbacks; :meth:`add_done_callback` tells when both ends are gone. With
+        ``first`` bytes (a request, most likely) the acceptance waits for the socket's
+        first answer, at most :data:`ANSWER_DELAY`, and leaves with it."""
         if first:
             try:
                 self._send(first)
             except OSError as exc:
                 self._socket_failed(exc)
+            if not self._ending:
+                self._unanswered = channel
+                self._answer_timer = self._loop.call_later(ANSWER_DELAY, self._answer_late)
+                return
+        self._accept(channel)
+
+    def _accept(self, channel: Channel) -> None:
         try:
             channel.accept()
         except ConnectionLost:
             self.abort()
             return
         self.attach(channel)
+
+    def _answer(self) -> None:
+        """Accept the channel whose answer waited (inside a batch: it leaves with what the
+        caller does next)."""
+        channel, self._unanswered = self._unanswered, None
+        if self._answer_timer is not None:
+            self._answer_timer.cancel()
+            self._answer_timer = None
+        if channel is not None:
+            self._accept(channel)
+
+    def _answer_late(self) -> None:
+        self._answer_timer = None
+        self._answer()
 
     # -- the socket
 
@@ -305,6 +337,14 @@ class Forwarder:
         except OSError as exc:
             self._socket_failed(exc)
             return
+        if self._unanswered is not None:  # the answer to the open leaves with this
+            with self._unanswered.connection.batch():
+                self._answer()
+                self._on_read(data)
+        else:
+            self._on_read(data)
+
+    def _on_read(self, data: bytes) -> None:
         if data:
             self._received(data)
         else:
@@ -489,6 +529,8 @@ class Forwarder:
             self._end(clean=True)
 
     def _end(self, *, clean: bool) -> None:
+        if self._unanswered is not None:
+            self._answer()  # then ended like any other: a channel is never left unanswered
         if self._ending:
             if not clean:
                 self._close_socket()  # an abort overrides a pending flush
