@@ -268,7 +268,7 @@ def main() -> None:
         for name, o in medians.items():
             if name.startswith("ssh"):
                 label = f"ratio {qname} / {name[8:-1]}"
-                print(f"{label[:34]:34} {q['upload'] / o['upload']:12.2f} "
+                print(f"{label[:44]:44} {q['upload'] / o['upload']:12.2f} "
                       f"{q['download'] / o['download']:14.2f} "
                       f"{q['connections'] / o['connections']:9.2f}")
     print("each round:")

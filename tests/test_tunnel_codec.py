@@ -338,6 +338,33 @@ def test_socks_refusals(data: bytes, answer: bytes, why: str) -> None:
     assert answered[:len(answer)] == answer
 
 
+def test_socks_parser_byte_by_byte_and_what_follows() -> None:
+    """The sans-IO parser -D's forwarder feeds: a request that arrives a byte at a time is
+    answered (the SOCKS5 method choice as soon as the methods are in) and complete only at
+    its last byte; bytes sent after it without waiting for the reply are kept as ``rest``
+    (they go with the open)."""
+    data = b"\x05\x01\x00\x05\x01\x00\x03\x09localhost\x1f\x90"
+    parser = socks.Parser()
+    answers = b""
+    for i in range(len(data)):
+        out, request = parser.feed(data[i:i + 1])
+        answers += out
+        if i < len(data) - 1:
+            assert request is None
+    assert answers == b"\x05\x00"
+    assert request is not None and (request.host, request.port) == ("localhost", 8080)
+    assert request.reply(socks.SUCCEEDED) == b"\x05\x00\x00\x01" + bytes(6)
+    parser = socks.Parser()
+    out, request = parser.feed(b"\x04\x01\x00\x50\x00\x00\x00\x07me\x00db\x00GET /")
+    assert out == b"" and request is not None
+    assert (request.host, request.port, parser.rest) == ("db", 80, b"GET /")
+    assert request.reply(socks.NOT_ALLOWED) == b"\x00\x5b" + bytes(6)
+    parser = socks.Parser()
+    parser.feed(b"\x04\x01\x00\x50\x7f\x00\x00\x01" + b"u" * 200)  # a user id, so far
+    with pytest.raises(socks.SocksError, match="too long"):
+        parser.feed(b"u" * 100)  # and no NUL within 255 bytes
+
+
 # --------------------------------------------------------------------------- in-process
 
 

@@ -688,6 +688,31 @@ def test_qsh_sends_the_first_bytes_with_the_open(env: Env, echo_server: TcpServe
             time.sleep(0.05)
 
 
+def test_D_sends_what_follows_the_socks_request_with_the_open(env: Env,
+                                                             echo_server: TcpServer) -> None:
+    """A SOCKS client that does not wait for the reply (greeting, request and data in one
+    write) gets the reply, then the echo of its data; the data rode in the open."""
+    lport = free_port()
+    with env.qsh("-vv", "-D", str(lport), ready=lport) as qsh:
+        time.sleep(0.2)
+        os.kill(qsh.pid, signal.SIGSTOP)
+        try:
+            s = socket.create_connection((LOCAL, lport), timeout=10)
+            s.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton(LOCAL)
+                      + echo_server.port.to_bytes(2, "big") + b"pipelined")
+        finally:
+            os.kill(qsh.pid, signal.SIGCONT)
+        with s:
+            want = b"\x05\x00" + b"\x05\x00\x00\x01" + bytes(6) + b"pipelined"
+            got = b""
+            while len(got) < len(want):
+                chunk = s.recv(100)
+                assert chunk, got
+                got += chunk
+        assert got == want
+        assert "9 first bytes sent with the open" in lines(qsh.log)  # type: ignore[attr-defined]
+
+
 def test_1000_short_connections_leave_no_fds_behind(env: Env, echo_server: TcpServer) -> None:
     lport = free_port()
     with env.qsh("-T", f"{lport}:127.0.0.1:{echo_server.port}", ready=lport) as qsh:

@@ -16,13 +16,10 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from common.forward.pump import STREAM_LIMIT, Forwarder
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-ProtocolFactory = Callable[[], asyncio.Protocol]
+from common.forward.pump import Forwarder
 
 log = logging.getLogger("qsh.forward")
 
@@ -46,38 +43,6 @@ def is_loopback_bind(bind: str) -> bool:
         return ipaddress.ip_address(bind).is_loopback
     except ValueError:
         return False
-
-
-def stream_protocol(handler: Handler) -> ProtocolFactory:
-    """What ``asyncio.start_server`` makes for each connection: streams, ``handler`` in a
-    task (``-D``, whose SOCKS dialogue reads a stream)."""
-    def make() -> asyncio.Protocol:
-        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=STREAM_LIMIT), handler)
-    return make
-
-
-async def listen(bind: str, port: int, factory: ProtocolFactory) -> list[asyncio.Server]:
-    """Listen on ``bind``:``port``, each accepted connection served by a protocol from
-    ``factory``; raise OSError if no address could be bound (the first address's error),
-    else return the servers (call ``close`` on each to stop)."""
-    servers: list[asyncio.Server] = []
-    first_error: OSError | None = None
-    loop = asyncio.get_running_loop()
-    for address in bind_addresses(bind):
-        try:
-            server = await loop.create_server(factory, address, port, backlog=BACKLOG,
-                                              reuse_address=True)
-        except OSError as exc:
-            if first_error is None:
-                first_error = exc
-            continue
-        servers.append(server)
-        if port == 0:
-            port = bound_port(servers)
-    if not servers:
-        assert first_error is not None
-        raise first_error
-    return servers
 
 
 class Listener:

@@ -1,6 +1,6 @@
-"""One forwarded TCP connection over one channel: :class:`Forwarder` (for the tunnels that
-own their socket from the start: ``-T``, ``-R``), :func:`pump` (over asyncio streams, for
-``-D``, whose socket first carries the SOCKS dialogue).
+"""One forwarded TCP connection over one channel: :class:`Forwarder`, for every tunnel
+(``-T``, ``-R``, and ``-D``, whose socket first carries the SOCKS dialogue: the forwarder's
+``preamble`` reads it).
 
 :class:`Forwarder` drives the bare non-blocking socket with the event loop's reader and
 writer callbacks and is the channel's consumer (:meth:`~common.aio.Channel.set_consumer`),
@@ -17,8 +17,6 @@ connection costs a handful of callbacks on each side, not three tasks and two st
   back at once, unless more than :data:`SOCKET_HIGH_WATER` waits for the socket: then the
   grants wait until it is down to :data:`SOCKET_LOW_WATER`. A local reader that stops
   reading stops the remote sender within one window.
-
-:func:`pump` does the same with two loops, one per direction, each a read-write-drain cycle.
 
 Half-close travels both ways: EOF on the socket becomes the channel's EOF, the channel's
 EOF becomes ``shutdown(SHUT_WR)``; the channel closes once both directions have ended, as in
@@ -48,8 +46,6 @@ log = logging.getLogger("qsh.forward")
 #: One socket read: a record's worth (the mux's default max packet), so bulk traffic costs
 #: few records and few calls.
 READ_SIZE = 256 * 1024
-#: The asyncio stream buffer limit for forwarded sockets; reading pauses at twice this.
-STREAM_LIMIT = 1024 * 1024
 #: After the peer closed the channel, how long what it sent before may take to reach a slow
 #: local reader before the socket is dropped.
 FLUSH_TIMEOUT = 10.0
@@ -67,78 +63,6 @@ ANSWER_DELAY = 0.002
 #: grants wait, below the low mark they resume (asyncio's transport defaults).
 SOCKET_HIGH_WATER = 64 * 1024
 SOCKET_LOW_WATER = 16 * 1024
-
-
-async def _to_channel(reader: asyncio.StreamReader, channel: Channel) -> None:
-    while data := await reader.read(READ_SIZE):
-        channel.write(data)
-        await channel.drain()
-    channel.write_eof()
-
-
-async def _to_socket(channel: Channel, writer: asyncio.StreamWriter) -> None:
-    while data := await channel.read():
-        writer.write(data)
-        await writer.drain()
-    if writer.can_write_eof() and not writer.is_closing():
-        writer.write_eof()
-
-
-async def pump(channel: Channel, reader: asyncio.StreamReader,
-               writer: asyncio.StreamWriter, tag: str = "") -> bool:
-    """Forward until both directions ended or either side vanished; always closes both the
-    channel and the socket before returning. True for a clean end (EOF both ways)."""
-    up = asyncio.ensure_future(_to_channel(reader, channel))
-    down = asyncio.ensure_future(_to_socket(channel, writer))
-    closed = asyncio.ensure_future(channel.wait_closed())
-    clean = False
-    try:
-        while True:
-            waiting = {t for t in (up, down) if not t.done()}
-            if not waiting:
-                clean = True
-                break
-            await asyncio.wait(waiting | {closed}, return_when=asyncio.FIRST_COMPLETED)
-            failed = [t for t in (up, down)
-                      if t.done() and not t.cancelled() and t.exception() is not None]
-            if failed:
-                log.debug("%s: forwarding ended: %r", tag, failed[0].exception())
-                break
-            if closed.done():
-                # The peer closed: nothing more will go out. What it sent first still goes
-                # to the socket, within a bound.
-                up.cancel()
-                if not down.done():
-                    await asyncio.wait({down}, timeout=FLUSH_TIMEOUT)
-                clean = down.done() and not down.cancelled() and down.exception() is None
-                break
-    finally:
-        for task in (up, down, closed):
-            task.cancel()
-        await asyncio.gather(up, down, closed, return_exceptions=True)
-        if clean:
-            writer.close()
-            channel.close()
-        else:
-            writer.transport.abort()
-            channel.abort()
-        # asyncio.timeout, not wait_for: no task per wait (this runs once per connection).
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await channel.wait_closed()
-                await writer.wait_closed()
-    return clean
-
-
-def set_nodelay(writer: asyncio.StreamWriter) -> None:
-    """Interactive traffic (a forwarded ssh, a database protocol) must not wait for Nagle:
-    the records already batch bulk data."""
-    import socket
-
-    sock = writer.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Forwarder:
@@ -191,6 +115,9 @@ class Forwarder:
         #: socket's first bytes, to go out with them.
         self._unanswered: Channel | None = None
         self._answer_timer: asyncio.TimerHandle | None = None
+        #: While set, what the socket delivers goes here (b"" for its EOF) instead of to
+        #: the channel: a dialogue before forwarding (``-D``'s SOCKS request).
+        self.preamble: Callable[[bytes], None] | None = None
         #: What the socket sent before the channel was open (bounded: reading pauses).
         self._early: list[bytes] = []
         self._early_size = 0
@@ -239,6 +166,28 @@ class Forwarder:
 
     def abort(self) -> None:
         self._end(clean=False)
+
+    def send(self, data: bytes) -> None:
+        """Write to the socket ahead of anything the channel brings (a SOCKS reply)."""
+        if self._sock is None or self._socket_gone or self._close_pending:
+            return
+        try:
+            self._send(data)
+        except OSError as exc:
+            self._socket_failed(exc)
+
+    def hold(self, data: bytes) -> None:
+        """What the socket delivered that goes to the channel once it is open (bytes read
+        with the preamble), before anything read later."""
+        if data:
+            self._received(data)
+
+    def refuse(self, answer: bytes = b"") -> None:
+        """No channel for this socket: write ``answer`` (a SOCKS refusal), then close."""
+        self.preamble = None
+        if answer:
+            self.send(answer)
+        self._end(clean=True)
 
     @property
     def peername(self) -> tuple[str, int]:
@@ -345,6 +294,12 @@ class Forwarder:
             self._on_read(data)
 
     def _on_read(self, data: bytes) -> None:
+        if self.preamble is not None:
+            if not data:
+                self._socket_eof = True
+                self._update_reading()
+            self.preamble(data)
+            return
         if data:
             self._received(data)
         else:
