@@ -573,3 +573,59 @@ def test_open_answer_leaves_with_the_first_answer(tmp_path: Path,
         conn.close()
     assert buffered == 5
     assert 0.15 < waited < 10
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="logs in as root to the in-process server")
+def test_close_callback_runs_where_the_close_is_seen(tmp_path: Path) -> None:
+    """A forwarder learns that its channel closed in the event processing that saw the
+    peer's CLOSE, not a turn of the loop later (one turn per tunnelled connection): as soon
+    as the channel reads as closed, its close callback has run."""
+    import time
+
+    from common.accounts.keys import HostKey
+    from common.accounts.passwd import PasswdFile
+    from qshd.config import ServerConfig
+    from qshd.server import Daemon
+
+    me = pwd.getpwuid(0).pw_name
+    PasswdFile(tmp_path / "pw").set_password(me, b"pw", cost=4)
+    far = socket.create_server(("127.0.0.1", 0))
+    far_port = far.getsockname()[1]
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = far.accept()
+            with conn:
+                while conn.recv(100):
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def main() -> list[str]:
+        key = HostKey.generate("mldsa65", now=time.time())
+        daemon = Daemon(ServerConfig(passwd_file=tmp_path / "pw", permit_root_login="yes",
+                                     port=0, listen_addresses=["127.0.0.1"]), [key])
+        await daemon.start()
+        try:
+            client = await aio.connect("127.0.0.1", daemon.port,
+                                       handshake=ClientHandshake(Offer(), key.public),
+                                       user=me, password=b"pw")
+            assert await client.wait_authenticated() is None
+            channel = await client.open_channel(DIRECT_TCPIP,
+                                                Endpoint("127.0.0.1", far_port).encode())
+            seen: list[str] = []
+            channel.add_close_callback(lambda ch: seen.append("callback"))
+            channel.close()
+            deadline = time.monotonic() + 10
+            while not channel.closed and time.monotonic() < deadline:
+                await asyncio.sleep(0)
+            seen.append("closed" if channel.closed else "never closed")
+            client.close()
+            await client.wait_closed()
+            return seen
+        finally:
+            await daemon.close()
+
+    seen = asyncio.run(asyncio.wait_for(main(), 30))
+    far.close()
+    assert seen == ["callback", "closed"]
