@@ -171,9 +171,10 @@ class ClientTunnels:
                 peer_host, peer_port = forwarder.peername
                 first = forwarder.first
                 endpoint = Endpoint(host, port, peer_host, peer_port, first).encode()
-                self.ui.note(2, f"{tag}: connection from {peer_host}:{peer_port}"
-                             + (f", {len(first)} first bytes sent with the open" if first
-                                else ""))
+                if self.ui.verbosity >= 2:  # (not even the text otherwise: per connection)
+                    self.ui.note(2, f"{tag}: connection from {peer_host}:{peer_port}"
+                                 + (f", {len(first)} first bytes sent with the open" if first
+                                    else ""))
                 self._forwarders.add(forwarder)
                 self.connection.open_channel_nowait(
                     DIRECT_TCPIP, endpoint,
