@@ -629,3 +629,70 @@ def test_close_callback_runs_where_the_close_is_seen(tmp_path: Path) -> None:
     seen = asyncio.run(asyncio.wait_for(main(), 30))
     far.close()
     assert seen == ["callback", "closed"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="logs in as root to the in-process server")
+@pytest.mark.parametrize("how", ["reset", "eof"])
+def test_destination_that_ends_before_answering(tmp_path: Path, how: str,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """First bytes in the open, and the destination goes away before answering (a reset,
+    or a plain close): the open is answered all the same, then the channel ends -- cut
+    (reset) or with EOF (close) -- with nothing logged as an error on either side."""
+    import logging
+    import struct
+    import time
+
+    from common.accounts.keys import HostKey
+    from common.accounts.passwd import PasswdFile
+    from qshd.config import ServerConfig
+    from qshd.server import Daemon
+
+    me = pwd.getpwuid(0).pw_name
+    PasswdFile(tmp_path / "pw").set_password(me, b"pw", cost=4)
+    far = socket.create_server(("127.0.0.1", 0))
+    far_port = far.getsockname()[1]
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = far.accept()
+            conn.recv(100)
+            if how == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def main() -> str:
+        key = HostKey.generate("mldsa65", now=time.time())
+        daemon = Daemon(ServerConfig(passwd_file=tmp_path / "pw", permit_root_login="yes",
+                                     port=0, listen_addresses=["127.0.0.1"]), [key])
+        await daemon.start()
+        try:
+            client = await aio.connect("127.0.0.1", daemon.port,
+                                       handshake=ClientHandshake(Offer(), key.public),
+                                       user=me, password=b"pw")
+            assert await client.wait_authenticated() is None
+            assert await client.global_request(
+                FORWARD_CHECK, ForwardCheck("127.0.0.1", far_port).encode())
+            channel = await client.open_channel(
+                DIRECT_TCPIP, Endpoint("127.0.0.1", far_port, first=b"hello").encode())
+            try:
+                data = await channel.read_to_eof()
+                outcome = f"eof {data!r}"
+            except Exception as exc:
+                outcome = type(exc).__name__
+            channel.close()  # our half: the server closes its side once both have ended
+            await asyncio.wait_for(channel.wait_closed(), 10)
+            client.close()
+            await client.wait_closed()
+            return outcome
+        finally:
+            await daemon.close()
+
+    with caplog.at_level(logging.WARNING):
+        outcome = asyncio.run(asyncio.wait_for(main(), 30))
+    far.close()
+    assert outcome in ("eof b''", "ConnectionLost", "ChannelClosedError")
+    if how == "eof":
+        assert outcome == "eof b''"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
