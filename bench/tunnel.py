@@ -4,12 +4,16 @@
     python bench/tunnel.py                 # 1 GiB each way, 1000 connections, 3 rounds
     python bench/tunnel.py --quick         # 256 MiB, 300 connections, 1 round
     python bench/tunnel.py --bytes N --connections K --rounds R
+    python bench/tunnel.py --only connections --openssh /opt/openssh-10.5 --rounds 5
+    python bench/tunnel.py --only connections --tree ../before   # and another checkout
 
-Both clients are the real command-line programs, each against its own private daemon on
+Every client is the real command-line program, each against its own private daemon on
 127.0.0.1 (:class:`bench.sessions.PrivateQshd`, :class:`bench.openssh.PrivateSshd`; key
 login; ssh with ``-c aes256-gcm@openssh.com``, qsh's default suite is AES-256-GCM too). The
 tunnel's far end is a server in this process on 127.0.0.1; the near end a client in this
-process. Printed, for each, with the ratio qsh/ssh (above 1: qsh is faster):
+process. The rounds are interleaved (one of each tunnel, then the next), so the machine's
+load changes hit every tunnel alike. Printed, for each, the median of the rounds, every
+round, and the ratio qsh/ssh (above 1: qsh is faster):
 
 1. **upload**: ``--bytes`` sent into the tunnel, the far end counts them and answers with
    the count after EOF; MB/s from the first byte sent to the answer.
@@ -24,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -163,26 +169,40 @@ def connections(port: int, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def measure(make: Callable[[int, int], list[str]], args: argparse.Namespace
-            ) -> dict[str, float]:
-    """Best of ``rounds`` for each measurement through one tunnel command."""
-    results: dict[str, list[float]] = {"upload": [], "download": [], "connections": []}
-    for mode, key in (("sink", "upload"), ("source", "download"), ("echo", "connections")):
+def measure(tunnels: dict[str, Callable[[int, int], list[str]]], args: argparse.Namespace
+            ) -> dict[str, dict[str, list[float]]]:
+    """Every measurement through every tunnel command, the rounds interleaved (round 1 of
+    each tunnel, then round 2 of each ...), so a change in the machine's load hits all of
+    them alike. Each tunnel's client is started once per measurement kind and kept for its
+    rounds."""
+    results: dict[str, dict[str, list[float]]] = {
+        name: {"upload": [], "download": [], "connections": []} for name in tunnels}
+    kinds = (("sink", "upload"), ("source", "download"), ("echo", "connections"))
+    for mode, key in kinds:
+        if key not in args.only:
+            continue
         far = FarEnd(mode, args.bytes)
-        lport = free_port()
         try:
-            with tunnel(make(lport, far.port)):
-                wait_ready(lport)
+            with contextlib.ExitStack() as stack:
+                ports: dict[str, int] = {}
+                for name, make in tunnels.items():
+                    lport = free_port()
+                    stack.enter_context(tunnel(make(lport, far.port)))
+                    ports[name] = lport
+                for lport in ports.values():
+                    wait_ready(lport)
                 for _ in range(args.rounds):
-                    if key == "upload":
-                        results[key].append(upload(lport, args.bytes))
-                    elif key == "download":
-                        results[key].append(download(lport, args.bytes))
-                    else:
-                        results[key].append(connections(lport, args.connections))
+                    for name, lport in ports.items():
+                        if key == "upload":
+                            value = upload(lport, args.bytes)
+                        elif key == "download":
+                            value = download(lport, args.bytes)
+                        else:
+                            value = connections(lport, args.connections)
+                        results[name][key].append(value)
         finally:
             far.close()
-    return {k: max(v) for k, v in results.items()}
+    return results
 
 
 def main() -> None:
@@ -191,37 +211,71 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default="upload,download,connections",
+                        help="comma-separated: upload, download, connections")
+    parser.add_argument("--openssh", action="append", type=Path, default=None,
+                        metavar="PREFIX",
+                        help="also measure the OpenSSH installed at PREFIX (e.g. "
+                        "/opt/openssh-10.5; repeatable); the distribution's is always in")
+    parser.add_argument("--tree", action="append", type=Path, default=None,
+                        help="also measure qsh and qshd from this checkout (a before and "
+                        "after; repeatable)")
     args = parser.parse_args()
     if args.quick:
         args.bytes, args.connections, args.rounds = 256 * MiB, 300, 1
-    why = openssh.available()
+    args.only = set(args.only.split(","))
     with contextlib.ExitStack() as stack:
-        qshd = stack.enter_context(PrivateQshd())
-        cli = qshd.cli(None)
+        tunnels: dict[str, Callable[[int, int], list[str]]] = {}
+        for tree in [None, *(args.tree or [])]:
+            qshd = stack.enter_context(PrivateQshd(tree=tree.resolve()) if tree
+                                       else PrivateQshd())
+            # From the daemon's tree: ``-m`` puts the working directory first on the path.
+            cli = ["env", "-C", str(qshd.tree), f"PYTHONPATH={qshd.tree}", *qshd.cli(None)]
 
-        def qsh_command(lport: int, port: int) -> list[str]:
-            return [*cli[:-1], "-N", "-T", f"{lport}:{HOST}:{port}", cli[-1]]
+            def qsh_command(lport: int, port: int, cli: list[str] = cli) -> list[str]:
+                return [*cli[:-1], "-N", "-T", f"{lport}:{HOST}:{port}", cli[-1]]
 
-        rows = {"qsh -T": measure(qsh_command, args)}
-        if why is None:
-            sshd = stack.enter_context(openssh.PrivateSshd())
+            tunnels["qsh -T" + (f" ({tree})" if tree else "")] = qsh_command
+        for prefix in [None, *(args.openssh or [])]:
+            why = openssh.available(prefix)
+            if why is not None:
+                print(f"(no OpenSSH baseline {prefix or ''}: {why})")
+                continue
+            sshd = stack.enter_context(openssh.PrivateSshd(prefix=prefix))
             base = sshd.command(None, openssh.CIPHERS["aes256gcm"])
 
-            def ssh_command(lport: int, port: int) -> list[str]:
+            def ssh_command(lport: int, port: int, base: list[str] = base) -> list[str]:
                 return [*base[:-1], "-N", "-L", f"{lport}:{HOST}:{port}", base[-1]]
 
-            rows[f"ssh -L ({sshd.version.split(',')[0]})"] = measure(ssh_command, args)
-        else:
-            print(f"(no OpenSSH baseline: {why})")
-    print(f"{args.bytes // MiB} MiB each way, {args.connections} connections, best of "
-          f"{args.rounds}")
-    print(f"{'':28} {'upload MB/s':>12} {'download MB/s':>14} {'conn/s':>9}")
-    for name, r in rows.items():
-        print(f"{name:28} {r['upload']:12.0f} {r['download']:14.0f} {r['connections']:9.0f}")
-    if len(rows) == 2:
-        q, s = rows.values()
-        print(f"{'ratio qsh/ssh':28} {q['upload'] / s['upload']:12.2f} "
-              f"{q['download'] / s['download']:14.2f} {q['connections'] / s['connections']:9.2f}")
+            major, minor = sshd.release()
+            tunnels[f"ssh -L (OpenSSH {major}.{minor})"] = ssh_command
+        results = measure(tunnels, args)
+    print(f"{args.bytes // MiB} MiB each way, {args.connections} connections, "
+          f"{args.rounds} interleaved rounds; medians; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{'':34} {'upload MB/s':>12} {'download MB/s':>14} {'conn/s':>9}")
+    keys = ("upload", "download", "connections")
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values) if values else float("nan")
+
+    medians = {name: {k: median(r[k]) for k in keys} for name, r in results.items()}
+    for name, r in medians.items():
+        print(f"{name:34} {r['upload']:12.0f} {r['download']:14.0f} {r['connections']:9.0f}")
+    for qname, q in medians.items():
+        if not qname.startswith("qsh"):
+            continue
+        for name, o in medians.items():
+            if name.startswith("ssh"):
+                label = f"ratio {qname} / {name[8:-1]}"
+                print(f"{label[:44]:44} {q['upload'] / o['upload']:12.2f} "
+                      f"{q['download'] / o['download']:14.2f} "
+                      f"{q['connections'] / o['connections']:9.2f}")
+    print("each round:")
+    for name, r in results.items():
+        for k in keys:
+            if r[k]:
+                print(f"  {name:32} {k:12} {' '.join(f'{v:.0f}' for v in r[k])}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ connection (the ``~C`` escape line, :mod:`qsh.escapes`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from common import aio
@@ -35,22 +34,20 @@ from common.channels.tunnel import (
     ForwardRequest,
     ForwardSpec,
     decode_bound_port,
+    decode_first_max,
     decode_reason,
 )
 from common.client.connect import Ui, printable
 from common.errors import InvalidInput, UsageError
 from common.forward import socks
 from common.forward.listen import (
-    Handler,
     Listener,
     close_servers,
     connect_forwarder,
     describe_os_error,
-    listen,
     listen_forwarders,
-    stream_protocol,
 )
-from common.forward.pump import Forwarder, pump, requested_endpoint, set_nodelay
+from common.forward.pump import Forwarder, requested_endpoint
 from common.protocol.mux import OpenFailureReason
 
 #: Seconds qsh waits for one local connect of a remote tunnel.
@@ -64,13 +61,15 @@ class ClientTunnels:
         self.ui = ui
         self.specs = specs
         #: Local and dynamic tunnels' listeners.
-        self._listeners: dict[ForwardSpec, Sequence[asyncio.Server | Listener]] = {}
+        self._listeners: dict[ForwardSpec, Sequence[Listener]] = {}
         #: Remote tunnels by the port the server bound.
         self._remote: dict[int, ForwardSpec] = {}
-        #: Every forwarded socket: streams (``-D``) and forwarders (``-T``, ``-R``).
-        self._sockets: set[asyncio.StreamWriter] = set()
+        #: Every forwarded socket.
         self._forwarders: set[Forwarder] = set()
         self.bound_ports: dict[ForwardSpec, int] = {}
+        #: The first bytes a direct-tcpip open may carry, as the server's forward-check
+        #: answers offered (0: a server that does not take them).
+        self.first_max = 0
 
     async def negotiate(self) -> list[str]:
         """Ask for every tunnel; the failures, one line each."""
@@ -109,6 +108,7 @@ class ClientTunnels:
                     self.ui.say(f"Allocated port {port} for remote forward to "
                                 f"{spec.host}:{spec.host_port}")
                 continue
+            self.first_max = decode_first_max(payload)
             try:
                 servers = await self._listen(spec)
             except OSError as exc:
@@ -121,8 +121,6 @@ class ClientTunnels:
         return failures
 
     async def close(self) -> None:
-        for writer in list(self._sockets):
-            writer.transport.abort()
         for forwarder in list(self._forwarders):
             forwarder.abort()
         servers = [server for listeners in self._listeners.values() for server in listeners]
@@ -158,9 +156,9 @@ class ClientTunnels:
 
     # -- local and dynamic tunnels
 
-    async def _listen(self, spec: ForwardSpec) -> Sequence[asyncio.Server | Listener]:
+    async def _listen(self, spec: ForwardSpec) -> Sequence[Listener]:
         if spec.kind == "dynamic":
-            return await listen(spec.bind, spec.port, stream_protocol(self._local_handler(spec)))
+            return await listen_forwarders(spec.bind, spec.port, self._socks_factory(spec))
         return await listen_forwarders(spec.bind, spec.port, self._forwarder_factory(spec))
 
     def _forwarder_factory(self, spec: ForwardSpec) -> Callable[[], Forwarder]:
@@ -171,7 +169,12 @@ class ClientTunnels:
             host, port = spec.host, spec.host_port
             try:
                 peer_host, peer_port = forwarder.peername
-                endpoint = Endpoint(host, port, peer_host, peer_port).encode()
+                first = forwarder.first
+                endpoint = Endpoint(host, port, peer_host, peer_port, first).encode()
+                if self.ui.verbosity >= 2:  # (not even the text otherwise: per connection)
+                    self.ui.note(2, f"{tag}: connection from {peer_host}:{peer_port}"
+                                 + (f", {len(first)} first bytes sent with the open" if first
+                                    else ""))
                 self._forwarders.add(forwarder)
                 self.connection.open_channel_nowait(
                     DIRECT_TCPIP, endpoint,
@@ -182,7 +185,7 @@ class ClientTunnels:
                 self._forwarders.discard(forwarder)
 
         def factory() -> Forwarder:
-            return Forwarder(tag, on_connected=accepted)
+            return Forwarder(tag, on_connected=accepted, first_max=self.first_max)
         return factory
 
     def _opened(self, tag: str, forwarder: Forwarder, channel: aio.Channel | None,
@@ -199,53 +202,76 @@ class ClientTunnels:
         forwarder.abort()
         self._forwarders.discard(forwarder)
 
-    def _local_handler(self, spec: ForwardSpec) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self._sockets.add(writer)
-            try:
-                await self._local(spec, reader, writer)
-            except asyncio.CancelledError:  # the loop shutting down: asyncio would log it
-                writer.transport.abort()
-            except Exception as exc:  # never a traceback from a callback
-                self.ui.note(1, f"{spec.describe()}: {exc!r}")
-                writer.transport.abort()
-            finally:
-                self._sockets.discard(writer)
-        return handle
+    def _socks_factory(self, spec: ForwardSpec) -> Callable[[], Forwarder]:
+        """``-D``: each accepted connection first says where to (SOCKS, read by the
+        forwarder's preamble, within socks.REQUEST_TIMEOUT), then is forwarded as a -T
+        one; what the client sent after its request goes with the open as first bytes."""
+        tag = spec.describe()
+        loop = asyncio.get_running_loop()
 
-    async def _local(self, spec: ForwardSpec, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
-        set_nodelay(writer)
-        peer = writer.get_extra_info("peername") or ("", 0)
-        request: socks.Request | None = None
-        host, port = spec.host, spec.host_port
-        if spec.kind == "dynamic":
-            try:
-                request = await socks.read_request(reader, writer)
-            except (socks.SocksError, asyncio.IncompleteReadError, TimeoutError,
-                    ValueError) as exc:
-                self.ui.warn(f"qsh: {spec.describe()}: bad SOCKS request: {exc}")
-                writer.transport.abort()
+        def factory() -> Forwarder:
+            parser = socks.Parser()
+            forwarder = Forwarder(tag)
+
+            def timed_out() -> None:
+                self.ui.warn(f"qsh: {tag}: bad SOCKS request: none within "
+                             f"{socks.REQUEST_TIMEOUT:.0f} s")
+                forwarder.abort()
+
+            timer = loop.call_later(socks.REQUEST_TIMEOUT, timed_out)
+
+            def on_bytes(data: bytes) -> None:
+                try:
+                    if not data:
+                        raise socks.SocksError("the client closed before its request")
+                    out, request = parser.feed(data)
+                except (socks.SocksError, ValueError) as exc:
+                    timer.cancel()
+                    self.ui.warn(f"qsh: {tag}: bad SOCKS request: {exc}")
+                    forwarder.refuse(parser.answer)
+                    return
+                if out:
+                    forwarder.send(out)
+                if request is not None:
+                    timer.cancel()
+                    forwarder.preamble = None
+                    self._socks_open(tag, forwarder, request, parser.rest)
+
+            forwarder.preamble = on_bytes
+            forwarder.add_done_callback(lambda _: timer.cancel())
+            self._forwarders.add(forwarder)
+            forwarder.add_done_callback(self._forwarders.discard)
+            return forwarder
+        return factory
+
+    def _socks_open(self, tag: str, forwarder: Forwarder, request: socks.Request,
+                    rest: bytes) -> None:
+        first = rest if len(rest) <= self.first_max else b""
+        forwarder.hold(rest[len(first):])
+        host, port = request.host, request.port
+
+        def opened(channel: aio.Channel | None, error: Exception | None) -> None:
+            if channel is not None:
+                forwarder.send(request.reply(socks.SUCCEEDED))
+                forwarder.attach(channel)
                 return
-            host, port = request.host, request.port
+            if isinstance(error, aio.ChannelOpenError):
+                self.ui.warn(f"qsh: {tag}: {printable(error.message)}")
+                forwarder.refuse(request.reply(socks.reply_code(error.reason)))
+            else:
+                self.ui.warn(f"qsh: {tag}: no channel for {host}:{port}: {error}")
+                forwarder.abort()
+
         try:
-            endpoint = Endpoint(host, port, str(peer[0]), int(peer[1])).encode()
-            channel = await self.connection.open_channel(DIRECT_TCPIP, endpoint)
-        except aio.ChannelOpenError as exc:
-            self.ui.warn(f"qsh: {spec.describe()}: {printable(exc.message)}")
-            if request is not None:
-                request.answer(writer, socks.reply_code(exc.reason))
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.drain(), 5)
-            writer.transport.abort()
-            return
+            peer_host, peer_port = forwarder.peername
+            endpoint = Endpoint(host, port, peer_host, peer_port, first).encode()
+            self.ui.note(2, f"{tag}: connection from {peer_host}:{peer_port} to {host}:{port}"
+                         + (f", {len(first)} first bytes sent with the open" if first
+                            else ""))
+            self.connection.open_channel_nowait(DIRECT_TCPIP, endpoint, opened)
         except (aio.ConnectionLost, UsageError, InvalidInput) as exc:
-            self.ui.warn(f"qsh: {spec.describe()}: no channel for {host}:{port}: {exc}")
-            writer.transport.abort()
-            return
-        if request is not None:
-            request.answer(writer, socks.SUCCEEDED)
-        await pump(channel, reader, writer, f"{spec.describe()} chan={channel.id}")
+            self.ui.warn(f"qsh: {tag}: no channel for {host}:{port}: {exc}")
+            forwarder.abort()
 
     # -- remote tunnels
 

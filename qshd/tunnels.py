@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from common.channels.tunnel import (
     CANCEL_TCPIP_FORWARD,
     CONNECT_TIMEOUT,
     DIRECT_TCPIP,
+    FIRST_MAX,
     FORWARD_CHECK,
     FORWARDED_TCPIP,
     MAX_LISTENERS,
@@ -44,6 +46,7 @@ from common.channels.tunnel import (
     ForwardCheck,
     ForwardRequest,
     encode_bound_port,
+    encode_first_max,
     encode_reason,
 )
 from common.errors import InvalidInput
@@ -52,6 +55,7 @@ from common.forward.listen import (
     bound_port,
     close_servers,
     connect_forwarder,
+    connect_now,
     describe_os_error,
     is_loopback_bind,
     listen_forwarders,
@@ -158,6 +162,9 @@ class Tunnels:
         self._lock = asyncio.Lock()
         self._closed = False
         self._watch = asyncio.ensure_future(self._close_with_connection())
+        self._tasks: set[asyncio.Task[None]] = set()
+        # direct-tcpip to a loopback address is served right where its open arrives.
+        connection.set_open_hook(self._open_now)
 
     @property
     def tag(self) -> str:
@@ -172,6 +179,8 @@ class Tunnels:
         if self._closed:
             return
         self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
         listeners = [s for servers in self._listeners.values() for s in servers]
         self._listeners.clear()
         for forwarder in list(self._forwarders):
@@ -207,7 +216,8 @@ class Tunnels:
         reason = self.disabled or self.policy.local_refusal(check.host, check.port)
         if reason is not None:
             return self._refuse(what, reason)
-        return True, b""
+        # Allowed; and a direct-tcpip open may carry the first bytes of its stream.
+        return True, encode_first_max(FIRST_MAX)
 
     async def _forward(self, request: ForwardRequest) -> tuple[bool, bytes]:
         what = f"listening on {request.address or 'localhost'}:{request.port}"
@@ -274,31 +284,60 @@ class Tunnels:
 
     # -- channels
 
-    async def serve_channel(self, channel: aio.Channel) -> None:
-        """A tunnel channel the client opened."""
-        endpoint = requested_endpoint(channel, DIRECT_TCPIP,
-                                      "a client may not open {kind} channels")
-        if endpoint is None:
-            return
+    def _open_now(self, channel: aio.Channel) -> bool:
+        """A channel the client opens, seen in the event processing that received its
+        open: a permitted ``direct-tcpip`` to a loopback address is connected and answered
+        here, with no task and no turn of the loop (a short tunnelled connection's main
+        cost is such turns, bench/tunnel.py's connections/s). False leaves the channel to
+        :meth:`serve_channel` (other kinds, names, refusals: one place for their logs)."""
+        if channel.kind != DIRECT_TCPIP or self._closed or self.disabled is not None:
+            return False
+        try:
+            endpoint = Endpoint.decode(channel.payload, first_max=FIRST_MAX)
+        except InvalidInput:
+            return False
+        if self.policy.local_refusal(endpoint.host, endpoint.port) is not None:
+            return False
+        forwarder = Forwarder(f"{self.tag} chan={channel.id}")
+        try:
+            pending = connect_now(forwarder, endpoint.host, endpoint.port)
+        except ValueError:  # not a loopback address
+            return False
+        except OSError as exc:
+            self._connect_failed(channel, endpoint, exc)
+            return True
+        if pending is not None:  # a full backlog: wait for it as serve_channel would
+            task = asyncio.ensure_future(self._serve(channel, endpoint, forwarder, pending))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
+        self._forwarders.add(forwarder)
+        forwarder.add_done_callback(self._forwarders.discard)
+        forwarder.serve_now(channel, endpoint.first)
+        return True
+
+    def _connect_failed(self, channel: aio.Channel, endpoint: Endpoint,
+                        exc: BaseException) -> None:
         target = f"{endpoint.host}:{endpoint.port}"
-        reason = self.disabled or self.policy.local_refusal(endpoint.host, endpoint.port)
-        if reason is not None:
-            log.info("%s: forwarding to %s for %s refused: %s", self.tag, target, self.user,
-                     reason)
-            channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED, reason)
-            return
+        why = describe_os_error(exc)
+        log.info("%s: connect to %s for %s failed: %s", self.tag, target, self.user, why)
+        channel.reject(OpenFailureReason.CONNECT_FAILED, f"connect to {target} failed: {why}")
+
+    async def _serve(self, channel: aio.Channel, endpoint: Endpoint, forwarder: Forwarder,
+                     started: socket.socket | None = None) -> None:
+        """Connect (or finish ``started``) under the pending-connects bound, then forward."""
         if self._connecting >= MAX_PENDING_CONNECTS:
+            if started is not None:
+                started.close()
             channel.reject(OpenFailureReason.RESOURCE_SHORTAGE,
                            f"too many connects in progress (at most {MAX_PENDING_CONNECTS})")
             return
-        forwarder = Forwarder(f"{self.tag} chan={channel.id}")
         self._connecting += 1
         try:
-            await connect_forwarder(forwarder, endpoint.host, endpoint.port, CONNECT_TIMEOUT)
+            await connect_forwarder(forwarder, endpoint.host, endpoint.port, CONNECT_TIMEOUT,
+                                    started=started)
         except (OSError, TimeoutError) as exc:
-            why = describe_os_error(exc)
-            log.info("%s: connect to %s for %s failed: %s", self.tag, target, self.user, why)
-            channel.reject(OpenFailureReason.CONNECT_FAILED, f"connect to {target} failed: {why}")
+            self._connect_failed(channel, endpoint, exc)
             return
         finally:
             self._connecting -= 1
@@ -308,6 +347,21 @@ class Tunnels:
                 forwarder.abort()
                 channel.reject(OpenFailureReason.CONNECT_FAILED, "the connection is closing")
                 return
-            await forwarder.serve(channel)
+            await forwarder.serve(channel, endpoint.first)
         finally:
             self._forwarders.discard(forwarder)
+
+    async def serve_channel(self, channel: aio.Channel) -> None:
+        """A tunnel channel the client opened."""
+        endpoint = requested_endpoint(channel, DIRECT_TCPIP,
+                                      "a client may not open {kind} channels", FIRST_MAX)
+        if endpoint is None:
+            return
+        target = f"{endpoint.host}:{endpoint.port}"
+        reason = self.disabled or self.policy.local_refusal(endpoint.host, endpoint.port)
+        if reason is not None:
+            log.info("%s: forwarding to %s for %s refused: %s", self.tag, target, self.user,
+                     reason)
+            channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED, reason)
+            return
+        await self._serve(channel, endpoint, Forwarder(f"{self.tag} chan={channel.id}"))

@@ -30,8 +30,20 @@ from pathlib import Path
 import pytest
 from test_qsh_client import _client_env, _start_daemon, _stop_daemon, _target_account
 
+from common import aio
 from common.accounts.keys import HostKey
 from common.accounts.known_hosts import KnownHosts
+from common.channels.tunnel import (
+    DIRECT_TCPIP,
+    FIRST_MAX,
+    FORWARD_CHECK,
+    Endpoint,
+    ForwardCheck,
+    decode_first_max,
+)
+from common.protocol.handshake import ClientHandshake
+from common.protocol.negotiation import Offer
+from common.wire import Writer
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -599,6 +611,106 @@ def test_server_side_socket_belongs_to_the_users_process(env: Env,
         listener = socket_owner(rport)  # -R's listening socket
         assert listener is not None
         assert uid_of(listener) == user_uid
+
+
+def test_qshd_takes_first_bytes_in_the_direct_tcpip_open(env: Env,
+                                                          echo_server: TcpServer) -> None:
+    """The real qshd offers first bytes in its forward-check answer and writes those that
+    come with a direct-tcpip open to the destination before the channel's data; more than
+    it offered is refused (malformed), and an open without any still works."""
+    import asyncio
+
+    host_key = HostKey.load(env.base / "host_key").public
+    identity = HostKey.load(env.key)
+
+    async def main() -> tuple[int, bytes, bytes, str]:
+        connection = await aio.connect(LOCAL, int(env.port),
+                                       handshake=ClientHandshake(Offer(), host_key),
+                                       user=env.user, identity=identity, timeout=30)
+        try:
+            assert await connection.wait_authenticated() is None
+            reply = await connection.global_request(
+                FORWARD_CHECK, ForwardCheck(LOCAL, echo_server.port).encode())
+            assert reply is not None and reply[0]
+            offered = decode_first_max(reply[1])
+            channel = await connection.open_channel(
+                DIRECT_TCPIP, Endpoint(LOCAL, echo_server.port, first=b"first, ").encode())
+            channel.write(b"then data")
+            with_first = await channel.readexactly(16)
+            channel.close()
+            plain = await connection.open_channel(
+                DIRECT_TCPIP, Endpoint(LOCAL, echo_server.port).encode())
+            plain.write(b"plain")
+            without = await plain.readexactly(5)
+            plain.close()
+            too_many = (Writer().text(LOCAL).u16(echo_server.port).text("").u16(0)
+                        .vbytes(b"x" * (FIRST_MAX + 1)).getvalue())
+            try:
+                await connection.open_channel(DIRECT_TCPIP, too_many)
+                refusal = "opened"
+            except aio.ChannelOpenError as exc:
+                refusal = exc.message
+            return offered, with_first, without, refusal
+        finally:
+            connection.close()
+            await connection.wait_closed()
+
+    offered, with_first, without, refusal = asyncio.run(asyncio.wait_for(main(), 60))
+    assert offered == FIRST_MAX
+    assert with_first == b"first, then data"
+    assert without == b"plain"
+    assert "malformed request" in refusal and "exceeds" in refusal
+
+
+def test_qsh_sends_the_first_bytes_with_the_open(env: Env, echo_server: TcpServer) -> None:
+    """A request already sent when qsh accepts the connection rides in the open: qsh is
+    stopped while the local client connects and sends, so the bytes are there when it
+    accepts; the echo comes back whole and qsh -vv says they went with the open."""
+    lport = free_port()
+    with env.qsh("-vv", "-T", f"{lport}:127.0.0.1:{echo_server.port}", ready=lport) as qsh:
+        time.sleep(0.2)  # the readiness probe's connection is done with
+        os.kill(qsh.pid, signal.SIGSTOP)
+        try:
+            s = socket.create_connection((LOCAL, lport), timeout=10)
+            s.sendall(b"GET / 1234567")
+        finally:
+            os.kill(qsh.pid, signal.SIGCONT)
+        with s:
+            got = b""
+            while len(got) < 13:
+                chunk = s.recv(100)
+                assert chunk
+                got += chunk
+        assert got == b"GET / 1234567"
+        deadline = time.monotonic() + 10
+        while "13 first bytes sent with the open" not in lines(qsh.log):  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, lines(qsh.log)  # type: ignore[attr-defined]
+            time.sleep(0.05)
+
+
+def test_D_sends_what_follows_the_socks_request_with_the_open(env: Env,
+                                                             echo_server: TcpServer) -> None:
+    """A SOCKS client that does not wait for the reply (greeting, request and data in one
+    write) gets the reply, then the echo of its data; the data rode in the open."""
+    lport = free_port()
+    with env.qsh("-vv", "-D", str(lport), ready=lport) as qsh:
+        time.sleep(0.2)
+        os.kill(qsh.pid, signal.SIGSTOP)
+        try:
+            s = socket.create_connection((LOCAL, lport), timeout=10)
+            s.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton(LOCAL)
+                      + echo_server.port.to_bytes(2, "big") + b"pipelined")
+        finally:
+            os.kill(qsh.pid, signal.SIGCONT)
+        with s:
+            want = b"\x05\x00" + b"\x05\x00\x00\x01" + bytes(6) + b"pipelined"
+            got = b""
+            while len(got) < len(want):
+                chunk = s.recv(100)
+                assert chunk, got
+                got += chunk
+        assert got == want
+        assert "9 first bytes sent with the open" in lines(qsh.log)  # type: ignore[attr-defined]
 
 
 def test_1000_short_connections_leave_no_fds_behind(env: Env, echo_server: TcpServer) -> None:

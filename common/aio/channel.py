@@ -4,6 +4,7 @@ stream and its requests (:class:`Channel`)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ from common.protocol.mux import (
 
 if TYPE_CHECKING:
     from common.aio.connection import QsmpConnection
+
+log = logging.getLogger("qsh.aio")
 
 
 class ReadStream:
@@ -207,6 +210,7 @@ class Channel:
         self._request_waiter: asyncio.Future[None] | None = None
         self._replies: deque[asyncio.Future[tuple[bool, bytes]]] = deque()
         self._on_writable: Callable[[], None] | None = None
+        self._close_callbacks: list[Callable[[Channel], None]] = []
         self.high_water = CHANNEL_HIGH_WATER
 
     def __repr__(self) -> str:
@@ -326,10 +330,14 @@ class Channel:
         self._on_writable = callback
 
     def add_close_callback(self, callback: Callable[[Channel], None]) -> None:
-        """Call ``callback(channel)`` (soon, from the event loop) once the channel is
-        closed: both CLOSEs exchanged, refused, or the connection gone (then :attr:`lost`
-        says how)."""
-        self._closed.add_done_callback(lambda _: callback(self))
+        """Call ``callback(channel)`` once the channel is closed: both CLOSEs exchanged,
+        refused, or the connection gone (then :attr:`lost` says how). It runs inside the
+        connection's event processing that saw the end (no extra turn of the loop for
+        each closed channel; at once if it is closed already) and must not raise."""
+        if self._state == _CLOSED:
+            callback(self)
+        else:
+            self._close_callbacks.append(callback)
 
     def _consumed(self, n: int) -> None:
         if self._state != _OPEN:
@@ -513,5 +521,11 @@ class Channel:
             waiter = self._replies.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("chan=%d: close callback failed", self.id)
         if not self._closed.done():
             self._closed.set_result(None)

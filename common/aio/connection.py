@@ -103,6 +103,7 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self.loop = loop
         self._core = core
         self._on_channel = on_channel
+        self._open_hook: Callable[[Channel], bool] | None = None
         self._on_host_key = on_host_key
         #: connect()'s overall timeout; paused while a person decides on a host key.
         self._connect_deadline: asyncio.Timeout | None = None
@@ -271,6 +272,14 @@ class QsmpConnection(asyncio.BufferedProtocol):
         refuses them (administratively prohibited), the default. For a program that knows
         only once connected which channels it expects (qsh's ``-R`` tunnels)."""
         self._on_channel = handler
+
+    def set_open_hook(self, hook: Callable[[Channel], bool] | None) -> None:
+        """``hook(channel)`` sees each channel the peer opens first, in the event processing
+        that received the open (no task, no turn of the loop); True means it took the
+        channel (answered it, or will), and the channel handler is not run for it. It must
+        not wait; an exception from it refuses the channel and is logged. For a channel
+        kind served by callbacks (a tunnel's ``direct-tcpip``, :mod:`qshd.tunnels`)."""
+        self._open_hook = hook
 
     async def global_request(self, name: str, payload: bytes = b"", *,
                              want_reply: bool = True) -> tuple[bool, bytes] | None:
@@ -797,11 +806,25 @@ class QsmpConnection(asyncio.BufferedProtocol):
     def _on_open_request(self, event: ChannelOpenRequest) -> None:
         channel = Channel(self, event.channel_id, event.kind, event.payload, _ACCEPTING)
         self._channels[event.channel_id] = channel
+        if self._open_hook is not None and self._hook_took(self._open_hook, channel):
+            return
         if self._on_channel is None:
             channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
                            "channels are not accepted here")
             return
         self._spawn(self._run_channel_handler(self._on_channel, channel), "channel handler")
+
+    def _hook_took(self, hook: Callable[[Channel], bool], channel: Channel) -> bool:
+        try:
+            return hook(channel)
+        except Exception:
+            log.exception("conn=%d chan=%d: channel open hook failed", self.number, channel.id)
+            with contextlib.suppress(Exception):
+                if not channel.answered:
+                    channel.reject(OpenFailureReason.CONNECT_FAILED, "internal error")
+                else:
+                    channel.abort()
+            return True
 
     async def _run_channel_handler(self, handler: ChannelHandler, channel: Channel) -> None:
         try:

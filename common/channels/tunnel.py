@@ -4,7 +4,11 @@ negotiation, as values (no sockets here).
 The model is SSH's port forwarding (RFC 4254 §7) with our encodings (docs/PROTOCOL.md §10B):
 
 * ``direct-tcpip`` (client opens; ``-T``/``-L``/``-D``): "connect to host:port for me".
-  Payload ``text host | u16 port | text originator | u16 originator_port``.
+  Payload ``text host | u16 port | text originator | u16 originator_port [| bytes first]``:
+  ``first``, only to a server whose ``forward-check`` answer offered it, is the start of the
+  client's stream (what the local socket had delivered when the open went out), written to
+  the destination right after the connect: a short connection (a request, then its answer)
+  does not wait a round trip for the open's confirmation before its request goes out.
 * ``tcpip-forward`` global request (``-R``): "listen on address:port and send me what
   arrives". Payload ``text address | u16 port`` (port 0: any free port). Success carries
   ``u16 bound_port``; failure carries ``text reason``.
@@ -16,7 +20,9 @@ The model is SSH's port forwarding (RFC 4254 §7) with our encodings (docs/PROTO
   ``direct-tcpip`` to host:port?", sent for every ``-T``/``-L`` (and, with an empty host and
   port 0, for ``-D``: "may I forward at all?") in the first flight after login, so that a
   tunnel the server's policy refuses is refused before any shell starts, not when its first
-  connection arrives. Payload ``text host | u16 port``; failure carries ``text reason``.
+  connection arrives. Payload ``text host | u16 port``; failure carries ``text reason``;
+  success is empty, or ``u32 first_max`` from a server that takes a ``direct-tcpip`` open's
+  first bytes, at most that many (:func:`encode_first_max`).
 
 A refused open or request always says why in one line (the open failure's message, or the
 reply's ``text reason``), which qsh prints as is.
@@ -52,15 +58,21 @@ MAX_LISTENERS = 64
 MAX_PENDING_CONNECTS = 64
 #: Seconds a server waits for one outgoing TCP connect before refusing the channel.
 CONNECT_TIMEOUT = 10.0
+#: The most first bytes a ``direct-tcpip`` open may carry (what our server offers, and the
+#: most our client sends whatever the server offers). A request's first flight (an HTTP
+#: request, a TLS ClientHello) fits; the server holds at most this per pending connect, so
+#: MAX_PENDING_CONNECTS * FIRST_MAX bounds what it holds for one connection (1 MiB).
+FIRST_MAX = 16 * 1024
 
 
 def _check_host(host: str, *, empty_ok: bool = False) -> str:
-    raw = host.encode("utf-8")
-    if len(raw) > MAX_HOST:
-        raise InvalidInput(f"host name of {len(raw)} bytes exceeds {MAX_HOST}")
-    if not raw and not empty_ok:
+    # Once per end of every tunnelled connection: the common case (ASCII) without encoding.
+    size = len(host) if host.isascii() else len(host.encode("utf-8"))
+    if size > MAX_HOST:
+        raise InvalidInput(f"host name of {size} bytes exceeds {MAX_HOST}")
+    if not size and not empty_ok:
         raise InvalidInput("empty host name")
-    if not host.isprintable() or any(c in host for c in " /\\"):
+    if not host.isprintable() or " " in host or "/" in host or "\\" in host:
         raise InvalidInput("host name contains a control character, a space or a slash")
     return host
 
@@ -78,30 +90,44 @@ def _read_host(r: Reader, *, empty_ok: bool = False) -> str:
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """Where to connect (``direct-tcpip``) or which listener (``forwarded-tcpip``), plus the
-    originator of the TCP connection, for logs."""
+    originator of the TCP connection, for logs, and (``direct-tcpip`` only) the first bytes
+    of the client's stream."""
 
     host: str
     port: int
     originator: str = ""
     originator_port: int = 0
+    first: bytes = b""
 
     def encode(self) -> bytes:
         _check_host(self.host)
         _check_port(self.port)
         _check_host(self.originator, empty_ok=True)
         _check_port(self.originator_port, zero_ok=True)
-        return (Writer().text(self.host).u16(self.port).text(self.originator)
-                .u16(self.originator_port).getvalue())
+        if len(self.first) > FIRST_MAX:
+            raise InvalidInput(f"{len(self.first)} first bytes exceed {FIRST_MAX}")
+        w = (Writer().text(self.host).u16(self.port).text(self.originator)
+             .u16(self.originator_port))
+        if self.first:
+            w.vbytes(self.first)
+        return w.getvalue()
 
     @classmethod
-    def decode(cls, payload: bytes) -> Endpoint:
+    def decode(cls, payload: bytes, *, first_max: int = 0) -> Endpoint:
+        """``first_max``: the most first bytes accepted (what this side offered; 0: none,
+        the payload ends after the originator's port)."""
         r = Reader(payload)
         host = _read_host(r)
         port = _check_port(r.u16())
         originator = _read_host(r, empty_ok=True)
         originator_port = r.u16()
+        first = b""
+        if first_max and r.remaining:
+            first = r.vbytes(first_max)
+            if not first:
+                raise InvalidInput("an empty first-bytes field")
         r.end()
-        return cls(host, port, originator, originator_port)
+        return cls(host, port, originator, originator_port, first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +174,25 @@ class ForwardCheck:
         if not host and port:
             raise InvalidInput("a port without a host")
         return cls(host, port)
+
+
+def encode_first_max(first_max: int) -> bytes:
+    """A ``forward-check`` success: the server takes up to ``first_max`` first bytes in a
+    ``direct-tcpip`` open."""
+    return Writer().u32(first_max).getvalue()
+
+
+def decode_first_max(payload: bytes) -> int:
+    """What a ``forward-check`` success offers, capped at :data:`FIRST_MAX`: 0 for an empty
+    payload (a server without the extension) and for one that does not decode (the
+    extension is then not used; the check itself succeeded)."""
+    try:
+        r = Reader(payload)
+        value = r.u32()
+        r.end()
+    except InvalidInput:
+        return 0
+    return min(value, FIRST_MAX)
 
 
 def encode_bound_port(port: int) -> bytes:

@@ -11,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from common.forward.pump import STREAM_LIMIT, Forwarder
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-ProtocolFactory = Callable[[], asyncio.Protocol]
+from common.forward.pump import Forwarder
 
 log = logging.getLogger("qsh.forward")
 
@@ -47,38 +45,6 @@ def is_loopback_bind(bind: str) -> bool:
         return False
 
 
-def stream_protocol(handler: Handler) -> ProtocolFactory:
-    """What ``asyncio.start_server`` makes for each connection: streams, ``handler`` in a
-    task (``-D``, whose SOCKS dialogue reads a stream)."""
-    def make() -> asyncio.Protocol:
-        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=STREAM_LIMIT), handler)
-    return make
-
-
-async def listen(bind: str, port: int, factory: ProtocolFactory) -> list[asyncio.Server]:
-    """Listen on ``bind``:``port``, each accepted connection served by a protocol from
-    ``factory``; raise OSError if no address could be bound (the first address's error),
-    else return the servers (call ``close`` on each to stop)."""
-    servers: list[asyncio.Server] = []
-    first_error: OSError | None = None
-    loop = asyncio.get_running_loop()
-    for address in bind_addresses(bind):
-        try:
-            server = await loop.create_server(factory, address, port, backlog=BACKLOG,
-                                              reuse_address=True)
-        except OSError as exc:
-            if first_error is None:
-                first_error = exc
-            continue
-        servers.append(server)
-        if port == 0:
-            port = bound_port(servers)
-    if not servers:
-        assert first_error is not None
-        raise first_error
-    return servers
-
-
 class Listener:
     """Listening sockets whose connections go to :class:`Forwarder` objects, accepted by the
     event loop's reader callback (no transport, no task per connection): the same
@@ -95,7 +61,7 @@ class Listener:
     def _accept(self) -> None:
         for _ in range(BACKLOG):
             try:
-                conn, _peer = self._sock.accept()
+                conn, peer = self._sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:  # out of descriptors, say: drop this turn, retry later
@@ -105,7 +71,7 @@ class Listener:
                 return
             forwarder = self._factory()
             try:
-                forwarder.start(conn)
+                forwarder.start(conn, (str(peer[0]), int(peer[1])))
             except Exception:  # a bug: this connection goes, the listener stays
                 log.exception("forwarded connection failed")
                 forwarder.abort()
@@ -193,10 +159,11 @@ def describe_os_error(exc: BaseException) -> str:
     return str(exc)
 
 
-async def connect_forwarder(forwarder: Forwarder, host: str, port: int, timeout: float) -> None:
+async def connect_forwarder(forwarder: Forwarder, host: str, port: int, timeout: float, *,
+                            started: socket.socket | None = None) -> None:
     """Connect with a deadline (name resolution included) and give the socket to
     ``forwarder``; the addresses in the resolver's order, the first one's error if none
-    answers.
+    answers. ``started``: the socket :func:`connect_now` left in progress, the only one.
 
     Leaner than ``loop.create_connection``: no resolver round trip for an address, and a
     connect the kernel completes within the call (loopback does) takes no turn of the event
@@ -204,18 +171,26 @@ async def connect_forwarder(forwarder: Forwarder, host: str, port: int, timeout:
     connections/s)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    if started is not None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await _writable(loop, started)
+            error = started.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error))
+        except BaseException:
+            started.close()
+            raise
+        forwarder.start(started)
+        return
     infos: Sequence[tuple[int, int, int, str, tuple[Any, ...]]] = _numeric(host, port)
     if not infos:
         async with asyncio.timeout_at(deadline):
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     first_error: OSError | None = None
     for family, kind, proto, _name, address in infos:
-        sock = socket.socket(family, kind, proto)
+        sock, error = _start_connect(family, kind, proto, address)
         try:
-            sock.setblocking(False)
-            error = sock.connect_ex(address)
-            if error in (errno.EINPROGRESS, errno.EAGAIN):
-                error = sock.connect_ex(address)  # 0 once established (loopback: already)
             if error in (errno.EALREADY, errno.EINPROGRESS):
                 async with asyncio.timeout_at(deadline):
                     await _writable(loop, sock)
@@ -233,6 +208,53 @@ async def connect_forwarder(forwarder: Forwarder, host: str, port: int, timeout:
         forwarder.start(sock)
         return
     raise first_error or OSError(errno.EHOSTUNREACH, f"no address for {host}")
+
+
+def connect_now(forwarder: Forwarder, host: str, port: int) -> socket.socket | None:
+    """:func:`connect_forwarder` for a loopback address, without waiting: None once the
+    forwarder has the connected socket (the kernel completes a loopback connect within the
+    call), else the socket whose connect is still in progress (a full backlog), for
+    ``connect_forwarder(..., started=sock)``. OSError if it failed at once (refused), and
+    ValueError for a host that is not a loopback address (use :func:`connect_forwarder`)."""
+    if not _is_loopback(host):
+        raise ValueError(f"{host} is not a loopback address")
+    family, kind, proto, _name, address = _numeric(host, port)[0]
+    sock, error = _start_connect(family, kind, proto, address)
+    if error in (errno.EALREADY, errno.EINPROGRESS):
+        return sock
+    if error not in (0, errno.EISCONN):
+        sock.close()
+        raise OSError(error, os.strerror(error))
+    try:
+        forwarder.start(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _is_loopback(host: str) -> bool:
+    """A loopback address given as such (a tunnel names the same few again and again)."""
+    if not _numeric(host, 1):
+        return False
+    return ipaddress.ip_address(host).is_loopback
+
+
+def _start_connect(family: int, kind: int, proto: int, address: tuple[Any, ...]
+                   ) -> tuple[socket.socket, int]:
+    """A non-blocking socket and its connect's state: 0 once established (loopback:
+    already), EINPROGRESS/EALREADY while under way, else the error."""
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        error = sock.connect_ex(address)
+        if error in (errno.EINPROGRESS, errno.EAGAIN):
+            error = sock.connect_ex(address)  # 0 once established (loopback: already)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, error
 
 
 def _numeric(host: str, port: int) -> list[tuple[int, int, int, str, tuple[Any, ...]]]:

@@ -1,6 +1,6 @@
-"""One forwarded TCP connection over one channel: :class:`Forwarder` (for the tunnels that
-own their socket from the start: ``-T``, ``-R``), :func:`pump` (over asyncio streams, for
-``-D``, whose socket first carries the SOCKS dialogue).
+"""One forwarded TCP connection over one channel: :class:`Forwarder`, for every tunnel
+(``-T``, ``-R``, and ``-D``, whose socket first carries the SOCKS dialogue: the forwarder's
+``preamble`` reads it).
 
 :class:`Forwarder` drives the bare non-blocking socket with the event loop's reader and
 writer callbacks and is the channel's consumer (:meth:`~common.aio.Channel.set_consumer`),
@@ -17,8 +17,6 @@ connection costs a handful of callbacks on each side, not three tasks and two st
   back at once, unless more than :data:`SOCKET_HIGH_WATER` waits for the socket: then the
   grants wait until it is down to :data:`SOCKET_LOW_WATER`. A local reader that stops
   reading stops the remote sender within one window.
-
-:func:`pump` does the same with two loops, one per direction, each a read-write-drain cycle.
 
 Half-close travels both ways: EOF on the socket becomes the channel's EOF, the channel's
 EOF becomes ``shutdown(SHUT_WR)``; the channel closes once both directions have ended, as in
@@ -48,8 +46,6 @@ log = logging.getLogger("qsh.forward")
 #: One socket read: a record's worth (the mux's default max packet), so bulk traffic costs
 #: few records and few calls.
 READ_SIZE = 256 * 1024
-#: The asyncio stream buffer limit for forwarded sockets; reading pauses at twice this.
-STREAM_LIMIT = 1024 * 1024
 #: After the peer closed the channel, how long what it sent before may take to reach a slow
 #: local reader before the socket is dropped.
 FLUSH_TIMEOUT = 10.0
@@ -58,82 +54,15 @@ CLOSE_TIMEOUT = 10.0
 #: What a :class:`Forwarder` reads from its socket before the channel is open (it stops
 #: reading there): the first bytes go out with no wait once the channel opens.
 EARLY_LIMIT = 256 * 1024
+#: After writing an open's first bytes, how long the answer to the open may wait for the
+#: destination's first answer, so that both leave in one flight (one record pair and one
+#: turn of the opener's loop fewer for a short connection); the opener only needs the
+#: answer to send more than the first bytes.
+ANSWER_DELAY = 0.002
 #: A :class:`Forwarder`'s queue for its socket: above the high mark the channel's window
 #: grants wait, below the low mark they resume (asyncio's transport defaults).
 SOCKET_HIGH_WATER = 64 * 1024
 SOCKET_LOW_WATER = 16 * 1024
-
-
-async def _to_channel(reader: asyncio.StreamReader, channel: Channel) -> None:
-    while data := await reader.read(READ_SIZE):
-        channel.write(data)
-        await channel.drain()
-    channel.write_eof()
-
-
-async def _to_socket(channel: Channel, writer: asyncio.StreamWriter) -> None:
-    while data := await channel.read():
-        writer.write(data)
-        await writer.drain()
-    if writer.can_write_eof() and not writer.is_closing():
-        writer.write_eof()
-
-
-async def pump(channel: Channel, reader: asyncio.StreamReader,
-               writer: asyncio.StreamWriter, tag: str = "") -> bool:
-    """Forward until both directions ended or either side vanished; always closes both the
-    channel and the socket before returning. True for a clean end (EOF both ways)."""
-    up = asyncio.ensure_future(_to_channel(reader, channel))
-    down = asyncio.ensure_future(_to_socket(channel, writer))
-    closed = asyncio.ensure_future(channel.wait_closed())
-    clean = False
-    try:
-        while True:
-            waiting = {t for t in (up, down) if not t.done()}
-            if not waiting:
-                clean = True
-                break
-            await asyncio.wait(waiting | {closed}, return_when=asyncio.FIRST_COMPLETED)
-            failed = [t for t in (up, down)
-                      if t.done() and not t.cancelled() and t.exception() is not None]
-            if failed:
-                log.debug("%s: forwarding ended: %r", tag, failed[0].exception())
-                break
-            if closed.done():
-                # The peer closed: nothing more will go out. What it sent first still goes
-                # to the socket, within a bound.
-                up.cancel()
-                if not down.done():
-                    await asyncio.wait({down}, timeout=FLUSH_TIMEOUT)
-                clean = down.done() and not down.cancelled() and down.exception() is None
-                break
-    finally:
-        for task in (up, down, closed):
-            task.cancel()
-        await asyncio.gather(up, down, closed, return_exceptions=True)
-        if clean:
-            writer.close()
-            channel.close()
-        else:
-            writer.transport.abort()
-            channel.abort()
-        # asyncio.timeout, not wait_for: no task per wait (this runs once per connection).
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await channel.wait_closed()
-                await writer.wait_closed()
-    return clean
-
-
-def set_nodelay(writer: asyncio.StreamWriter) -> None:
-    """Interactive traffic (a forwarded ssh, a database protocol) must not wait for Nagle:
-    the records already batch bulk data."""
-    import socket
-
-    sock = writer.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Forwarder:
@@ -141,19 +70,31 @@ class Forwarder:
     non-blocking socket: the event loop's reader and writer callbacks, no transport, no
     task. :meth:`start` hands it the socket (the listener or the connect does);
     ``on_connected`` is then called with the forwarder (an accepted connection starts its
-    channel's open there). Until :meth:`attach` gives it its open channel, it reads at most
-    :data:`EARLY_LIMIT` bytes, sent as soon as the channel opens. :meth:`wait` returns once
-    both the socket and the channel are gone; :meth:`abort` ends both at once."""
+    channel's open there). With ``first_max``, :meth:`start` first reads what the socket
+    already holds, up to that many bytes, for ``on_connected`` to send in the open
+    (:attr:`first`, docs/PROTOCOL.md §10B.1). Until :meth:`attach` gives it its open
+    channel, it reads at most :data:`EARLY_LIMIT` bytes more, sent as soon as the channel
+    opens. :meth:`wait` returns once both the socket and the channel are gone; :meth:`abort`
+    ends both at once."""
 
     def __init__(self, tag: str = "",
-                 on_connected: Callable[[Forwarder], None] | None = None) -> None:
+                 on_connected: Callable[[Forwarder], None] | None = None,
+                 first_max: int = 0) -> None:
         self.tag = tag
         self._on_connected = on_connected
+        self._first_max = first_max
+        #: What the socket held when it was accepted (``first_max``): for the open.
+        self.first = b""
         self._loop = asyncio.get_running_loop()
         self._sock: socket.socket | None = None
+        self._peer: tuple[str, int] | None = None
         self._fd = -1
         self.channel: Channel | None = None
-        self._done: asyncio.Future[bool] = self._loop.create_future()
+        #: Both ends gone: then the done callbacks run, and a waiter (made only when
+        #: someone waits: the callbacks cost no future, no call_soon) gets the result.
+        self._finished = False
+        self._done_callbacks: list[Callable[[Forwarder], None]] = []
+        self._waiter: asyncio.Future[bool] | None = None
         self._socket_eof = False  # the socket's EOF, passed on to the channel
         self._channel_eof = False  # the channel's EOF, passed on to the socket
         self._socket_gone = False
@@ -170,18 +111,37 @@ class Forwarder:
         self._ending = False
         self._clean = False
         self._timer: asyncio.TimerHandle | None = None
+        #: A channel opened by the peer whose answer waits (at most ANSWER_DELAY) for the
+        #: socket's first bytes, to go out with them.
+        self._unanswered: Channel | None = None
+        self._answer_timer: asyncio.TimerHandle | None = None
+        #: While set, what the socket delivers goes here (b"" for its EOF) instead of to
+        #: the channel: a dialogue before forwarding (``-D``'s SOCKS request).
+        self.preamble: Callable[[bytes], None] | None = None
         #: What the socket sent before the channel was open (bounded: reading pauses).
         self._early: list[bytes] = []
         self._early_size = 0
 
     # -- the owner's side
 
-    def start(self, sock: socket.socket) -> None:
-        """Take ``sock`` (connected; made non-blocking here) and start reading it."""
+    def start(self, sock: socket.socket, peer: tuple[str, int] | None = None) -> None:
+        """Take ``sock`` (connected; made non-blocking here) and start reading it; ``peer``
+        its peer's address if the caller has it (accept returns it: no system call)."""
         sock.setblocking(False)
         _nodelay(sock)
         self._sock = sock
+        self._peer = peer
         self._fd = sock.fileno()
+        if self._first_max:
+            # A client that speaks first has usually sent its request by the time its
+            # connection is accepted: it can ride in the open. A reset is seen again by the
+            # reader callback (as EOF), so it is not handled here.
+            with contextlib.suppress(OSError):
+                data = sock.recv(self._first_max)
+                if data:
+                    self.first = data
+                else:
+                    self._socket_eof = True
         self._update_reading()
         if self._on_connected is not None:
             self._on_connected(self)
@@ -207,8 +167,32 @@ class Forwarder:
     def abort(self) -> None:
         self._end(clean=False)
 
+    def send(self, data: bytes) -> None:
+        """Write to the socket ahead of anything the channel brings (a SOCKS reply)."""
+        if self._sock is None or self._socket_gone or self._close_pending:
+            return
+        try:
+            self._send(data)
+        except OSError as exc:
+            self._socket_failed(exc)
+
+    def hold(self, data: bytes) -> None:
+        """What the socket delivered that goes to the channel once it is open (bytes read
+        with the preamble), before anything read later."""
+        if data:
+            self._received(data)
+
+    def refuse(self, answer: bytes = b"") -> None:
+        """No channel for this socket: write ``answer`` (a SOCKS refusal), then close."""
+        self.preamble = None
+        if answer:
+            self.send(answer)
+        self._end(clean=True)
+
     @property
     def peername(self) -> tuple[str, int]:
+        if self._peer is not None:
+            return self._peer
         try:
             peer = self._sock.getpeername() if self._sock is not None else None
         except OSError:
@@ -216,28 +200,70 @@ class Forwarder:
         return (str(peer[0]), int(peer[1])) if peer else ("", 0)
 
     def add_done_callback(self, callback: Callable[[Forwarder], None]) -> None:
-        """Call ``callback(forwarder)`` (soon) once both ends are gone."""
-        self._done.add_done_callback(lambda _: callback(self))
+        """Call ``callback(forwarder)`` once both ends are gone (at once if they are); it
+        must not raise."""
+        if self._finished:
+            callback(self)
+        else:
+            self._done_callbacks.append(callback)
 
     async def wait(self) -> bool:
         """Until both ends are gone; True for a clean end (EOF both ways)."""
-        return await self._done
+        if self._finished:
+            return self._clean
+        if self._waiter is None:
+            self._waiter = self._loop.create_future()
+        return await self._waiter
 
-    async def serve(self, channel: Channel) -> None:
+    async def serve(self, channel: Channel, first: bytes = b"") -> None:
         """The far end opened ``channel`` for this (connected) socket: accept it and forward
-        until both ends are gone. The socket is aborted if the connection is already lost
-        or the serving task is cancelled, so nothing is left open."""
+        until both ends are gone; ``first`` (the bytes that came with the open) goes to the
+        socket before anything the channel carries. The socket is aborted if the connection
+        is already lost or the serving task is cancelled, so nothing is left open."""
         try:
-            try:
-                channel.accept()
-            except ConnectionLost:
-                self.abort()
-                return
-            self.attach(channel)
+            self.serve_now(channel, first)
             await self.wait()
         except asyncio.CancelledError:
             self.abort()
             raise
+
+    def serve_now(self, channel: Channel, first: bytes = b"") -> None:
+        """:meth:`serve` without a task, for a caller in a callback: accept ``channel`` and
+        forward by callbacks; :meth:`add_done_callback` tells when both ends are gone. With
+        ``first`` bytes (a request, most likely) the acceptance waits for the socket's
+        first answer, at most :data:`ANSWER_DELAY`, and leaves with it."""
+        if first:
+            try:
+                self._send(first)
+            except OSError as exc:
+                self._socket_failed(exc)
+            if not self._ending:
+                self._unanswered = channel
+                self._answer_timer = self._loop.call_later(ANSWER_DELAY, self._answer_late)
+                return
+        self._accept(channel)
+
+    def _accept(self, channel: Channel) -> None:
+        try:
+            channel.accept()
+        except ConnectionLost:
+            self.abort()
+            return
+        self.attach(channel)
+
+    def _answer(self) -> None:
+        """Accept the channel whose answer waited (inside a batch: it leaves with what the
+        caller does next)."""
+        channel, self._unanswered = self._unanswered, None
+        if self._answer_timer is not None:
+            self._answer_timer.cancel()
+            self._answer_timer = None
+        if channel is not None:
+            self._accept(channel)
+
+    def _answer_late(self) -> None:
+        self._answer_timer = None
+        self._answer()
 
     # -- the socket
 
@@ -259,6 +285,20 @@ class Forwarder:
             return
         except OSError as exc:
             self._socket_failed(exc)
+            return
+        if self._unanswered is not None:  # the answer to the open leaves with this
+            with self._unanswered.connection.batch():
+                self._answer()
+                self._on_read(data)
+        else:
+            self._on_read(data)
+
+    def _on_read(self, data: bytes) -> None:
+        if self.preamble is not None:
+            if not data:
+                self._socket_eof = True
+                self._update_reading()
+            self.preamble(data)
             return
         if data:
             self._received(data)
@@ -444,6 +484,8 @@ class Forwarder:
             self._end(clean=True)
 
     def _end(self, *, clean: bool) -> None:
+        if self._unanswered is not None:
+            self._answer()  # then ended like any other: a channel is never left unanswered
         if self._ending:
             if not clean:
                 self._close_socket()  # an abort overrides a pending flush
@@ -465,7 +507,7 @@ class Forwarder:
         self._check_done()
 
     def _arm(self, seconds: float) -> None:
-        if self._timer is None and not self._done.done():
+        if self._timer is None and not self._finished:
             self._timer = self._loop.call_later(seconds, self._give_up)
 
     def _give_up(self) -> None:
@@ -482,8 +524,13 @@ class Forwarder:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._done.done():
-            self._done.set_result(self._clean)
+        if not self._finished:
+            self._finished = True
+            callbacks, self._done_callbacks = self._done_callbacks, []
+            for callback in callbacks:
+                callback(self)
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(self._clean)
 
 
 def _nodelay(sock: socket.socket) -> None:
@@ -492,16 +539,18 @@ def _nodelay(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def requested_endpoint(channel: Channel, kind: str, refusal: str) -> Endpoint | None:
+def requested_endpoint(channel: Channel, kind: str, refusal: str, first_max: int = 0
+                       ) -> Endpoint | None:
     """The endpoint a tunnel channel the peer opened names, or None once the channel has
     been refused: another kind than the one this side accepts (``refusal``, a sentence
-    naming it with ``{kind}``), or a payload that does not decode. Both ends' first step."""
+    naming it with ``{kind}``), or a payload that does not decode (first bytes beyond
+    ``first_max``, what this side offered, included). Both ends' first step."""
     if channel.kind != kind:
         channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
                        refusal.format(kind=channel.kind))
         return None
     try:
-        return Endpoint.decode(channel.payload)
+        return Endpoint.decode(channel.payload, first_max=first_max)
     except InvalidInput as exc:
         channel.reject(OpenFailureReason.CONNECT_FAILED, f"malformed request: {exc}")
         return None
