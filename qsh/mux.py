@@ -195,6 +195,8 @@ class Master:
         self._clients: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._exit = False
+        #: In serve(): nothing of the master's own runs; -O exit need not end the connection.
+        self._serving = False
         self._loop.add_reader(server.fileno(), self._accept)
 
     @classmethod
@@ -264,6 +266,8 @@ class Master:
                 self.ui.note(1, "control socket: exit requested")
                 self._exit = True
                 self._changed.set()
+                if not self._serving:  # a session of the master's own is running: ends too
+                    self.connection.close("the control master was told to exit")
             elif kind == wire.STOP:
                 await peer.send(wire.frame(wire.OK))
                 self.ui.note(1, "control socket: stop listening requested")
@@ -349,6 +353,7 @@ class Master:
         """Until ``-O exit``, the connection's end, or no client left: at once when
         ``persist`` is None, after ``persist`` idle seconds otherwise (0: never)."""
         closed = asyncio.ensure_future(self.connection.wait_closed())
+        self._serving = True
         try:
             while not self._exit and not closed.done():
                 timeout: float | None = None

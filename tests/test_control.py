@@ -320,3 +320,41 @@ def test_the_mux_client_imports_no_protocol_stack(env: Env, path: Path) -> None:
                                     "common.crypto.pycryptodome", "common.crypto.oqs",
                                     "qsh.session", "qsh.mux")))
     assert not heavy, heavy
+
+
+def test_a_master_without_persist_serves_while_its_own_session_runs(env: Env,
+                                                                    path: Path) -> None:
+    """-M: the master's own command runs as usual; meanwhile others share its connection;
+    it ends with its own command's status and takes its socket with it. ``-O exit`` ends a
+    master whatever it is doing (its own session too), as ssh's does."""
+    before = env.logins()
+    master = subprocess.Popen([PYTHON, "-m", "qsh", "-M", "-S", str(path), "qtest",
+                               "sleep 2; exit 7"], cwd=ROOT, env=env.environ(),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not path.exists():
+            assert master.poll() is None and time.monotonic() < deadline, master.communicate()
+            time.sleep(0.05)
+        shared = env.qsh("-S", str(path), "qtest", "echo rode")
+        assert shared.stdout == "rode\n", shared.stderr
+        assert master.wait(timeout=20) == 7
+        assert env.logins() == before + 1
+        assert not path.exists()
+        # Again, told to exit in the middle of its own command.
+        second = subprocess.Popen([PYTHON, "-m", "qsh", "-M", "-S", str(path), "qtest",
+                                   "sleep 30"], cwd=ROOT, env=env.environ(),
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while not path.exists():
+            assert second.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert env.qsh("-S", str(path), "-O", "exit", "qtest").returncode == 0
+        assert second.wait(timeout=10) == 255
+    finally:
+        for process in (master, locals().get("second")):
+            if isinstance(process, subprocess.Popen) and process.poll() is None:
+                process.kill()
+                process.wait()
