@@ -315,10 +315,12 @@ class Master:
                     if not run.done():  # the client went away: so does its session
                         session.stop("the mux client went away")
                     code = await run
-                finally:
-                    control.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await control
+                finally:  # also when the master closes: no session outlives its fds
+                    for task in (control, run):
+                        task.cancel()
+                    for task in (control, run):
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await task
             await peer.send(wire.frame(wire.EXIT_STATUS, wire.u32(code)))
         finally:
             for fd in fds:
@@ -385,6 +387,11 @@ class Master:
         loop = asyncio.get_running_loop()
         pid = os.fork()
         if pid:
+            # The event loop's signal wake-up pipe is the child's too now: a signal to
+            # this process must not reach the master's loop.
+            signal.set_wakeup_fd(-1)
+            for signum in _STOP_SIGNALS.values():
+                signal.signal(signum, signal.SIG_DFL)
             status = 0
             if not no_command:
                 cfg = self.cfg

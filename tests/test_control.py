@@ -358,3 +358,37 @@ def test_a_master_without_persist_serves_while_its_own_session_runs(env: Env,
             if isinstance(process, subprocess.Popen) and process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_signals_and_window_changes_reach_a_shared_session(env: Env, path: Path) -> None:
+    from ptyprocess import PtyProcess
+
+    from tests.ptyio import read_to_eof, read_until
+
+    assert _persisted(env, path, "qtest", "true").returncode == 0
+    # SIGTERM to the mux client: forwarded to the remote command, which it ends.
+    client = subprocess.Popen([PYTHON, "-m", "qsh", "-S", str(path), "qtest",
+                               "echo started; sleep 30"], cwd=ROOT, env=env.environ(),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"started\n"
+        started = time.monotonic()
+        client.send_signal(signal.SIGTERM)
+        assert client.wait(timeout=10) == 128 + signal.SIGTERM
+        assert time.monotonic() - started < 5
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    # The terminal's size follows the client's window.
+    proc = PtyProcess.spawn([PYTHON, "-m", "qsh", "-t", "-S", str(path), "qtest",
+                             "stty size; echo READY; read x; stty size"], cwd=str(ROOT),
+                            env=env.environ(TERM="xterm"), dimensions=(24, 80))
+    read_until(proc, b"READY", timeout=30)
+    proc.setwinsize(40, 120)
+    time.sleep(0.5)
+    proc.write(b"\r")
+    output = read_to_eof(proc, timeout=30)
+    assert b"40 120" in output, output

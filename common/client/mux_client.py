@@ -216,7 +216,7 @@ def session_request(*, command: str | None, pty: bool, subsystem: bool, quiet: b
     stdin_is_tty = os.isatty(0)
     flags = ((wire.WANT_TTY if pty else 0) | (wire.SUBSYSTEM if subsystem else 0)
              | (wire.STDIN_IS_TTY if stdin_is_tty else 0) | (wire.QUIET if quiet else 0))
-    size = window_size(0 if stdin_is_tty else 1) or (80, 24, 0, 0)
+    size = (window_size(0 if stdin_is_tty else 1) if pty else None) or (80, 24, 0, 0)
     return wire.SessionRequest(flags=flags, term=(environ.get("TERM") or "dumb")[:64],
                                size=size, command=command, environment=list(environment))
 
