@@ -366,6 +366,7 @@ def test_signals_and_window_changes_reach_a_shared_session(env: Env, path: Path)
     from tests.ptyio import read_to_eof, read_until
 
     assert _persisted(env, path, "qtest", "true").returncode == 0
+    before = env.logins()
     # SIGTERM to the mux client: forwarded to the remote command, which it ends.
     client = subprocess.Popen([PYTHON, "-m", "qsh", "-S", str(path), "qtest",
                                "echo started; sleep 30"], cwd=ROOT, env=env.environ(),
@@ -392,3 +393,4 @@ def test_signals_and_window_changes_reach_a_shared_session(env: Env, path: Path)
     proc.write(b"\r")
     output = read_to_eof(proc, timeout=30)
     assert b"40 120" in output, output
+    assert env.logins() == before  # both rode on the master's connection
