@@ -394,3 +394,37 @@ def test_signals_and_window_changes_reach_a_shared_session(env: Env, path: Path)
     output = read_to_eof(proc, timeout=30)
     assert b"40 120" in output, output
     assert env.logins() == before  # both rode on the master's connection
+
+
+def test_the_master_survives_bad_clients(env: Env, path: Path) -> None:
+    """Oversized frames, unknown types, too many descriptors, a truncated request: each
+    ends that client's conversation, never the master."""
+    import array
+    import struct
+
+    assert _persisted(env, path, "qtest", "true").returncode == 0
+    pid = _master_pid(env, path)
+
+    def conversation(send: bytes, fds: list[int] | None = None) -> bytes:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            received = sock.recv(100)  # the hello
+            if fds:
+                sock.sendmsg([send], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                       array.array("i", fds))])
+            else:
+                sock.sendall(send)
+            while chunk := sock.recv(100):
+                received += chunk
+            return received
+
+    hello_size = 5 + 8
+    assert len(conversation(struct.pack(">IB", 10**9, 2))) == hello_size
+    assert len(conversation(struct.pack(">IB", 1, 99))) == hello_size
+    with open(os.devnull) as null:
+        many = [null.fileno()] * 5
+        assert len(conversation(struct.pack(">IB", 1, 3), many)) == hello_size
+    truncated = struct.pack(">IB", 9, 2) + b"\0\0\0\0" + b"\0\0\0\xff"
+    assert len(conversation(truncated)) == hello_size  # a string that runs off the end
+    assert _master_pid(env, path) == pid
