@@ -109,19 +109,36 @@ def main() -> None:
                                timeout=30, check=False)
 
         stack.callback(stop_masters)
+        # The floor: the interpreter (-I -S) and the mux client alone, as if qsh's command
+        # line and configuration cost nothing (what issue 18's work on qsh/cli.py can reach).
+        shown = subprocess.run(_with_options(qsh_shared, ["-G"]), env=qshd.env,
+                               capture_output=True, text=True, check=True).stdout
+        control_path = next(line.split(" ", 1)[1] for line in shown.splitlines()
+                            if line.startswith("controlpath "))
+        floor_script = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from common.client import mux_client as m\n"
+            "r = m.session_request(command='true', pty=False, subsystem=False, quiet=False,"
+            " environment=[], environ={})\n"
+            f"sys.exit(m.try_session({control_path!r}, r, verbose=False))\n")
+        mux_floor = [sys.executable, "-I", "-S", "-c", floor_script]
+        python_floor = [sys.executable, "-I", "-S", "-c", "pass"]
         # Warm-up (page cache, known_hosts) and the masters, outside the measurement.
         _timed(qsh_fresh, qshd, TrueRuns(), qshd.env)
         _timed(qsh_shared, qshd, TrueRuns(), qshd.env)
         for sshd, fresh, shared in ssh_cmds:
             _timed(fresh, sshd, TrueRuns())
             _timed(shared, sshd, TrueRuns())
-        results = {"qsh fresh login": TrueRuns(), "qsh shared": TrueRuns()}
+        results = {"qsh fresh login": TrueRuns(), "qsh shared": TrueRuns(),
+                   "mux client alone (-I -S)": TrueRuns(), "python3 -I -S -c pass": TrueRuns()}
         for sshd, _, _ in ssh_cmds:
             results[f"ssh {sshd.version.split(',')[0]} fresh"] = TrueRuns()
             results[f"ssh {sshd.version.split(',')[0]} shared"] = TrueRuns()
         for _ in range(args.runs):
             _timed(qsh_fresh, qshd, results["qsh fresh login"], qshd.env)
             _timed(qsh_shared, qshd, results["qsh shared"], qshd.env)
+            _timed(mux_floor, qshd, results["mux client alone (-I -S)"], qshd.env)
+            _timed(python_floor, qshd, results["python3 -I -S -c pass"], qshd.env)
             for sshd, fresh, shared in ssh_cmds:
                 name = sshd.version.split(",")[0]
                 _timed(fresh, sshd, results[f"ssh {name} fresh"])

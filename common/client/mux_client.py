@@ -19,15 +19,15 @@ Trust in the control socket (both directions are the same user, or nothing):
 
 from __future__ import annotations
 
-# _socket, not socket: socket.py builds its enums at import, a fifth of this path's cost.
+# _socket, not socket: socket.py builds its enums at import, a fifth of this path's cost
+# (contextlib is left out for the same reason).
 import _socket
-import contextlib
 import os
 import select
 import signal
 import stat
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from common.client import mux_wire as wire
 
@@ -37,6 +37,7 @@ REPLY_TIMEOUT = 10.0
 SIGNALS_BEFORE_GIVING_UP = 3
 EXIT_FAILURE = 255
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
+_Attributes = list[int | list[bytes | int]]  # termios.tcgetattr's
 
 
 class MuxUnusable(Exception):
@@ -221,27 +222,27 @@ def session_request(*, command: str | None, pty: bool, subsystem: bool, quiet: b
                                size=size, command=command, environment=list(environment))
 
 
-@contextlib.contextmanager
-def _raw_terminal(enabled: bool) -> Iterator[None]:
+def _enter_raw() -> _Attributes | None:
     """fd 0 in raw mode for a pty session (as ssh's mux client does it: the master only
-    moves bytes), restored on every way out."""
-    if not enabled:
-        yield
-        return
+    moves bytes); what to restore (:func:`_restore`), None if fd 0 is no terminal."""
     import termios
     import tty
 
     try:
-        saved = termios.tcgetattr(0)
-    except termios.error:
-        yield
-        return
-    try:
+        saved: _Attributes = termios.tcgetattr(0)
         tty.setraw(0, termios.TCSADRAIN)
-        yield
-    finally:
-        with contextlib.suppress(OSError, termios.error):
-            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    except termios.error:
+        return None
+    return saved
+
+
+def _restore(saved: _Attributes) -> None:
+    import termios
+
+    try:  # noqa: SIM105 - contextlib costs this path an import
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    except (OSError, termios.error):
+        pass  # the terminal is gone: nothing left to restore
 
 
 def _send_with_fds(sock: _socket.socket, data: bytes, fds: tuple[int, ...]) -> None:
@@ -277,35 +278,40 @@ def run_session(sock: _socket.socket, request: wire.SessionRequest) -> int:
     previous = {signum: signal.signal(signum, on_signal) for signum in watched}
     old_wakeup = signal.set_wakeup_fd(wake_w)
     stops = 0
+    saved = None
     try:
-        with _raw_terminal(tty):
-            sock.settimeout(None)
-            while True:
-                readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
-                if wake_r in readable:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(wake_r, 256)
-                while pending:
-                    signum = pending.pop(0)
-                    if signum == signal.SIGWINCH:
-                        size = window_size(0)
-                        if size is not None:
-                            sock.sendall(wire.encode_size(size))
-                        continue
-                    stops += 1
-                    if stops >= SIGNALS_BEFORE_GIVING_UP:
-                        return 128 + signum
-                    name = signal.Signals(signum).name.removeprefix("SIG")
-                    sock.sendall(wire.frame(wire.SIGNAL, wire.string(name)))
-                if sock.fileno() in readable:
-                    kind, body = read_frame(sock)
-                    if kind == wire.EXIT_STATUS:
-                        return min(wire.decode_u32(body), EXIT_FAILURE)
-                    raise wire.MuxError(f"unexpected message type {kind}")
+        saved = _enter_raw() if tty else None
+        sock.settimeout(None)
+        while True:
+            readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
+            if wake_r in readable:
+                try:  # noqa: SIM105 - as in _restore
+                    os.read(wake_r, 256)
+                except BlockingIOError:
+                    pass
+            while pending:
+                signum = pending.pop(0)
+                if signum == signal.SIGWINCH:
+                    size = window_size(0)
+                    if size is not None:
+                        sock.sendall(wire.encode_size(size))
+                    continue
+                stops += 1
+                if stops >= SIGNALS_BEFORE_GIVING_UP:
+                    return 128 + signum
+                name = signal.Signals(signum).name.removeprefix("SIG")
+                sock.sendall(wire.frame(wire.SIGNAL, wire.string(name)))
+            if sock.fileno() in readable:
+                kind, body = read_frame(sock)
+                if kind == wire.EXIT_STATUS:
+                    return min(wire.decode_u32(body), EXIT_FAILURE)
+                raise wire.MuxError(f"unexpected message type {kind}")
     except (wire.MuxError, OSError, EOFError) as exc:
         _error(f"the master ended the session: {_why(exc)}")
         return EXIT_FAILURE
     finally:
+        if saved is not None:
+            _restore(saved)
         signal.set_wakeup_fd(old_wakeup)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -318,9 +324,11 @@ def _error(message: str) -> None:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    with contextlib.suppress(OSError):
+    try:
         while data:
             data = data[os.write(fd, data):]
+    except OSError:
+        pass
 
 
 def try_session(path: str, request: wire.SessionRequest, *, verbose: bool) -> int | None:
