@@ -204,7 +204,7 @@ def _query(ctx: click.Context, _param: click.Parameter, kind: str | None) -> Non
 @click.option("-S", "control_path", default=None, metavar="CTL_PATH",
               help="The control socket of connection sharing, as -o ControlPath.")
 @click.option("-O", "control_command", default=None, metavar="CTL_CMD",
-              help="Ask the master: check, exit or stop (forward, cancel: not yet).")
+              help="Ask the master: check, exit, stop, or forward/cancel the -L/-R/-D given.")
 @click.option("-B", "value_B", default=None, hidden=True)
 @click.option("-m", "value_m", default=None, hidden=True)
 @click.option("-P", "value_P", default=None, hidden=True)
@@ -295,7 +295,8 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
     if control_command is not None or cfg.control_path is not None:
         alone = bool(no_command or background or cfg.forwards)
         shared = _shared(cfg, control_command, remote_command(command), force_tty=force_tty,
-                         quiet=cfg.log_level in QUIET_LEVELS, alone=alone, verbosity=verbosity)
+                         quiet=cfg.log_level in QUIET_LEVELS, alone=alone, verbosity=verbosity,
+                         forwards=[(spec.kind, spec.text) for spec in given])
         if shared is not None:
             return shared
     return _run(cfg, remote_command(command), force_tty, verbosity,
@@ -304,7 +305,8 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
 
 
 def _shared(cfg: ClientConfig, control_command: str | None, remote: str | None, *,
-            force_tty: bool, quiet: bool, alone: bool, verbosity: int) -> int | None:
+            force_tty: bool, quiet: bool, alone: bool, verbosity: int,
+            forwards: list[tuple[str, str]]) -> int | None:
     """Connection sharing's client side: ``-O`` to the master, or this run's session over
     the master's connection. The exit code, or None to log in as usual. Imports nothing
     of the protocol stack (common/client/mux_client.py says why)."""
@@ -314,7 +316,8 @@ def _shared(cfg: ClientConfig, control_command: str | None, remote: str | None, 
     if control_command is not None:
         if cfg.control_path is None:
             raise click.ClickException(f'no ControlPath for "-O {control_command}"')
-        return mux_client.control_command(cfg.control_path, control_command)
+        return mux_client.control_command(cfg.control_path, control_command,
+                                          forwards=forwards)
     if cfg.control_path is None or cfg.control_master in ("yes", "ask") or alone:
         return None  # -N, -f and tunnels log in themselves
     pty = mux_client.wants_pty(cfg.request_tty, command=remote, stdin_is_tty=os.isatty(0),

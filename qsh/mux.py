@@ -41,6 +41,7 @@ import stat
 from collections.abc import Mapping
 
 from common import aio
+from common.channels.tunnel import parse_forward
 from common.client import mux_client
 from common.client import mux_wire as wire
 from common.client.config import ClientConfig, environment_to_send
@@ -48,12 +49,15 @@ from common.client.connect import QshError, Ui, describe_end
 from common.client.terminal import saved_blocking_modes
 
 from .session import LocalEnd, Session
+from .tunnels import ClientTunnels
 
 MAX_CLIENTS = 64
 #: Seconds a client has to send its request after connecting.
 REQUEST_TIMEOUT = 10.0
 #: stdin, stdout, stderr: the only descriptors a client may pass.
 MAX_FDS = 3
+#: Seconds the server has to answer a tunnel request of ``-O forward``.
+FORWARD_TIMEOUT = 30.0
 #: sun_path's size on Linux, the terminating NUL included.
 MAX_SOCKET_PATH = 108
 _RECV_SIZE = 64 * 1024
@@ -195,6 +199,8 @@ class Master:
         self._clients: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._exit = False
+        #: Where ``-O forward`` and ``-O cancel`` go (run_client sets it).
+        self.tunnels: ClientTunnels | None = None
         #: In serve(): nothing of the master's own runs; -O exit need not end the connection.
         self._serving = False
         self._loop.add_reader(server.fileno(), self._accept)
@@ -272,6 +278,8 @@ class Master:
                 await peer.send(wire.frame(wire.OK))
                 self.ui.note(1, "control socket: stop listening requested")
                 self.stop_listening()
+            elif kind in (wire.FORWARD, wire.CANCEL):
+                await peer.send(await self._tunnel(kind, *wire.decode_pair(body)))
             elif kind == wire.NEW_SESSION:
                 await self._session(peer, wire.SessionRequest.decode(body))
             else:
@@ -326,6 +334,33 @@ class Master:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+    async def _tunnel(self, kind: int, forward: str, text: str) -> bytes:
+        """``-O forward`` / ``-O cancel`` of one tunnel: the answer to send."""
+        def error(message: str) -> bytes:
+            return wire.frame(wire.ERROR, wire.string(message))
+
+        if self.tunnels is None:
+            return error("this master has no tunnels")
+        try:
+            spec = parse_forward(forward, text)
+        except ValueError as exc:
+            return error(str(exc))
+        try:
+            if kind == wire.CANCEL:
+                why = await self.tunnels.cancel(spec.kind, spec.bind, spec.port)
+                return error(why) if why else wire.frame(wire.OK)
+            failures = await asyncio.wait_for(self.tunnels.add([spec]), FORWARD_TIMEOUT)
+        except (aio.ChannelClosedError, aio.ConnectionLost, TimeoutError) as exc:
+            return error(f"tunnel {text}: {exc or 'no answer from the server'}")
+        if failures:
+            return error(failures[0])
+        self.ui.note(1, f"control socket: tunnel {text} added")
+        if spec.kind == "remote" and spec.port == 0:
+            port = self.tunnels.bound_ports.get(spec, 0)
+            return wire.frame(wire.OK, wire.string(
+                f"Allocated port {port} for remote forward to {spec.host}:{spec.host_port}"))
+        return wire.frame(wire.OK)
 
     async def _run(self, session: Session, ui: Ui) -> int:
         try:

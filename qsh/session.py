@@ -623,6 +623,8 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
             gate: Awaitable[None] | None = None
             # Made for every run: ~C may add tunnels later.
             tunnels = ClientTunnels(connection, ui, cfg.forwards)
+            if master is not None:
+                master.tunnels = tunnels  # -O forward / -O cancel
             if cfg.forwards:
                 # The requests go out now, beside the session's open (one round trip).
                 gate = asyncio.ensure_future(settle_tunnels(

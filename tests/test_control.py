@@ -216,8 +216,8 @@ def test_dash_O_check_and_exit(env: Env, path: Path) -> None:
     assert _wait_gone(pid, 10), "the master did not exit"
     assert not path.exists()
     assert env.qsh("-S", str(path), "-O", "check", "qtest").returncode == 255
-    unsupported = env.qsh("-S", str(path), "-O", "forward", "qtest")
-    assert unsupported.returncode == 255 and "not" in unsupported.stderr
+    no_tunnel = env.qsh("-S", str(path), "-O", "forward", "qtest")
+    assert no_tunnel.returncode == 255 and "needs a tunnel" in no_tunnel.stderr
 
 
 def test_dash_O_stop_refuses_new_clients(env: Env, path: Path) -> None:
@@ -428,3 +428,43 @@ def test_the_master_survives_bad_clients(env: Env, path: Path) -> None:
     truncated = struct.pack(">IB", 9, 2) + b"\0\0\0\0" + b"\0\0\0\xff"
     assert len(conversation(truncated)) == hello_size  # a string that runs off the end
     assert _master_pid(env, path) == pid
+
+
+def test_dash_O_forward_and_cancel_a_tunnel_on_the_master(env: Env, path: Path) -> None:
+    import threading
+
+    echo = socket.socket()
+    echo.bind(("127.0.0.1", 0))
+    echo.listen(4)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = echo.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(conn.recv(100))
+
+    threading.Thread(target=serve, daemon=True).start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local_port = probe.getsockname()[1]
+    spec = f"{local_port}:127.0.0.1:{echo.getsockname()[1]}"
+    try:
+        assert _persisted(env, path, "qtest", "true").returncode == 0
+        before = env.logins()
+        added = env.qsh("-S", str(path), "-O", "forward", "-L", spec, "qtest")
+        assert added.returncode == 0, added.stderr
+        with socket.create_connection(("127.0.0.1", local_port), timeout=10) as conn:
+            conn.sendall(b"ping")
+            assert conn.recv(100) == b"ping"
+        cancelled = env.qsh("-S", str(path), "-O", "cancel", "-L", spec, "qtest")
+        assert cancelled.returncode == 0, cancelled.stderr
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", local_port), timeout=10).close()
+        again = env.qsh("-S", str(path), "-O", "cancel", "-L", spec, "qtest")
+        assert again.returncode == 255 and "refused" in again.stderr
+        assert env.logins() == before
+    finally:
+        echo.close()

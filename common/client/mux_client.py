@@ -118,10 +118,13 @@ def read_frame(sock: _socket.socket) -> tuple[int, bytes]:
     return kind, _read_exactly(sock, length)
 
 
-def _answer(sock: _socket.socket) -> str | None:
-    """The master's answer to a request: None for OK, the reason for ERROR."""
+def _answer(sock: _socket.socket, said: list[str] | None = None) -> str | None:
+    """The master's answer to a request: None for OK (its message, if any, appended to
+    ``said``), the reason for ERROR."""
     kind, body = read_frame(sock)
     if kind == wire.OK:
+        if body and said is not None:
+            said.append(wire.decode_string(body))
         return None
     if kind == wire.ERROR:
         return wire.decode_string(body)
@@ -135,37 +138,50 @@ COMMANDS = {"check": wire.CHECK, "exit": wire.EXIT, "stop": wire.STOP}
 _DONE = {"exit": "Exit request sent.", "stop": "Stop listening request sent."}
 
 
-def control_command(path: str, name: str, *, err: int = 2) -> int:
+def control_command(path: str, name: str, *, forwards: Sequence[tuple[str, str]] = (),
+                    err: int = 2) -> int:
     """``qsh -O NAME``: 0 when the master did it, 255 when there is none or it refused;
-    what happened goes to stderr in ssh's words."""
+    what happened goes to stderr in ssh's words. ``forward`` and ``cancel`` take the
+    command line's tunnels, ``(kind, spec)`` each, one request apiece."""
     def say(text: str) -> None:
         _write_all(err, (text + "\n").encode(errors="replace"))
 
     if name in ("forward", "cancel"):
-        say(f"qsh: -O {name}: tunnels cannot be added through the control socket yet; "
-            "start another qsh with -L/-R/-D")
-        return EXIT_FAILURE
-    if name not in COMMANDS:
+        if not forwards:
+            say(f"qsh: -O {name} needs a tunnel: -L, -R or -D")
+            return EXIT_FAILURE
+        kind = wire.FORWARD if name == "forward" else wire.CANCEL
+        requests = [wire.frame(kind, wire.string(k) + wire.string(text))
+                    for k, text in forwards]
+    elif name in COMMANDS:
+        requests = [wire.frame(COMMANDS[name])]
+    else:
         say(f"qsh: unknown -O command {name!r} (check, exit, stop, forward, cancel)")
         return EXIT_FAILURE
-    try:
-        opened = open_master(path)
-        if opened is None:
-            say(f"Control socket connect({path}): No such file or directory, or no master")
-            return EXIT_FAILURE
-        sock, pid = opened
+    said: list[str] = []
+    for request in requests:
         try:
-            sock.sendall(wire.frame(COMMANDS[name]))
-            refused = _answer(sock)
-        finally:
-            sock.close()
-    except (MuxUnusable, wire.MuxError, OSError, EOFError) as exc:
-        say(f"qsh: control socket {path}: {_why(exc)}")
-        return EXIT_FAILURE
-    if refused is not None:
-        say(f"qsh: the master refused: {refused}")
-        return EXIT_FAILURE
-    say(f"Master running (pid={pid})" if name == "check" else _DONE[name])
+            opened = open_master(path)
+            if opened is None:
+                say(f"Control socket connect({path}): No such file or directory, or no master")
+                return EXIT_FAILURE
+            sock, pid = opened
+            try:
+                sock.sendall(request)
+                refused = _answer(sock, said)
+            finally:
+                sock.close()
+        except (MuxUnusable, wire.MuxError, OSError, EOFError) as exc:
+            say(f"qsh: control socket {path}: {_why(exc)}")
+            return EXIT_FAILURE
+        for line in said:
+            say(line)
+        said.clear()
+        if refused is not None:
+            say(f"qsh: the master refused: {refused}")
+            return EXIT_FAILURE
+    if name in ("check", "exit", "stop"):
+        say(f"Master running (pid={pid})" if name == "check" else _DONE[name])
     return 0
 
 

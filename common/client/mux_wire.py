@@ -21,7 +21,8 @@ A conversation::
       NEW_SESSION  u32 flags | str term | 4 x u32 size | str command | u32 n | n x (str, str)
                    (with stdin, stdout, stderr as SCM_RIGHTS on its first byte)
       CHECK | EXIT | STOP        (empty)
-    master -> client   OK | ERROR str message
+      FORWARD | CANCEL           str kind | str spec      (a tunnel, as -L/-R/-D write it)
+    master -> client   OK [str message] | ERROR str message
     then, in a session:
       client -> master  WINDOW_CHANGE 4 x u32 | SIGNAL str name     (any number)
       master -> client  EXIT_STATUS u32 code   (qsh's exit code: status, 128+N, or 255)
@@ -48,7 +49,9 @@ ERROR = 7
 WINDOW_CHANGE = 8
 SIGNAL = 9
 EXIT_STATUS = 10
-TYPES = frozenset(range(1, 11))
+FORWARD = 11
+CANCEL = 12
+TYPES = frozenset(range(1, 13))
 
 #: NEW_SESSION flags.
 WANT_TTY = 1
@@ -196,6 +199,13 @@ def decode_u32(body: bytes) -> int:
     value = reader.u32()
     reader.end()
     return value
+
+
+def decode_pair(body: bytes) -> tuple[str, str]:
+    reader = Body(body)
+    pair = reader.string(), reader.string()
+    reader.end()
+    return pair
 
 
 def decode_string(body: bytes) -> str:
