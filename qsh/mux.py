@@ -81,8 +81,9 @@ class _ClientUi(Ui):
 class _Peer:
     """One conversation on the control socket: framed reads that collect passed fds."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, pid: int) -> None:
         self.sock = sock
+        self.pid = pid
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
         self.fds: list[int] = []
@@ -199,6 +200,9 @@ class Master:
         self._clients: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._exit = False
+        #: ControlPersist: the pid of the qsh that forked this master, whose own command
+        #: needs no confirmation with ControlMaster ask.
+        self._own_client = 0
         #: Where ``-O forward`` and ``-O cancel`` go (run_client sets it).
         self.tunnels: ClientTunnels | None = None
         #: In serve(): nothing of the master's own runs; -O exit need not end the connection.
@@ -227,7 +231,7 @@ class Master:
             self.ui.note(1, f"control socket: accept: {exc.strerror}")
             return
         sock.setblocking(False)
-        uid = mux_client.peer_uid(sock)
+        pid, uid = mux_client.peer_credentials(sock)
         if uid != os.getuid():
             self.ui.note(1, f"control socket: refused a client of uid {uid}")
             sock.close()
@@ -236,7 +240,7 @@ class Master:
             self.ui.note(1, "control socket: too many clients; refused one")
             sock.close()
             return
-        task = asyncio.ensure_future(self._serve(_Peer(sock)))
+        task = asyncio.ensure_future(self._serve(_Peer(sock, pid)))
         self._clients.add(task)
         task.add_done_callback(self._client_done)
         self._changed.set()
@@ -295,7 +299,7 @@ class Master:
             refusal = None
             if len(fds) != MAX_FDS:
                 refusal = "the request came without stdin, stdout and stderr"
-            elif self.cfg.control_master in ("ask", "autoask"):
+            elif self.cfg.control_master in ("ask", "autoask") and peer.pid != self._own_client:
                 refusal = (f"ControlMaster {self.cfg.control_master}: this master cannot ask "
                            "for confirmation (qsh has no askpass); use yes or auto")
             elif self._exit or self.connection.terminated is not None:
@@ -303,6 +307,8 @@ class Master:
             if refusal is not None:
                 await peer.send(wire.frame(wire.ERROR, wire.string(refusal)))
                 return
+            if peer.pid == self._own_client:
+                self._own_client = 0  # once: its pid may be reused
             await peer.send(wire.frame(wire.OK))
             flags = request.flags
             pty = bool(flags & wire.WANT_TTY)
@@ -441,6 +447,7 @@ class Master:
             os._exit(status)
         import concurrent.futures
 
+        self._own_client = os.getppid()
         asyncio._set_running_loop(loop)  # asyncio ties the running loop to its pid
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor())
         os.setsid()

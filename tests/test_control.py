@@ -468,3 +468,12 @@ def test_dash_O_forward_and_cancel_a_tunnel_on_the_master(env: Env, path: Path) 
         assert env.logins() == before
     finally:
         echo.close()
+
+
+def test_control_master_ask_refuses_clients_it_cannot_ask_about(env: Env, path: Path) -> None:
+    first = env.qsh("-o", "ControlMaster=ask", "-o", "ControlPersist=30", "-S", str(path),
+                    "qtest", "echo own")
+    assert first.stdout == "own\n", first.stderr  # the master's own command is no client
+    other = env.qsh("-S", str(path), "qtest", "echo other")
+    assert other.returncode == 255 and "cannot ask for confirmation" in other.stderr
+    assert other.stdout == ""

@@ -58,9 +58,11 @@ def check_directory(path: str) -> None:
         raise MuxUnusable(f"{directory} is writable by other users")
 
 
-def peer_uid(sock: _socket.socket) -> int:
+def peer_credentials(sock: _socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket."""
     data = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED.size)
-    return int(_PEERCRED.unpack(data)[1])
+    pid, uid, _gid = _PEERCRED.unpack(data)
+    return int(pid), int(uid)
 
 
 def open_master(path: str) -> tuple[_socket.socket, int] | None:
@@ -87,7 +89,7 @@ def open_master(path: str) -> tuple[_socket.socket, int] | None:
         except (ConnectionRefusedError, FileNotFoundError):
             sock.close()
             return None  # stale: its master is gone
-        if peer_uid(sock) != os.getuid():
+        if peer_credentials(sock)[1] != os.getuid():
             raise MuxUnusable(f"the master at {path} runs as another user")
         kind, body = read_frame(sock)
         if kind != wire.HELLO:
