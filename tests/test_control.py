@@ -477,3 +477,16 @@ def test_control_master_ask_refuses_clients_it_cannot_ask_about(env: Env, path: 
     other = env.qsh("-S", str(path), "qtest", "echo other")
     assert other.returncode == 255 and "cannot ask for confirmation" in other.stderr
     assert other.stdout == ""
+
+
+def test_the_mux_clients_limits_match_the_sessions() -> None:
+    from common.channels import session as proto
+    from common.client import mux_client
+
+    assert mux_client.MAX_ENV_VALUE == proto.MAX_ENV_VALUE
+    request = mux_client.session_request(
+        command="true", pty=False, subsystem=False, quiet=False, environ={},
+        environment=[("BIG", "x" * (proto.MAX_ENV_VALUE + 1))]
+        + [(f"V{n}", "v") for n in range(1000)])
+    assert len(request.environment) == 256 and request.environment[0] == ("V0", "v")
+    assert len(request.encode()) < 64 * 1024

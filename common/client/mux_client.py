@@ -36,6 +36,8 @@ REPLY_TIMEOUT = 10.0
 #: After this many stop signals the client gives up on the master and exits by itself.
 SIGNALS_BEFORE_GIVING_UP = 3
 EXIT_FAILURE = 255
+#: common/channels/session.py's MAX_ENV_VALUE (not imported: this path stays small).
+MAX_ENV_VALUE = 32 * 1024
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 _Attributes = list[int | list[bytes | int]]  # termios.tcgetattr's
 
@@ -236,8 +238,13 @@ def session_request(*, command: str | None, pty: bool, subsystem: bool, quiet: b
     flags = ((wire.WANT_TTY if pty else 0) | (wire.SUBSYSTEM if subsystem else 0)
              | (wire.STDIN_IS_TTY if stdin_is_tty else 0) | (wire.QUIET if quiet else 0))
     size = (window_size(0 if stdin_is_tty else 1) if pty else None) or (80, 24, 0, 0)
+    # What the session would not send anyway stays out of the request, which must fit a
+    # frame: values over the session's limit, variables past MAX_ENV.
+    sendable = [(name, value) for name, value in environment
+                if len(value.encode("utf-8", "surrogateescape")) <= MAX_ENV_VALUE]
     return wire.SessionRequest(flags=flags, term=(environ.get("TERM") or "dumb")[:64],
-                               size=size, command=command, environment=list(environment))
+                               size=size, command=command,
+                               environment=sendable[:wire.MAX_ENV])
 
 
 def _enter_raw() -> _Attributes | None:
