@@ -19,17 +19,20 @@ Trust in the control socket (both directions are the same user, or nothing):
 
 from __future__ import annotations
 
-# _socket, not socket: socket.py builds its enums at import, a fifth of this path's cost
-# (contextlib is left out for the same reason).
+# _socket and _signal, not socket and signal: those build enums at import, which alone
+# cost this path more than everything else it imports (contextlib is left out too).
+import _signal  # type: ignore[import-not-found]
 import _socket
 import os
 import select
-import signal
 import stat
 import struct
-from collections.abc import Mapping, Sequence
 
 from common.client import mux_wire as wire
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 #: Seconds to wait for the master's hello and its answer to a request.
 REPLY_TIMEOUT = 10.0
@@ -40,6 +43,9 @@ EXIT_FAILURE = 255
 MAX_ENV_VALUE = 32 * 1024
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 _Attributes = list[int | list[bytes | int]]  # termios.tcgetattr's
+#: The signals passed on to the master, by the names the session's "signal" request uses.
+_STOP_SIGNALS: dict[int, str] = {_signal.SIGINT: "INT", _signal.SIGTERM: "TERM",
+                                 _signal.SIGHUP: "HUP"}
 
 
 class MuxUnusable(Exception):
@@ -297,11 +303,11 @@ def run_session(sock: _socket.socket, request: wire.SessionRequest) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         pending.append(signum)
 
-    watched = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    watched = list(_STOP_SIGNALS)
     if tty:
-        watched.append(signal.SIGWINCH)
-    previous = {signum: signal.signal(signum, on_signal) for signum in watched}
-    old_wakeup = signal.set_wakeup_fd(wake_w)
+        watched.append(_signal.SIGWINCH)
+    previous = {signum: _signal.signal(signum, on_signal) for signum in watched}
+    old_wakeup = _signal.set_wakeup_fd(wake_w)
     stops = 0
     saved = None
     try:
@@ -316,7 +322,7 @@ def run_session(sock: _socket.socket, request: wire.SessionRequest) -> int:
                     pass
             while pending:
                 signum = pending.pop(0)
-                if signum == signal.SIGWINCH:
+                if signum == _signal.SIGWINCH:
                     size = window_size(0)
                     if size is not None:
                         sock.sendall(wire.encode_size(size))
@@ -324,7 +330,7 @@ def run_session(sock: _socket.socket, request: wire.SessionRequest) -> int:
                 stops += 1
                 if stops >= SIGNALS_BEFORE_GIVING_UP:
                     return 128 + signum
-                name = signal.Signals(signum).name.removeprefix("SIG")
+                name = _STOP_SIGNALS[signum]
                 sock.sendall(wire.frame(wire.SIGNAL, wire.string(name)))
             if sock.fileno() in readable:
                 kind, body = read_frame(sock)
@@ -337,9 +343,9 @@ def run_session(sock: _socket.socket, request: wire.SessionRequest) -> int:
     finally:
         if saved is not None:
             _restore(saved)
-        signal.set_wakeup_fd(old_wakeup)
+        _signal.set_wakeup_fd(old_wakeup)
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
         os.close(wake_r)
         os.close(wake_w)
 
