@@ -44,8 +44,8 @@ _FLAG_OPTIONS = frozenset("vtNfq46hVGCaAxXYkKgnsyM")
 USAGE = ("usage: qsh [-46AaCfGgKkMNnqstVvXxYy] [-B bind_interface] [-b bind_address] "
          "[-c cipher_spec] [-D [bind:]port] [-E log_file] [-e escape_char] [-F config] "
          "[-i identity] [-J destination] [-L|-T [bind:]port:host:hostport] [-l user] "
-         "[-m mac_spec] [-o option] [-p port] [-Q query] [-R [bind:]port:host:hostport] "
-         "[-S ctl_path] [-W host:port] [user@]host [command ...]")
+         "[-m mac_spec] [-O ctl_cmd] [-o option] [-p port] [-Q query] "
+         "[-R [bind:]port:host:hostport] [-S ctl_path] [-W host:port] [user@]host [command ...]")
 
 #: ssh's flags that cannot apply to qsh: accepted, and said so under -v.
 IGNORED_FLAGS = {
@@ -58,20 +58,17 @@ IGNORED_FLAGS = {
     "K": "-K: ignored (qsh has no GSSAPI)",
     "g": "-g: ignored (write the bind address in the tunnel: -L 0.0.0.0:port:host:port)",
     "y": "-y: ignored (qsh logs to stderr, or the -E file)",
-    "M": "-M: ignored (connection sharing is not implemented: every run logs in)",
 }
 #: ssh's options with a value that cannot apply to qsh.
 IGNORED_VALUES = {
     "B": "-B {}: ignored (use -b with the interface's address)",
     "m": "-m {}: ignored (qsh's ciphers are AEADs: no separate MAC)",
-    "S": "-S {}: ignored (connection sharing is not implemented: every run logs in)",
     "P": "-P {}: ignored (no effect in qsh)",
     "I": "-I {}: ignored (qsh has no PKCS#11 keys)",
 }
 #: ssh's options qsh refuses, with why.
 REFUSED_VALUES = {
     "w": "-w: tun/tap forwarding is not supported",
-    "O": "-O: there is no control master (connection sharing is not implemented)",
 }
 
 
@@ -252,10 +249,14 @@ def _query(ctx: click.Context, _param: click.Parameter, kind: str | None) -> Non
 @click.option("-K", "ignored_K", is_flag=True, hidden=True)
 @click.option("-g", "ignored_g", is_flag=True, hidden=True)
 @click.option("-y", "ignored_y", is_flag=True, hidden=True)
-@click.option("-M", "ignored_M", is_flag=True, hidden=True)
+@click.option("-M", "master", count=True,
+              help="Be the master of connection sharing (-MM: ask; see ControlMaster).")
+@click.option("-S", "control_path", default=None, metavar="CTL_PATH",
+              help="The control socket of connection sharing, as -o ControlPath.")
+@click.option("-O", "control_command", default=None, metavar="CTL_CMD",
+              help="Ask the master: check, exit, stop, or forward/cancel the -L/-R/-D given.")
 @click.option("-B", "value_B", default=None, hidden=True)
 @click.option("-m", "value_m", default=None, hidden=True)
-@click.option("-S", "value_S", default=None, hidden=True)
 @click.option("-P", "value_P", default=None, hidden=True)
 @click.option("-I", "value_I", default=None, hidden=True)
 @click.option("-w", "value_w", default=None, hidden=True)
@@ -263,7 +264,6 @@ def _query(ctx: click.Context, _param: click.Parameter, kind: str | None) -> Non
               help="Reach the host through these jump hosts, in order (ProxyJump).")
 @click.option("-W", "stdio_forward", default=None, metavar="HOST:PORT",
               help="Forward stdin and stdout to HOST:PORT from the server; no session.")
-@click.option("-O", "value_O", default=None, hidden=True)
 @click.argument("destination")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
@@ -274,6 +274,7 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
             print_config: bool, compression: bool, stdin_null: bool, subsystem: bool,
             bind_address: str | None, cipher_spec: str | None, escape_char: str | None,
             jump: str | None, stdio_forward: str | None,
+            master: int, control_path: str | None, control_command: str | None,
             destination: str, command: tuple[str, ...], **ignored: object) -> int:
     """Log in to DESTINATION ([user@]host) and run a shell, or COMMAND, over QSMP."""
     from common.channels.tunnel import parse_forward
@@ -292,8 +293,9 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
     extra = [f"{keyword}={value}" for keyword, value in (
         ("Compression", "yes" if compression else None),
         ("SessionType", "subsystem" if subsystem else None), ("BindAddress", bind_address),
-        ("Ciphers", cipher_spec), ("EscapeChar", escape_char), ("ProxyJump", jump))
-        if value is not None]
+        ("Ciphers", cipher_spec), ("EscapeChar", escape_char), ("ProxyJump", jump),
+        ("ControlMaster", {0: None, 1: "yes"}.get(master, "ask")),
+        ("ControlPath", control_path)) if value is not None]
     user, host = split_destination(destination)
     try:
         cfg = resolve(host, path=Path(config_file) if config_file is not None else None,
@@ -356,9 +358,40 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
         os.dup2(null, 0)
         os.close(null)
     verbosity = max(verbose, LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
+    if control_command is not None or cfg.control_path is not None:
+        alone = bool(no_command or background or cfg.forwards or stdio)
+        shared = _shared(cfg, control_command, remote_command(command), force_tty=force_tty,
+                         quiet=cfg.log_level in QUIET_LEVELS, alone=alone, verbosity=verbosity,
+                         forwards=[(spec.kind, spec.text) for spec in given])
+        if shared is not None:
+            return shared
     return _run(cfg, remote_command(command), force_tty, verbosity,
                 quiet=cfg.log_level in QUIET_LEVELS, no_command=no_command,
                 background=background, log_fd=log_fd, stdio=stdio)
+
+
+def _shared(cfg: ClientConfig, control_command: str | None, remote: str | None, *,
+            force_tty: bool, quiet: bool, alone: bool, verbosity: int,
+            forwards: list[tuple[str, str]]) -> int | None:
+    """Connection sharing's client side: ``-O`` to the master, or this run's session over
+    the master's connection. The exit code, or None to log in as usual. Imports nothing
+    of the protocol stack (common/client/mux_client.py says why)."""
+    from common.client import mux_client
+    from common.client.config import environment_to_send
+
+    if control_command is not None:
+        if cfg.control_path is None:
+            raise click.ClickException(f'no ControlPath for "-O {control_command}"')
+        return mux_client.control_command(cfg.control_path, control_command,
+                                          forwards=forwards)
+    if cfg.control_path is None or cfg.control_master in ("yes", "ask") or alone:
+        return None  # -N, -f and tunnels log in themselves
+    pty = mux_client.wants_pty(cfg.request_tty, command=remote, stdin_is_tty=os.isatty(0),
+                               force=force_tty)
+    request = mux_client.session_request(
+        command=remote, pty=pty, subsystem=cfg.session_type == "subsystem", quiet=quiet,
+        environment=environment_to_send(cfg, os.environ), environ=os.environ)
+    return mux_client.try_session(cfg.control_path, request, verbose=verbosity > 0)
 
 
 def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int, *,
@@ -381,7 +414,7 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
         main = forward_stdio(cfg, ui, *stdio)
     else:
         main = session.run_client(cfg, ui, command=remote, force_tty=force_tty,
-                                  no_command=no_command, background=background)
+                                  no_command=no_command, background=background, quiet=quiet)
     status = connect.run_program(main, ui, verbosity)
     return EXIT_FAILURE if status is None else status
 

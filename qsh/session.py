@@ -50,6 +50,7 @@ from common.client.connect import (
     describe_end,
     login,
 )
+from common.client.mux_client import wants_pty
 from common.errors import ErrorCode, QsmpError
 
 from . import escapes
@@ -159,17 +160,23 @@ class FdWriter:
 # --- The session --------------------------------------------------------------------------
 
 
-def wants_pty(request_tty: str, *, command: str | None, stdin_is_tty: bool,
-              force: bool) -> bool:
-    """ssh's rule: a pty for an interactive login on a terminal; ``-t`` (and RequestTTY
-    force) always; RequestTTY yes when stdin is a terminal; no never."""
-    if force or request_tty == "force":
-        return True
-    if request_tty == "no":
-        return False
-    if request_tty == "yes":
-        return stdin_is_tty
-    return command is None and stdin_is_tty
+@dataclass
+class LocalEnd:
+    """Where a session's bytes and terminal are on this side: qsh's own fds 0-2, terminal,
+    environment and signals (the defaults), or those of a mux client (qsh/mux.py), which
+    passes its fds and says what its terminal and environment are. A mux client keeps its
+    terminal raw and its signals to itself and forwards them; no ``~`` escapes then."""
+
+    stdin: int = 0
+    stdout: int = 1
+    stderr: int = 2
+    #: False for a mux client's session: no raw mode, signal handlers or escapes here.
+    own_terminal: bool = True
+    stdin_is_tty: bool | None = None
+    term: str | None = None
+    size: tuple[int, int, int, int] | None = None
+    #: The env requests to send; None: SendEnv/SetEnv of our own config and environment.
+    environment: list[tuple[str, str]] | None = None
 
 
 def exit_code(status: int | None, exit_signal: proto.ExitSignal | None) -> int:
@@ -199,8 +206,9 @@ class Session:
     def __init__(self, connection: aio.QsmpConnection, cfg: ClientConfig, ui: Ui, *,
                  command: str | None, pty: bool,
                  gate: Awaitable[None] | None = None,
-                 tunnels: ClientTunnels | None = None) -> None:
+                 tunnels: ClientTunnels | None = None, local: LocalEnd | None = None) -> None:
         self.connection = connection
+        self.local = local = local if local is not None else LocalEnd()
         #: Where ``~C`` adds and cancels tunnels (None: it says it cannot).
         self.tunnels = tunnels
         #: Awaited together with the channel's open, before any request: the tunnels'
@@ -211,7 +219,8 @@ class Session:
         self.command = command
         self.want_pty = pty
         self.pty = False  # granted by the server
-        self.stdin_is_tty = os.isatty(0)
+        self.stdin_is_tty = (os.isatty(local.stdin) if local.stdin_is_tty is None
+                             else local.stdin_is_tty)
         self.raw: terminal.RawMode | None = None
         self.channel: aio.Channel | None = None
         self._outcome = _Outcome()
@@ -235,7 +244,10 @@ class Session:
             raise QshError(f"the server refused a session: {exc.message}") from None
         self.channel = channel
         # SendEnv/SetEnv: no reply asked (a refusal is silent, as in ssh); before the start.
-        for name, value in environment_to_send(self.cfg, os.environ):
+        environment = self.local.environment
+        if environment is None:
+            environment = environment_to_send(self.cfg, os.environ)
+        for name, value in environment:
             if len(value.encode("utf-8", "surrogateescape")) > proto.MAX_ENV_VALUE:
                 self.ui.note(1, f"not sending {name}: longer than {proto.MAX_ENV_VALUE} bytes")
                 continue
@@ -243,8 +255,9 @@ class Session:
             await channel.request(proto.ENV, proto.encode_env(name, value), want_reply=False)
         calls: list[Awaitable[tuple[bool, bytes] | None]] = []
         if self.want_pty:
-            term = os.environ.get("TERM") or "dumb"
-            size = terminal.size_or_default(0 if self.stdin_is_tty else 1)
+            term = self.local.term or os.environ.get("TERM") or "dumb"
+            size = self.local.size or terminal.size_or_default(
+                self.local.stdin if self.stdin_is_tty else self.local.stdout)
             self._last_size = size
             request = proto.PtyRequest(term[:proto.MAX_TERM], proto.WindowSize(*size))
             calls.append(channel.request(proto.PTY_REQ, request.encode()))
@@ -281,14 +294,16 @@ class Session:
         channel = await self._start()
         # Our handlers before raw mode: from here on a signal must never find the
         # terminal raw and nobody to restore it.
-        self._install_signals(loop)
+        own = self.local.own_terminal
+        if own:
+            self._install_signals(loop)
         tasks: list[asyncio.Task[None]] = []
         try:
-            if self.pty and self.stdin_is_tty:
-                self.raw = terminal.RawMode(0)
+            if self.pty and self.stdin_is_tty and own:
+                self.raw = terminal.RawMode(self.local.stdin)
                 self.ui.raw = self.raw
                 self.raw.enter()
-            stdout, stderr = FdWriter(1), FdWriter(2)
+            stdout, stderr = FdWriter(self.local.stdout), FdWriter(self.local.stderr)
             out_task = asyncio.create_task(self._pump_out(channel.stdout, stdout))
             err_task = asyncio.create_task(self._pump_out(channel.stderr, stderr))
             in_task = asyncio.create_task(self._pump_in(channel))
@@ -312,7 +327,8 @@ class Session:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            self._remove_signals(loop)
+            if own:
+                self._remove_signals(loop)
             if self._grace is not None:
                 self._grace.cancel()
             if self.raw is not None:
@@ -385,9 +401,9 @@ class Session:
 
     async def _pump_in(self, channel: aio.Channel) -> None:
         """fd 0 to the channel, with the ``~`` escapes when there is a pty."""
-        reader = FdReader(0)
+        reader = FdReader(self.local.stdin)
         scanner = (escapes.EscapeScanner() if self.pty and self.cfg.escape_char != "none"
-                   else None)
+                   and self.local.own_terminal else None)
         try:
             while True:
                 try:
@@ -483,6 +499,10 @@ class Session:
         arriving while the connection closes does not become a traceback."""
         loop.remove_signal_handler(signal.SIGWINCH)
 
+    def on_signal(self, signum: int) -> None:
+        """A stop signal that reached the mux client of this session (see _on_signal)."""
+        self._on_signal(signum)
+
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name.removeprefix("SIG")
         if self.pty or self._signals_seen:
@@ -499,7 +519,10 @@ class Session:
             f"killed by signal {name}; the remote command did not end within {grace:g}s")
 
     def _window_changed(self) -> None:
-        size = terminal.size_or_default(0 if self.stdin_is_tty else 1)
+        self.resize(terminal.size_or_default(0 if self.stdin_is_tty else 1))
+
+    def resize(self, size: tuple[int, int, int, int]) -> None:
+        """The local terminal's size changed: tell the server (once per real change)."""
         if size == self._last_size:
             return
         self._last_size = size
@@ -575,7 +598,8 @@ async def wait_connection(connection: aio.QsmpConnection, cfg: ClientConfig) -> 
 
 
 async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tty: bool,
-                     no_command: bool = False, background: bool = False) -> int:
+                     no_command: bool = False, background: bool = False,
+                     quiet: bool = False) -> int:
     """The whole of ``qsh``: the exit status, or :class:`QshError`.
 
     SIGTERM/SIGHUP/SIGINT during connecting and logging in cancel this task, so every
@@ -584,17 +608,34 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
     """
     connection: aio.QsmpConnection | None = None
     tunnels: ClientTunnels | None = None
+    master = None
     with StopSignals(), terminal.saved_blocking_modes():
         try:
             connection = await login(cfg, ui)
+            if cfg.control_path is not None and cfg.control_master != "no":
+                from . import mux  # connection sharing: only for those who ask for it
+
+                master = mux.Master.start(connection, cfg, ui)
+                if master is not None and cfg.control_persist is not None:
+                    master.detach(command=command, force_tty=force_tty,
+                                  no_command=no_command or background, quiet=quiet,
+                                  environ=os.environ)
             gate: Awaitable[None] | None = None
             # Made for every run: ~C may add tunnels later.
             tunnels = ClientTunnels(connection, ui, cfg.forwards)
+            if master is not None:
+                master.tunnels = tunnels  # -O forward / -O cancel
             if cfg.forwards:
                 # The requests go out now, beside the session's open (one round trip).
                 gate = asyncio.ensure_future(settle_tunnels(
                     asyncio.ensure_future(tunnels.negotiate()), cfg, ui))
             try:
+                if master is not None and cfg.control_persist is not None:
+                    if gate is not None:
+                        await gate
+                        gate = None
+                    await master.serve(cfg.control_persist)  # the detached master
+                    return 0
                 if no_command or background:
                     if gate is not None:
                         await gate
@@ -607,12 +648,17 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
                                 force=force_tty)
                 session = Session(connection, cfg, ui, command=command, pty=pty, gate=gate,
                                   tunnels=tunnels)
-                return await session.run()
+                status = await session.run()
+                if master is not None:  # the clients' sessions end before the connection
+                    await master.serve(None)
+                return status
             except aio.ConnectionLost as exc:
                 raise DisconnectError(f"connection to {cfg.host} closed: "
                                       f"{describe_end(exc.terminated)}") from None
         finally:
             terminal.restore_all()
+            if master is not None:
+                master.close()
             if tunnels is not None:
                 await tunnels.close()
             if connection is not None:

@@ -98,7 +98,8 @@ def test_ansibles_default_arguments_are_accepted_and_explained(tmp_path: Path) -
     assert "compression yes" in lines
     cfg = resolve("web1", path=Path("none"), options=[
         a for a in ANSIBLE_ARGS if a not in ("-o", "-C")])
-    assert any(n.startswith("ControlMaster auto: ignored (connection sharing") for n in cfg.notes)
+    assert (cfg.control_master, cfg.control_persist) == ("auto", 60)  # tests/test_control.py
+    assert "controlpath /tmp/ansible-cp/" in result.stdout
     assert any(n.startswith("KbdInteractiveAuthentication no: ignored") for n in cfg.notes)
 
 
@@ -134,8 +135,9 @@ def test_sshs_flags(tmp_path: Path) -> None:
     lines = ok.stdout.splitlines()
     assert {"bindaddress 127.0.0.1", "ciphers chacha20poly1305", "escapechar none",
             "compression yes"} <= set(lines)
+    assert "controlpath /tmp/ctl" in lines and "controlmaster yes" in lines
     for flag, why in (("-W", "host:port expected"),
-                      ("-w", "tun/tap"), ("-O", "control master")):
+                      ("-w", "tun/tap"), ("-O", "no ControlPath")):
         refused = _run_qsh("-F", "none", flag, "x", "web1", home=tmp_path)
         assert refused.returncode == 255 and why in refused.stderr, refused.stderr
 

@@ -172,6 +172,12 @@ class ClientConfig:
     #: -F as given (None: the default file), for the jump hosts' own qsh. Where the
     #: settings came from, not a setting: left out of comparisons.
     config_file: Path | None = field(default=None, compare=False)
+    #: Connection sharing (qsh.1 CONNECTION SHARING): yes, no, auto, ask or autoask.
+    control_master: str = "no"
+    #: The control socket, tokens expanded; None: no sharing (ControlPath none).
+    control_path: str | None = None
+    #: Seconds the master stays after its last client; 0: for ever; None: it does not.
+    control_persist: float | None = None
     #: "-v" lines: the keywords accepted but without effect in qsh, and why.
     notes: list[str] = field(default_factory=list)
 
@@ -239,6 +245,8 @@ _TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _ALGORITHM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._+-]*")
 _ALGORITHM_PATTERN = re.compile(r"[A-Za-z0-9*?][A-Za-z0-9@._+*?-]*")
 _PATH_TOKENS = "%dhnpru"
+#: ControlPath's: the path tokens, and %C (a hash of %l%h%p%r), %i (uid), %l/%L (this host).
+_CONTROL_TOKENS = _PATH_TOKENS + "CiLl"
 
 
 def _one(keyword: str, args: list[str]) -> str:
@@ -436,6 +444,16 @@ def _proxy_jump(args: list[str]) -> tuple[str, str | None]:
     return "jump", ",".join(str(hop) for hop in parse_jump(text))
 
 
+def _control_persist(arg: str) -> float | None:
+    """ControlPersist: yes (0, for ever), no (None), or a time."""
+    lowered = arg.lower()
+    if lowered in ("yes", "true"):
+        return 0.0
+    if lowered in ("no", "false"):
+        return None
+    return _seconds("ControlPersist", arg)
+
+
 _KEYWORDS: dict[str, _Keyword] = {
     k.name.lower(): k
     for k in (
@@ -527,14 +545,22 @@ _KEYWORDS: dict[str, _Keyword] = {
         _Keyword("ProxyJump", "proxy", _proxy_jump),
         _Keyword("HostKeyAlias", "host_key_alias",
                  _single("HostKeyAlias", _host_key_alias)),
+        _Keyword("ControlMaster", "control_master",
+                 _single("ControlMaster", lambda a: _choice(
+                     "ControlMaster", a,
+                     {"yes": "yes", "no": "no", "auto": "auto", "ask": "ask",
+                      "autoask": "autoask", "true": "yes", "false": "no"}))),
+        _Keyword("ControlPath", "control_path",
+                 _single("ControlPath", lambda a: _check_tokens("ControlPath", a,
+                                                                _CONTROL_TOKENS))),
+        _Keyword("ControlPersist", "control_persist",
+                 _single("ControlPersist", _control_persist)),
     )
 }
 
 #: ssh_config keywords that cannot apply to qsh, with why; accepted with any value and
 #: reported under -v. (Tools pass them: Ansible's defaults alone bring four.)
 IGNORED_KEYWORDS: dict[str, str] = {
-    **dict.fromkeys(("ControlMaster", "ControlPath", "ControlPersist"),
-                    "connection sharing is not implemented: every run logs in"),
     **dict.fromkeys(("GSSAPIAuthentication", "GSSAPIDelegateCredentials",
                      "GSSAPIKeyExchange", "GSSAPITrustDns", "GSSAPIClientIdentity",
                      "GSSAPIServerIdentity", "GSSAPIRenewalForcesRekey"),
@@ -966,6 +992,10 @@ def resolve(
         values["identity_files"] = list(dict.fromkeys(files))
     if forwards:
         values["forwards"] = forwards
+    if "control_path" in values:
+        control = str(values["control_path"])
+        values["control_path"] = None if control.lower() == "none" else str(_expand_path(
+            control, {**tokens, **_control_tokens(tokens)}, home, first["control_path"].origin))
     if values.get("compression"):
         notes.append("Compression yes: ignored (qsh sends records uncompressed: compressing "
                      "before encrypting lets an observer learn about the plaintext from "
@@ -979,6 +1009,21 @@ def resolve(
     values["send_env"] = patterns
     values["notes"] = notes
     return ClientConfig(host=host, hostname=hostname, **values)
+
+
+def _control_tokens(tokens: Mapping[str, str]) -> dict[str, str]:
+    """ControlPath's own tokens. %C is ssh's: the SHA-1 of %l%h%p%r in hex, so one socket
+    per destination whatever alias reached it, in a name of fixed length. (A name, not a
+    secret: the interpreter's built-in SHA-1, which costs nothing to import, unlike
+    hashlib's OpenSSL -- this runs on every command over a shared connection.)"""
+    try:
+        from _sha1 import sha1  # type: ignore[import-not-found]
+    except ImportError:  # an interpreter built without it
+        from hashlib import sha1
+    local = os.uname().nodename
+    digest = sha1((local + tokens["h"] + tokens["p"] + tokens["r"]).encode()  # noqa: S324
+                  ).hexdigest()
+    return {"C": digest, "i": str(os.getuid()), "l": local, "L": local.split(".")[0]}
 
 
 def environment_to_send(cfg: ClientConfig, environ: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -1043,6 +1088,11 @@ def dump(cfg: ClientConfig) -> list[str]:
         lines.append(f"proxyjump {cfg.proxy_jump}")
     if cfg.host_key_alias is not None:
         lines.append(f"hostkeyalias {cfg.host_key_alias}")
+    lines.append(f"controlmaster {cfg.control_master}")
+    lines.append(f"controlpath {cfg.control_path or 'none'}")
+    lines.append("controlpersist " + ("no" if cfg.control_persist is None else
+                                      "yes" if cfg.control_persist == 0 else
+                                      f"{cfg.control_persist:g}"))
     lines += [f"sendenv {pattern}" for pattern in cfg.send_env]
     lines += [f"setenv {name}={value}" for name, value in cfg.set_env]
     for spec in cfg.forwards:

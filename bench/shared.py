@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""A command over a shared connection: ``qsh host true`` with connection sharing, beside a
+fresh login and beside OpenSSH's own sharing, in the same run (issues 15 and 18).
+
+    python bench/shared.py                  # N=20 interleaved runs of each
+    python bench/shared.py --runs 8 --openssh system --openssh /opt/openssh-10.5
+
+For each client: a master is started once (``ControlMaster=auto``, ``ControlPersist``,
+``ControlPath`` in a private directory), then N runs of ``host true`` ride on it; fresh
+logins are measured in the same interleaved loop. Reported: median and p90 of the client's
+CPU (user + system of the process, from ``RUSAGE_CHILDREN``; for a shared run that is the
+mux client alone -- the master's work is in the master) and of the wall time, each as a
+ratio to ssh's. The masters are told ``-O exit`` at the end. Private daemons as in
+``bench/sessions.py``: loopback only, the system's sshd never touched.
+
+Benchmarks are never unit tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import openssh  # noqa: E402
+from bench.sessions import (  # noqa: E402
+    SSHD_EXTRA_CONFIG,
+    PrivateQshd,
+    TrueRuns,
+    _children_cpu,
+)
+
+
+def _timed(command: list[str], _server: object, into: TrueRuns,
+           env: dict[str, str] | None = None) -> None:
+    """bench/sessions.py's, without waiting for the server's processes to be reaped: a
+    shared connection's stay for as long as its master (the server's CPU is not measured)."""
+    cpu0 = _children_cpu()
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} exited {done.returncode}: "
+                           f"{done.stderr.decode(errors='replace').strip()[-300:]}")
+    into.wall.values.append(wall)
+    into.client_cpu.values.append(_children_cpu() - cpu0)
+
+
+def _sharing(path: Path) -> list[str]:
+    return ["-o", "ControlMaster=auto", "-o", "ControlPersist=300", "-o", f"ControlPath={path}"]
+
+
+def _with_options(command: list[str], options: list[str]) -> list[str]:
+    """Options go right after the program (and its ``-m qsh``), before everything else."""
+    at = 3 if command[1:3] == ["-m", "qsh"] else 1
+    return [*command[:at], *options, *command[at:]]
+
+
+def _line(name: str, runs: TrueRuns) -> str:
+    cpu, wall = runs.client_cpu, runs.wall
+    return (f"  {name:<26} client CPU {cpu.median * 1000:7.1f} ms (p90 {cpu.p90 * 1000:6.1f})"
+            f"   wall {wall.median * 1000:7.1f} ms (p90 {wall.p90 * 1000:6.1f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--openssh", action="append", default=[],
+                        help="'system' or an OpenSSH prefix (repeatable; default both)")
+    args = parser.parse_args()
+    prefixes = args.openssh or ["system", "/opt/openssh-10.5"]
+    work = Path(tempfile.mkdtemp(prefix="qsh-bench-shared-"))
+    work.chmod(0o700)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        qshd = stack.enter_context(PrivateQshd())
+        sshds = []
+        for prefix in prefixes:
+            chosen = None if prefix == "system" else Path(prefix)
+            why = openssh.available(chosen)
+            if why is not None:
+                print(f"skipping OpenSSH {prefix}: {why}")
+                continue
+            sshds.append(stack.enter_context(openssh.PrivateSshd(SSHD_EXTRA_CONFIG, chosen)))
+        qsh_path = work / "qsh-%C"
+        qsh_fresh = qshd.cli("true")
+        qsh_shared = _with_options(qsh_fresh, _sharing(qsh_path))
+        ssh_cmds = []
+        for n, sshd in enumerate(sshds):
+            fresh = sshd.command("true")
+            ssh_cmds.append((sshd, fresh, _with_options(fresh, _sharing(work / f"ssh{n}-%C"))))
+
+        def stop_masters() -> None:
+            subprocess.run(_with_options(qshd.cli(None), [*_sharing(qsh_path), "-O", "exit"]),
+                           env=qshd.env, capture_output=True, timeout=30, check=False)
+            for _, _, shared in ssh_cmds:
+                subprocess.run(_with_options(shared[:-1], ["-O", "exit"]), capture_output=True,
+                               timeout=30, check=False)
+
+        stack.callback(stop_masters)
+        # The floor: the interpreter (-I -S) and the mux client alone, as if qsh's command
+        # line and configuration cost nothing (what issue 18's work on qsh/cli.py can reach).
+        shown = subprocess.run(_with_options(qsh_shared, ["-G"]), env=qshd.env,
+                               capture_output=True, text=True, check=True).stdout
+        control_path = next(line.split(" ", 1)[1] for line in shown.splitlines()
+                            if line.startswith("controlpath "))
+        floor_script = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from common.client import mux_client as m\n"
+            "r = m.session_request(command='true', pty=False, subsystem=False, quiet=False,"
+            " environment=[], environ={})\n"
+            f"sys.exit(m.try_session({control_path!r}, r, verbose=False))\n")
+        mux_floor = [sys.executable, "-I", "-S", "-c", floor_script]
+        python_floor = [sys.executable, "-I", "-S", "-c", "pass"]
+        # Warm-up (page cache, known_hosts) and the masters, outside the measurement.
+        _timed(qsh_fresh, qshd, TrueRuns(), qshd.env)
+        _timed(qsh_shared, qshd, TrueRuns(), qshd.env)
+        for sshd, fresh, shared in ssh_cmds:
+            _timed(fresh, sshd, TrueRuns())
+            _timed(shared, sshd, TrueRuns())
+        results = {"qsh fresh login": TrueRuns(), "qsh shared": TrueRuns(),
+                   "mux client alone (-I -S)": TrueRuns(), "python3 -I -S -c pass": TrueRuns()}
+        for sshd, _, _ in ssh_cmds:
+            results[f"ssh {sshd.version.split(',')[0]} fresh"] = TrueRuns()
+            results[f"ssh {sshd.version.split(',')[0]} shared"] = TrueRuns()
+        for _ in range(args.runs):
+            _timed(qsh_fresh, qshd, results["qsh fresh login"], qshd.env)
+            _timed(qsh_shared, qshd, results["qsh shared"], qshd.env)
+            _timed(mux_floor, qshd, results["mux client alone (-I -S)"], qshd.env)
+            _timed(python_floor, qshd, results["python3 -I -S -c pass"], qshd.env)
+            for sshd, fresh, shared in ssh_cmds:
+                name = sshd.version.split(",")[0]
+                _timed(fresh, sshd, results[f"ssh {name} fresh"])
+                _timed(shared, sshd, results[f"ssh {name} shared"])
+        logins = qshd.log.read_text(errors="replace").count("Accepted publickey")
+        print(f"`host true`, {args.runs} interleaved runs each; load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; qshd logins: {logins} "
+              f"(fresh runs + 2 warm-up/master)")
+        for name, runs in results.items():
+            print(_line(name, runs))
+        for (name, baseline) in [(k, v) for k, v in results.items() if k.startswith("ssh")]:
+            mine = results["qsh shared" if name.endswith("shared") else "qsh fresh login"]
+            kind = "shared" if name.endswith("shared") else "fresh"
+            print(f"  qsh {kind} / {name}: "
+                  f"x{mine.client_cpu.median / baseline.client_cpu.median:.2f} client CPU, "
+                  f"x{mine.wall.median / baseline.wall.median:.2f} wall")
+        fresh, shared = results["qsh fresh login"], results["qsh shared"]
+        print(f"  qsh shared / qsh fresh: "
+              f"x{shared.client_cpu.median / fresh.client_cpu.median:.2f} client CPU, "
+              f"{(fresh.wall.median - shared.wall.median) * 1000:.1f} ms less wall")
+
+
+if __name__ == "__main__":
+    main()
