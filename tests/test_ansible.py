@@ -6,7 +6,8 @@ its own default arguments (``-C``, ``ControlMaster=auto``, ``ControlPersist=60s`
 is what the README tells users to write: ``ansible_ssh_executable=qsh`` for the commands and
 ``-S qsh`` for OpenSSH's sftp and scp, which Ansible runs for its file transfers. Each
 transfer method (sftp, scp, piped) runs a playbook that pings, runs a command, copies a
-10 MB file up, fetches it back and compares checksums at both ends.
+10 MB file up, fetches it back and compares checksums at both ends; all of a playbook's
+qsh runs share one connection (Ansible's ControlMaster=auto and ControlPersist=60s).
 """
 
 from __future__ import annotations
@@ -107,7 +108,12 @@ def test_a_playbook_copies_and_fetches_under_each_transfer_method(env: Env, meth
     fetched, report = tmp_path / "fetched.bin", tmp_path / "report.json"
     book = tmp_path / "book.yml"
     book.write_text(PLAYBOOK.format(home=env.home, source=source, fetched=fetched, report=report))
+    logins = env.logins()
     out = run_ansible(env, "ansible-playbook", "-i", str(inventory(env, method)), str(book))
+    # Ansible's ControlMaster=auto/ControlPersist: its dozen qsh (and sftp/scp -S qsh) runs
+    # share one connection, the module's first login (or none, if an earlier test's master
+    # persists).
+    assert env.logins() - logins <= 1, env.log.read_text()[-2000:]
     assert "failed=0" in out and "unreachable=0" in out, out
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     facts = json.loads(report.read_text())
