@@ -50,6 +50,7 @@ from typing import Any
 from common.accounts.known_hosts import patterns_match
 from common.channels.tunnel import ForwardSpec, parse_forward
 from common.crypto import suites
+from common.wire import Record
 
 DEFAULT_PORT = 2022
 #: ssh's LogLevel names, quietest first, so callers can compare by index and map ``-v``.
@@ -325,14 +326,21 @@ def _positive(keyword: str, value: float) -> float:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class _Keyword:
+class _Keyword(Record):
+    __slots__ = ("name", "attr", "parse", "multiple")  # noqa: RUF023 (field order)
     name: str
     #: Field of ClientConfig this keyword sets.
     attr: str
     parse: Callable[[list[str]], object]
     #: Collect every value instead of keeping the first.
-    multiple: bool = False
+    multiple: bool
+
+    def __init__(self, name: str, attr: str, parse: Callable[[list[str]], object],
+                 multiple: bool = False) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "attr", attr)
+        object.__setattr__(self, "parse", parse)
+        object.__setattr__(self, "multiple", multiple)
 
 
 def _forward(keyword: str, kind: str) -> Callable[[list[str]], object]:
@@ -551,14 +559,20 @@ for _name in IGNORED_KEYWORDS:
 # --- Parsing ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Setting:
+class _Setting(Record):
+    __slots__ = ("keyword", "value", "text", "origin")  # noqa: RUF023 (field order)
     keyword: _Keyword
     value: object
     #: The argument as written, unquoted (what parse_option reports).
     text: str
     #: "file:line" or "-o ...", for errors found only when the host is known.
     origin: str
+
+    def __init__(self, keyword: _Keyword, value: object, text: str, origin: str) -> None:
+        object.__setattr__(self, "keyword", keyword)
+        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "origin", origin)
 
 
 @dataclass(slots=True)

@@ -14,9 +14,9 @@ next rekey so a new key depends on all previous secrets of that direction.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 from common.crypto import pycryptodome
+from common.wire import Record
 
 pycryptodome.load()
 
@@ -32,11 +32,16 @@ LABEL_C2S = b"c2s"
 LABEL_S2C = b"s2c"
 
 
-@dataclass(frozen=True, slots=True)
-class DirectionKeys:
+class DirectionKeys(Record):
+    __slots__ = ("key", "iv", "chain")  # noqa: RUF023 (field order)
     key: bytes
     iv: bytes
     chain: bytes
+
+    def __init__(self, key: bytes, iv: bytes, chain: bytes) -> None:
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "iv", iv)
+        object.__setattr__(self, "chain", chain)
 
 
 def _kmac(key: bytes, data: bytes, custom: bytes, length: int) -> bytes:
