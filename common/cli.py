@@ -3,6 +3,7 @@ own error handling, and every failure becomes one line ``prog: message`` and exi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -32,6 +33,19 @@ def sanitise_std_fds() -> None:
                 os.dup2(null, fd)
                 if null > 2:
                     os.close(null)
+
+
+def no_core_dumps() -> None:
+    """Soft ``RLIMIT_CORE`` 0, the client programs' first act: whatever crashes them, no core
+    file. The rest of the hardening (no ptrace, the wipe at exit:
+    :func:`common.crypto.secret.harden_process`) loads ctypes, so it waits until the command
+    line is parsed and there is something to protect: before the first key, password or
+    byte from the network."""
+    import resource  # (a C module: a fraction of a millisecond)
+
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE,
+                           (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
 
 
 def version_line(program: str) -> str:

@@ -28,8 +28,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, sanitise_std_fds, version_option
-from common.crypto.secret import harden_process
+from common.cli import (
+    LOG_LEVEL_VERBOSITY,
+    QUIET_LEVELS,
+    no_core_dumps,
+    sanitise_std_fds,
+    version_option,
+)
 
 if TYPE_CHECKING:
     from common.client.config import ClientConfig
@@ -198,9 +203,9 @@ def command(recursive: bool, preserve: bool, port: int | None, identities: tuple
             options: tuple[str, ...], jump: str | None, resume: bool,
             paths: tuple[str, ...]) -> int:
     """Copy SRC... to DST, one side being [user@]host:path, over QSMP."""
+    what = plan(paths)  # first: a usage error loads nothing more
     from common.client.config import ConfigError, resolve
 
-    what = plan(paths)
     try:
         cfg = resolve(what.host, path=Path(config_file) if config_file is not None else None,
                       options=[*([f"ProxyJump={jump}"] if jump is not None else []),
@@ -219,6 +224,11 @@ def command(recursive: bool, preserve: bool, port: int | None, identities: tuple
 
 def _run(cfg: ClientConfig, what: Plan, options: CopyOptions, verbosity: int, *,
          quiet: bool) -> int:
+    # Before the first secret (a key file, a password) and the first byte from the network:
+    # no ptrace, the wipe at exit. Not earlier: it loads ctypes (common/cli.py no_core_dumps).
+    from common.crypto.secret import harden_process
+
+    harden_process()
     from common.client import connect, terminal
 
     from .progress import TtyProgress
@@ -291,7 +301,7 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
 
 
 def main(argv: list[str] | None = None) -> None:
-    harden_process()  # before the first secret: no core, no ptrace (common/crypto/secret.py)
+    no_core_dumps()  # first; the rest of the hardening comes before the first secret
     sanitise_std_fds()
     args = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -23,8 +23,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, sanitise_std_fds, version_option
-from common.crypto.secret import harden_process
+from common.cli import (
+    LOG_LEVEL_VERBOSITY,
+    QUIET_LEVELS,
+    no_core_dumps,
+    sanitise_std_fds,
+    version_option,
+)
 
 if TYPE_CHECKING:
     from common.client.config import ClientConfig
@@ -397,6 +402,11 @@ def _shared(cfg: ClientConfig, control_command: str | None, remote: str | None, 
 def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int, *,
          quiet: bool, no_command: bool = False, background: bool = False,
          log_fd: int = 2, stdio: tuple[str, int] | None = None) -> int:
+    # Before the first secret (a key file, a password) and the first byte from the network:
+    # no ptrace, the wipe at exit. Not earlier: it loads ctypes (common/cli.py no_core_dumps).
+    from common.crypto.secret import harden_process
+
+    harden_process()
     from common.client import connect, terminal
 
     from . import session
@@ -420,7 +430,7 @@ def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    harden_process()  # before the first secret: no core, no ptrace (common/crypto/secret.py)
+    no_core_dumps()  # first; the rest of the hardening comes before the first secret
     sanitise_std_fds()
     args = hoist_options(ssh_dash_T(list(sys.argv[1:] if argv is None else argv)))
     try:

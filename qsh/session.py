@@ -35,7 +35,7 @@ import signal
 import stat
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common import aio
 from common.channels import session as proto
@@ -53,8 +53,10 @@ from common.client.connect import (
 from common.client.mux_client import wants_pty
 from common.errors import ErrorCode, QsmpError
 
-from . import escapes
 from .tunnels import ClientTunnels
+
+if TYPE_CHECKING:
+    from . import escapes
 
 EXIT_FAILURE = 255
 #: Bytes per read from stdin: one record's worth, so a bulk upload costs few records.
@@ -402,8 +404,11 @@ class Session:
     async def _pump_in(self, channel: aio.Channel) -> None:
         """fd 0 to the channel, with the ``~`` escapes when there is a pty."""
         reader = FdReader(self.local.stdin)
-        scanner = (escapes.EscapeScanner() if self.pty and self.cfg.escape_char != "none"
-                   and self.local.own_terminal else None)
+        scanner: escapes.EscapeScanner | None = None
+        if self.pty and self.cfg.escape_char != "none" and self.local.own_terminal:
+            from . import escapes  # only with a terminal: `host true` never needs it
+
+            scanner = escapes.EscapeScanner()
         try:
             while True:
                 try:
@@ -439,6 +444,8 @@ class Session:
 
     async def _run_command(self, text: str) -> None:
         """One ``~C`` line: open or cancel a tunnel, as ssh's command line does."""
+        from . import escapes  # (loaded by _pump_in, which read the line)
+
         try:
             command = escapes.parse_command(text)
         except ValueError as exc:

@@ -77,7 +77,7 @@ from common.crypto.rng import SYSTEM_RNG, Rng
 from common.crypto.secret import Secret, scrub
 from common.crypto.suites import Signature
 from common.errors import InvalidInput, UnknownProtocol
-from common.wire import MAX_NAME_LENGTH, Reader, Writer
+from common.wire import MAX_NAME_LENGTH, Reader, Record, Writer
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -142,14 +142,23 @@ def _unb64(text: str, what: str) -> bytes:
         raise InvalidInput(f"{what} is not valid base64") from exc
 
 
-@dataclass(frozen=True)
-class PublicKey:
+class PublicKey(Record):
     """The QSMP client key: what a peer needs to check our signatures, and nothing secret."""
 
+    __slots__ = (  # noqa: RUF023 (field order)
+        "key_id", "expiration", "algorithm", "verification_key")
     key_id: bytes
     expiration: int
     algorithm: str
     verification_key: bytes
+
+    def __init__(self, key_id: bytes, expiration: int, algorithm: str,
+                 verification_key: bytes) -> None:
+        object.__setattr__(self, "key_id", key_id)
+        object.__setattr__(self, "expiration", expiration)
+        object.__setattr__(self, "algorithm", algorithm)
+        object.__setattr__(self, "verification_key", verification_key)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         # Constructed locally with bad values is our bug (ValueError); decode() only ever

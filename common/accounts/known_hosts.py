@@ -48,13 +48,13 @@ import hmac
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from common.accounts.keys import KeyFileError, PublicKey, atomic_write
 from common.errors import InvalidInput
+from common.wire import Record
 
 #: qsh's default port, used only as the default of ``default_port`` parameters: the
 #: canonical constant belongs to the configuration layer, which passes its own value.
@@ -149,28 +149,41 @@ def patterns_match(patterns: tuple[str, ...], names: tuple[str, ...]) -> bool:
     return positive
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(Record):
     """One usable known_hosts line. ``line_number`` is 1-based, for messages to the user
     ("offending key in ~/.qsh/known_hosts:7")."""
 
+    __slots__ = ("patterns", "key", "comment", "line_number")  # noqa: RUF023 (field order)
     patterns: tuple[str, ...]
     key: PublicKey
     comment: str
     line_number: int
 
+    def __init__(self, patterns: tuple[str, ...], key: PublicKey, comment: str,
+                 line_number: int) -> None:
+        object.__setattr__(self, "patterns", patterns)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "comment", comment)
+        object.__setattr__(self, "line_number", line_number)
+
     def matches_host(self, names: tuple[str, ...]) -> bool:
         return patterns_match(self.patterns, names)
 
 
-@dataclass(frozen=True)
-class LookupResult:
+class LookupResult(Record):
+    __slots__ = ("status", "matching", "conflicting")  # noqa: RUF023 (field order)
     status: Status
     #: Entries for this host whose key is the one asked about (all of the host's entries
     #: when no key was given).
     matching: tuple[Entry, ...]
     #: Entries for this host with some other key: what a "mismatch" shows the user.
     conflicting: tuple[Entry, ...]
+
+    def __init__(self, status: Status, matching: tuple[Entry, ...],
+                 conflicting: tuple[Entry, ...]) -> None:
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "matching", matching)
+        object.__setattr__(self, "conflicting", conflicting)
 
     @property
     def entries(self) -> tuple[Entry, ...]:

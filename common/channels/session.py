@@ -22,10 +22,9 @@ Only decoding and encoding live here: no processes, no terminals.
 from __future__ import annotations
 
 import signal as _signal
-from dataclasses import dataclass
 
 from common.errors import InvalidInput
-from common.wire import Reader, Writer
+from common.wire import Reader, Record, Writer
 
 SESSION = "session"
 MAX_TERM = 64
@@ -57,12 +56,18 @@ SIGNALS: dict[str, int] = {
 SIGNAL_NAMES: dict[int, str] = {number: name for name, number in SIGNALS.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class WindowSize:
+class WindowSize(Record):
+    __slots__ = ("columns", "rows", "width_px", "height_px")  # noqa: RUF023 (field order)
     columns: int
     rows: int
-    width_px: int = 0
-    height_px: int = 0
+    width_px: int
+    height_px: int
+
+    def __init__(self, columns: int, rows: int, width_px: int = 0, height_px: int = 0) -> None:
+        object.__setattr__(self, "columns", columns)
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "width_px", width_px)
+        object.__setattr__(self, "height_px", height_px)
 
     def encode(self, w: Writer) -> Writer:
         return w.u32(self.columns).u32(self.rows).u32(self.width_px).u32(self.height_px)
@@ -75,10 +80,14 @@ class WindowSize:
         return size
 
 
-@dataclass(frozen=True, slots=True)
-class PtyRequest:
+class PtyRequest(Record):
+    __slots__ = ("term", "size")  # noqa: RUF023 (field order)
     term: str
     size: WindowSize
+
+    def __init__(self, term: str, size: WindowSize) -> None:
+        object.__setattr__(self, "term", term)
+        object.__setattr__(self, "size", size)
 
     def encode(self) -> bytes:
         return self.size.encode(Writer().text(self.term)).getvalue()
@@ -94,11 +103,16 @@ class PtyRequest:
         return cls(term, size)
 
 
-@dataclass(frozen=True, slots=True)
-class ExitSignal:
+class ExitSignal(Record):
+    __slots__ = ("signal", "core_dumped", "message")  # noqa: RUF023 (field order)
     signal: str
-    core_dumped: bool = False
-    message: str = ""
+    core_dumped: bool
+    message: str
+
+    def __init__(self, signal: str, core_dumped: bool = False, message: str = "") -> None:
+        object.__setattr__(self, "signal", signal)
+        object.__setattr__(self, "core_dumped", core_dumped)
+        object.__setattr__(self, "message", message)
 
     def encode(self) -> bytes:
         return (Writer().name(self.signal).boolean(self.core_dumped)

@@ -34,10 +34,8 @@ no control character, a port 1..65535 (0 only where it means "any"), an originat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from common.errors import InvalidInput
-from common.wire import Reader, Writer
+from common.wire import Reader, Record, Writer
 
 DIRECT_TCPIP = "direct-tcpip"
 FORWARDED_TCPIP = "forwarded-tcpip"
@@ -87,17 +85,25 @@ def _read_host(r: Reader, *, empty_ok: bool = False) -> str:
     return _check_host(r.text(MAX_HOST), empty_ok=empty_ok)
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(Record):
     """Where to connect (``direct-tcpip``) or which listener (``forwarded-tcpip``), plus the
     originator of the TCP connection, for logs, and (``direct-tcpip`` only) the first bytes
     of the client's stream."""
 
+    __slots__ = ("host", "port", "originator", "originator_port", "first")  # noqa: RUF023
     host: str
     port: int
-    originator: str = ""
-    originator_port: int = 0
-    first: bytes = b""
+    originator: str
+    originator_port: int
+    first: bytes
+
+    def __init__(self, host: str, port: int, originator: str = "",
+                 originator_port: int = 0, first: bytes = b"") -> None:
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "originator", originator)
+        object.__setattr__(self, "originator_port", originator_port)
+        object.__setattr__(self, "first", first)
 
     def encode(self) -> bytes:
         _check_host(self.host)
@@ -130,13 +136,17 @@ class Endpoint:
         return cls(host, port, originator, originator_port, first)
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardRequest:
+class ForwardRequest(Record):
     """``tcpip-forward`` / ``cancel-tcpip-forward``: a listener's address and port; an
     empty address is the server's default (loopback), port 0 any free port."""
 
+    __slots__ = ("address", "port")
     address: str
     port: int
+
+    def __init__(self, address: str, port: int) -> None:
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "port", port)
 
     def encode(self) -> bytes:
         _check_host(self.address, empty_ok=True)
@@ -152,13 +162,17 @@ class ForwardRequest:
         return cls(address, port)
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardCheck:
+class ForwardCheck(Record):
     """``forward-check``: may the client open ``direct-tcpip`` to host:port? An empty host
     with port 0 asks whether any destination may be reached (``-D``)."""
 
+    __slots__ = ("host", "port")
     host: str
     port: int
+
+    def __init__(self, host: str, port: int) -> None:
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
 
     def encode(self) -> bytes:
         _check_host(self.host, empty_ok=True)
@@ -226,8 +240,7 @@ def decode_reason(payload: bytes) -> str:
 # --- Forward specifications (command line and config) --------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardSpec:
+class ForwardSpec(Record):
     """One ``-T``/``-L``, ``-R`` or ``-D`` as the user wrote it.
 
     ``kind`` is "local", "remote" or "dynamic". For local and dynamic, ``bind``/``port`` are
@@ -236,12 +249,22 @@ class ForwardSpec:
     client connects to.
     """
 
+    __slots__ = ("kind", "bind", "port", "host", "host_port", "text")  # noqa: RUF023 (field order)
     kind: str
     bind: str
     port: int
-    host: str = ""
-    host_port: int = 0
-    text: str = ""
+    host: str
+    host_port: int
+    text: str
+
+    def __init__(self, kind: str, bind: str, port: int, host: str = "", host_port: int = 0,
+                 text: str = "") -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "bind", bind)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "host_port", host_port)
+        object.__setattr__(self, "text", text)
 
     def describe(self) -> str:
         flag = {"local": "-T", "remote": "-R", "dynamic": "-D"}[self.kind]

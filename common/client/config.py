@@ -52,6 +52,7 @@ from typing import Any
 from common.accounts.known_hosts import patterns_match
 from common.channels.tunnel import ForwardSpec, parse_forward
 from common.crypto import suites
+from common.wire import Record
 
 DEFAULT_PORT = 2022
 #: ssh's LogLevel names, quietest first, so callers can compare by index and map ``-v``.
@@ -345,17 +346,25 @@ def _positive(keyword: str, value: float) -> float:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class _Keyword:
+class _Keyword(Record):
+    __slots__ = ("name", "attr", "parse", "multiple", "raw")  # noqa: RUF023 (field order)
     name: str
     #: Field of ClientConfig this keyword sets.
     attr: str
     parse: Callable[[list[str]], object]
     #: Collect every value instead of keeping the first.
-    multiple: bool = False
+    multiple: bool
     #: The value is the rest of the line as written (ProxyCommand: a shell command, whose
     #: quotes are the shell's), handed to ``parse`` as one argument.
-    raw: bool = False
+    raw: bool
+
+    def __init__(self, name: str, attr: str, parse: Callable[[list[str]], object],
+                 multiple: bool = False, raw: bool = False) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "attr", attr)
+        object.__setattr__(self, "parse", parse)
+        object.__setattr__(self, "multiple", multiple)
+        object.__setattr__(self, "raw", raw)
 
 
 def _forward(keyword: str, kind: str) -> Callable[[list[str]], object]:
@@ -606,14 +615,20 @@ for _name in IGNORED_KEYWORDS:
 # --- Parsing ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Setting:
+class _Setting(Record):
+    __slots__ = ("keyword", "value", "text", "origin")  # noqa: RUF023 (field order)
     keyword: _Keyword
     value: object
     #: The argument as written, unquoted (what parse_option reports).
     text: str
     #: "file:line" or "-o ...", for errors found only when the host is known.
     origin: str
+
+    def __init__(self, keyword: _Keyword, value: object, text: str, origin: str) -> None:
+        object.__setattr__(self, "keyword", keyword)
+        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "origin", origin)
 
 
 #: Match criteria that take an argument, and those that stand alone.
@@ -625,19 +640,31 @@ INCLUDE_DEPTH = 16
 MATCH_EXEC_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Criterion:
+class _Criterion(Record):
+    __slots__ = ("name", "negate", "argument", "origin")  # noqa: RUF023 (field order)
     name: str
     negate: bool
     argument: str
     origin: str
 
+    def __init__(self, name: str, negate: bool, argument: str, origin: str) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "negate", negate)
+        object.__setattr__(self, "argument", argument)
+        object.__setattr__(self, "origin", origin)
 
-@dataclass(frozen=True, slots=True)
-class _Condition:
+
+class _Condition(Record):
     """One ``Host`` line's patterns, or one ``Match`` line's criteria (all must hold)."""
-    patterns: tuple[str, ...] = ()
-    criteria: tuple[_Criterion, ...] = ()
+
+    __slots__ = ("patterns", "criteria")  # noqa: RUF023 (field order)
+    patterns: tuple[str, ...]
+    criteria: tuple[_Criterion, ...]
+
+    def __init__(self, patterns: tuple[str, ...] = (),
+                 criteria: tuple[_Criterion, ...] = ()) -> None:
+        object.__setattr__(self, "patterns", patterns)
+        object.__setattr__(self, "criteria", criteria)
 
 
 class _Context:

@@ -8,6 +8,9 @@ and the liboqs import is attempted once, on first use, not at start-up.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 from common.crypto.suites import Aead, Kem, Registry, Signature
 
 _registry: Registry | None = None
@@ -39,6 +42,10 @@ def usable() -> Registry:
         reg = Registry(kems={}, signatures={}, aeads={})
         algorithms.register(reg)
         try:
+            if "oqs" not in sys.modules and importlib.util.find_spec("oqs") is None:
+                # Said before loading our wrapper (ctypes.util, platform, logging): most
+                # machines have no liboqs-python, and every client run asks.
+                raise ImportError("liboqs-python is not installed")
             from common.crypto import oqs as algorithms_oqs
         except ImportError as exc:
             _liboqs_missing = str(exc)

@@ -6,7 +6,8 @@ the operating system can promise is that no other process, core file or swap dev
 sees the memory of the process that holds them. Two tools here, used by every qsh process
 (SECURITY.md is the threat model):
 
-* :func:`harden_process`, called first thing by qshd, qsh and qcp: ``RLIMIT_CORE`` soft
+* :func:`harden_process`, called first thing by qshd, and by qsh and qcp before their first
+  secret (their core limit first thing, :func:`common.cli.no_core_dumps`): ``RLIMIT_CORE`` soft
   limit 0 (no core file, whatever crashes it; the hard limit is left so a user's shell may
   raise it again with ``ulimit -c``) and ``PR_SET_DUMPABLE`` 0 (no ptrace, no
   ``/proc/PID/mem``, no core, even for the same uid). The kernel resets DUMPABLE on every

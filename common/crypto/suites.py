@@ -9,10 +9,10 @@ chosen by measurement; see ``bench/primitives.py`` and docs/PROTOCOL.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from common.crypto.rng import Rng
+from common.wire import Record
 
 
 class KemPrivateKey(Protocol):
@@ -78,11 +78,17 @@ class Aead(Protocol):
     def new(self, key: bytes | bytearray) -> AeadContext: ...
 
 
-@dataclass(frozen=True)
-class Registry:
+class Registry(Record):
+    __slots__ = ("kems", "signatures", "aeads")  # noqa: RUF023 (field order)
     kems: dict[str, Kem]
     signatures: dict[str, Signature]
     aeads: dict[str, Aead]
+
+    def __init__(self, kems: dict[str, Kem], signatures: dict[str, Signature],
+                 aeads: dict[str, Aead]) -> None:
+        object.__setattr__(self, "kems", kems)
+        object.__setattr__(self, "signatures", signatures)
+        object.__setattr__(self, "aeads", aeads)
 
 
 #: Preference order, strongest-default first. Names are the wire names.

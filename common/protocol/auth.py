@@ -22,13 +22,12 @@ the delay is a timer of the core, not a sleep, so nothing here blocks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
 
 from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
 from common.crypto.rng import Rng
 from common.errors import AuthenticationFailure, InvalidInput, InvalidRequest, UsageError
-from common.wire import MAX_NAME_LENGTH, Reader, Writer
+from common.wire import MAX_NAME_LENGTH, Reader, Record, Writer
 
 MAX_USER_NAME = 32
 MAX_PASSWORD = 1024
@@ -63,35 +62,53 @@ def signed_data(session_id: bytes, user: str, key_blob: bytes) -> bytes:
             + key_blob)
 
 
-@dataclass(frozen=True, slots=True)
-class AuthRequested:
+class AuthRequested(Record):
     """Server: the client asks to log in. The syntax and (for a key) the signature are
     already checked; answer with ``accept_auth()`` or ``reject_auth()``."""
 
+    __slots__ = (  # noqa: RUF023 (field order)
+        "user", "method", "password", "public_key", "session_id", "signature")
     user: str
     method: str
-    password: bytes | None = None
-    public_key: PublicKey | None = None
+    password: bytes | None
+    public_key: PublicKey | None
     #: For a key: what it signed over and the signature, so a privileged process that
     #: trusts no one's word (qshd's monitor) can verify it again.
-    session_id: bytes = b""
-    signature: bytes = b""
+    session_id: bytes
+    signature: bytes
+
+    def __init__(self, user: str, method: str, password: bytes | None = None,
+                 public_key: PublicKey | None = None, session_id: bytes = b"",
+                 signature: bytes = b"") -> None:
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "password", password)
+        object.__setattr__(self, "public_key", public_key)
+        object.__setattr__(self, "session_id", session_id)
+        object.__setattr__(self, "signature", signature)
 
     def __repr__(self) -> str:  # never show a password, even in a debug log
         return f"AuthRequested(user={self.user!r}, method={self.method!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class AuthSucceeded:
+class AuthSucceeded(Record):
+    __slots__ = ("user",)
     user: str
 
+    def __init__(self, user: str) -> None:
+        object.__setattr__(self, "user", user)
 
-@dataclass(frozen=True, slots=True)
-class AuthFailed:
+
+class AuthFailed(Record):
     """Client: the server refused; ``methods`` may still work (another key, a password)."""
 
+    __slots__ = ("methods", "message")  # noqa: RUF023 (field order)
     methods: tuple[str, ...]
     message: str
+
+    def __init__(self, methods: tuple[str, ...], message: str) -> None:
+        object.__setattr__(self, "methods", methods)
+        object.__setattr__(self, "message", message)
 
 
 AuthEvent = AuthRequested | AuthSucceeded | AuthFailed

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
@@ -65,7 +64,15 @@ from common.protocol.transport import (
     seal_message,
     shutdown_reason,
 )
-from common.wire import MAX_NAME_LENGTH, MAX_RECORD_BODY, Flag, FrameBuffer, Writer, encode_packet
+from common.wire import (
+    MAX_NAME_LENGTH,
+    MAX_RECORD_BODY,
+    Flag,
+    FrameBuffer,
+    Record,
+    Writer,
+    encode_packet,
+)
 
 log = logging.getLogger("qsh.connection")
 
@@ -96,19 +103,27 @@ def max_preauth_record_body(suite: Suite) -> int:
     return min(INNER_HEADER_SIZE + message + suite.padding_max + tag, MAX_RECORD_BODY)
 
 
-@dataclass(frozen=True, slots=True)
-class HostKeyUnverified:
+class HostKeyUnverified(Record):
     """Client only: the server's key is not in known_hosts. Call accept_host_key() or
     reject_host_key(); nothing proceeds until one is called."""
 
+    __slots__ = ("host_key",)
     host_key: PublicKey
 
+    def __init__(self, host_key: PublicKey) -> None:
+        object.__setattr__(self, "host_key", host_key)
 
-@dataclass(frozen=True, slots=True)
-class HandshakeComplete:
+
+class HandshakeComplete(Record):
+    __slots__ = ("suite", "session_id", "host_key")  # noqa: RUF023 (field order)
     suite: Suite
     session_id: bytes
     host_key: PublicKey
+
+    def __init__(self, suite: Suite, session_id: bytes, host_key: PublicKey) -> None:
+        object.__setattr__(self, "suite", suite)
+        object.__setattr__(self, "session_id", session_id)
+        object.__setattr__(self, "host_key", host_key)
 
 
 def not_qsmp(first: bytes) -> str:
@@ -123,14 +138,19 @@ def not_qsmp(first: bytes) -> str:
     return "not a qshd server: its answer is not QSMP"
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionTerminated:
+class ConnectionTerminated(Record):
     """The connection is over. ``code`` NONE means a clean shutdown; ``by_peer`` tells who
     ended it."""
 
+    __slots__ = ("code", "reason", "by_peer")  # noqa: RUF023 (field order)
     code: ErrorCode
     reason: str
     by_peer: bool
+
+    def __init__(self, code: ErrorCode, reason: str, by_peer: bool) -> None:
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "by_peer", by_peer)
 
 
 class Connection:

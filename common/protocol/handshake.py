@@ -96,6 +96,7 @@ from common.wire import (
     Flag,
     Header,
     Reader,
+    Record,
     Writer,
     encode_header,
     encode_packet,
@@ -158,13 +159,22 @@ PHASE_ERROR: dict[State, type[QsmpError]] = {
 # --------------------------------------------------------------------------- messages
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectRequest:
+class ConnectRequest(Record):
+    __slots__ = (  # noqa: RUF023 (field order)
+        "versions", "key_id", "session_token", "offer", "extensions")
     versions: tuple[int, ...]
     key_id: bytes
     session_token: bytes
     offer: Offer
-    extensions: bytes = b""
+    extensions: bytes
+
+    def __init__(self, versions: tuple[int, ...], key_id: bytes, session_token: bytes,
+                 offer: Offer, extensions: bytes = b"") -> None:
+        object.__setattr__(self, "versions", versions)
+        object.__setattr__(self, "key_id", key_id)
+        object.__setattr__(self, "session_token", session_token)
+        object.__setattr__(self, "offer", offer)
+        object.__setattr__(self, "extensions", extensions)
 
     def encode(self) -> bytes:
         w = Writer().fixed(MAGIC).u8(len(self.versions))
@@ -208,12 +218,19 @@ class ConnectRequest:
                    Offer(kems, sigs, aeads, chaff, padding, obscure), extensions)
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectResponse:
+class ConnectResponse(Record):
+    __slots__ = ("suite", "host_key", "ephemeral_key", "signature")  # noqa: RUF023 (field order)
     suite: Suite
     host_key: bytes  # PublicKey blob
     ephemeral_key: bytes
     signature: bytes
+
+    def __init__(self, suite: Suite, host_key: bytes, ephemeral_key: bytes,
+                 signature: bytes) -> None:
+        object.__setattr__(self, "suite", suite)
+        object.__setattr__(self, "host_key", host_key)
+        object.__setattr__(self, "ephemeral_key", ephemeral_key)
+        object.__setattr__(self, "signature", signature)
 
     def encode_unsigned(self) -> bytes:
         s = self.suite
@@ -327,10 +344,11 @@ def _bounded(limit: int) -> int:
 # --------------------------------------------------------------------------- machines
 
 
-@dataclass(frozen=True, slots=True)
-class Established:
+class Established(Record):
     """What a finished handshake hands to the transport."""
 
+    __slots__ = (  # noqa: RUF023 (field order)
+        "suite", "sealer", "opener", "session_id", "host_key", "tx_chain", "rx_chain")
     suite: Suite
     sealer: RecordSealer
     opener: RecordOpener
@@ -338,6 +356,16 @@ class Established:
     host_key: PublicKey
     tx_chain: bytearray
     rx_chain: bytearray
+
+    def __init__(self, suite: Suite, sealer: RecordSealer, opener: RecordOpener, session_id: bytes,
+                 host_key: PublicKey, tx_chain: bytearray, rx_chain: bytearray) -> None:
+        object.__setattr__(self, "suite", suite)
+        object.__setattr__(self, "sealer", sealer)
+        object.__setattr__(self, "opener", opener)
+        object.__setattr__(self, "session_id", session_id)
+        object.__setattr__(self, "host_key", host_key)
+        object.__setattr__(self, "tx_chain", tx_chain)
+        object.__setattr__(self, "rx_chain", rx_chain)
 
 
 @dataclass(slots=True)

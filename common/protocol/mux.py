@@ -89,12 +89,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
 from common.errors import InvalidInput, InvalidRequest, UsageError
-from common.wire import MAX_NAME_LENGTH, MAX_RECORD_PAYLOAD, Reader, Writer
+from common.wire import MAX_NAME_LENGTH, MAX_RECORD_PAYLOAD, Reader, Record, Writer
 
 __all__ = [
     "DEFAULT_MAX_PACKET",
@@ -188,92 +187,140 @@ class OutgoingMessage(NamedTuple):
 # Events
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelOpenRequest:
+class ChannelOpenRequest(Record):
     """The peer wants a channel; answer with accept_channel or reject_channel."""
 
+    __slots__ = ("channel_id", "kind", "payload")
     channel_id: int
     kind: str
     payload: bytes
 
+    def __init__(self, channel_id: int, kind: str, payload: bytes) -> None:
+        object.__setattr__(self, "channel_id", channel_id)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "payload", payload)
 
-@dataclass(frozen=True, slots=True)
-class ChannelOpened:
+
+class ChannelOpened(Record):
+    __slots__ = ("channel_id", "payload")
     channel_id: int
     payload: bytes
 
+    def __init__(self, channel_id: int, payload: bytes) -> None:
+        object.__setattr__(self, "channel_id", channel_id)
+        object.__setattr__(self, "payload", payload)
 
-@dataclass(frozen=True, slots=True)
-class ChannelOpenFailed:
+
+class ChannelOpenFailed(Record):
     """Our open was refused; the id is already free again."""
 
+    __slots__ = ("channel_id", "reason", "message")  # noqa: RUF023 (field order)
     channel_id: int
     reason: int
     message: str
 
+    def __init__(self, channel_id: int, reason: int, message: str) -> None:
+        object.__setattr__(self, "channel_id", channel_id)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "message", message)
 
-@dataclass(frozen=True, slots=True)
-class ChannelData:
+
+class ChannelData(Record):
     """Received bytes, copied out of the record because the record's buffer gets reused.
 
     Call :meth:`Mux.acknowledge` with ``len(data)`` once consumed, or the peer stalls.
     """
 
+    __slots__ = ("channel_id", "data", "ext")
     channel_id: int
     data: bytes
     ext: int | None
 
+    def __init__(self, channel_id: int, data: bytes, ext: int | None) -> None:
+        object.__setattr__(self, "channel_id", channel_id)
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "ext", ext)
 
-@dataclass(frozen=True, slots=True)
-class ChannelEof:
+
+class ChannelEof(Record):
+    __slots__ = ("channel_id",)
     channel_id: int
 
+    def __init__(self, channel_id: int) -> None:
+        object.__setattr__(self, "channel_id", channel_id)
 
-@dataclass(frozen=True, slots=True)
-class ChannelClosed:
+
+class ChannelClosed(Record):
     """Both sides sent CLOSE; the id is free and may be reused by a later open."""
 
+    __slots__ = ("channel_id",)
     channel_id: int
 
+    def __init__(self, channel_id: int) -> None:
+        object.__setattr__(self, "channel_id", channel_id)
 
-@dataclass(frozen=True, slots=True)
-class ChannelRequest:
+
+class ChannelRequest(Record):
     """If ``want_reply``, answer with :meth:`Mux.reply`; replies go out in request order."""
 
+    __slots__ = ("channel_id", "name", "payload", "want_reply")
     channel_id: int
     name: str
     payload: bytes
     want_reply: bool
 
+    def __init__(self, channel_id: int, name: str, payload: bytes, want_reply: bool) -> None:
+        object.__setattr__(self, "channel_id", channel_id)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "want_reply", want_reply)
 
-@dataclass(frozen=True, slots=True)
-class ChannelRequestReply:
+
+class ChannelRequestReply(Record):
     """The answer to our oldest outstanding request on this channel."""
 
+    __slots__ = ("channel_id", "ok", "payload")
     channel_id: int
     ok: bool
     payload: bytes
 
+    def __init__(self, channel_id: int, ok: bool, payload: bytes) -> None:
+        object.__setattr__(self, "channel_id", channel_id)
+        object.__setattr__(self, "ok", ok)
+        object.__setattr__(self, "payload", payload)
 
-@dataclass(frozen=True, slots=True)
-class GlobalRequest:
+
+class GlobalRequest(Record):
+    __slots__ = ("name", "payload", "want_reply")
     name: str
     payload: bytes
     want_reply: bool
 
+    def __init__(self, name: str, payload: bytes, want_reply: bool) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "want_reply", want_reply)
 
-@dataclass(frozen=True, slots=True)
-class GlobalRequestReply:
+
+class GlobalRequestReply(Record):
+    __slots__ = ("ok", "payload")
     ok: bool
     payload: bytes
 
+    def __init__(self, ok: bool, payload: bytes) -> None:
+        object.__setattr__(self, "ok", ok)
+        object.__setattr__(self, "payload", payload)
 
-@dataclass(frozen=True, slots=True)
-class ChannelWritable:
+
+class ChannelWritable(Record):
     """A window adjust (or the open confirmation) sent everything that was buffered, so a
     writer paused on :meth:`Mux.pending` may resume."""
 
+    __slots__ = ("channel_id",)
     channel_id: int
+
+    def __init__(self, channel_id: int) -> None:
+        object.__setattr__(self, "channel_id", channel_id)
 
 
 Event = (

@@ -11,7 +11,7 @@ from itertools import pairwise
 
 from common.crypto import suites
 from common.errors import InvalidInput, UnknownProtocol
-from common.wire import Reader, Writer
+from common.wire import Reader, Record, Writer
 
 #: Protocol versions this implementation speaks, newest first.
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
@@ -24,16 +24,25 @@ MAX_CHAFF_SIZE = 16384
 MAX_PADDING = 2048
 
 
-@dataclass(frozen=True, slots=True)
-class ChaffPolicy:
+class ChaffPolicy(Record):
     """Chaff: encrypted dummy records sent at random intervals with random sizes, so an
     observer cannot tell idle from active (typing) sessions. Off unless both ends want it."""
 
-    enabled: bool = False
-    interval_min_ms: int = 100
-    interval_max_ms: int = 1000
-    size_min: int = 16
-    size_max: int = 512
+    __slots__ = (  # noqa: RUF023 (field order)
+        "enabled", "interval_min_ms", "interval_max_ms", "size_min", "size_max")
+    enabled: bool
+    interval_min_ms: int
+    interval_max_ms: int
+    size_min: int
+    size_max: int
+
+    def __init__(self, enabled: bool = False, interval_min_ms: int = 100,
+                 interval_max_ms: int = 1000, size_min: int = 16, size_max: int = 512) -> None:
+        object.__setattr__(self, "enabled", enabled)
+        object.__setattr__(self, "interval_min_ms", interval_min_ms)
+        object.__setattr__(self, "interval_max_ms", interval_max_ms)
+        object.__setattr__(self, "size_min", size_min)
+        object.__setattr__(self, "size_max", size_max)
 
     def encode(self, w: Writer) -> None:
         w.boolean(self.enabled).u32(self.interval_min_ms).u32(self.interval_max_ms)
@@ -72,16 +81,24 @@ MAX_SIZE_CLASS = 4096
 EXT_OBSCURE = 1
 
 
-@dataclass(frozen=True, slots=True)
-class ObscurePolicy:
+class ObscurePolicy(Record):
     """Keystroke timing and size obfuscation: the client's clock period, how long fake
     keystrokes follow the last real one, and the size classes small records are padded to
     (plaintext bytes: inner header, body and padding)."""
 
-    interval_ms: int = 20
-    tail_min_ms: int = 1000
-    tail_max_ms: int = 3000
-    size_classes: tuple[int, ...] = (64, 256, 1024)
+    __slots__ = (  # noqa: RUF023 (field order)
+        "interval_ms", "tail_min_ms", "tail_max_ms", "size_classes")
+    interval_ms: int
+    tail_min_ms: int
+    tail_max_ms: int
+    size_classes: tuple[int, ...]
+
+    def __init__(self, interval_ms: int = 20, tail_min_ms: int = 1000, tail_max_ms: int = 3000,
+                 size_classes: tuple[int, ...] = (64, 256, 1024)) -> None:
+        object.__setattr__(self, "interval_ms", interval_ms)
+        object.__setattr__(self, "tail_min_ms", tail_min_ms)
+        object.__setattr__(self, "tail_max_ms", tail_max_ms)
+        object.__setattr__(self, "size_classes", size_classes)
 
     def encode(self, w: Writer) -> None:
         w.u16(self.interval_ms).u32(self.tail_min_ms).u32(self.tail_max_ms)
@@ -134,21 +151,39 @@ class Offer:
     obscure: ObscurePolicy | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ServerPolicy:
+class ServerPolicy(Record):
     """What the server allows. ``None`` lists mean "everything this machine supports"."""
 
-    kems: tuple[str, ...] | None = None
-    signatures: tuple[str, ...] | None = None
-    aeads: tuple[str, ...] | None = None
-    allow_chaff: bool = True
-    chaff_min_interval_ms: int = 50
-    chaff_max_size: int = 4096
-    padding_max: int = 256
-    allow_obscure: bool = True
+    __slots__ = (  # noqa: RUF023 (field order)
+        "kems", "signatures", "aeads", "allow_chaff", "chaff_min_interval_ms", "chaff_max_size",
+        "padding_max", "allow_obscure", "obscure_min_interval_ms", "obscure_max_tail_ms")
+    kems: tuple[str, ...] | None
+    signatures: tuple[str, ...] | None
+    aeads: tuple[str, ...] | None
+    allow_chaff: bool
+    chaff_min_interval_ms: int
+    chaff_max_size: int
+    padding_max: int
+    allow_obscure: bool
     #: The fastest keystroke clock (and so the largest chaff rate) the server accepts.
-    obscure_min_interval_ms: int = 10
-    obscure_max_tail_ms: int = 10_000
+    obscure_min_interval_ms: int
+    obscure_max_tail_ms: int
+
+    def __init__(self, kems: tuple[str, ...] | None = None,
+                 signatures: tuple[str, ...] | None = None, aeads: tuple[str, ...] | None = None,
+                 allow_chaff: bool = True, chaff_min_interval_ms: int = 50,
+                 chaff_max_size: int = 4096, padding_max: int = 256, allow_obscure: bool = True,
+                 obscure_min_interval_ms: int = 10, obscure_max_tail_ms: int = 10_000) -> None:
+        object.__setattr__(self, "kems", kems)
+        object.__setattr__(self, "signatures", signatures)
+        object.__setattr__(self, "aeads", aeads)
+        object.__setattr__(self, "allow_chaff", allow_chaff)
+        object.__setattr__(self, "chaff_min_interval_ms", chaff_min_interval_ms)
+        object.__setattr__(self, "chaff_max_size", chaff_max_size)
+        object.__setattr__(self, "padding_max", padding_max)
+        object.__setattr__(self, "allow_obscure", allow_obscure)
+        object.__setattr__(self, "obscure_min_interval_ms", obscure_min_interval_ms)
+        object.__setattr__(self, "obscure_max_tail_ms", obscure_max_tail_ms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-from dataclasses import dataclass
 
 from common.crypto import pycryptodome
+from common.wire import Record
 
 pycryptodome.load()
 
@@ -51,10 +51,10 @@ LABEL_C2S = b"c2s"
 LABEL_S2C = b"s2c"
 
 
-@dataclass(frozen=True, slots=True)
-class DirectionKeys:
+class DirectionKeys(Record):
     """One direction's keys. ``key`` and ``chain`` are ours to zero (:func:`wipe`)."""
 
+    __slots__ = ("key", "iv", "chain")  # noqa: RUF023 (field order)
     key: bytearray
     iv: bytes
     chain: bytearray
@@ -67,6 +67,11 @@ class DirectionKeys:
     def wipe(self) -> None:
         wipe(self.key)
         wipe(self.chain)
+
+    def __init__(self, key: bytearray, iv: bytes, chain: bytearray) -> None:
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "iv", iv)
+        object.__setattr__(self, "chain", chain)
 
 
 def wipe(buffer: bytearray) -> None:

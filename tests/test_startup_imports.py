@@ -1,0 +1,68 @@
+"""What the client programs load before they connect (issue 18: start-up cost).
+
+Parsing a command line -- ``import qsh.cli``, ``qsh --help``, ``qcp --help``, a usage error --
+must not load asyncio, the crypto libraries or our protocol stack: they cost tens of
+milliseconds of CPU at every start, and are needed only once a connection is really made.
+Each check runs in a fresh interpreter, so an import added at module level anywhere on the
+path shows up here, whichever module adds it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Loaded only once a connection is made (or a query like -Q needs them).
+HEAVY = ("asyncio", "cryptography", "Crypto", "oqs", "common.crypto", "common.protocol",
+         "common.aio", "common.accounts", "common.channels", "common.client.connect",
+         "common.transfer", "common.forward")
+
+#: Prints the modules loaded after running ``CODE`` (argv[1]), whatever way it exits.
+_PROBE = """
+import atexit, sys
+atexit.register(lambda: sys.__stderr__.write("MODULES " + " ".join(sorted(sys.modules)) + "\\n"))
+exec(sys.argv[1])
+"""
+
+
+def loaded_by(code: str, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    result = subprocess.run([sys.executable, "-c", _PROBE, code, *args],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("MODULES "))
+    return result, set(line.split()[1:])
+
+
+def heavy(modules: set[str]) -> set[str]:
+    return {m for m in modules if m.startswith(HEAVY)}
+
+
+@pytest.mark.parametrize("module", ["qsh.cli", "qcp.cli"])
+def test_importing_the_command_line_loads_no_protocol_or_crypto(module: str) -> None:
+    _, modules = loaded_by(f"import {module}")
+    assert module in modules
+    assert not heavy(modules), heavy(modules)
+
+
+@pytest.mark.parametrize(("module", "argv", "status", "shown"), [
+    ("qsh", ["--help"], 0, "Usage: "),
+    ("qsh", ["-h"], 0, "Usage: "),
+    ("qcp", ["--help"], 0, "Usage: "),
+    ("qsh", ["-p", "notaport", "host"], 255, "usage: qsh"),  # a usage error
+    ("qcp", ["only-one-argument"], 1, "qcp: "),
+])
+def test_parsing_the_command_line_loads_no_protocol_or_crypto(
+        module: str, argv: list[str], status: int, shown: str) -> None:
+    code = (f"import runpy, sys; sys.argv[1:] = {argv!r}; "
+            f"runpy.run_module({module!r}, run_name='__main__')")
+    result, modules = loaded_by(code)
+    assert result.returncode == status, result
+    assert shown in result.stdout + result.stderr, result
+    assert "click" in modules
+    assert not heavy(modules), heavy(modules)
