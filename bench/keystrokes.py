@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
 import math
 import os
 import random
@@ -266,6 +267,17 @@ def report(session: Session) -> None:
               f"over {seconds:.1f} s")
 
 
+def dump(session: Session, directory: Path) -> None:
+    """The raw capture (for analysis beyond the summary: quantiles, tick phases)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{session.name}-{time.strftime('%H%M%S')}.json"
+    path.write_text(json.dumps({
+        "name": session.name, "records": session.cap.records, "bursts": session.bursts,
+        "pauses": session.pauses, "latencies": session.latencies, "end": session.end,
+        "loadavg": os.getloadavg()}))
+    print(f"  capture written to {path}")
+
+
 # --------------------------------------------------------------------------- bulk
 
 
@@ -311,6 +323,8 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=0, metavar="MIB")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--compare-tree", type=Path, action="append", default=[])
+    parser.add_argument("--dump", type=Path, metavar="DIR",
+                        help="also write each session's capture and windows as JSON here")
     args = parser.parse_args()
     if args.quick:
         args.bursts, args.pause = 3, 4.5
@@ -320,7 +334,10 @@ def main() -> None:
     if wanted:
         with PrivateQshd() as qshd:
             for n, mode in enumerate(wanted):
-                report(run_session(qshd, mode, modes[mode], args.bursts, args.pause, 12 + n))
+                session = run_session(qshd, mode, modes[mode], args.bursts, args.pause, 12 + n)
+                report(session)
+                if args.dump:
+                    dump(session, args.dump)
     if args.bulk:
         bulk([ROOT, *args.compare_tree], args.bulk, args.runs)
 
