@@ -413,3 +413,40 @@ def test_ticks_fire_on_time_whatever_else_wakes_the_loop() -> None:
     lateness.sort()
     quartiles = [round(lateness[len(lateness) * q // 4] * 1000, 2) for q in (1, 2, 3)]
     assert quartiles[1] < 2.0, f"ticks late by {quartiles} ms (quartiles)"
+
+
+def test_precise_timer_fires_once_at_the_latest_arming_and_not_after_cancel() -> None:
+    """The timerfd behind the ticks: re-arming replaces the deadline (an expiry already
+    pending is forgotten), cancel disarms, close releases the descriptor."""
+    import asyncio
+    import os
+    import time
+
+    from common.aio.timer import precise_timer
+
+    async def main() -> tuple[list[float], float, bool]:
+        loop = asyncio.get_running_loop()
+        fired: list[float] = []
+        timer = precise_timer(loop, lambda: fired.append(loop.time()))
+        assert timer is not None
+        start = loop.time()
+        timer.call_at(start + 0.005)
+        time.sleep(0.010)  # the first deadline passes while the loop is busy...
+        timer.call_at(start + 0.030)  # ...and is replaced before the loop looks
+        await asyncio.sleep(0.060)
+        timer.call_at(loop.time() + 0.010)
+        timer.cancel()
+        await asyncio.sleep(0.030)
+        fd = timer._fd
+        timer.close()
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed = True
+        else:
+            closed = False
+        return fired, start, closed
+
+    fired, start, closed = asyncio.run(main())
+    assert len(fired) == 1 and fired[0] >= start + 0.030
+    assert closed, "the timerfd was not closed"
