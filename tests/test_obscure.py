@@ -332,3 +332,121 @@ def test_unoffered_obscure_record_is_refused() -> None:
     assert client.terminated is not None
     assert client.terminated.code == ErrorCode.UNKNOWN_PROTOCOL
 
+
+
+# --- the asyncio adapter: ticks on time on a real event loop -------------------------------
+
+
+def test_ticks_fire_on_time_whatever_else_wakes_the_loop() -> None:
+    """Why a capture told typing from idle with chaff (bench/keystrokes.py, KS test on the
+    client's inter-record times): asyncio's call_at waits in epoll with a timeout rounded up
+    to whole milliseconds, so a tick left up to 1 ms late, by an amount set by what last
+    woke the loop: a keystroke at a random moment while typing, the previous tick's reply
+    while idle. Here the loop's selector rounds its timeouts up to 10 ms instead of 1 (the
+    same fault, large enough to stand out of a loaded machine's scheduling noise), and
+    keystrokes come at random moments on real loopback: the ticks must still be handled
+    on time (call_at: 5 ms late on median)."""
+    import asyncio
+    import math
+    import random
+    import selectors
+    import time
+
+    from common import aio
+    from common.accounts.keys import HostKey
+    from common.protocol.handshake import ClientHandshake, ServerHandshake
+
+    class CoarseSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+        def select(self, timeout: float | None = None) -> list[object]:
+            if timeout is not None and timeout > 0:
+                timeout = math.ceil(timeout / 0.010) * 0.010
+            return super().select(timeout)  # type: ignore[no-any-return]
+
+    host_key = HostKey.generate("mldsa65", now=time.time())
+    offer = Offer(obscure=POLICY, chaff=ChaffPolicy(enabled=True))
+    lateness: list[float] = []
+
+    async def on_channel(connection: aio.QsmpConnection, channel: aio.Channel) -> None:
+        channel.accept()
+        async for chunk in channel:
+            channel.write(chunk)
+
+    async def main() -> None:
+        server = await aio.serve(
+            "127.0.0.1", 0, make_handshake=lambda: ServerHandshake([host_key]),
+            on_channel=on_channel)
+        try:
+            client = await aio.connect("127.0.0.1", server.port,
+                                       handshake=ClientHandshake(offer, host_key.public))
+            channel = await client.open_channel("echo")
+            client.set_interactive(True)
+            core = client._core
+            transport = core.transport
+            assert transport is not None and transport.keystroke_clock is not None
+            clock = transport.keystroke_clock
+            handle_timer = core.handle_timer
+
+            def timed(now: float) -> None:
+                tick = clock.next_tick
+                if tick is not None and now >= tick:
+                    lateness.append(time.monotonic() - (tick - client._offset))
+                handle_timer(now)
+
+            core.handle_timer = timed  # type: ignore[method-assign]
+            rng = random.Random(12)
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                channel.write(b"k")
+                await asyncio.sleep(rng.uniform(0.003, 0.037))
+            client.close()
+            await client.wait_closed()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    loop = asyncio.SelectorEventLoop(CoarseSelector())
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 20))
+    finally:
+        loop.close()
+    assert len(lateness) > 50
+    lateness.sort()
+    quartiles = [round(lateness[len(lateness) * q // 4] * 1000, 2) for q in (1, 2, 3)]
+    assert quartiles[1] < 2.0, f"ticks late by {quartiles} ms (quartiles)"
+
+
+def test_precise_timer_fires_once_at_the_latest_arming_and_not_after_cancel() -> None:
+    """The timerfd behind the ticks: re-arming replaces the deadline (an expiry already
+    pending is forgotten), cancel disarms, close releases the descriptor."""
+    import asyncio
+    import os
+    import time
+
+    from common.aio.timer import precise_timer
+
+    async def main() -> tuple[list[float], float, bool]:
+        loop = asyncio.get_running_loop()
+        fired: list[float] = []
+        timer = precise_timer(loop, lambda: fired.append(loop.time()))
+        assert timer is not None
+        start = loop.time()
+        timer.call_at(start + 0.005)
+        time.sleep(0.010)  # the first deadline passes while the loop is busy...
+        timer.call_at(start + 0.030)  # ...and is replaced before the loop looks
+        await asyncio.sleep(0.060)
+        timer.call_at(loop.time() + 0.010)
+        timer.cancel()
+        await asyncio.sleep(0.030)
+        fd = timer._fd
+        timer.close()
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed = True
+        else:
+            closed = False
+        return fired, start, closed
+
+    fired, start, closed = asyncio.run(main())
+    assert len(fired) == 1 and fired[0] >= start + 0.030
+    assert closed, "the timerfd was not closed"

@@ -36,6 +36,7 @@ from common.aio.limits import (
     WRITE_LOW_WATER,
 )
 from common.aio.memory import _receive_buffer
+from common.aio.timer import PRECISE_WITHIN, PreciseTimer, precise_timer
 from common.errors import (
     ErrorCode,
     UsageError,
@@ -111,8 +112,11 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._recv = _receive_buffer(loop)
         self._offset = time.time() - loop.time()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | PreciseTimer | None = None
         self._timer_when: float | None = None
+        #: A timerfd for the keystroke clock's short deadlines (made at the first one).
+        self._precise: PreciseTimer | None = None
+        self._precise_tried = False
         # Sending: our own zero-copy queue on a duplicate of the socket (see _send).
         self._wsock: socket.socket | None = None
         self._wqueue: deque[bytes | bytearray | memoryview] = deque()
@@ -542,6 +546,9 @@ class QsmpConnection(asyncio.BufferedProtocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        if self._precise is not None:
+            self._precise.close()
+            self._precise = None
         if self._wsock is not None:
             self._wsock.close()
             self._wsock = None
@@ -587,7 +594,15 @@ class QsmpConnection(asyncio.BufferedProtocol):
             self._timer = None
         self._timer_when = when
         if when is not None and self._transport is not None:
-            self._timer = self.loop.call_at(when - self._offset, self._fire_timer)
+            if when - self._now() < PRECISE_WITHIN and not self._precise_tried:
+                # The keystroke clock and its echo replies: call_at may fire up to 1 ms
+                # late, by an amount that tells typing from idle (common/aio/timer.py).
+                self._precise_tried = True
+                self._precise = precise_timer(self.loop, self._fire_timer)
+            if self._precise is not None:
+                self._timer = self._precise.call_at(when - self._offset)
+            else:
+                self._timer = self.loop.call_at(when - self._offset, self._fire_timer)
 
     def _fire_timer(self) -> None:
         when = self._timer_when
