@@ -122,14 +122,14 @@ class Randomness:
 def seal_message(sealer: RecordSealer, random: Randomness, padding_max: int,
                  inner_type: int, head: bytes, payload: bytes | memoryview,
                  pad: int | None = None) -> bytearray:
-    """One message into one record, with one copy of the payload (into the plaintext).
+    """One message into one record, with one copy of the payload (into the record).
     ``pad``: exact padding (a size class); None draws it up to ``padding_max``."""
     if len(head) + len(payload) > MAX_RECORD_PAYLOAD:
         raise InvalidInput("message larger than a record")
     if pad is None:
         pad = random.below(padding_max + 1) if padding_max else 0
-    plaintext = b"".join((bytes((inner_type, pad >> 8, pad & 0xFF)), head, payload, bytes(pad)))
-    return sealer.seal(Flag.ENCRYPTED_MESSAGE, plaintext)
+    return sealer.seal_parts(Flag.ENCRYPTED_MESSAGE,
+                             (bytes((inner_type, pad >> 8, pad & 0xFF)), head, payload, bytes(pad)))
 
 
 class Transport:
