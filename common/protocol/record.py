@@ -121,6 +121,31 @@ class RecordOpener:
         self.bytes_opened += header.length
         return out
 
+    def open_in_place(self, header: Header, header_bytes: memoryview | bytes,
+                      body: memoryview | bytes) -> bytes | memoryview:
+        """:meth:`open`, decrypting into the body's own buffer when it is writable: the
+        receive buffer of the caller, which reads a record's bytes only once. No new
+        buffer and no zero-fill (``decrypt`` zero-fills the one it returns: perf, 1 GiB
+        received in 256 KiB records, 0.04 s of memset and a cold 1 GiB written, where the
+        ciphertext in place was just received and is in the cache). The result is then a
+        view of that buffer, good until the caller reuses it; the caller copies out what
+        it keeps. A read-only body (our own reassembly buffer) is opened by :meth:`open`."""
+        if not isinstance(body, memoryview) or body.readonly:
+            return self.open(header, header_bytes, body)
+        if header.sequence != self.sequence:
+            raise PacketUnsequenced(
+                f"record sequence {header.sequence}, expected {self.sequence}"
+            )
+        size = header.length - self.tag_size
+        if size < 0:
+            raise AuthenticationFailure("record shorter than its authentication tag")
+        out = body[:size]
+        nonce = (self._iv ^ header.sequence).to_bytes(_IV_MASK_BYTES, "big")
+        self._ctx.decrypt_into(nonce, body, bytes(header_bytes), out)
+        self.sequence += 1
+        self.bytes_opened += header.length
+        return out
+
     def wipe(self) -> None:
         self._ctx = _DeadContext()
         self._key = b""

@@ -340,10 +340,14 @@ class Transport:
         transport business (chaff, keep-alive, rekey). Raises Shutdown on a clean close."""
         if header.flag != Flag.ENCRYPTED_MESSAGE:
             raise InvalidRequest(f"unexpected packet flag 0x{header.flag:02x} in session")
-        plaintext = self.opener.open(header, header_bytes, body)
+        plaintext = self.opener.open_in_place(header, header_bytes, body)
         if len(plaintext) < INNER_HEADER_SIZE:
             raise InvalidInput("record too short for its inner header")
         inner_type = plaintext[0]
+        if inner_type not in DATA_TYPES and isinstance(plaintext, memoryview):
+            # Decrypted in the receive buffer, which is reused: only channel data is copied
+            # out at once (mux.ChannelData); anything else may be kept, so it is copied now.
+            plaintext = bytes(plaintext)
         pad = (plaintext[1] << 8) | plaintext[2]
         end = len(plaintext) - pad
         if pad > self._pad_limit or end < INNER_HEADER_SIZE:
