@@ -148,14 +148,17 @@ def tree_digest(path: Path) -> str:
 class Tools:
     """The command lines of the three tools against their private daemons."""
 
-    def __init__(self, qshd: PrivateQshd, sshd: openssh.PrivateSshd) -> None:
+    def __init__(self, qshd: PrivateQshd, sshd: openssh.PrivateSshd,
+                 baseline: PrivateQshd | None = None) -> None:
         self.qshd = qshd
         self.sshd = sshd
+        #: ``--compare``: qcp and qshd of another checkout, run in the same rounds.
+        self.baseline = baseline
         prefix = sshd.prefix
         self.scp_bin = str(prefix / "scp") if prefix else (shutil.which("scp") or "scp")
 
-    def qcp(self, *args: str, quiet: bool = True) -> list[str]:
-        q = self.qshd
+    def qcp(self, *args: str, quiet: bool = True, q: PrivateQshd | None = None) -> list[str]:
+        q = q or self.qshd
         return [sys.executable, "-m", "qcp", "-F", "none", "-P", str(q.port),
                 "-i", str(q.user_key_path), "-o", "StrictHostKeyChecking=accept-new",
                 "-o", f"UserKnownHostsFile={q.known_hosts}", *(["-q"] if quiet else []),
@@ -201,8 +204,20 @@ def big_file(tools: Tools, work: Path, size: int, rounds: int) -> dict[str, Timi
     results = {k: Timing() for k in ("qcp up", "scp up", "ssh cat up",
                                      "qcp down", "scp down", "ssh cat down")}
     env, tree = tools.qshd.env, tools.qshd.tree
+    base = tools.baseline
+    if base is not None:
+        results["base qcp up"] = Timing()
+        results["base qcp down"] = Timing()
     for _ in range(rounds):
-        steps = [
+        steps = [] if base is None else [
+            ("base qcp up", lambda: run_timed(tools.qcp(str(data), tools.qremote(out), q=base),
+                                              results["base qcp up"], env=base.env,
+                                              cwd=base.tree)),
+            ("base qcp down", lambda: run_timed(tools.qcp(tools.qremote(data), str(out), q=base),
+                                                results["base qcp down"], env=base.env,
+                                                cwd=base.tree)),
+        ]
+        steps += [
             ("qcp up", lambda: run_timed(tools.qcp(str(data), tools.qremote(out)),
                                          results["qcp up"], env=env, cwd=tree)),
             ("scp up", lambda: run_timed(tools.scp(str(data), tools.sremote(out)),
@@ -416,6 +431,12 @@ def big_part(tools: Tools, work: Path, size: int, rounds: int, summary: list[str
             summary.append(f"  {size // MiB} MiB {way:4} qcp vs {other:8} {ratio:5.2f}x "
                            f"(target >= {target:g}x): "
                            f"{'MET' if ratio >= target else 'NOT MET'}")
+        if f"base qcp {way}" in big:
+            base = big[f"base qcp {way}"].median
+            summary.append(f"  {size // MiB} MiB {way:4} the --compare checkout's qcp: "
+                           f"{big[f'scp {way}'].median / base:5.2f}x scp, "
+                           f"{big[f'ssh cat {way}'].median / base:5.2f}x ssh cat; this "
+                           f"checkout's is {base / q:4.2f}x as fast")
 
 
 def small_part(tools: Tools, work: Path, count: int, rounds: int, summary: list[str]) -> None:
@@ -451,6 +472,9 @@ def main() -> int:
                         help="'system' (Debian's) or an OpenSSH build prefix")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile each kind of copy, client and server")
+    parser.add_argument("--compare", type=Path, metavar="TREE",
+                        help="part 1 also runs qcp and qshd of this checkout (e.g. a worktree "
+                             "of an older commit), in the same rounds")
     parser.add_argument("--parts", default="1234",
                         help="which parts to run, e.g. 1 for the big file only (default 1234)")
     args = parser.parse_args()
@@ -466,8 +490,9 @@ def main() -> int:
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at start")
     extra = SSHD_EXTRA_CONFIG + "Subsystem sftp internal-sftp\n"
     with PrivateQshd() as qshd, openssh.PrivateSshd(extra, prefix) as sshd, \
-            workdir() as work:
-        tools = Tools(qshd, sshd)
+            workdir() as work, contextlib.ExitStack() as stack:
+        baseline = stack.enter_context(PrivateQshd(args.compare)) if args.compare else None
+        tools = Tools(qshd, sshd, baseline)
         print(f"qshd on {HOST}:{qshd.port}; {sshd.version} on {HOST}:{sshd.port}; "
               f"data in {work}")
         summary: list[str] = []
