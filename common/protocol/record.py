@@ -114,8 +114,9 @@ class RecordOpener:
         if header.length < self.tag_size:
             raise AuthenticationFailure("record shorter than its authentication tag")
         nonce = (self._iv ^ header.sequence).to_bytes(_IV_MASK_BYTES, "big")
-        # decrypt() allocates its result without zero-filling it first, which a buffer for
-        # decrypt_into would need: measured 14 -> 4 us per 256 KiB record.
+        # A new buffer per record, which decrypt() zero-fills before writing it (cryptography
+        # 48; perf shows the memset under AesGcm::decrypt), still cheaper than a bytearray
+        # for decrypt_into (14 -> 4 us per 256 KiB record). open_in_place needs neither.
         out = self._ctx.decrypt(nonce, body, bytes(header_bytes))
         self.sequence += 1
         self.bytes_opened += header.length
