@@ -63,10 +63,20 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _machine_cpu() -> float:
+    """CPU seconds the whole machine spent busy so far (all processes, both ends of a copy
+    and anything else running: read it against the load average)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Timing:
     seconds: list[float] = field(default_factory=list)
     client_cpu: list[float] = field(default_factory=list)
+    machine_cpu: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -76,10 +86,17 @@ class Timing:
     def cpu(self) -> float:
         return statistics.median(self.client_cpu)
 
+    @property
+    def busy(self) -> float:
+        """The machine's CPU seconds per wall second (2.0 = both cores busy), median."""
+        return statistics.median(c / s for c, s in zip(self.machine_cpu, self.seconds,
+                                                            strict=True))
+
 
 def run_timed(command: list[str], into: Timing, *, env: dict[str, str] | None = None,
               cwd: Path = ROOT, stdin: Path | None = None, stdout: Path | None = None) -> None:
     cpu0 = _children_cpu()
+    machine0 = _machine_cpu()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         fin = stack.enter_context(stdin.open("rb")) if stdin else subprocess.DEVNULL
@@ -87,11 +104,13 @@ def run_timed(command: list[str], into: Timing, *, env: dict[str, str] | None = 
         done = subprocess.run(command, stdin=fin, stdout=fout, stderr=subprocess.PIPE,
                               env=env, cwd=cwd, timeout=1800)
     seconds = time.perf_counter() - start
+    machine = _machine_cpu() - machine0
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])}... exited {done.returncode}: "
                            f"{done.stderr.decode(errors='replace').strip()[-400:]}")
     into.seconds.append(seconds)
     into.client_cpu.append(_children_cpu() - cpu0)
+    into.machine_cpu.append(machine)
 
 
 def sha256(path: Path) -> str:
@@ -129,14 +148,17 @@ def tree_digest(path: Path) -> str:
 class Tools:
     """The command lines of the three tools against their private daemons."""
 
-    def __init__(self, qshd: PrivateQshd, sshd: openssh.PrivateSshd) -> None:
+    def __init__(self, qshd: PrivateQshd, sshd: openssh.PrivateSshd,
+                 baseline: PrivateQshd | None = None) -> None:
         self.qshd = qshd
         self.sshd = sshd
+        #: ``--compare``: qcp and qshd of another checkout, run in the same rounds.
+        self.baseline = baseline
         prefix = sshd.prefix
         self.scp_bin = str(prefix / "scp") if prefix else (shutil.which("scp") or "scp")
 
-    def qcp(self, *args: str, quiet: bool = True) -> list[str]:
-        q = self.qshd
+    def qcp(self, *args: str, quiet: bool = True, q: PrivateQshd | None = None) -> list[str]:
+        q = q or self.qshd
         return [sys.executable, "-m", "qcp", "-F", "none", "-P", str(q.port),
                 "-i", str(q.user_key_path), "-o", "StrictHostKeyChecking=accept-new",
                 "-o", f"UserKnownHostsFile={q.known_hosts}", *(["-q"] if quiet else []),
@@ -182,8 +204,20 @@ def big_file(tools: Tools, work: Path, size: int, rounds: int) -> dict[str, Timi
     results = {k: Timing() for k in ("qcp up", "scp up", "ssh cat up",
                                      "qcp down", "scp down", "ssh cat down")}
     env, tree = tools.qshd.env, tools.qshd.tree
+    base = tools.baseline
+    if base is not None:
+        results["base qcp up"] = Timing()
+        results["base qcp down"] = Timing()
     for _ in range(rounds):
-        steps = [
+        steps = [] if base is None else [
+            ("base qcp up", lambda: run_timed(tools.qcp(str(data), tools.qremote(out), q=base),
+                                              results["base qcp up"], env=base.env,
+                                              cwd=base.tree)),
+            ("base qcp down", lambda: run_timed(tools.qcp(tools.qremote(data), str(out), q=base),
+                                                results["base qcp down"], env=base.env,
+                                                cwd=base.tree)),
+        ]
+        steps += [
             ("qcp up", lambda: run_timed(tools.qcp(str(data), tools.qremote(out)),
                                          results["qcp up"], env=env, cwd=tree)),
             ("scp up", lambda: run_timed(tools.scp(str(data), tools.sremote(out)),
@@ -202,8 +236,9 @@ def big_file(tools: Tools, work: Path, size: int, rounds: int) -> dict[str, Timi
             step()
             if out.stat().st_size != size or sha256(out) != digest:
                 raise RuntimeError(f"{name}: the copy differs from the source")
-            print(f"    {name:13} {results[name].seconds[-1]:6.2f} s "
-                  f"{_rate(size, results[name].seconds[-1])}", file=sys.stderr)
+            t = results[name]
+            print(f"    {name:13} {t.seconds[-1]:6.2f} s {_rate(size, t.seconds[-1])}  "
+                  f"machine busy {t.machine_cpu[-1] / t.seconds[-1]:4.2f} CPUs", file=sys.stderr)
     fresh(out)
     return results
 
@@ -382,6 +417,51 @@ def profiled(work: Path, size: int, count: int, prefix: Path | None) -> None:
         fresh(out)
 
 
+def big_part(tools: Tools, work: Path, size: int, rounds: int, summary: list[str]) -> None:
+    print(f"\n1. one file of {size // MiB} MiB, {rounds} round(s), interleaved "
+          "(median; client CPU)")
+    big = big_file(tools, work, size, rounds)
+    for name, t in big.items():
+        print(f"    {name:13} {t.median:6.2f} s {_rate(size, t.median)}  client CPU "
+              f"{t.cpu:5.2f} s  machine busy {t.busy:4.2f} CPUs")
+    for way in ("up", "down"):
+        q = big[f"qcp {way}"].median
+        for other, target in (("scp", 2.0), ("ssh cat", 1.0)):
+            ratio = big[f"{other} {way}"].median / q
+            summary.append(f"  {size // MiB} MiB {way:4} qcp vs {other:8} {ratio:5.2f}x "
+                           f"(target >= {target:g}x): "
+                           f"{'MET' if ratio >= target else 'NOT MET'}")
+        if f"base qcp {way}" in big:
+            base = big[f"base qcp {way}"].median
+            summary.append(f"  {size // MiB} MiB {way:4} the --compare checkout's qcp: "
+                           f"{big[f'scp {way}'].median / base:5.2f}x scp, "
+                           f"{big[f'ssh cat {way}'].median / base:5.2f}x ssh cat; this "
+                           f"checkout's is {base / q:4.2f}x as fast")
+
+
+def small_part(tools: Tools, work: Path, count: int, rounds: int, summary: list[str]) -> None:
+    print(f"\n2. {count} files of 1 KiB, -r, {rounds} round(s)")
+    small = many_files(tools, work, count, rounds)
+    for name, t in small.items():
+        print(f"    {name:13} {t.median:6.2f} s  {count / t.median:8.0f} files/s  "
+              f"client CPU {t.cpu:5.2f} s")
+    for way in ("up", "down"):
+        ratio = small[f"scp -r {way}"].median / small[f"qcp -r {way}"].median
+        summary.append(f"  {count} x 1 KiB {way:4} qcp -r vs scp -r {ratio:5.2f}x "
+                       f"(target >= 3x): {'MET' if ratio >= 3 else 'NOT MET'}")
+
+
+def resume_part(tools: Tools, work: Path, size: int, summary: list[str]) -> None:
+    print(f"\n3. --resume of a {size // MiB} MiB upload cut at half")
+    r = resume(tools, work, size)
+    print(f"    partial file at the cut: {r.partial} bytes ({r.partial / r.size:.1%})")
+    print(f"    qcp --resume sent {r.sent} bytes ({r.sent / r.size:.1%} of the file) in "
+          f"{r.seconds:.2f} s; a whole copy takes {r.full_seconds:.2f} s")
+    summary.append(f"  --resume after a cut at {r.partial / r.size:.0%}: sent "
+                   f"{r.sent / r.size:.1%} of the file (expected ~"
+                   f"{1 - r.partial / r.size:.0%})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="256 MiB, 2,000 files, 1 round")
@@ -392,6 +472,11 @@ def main() -> int:
                         help="'system' (Debian's) or an OpenSSH build prefix")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile each kind of copy, client and server")
+    parser.add_argument("--compare", type=Path, metavar="TREE",
+                        help="part 1 also runs qcp and qshd of this checkout (e.g. a worktree "
+                             "of an older commit), in the same rounds")
+    parser.add_argument("--parts", default="1234",
+                        help="which parts to run, e.g. 1 for the big file only (default 1234)")
     args = parser.parse_args()
     size = (args.size or (256 if args.quick else 1024)) * MiB
     count = args.files or (2000 if args.quick else 10_000)
@@ -405,49 +490,23 @@ def main() -> int:
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at start")
     extra = SSHD_EXTRA_CONFIG + "Subsystem sftp internal-sftp\n"
     with PrivateQshd() as qshd, openssh.PrivateSshd(extra, prefix) as sshd, \
-            workdir() as work:
-        tools = Tools(qshd, sshd)
+            workdir() as work, contextlib.ExitStack() as stack:
+        baseline = stack.enter_context(PrivateQshd(args.compare)) if args.compare else None
+        tools = Tools(qshd, sshd, baseline)
         print(f"qshd on {HOST}:{qshd.port}; {sshd.version} on {HOST}:{sshd.port}; "
               f"data in {work}")
         summary: list[str] = []
 
-        print(f"\n1. one file of {size // MiB} MiB, {rounds} round(s), interleaved "
-              "(median; client CPU)")
-        big = big_file(tools, work, size, rounds)
-        for name, t in big.items():
-            print(f"    {name:13} {t.median:6.2f} s {_rate(size, t.median)}  client CPU "
-                  f"{t.cpu:5.2f} s")
-        for way in ("up", "down"):
-            q = big[f"qcp {way}"].median
-            for other, target in (("scp", 2.0), ("ssh cat", 1.0)):
-                ratio = big[f"{other} {way}"].median / q
-                summary.append(f"  {size // MiB} MiB {way:4} qcp vs {other:8} {ratio:5.2f}x "
-                               f"(target >= {target:g}x): "
-                               f"{'MET' if ratio >= target else 'NOT MET'}")
-
-        print(f"\n2. {count} files of 1 KiB, -r, {rounds} round(s)")
-        small = many_files(tools, work, count, rounds)
-        for name, t in small.items():
-            print(f"    {name:13} {t.median:6.2f} s  {count / t.median:8.0f} files/s  "
-                  f"client CPU {t.cpu:5.2f} s")
-        for way in ("up", "down"):
-            ratio = small[f"scp -r {way}"].median / small[f"qcp -r {way}"].median
-            summary.append(f"  {count} x 1 KiB {way:4} qcp -r vs scp -r {ratio:5.2f}x "
-                           f"(target >= 3x): {'MET' if ratio >= 3 else 'NOT MET'}")
-
-        print(f"\n3. --resume of a {size // MiB} MiB upload cut at half")
-        r = resume(tools, work, size)
-        print(f"    partial file at the cut: {r.partial} bytes ({r.partial / r.size:.1%})")
-        print(f"    qcp --resume sent {r.sent} bytes ({r.sent / r.size:.1%} of the file) in "
-              f"{r.seconds:.2f} s; a whole copy takes {r.full_seconds:.2f} s")
-        summary.append(f"  --resume after a cut at {r.partial / r.size:.0%}: sent "
-                       f"{r.sent / r.size:.1%} of the file (expected ~"
-                       f"{1 - r.partial / r.size:.0%})")
-
-        ns, redraws, per_second = progress_cost()
-        print(f"\n4. progress meter: {ns:.0f} ns per advance() (1,000,000 calls), "
-              f"{redraws} redraws = {per_second:.1f}/s")
-
+        if "1" in args.parts:
+            big_part(tools, work, size, rounds, summary)
+        if "2" in args.parts:
+            small_part(tools, work, count, rounds, summary)
+        if "3" in args.parts:
+            resume_part(tools, work, size, summary)
+        if "4" in args.parts:
+            ns, redraws, per_second = progress_cost()
+            print(f"\n4. progress meter: {ns:.0f} ns per advance() (1,000,000 calls), "
+                  f"{redraws} redraws = {per_second:.1f}/s")
         if args.profile:
             profiled(work, size, count, prefix)
 

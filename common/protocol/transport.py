@@ -150,14 +150,14 @@ class Randomness:
 def seal_message(sealer: RecordSealer, random: Randomness, padding_max: int,
                  inner_type: int, head: bytes, payload: bytes | memoryview,
                  pad: int | None = None) -> bytearray:
-    """One message into one record, with one copy of the payload (into the plaintext).
+    """One message into one record, with one copy of the payload (into the record).
     ``pad``: exact padding (a size class); None draws it up to ``padding_max``."""
     if len(head) + len(payload) > MAX_RECORD_PAYLOAD:
         raise InvalidInput("message larger than a record")
     if pad is None:
         pad = random.below(padding_max + 1) if padding_max else 0
-    plaintext = b"".join((bytes((inner_type, pad >> 8, pad & 0xFF)), head, payload, bytes(pad)))
-    return sealer.seal(Flag.ENCRYPTED_MESSAGE, plaintext)
+    return sealer.seal_parts(Flag.ENCRYPTED_MESSAGE,
+                             (bytes((inner_type, pad >> 8, pad & 0xFF)), head, payload, bytes(pad)))
 
 
 class Transport:
@@ -393,10 +393,14 @@ class Transport:
         transport business (chaff, keep-alive, rekey). Raises Shutdown on a clean close."""
         if header.flag != Flag.ENCRYPTED_MESSAGE:
             raise InvalidRequest(f"unexpected packet flag 0x{header.flag:02x} in session")
-        plaintext = self.opener.open(header, header_bytes, body)
+        plaintext = self.opener.open_in_place(header, header_bytes, body)
         if len(plaintext) < INNER_HEADER_SIZE:
             raise InvalidInput("record too short for its inner header")
         inner_type = plaintext[0]
+        if inner_type not in DATA_TYPES and isinstance(plaintext, memoryview):
+            # Decrypted in the receive buffer, which is reused: only channel data is copied
+            # out at once (mux.ChannelData); anything else may be kept, so it is copied now.
+            plaintext = bytes(plaintext)
         pad = (plaintext[1] << 8) | plaintext[2]
         end = len(plaintext) - pad
         if pad > self._pad_limit or end < INNER_HEADER_SIZE:

@@ -1,0 +1,135 @@
+"""The record layer's fast paths agree with the plain ones (common/protocol/record.py).
+
+:meth:`RecordSealer.seal_parts` gathers the plaintext into the record's own buffer and
+encrypts it in place; these tests hold it to :meth:`RecordSealer.seal` (out of place) for
+every AEAD we register, so an AEAD library that stopped supporting in-place operation would
+fail here rather than put wrong records on the wire. :meth:`RecordOpener.open_in_place`
+decrypts in the receive buffer; what the layers above keep must survive that buffer's reuse.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from helpers import NOW, established_pair, take
+
+from common.crypto.registry import aead as aead_named
+from common.crypto.suites import DEFAULT_AEADS
+from common.errors import AuthenticationFailure, PacketUnsequenced
+from common.protocol.mux import ChannelData, ChannelOpenRequest, GlobalRequest
+from common.protocol.record import RecordOpener, RecordSealer
+from common.protocol.schedule import DirectionKeys
+from common.wire import HEADER_SIZE, Flag, decode_header
+
+KEYS = DirectionKeys(bytes(range(32)), bytes(range(100, 112)), bytes(32))
+
+SPLITS = [
+    [b""],
+    [b"\x05\x00\x00", b"hdr12", b"x" * 1000, bytes(7)],
+    [b"\x05\x00\x00", b"", memoryview(os.urandom(256 * 1024)), b""],
+    [bytearray(b"\x05\x00\x01"), memoryview(os.urandom(1 << 20))[5:], bytes(1)],
+    [os.urandom(n) for n in (1, 2, 3, 4096, 65537)],
+]
+
+
+@pytest.mark.parametrize("name", DEFAULT_AEADS)
+@pytest.mark.parametrize("parts", SPLITS, ids=[f"split{i}" for i in range(len(SPLITS))])
+def test_seal_parts_is_seal_of_the_concatenation(name: str, parts: list[bytes]) -> None:
+    aead = aead_named(name)
+    gathered, joined = RecordSealer(aead, KEYS, 41), RecordSealer(aead, KEYS, 41)
+    plaintext = b"".join(bytes(p) for p in parts)
+    for _ in range(2):  # and the sequence moves on the same way
+        record = gathered.seal_parts(Flag.ENCRYPTED_MESSAGE, parts)
+        assert record == joined.seal(Flag.ENCRYPTED_MESSAGE, plaintext)
+        assert gathered.sequence == joined.sequence
+        assert gathered.bytes_sealed == joined.bytes_sealed
+    opener = RecordOpener(aead, KEYS, 42)
+    header = decode_header(record[:HEADER_SIZE], 1 << 21)
+    view = memoryview(record)
+    assert opener.open(header, view[:HEADER_SIZE], view[HEADER_SIZE:]) == plaintext
+
+
+@pytest.mark.parametrize("name", DEFAULT_AEADS)
+def test_seal_parts_leaves_its_inputs_alone(name: str) -> None:
+    source = bytearray(os.urandom(300_000))
+    before = bytes(source)
+    RecordSealer(aead_named(name), KEYS).seal_parts(Flag.ENCRYPTED_MESSAGE,
+                                                    [b"\x05\x00\x00", memoryview(source)])
+    assert source == before
+
+
+def _record(name: str, plaintext: bytes, sequence: int = 0) -> bytearray:
+    return RecordSealer(aead_named(name), KEYS, sequence).seal(Flag.ENCRYPTED_MESSAGE,
+                                                               plaintext)
+
+
+@pytest.mark.parametrize("name", DEFAULT_AEADS)
+@pytest.mark.parametrize("size", [0, 1, 300, 256 * 1024])
+def test_open_in_place_decrypts_into_the_receive_buffer(name: str, size: int) -> None:
+    plaintext = os.urandom(size)
+    record = _record(name, plaintext, 7)
+    header = decode_header(record[:HEADER_SIZE], 1 << 21)
+    buffer = bytearray(b"junk") + record + bytearray(b"more")  # as in a receive buffer
+    view = memoryview(buffer)[4 : 4 + len(record)]
+    opener = RecordOpener(aead_named(name), KEYS, 7)
+    opened = opener.open_in_place(header, view[:HEADER_SIZE], view[HEADER_SIZE:])
+    assert isinstance(opened, memoryview) and opened.obj is buffer  # no new buffer
+    assert opened == plaintext
+    assert (opener.sequence, opener.bytes_opened) == (8, header.length)
+    # A read-only body (our own reassembly buffer) is not written: open() as before.
+    ro = memoryview(bytes(record))
+    again = RecordOpener(aead_named(name), KEYS, 7).open_in_place(header, ro[:HEADER_SIZE],
+                                                                   ro[HEADER_SIZE:])
+    assert isinstance(again, bytes) and again == plaintext and ro == record
+
+
+@pytest.mark.parametrize("name", DEFAULT_AEADS)
+def test_open_in_place_refuses_what_open_refuses(name: str) -> None:
+    record = _record(name, b"some plaintext", 3)
+    header = decode_header(record[:HEADER_SIZE], 1 << 21)
+    tampered = bytearray(record)
+    tampered[-1] ^= 1
+    view = memoryview(tampered)
+    with pytest.raises(AuthenticationFailure):
+        RecordOpener(aead_named(name), KEYS, 3).open_in_place(header, view[:HEADER_SIZE],
+                                                              view[HEADER_SIZE:])
+    view = memoryview(bytearray(record))
+    with pytest.raises(PacketUnsequenced):
+        RecordOpener(aead_named(name), KEYS, 4).open_in_place(header, view[:HEADER_SIZE],
+                                                              view[HEADER_SIZE:])
+
+
+def test_what_arrives_outlives_the_receive_buffer() -> None:
+    """The adapter reuses its receive buffer as soon as ``receive_data`` returns, and
+    records are now decrypted inside it: channel data, a channel's open payload and a
+    global request's payload must all be the peer's bytes after that buffer is
+    overwritten (channel data is copied out by the mux, the rest by the transport)."""
+    client, server = established_pair()
+    cid = client.mux.open_channel("copy", b"open payload " * 10)
+    client.mux.global_request("bench@example", b"request payload " * 10)
+    chunks = [os.urandom(n) for n in (1, 5000, 256 * 1024)]
+    events: list[object] = []
+
+    def deliver() -> None:
+        data = take(client)
+        buffer = bytearray(data)
+        view = memoryview(buffer)
+        server.receive_data(view, NOW)
+        view.release()
+        buffer[:] = b"\xa5" * len(buffer)  # the next read lands here
+        events.extend(server.events_received())
+
+    deliver()
+    [request] = [e for e in events if isinstance(e, ChannelOpenRequest)]
+    server.mux.accept_channel(request.channel_id)
+    client.receive_data(take(server), NOW)
+    client.events_received()
+    for chunk in chunks:
+        client.mux.send_data(cid, chunk)
+    deliver()
+    assert request.payload == b"open payload " * 10
+    [global_request] = [e for e in events if isinstance(e, GlobalRequest)]
+    assert global_request.payload == b"request payload " * 10
+    got = b"".join(bytes(e.data) for e in events if isinstance(e, ChannelData))
+    assert got == b"".join(chunks)
