@@ -5,10 +5,10 @@ authenticated; the nonce is ``iv XOR sequence`` so it never repeats under one ke
 receiver that expects sequence ``n`` simply cannot decrypt anything else (replay, reorder
 and loss are all fatal, as the secure-channels design asks).
 
-The hot path is kept to a constant handful of Python calls per record: the plaintext's
-pieces are gathered straight into the output buffer after the header and encrypted there in
-place (:meth:`RecordSealer.seal_parts`: one copy of the payload, no zero-filled buffer);
-decryption reads straight out of the receive buffer.
+The hot path is kept to a constant handful of Python calls per record. Encryption and
+decryption are never in place: cryptography 48 allowed the input and output buffers of
+``encrypt_into``/``decrypt_into`` to overlap, cryptography 51 refuses it ("data and buf must
+not overlap"), and pip installs the newest.
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ _Buffer = bytes | bytearray | memoryview
 class RecordSealer:
     """The sending half. ``sequence`` counts every packet sent in this direction."""
 
-    __slots__ = ("_ctx", "_iv", "_key", "_tag_room", "bytes_sealed", "sequence", "tag_size")
+    __slots__ = ("_ctx", "_iv", "_key", "bytes_sealed", "sequence", "tag_size")
 
     def __init__(self, aead: Aead, keys: DirectionKeys, sequence: int = 0) -> None:
         self._ctx: AeadContext = aead.new(keys.key)
         self._key = keys.key  # kept only for a handoff to another process (key_material)
         self._iv = int.from_bytes(keys.iv, "big")
         self.tag_size = aead.tag_size
-        self._tag_room = bytes(aead.tag_size)  # the end of seal_parts' buffer
         self.sequence = sequence
         self.bytes_sealed = 0
 
@@ -55,30 +54,8 @@ class RecordSealer:
         return out
 
     def seal_parts(self, flag: int, parts: Sequence[_Buffer]) -> bytearray:
-        """:meth:`seal` of the concatenation of ``parts``, without building it first.
-
-        ``bytearray().join`` makes the whole record in one allocation that is not
-        zero-filled (``bytearray(n)`` is), copying each part once into place; the AEAD then
-        encrypts that plaintext in place. In-place (input and output at the same address)
-        is what OpenSSL's EVP layer supports for GCM and ChaCha20-Poly1305, and
-        tests/test_record.py checks the result against :meth:`seal`'s. Against a join into
-        a temporary then :meth:`seal`: the same one copy of the payload, but no zero-fill
-        and half the memory touched (perf, 1 GiB sent in 256 KiB records: the memset was
-        0.04 s of the sender's 1.2 s of CPU)."""
-        seq = self.sequence
-        tag = self.tag_size
-        size = 0
-        for part in parts:
-            size += len(part)
-        length = size + tag
-        header = HEADER.pack(flag, seq, length)
-        out = bytearray().join((header, *parts, self._tag_room))
-        view = memoryview(out)
-        self._ctx.encrypt_into(self._nonce(seq), view[HEADER_SIZE:HEADER_SIZE + size], header,
-                               view[HEADER_SIZE:])
-        self.sequence = seq + 1
-        self.bytes_sealed += length
-        return out
+        """:meth:`seal` of the concatenation of ``parts`` (one part is not copied)."""
+        return self.seal(flag, parts[0] if len(parts) == 1 else b"".join(parts))
 
     def wipe(self) -> None:
         """Zero our copy of the key and drop the key context (OpenSSL cleanses its own
@@ -117,7 +94,7 @@ class RecordOpener:
         nonce = (self._iv ^ header.sequence).to_bytes(_IV_MASK_BYTES, "big")
         # A new buffer per record, which decrypt() zero-fills before writing it (cryptography
         # 48; perf shows the memset under AesGcm::decrypt), still cheaper than a bytearray
-        # for decrypt_into (14 -> 4 us per 256 KiB record). open_in_place needs neither.
+        # for decrypt_into (14 -> 4 us per 256 KiB record).
         out = self._ctx.decrypt(nonce, body, bytes(header_bytes))
         self.sequence += 1
         self.bytes_opened += header.length
@@ -125,28 +102,10 @@ class RecordOpener:
 
     def open_in_place(self, header: Header, header_bytes: memoryview | bytes,
                       body: memoryview | bytes) -> bytes | memoryview:
-        """:meth:`open`, decrypting into the body's own buffer when it is writable: the
-        receive buffer of the caller, which reads a record's bytes only once. No new
-        buffer and no zero-fill (``decrypt`` zero-fills the one it returns: perf, 1 GiB
-        received in 256 KiB records, 0.04 s of memset and a cold 1 GiB written, where the
-        ciphertext in place was just received and is in the cache). The result is then a
-        view of that buffer, good until the caller reuses it; the caller copies out what
-        it keeps. A read-only body (our own reassembly buffer) is opened by :meth:`open`."""
-        if not isinstance(body, memoryview) or body.readonly:
-            return self.open(header, header_bytes, body)
-        if header.sequence != self.sequence:
-            raise PacketUnsequenced(
-                f"record sequence {header.sequence}, expected {self.sequence}"
-            )
-        size = header.length - self.tag_size
-        if size < 0:
-            raise AuthenticationFailure("record shorter than its authentication tag")
-        out = body[:size]
-        nonce = (self._iv ^ header.sequence).to_bytes(_IV_MASK_BYTES, "big")
-        self._ctx.decrypt_into(nonce, body, bytes(header_bytes), out)
-        self.sequence += 1
-        self.bytes_opened += header.length
-        return out
+        """:meth:`open` for a body inside the caller's receive buffer, which the caller
+        reuses once this returns. The result is a buffer of its own, so it outlives that
+        reuse (decrypting into the receive buffer itself is what cryptography 51 refuses)."""
+        return self.open(header, header_bytes, body)
 
     def wipe(self) -> None:
         self._ctx = _DeadContext()
