@@ -102,7 +102,7 @@ class MatchBlock:
 
     def selects(self, conn: ConnectionSpec) -> bool:
         from common.accounts.key_options import address_matches
-        from common.accounts.known_hosts import patterns_match
+        from common.accounts.patterns import patterns_match
 
         for kind, patterns in self.criteria:
             if kind == "all":

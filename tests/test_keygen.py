@@ -314,7 +314,7 @@ def test_hashed_names_are_openssh_compatible(tmp_path: Path, plain_key: Path) ->
     found by ssh-keygen -F: the format is OpenSSH's |1|salt|HMAC-SHA1."""
     import shutil
 
-    from common.accounts.known_hosts import hash_host, patterns_match
+    from common.accounts.patterns import hash_host, patterns_match
 
     if shutil.which("ssh-keygen") is None:
         pytest.skip("OpenSSH's ssh-keygen is not installed")

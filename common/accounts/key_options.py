@@ -26,7 +26,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from common.accounts.known_hosts import patterns_match
+from common.accounts.patterns import patterns_match
 
 #: Far beyond any real options field (sshd has no limit but its line length).
 MAX_OPTIONS = 8192

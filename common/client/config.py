@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.accounts.known_hosts import patterns_match
+from common.accounts.patterns import patterns_match
 from common.channels.tunnel import ForwardSpec, parse_forward
 from common.crypto import suites
 from common.wire import Record
