@@ -45,7 +45,8 @@ from common.client.connect import describe_end, printable
 from common.client.terminal import RawMode
 from common.errors import ErrorCode
 from common.protocol.connection import ConnectionTerminated, not_qsmp
-from qsh.cli import hoist_options, remote_command, split_destination, ssh_dash_T
+from qsh.argv import hoist_options, split_destination, ssh_dash_T
+from qsh.cli import remote_command
 from qsh.escapes import (
     Command,
     CommandLine,

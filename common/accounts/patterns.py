@@ -6,9 +6,6 @@ its own so that reading a config file does not load the key code (issue 18).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import os
 import re
 from functools import lru_cache
@@ -28,6 +25,10 @@ _SHA1_SIZE = 20
 
 def hash_host(name: str, salt: bytes | None = None) -> str:
     """OpenSSH's hashed host name (see the module docstring) for a pattern as we write it."""
+    import base64
+    import hashlib
+    import hmac
+
     salt = os.urandom(_SALT_SIZE) if salt is None else salt
     digest = hmac.new(salt, name.lower().encode("utf-8"), hashlib.sha1).digest()
     return f"{HASH_MAGIC}{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
@@ -35,6 +36,10 @@ def hash_host(name: str, salt: bytes | None = None) -> str:
 
 def _hashed_match(pattern: str, names: tuple[str, ...]) -> bool:
     """Whether a ``|1|salt|hash`` pattern is one of ``names``; False if malformed."""
+    import base64  # only hashed names need these (hashlib loads OpenSSL)
+    import hashlib
+    import hmac
+
     parts = pattern[len(HASH_MAGIC):].split("|")
     if len(parts) != 2:
         return False

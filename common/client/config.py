@@ -47,12 +47,13 @@ import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from common.accounts.patterns import patterns_match
-from common.channels.tunnel import ForwardSpec, parse_forward
-from common.crypto import suites
 from common.wire import Record
+
+if TYPE_CHECKING:
+    from common.channels.tunnel import ForwardSpec
 
 DEFAULT_PORT = 2022
 #: ssh's LogLevel names, quietest first, so callers can compare by index and map ``-v``.
@@ -312,9 +313,12 @@ def _check_tokens(keyword: str, arg: str, allowed: str) -> str:
     return arg
 
 
-def _algorithms(keyword: str, arg: str, defaults: tuple[str, ...]) -> tuple[str, ...]:
+def _algorithms(keyword: str, arg: str, kind: str) -> tuple[str, ...]:
     """A comma-separated preference list. As in ssh, a leading ``+`` appends to the
     defaults, ``^`` puts the names first, and ``-`` removes names (wildcards allowed)."""
+    from common.crypto import suites  # only a file that names algorithms loads the registry
+
+    defaults: tuple[str, ...] = getattr(suites, kind)
     modifier = arg[0] if arg[0] in "+-^" else ""
     names = arg[len(modifier):].split(",")
     syntax = _ALGORITHM_PATTERN if modifier == "-" else _ALGORITHM_NAME
@@ -371,6 +375,8 @@ def _forward(keyword: str, kind: str) -> Callable[[list[str]], object]:
     """ssh_config's forms: ``LocalForward [bind:]port host:hostport`` (two words; one word
     with colons is accepted too) and ``DynamicForward [bind:]port``."""
     def parse(args: list[str]) -> ForwardSpec:
+        from common.channels.tunnel import parse_forward  # only a file with tunnels needs it
+
         if kind == "dynamic" or len(args) == 1:
             text = _one(keyword, args)
         elif len(args) == 2:
@@ -474,12 +480,12 @@ _KEYWORDS: dict[str, _Keyword] = {
                  _single("IdentityFile", lambda a: _check_tokens("IdentityFile", a, _PATH_TOKENS)),
                  multiple=True),
         _Keyword("KEMs", "kems",
-                 _single("KEMs", lambda a: _algorithms("KEMs", a, suites.DEFAULT_KEMS))),
+                 _single("KEMs", lambda a: _algorithms("KEMs", a, "DEFAULT_KEMS"))),
         _Keyword("Ciphers", "ciphers",
-                 _single("Ciphers", lambda a: _algorithms("Ciphers", a, suites.DEFAULT_AEADS))),
+                 _single("Ciphers", lambda a: _algorithms("Ciphers", a, "DEFAULT_AEADS"))),
         _Keyword("Signatures", "signatures",
                  _single("Signatures",
-                         lambda a: _algorithms("Signatures", a, suites.DEFAULT_SIGNATURES))),
+                         lambda a: _algorithms("Signatures", a, "DEFAULT_SIGNATURES"))),
         _Keyword("Chaff", "chaff", _single("Chaff", lambda a: _flag("Chaff", a))),
         _Keyword("ObscureKeystrokeTiming", "obscure_keystroke_timing",
                  _single("ObscureKeystrokeTiming", _obscure_timing)),
@@ -977,8 +983,7 @@ def resolve(
             assert isinstance(setting.value, list)
             send_env.extend(setting.value)
         elif setting.keyword.attr == "forwards":
-            assert isinstance(setting.value, ForwardSpec)
-            forwards.append(setting.value)
+            forwards.append(cast("ForwardSpec", setting.value))
         elif setting.keyword.multiple:
             collected.append(setting)
         else:
