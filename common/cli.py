@@ -7,11 +7,12 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
-
-import click
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import common
+
+if TYPE_CHECKING:
+    import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,6 +60,8 @@ def version_line(program: str) -> str:
 
 def version_option(program: str) -> Callable[[F], F]:
     """``-V``/``--version`` for every command, printing to stderr as ssh -V does."""
+    import click  # (not at import: qsh's shared-connection path never loads click)
+
     def show(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         if value and not ctx.resilient_parsing:
             click.echo(version_line(program), err=True)
@@ -70,6 +73,8 @@ def version_option(program: str) -> Callable[[F], F]:
 
 def fail(prog: str, message: str) -> NoReturn:
     # Only our own messages reach here; none of them contains a password or a key.
+    import click
+
     click.echo(f"{prog}: {message}", err=True)
     sys.exit(1)
 
@@ -77,6 +82,8 @@ def fail(prog: str, message: str) -> NoReturn:
 def run(command: click.Command, prog: str, argv: list[str] | None, *,
         errors: tuple[type[BaseException], ...], interrupted: str) -> NoReturn:
     """Run ``command``; ``errors`` are the exceptions whose text is the one-line message."""
+    import click
+
     try:
         status = command.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.UsageError as exc:

@@ -278,7 +278,6 @@ def _shared(cfg: ClientConfig, control_command: str | None, remote: str | None, 
     the master's connection. The exit code, or None to log in as usual. Imports nothing
     of the protocol stack (common/client/mux_client.py says why)."""
     from common.client import mux_client
-    from common.client.config import environment_to_send
 
     if control_command is not None:
         if cfg.control_path is None:
@@ -287,12 +286,8 @@ def _shared(cfg: ClientConfig, control_command: str | None, remote: str | None, 
                                           forwards=forwards)
     if cfg.control_path is None or cfg.control_master in ("yes", "ask") or alone:
         return None  # -N, -f and tunnels log in themselves
-    pty = mux_client.wants_pty(cfg.request_tty, command=remote, stdin_is_tty=os.isatty(0),
-                               force=force_tty)
-    request = mux_client.session_request(
-        command=remote, pty=pty, subsystem=cfg.session_type == "subsystem", quiet=quiet,
-        environment=environment_to_send(cfg, os.environ), environ=os.environ)
-    return mux_client.try_session(cfg.control_path, request, verbose=verbosity > 0)
+    return mux_client.shared_session(cfg, remote, force_tty=force_tty, quiet=quiet,
+                                     verbose=verbosity > 0)
 
 
 def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int, *,

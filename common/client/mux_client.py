@@ -34,6 +34,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from common.client.config import ClientConfig
+
 #: Seconds to wait for the master's hello and its answer to a request.
 REPLY_TIMEOUT = 10.0
 #: After this many stop signals the client gives up on the master and exits by itself.
@@ -360,6 +362,22 @@ def _write_all(fd: int, data: bytes) -> None:
             data = data[os.write(fd, data):]
     except OSError:
         pass
+
+
+def shared_session(cfg: ClientConfig, command: str | None, *, force_tty: bool, quiet: bool,
+                   verbose: bool) -> int | None:
+    """This run's session over the master's connection at ``cfg.control_path``: its exit
+    code, or None when no master answers (the caller then logs in by itself). One place
+    for qsh's full command line and its fast path (qsh/entry.py)."""
+    from common.client.config import environment_to_send
+
+    assert cfg.control_path is not None
+    pty = wants_pty(cfg.request_tty, command=command, stdin_is_tty=os.isatty(0),
+                    force=force_tty)
+    request = session_request(
+        command=command, pty=pty, subsystem=cfg.session_type == "subsystem", quiet=quiet,
+        environment=environment_to_send(cfg, os.environ), environ=os.environ)
+    return try_session(cfg.control_path, request, verbose=verbose)
 
 
 def try_session(path: str, request: wire.SessionRequest, *, verbose: bool) -> int | None:
