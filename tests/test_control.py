@@ -9,24 +9,21 @@ connection rather than logging in again.
 from __future__ import annotations
 
 import os
-import pwd
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
+from daemon import Env as DaemonEnv
+from daemon import account_daemon
 
-from common.accounts.keys import HostKey
-from common.accounts.known_hosts import KnownHosts
 from common.client.config import dump, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,18 +31,9 @@ PYTHON = sys.executable
 
 
 @dataclass
-class Env:
-    user: str
-    home: Path
-    port: int
-    client_home: Path
-    log: Path
-    control: Path  # a directory for control sockets, the client's own, mode 0700
-
-    def environ(self, **extra: str) -> dict[str, str]:
-        env = {**os.environ, "HOME": str(self.client_home), "PYTHONPATH": str(ROOT), **extra}
-        env.pop("PYTHONUNBUFFERED", None)
-        return env
+class Env(DaemonEnv):
+    #: A directory for control sockets, the client's own, mode 0711.
+    control: Path = Path()
 
     def qsh(self, *args: str, input: str | None = None, timeout: float = 30,
             **extra: str) -> subprocess.CompletedProcess[str]:
@@ -54,64 +42,14 @@ class Env:
                               input=input, stdin=None if input is not None else
                               subprocess.DEVNULL)
 
-    def logins(self) -> int:
-        return self.log.read_text(errors="replace").count(f"Accepted publickey for {self.user}")
-
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    if os.geteuid() != 0 or shutil.which("useradd") is None:
-        pytest.skip("needs root and useradd to make a throwaway account")
-    base = Path(tempfile.mkdtemp(prefix="qsh-control-"))
-    base.chmod(0o755)
-    name = f"qshm{uuid.uuid4().hex[:8]}"
-    home = base / name
-    subprocess.run(["useradd", "-m", "-d", str(home), "-s", "/bin/sh", name], check=True,
-                   capture_output=True)
-    process: subprocess.Popen[bytes] | None = None
-    try:
-        entry = pwd.getpwnam(name)
-        client_home = base / "client"
-        (client_home / ".qsh").mkdir(parents=True, mode=0o700)
-        key = HostKey.generate("mldsa65", now=time.time())
-        key.save(client_home / ".qsh" / "id_mldsa65")
-        qsh_dir = home / ".qsh"
-        qsh_dir.mkdir(mode=0o700)
-        (qsh_dir / "authorized_keys").write_text(key.public.openssh_line("t") + "\n")
-        for path in (qsh_dir, qsh_dir / "authorized_keys"):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-        host_key, ready, log = base / "host_key", base / "ready", base / "qshd.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [PYTHON, "-m", "qshd", "-D", "-e", "-p", "0", "-o", "ListenAddress=127.0.0.1",
-                 "-o", "AcceptEnv=LANG QX_*", "-h", str(host_key), "--ready-file", str(ready)],
-                stdout=out, stderr=out, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        deadline = time.monotonic() + 30
-        while not (ready.exists() and ready.read_text().strip()):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "qshd did not start"
-            time.sleep(0.05)
-        port = int(ready.read_text())
-        KnownHosts.load(client_home / ".qsh" / "known_hosts").add(
-            "127.0.0.1", port, HostKey.load(host_key).public)
-        config = client_home / ".qsh" / "config"
-        config.write_text(f"Host qtest\n  HostName 127.0.0.1\n  Port {port}\n  User {name}\n"
-                          "  StrictHostKeyChecking yes\n")
-        config.chmod(0o600)
-        control = base / "cm"
+    with account_daemon(["AcceptEnv=LANG QX_*"]) as daemon:
+        control = daemon.client_home.parent / "cm"
         control.mkdir(mode=0o711)  # traversable, so the other-uid test can reach a socket
-        yield Env(name, home, port, client_home, log, control)
-    finally:
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
-        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
-        shutil.rmtree(base, ignore_errors=True)
+        yield Env(**{f.name: getattr(daemon, f.name) for f in fields(daemon)},
+                  control=control)
 
 
 @pytest.fixture

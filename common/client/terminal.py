@@ -20,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import fcntl
 import os
-import struct
 import termios
 import tty
 from collections.abc import Iterator
@@ -39,15 +37,11 @@ DEFAULT_ROWS = 24
 
 def window_size(fd: int) -> tuple[int, int, int, int] | None:
     """(columns, rows, width_px, height_px) of the terminal on ``fd``, None if it is not
-    one. A zero size (some emulators before their first draw) counts as unknown."""
-    try:
-        packed = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
-    except OSError:
-        return None
-    rows, columns, width_px, height_px = struct.unpack("HHHH", packed)
-    if not rows or not columns:
-        return None
-    return columns, rows, width_px, height_px
+    one. A zero size (some emulators before their first draw) counts as unknown. (The
+    code is the mux client's, which must not import this module's asyncio.)"""
+    from common.client.mux_client import window_size as read
+
+    return read(fd)
 
 
 def size_or_default(fd: int) -> tuple[int, int, int, int]:
