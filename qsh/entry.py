@@ -42,6 +42,7 @@ class _Args:
         self.user: str | None = None
         self.port: int | None = None
         self.config_file: str | None = None
+        self.control_path: str | None = None
         self.force_tty = False
         self.quiet = False
         self.verbose = 0
@@ -77,7 +78,7 @@ def _parse(argv: list[str]) -> _Args | None:
                 if letter == "o":
                     args.options.append(value)
                 elif letter == "S":
-                    args.extra.append(f"ControlPath={value}")
+                    args.control_path = value  # the last -S, as click keeps it
                 elif letter == "l":
                     args.user = value
                 elif letter == "p":
@@ -105,6 +106,8 @@ def _parse(argv: list[str]) -> _Args | None:
         i += 1
     if i >= len(words):
         return None
+    if args.control_path is not None:
+        args.extra.append(f"ControlPath={args.control_path}")
     args.destination, args.command = words[i], words[i + 1:]
     return args
 

@@ -431,3 +431,25 @@ def test_the_mux_clients_limits_match_the_sessions() -> None:
         + [(f"V{n}", "v") for n in range(1000)])
     assert len(request.environment) == 256 and request.environment[0] == ("V0", "v")
     assert len(request.encode()) < 64 * 1024
+
+
+def test_the_fast_path_takes_only_plain_runs() -> None:
+    """qsh/entry.py reads the command line without click: whatever it does not take goes to
+    qsh.cli (which reports errors and logs in by itself), so -G, -O, -M, tunnels, -f, -N,
+    -W, -J, -E, help and bad values must all be left to it."""
+    from qsh.entry import _parse
+
+    plain = _parse(["-S", "/a", "-S", "/b", "-l", "u", "-qT", "host", "ls", "-l"])
+    assert plain is not None
+    assert (plain.extra, plain.options, plain.user, plain.quiet) == (
+        ["ControlPath=/b"], ["RequestTTY=no"], "u", True)
+    assert (plain.destination, plain.command) == ("host", ["ls", "-l"])
+    hoisted = _parse(["host", "-t", "top"])
+    assert hoisted is not None and hoisted.force_tty and hoisted.command == ["top"]
+    subsystem = _parse(["-oForwardX11=no", "-x", "-s", "--", "host", "sftp"])
+    assert subsystem is not None and subsystem.extra == ["SessionType=subsystem"]
+    for argv in (["-G", "h"], ["-O", "check", "h"], ["-M", "h"], ["-N", "h"], ["-f", "h"],
+                 ["-L", "1:h:2", "h"], ["-T", "8080:web:80", "h"], ["-D", "1080", "h"],
+                 ["-W", "h:1", "h"], ["-J", "j", "h"], ["-E", "log", "h"], ["-p", "x", "h"],
+                 ["--help"], ["-V"], ["-Z", "h"], ["-l"], []):
+        assert _parse(argv) is None, argv
