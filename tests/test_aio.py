@@ -24,6 +24,7 @@ import pytest
 from common import aio
 from common.accounts.keys import HostKey, PublicKey
 from common.aio import connection as aio_connection
+from common.aio.channel import ReadStream
 from common.errors import (
     ConnectFailure,
     ErrorCode,
@@ -906,3 +907,30 @@ def test_open_channel_nowait_answers_by_callback() -> None:
             assert answers[2][0] is None and isinstance(answers[2][1], aio.ConnectionLost)
 
     run(main())
+
+
+class _Grants:
+    """What ReadStream needs of its channel when data is only read: the grant count."""
+
+    def __init__(self) -> None:
+        self.granted = 0
+
+    def _consumed(self, n: int) -> None:
+        self.granted += n
+
+
+def test_a_read_across_chunks_after_a_partial_one_loses_nothing() -> None:
+    """read(n) that finished the first chunk (read partly before) and took whole chunks
+    after it kept the first chunk's old offset, so the next chunk was read from the wrong
+    place: bytes lost, and the byte count then disagreed with the chunks (IndexError in a
+    real qshd test, tests/test_transport.py, reading 1 MiB at a time)."""
+    grants = _Grants()
+    stream = ReadStream(grants)  # type: ignore[arg-type]
+    for chunk in (b"0123456789", b"abcde", b"VWXYZ"):
+        stream._feed(chunk)
+
+    async def main() -> list[bytes]:
+        return [await stream.read(3), await stream.read(12), await stream.read(-1)]
+
+    assert run(main()) == [b"012", b"3456789abcde", b"VWXYZ"]
+    assert grants.granted == 20 and stream.buffered == 0

@@ -104,6 +104,7 @@ class ReadStream:
         else:
             parts = [memoryview(first)[offset:]]
             chunks.popleft()
+            self._offset = 0  # into the next chunk now (the old offset was the first's)
             need = n - available
             while need:
                 chunk = chunks[0]
@@ -115,8 +116,6 @@ class ReadStream:
                     parts.append(memoryview(chunk)[:need])
                     self._offset = need
                     need = 0
-            if not chunks or self._offset == 0:
-                self._offset = 0
             data = b"".join(parts)
         self._size -= n
         if grant:
