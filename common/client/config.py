@@ -706,11 +706,15 @@ class _Context:
             return patterns_match(patterns, (_local_user(),))
         return self._exec(c)
 
+    def tokens(self) -> dict[str, str]:
+        """ssh's %-tokens as they stand: for Match exec while reading, for the paths after."""
+        return {"%": "%", "d": str(_home()), "h": self.hostname(), "n": self.original,
+                "p": str(self.port()), "r": self.user(), "u": _local_user()}
+
     def _exec(self, c: _Criterion) -> bool:
         import subprocess  # only a Match exec line needs it
 
-        tokens = {"%": "%", "h": self.hostname(), "n": self.original, "p": str(self.port()),
-                  "r": self.user(), "u": _local_user(), "d": str(_home())}
+        tokens = self.tokens()
         command = re.sub(r"%(.)", lambda m: tokens.get(m.group(1), m.group(0)), c.argument)
         try:
             # stdout to stderr: qsh's own stdout may be a protocol stream (git, rsync).
@@ -990,32 +994,17 @@ def resolve(
             first.setdefault(setting.keyword.attr, setting)
     values: dict[str, Any] = {attr: setting.value for attr, setting in first.items()}
 
-    hostname = host
-    if "hostname" in values:
-        hostname = re.sub(r"%(.)", lambda m: host if m.group(1) == "h" else "%",
-                          str(values.pop("hostname")))
+    hostname = hostname_so_far()  # every line read: these are the final values
+    values.pop("hostname", None)
+    values["user"], values["port"] = user_so_far(), port_so_far()
     kind, proxy = values.pop("proxy", (None, None))
     if proxy is not None:
         values["proxy_command" if kind == "command" else "proxy_jump"] = proxy
     if path is not None:
         values["config_file"] = path
-    if user is not None:
-        values["user"] = user
-    if port is not None:
-        values["port"] = port
-    values.setdefault("user", _local_user())
-    values.setdefault("port", DEFAULT_PORT)
 
     home = _home()
-    tokens = {
-        "%": "%",
-        "d": str(home),
-        "h": hostname,
-        "n": host,
-        "p": str(values["port"]),
-        "r": str(values["user"]),
-        "u": _local_user(),
-    }
+    tokens = context.tokens()
     if "known_hosts" in values:
         values["known_hosts"] = _expand_path(
             str(values["known_hosts"]), tokens, home, first["known_hosts"].origin)
