@@ -36,6 +36,13 @@ def sanitise_std_fds() -> None:
                     os.close(null)
 
 
+def stdin_from_null() -> None:
+    """fd 0 from /dev/null (ssh's -n, StdinNull, a process gone to the background)."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+
+
 def no_core_dumps() -> None:
     """Soft ``RLIMIT_CORE`` 0, the client programs' first act: whatever crashes them, no core
     file. The rest of the hardening (no ptrace, the wipe at exit:

@@ -27,6 +27,7 @@ from common.cli import (
     QUIET_LEVELS,
     no_core_dumps,
     sanitise_std_fds,
+    stdin_from_null,
     version_option,
 )
 
@@ -255,9 +256,7 @@ def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
         except OSError as exc:
             raise click.ClickException(f"cannot open {log_file}: {exc.strerror}") from None
     if stdin_null:
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
+        stdin_from_null()
     verbosity = max(verbose, LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
     if control_command is not None or cfg.control_path is not None:
         alone = bool(no_command or background or cfg.forwards or stdio)

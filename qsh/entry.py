@@ -20,10 +20,15 @@ as before and logs in by itself.
 
 from __future__ import annotations
 
-import os
 import sys
 
-from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, no_core_dumps, sanitise_std_fds
+from common.cli import (
+    LOG_LEVEL_VERBOSITY,
+    QUIET_LEVELS,
+    no_core_dumps,
+    sanitise_std_fds,
+    stdin_from_null,
+)
 
 from .argv import VALUE_OPTIONS, hoist_options, split_destination, ssh_dash_T
 
@@ -141,9 +146,7 @@ def shared(argv: list[str]) -> int | None:
     if args.quiet:
         cfg.log_level = "QUIET"
     if args.stdin_null or cfg.stdin_null:
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
+        stdin_from_null()
     verbosity = max(args.verbose, LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
     return mux_client.shared_session(cfg, remote, force_tty=args.force_tty,
                                      quiet=cfg.log_level in QUIET_LEVELS,

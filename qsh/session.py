@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from common import aio
 from common.channels import session as proto
+from common.cli import stdin_from_null
 from common.client import terminal
 from common.client.config import ClientConfig, environment_to_send
 from common.client.connect import (
@@ -588,9 +589,7 @@ def go_background() -> None:
     # asyncio ties the running loop to the pid that started it; this process continues it.
     asyncio._set_running_loop(loop)
     os.setsid()
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    stdin_from_null()
     loop.set_default_executor(concurrent.futures.ThreadPoolExecutor())
 
 
