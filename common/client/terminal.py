@@ -199,18 +199,23 @@ def _terminal(prompt: str, echo: bool) -> Iterator[int | None]:
         os.close(fd)
 
 
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Until ``fd`` can be read, without a thread, and cancellable."""
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, set_ready, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
 async def _read_line(fd: int) -> bytes:
     """One line from a terminal in canonical mode, read when the loop says it is ready, so
     waiting costs no thread and can be cancelled."""
     loop = asyncio.get_running_loop()
     data = bytearray()
     while True:
-        ready: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, set_ready, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
+        await _readable(loop, fd)
         try:
             chunk = os.read(fd, 1024)
         except BlockingIOError:
@@ -231,12 +236,7 @@ async def _read_line_into(fd: int, buffer: bytearray) -> int:
     view = memoryview(buffer)
     length = 0
     while length < len(buffer):
-        ready: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, set_ready, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
+        await _readable(loop, fd)
         try:
             count = os.readv(fd, [view[length:]])
         except BlockingIOError:
