@@ -38,8 +38,8 @@ from common.cli import (
 
 if TYPE_CHECKING:
     from common.client.config import ClientConfig
-    from common.client.connect import Ui
-    from common.transfer import CopyOptions, Report
+    from common.client.connect import StopSignals, Ui
+    from common.transfer import Connection, CopyOptions, Report
 
     from .progress import TtyProgress
 
@@ -248,56 +248,71 @@ def _run(cfg: ClientConfig, what: Plan, options: CopyOptions, verbosity: int, *,
 
 async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
                    progress: TtyProgress | None) -> Report:
-    """Log in and copy; the engine's :class:`Report`, or :class:`QshError` for a failure
-    that ended the whole copy.
+    """Copy over the ControlMaster's connection when the configuration names one that
+    answers (no login), else log in; the engine's :class:`Report`, or :class:`QshError`
+    for a failure that ended the whole copy.
 
     SIGINT/SIGTERM/SIGHUP cancel this task (:class:`StopSignals`, as for qsh), so the
     engine's ``finally`` removes its temporary file (or keeps the ``--resume`` partial) and
     the connection is closed before qcp exits 1 with one line.
     """
-    from common import aio, transfer
-    from common.client import terminal
-    from common.client.connect import (
-        DisconnectError,
-        QshError,
-        StopSignals,
-        close_connection,
-        describe_end,
-        login,
-    )
+    from common import aio
+    from common.client import mux_copy, terminal
+    from common.client.connect import StopSignals, close_connection, login
     from common.client.terminal import saved_blocking_modes
 
     connection: aio.QsmpConnection | None = None
+    shared: mux_copy.SharedConnection | None = None
     with StopSignals() as stop, saved_blocking_modes():
         try:
+            if mux_copy.usable(cfg.control_path, cfg.control_master):
+                assert cfg.control_path is not None
+                shared = mux_copy.SharedConnection(cfg.control_path, cfg.host)
+                try:
+                    return await _copy(shared, cfg, what, options, progress, stop)
+                except mux_copy.Unshared as exc:  # nothing was copied: log in ourselves
+                    ui.note(1, f"not using control socket {cfg.control_path}: {exc}")
+                    shared = None
             connection = await login(cfg, ui)
-            try:
-                if what.upload:
-                    report = await transfer.upload(connection, what.sources, what.target,
-                                                   options, progress)
-                else:
-                    report = transfer.Report()
-                    for batch in download_batches(what.sources):
-                        part = await transfer.download(connection, batch, what.target,
-                                                       options, progress)
-                        report.files += part.files
-                        report.bytes += part.bytes
-                        report.sent += part.sent
-                        report.failures.extend(part.failures)
-            except transfer.CopyError as exc:
-                stop.check()  # the cancellation ended the copy: say why, not how
-                raise QshError(str(exc)) from None
-            except aio.ConnectionLost as exc:
-                raise DisconnectError(f"connection to {cfg.host} closed: "
-                                      f"{describe_end(exc.terminated)}") from None
-            stop.check()  # a signal the engine absorbed: still not a finished copy
-            return report
+            return await _copy(connection, cfg, what, options, progress, stop)
         finally:
             if progress is not None:
                 progress.close()
             terminal.restore_all()
+            if shared is not None:
+                await shared.close()
             if connection is not None:
                 await close_connection(connection)
+
+
+async def _copy(connection: Connection, cfg: ClientConfig, what: Plan, options: CopyOptions,
+                progress: TtyProgress | None, stop: StopSignals) -> Report:
+    """The copy over a logged-in connection or a master's (:mod:`common.client.mux_copy`,
+    whose :class:`~common.client.mux_copy.Unshared` goes up untouched)."""
+    from common import aio, transfer
+    from common.client.connect import DisconnectError, QshError, describe_end
+
+    try:
+        if what.upload:
+            report = await transfer.upload(connection, what.sources, what.target, options,
+                                           progress)
+        else:
+            report = transfer.Report()
+            for batch in download_batches(what.sources):
+                part = await transfer.download(connection, batch, what.target, options,
+                                               progress)
+                report.files += part.files
+                report.bytes += part.bytes
+                report.sent += part.sent
+                report.failures.extend(part.failures)
+    except transfer.CopyError as exc:
+        stop.check()  # the cancellation ended the copy: say why, not how
+        raise QshError(str(exc)) from None
+    except aio.ConnectionLost as exc:
+        end = describe_end(exc.terminated) if exc.terminated is not None else str(exc)
+        raise DisconnectError(f"connection to {cfg.host} closed: {end}") from None
+    stop.check()  # a signal the engine absorbed: still not a finished copy
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,12 +42,14 @@ import stat
 from collections.abc import Mapping
 
 from common import aio
+from common.channels.copy import COPY
 from common.channels.tunnel import parse_forward
 from common.client import mux_client
 from common.client import mux_wire as wire
 from common.client.config import ClientConfig, environment_to_send
 from common.client.connect import QshError, Ui, describe_end
 from common.client.terminal import saved_blocking_modes
+from common.forward.pump import Forwarder
 
 from .session import LocalEnd, Session
 from .tunnels import ClientTunnels
@@ -59,6 +61,8 @@ REQUEST_TIMEOUT = 10.0
 MAX_FDS = 3
 #: Seconds the server has to answer a tunnel request of ``-O forward``.
 FORWARD_TIMEOUT = 30.0
+#: Seconds the server has to answer the open of a copy channel for qcp.
+COPY_OPEN_TIMEOUT = 30.0
 #: sun_path's size on Linux, the terminating NUL included.
 MAX_SOCKET_PATH = 108
 _RECV_SIZE = 64 * 1024
@@ -287,6 +291,8 @@ class Master:
                 await peer.send(await self._tunnel(kind, *wire.decode_pair(body)))
             elif kind == wire.NEW_SESSION:
                 await self._session(peer, wire.SessionRequest.decode(body))
+            elif kind == wire.NEW_COPY:
+                await self._copy(peer, body)
             else:
                 await peer.send(wire.frame(wire.ERROR, wire.string("unexpected request")))
         except (wire.MuxError, OSError, EOFError, TimeoutError) as exc:
@@ -297,14 +303,9 @@ class Master:
     async def _session(self, peer: _Peer, request: wire.SessionRequest) -> None:
         fds, peer.fds = peer.fds, []
         try:
-            refusal = None
+            refusal = self._refusal(peer)
             if len(fds) != MAX_FDS:
                 refusal = "the request came without stdin, stdout and stderr"
-            elif self.cfg.control_master in ("ask", "autoask") and peer.pid != self._own_client:
-                refusal = (f"ControlMaster {self.cfg.control_master}: this master cannot ask "
-                           "for confirmation (qsh has no askpass); use yes or auto")
-            elif self._exit or self.connection.terminated is not None:
-                refusal = "the master is exiting"
             if refusal is not None:
                 await peer.send(wire.frame(wire.ERROR, wire.string(refusal)))
                 return
@@ -338,6 +339,59 @@ class Master:
                             await task
             await peer.send(wire.frame(wire.EXIT_STATUS, wire.u32(code)))
         finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _refusal(self, peer: _Peer) -> str | None:
+        """Why this master serves no client now (None: it does)."""
+        if self.cfg.control_master in ("ask", "autoask") and peer.pid != self._own_client:
+            return (f"ControlMaster {self.cfg.control_master}: this master cannot ask "
+                    "for confirmation (qsh has no askpass); use yes or auto")
+        if self._exit or self.connection.terminated is not None:
+            return "the master is exiting"
+        return None
+
+    async def _copy(self, peer: _Peer, payload: bytes) -> None:
+        """qcp's copy channel (common/client/mux_copy.py): opened on this connection and
+        relayed to the socket the client passed, as a tunnel is relayed to its TCP
+        connection, until both are gone; then OK, so the client knows the relay ended
+        here and did not die."""
+        fds, peer.fds = peer.fds, []
+        sock: socket.socket | None = None
+        try:
+            if len(fds) == 1:
+                sock = socket.socket(fileno=fds.pop())
+            refusal = self._refusal(peer)
+            if sock is None or sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                refusal = "the copy request came without its socket"
+            if refusal is not None:
+                await peer.send(wire.frame(wire.ERROR, wire.string(refusal)))
+                return
+            assert sock is not None
+            try:
+                channel = await asyncio.wait_for(self.connection.open_channel(COPY, payload),
+                                                 COPY_OPEN_TIMEOUT)
+            except aio.ChannelOpenError as exc:
+                await peer.send(wire.open_failed(exc.reason, exc.message))
+                return
+            except (aio.ConnectionLost, TimeoutError) as exc:
+                await peer.send(wire.frame(wire.ERROR, wire.string(
+                    f"the master's connection: {exc or 'no answer from the server'}")))
+                return
+            relay = Forwarder(tag=f"mux copy for pid {peer.pid}")
+            relay.start(sock)
+            sock = None  # the relay's now
+            relay.attach(channel)
+            try:
+                await peer.send(wire.frame(wire.OK))
+                await relay.wait()
+            finally:  # also when the master closes: no relay outlives its connection
+                relay.abort()
+            await peer.send(wire.frame(wire.OK))
+        finally:
+            if sock is not None:
+                sock.close()
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)

@@ -22,10 +22,21 @@ A conversation::
                    (with stdin, stdout, stderr as SCM_RIGHTS on its first byte)
       CHECK | EXIT | STOP        (empty)
       FORWARD | CANCEL           str kind | str spec      (a tunnel, as -L/-R/-D write it)
+      NEW_COPY     the copy channel's open payload, raw (docs/PROTOCOL.md §10A.1)
+                   (with one end of a socketpair as SCM_RIGHTS on its first byte)
     master -> client   OK [str message] | ERROR str message
     then, in a session:
       client -> master  WINDOW_CHANGE 4 x u32 | SIGNAL str name     (any number)
       master -> client  EXIT_STATUS u32 code   (qsh's exit code: status, 128+N, or 255)
+    and for a copy (qcp, common/client/mux_copy.py):
+      master -> client  OPEN_FAILED u32 reason | str message   (the server refused the
+                        channel) instead of OK; after OK the socketpair carries the
+                        channel's bytes both ways, and the master says OK once more when
+                        the relay has ended (nothing on the control socket means it died)
+
+A master that predates a message type ends the conversation at its header (an unknown
+type): the client takes that as "this master cannot do it" and goes its own way. ERROR is
+the master's own refusal; the client then does the same.
 """
 
 from __future__ import annotations
@@ -51,7 +62,9 @@ SIGNAL = 9
 EXIT_STATUS = 10
 FORWARD = 11
 CANCEL = 12
-TYPES = frozenset(range(1, 13))
+NEW_COPY = 13
+OPEN_FAILED = 14
+TYPES = frozenset(range(1, 15))
 
 #: NEW_SESSION flags.
 WANT_TTY = 1
@@ -206,6 +219,17 @@ def decode_pair(body: bytes) -> tuple[str, str]:
     pair = reader.string(), reader.string()
     reader.end()
     return pair
+
+
+def open_failed(reason: int, message: str) -> bytes:
+    return frame(OPEN_FAILED, u32(reason) + string(message[:1024]))
+
+
+def decode_open_failed(body: bytes) -> tuple[int, str]:
+    reader = Body(body)
+    reason, message = reader.u32(), reader.string()
+    reader.end()
+    return reason, message
 
 
 def decode_string(body: bytes) -> str:

@@ -19,6 +19,7 @@ import os
 import pwd
 import secrets
 from collections.abc import Sequence
+from typing import Protocol
 
 from common import aio
 from common.channels.copy import (
@@ -50,6 +51,7 @@ from common.transfer.receive import Receiver, partial_name
 from common.transfer.send import Sender
 
 __all__ = [
+    "Connection",
     "CopyError",
     "CopyOptions",
     "Failure",
@@ -65,6 +67,13 @@ __all__ = [
 log = logging.getLogger("qshd")
 
 
+class Connection(Protocol):
+    """Where :func:`upload` and :func:`download` open their channel: a QSMP connection, or
+    a connection-sharing master's relay of one (common/client/mux_copy.py)."""
+
+    async def open_channel(self, kind: str, payload: bytes = b"") -> aio.Channel: ...
+
+
 def _request(direction: int, paths: Sequence[bytes], sources: int,
              options: CopyOptions) -> OpenRequest:
     """A fresh digest key for each copy: drawn after the files exist, so no content can be
@@ -73,7 +82,7 @@ def _request(direction: int, paths: Sequence[bytes], sources: int,
                        options.resume, options.limit or 0, secrets.token_bytes(KEY_SIZE))
 
 
-async def _open(connection: aio.QsmpConnection, request: OpenRequest) -> aio.Channel:
+async def _open(connection: Connection, request: OpenRequest) -> aio.Channel:
     try:
         payload = request.encode()
     except ValueError as exc:
@@ -86,7 +95,7 @@ async def _open(connection: aio.QsmpConnection, request: OpenRequest) -> aio.Cha
         raise CopyError(f"connection lost: {exc}") from None
 
 
-async def upload(connection: aio.QsmpConnection, sources: Sequence[bytes], target: bytes,
+async def upload(connection: Connection, sources: Sequence[bytes], target: bytes,
                  options: CopyOptions, progress: Progress | None = None) -> Report:
     """Local ``sources`` to the remote ``target`` (as typed after ``host:``)."""
     if not sources:
@@ -120,7 +129,7 @@ async def upload(connection: aio.QsmpConnection, sources: Sequence[bytes], targe
     return report
 
 
-async def download(connection: aio.QsmpConnection, sources: Sequence[bytes], target: bytes,
+async def download(connection: Connection, sources: Sequence[bytes], target: bytes,
                    options: CopyOptions, progress: Progress | None = None) -> Report:
     """The remote ``sources`` (as typed) to the local ``target``."""
     if not sources:

@@ -1,0 +1,200 @@
+"""qcp over a shared connection (ControlMaster): no key exchange, no login, the same copies.
+
+End to end on loopback: a real qshd with a throwaway account (tests/daemon.py), a real qsh
+master (ControlPersist), real ``python -m qcp`` processes. qshd's log counts the logins, so
+a copy that logged in by itself instead of riding on the master is seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon import Env, account_daemon
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    with account_daemon() as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def path(env: Env) -> Iterator[Path]:
+    """A fresh ControlPath; a master still there at the end is told to exit."""
+    control = env.client_home.parent / "cm"
+    control.mkdir(mode=0o700, exist_ok=True)
+    where = control / uuid.uuid4().hex[:12]
+    yield where
+    if where.exists():
+        qsh(env, "-S", str(where), "-O", "exit", "qtest")
+
+
+def qsh(env: Env, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "qsh", *args], capture_output=True, text=True,
+                          timeout=30, cwd=ROOT, env=env.environ(**extra),
+                          stdin=subprocess.DEVNULL)
+
+
+def master(env: Env, path: Path, *options: str) -> None:
+    """A ControlPersist master for qtest at ``path`` (its own command: one login)."""
+    started = qsh(env, "-o", "ControlMaster=auto", "-o", "ControlPersist=60", "-o",
+                  f"ControlPath={path}", *options, "qtest", "true")
+    assert started.returncode == 0, started.stderr
+    assert path.exists()
+
+
+def qcp_argv(path: Path, *args: str | Path) -> list[str]:
+    return [PYTHON, "-m", "qcp", "-q", "-o", f"ControlPath={path}", *map(str, args)]
+
+
+def qcp(env: Env, path: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(qcp_argv(path, *args), capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env=env.environ(), stdin=subprocess.DEVNULL)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): digest(p) if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+def as_user(env: Env, *argv: str) -> None:
+    env.as_user(*argv)
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Path:
+    tmp_path.chmod(0o755)
+    return tmp_path
+
+
+def test_upload_and_download_of_a_file_and_a_tree_ride_on_the_master(
+        env: Env, path: Path, local: Path) -> None:
+    master(env, path)
+    before = env.logins()
+    source = local / "data.bin"
+    source.write_bytes(os.urandom(700_000))
+    top = local / "tree"
+    (top / "sub" / "deeper").mkdir(parents=True)
+    for i, where in enumerate([top, top / "sub", top / "sub" / "deeper"]):
+        (where / f"f{i}").write_bytes(os.urandom(1000 * (i + 1) ** 3))
+    (top / "empty").write_bytes(b"")
+    name = f"up-{uuid.uuid4().hex[:6]}"
+
+    up = qcp(env, path, source, f"qtest:{name}.bin")
+    assert up.returncode == 0, up.stderr
+    up_tree = qcp(env, path, "-r", "-p", top, f"qtest:{name}")
+    assert up_tree.returncode == 0, up_tree.stderr
+    assert digest(env.home / f"{name}.bin") == digest(source)
+    assert tree(env.home / name) == tree(top)
+
+    back = local / "back"
+    back.mkdir()
+    down = qcp(env, path, f"qtest:{name}.bin", f"qtest:{name}", "-r", back)
+    assert down.returncode == 0, down.stderr
+    assert digest(back / f"{name}.bin") == digest(source)
+    assert tree(back / name) == tree(top)
+    assert env.logins() == before  # four copies, not one login among them
+
+
+def test_server_side_failures_read_as_usual_over_the_master(
+        env: Env, path: Path, local: Path) -> None:
+    master(env, path)
+    before = env.logins()
+    missing = f"nothing-here-{uuid.uuid4().hex[:6]}"
+    result = qcp(env, path, f"qtest:{missing}", local)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"qcp: {missing}: No such file or directory"]
+
+    locked = f"locked-{uuid.uuid4().hex[:6]}"
+    as_user(env, "mkdir", "-m", "0500", locked)
+    source = local / "one"
+    source.write_bytes(b"x" * 5000)
+    denied = qcp(env, path, source, f"qtest:{locked}/one")
+    assert denied.returncode == 1
+    assert denied.stderr.splitlines() == [f"qcp: {locked}/one: Permission denied"]
+    assert env.logins() == before
+
+
+def test_a_killed_master_mid_copy_ends_qcp_and_keeps_the_good_file(
+        env: Env, path: Path, local: Path) -> None:
+    master(env, path)
+    name = f"big-{uuid.uuid4().hex[:6]}"
+    as_user(env, "dd", "if=/dev/urandom", f"of={name}", "bs=1M", "count=8", "status=none")
+    good = local / "target"
+    good.write_bytes(b"the good copy\n")
+    pid = int(qsh(env, "-S", str(path), "-O", "check", "qtest").stderr.split("pid=")[1]
+              .split(")")[0])
+    # 2 MB/s: the copy is under way for seconds when the master goes.
+    copy = subprocess.Popen(qcp_argv(path, "-l", "16000", f"qtest:{name}", good),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env.environ(), stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        assert copy.poll() is None, copy.communicate()
+        os.kill(pid, signal.SIGKILL)
+        _, err = copy.communicate(timeout=20)
+    finally:
+        if copy.poll() is None:
+            copy.kill()
+            copy.wait()
+    assert copy.returncode == 1, err
+    assert err.splitlines() == ["qcp: connection lost: the control master went away"], err
+    assert good.read_bytes() == b"the good copy\n"
+    assert sorted(p.name for p in local.iterdir()) == ["target"]  # no temporary left
+
+
+def test_a_master_that_cannot_carry_copies_is_passed_by(
+        env: Env, path: Path, local: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # A master that refuses every client (ControlMaster ask: qsh cannot ask).
+    started = qsh(env, "-o", "ControlMaster=ask", "-o", "ControlPersist=60", "-S", str(path),
+                  "qtest", "true")
+    assert started.returncode == 0, started.stderr
+    source = local / "f"
+    source.write_bytes(os.urandom(10_000))
+    name = f"fallback-{uuid.uuid4().hex[:6]}"
+    before = env.logins()
+    result = qcp(env, path, "-v", source, f"qtest:{name}")
+    assert result.returncode == 0, result.stderr
+    assert "the master refused: ControlMaster ask" in result.stderr
+    assert digest(env.home / name) == digest(source)
+    assert env.logins() == before + 1  # its own login
+    qsh(env, "-S", str(path), "-O", "exit", "qtest")
+
+    # A master of a qsh from before copies were shared: this checkout, without NEW_COPY.
+    old = tmp_path_factory.mktemp("old-qsh")
+    for package in ("common", "qsh"):
+        shutil.copytree(ROOT / package, old / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    wire = old / "common" / "client" / "mux_wire.py"
+    text = wire.read_text()
+    assert "TYPES = frozenset(range(1, 15))" in text
+    wire.write_text(text.replace("TYPES = frozenset(range(1, 15))",
+                                 "TYPES = frozenset(range(1, 13))"))
+    started = subprocess.run(
+        [PYTHON, "-m", "qsh", "-o", "ControlMaster=auto", "-o", "ControlPersist=60", "-S",
+         str(path), "qtest", "true"], capture_output=True, text=True, timeout=30, cwd=old,
+        env=env.environ(PYTHONPATH=str(old)), stdin=subprocess.DEVNULL)
+    assert started.returncode == 0, started.stderr
+    before = env.logins()
+    again = qcp(env, path, "-v", source, f"qtest:{name}.2")
+    assert again.returncode == 0, again.stderr
+    assert "cannot carry copies" in again.stderr
+    assert digest(env.home / f"{name}.2") == digest(source)
+    assert env.logins() == before + 1
