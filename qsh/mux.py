@@ -361,7 +361,8 @@ class Master:
         sock: socket.socket | None = None
         try:
             if len(fds) == 1:
-                sock = socket.socket(fileno=fds.pop())
+                sock = socket.socket(fileno=fds[0])  # ENOTSOCK: the finally closes it
+                fds.clear()
             refusal = self._refusal(peer)
             if sock is None or sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 refusal = "the copy request came without its socket"

@@ -132,17 +132,29 @@ def test_server_side_failures_read_as_usual_over_the_master(
     assert env.logins() == before
 
 
+@pytest.mark.parametrize("upload", [False, True], ids=["download", "upload"])
 def test_a_killed_master_mid_copy_ends_qcp_and_keeps_the_good_file(
-        env: Env, path: Path, local: Path) -> None:
+        env: Env, path: Path, local: Path, upload: bool) -> None:
     master(env, path)
     name = f"big-{uuid.uuid4().hex[:6]}"
-    as_user(env, "dd", "if=/dev/urandom", f"of={name}", "bs=1M", "count=8", "status=none")
     good = local / "target"
-    good.write_bytes(b"the good copy\n")
+    if upload:
+        source, target = local / "big", f"qtest:{name}"
+        source.write_bytes(os.urandom(8 << 20))
+        as_user(env, "sh", "-c", f"echo the good copy > {name}")
+        kept = env.home / name
+    else:
+        as_user(env, "dd", "if=/dev/urandom", f"of={name}", "bs=1M", "count=8",
+                "status=none")
+        source, target = f"qtest:{name}", good  # type: ignore[assignment]
+        good.write_bytes(b"the good copy\n")
+        kept = good
+    remote_before = sorted(os.listdir(env.home))
+    local_before = sorted(os.listdir(local))
     pid = int(qsh(env, "-S", str(path), "-O", "check", "qtest").stderr.split("pid=")[1]
               .split(")")[0])
     # 2 MB/s: the copy is under way for seconds when the master goes.
-    copy = subprocess.Popen(qcp_argv(path, "-l", "16000", f"qtest:{name}", good),
+    copy = subprocess.Popen(qcp_argv(path, "-l", "16000", source, target),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, env=env.environ(), stdin=subprocess.DEVNULL)
     try:
@@ -156,8 +168,12 @@ def test_a_killed_master_mid_copy_ends_qcp_and_keeps_the_good_file(
             copy.wait()
     assert copy.returncode == 1, err
     assert err.splitlines() == ["qcp: connection lost: the control master went away"], err
-    assert good.read_bytes() == b"the good copy\n"
-    assert sorted(p.name for p in local.iterdir()) == ["target"]  # no temporary left
+    assert kept.read_bytes() == b"the good copy\n"
+    assert sorted(os.listdir(local)) == local_before  # no temporary left here
+    deadline = time.monotonic() + 10  # the server's side ends with the connection
+    while sorted(os.listdir(env.home)) != remote_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(os.listdir(env.home)) == remote_before
 
 
 def test_a_master_that_cannot_carry_copies_is_passed_by(

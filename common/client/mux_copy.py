@@ -65,7 +65,9 @@ class SocketChannel(asyncio.Protocol):
         self._size = 0
         self._eof = False
         self._lost: aio.ConnectionLost | None = None
-        self._ended = False  # the master said it ended the relay
+        #: Whether the master ended the relay or died (:meth:`_ask_master`).
+        self._verdict: asyncio.Future[None] | None = None
+        self._closing = False  # we closed: the end is ours
         self._reading_paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -88,13 +90,13 @@ class SocketChannel(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        self._judge()
         self._wake()
         return True  # what we still write is the engine's business (it will fail)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
-        if exc is not None and self._lost is None:
-            self._lost = aio.ConnectionLost(None, f"the control master's relay failed: {exc}")
+        self._judge()
         self._wake()
         self._wake_drain()
         if not self._gone.done():
@@ -127,13 +129,14 @@ class SocketChannel(asyncio.Protocol):
         self._waiter = self._loop.create_future()
         await self._waiter
 
-    async def _check_master(self) -> None:
-        """At the relay's EOF: a master that ended it says so on the control socket; one
-        that says nothing died (killed, crashed) and the copy is cut, with that reason."""
-        if self._lost is not None:
-            raise self._lost
-        if self._ended:
-            return
+    def _judge(self) -> None:
+        """The relay ended without us: start asking the control socket why (once)."""
+        if self._verdict is None and not self._closing:
+            self._verdict = asyncio.ensure_future(self._ask_master())
+
+    async def _ask_master(self) -> None:
+        """A master that ended the relay says OK on the control socket; one that says
+        nothing died (killed, crashed) and the copy is cut, with that reason."""
         try:
             async with asyncio.timeout(END_TIMEOUT):
                 kind, _ = await read_frame(self._control)
@@ -141,8 +144,13 @@ class SocketChannel(asyncio.Protocol):
             kind = 0
         if kind != wire.OK:
             self._lost = aio.ConnectionLost(None, "the control master went away")
+
+    async def _check_master(self) -> None:
+        """At the relay's end: :attr:`_lost` if the master died, else a clean end."""
+        if self._verdict is not None:
+            await asyncio.shield(self._verdict)
+        if self._lost is not None:
             raise self._lost
-        self._ended = True
 
     def _take(self, n: int) -> bytes:
         if not n:
@@ -199,24 +207,26 @@ class SocketChannel(asyncio.Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._lost is not None:
             raise self._lost
-        if self._transport is None or self._transport.is_closing():
+        if self._transport is None or self._closing:
             raise aio.ChannelClosedError("the copy's relay is closed")
+        if self._transport.is_closing():
+            if self._verdict is None or self._verdict.done():
+                raise aio.ChannelClosedError("the copy's relay is closed")
+            return  # the copy is over either way; drain says how
         self._transport.write(bytes(data) if type(data) is not bytes else data)
 
     async def drain(self) -> None:
-        while self._write_paused:
-            if self._lost is not None:
-                raise self._lost
-            if self.closed:
-                raise aio.ChannelClosedError("the copy's relay is closed")
+        while self._write_paused and not self.closed:
             self._drain_waiter = self._loop.create_future()
             await self._drain_waiter
-        if self._lost is not None:
-            raise self._lost
+        if self.closed:
+            await self._check_master()
+            raise aio.ChannelClosedError("the copy's relay is closed")
 
     def close(self) -> None:
         """What was written still goes out (:meth:`wait_closed`), then the socket closes:
         the master closes the channel."""
+        self._closing = True
         if self._transport is not None:
             self._transport.close()
 
@@ -225,6 +235,8 @@ class SocketChannel(asyncio.Protocol):
             await asyncio.wait_for(asyncio.shield(self._gone), timeout)
         if self._transport is not None:
             self._transport.abort()
+        if self._verdict is not None and not self._verdict.done():
+            self._verdict.cancel()
         self._control.close()
 
 
