@@ -214,3 +214,37 @@ def test_a_master_that_cannot_carry_copies_is_passed_by(
     assert "cannot carry copies" in again.stderr
     assert digest(env.home / f"{name}.2") == digest(source)
     assert env.logins() == before + 1
+
+
+def test_an_interrupted_download_resumes_over_the_master(env: Env, path: Path,
+                                                         local: Path) -> None:
+    master(env, path)
+    before = env.logins()
+    name = f"resume-{uuid.uuid4().hex[:6]}"
+    size = 6 << 20
+    as_user(env, "dd", "if=/dev/urandom", f"of={name}", "bs=1M", "count=6", "status=none")
+    partial = local / f".{name}.qcp-partial"
+    copy = subprocess.Popen(qcp_argv(path, "--resume", "-l", "16000", f"qtest:{name}", local),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env.environ(), stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while (not partial.exists() or partial.stat().st_size < 1 << 20) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        copy.send_signal(signal.SIGINT)
+        _, err = copy.communicate(timeout=20)
+    finally:
+        if copy.poll() is None:
+            copy.kill()
+            copy.wait()
+    assert copy.returncode == 1, err
+    had = partial.stat().st_size
+    assert 0 < had < size
+    rest = qcp(env, path, "-v", "--resume", f"qtest:{name}", local)
+    assert rest.returncode == 0, rest.stderr
+    sent = int(rest.stderr.split("sent ")[-1].split(" bytes")[0])
+    assert sent == size - had, rest.stderr
+    assert digest(local / name) == digest(env.home / name)
+    assert not partial.exists()
+    assert env.logins() == before
