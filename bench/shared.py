@@ -13,6 +13,11 @@ mux client alone -- the master's work is in the master) and of the wall time, ea
 ratio to ssh's. The masters are told ``-O exit`` at the end. Private daemons as in
 ``bench/sessions.py``: loopback only, the system's sshd never touched.
 
+A copy of a small file (``--copy-size`` bytes, 10 KiB by default) up to the host, in the
+same loop: ``qcp`` over qsh's master (no login: the master relays the copy channel) and
+fresh, ``scp`` over ssh's master (``-o ControlPath`` etc., as scp passes them to ssh) and
+fresh, and the ratios qcp / scp.
+
 Benchmarks are never unit tests: nothing here asserts a speed.
 """
 
@@ -76,6 +81,7 @@ def _line(name: str, runs: TrueRuns) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--copy-size", type=int, default=10 * 1024)
     parser.add_argument("--openssh", action="append", default=[],
                         help="'system' or an OpenSSH prefix (repeatable; default both)")
     args = parser.parse_args()
@@ -92,7 +98,8 @@ def main() -> None:
             if why is not None:
                 print(f"skipping OpenSSH {prefix}: {why}")
                 continue
-            sshds.append(stack.enter_context(openssh.PrivateSshd(SSHD_EXTRA_CONFIG, chosen)))
+            sshds.append(stack.enter_context(openssh.PrivateSshd(
+                SSHD_EXTRA_CONFIG + "Subsystem sftp internal-sftp\n", chosen)))  # scp's
         qsh_path = work / "qsh-%C"
         qsh_fresh = qshd.cli("true")
         qsh_shared = _with_options(qsh_fresh, _sharing(qsh_path))
@@ -122,6 +129,29 @@ def main() -> None:
             " environment=[], environ={})\n"
             f"sys.exit(m.try_session({control_path!r}, r, verbose=False))\n")
         mux_floor = [sys.executable, "-I", "-S", "-c", floor_script]
+        # The copies: one small file up, into a directory per client.
+        small = work / "small"
+        small.write_bytes(os.urandom(args.copy_size))
+        qcp_fresh = [sys.executable, "-m", "qcp", "-F", "none", "-P", str(qshd.port),
+                     "-i", str(qshd.user_key_path), "-o", "StrictHostKeyChecking=accept-new",
+                     "-o", f"UserKnownHostsFile={qshd.known_hosts}", "-q", str(small),
+                     f"{qshd.user}@127.0.0.1:{work / 'qcp-copy'}"]
+        qcp_shared = [*qcp_fresh[:3], "-o", f"ControlPath={control_path}", *qcp_fresh[3:]]
+        scp_cmds = []
+        for n, (sshd, ssh_fresh, _) in enumerate(ssh_cmds):
+            scp_bin = str(sshd.prefix / "scp") if sshd.prefix else (shutil.which("scp") or "scp")
+            options = ssh_fresh[1:ssh_fresh.index("127.0.0.1")]  # minus -p/-l (scp's -P)
+            port = options.index("-p")
+            del options[port:port + 2]
+            if "-l" in options:
+                login = options.index("-l")
+                del options[login:login + 2]
+            user = sshd.user or os.environ.get("USER") or "root"
+            scp_fresh = [scp_bin, *(["-S", sshd.bin["ssh"]] if sshd.prefix else []), *options,
+                         "-P", str(sshd.port), "-q", str(small),
+                         f"{user}@127.0.0.1:{work / f'scp{n}-copy'}"]
+            scp_shared = [*scp_fresh[:1], *_sharing(work / f"ssh{n}-%C"), *scp_fresh[1:]]
+            scp_cmds.append((sshd, scp_fresh, scp_shared))
         python_floor = [sys.executable, "-I", "-S", "-c", "pass"]
         # Warm-up (page cache, known_hosts) and the masters, outside the measurement.
         _timed(qsh_fresh, qshd, TrueRuns(), qshd.env)
@@ -134,6 +164,14 @@ def main() -> None:
         for sshd, _, _ in ssh_cmds:
             results[f"ssh {sshd.version.split(',')[0]} fresh"] = TrueRuns()
             results[f"ssh {sshd.version.split(',')[0]} shared"] = TrueRuns()
+        copies = {"qcp fresh": TrueRuns(), "qcp shared": TrueRuns()}
+        for sshd, _, _ in scp_cmds:
+            copies[f"scp {sshd.version.split(',')[0]} fresh"] = TrueRuns()
+            copies[f"scp {sshd.version.split(',')[0]} shared"] = TrueRuns()
+        _timed(qcp_fresh, qshd, TrueRuns(), qshd.env)  # warm-up
+        for _, scp_fresh, scp_shared in scp_cmds:
+            _timed(scp_fresh, None, TrueRuns())
+            _timed(scp_shared, None, TrueRuns())
         for _ in range(args.runs):
             _timed(qsh_fresh, qshd, results["qsh fresh login"], qshd.env)
             _timed(qsh_shared, qshd, results["qsh shared"], qshd.env)
@@ -143,10 +181,16 @@ def main() -> None:
                 name = sshd.version.split(",")[0]
                 _timed(fresh, sshd, results[f"ssh {name} fresh"])
                 _timed(shared, sshd, results[f"ssh {name} shared"])
+            _timed(qcp_fresh, qshd, copies["qcp fresh"], qshd.env)
+            _timed(qcp_shared, qshd, copies["qcp shared"], qshd.env)
+            for sshd, scp_fresh, scp_shared in scp_cmds:
+                name = sshd.version.split(",")[0]
+                _timed(scp_fresh, sshd, copies[f"scp {name} fresh"])
+                _timed(scp_shared, sshd, copies[f"scp {name} shared"])
         logins = qshd.log.read_text(errors="replace").count("Accepted publickey")
         print(f"`host true`, {args.runs} interleaved runs each; load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; qshd logins: {logins} "
-              f"(fresh runs + 2 warm-up/master)")
+              f"(fresh qsh and qcp runs + 3 warm-up/master)")
         for name, runs in results.items():
             print(_line(name, runs))
         for (name, baseline) in [(k, v) for k, v in results.items() if k.startswith("ssh")]:
@@ -159,6 +203,22 @@ def main() -> None:
         print(f"  qsh shared / qsh fresh: "
               f"x{shared.client_cpu.median / fresh.client_cpu.median:.2f} client CPU, "
               f"{(fresh.wall.median - shared.wall.median) * 1000:.1f} ms less wall")
+        print(f"a {args.copy_size}-byte file up, {args.runs} interleaved runs each (in the "
+              "logins above: the fresh qcp runs and one warm-up; none for a shared one)")
+        for name, runs in copies.items():
+            print(_line(name, runs))
+        for name, baseline in copies.items():
+            if name.startswith("scp"):
+                kind = "shared" if name.endswith("shared") else "fresh"
+                mine = copies[f"qcp {kind}"]
+                print(f"  qcp {kind} / {name}: "
+                      f"x{mine.client_cpu.median / baseline.client_cpu.median:.2f} client CPU, "
+                      f"x{mine.wall.median / baseline.wall.median:.2f} wall")
+        qfresh, qshared = copies["qcp fresh"], copies["qcp shared"]
+        print(f"  qcp shared / qcp fresh: "
+              f"x{qshared.client_cpu.median / qfresh.client_cpu.median:.2f} client CPU, "
+              f"x{qshared.wall.median / qfresh.wall.median:.2f} wall, "
+              f"{(qfresh.wall.median - qshared.wall.median) * 1000:.1f} ms less")
 
 
 if __name__ == "__main__":
