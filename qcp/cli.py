@@ -219,7 +219,56 @@ def command(recursive: bool, preserve: bool, port: int | None, identities: tuple
 
     copy_options = CopyOptions(recursive=recursive, preserve=preserve, resume=resume,
                                limit=limit_bytes_per_second(limit))
+    given = [*(["-F", config_file] if config_file is not None else []),
+             *(["-p", str(port)] if port is not None else []),
+             *(item for key in identities for item in ("-i", key)),
+             *(["-J", jump] if jump is not None else []),
+             *(item for option in options for item in ("-o", option)),
+             *(["-v"] * min(verbose, 3)), *(["-q"] if quiet else [])]
+    if not start_master(cfg, given, what):
+        return EXIT_FAILURE
+    if cfg.control_master == "yes" and cfg.control_persist is not None:
+        cfg.control_master = "auto"  # the master it made (or found) is this copy's to use
     return _run(cfg, what, copy_options, verbosity, quiet=quiet)
+
+
+def master_command(cfg: ClientConfig, given: list[str], what: Plan) -> list[str] | None:
+    """The qsh that makes this host's ControlMaster, as scp's ssh would make one: for
+    ``ControlMaster auto`` or ``yes`` with ``ControlPersist`` (without it a master would
+    end with this copy); None otherwise. Its own options come first (qsh, as ssh, keeps
+    the first value of a keyword), the command line's after; its command is ``true``."""
+    if (cfg.control_path is None or cfg.control_persist is None
+            or cfg.control_master not in ("auto", "yes")):
+        return None
+    persist = "yes" if not cfg.control_persist else f"{cfg.control_persist:g}"
+    destination = f"{what.user}@{what.host}" if what.user is not None else what.host
+    return [sys.executable, "-m", "qsh", "-n", "-o", "ControlMaster=auto",
+            "-o", "ControlPath=" + cfg.control_path.replace("%", "%%"),
+            "-o", f"ControlPersist={persist}", *given, "--", destination, "true"]
+
+
+def start_master(cfg: ClientConfig, given: list[str], what: Plan) -> bool:
+    """Make the ControlMaster :func:`master_command` asks for, unless one answers already;
+    False when it failed (qsh has said why on stderr). Before any event loop: its login's
+    prompts are qsh's, on this terminal."""
+    argv = master_command(cfg, given, what)
+    if argv is None:
+        return True
+    import subprocess
+
+    from common.client import mux_client, mux_wire
+
+    assert cfg.control_path is not None
+    try:
+        opened = mux_client.open_master(cfg.control_path)
+    except (mux_client.MuxUnusable, mux_wire.MuxError, OSError, EOFError):
+        return True  # something is there; the copy finds out (and says so under -v)
+    if opened is not None:
+        opened[0].close()
+        return True
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          check=False)
+    return done.returncode == 0
 
 
 def _run(cfg: ClientConfig, what: Plan, options: CopyOptions, verbosity: int, *,

@@ -248,3 +248,39 @@ def test_an_interrupted_download_resumes_over_the_master(env: Env, path: Path,
     assert digest(local / name) == digest(env.home / name)
     assert not partial.exists()
     assert env.logins() == before
+
+
+def test_qcp_with_control_persist_becomes_the_master(env: Env, path: Path,
+                                                     local: Path) -> None:
+    """ControlMaster auto + ControlPersist: the first qcp makes the master (one login, as
+    scp's ssh would), later qcp and qsh runs ride on it."""
+    source = local / "f"
+    source.write_bytes(os.urandom(50_000))
+    name = f"made-{uuid.uuid4().hex[:6]}"
+    sharing = ["-o", "ControlMaster=auto", "-o", "ControlPersist=30"]
+    before = env.logins()
+    first = qcp(env, path, *sharing, source, f"qtest:{name}.1")
+    assert first.returncode == 0, first.stderr
+    assert path.exists(), "no master was made"
+    second = qcp(env, path, *sharing, f"qtest:{name}.1", local / "back")
+    assert second.returncode == 0, second.stderr
+    assert digest(local / "back") == digest(source) == digest(env.home / f"{name}.1")
+    command = qsh(env, "-S", str(path), "qtest", "echo over the master")
+    assert command.stdout == "over the master\n", command.stderr
+    assert env.logins() == before + 1
+
+    made = path.with_name(path.name + "-yes")
+    yes = qcp(env, made, "-o", "ControlMaster=yes", "-o", "ControlPersist=30", source,
+              f"qtest:{name}.3")
+    again = qcp(env, made, "-o", "ControlMaster=yes", "-o", "ControlPersist=30", source,
+                f"qtest:{name}.4")
+    assert yes.returncode == again.returncode == 0, yes.stderr + again.stderr
+    assert made.exists()
+    qsh(env, "-S", str(made), "-O", "exit", "qtest")
+    assert env.logins() == before + 2  # yes: one master, and the copies ride on it
+
+    plain = qcp(env, path.with_name(path.name + "-no"), "-o", "ControlMaster=no", source,
+                f"qtest:{name}.2")  # no master there, none to make: a login of its own
+    assert plain.returncode == 0, plain.stderr
+    assert not path.with_name(path.name + "-no").exists()
+    assert env.logins() == before + 3
