@@ -361,8 +361,9 @@ class Master:
         sock: socket.socket | None = None
         try:
             if len(fds) == 1:
-                sock = socket.socket(fileno=fds[0])  # ENOTSOCK: the finally closes it
-                fds.clear()
+                with contextlib.suppress(OSError):  # ENOTSOCK: the finally closes it
+                    sock = socket.socket(fileno=fds[0])
+                    fds.clear()
             refusal = self._refusal(peer)
             if sock is None or sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 refusal = "the copy request came without its socket"

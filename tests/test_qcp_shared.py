@@ -284,3 +284,39 @@ def test_qcp_with_control_persist_becomes_the_master(env: Env, path: Path,
     assert plain.returncode == 0, plain.stderr
     assert not path.with_name(path.name + "-no").exists()
     assert env.logins() == before + 3
+
+
+def test_the_master_refuses_a_copy_request_without_a_socket(env: Env, path: Path) -> None:
+    """NEW_COPY must come with one socket: none, or a file in its place, is an ERROR for
+    that client alone; the master goes on serving."""
+    import array
+    import socket
+    import struct
+
+    from common.client import mux_wire as wire
+
+    master(env, path)
+    request = wire.frame(wire.NEW_COPY, b"\x02" + bytes(60))
+
+    def answer(fds: list[int]) -> tuple[int, bytes]:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.recv(13)  # the hello
+            sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                      array.array("i", fds))] if fds else [])
+            data = b""
+            while chunk := sock.recv(1000):
+                data += chunk
+            assert len(data) >= 5, data
+            length, kind = struct.unpack(">IB", data[:5])
+            return kind, data[5:4 + length]
+
+    kind, body = answer([])
+    assert (kind, wire.decode_string(body)) == (wire.ERROR,
+                                                "the copy request came without its socket")
+    with open(os.devnull) as null:
+        kind, body = answer([null.fileno()])
+    assert kind == wire.ERROR
+    alive = qsh(env, "-S", str(path), "qtest", "echo still here")
+    assert alive.stdout == "still here\n", alive.stderr
