@@ -40,6 +40,8 @@ END_TIMEOUT = 2.0
 #: Received bytes held before reading from the socket pauses (the master's side then
 #: fills, and its channel window closes: the server stops sending).
 READ_LIMIT = 1024 * 1024
+#: The socketpair's kernel buffers (each way; the kernel caps them at net.core.*mem_max).
+SOCKET_BUFFER = 1024 * 1024
 #: Written bytes queued before the engine's drain waits (a channel's high-water mark).
 HIGH_WATER = 1024 * 1024
 
@@ -292,6 +294,10 @@ class SharedConnection:
         control = socket.socket(fileno=raw.detach())  # the asyncio-friendly kind
         control.settimeout(mux_client.REPLY_TIMEOUT)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for end in (ours, theirs):  # a record or two in flight each way, not ~200 KiB
+            for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                with contextlib.suppress(OSError):
+                    end.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         try:
             try:
                 mux_client._send_with_fds(control, wire.frame(wire.NEW_COPY, payload),
