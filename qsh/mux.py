@@ -49,6 +49,7 @@ from common.client import mux_wire as wire
 from common.client.config import ClientConfig, environment_to_send
 from common.client.connect import QshError, Ui, describe_end
 from common.client.terminal import saved_blocking_modes
+from common.errors import UsageError
 from common.forward.pump import Forwarder
 
 from .session import LocalEnd, Session
@@ -380,6 +381,9 @@ class Master:
             except (aio.ConnectionLost, TimeoutError) as exc:
                 await peer.send(wire.frame(wire.ERROR, wire.string(
                     f"the master's connection: {exc or 'no answer from the server'}")))
+                return
+            except UsageError as exc:  # a payload over the mux's bound, too many channels
+                await peer.send(wire.frame(wire.ERROR, wire.string(str(exc))))
                 return
             relay = Forwarder(tag=f"mux copy for pid {peer.pid}")
             relay.start(sock)

@@ -287,8 +287,8 @@ def test_qcp_with_control_persist_becomes_the_master(env: Env, path: Path,
 
 
 def test_the_master_refuses_a_copy_request_without_a_socket(env: Env, path: Path) -> None:
-    """NEW_COPY must come with one socket: none, or a file in its place, is an ERROR for
-    that client alone; the master goes on serving."""
+    """NEW_COPY must come with one socket (none, or a file in its place, is an ERROR for
+    that client alone) and an open the connection can make; the master goes on serving."""
     import array
     import socket
     import struct
@@ -296,9 +296,9 @@ def test_the_master_refuses_a_copy_request_without_a_socket(env: Env, path: Path
     from common.client import mux_wire as wire
 
     master(env, path)
-    request = wire.frame(wire.NEW_COPY, b"\x02" + bytes(60))
+    small = wire.frame(wire.NEW_COPY, b"\x02" + bytes(60))
 
-    def answer(fds: list[int]) -> tuple[int, bytes]:
+    def answer(fds: list[int], request: bytes = small) -> tuple[int, bytes]:
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(10)
             sock.connect(str(path))
@@ -318,5 +318,9 @@ def test_the_master_refuses_a_copy_request_without_a_socket(env: Env, path: Path
     with open(os.devnull) as null:
         kind, body = answer([null.fileno()])
     assert kind == wire.ERROR
+    ours, theirs = socket.socketpair()
+    with ours, theirs:  # an open the connection cannot make: over the mux's 64 KiB
+        kind, body = answer([theirs.fileno()], wire.frame(wire.NEW_COPY, bytes(70_000)))
+    assert kind == wire.ERROR and "exceeds" in wire.decode_string(body)
     alive = qsh(env, "-S", str(path), "qtest", "echo still here")
     assert alive.stdout == "still here\n", alive.stderr
