@@ -324,3 +324,24 @@ def test_the_master_refuses_a_copy_request_without_a_socket(env: Env, path: Path
     assert kind == wire.ERROR and "exceeds" in wire.decode_string(body)
     alive = qsh(env, "-S", str(path), "qtest", "echo still here")
     assert alive.stdout == "still here\n", alive.stderr
+
+
+def test_the_progress_meter_over_the_master(env: Env, path: Path, local: Path) -> None:
+    ptyprocess = pytest.importorskip("ptyprocess")
+    from ptyio import read_to_eof
+
+    master(env, path)
+    before = env.logins()
+    name = f"meter-{uuid.uuid4().hex[:6]}"
+    as_user(env, "dd", "if=/dev/urandom", f"of={name}", "bs=1M", "count=4", "status=none")
+    argv = [PYTHON, "-m", "qcp", "-o", f"ControlPath={path}", "-l", "24000",
+            f"qtest:{name}", str(local)]
+    child = ptyprocess.PtyProcess.spawn(argv, cwd=str(ROOT), env=env.environ(),
+                                        dimensions=(24, 100))
+    out = read_to_eof(child, timeout=30)
+    assert child.exitstatus == 0, out
+    lines = [line for line in out.split(b"\r") if line.strip()]
+    assert len(lines) >= 3, out  # redrawn in place while it runs (about 1.3 s)
+    assert name.encode() in lines[-1] and b"100%" in lines[-1], out
+    assert digest(local / name) == digest(env.home / name)
+    assert env.logins() == before
