@@ -316,7 +316,8 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
         try:
             if mux_copy.usable(cfg.control_path, cfg.control_master):
                 assert cfg.control_path is not None
-                shared = mux_copy.SharedConnection(cfg.control_path, cfg.host)
+                shared = mux_copy.SharedConnection(cfg.control_path, cfg.host,
+                                                   note=lambda line: ui.note(1, line))
                 try:
                     return await _copy(shared, cfg, what, options, progress, stop)
                 except mux_copy.Unshared as exc:  # nothing was copied: log in ourselves

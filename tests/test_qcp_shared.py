@@ -97,8 +97,9 @@ def test_upload_and_download_of_a_file_and_a_tree_ride_on_the_master(
     (top / "empty").write_bytes(b"")
     name = f"up-{uuid.uuid4().hex[:6]}"
 
-    up = qcp(env, path, source, f"qtest:{name}.bin")
+    up = qcp(env, path, "-v", source, f"qtest:{name}.bin")
     assert up.returncode == 0, up.stderr
+    assert "debug1: using the shared connection of master" in up.stderr
     up_tree = qcp(env, path, "-r", "-p", top, f"qtest:{name}")
     assert up_tree.returncode == 0, up_tree.stderr
     assert digest(env.home / f"{name}.bin") == digest(source)

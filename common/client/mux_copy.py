@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 from common import aio
@@ -263,10 +264,12 @@ class SharedConnection:
     """What the copy engine needs of a connection (:meth:`open_channel`), served by the
     master at ``path``: every copy channel is a NEW_COPY conversation of its own."""
 
-    def __init__(self, path: str, host: str) -> None:
+    def __init__(self, path: str, host: str,
+                 note: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.host = host
         self.master_pid = 0
+        self._note = note  # -v's line once the first copy rides on the master
         self._channels: list[SocketChannel] = []
 
     async def open_channel(self, kind: str, payload: bytes = b"") -> aio.Channel:
@@ -326,6 +329,9 @@ class SharedConnection:
             ours.close()
             control.close()
             raise
+        if not self._channels and self._note is not None:
+            self._note(f"using the shared connection of master {self.master_pid} "
+                       f"({self.path})")
         self._channels.append(channel)
         return channel
 
