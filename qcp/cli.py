@@ -5,7 +5,10 @@
 
 Which argument is remote is decided as scp decides (:func:`parse_location`). Exactly one
 side is remote: every remote argument names the same ``[user@]host``. Login, host-key
-trust, the config file and ``-o`` options are qsh's (:mod:`common.client`).
+trust, the config file and ``-o`` options are qsh's (:mod:`common.client`). With a
+ControlPath whose master answers, the copy rides on that master's connection instead
+(:mod:`common.client.mux_copy`: no key exchange, no login); with ControlMaster auto/yes and
+ControlPersist, a qcp that finds none first runs qsh to make one (:func:`start_master`).
 
 Exit status: 0 when every file arrived and verified; 1 for everything else -- a file that
 failed (one line ``qcp: PATH: REASON`` each, the others still copied), a usage error, a

@@ -19,7 +19,8 @@ A mux client's session is an ordinary :class:`qsh.session.Session` whose local e
 three descriptors the client passed (:class:`qsh.session.LocalEnd`); the client keeps its
 terminal and signals and forwards window changes and stop signals here. The exit code goes
 back on the control socket. ``-O forward``/``-O cancel`` go to the connection's
-:class:`qsh.tunnels.ClientTunnels`, as ``~C`` does.
+:class:`qsh.tunnels.ClientTunnels`, as ``~C`` does. qcp's copy channels are relayed, bytes
+only, to the socket the client passed (:meth:`Master._copy`, common/client/mux_copy.py).
 
 ControlPersist: the master forks; the child detaches (new session, stdio on /dev/null) and
 serves until it has had no client for that long (0: until ``-O exit`` or the connection
