@@ -6,6 +6,10 @@ account is made with ``useradd`` (so root is needed) and removed, with its proce
 end. The client side is a ``HOME`` of its own holding ``~/.qsh/config`` with a ``Host qtest``
 block, a trusted host key and a user key, and a ``bin/`` whose ``qsh`` runs this checkout:
 put first on ``PATH``, it makes the tools run qsh exactly as the README tells users to.
+
+Also the two steps every test that runs a real qshd repeats: :func:`wait_ready` (until its
+``--ready-file`` names the port, failing with its log if it dies first) and
+:func:`stop_process` (SIGTERM, then SIGKILL after a grace, always reaped).
 """
 
 from __future__ import annotations
@@ -30,6 +34,34 @@ from common.accounts.known_hosts import KnownHosts
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+
+def wait_ready(process: subprocess.Popen[bytes], ready: Path, log: Path,
+               timeout: float = 30.0) -> int:
+    """The port of a qshd started with ``--ready-file ready``, once it listens. If it exits
+    first, an AssertionError carries its ``log``; if it is not ready in ``timeout`` seconds,
+    it is killed (nobody would stop a daemon whose start failed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready.exists() and ready.read_text().strip():
+            return int(ready.read_text())
+        if process.poll() is not None:
+            raise AssertionError(f"qshd exited: {log.read_text(errors='replace')}")
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise AssertionError("qshd did not start")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM, and SIGKILL if it is still there after ``timeout`` seconds; reaped either
+    way, so no test leaves a daemon (or a client) behind."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @dataclass
@@ -95,12 +127,7 @@ def account_daemon(options: Sequence[str] = ()) -> Iterator[Env]:
                 [PYTHON, "-m", "qshd", "-D", "-e", "-p", "0", "-o", "ListenAddress=127.0.0.1",
                  *extra, "-h", str(host_key), "--ready-file", str(ready)],
                 stdout=out, stderr=out, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        deadline = time.monotonic() + 30
-        while not (ready.exists() and ready.read_text().strip()):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "qshd did not start"
-            time.sleep(0.05)
-        port = int(ready.read_text())
+        port = wait_ready(process, ready, log)
         KnownHosts.load(client_home / ".qsh" / "known_hosts").add(
             "127.0.0.1", port, HostKey.load(host_key).public)
         config = client_home / ".qsh" / "config"
@@ -115,12 +142,7 @@ def account_daemon(options: Sequence[str] = ()) -> Iterator[Env]:
         yield Env(name, home, port, client_home, bin_dir, log)
     finally:
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
         subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
         shutil.rmtree(base, ignore_errors=True)

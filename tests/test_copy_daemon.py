@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon import stop_process, wait_ready
 
 from common import aio, transfer
 from common.accounts.keys import HostKey, PublicKey
@@ -90,20 +91,10 @@ def qshd(tmp_path_factory: pytest.TempPathFactory, user: User) -> Iterator[Qshd]
              "-h", str(directory / "host_key"), "--ready-file", str(ready)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 30
-        while not (ready.exists() and ready.read_text().strip()):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "qshd did not start"
-            time.sleep(0.05)
-        yield Qshd(process, int(ready.read_text()),
-                   PublicKey.load(directory / "host_key.pub")[0], log)
+        port = wait_ready(process, ready, log)
+        yield Qshd(process, port, PublicKey.load(directory / "host_key.pub")[0], log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text
 

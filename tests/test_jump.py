@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_qsh_client import _client_env, _start_daemon, _stop_daemon, _target_account
+from daemon import stop_process
+from test_qsh_client import _client_env, _start_daemon, _target_account
 from test_tunnel_e2e import TcpServer, echo
 
 from common.accounts.keys import HostKey
@@ -133,7 +134,7 @@ def env() -> Iterator[Env]:
                 yield Env(user, client_home, base, home, *daemons)
             finally:
                 for daemon in daemons:
-                    _stop_daemon(daemon.process)
+                    stop_process(daemon.process)
                 for daemon in daemons:
                     text = daemon.log.read_text(errors="replace")
                     assert "Traceback" not in text, text

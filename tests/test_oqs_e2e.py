@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from daemon import stop_process
 from test_oqs import _liboqs_or_skip
-from test_qsh_client import PYTHON, ROOT, _client_env, _start_daemon, _stop_daemon, _target_account
+from test_qsh_client import PYTHON, ROOT, _client_env, _start_daemon, _target_account
 
 from common.accounts.keys import HostKey, PublicKey
 from common.accounts.known_hosts import KnownHosts
@@ -109,7 +110,7 @@ def daemon_for(account: Account, host_algorithm: str, user_algorithm: str,
     try:
         yield Daemon(account, port, user_path, host.public)
     finally:
-        _stop_daemon(process)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from daemon import stop_process, wait_ready
 from helpers import (
     CLIENT_SEED,
     NOW,
@@ -266,21 +267,11 @@ def qshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Qshd]:
              "-h", str(directory / "host_key"), "--ready-file", str(ready)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 30
-        while not (ready.exists() and ready.read_text().strip()):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "qshd did not start"
-            time.sleep(0.05)
+        port = wait_ready(process, ready, log)
         key_file = directory / "host_key.pub"
-        yield Qshd(process, int(ready.read_text()), PublicKey.load(key_file)[0], key_file,
-                   log)
+        yield Qshd(process, port, PublicKey.load(key_file)[0], key_file, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text
 

@@ -33,13 +33,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from daemon import stop_process
 from test_qsh_client import (
     ROOT,
     Server,
     _client_env,
     _drain,
     _start_daemon,
-    _stop_daemon,
     server,  # noqa: F401 - the fixture, shared with test_qsh_client
 )
 
@@ -509,7 +509,7 @@ def own_daemon(server: Server, tmp_path: Path) -> Iterator[tuple[str, int]]:
     try:
         yield port, process.pid
     finally:
-        _stop_daemon(process)
+        stop_process(process)
 
 
 def writing_into(directory: Path) -> bool:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from daemon import stop_process, wait_ready
 
 from common.accounts.keys import HostKey
 from common.accounts.known_hosts import KnownHosts
@@ -464,24 +465,7 @@ def _start_daemon(base: Path, host_key: Path, *options: str) -> tuple[subprocess
         stdout=log, stderr=log, cwd=ROOT, env=_client_env(None),
     )
     log.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if ready.exists() and ready.read_text().strip():
-            return process, ready.read_text().strip()
-        if process.poll() is not None:
-            raise AssertionError(f"qshd exited: {(base / 'qshd.log').read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("qshd did not start")
-
-
-def _stop_daemon(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return process, str(wait_ready(process, ready, base / "qshd.log"))
 
 
 @contextlib.contextmanager
@@ -545,7 +529,7 @@ def server() -> Iterator[Server]:
                 yield Server(port, user, base, client_home, known, key_path, host_key,
                              process)
             finally:
-                _stop_daemon(process)
+                stop_process(process)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -895,7 +879,7 @@ def test_expired_host_key_is_refused(tmp_path: Path) -> None:
              "127.0.0.1", "true"], capture_output=True, timeout=60, cwd=ROOT,
             env=_client_env(tmp_path), stdin=subprocess.DEVNULL, start_new_session=True)
     finally:
-        _stop_daemon(process)
+        stop_process(process)
     assert result.returncode == 255
     assert b"expired" in result.stderr and result.stderr.count(b"\n") == 1, result.stderr
 
@@ -1024,7 +1008,7 @@ def test_dash_q_silences_warnings(tmp_path: Path) -> None:
                      "-o", f"UserKnownHostsFile={tmp_path}/kh2", "-i", str(user_key),
                      "nobody-here@127.0.0.1", "true")
     finally:
-        _stop_daemon(process)
+        stop_process(process)
     assert b"Warning: permanently added" in loud.stderr
     assert b"Warning" not in quiet.stderr and quiet.returncode == loud.returncode == 255
     assert quiet.stderr.startswith(b"qsh: permission denied"), quiet.stderr
@@ -1045,7 +1029,7 @@ def test_a_null_device_as_known_hosts_stays_a_device(tmp_path: Path) -> None:
         result = _qsh(tmp_path, "-p", port, "-o", "StrictHostKeyChecking=no",
                       "-o", f"UserKnownHostsFile={null}", "nobody-here@127.0.0.1", "true")
     finally:
-        _stop_daemon(process)
+        stop_process(process)
     assert stat.S_ISCHR(null.lstat().st_mode)
     assert b"could not record the host key" in result.stderr, result.stderr
     assert result.stderr.splitlines()[-1].startswith(b"qsh: permission denied"), result.stderr

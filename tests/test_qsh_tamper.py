@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_qsh_client import PYTHON, ROOT, _client_env, _start_daemon, _stop_daemon
+from daemon import stop_process
+from test_qsh_client import PYTHON, ROOT, _client_env, _start_daemon
 
 from common import aio
 from common.accounts.keys import HostKey, PublicKey
@@ -214,7 +215,7 @@ def _daemon(*options: str) -> Iterator[Daemon]:
         try:
             yield daemon
         finally:
-            _stop_daemon(daemon.process)
+            stop_process(daemon.process)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

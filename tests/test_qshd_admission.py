@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon import stop_process, wait_ready
 
 from common import aio
 from common.accounts.keys import HostKey, PublicKey
@@ -90,25 +91,13 @@ def start_qshd(directory: Path, *options: str, cost: int = 4) -> Qshd:
             [PYTHON, "-m", "qshd", "-D", "-e", "-p", "0", "-h", str(directory / "host_key"),
              "--ready-file", str(ready), *(a for o in config for a in ("-o", o))],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if ready.exists() and ready.read_text().strip():
-            host_key = PublicKey.load(directory / "host_key.pub")[0]
-            return Qshd(process, int(ready.read_text()), host_key, log, directory)
-        if process.poll() is not None:
-            raise AssertionError(f"qshd exited: {log.read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("qshd did not start")
+    port = wait_ready(process, ready, log)
+    host_key = PublicKey.load(directory / "host_key.pub")[0]
+    return Qshd(process, port, host_key, log, directory)
 
 
 def stop_qshd(qshd: Qshd) -> None:
-    qshd.process.terminate()
-    try:
-        qshd.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        qshd.process.kill()
-        qshd.process.wait()
+    stop_process(qshd.process)
     text = qshd.log_text()
     assert "Traceback" not in text, text
     assert PASSWORD.decode() not in text

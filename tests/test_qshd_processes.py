@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon import stop_process, wait_ready
 
 from common import aio
 from common.accounts.keys import HostKey, PublicKey
@@ -354,17 +355,9 @@ def start_qshd(directory: Path, config: str, port: int = 0) -> Qshd:
             [PYTHON, "-m", "qshd", "-D", "-e", "-p", str(port), "-f", str(cfg),
              "-h", str(directory / "host_key"), "--ready-file", str(ready)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if ready.exists() and ready.read_text().strip():
-            host_key = PublicKey.load(directory / "host_key.pub")[0]
-            return Qshd(process, int(ready.read_text()), host_key, directory, cfg, log)
-        if process.poll() is not None:
-            raise AssertionError(f"qshd exited: {log.read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
-    raise AssertionError("qshd did not start")
+    port = wait_ready(process, ready, log)
+    host_key = PublicKey.load(directory / "host_key.pub")[0]
+    return Qshd(process, port, host_key, directory, cfg, log)
 
 
 def stop_qshd(qshd: Qshd, leftovers: Sequence[int] = ()) -> str:
@@ -372,12 +365,7 @@ def stop_qshd(qshd: Qshd, leftovers: Sequence[int] = ()) -> str:
     they are ours). Returns the log; a traceback in it fails the test."""
     left = [p for p in [*descendants(qshd.pid), *leftovers] if alive(p)]
     if qshd.process.poll() is None:
-        qshd.process.terminate()
-        try:
-            qshd.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            qshd.process.kill()
-            qshd.process.wait()
+        stop_process(qshd.process)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

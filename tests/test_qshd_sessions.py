@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon import stop_process, wait_ready
 
 from common import aio
 from common.accounts.keys import PublicKey
@@ -89,26 +90,13 @@ def start_qshd(directory: Path, config: str, *, prefix: tuple[str, ...] = (),
             [*prefix, PYTHON, "-m", "qshd", "-D", "-e", "-p", "0", "-f", str(cfg),
              "-h", str(directory / "host_key"), "--ready-file", str(ready)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if ready.exists() and ready.read_text().strip():
-            host_key = PublicKey.load(directory / "host_key.pub")[0]
-            return Qshd(process, int(ready.read_text()), host_key, log,
-                        directory / "passwd")
-        if process.poll() is not None:
-            raise AssertionError(f"qshd exited: {log.read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("qshd did not start")
+    port = wait_ready(process, ready, log)
+    host_key = PublicKey.load(directory / "host_key.pub")[0]
+    return Qshd(process, port, host_key, log, directory / "passwd")
 
 
 def stop_qshd(qshd: Qshd) -> None:
-    qshd.process.terminate()
-    try:
-        qshd.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        qshd.process.kill()
-        qshd.process.wait()
+    stop_process(qshd.process)
 
 
 @pytest.fixture(scope="module")

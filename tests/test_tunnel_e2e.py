@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_qsh_client import _client_env, _start_daemon, _stop_daemon, _target_account
+from daemon import stop_process
+from test_qsh_client import _client_env, _start_daemon, _target_account
 
 from common import aio
 from common.accounts.keys import HostKey
@@ -194,12 +195,7 @@ class Env:
             yield process
         finally:
             if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_process(process, timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +232,7 @@ def env() -> Iterator[Env]:
             try:
                 yield Env(port, user, client_home, key_path, process, base)
             finally:
-                _stop_daemon(process)
+                stop_process(process)
                 log = (base / "qshd.log").read_text(errors="replace")
                 assert "Traceback" not in log, log
     finally:
