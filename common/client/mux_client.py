@@ -184,7 +184,7 @@ def control_command(path: str, name: str, *, forwards: Sequence[tuple[str, str]]
             finally:
                 sock.close()
         except (MuxUnusable, wire.MuxError, OSError, EOFError) as exc:
-            say(f"qsh: control socket {path}: {_why(exc)}")
+            say(f"qsh: control socket {path}: {describe_failure(exc)}")
             return EXIT_FAILURE
         for line in said:
             say(line)
@@ -197,7 +197,7 @@ def control_command(path: str, name: str, *, forwards: Sequence[tuple[str, str]]
     return 0
 
 
-def _why(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "the master closed the connection"
     if isinstance(exc, TimeoutError):
@@ -278,7 +278,7 @@ def _restore(saved: _Attributes) -> None:
         pass  # the terminal is gone: nothing left to restore
 
 
-def _send_with_fds(sock: _socket.socket, data: bytes, fds: tuple[int, ...]) -> None:
+def send_with_fds(sock: _socket.socket, data: bytes, fds: tuple[int, ...]) -> None:
     """``data`` with ``fds`` passed (SCM_RIGHTS) on its first byte."""
     rights = struct.pack(f"{len(fds)}i", *fds)
     sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
@@ -290,10 +290,10 @@ def run_session(sock: _socket.socket, request: wire.SessionRequest) -> int:
     """Hand fds 0-2 and the request to the master, then wait for the exit code, passing
     on window-size changes and stop signals. Errors are one ``qsh:`` line and 255."""
     try:
-        _send_with_fds(sock, request.encode(), (0, 1, 2))
+        send_with_fds(sock, request.encode(), (0, 1, 2))
         refused = _answer(sock)
     except (wire.MuxError, OSError, EOFError) as exc:
-        _error(f"control socket: {_why(exc)}")
+        _error(f"control socket: {describe_failure(exc)}")
         return EXIT_FAILURE
     if refused is not None:
         _error(refused)
@@ -340,7 +340,7 @@ def run_session(sock: _socket.socket, request: wire.SessionRequest) -> int:
                     return min(wire.decode_u32(body), EXIT_FAILURE)
                 raise wire.MuxError(f"unexpected message type {kind}")
     except (wire.MuxError, OSError, EOFError) as exc:
-        _error(f"the master ended the session: {_why(exc)}")
+        _error(f"the master ended the session: {describe_failure(exc)}")
         return EXIT_FAILURE
     finally:
         if saved is not None:
@@ -387,8 +387,8 @@ def try_session(path: str, request: wire.SessionRequest, *, verbose: bool) -> in
         opened = open_master(path)
     except (MuxUnusable, wire.MuxError, OSError, EOFError) as exc:
         if verbose:
-            _write_all(2, f"debug1: not using control socket {path}: {_why(exc)}\n".encode(
-                errors="replace"))
+            line = f"debug1: not using control socket {path}: {describe_failure(exc)}\n"
+            _write_all(2, line.encode(errors="replace"))
         return None
     if opened is None:
         return None

@@ -290,7 +290,7 @@ class SharedConnection:
         try:
             opened = mux_client.open_master(self.path)
         except (mux_client.MuxUnusable, wire.MuxError, OSError, EOFError) as exc:
-            raise Unshared(mux_client._why(exc)) from None
+            raise Unshared(mux_client.describe_failure(exc)) from None
         if opened is None:
             raise Unshared("no master is listening")
         raw, self.master_pid = opened
@@ -303,7 +303,7 @@ class SharedConnection:
                     end.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         try:
             try:
-                mux_client._send_with_fds(control, wire.frame(wire.NEW_COPY, payload),
+                mux_client.send_with_fds(control, wire.frame(wire.NEW_COPY, payload),
                                           (theirs.fileno(),))
             finally:
                 theirs.close()
@@ -314,7 +314,7 @@ class SharedConnection:
             except EOFError:
                 raise Unshared("the master cannot carry copies (an older qsh?)") from None
             except (wire.MuxError, OSError, TimeoutError) as exc:
-                raise Unshared(mux_client._why(exc)) from None
+                raise Unshared(mux_client.describe_failure(exc)) from None
             if kind == wire.ERROR:
                 raise Unshared(f"the master refused: {wire.decode_string(body)}")
             if kind == wire.OPEN_FAILED:
