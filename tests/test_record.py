@@ -75,11 +75,50 @@ def test_open_in_place_opens_a_record_inside_a_receive_buffer(name: str, size: i
     buffer[:] = b"\xa5" * len(buffer)  # the caller reuses its buffer: the result stays
     assert opened == plaintext
     assert (opener.sequence, opener.bytes_opened) == (8, header.length)
-    # A read-only body (our own reassembly buffer) is not written: open() as before.
+    # A read-only body (our own reassembly buffer) opens the same way, and is not written.
     ro = memoryview(bytes(record))
     again = RecordOpener(aead_named(name), KEYS, 7).open_in_place(header, ro[:HEADER_SIZE],
                                                                    ro[HEADER_SIZE:])
-    assert isinstance(again, bytes) and again == plaintext and ro == record
+    assert again == plaintext and ro == record
+
+
+@pytest.mark.parametrize("name", DEFAULT_AEADS)
+def test_open_in_place_decrypts_into_one_reused_scratch_buffer(name: str) -> None:
+    """No buffer per record (the bulk path's allocation and zero-fill): every result is a
+    view of the opener's one scratch buffer, which grows only for a larger record (a new
+    buffer then, so a view of the old one is never resized under its holder), never into
+    the receive buffer (cryptography 51 refuses overlapping buffers)."""
+    opener = RecordOpener(aead_named(name), KEYS, 0)
+    sealer = RecordSealer(aead_named(name), KEYS, 0)
+    results = []
+    for size in (1000, 300, 256 * 1024, 5, 256 * 1024):
+        plaintext = os.urandom(size)
+        record = bytearray(sealer.seal(Flag.ENCRYPTED_MESSAGE, plaintext))
+        sent = bytes(record)
+        header = decode_header(record[:HEADER_SIZE], 1 << 21)
+        view = memoryview(record)
+        opened = opener.open_in_place(header, view[:HEADER_SIZE], view[HEADER_SIZE:])
+        assert isinstance(opened, memoryview) and opened == plaintext
+        assert record == sent  # the receive buffer is read, not written
+        results.append(opened)
+    first, second, big, small, big_again = (r.obj for r in results)
+    assert first is second  # the same buffer, not a new one per record
+    assert big is not first  # grown for a larger record, the old one left alone
+    assert small is big and big_again is big
+
+
+@pytest.mark.parametrize("name", DEFAULT_AEADS)
+def test_open_in_place_failure_moves_nothing(name: str) -> None:
+    """A record that does not verify leaves the sequence where it was: the connection
+    ends with a protocol error, and nothing half-decrypted is handed up."""
+    record = bytearray(_record(name, os.urandom(4096), 0))
+    record[-1] ^= 1
+    header = decode_header(record[:HEADER_SIZE], 1 << 21)
+    opener = RecordOpener(aead_named(name), KEYS, 0)
+    view = memoryview(record)
+    with pytest.raises(AuthenticationFailure):
+        opener.open_in_place(header, view[:HEADER_SIZE], view[HEADER_SIZE:])
+    assert (opener.sequence, opener.bytes_opened) == (0, 0)
 
 
 @pytest.mark.parametrize("name", DEFAULT_AEADS)
@@ -131,3 +170,42 @@ def test_what_arrives_outlives_the_receive_buffer() -> None:
     assert global_request.payload == b"request payload " * 10
     got = b"".join(bytes(e.data) for e in events if isinstance(e, ChannelData))
     assert got == b"".join(chunks)
+
+
+def test_what_arrives_outlives_the_scratch_buffer() -> None:
+    """Every record of one read is decrypted into the same scratch buffer before anyone
+    looks at the events: each kept payload (channel data of two channels, extended data,
+    a global request's) must still be the peer's bytes afterwards, whatever the sizes
+    (the scratch grows mid-read)."""
+    client, server = established_pair()
+    a = client.mux.open_channel("copy", b"a")
+    b = client.mux.open_channel("copy", b"b")
+    server.receive_data(take(client), NOW)
+    for request in server.events_received():
+        if isinstance(request, ChannelOpenRequest):
+            server.mux.accept_channel(request.channel_id)
+    client.receive_data(take(server), NOW)
+    client.events_received()
+    sent: dict[tuple[int, int | None], list[bytes]] = {}
+    for i, size in enumerate((10, 70_000, 3, 256 * 1024, 1, 200_000, 9000)):
+        cid, chunk = (a, b)[i % 2], os.urandom(size)
+        ext = 1 if i == 5 else None
+        if ext is None:
+            client.mux.send_data(cid, chunk)
+        else:
+            client.mux.send_data(cid, chunk, ext)
+        sent.setdefault((cid, ext), []).append(chunk)
+        if i == 2:
+            client.mux.global_request("bench@example", b"request payload " * 10)
+    buffer = bytearray(take(client))
+    server.receive_data(memoryview(buffer), NOW)
+    buffer[:] = b"\xa5" * len(buffer)
+    events = server.events_received()
+    [request] = [e for e in events if isinstance(e, GlobalRequest)]
+    assert request.payload == b"request payload " * 10
+    got: dict[tuple[int, int | None], list[bytes]] = {}
+    for e in events:
+        if isinstance(e, ChannelData):
+            got.setdefault((e.channel_id, e.ext), []).append(bytes(e.data))
+    # (channel ids differ between the two sides: compare the streams as a set)
+    assert sorted(b"".join(v) for v in got.values()) == sorted(b"".join(v) for v in sent.values())
