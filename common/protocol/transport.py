@@ -397,16 +397,13 @@ class Transport:
         if len(plaintext) < INNER_HEADER_SIZE:
             raise InvalidInput("record too short for its inner header")
         inner_type = plaintext[0]
-        if inner_type not in DATA_TYPES:
-            # Decrypted into the opener's scratch buffer, which the next record reuses: only
-            # channel data is copied out at once (mux.ChannelData); anything else may be
-            # kept, so it is copied now.
-            plaintext = memoryview(bytes(plaintext))
+        # A buffer of its own (never reused): the mux passes channel data up as views of
+        # it, without a copy.
         pad = (plaintext[1] << 8) | plaintext[2]
         end = len(plaintext) - pad
         if pad > self._pad_limit or end < INNER_HEADER_SIZE:
             raise InvalidInput("record padding exceeds the agreed maximum")
-        message = plaintext[INNER_HEADER_SIZE:end]
+        message = memoryview(plaintext)[INNER_HEADER_SIZE:end]
         if inner_type >= FIRST_UPPER_TYPE:
             if (self._mimic is not None and inner_type in DATA_TYPES
                     and len(plaintext) <= self._classes[-1]):
