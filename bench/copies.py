@@ -4,6 +4,7 @@
     python bench/copies.py              # 1 GiB each way, 10,000 files of 1 KiB, 3 rounds
     python bench/copies.py --quick      # 256 MiB, 2,000 files, 1 round
     python bench/copies.py --openssh /opt/openssh-10.5 --profile
+    python bench/copies.py --parts 1 --openssh system --openssh /opt/openssh-10.5
 
 Every command is the real command-line program as a user types it, run as a subprocess:
 ``qcp`` against a private qshd (``bench/sessions.py``'s :class:`PrivateQshd`), ``scp`` and
@@ -24,6 +25,10 @@ same machine), so the disk is out of the picture and what is measured is the too
 of both ends: the client's process, and the server's side of the copy (a qshd of its own,
 started with ``QCP_SERVE_PROFILE``, which makes the user's process profile each copy).
 Every copy is checked (size and SHA-256 of the result) so that a fast wrong copy cannot win.
+
+``--openssh`` given twice or more: part 1 runs the scp and ``ssh cat`` of every build listed,
+each against its own private sshd, in the same interleaved rounds (the first build is the one
+parts 2-5 use), so the ratios against each are taken under the same load.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +59,8 @@ from bench import openssh  # noqa: E402 - ROOT is on sys.path first
 from bench.sessions import SSHD_EXTRA_CONFIG, PrivateQshd  # noqa: E402
 
 HOST = "127.0.0.1"
+#: One timed copy of part 1.
+Step = Callable[[], object]
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -149,9 +156,12 @@ class Tools:
     """The command lines of the three tools against their private daemons."""
 
     def __init__(self, qshd: PrivateQshd, sshd: openssh.PrivateSshd,
-                 baseline: PrivateQshd | None = None) -> None:
+                 baseline: PrivateQshd | None = None, others: list[Tools] | None = None
+                 ) -> None:
         self.qshd = qshd
         self.sshd = sshd
+        #: Further OpenSSH builds (``--openssh`` twice or more): part 1 runs theirs too.
+        self.others = others or []
         #: ``--compare``: qcp and qshd of another checkout, run in the same rounds.
         self.baseline = baseline
         prefix = sshd.prefix
@@ -177,6 +187,12 @@ class Tools:
         extra = ["-S", self.sshd.bin["ssh"]] if self.sshd.prefix else []
         return [self.scp_bin, *extra, *self._ssh_options(), "-P", str(self.sshd.port), "-q",
                 *args]
+
+    @property
+    def label(self) -> str:
+        """The build's version, short: "9.2p1", "10.5p1"."""
+        match = re.match(r"OpenSSH_([^\s,]+)", self.sshd.version)
+        return match.group(1) if match else self.sshd.version.split()[0]
 
     def sremote(self, path: Path) -> str:
         return f"{self.sshd.user or os.environ.get('USER') or 'root'}@{HOST}:{path}"
@@ -208,8 +224,28 @@ def big_file(tools: Tools, work: Path, size: int, rounds: int) -> dict[str, Timi
     if base is not None:
         results["base qcp up"] = Timing()
         results["base qcp down"] = Timing()
+    openssh_steps: list[Callable[[], list[tuple[str, Step]]]] = []
+    for other in tools.others:
+        label = other.label
+        for key in ("scp up", "ssh cat up", "scp down", "ssh cat down"):
+            results[f"{key} {label}"] = Timing()
+
+        def steps_of(o: Tools = other, label: str = label) -> list[tuple[str, Step]]:
+            return [
+                (f"scp up {label}", lambda: run_timed(o.scp(str(data), o.sremote(out)),
+                                                      results[f"scp up {label}"])),
+                (f"ssh cat up {label}", lambda: run_timed(o.ssh(f"cat > {out}"),
+                                                          results[f"ssh cat up {label}"],
+                                                          stdin=data)),
+                (f"scp down {label}", lambda: run_timed(o.scp(o.sremote(data), str(out)),
+                                                        results[f"scp down {label}"])),
+                (f"ssh cat down {label}", lambda: run_timed(o.ssh(f"cat {data}"),
+                                                            results[f"ssh cat down {label}"],
+                                                            stdout=out)),
+            ]
+        openssh_steps.append(steps_of)
     for _ in range(rounds):
-        steps = [] if base is None else [
+        steps: list[tuple[str, Step]] = [] if base is None else [
             ("base qcp up", lambda: run_timed(tools.qcp(str(data), tools.qremote(out), q=base),
                                               results["base qcp up"], env=base.env,
                                               cwd=base.tree)),
@@ -231,14 +267,17 @@ def big_file(tools: Tools, work: Path, size: int, rounds: int) -> dict[str, Timi
             ("ssh cat down", lambda: run_timed(tools.ssh(f"cat {data}"),
                                                results["ssh cat down"], stdout=out)),
         ]
+        for more in openssh_steps:
+            steps += more()
         for name, step in steps:
             fresh(out)
             step()
             if out.stat().st_size != size or sha256(out) != digest:
                 raise RuntimeError(f"{name}: the copy differs from the source")
             t = results[name]
-            print(f"    {name:13} {t.seconds[-1]:6.2f} s {_rate(size, t.seconds[-1])}  "
-                  f"machine busy {t.machine_cpu[-1] / t.seconds[-1]:4.2f} CPUs", file=sys.stderr)
+            print(f"    {name:19} {t.seconds[-1]:6.2f} s {_rate(size, t.seconds[-1])}  "
+                  f"machine busy {t.machine_cpu[-1] / t.seconds[-1]:4.2f} CPUs", file=sys.stderr,
+                  flush=True)
     fresh(out)
     return results
 
@@ -422,15 +461,21 @@ def big_part(tools: Tools, work: Path, size: int, rounds: int, summary: list[str
           "(median; client CPU)")
     big = big_file(tools, work, size, rounds)
     for name, t in big.items():
-        print(f"    {name:13} {t.median:6.2f} s {_rate(size, t.median)}  client CPU "
+        print(f"    {name:19} {t.median:6.2f} s {_rate(size, t.median)}  client CPU "
               f"{t.cpu:5.2f} s  machine busy {t.busy:4.2f} CPUs")
+    labels = [""] + [f" {o.label}" for o in tools.others]
     for way in ("up", "down"):
         q = big[f"qcp {way}"].median
-        for other, target in (("scp", 2.0), ("ssh cat", 1.0)):
-            ratio = big[f"{other} {way}"].median / q
-            summary.append(f"  {size // MiB} MiB {way:4} qcp vs {other:8} {ratio:5.2f}x "
-                           f"(target >= {target:g}x): "
-                           f"{'MET' if ratio >= target else 'NOT MET'}")
+        for label in labels:
+            for other, target in (("scp", 2.0), ("ssh cat", 1.0)):
+                ratio = big[f"{other} {way}{label}"].median / q
+                rounds_ratio = statistics.median(
+                    t / s for t, s in zip(big[f"{other} {way}{label}"].seconds,
+                                          big[f"qcp {way}"].seconds, strict=True))
+                name = f"{other}{label or ' ' + tools.label}"
+                summary.append(f"  {size // MiB} MiB {way:4} qcp vs {name:15} {ratio:5.2f}x "
+                               f"(per round {rounds_ratio:4.2f}x; target >= {target:g}x): "
+                               f"{'MET' if ratio >= target else 'NOT MET'}")
         if f"base qcp {way}" in big:
             base = big[f"base qcp {way}"].median
             summary.append(f"  {size // MiB} MiB {way:4} the --compare checkout's qcp: "
@@ -468,8 +513,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, help="MiB for the big file (default 1024)")
     parser.add_argument("--files", type=int, help="small files (default 10000)")
     parser.add_argument("--rounds", type=int, help="rounds, interleaved (default 3)")
-    parser.add_argument("--openssh", default="system",
-                        help="'system' (Debian's) or an OpenSSH build prefix")
+    parser.add_argument("--openssh", action="append",
+                        help="'system' (Debian's, the default) or an OpenSSH build prefix; "
+                             "twice or more: part 1 runs each build in the same rounds")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile each kind of copy, client and server")
     parser.add_argument("--compare", type=Path, metavar="TREE",
@@ -481,20 +527,26 @@ def main() -> int:
     size = (args.size or (256 if args.quick else 1024)) * MiB
     count = args.files or (2000 if args.quick else 10_000)
     rounds = args.rounds or (1 if args.quick else 3)
-    prefix = None if args.openssh == "system" else Path(args.openssh)
-    problem = openssh.available(prefix)
-    if problem:
-        print(f"OpenSSH not available: {problem} ({openssh.INSTALL_HINT})")
-        return 1
+    prefixes = [None if o == "system" else Path(o) for o in args.openssh or ["system"]]
+    prefix = prefixes[0]
+    for each in prefixes:
+        problem = openssh.available(each)
+        if problem:
+            print(f"OpenSSH not available: {problem} ({openssh.INSTALL_HINT})")
+            return 1
     print(f"qcp benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at start")
     extra = SSHD_EXTRA_CONFIG + "Subsystem sftp internal-sftp\n"
     with PrivateQshd() as qshd, openssh.PrivateSshd(extra, prefix) as sshd, \
             workdir() as work, contextlib.ExitStack() as stack:
         baseline = stack.enter_context(PrivateQshd(args.compare)) if args.compare else None
-        tools = Tools(qshd, sshd, baseline)
+        others = [Tools(qshd, stack.enter_context(openssh.PrivateSshd(extra, each)))
+                  for each in prefixes[1:]]
+        tools = Tools(qshd, sshd, baseline, others)
         print(f"qshd on {HOST}:{qshd.port}; {sshd.version} on {HOST}:{sshd.port}; "
               f"data in {work}")
+        for other in others:
+            print(f"also {other.sshd.version} on {HOST}:{other.sshd.port}")
         summary: list[str] = []
 
         if "1" in args.parts:

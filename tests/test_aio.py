@@ -934,3 +934,32 @@ def test_a_read_across_chunks_after_a_partial_one_loses_nothing() -> None:
 
     assert run(main()) == [b"012", b"3456789abcde", b"VWXYZ"]
     assert grants.granted == 20 and stream.buffered == 0
+
+
+def test_read_view_hands_on_the_records_without_a_copy_and_read_still_gives_bytes() -> None:
+    """The copy engine takes file data with read_view: each chunk as the record carried
+    it, a view of the record's own plaintext (never reused, so the caller may keep it);
+    read() and readexactly() still return bytes, as every other reader expects."""
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            channel = await client.open_channel("echo")
+            data = os.urandom(600_000)
+            channel.write(data)
+            channel.write_eof()
+            views: list[memoryview] = []
+            while sum(map(len, views)) < 500_000:
+                view = await channel.read_view()
+                assert isinstance(view, memoryview) and isinstance(view.obj, bytes)
+                views.append(view)
+            head = await channel.readexactly(1000)
+            rest = await channel.read()
+            assert type(head) is bytes and type(rest) is bytes
+            tail = await channel.read_to_eof()
+            assert b"".join(views) + head + rest + tail == data
+            assert len(await channel.read_stderr()) == 32
+            assert len(await channel.read_view()) == 0 and channel.at_eof()
+            await channel.wait_closed()
+            client.close()
+
+    run(main())

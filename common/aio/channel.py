@@ -25,14 +25,19 @@ log = logging.getLogger("qsh.aio")
 
 
 class ReadStream:
-    """Received data of one channel stream (normal or stderr), as the core's chunks."""
+    """Received data of one channel stream (normal or stderr), as the core's chunks.
+
+    The chunks are views of the records' plaintexts (``mux.ChannelData``), not copies.
+    :meth:`read_view` hands them on as they are (the copy engine writes them to the file
+    from there); every other read returns ``bytes``, copying a view at that point, which
+    is where the mux used to copy every chunk."""
 
     __slots__ = ("_channel", "_chunks", "_eof", "_offset", "_on_data", "_on_eof", "_size",
                  "_waiter")
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | memoryview] = deque()
         self._offset = 0  # into _chunks[0]
         self._size = 0
         self._eof = False
@@ -42,10 +47,10 @@ class ReadStream:
         self._on_eof: Callable[[], None] | None = None
 
     # -- fed by the connection
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         on_data = self._on_data
         if on_data is not None:
-            on_data(data)
+            on_data(data if type(data) is bytes else bytes(data))
             return
         self._chunks.append(data)
         self._size += len(data)
@@ -86,8 +91,13 @@ class ReadStream:
                 self._waiter = None
 
     def _take(self, n: int, *, grant: bool = True) -> bytes:
-        """Up to ``n`` (all if n < 0) buffered bytes; no copy when a whole chunk fits.
-        ``grant``: reopen the peer's window by as much (else the caller grants)."""
+        """Up to ``n`` (all if n < 0) buffered bytes; no copy when a whole chunk of bytes
+        fits. ``grant``: reopen the peer's window by as much (else the caller grants)."""
+        data = self._take_view(n, grant)
+        return data if type(data) is bytes else bytes(data)
+
+    def _take_view(self, n: int, grant: bool = True) -> bytes | memoryview:
+        """:meth:`_take`, but a chunk (or a part of one) is returned as it is stored."""
         chunks = self._chunks
         first = chunks[0]
         offset = self._offset
@@ -136,6 +146,17 @@ class ReadStream:
         if n < 0:
             n = len(self._chunks[0]) - self._offset
         return self._take(n)
+
+    async def read_view(self) -> memoryview:
+        """:meth:`read` of the next chunk as the peer's record carried it, as a view of
+        the record and never a copy (empty at the end of the stream). The view is the
+        caller's to keep: nothing reuses the memory behind it."""
+        while not self._size:
+            if self._eof:
+                self._channel._raise_if_lost()
+                return memoryview(b"")
+            await self._wait()
+        return memoryview(self._take_view(len(self._chunks[0]) - self._offset))
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes; :class:`asyncio.IncompleteReadError` if the stream ends first."""
@@ -262,6 +283,10 @@ class Channel:
 
     async def read(self, n: int = -1) -> bytes:
         return await self.stdout.read(n)
+
+    async def read_view(self) -> memoryview:
+        """The next chunk without a copy (:meth:`ReadStream.read_view`)."""
+        return await self.stdout.read_view()
 
     async def readexactly(self, n: int) -> bytes:
         return await self.stdout.readexactly(n)

@@ -103,8 +103,13 @@ class RecordOpener:
     def open_in_place(self, header: Header, header_bytes: memoryview | bytes,
                       body: memoryview | bytes) -> bytes | memoryview:
         """:meth:`open` for a body inside the caller's receive buffer, which the caller
-        reuses once this returns. The result is a buffer of its own, so it outlives that
-        reuse (decrypting into the receive buffer itself is what cryptography 51 refuses)."""
+        reuses once this returns. The result is a new buffer of its own for every record,
+        never reused, so the layers above keep views of it instead of copying (the mux
+        hands channel data up that way). Decrypting into the receive buffer itself is what
+        cryptography 51 refuses; decrypting into one reused scratch buffer was measured and
+        lost: the mux must then copy each payload out, which costs more than the new
+        buffer's zero-fill (1 GiB in 256 KiB records with 16 MiB held downstream, as a copy
+        holds it: 0.21 against 0.16 CPU s)."""
         return self.open(header, header_bytes, body)
 
     def wipe(self) -> None:

@@ -397,10 +397,8 @@ class Transport:
         if len(plaintext) < INNER_HEADER_SIZE:
             raise InvalidInput("record too short for its inner header")
         inner_type = plaintext[0]
-        if inner_type not in DATA_TYPES and isinstance(plaintext, memoryview):
-            # Decrypted in the receive buffer, which is reused: only channel data is copied
-            # out at once (mux.ChannelData); anything else may be kept, so it is copied now.
-            plaintext = bytes(plaintext)
+        # A buffer of its own (never reused): the mux passes channel data up as views of
+        # it, without a copy.
         pad = (plaintext[1] << 8) | plaintext[2]
         end = len(plaintext) - pad
         if pad > self._pad_limit or end < INNER_HEADER_SIZE:

@@ -177,9 +177,9 @@ class Peer:
                 if not self.channel.stdout.buffered:
                     self.flush()
                     async with asyncio.timeout(IDLE_TIMEOUT):
-                        chunk = await self.channel.read()
+                        chunk = await self.channel.read_view()
                 else:
-                    chunk = await self.channel.read()
+                    chunk = await self.channel.read_view()
             except TimeoutError:
                 raise CopyError(f"no word from the peer for {IDLE_TIMEOUT:.0f} s") from None
             except aio.ConnectionLost as exc:
