@@ -776,3 +776,22 @@ def test_any_single_byte_mutation_decodes_or_raises_a_protocol_error(
     # Whatever decoded is still usable: a pump afterwards must not crash either.
     assert isinstance(events, list)
     server.take_outgoing()
+
+
+def test_a_small_payload_in_a_big_record_is_copied_not_pinned() -> None:
+    """Channel data is handed up as a view of its record's plaintext, which keeps the whole
+    record alive while the data waits to be read; the window counts only the data. A peer
+    that pads each byte of data to a big record (padding is legal, §7) would otherwise make
+    a window's worth of one-byte messages hold a window's worth of big records: data that
+    is less than half of its record is copied out instead."""
+    _, server, _, sid = connected(window=1 << 20, max_packet=1 << 16)
+    message = bytes(body(u32(sid), b"x"))
+    record = bytes(3) + message + bytes(64 * 1024)  # inner header, the message, padding
+    [small] = server.handle_message(MuxMessage.CHANNEL_DATA,
+                                    memoryview(record)[3:3 + len(message)])
+    assert isinstance(small, ChannelData) and small.data == b"x"
+    assert not isinstance(small.data, memoryview)  # no view pinning 64 KiB for one byte
+    bulk = bytes(body(u32(sid), bytes(range(256)) * 64))
+    [big] = server.handle_message(MuxMessage.CHANNEL_DATA,
+                                  memoryview(bytes(3) + bulk + bytes(16))[3:3 + len(bulk)])
+    assert isinstance(big, ChannelData) and isinstance(big.data, memoryview)  # the bulk path

@@ -228,7 +228,8 @@ class ChannelOpenFailed(Record):
 class ChannelData(Record):
     """Received bytes: a read-only view of the record's plaintext, not a copy (the record
     layer gives every record a buffer of its own, never reused; :meth:`Mux.handle_message`
-    callers must do the same). ``bytes(data)`` where a bytes object is needed.
+    callers must do the same), or a copy when the data is less than half of its record (a
+    view would pin the rest). ``bytes(data)`` where a bytes object is needed.
 
     Call :meth:`Mux.acknowledge` with ``len(data)`` once consumed, or the peer stalls.
     """
@@ -771,7 +772,14 @@ class Mux:
         ch.recv_outstanding += n
         # No copy: 1 GiB received in 256 KiB records, a copy here was 0.15 s of the
         # receiving loop's ~1 s (cProfile), at memory bandwidth, as the data goes cold.
-        events.append(ChannelData(ch.local_id, data, ext))
+        # But a view keeps its whole record alive while it waits to be read, and the
+        # window counts only the data: data under half of its record (a small message,
+        # or one padded by the peer) is copied, so what is held stays under twice what
+        # the window allows.
+        if n * 2 < memoryview(data.obj).nbytes:
+            events.append(ChannelData(ch.local_id, bytes(data), ext))
+        else:
+            events.append(ChannelData(ch.local_id, data, ext))
 
     def _on_window_adjust(self, r: Reader, events: list[Event]) -> None:
         ch = self._peer_channel(r)
