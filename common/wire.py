@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import NoReturn
 
 from common.errors import InvalidInput
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (issue 18)
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 HEADER = struct.Struct(">BQI")
 HEADER_SIZE = HEADER.size  # 13

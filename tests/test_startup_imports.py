@@ -30,8 +30,13 @@ exec(sys.argv[1])
 """
 
 
-def loaded_by(code: str, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    result = subprocess.run([sys.executable, "-c", _PROBE, code, *args],
+def loaded_by(code: str, *args: str, site: bool = True
+              ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``site=False``: without ``site`` (``-S``), so that what a machine's ``.pth`` hooks
+    import (this one's load typing) is not counted; only a path that needs no third-party
+    package can run so."""
+    flags = [] if site else ["-S"]
+    result = subprocess.run([sys.executable, *flags, "-c", _PROBE, code, *args],
                             capture_output=True, text=True, timeout=60, cwd=ROOT,
                             stdin=subprocess.DEVNULL,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -66,3 +71,36 @@ def test_parsing_the_command_line_loads_no_protocol_or_crypto(
     assert shown in result.stdout + result.stderr, result
     assert "click" in modules
     assert not heavy(modules), heavy(modules)
+
+
+#: What a run over a shared connection must not load either: besides all of the above and
+#: click, the modules that cost milliseconds to build for nothing this path needs
+#: (dataclasses and inspect: a class built at import; typing).
+NOT_ON_THE_SHARED_PATH = ("click", "dataclasses", "inspect", "typing")
+
+
+def test_a_run_over_a_shared_connection_loads_only_what_talks_to_the_master(
+        tmp_path: Path) -> None:
+    """qsh/entry.py's whole path up to the control socket -- the command line, the
+    configuration file (a Host block, tokens, SendEnv, SetEnv) resolved, the session request
+    built by mux_client.shared_session -- with only the socket itself left out (no master is
+    needed to see what was imported). A module-level import of any of these on that path,
+    whichever module adds it, fails here."""
+    config = tmp_path / "config"
+    config.write_text("Host shared-host\n  HostName 127.0.0.1\n  Port 2200\n"
+                      "  ControlMaster auto\n  ControlPath ~/.qsh/cm-%C\n"
+                      "  SendEnv LANG LC_*\n  SetEnv FOO=bar\n  User alice\n")
+    code = ("from common.client import mux_client\n"
+            "seen = []\n"
+            "mux_client.try_session = lambda path, request, verbose: seen.append(path) or 7\n"
+            "from qsh import entry\n"
+            "try:\n"
+            f"    entry.main(['-F', {str(config)!r}, '-q', 'shared-host', 'true'])\n"
+            "finally:\n"
+            "    print('SHARED', seen)\n")
+    result, modules = loaded_by(code, site=False)
+    assert result.returncode == 7, result  # the path really went to the (absent) master
+    assert "SHARED ['" in result.stdout, result
+    shown = {m for m in modules if m.startswith(HEAVY + NOT_ON_THE_SHARED_PATH)}
+    shown -= {"common.accounts", "common.accounts.patterns"}  # Host patterns, no crypto
+    assert not shown, sorted(shown)

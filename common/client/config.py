@@ -44,15 +44,16 @@ import getpass
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
 
 from common.accounts.patterns import patterns_match
 from common.wire import Record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (issue 18)
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from typing import Any
+
     from common.channels.tunnel import ForwardSpec
 
 DEFAULT_PORT = 2022
@@ -97,20 +98,24 @@ def default_identity_files() -> list[Path]:
     return [qsh_dir / "id_mldsa65", qsh_dir / "id_mldsa87"]
 
 
-@dataclass
 class ClientConfig:
     """Everything qsh needs to reach one host, after all sources are merged.
 
     ``host`` is the name as typed (what Host blocks matched); ``hostname`` is where to
     connect (HostName, or ``host``). ``None`` algorithm lists mean "the defaults this
     machine supports", which only the offer builder can know.
+
+    Built with keywords, one per field below; compared, shown and copied
+    (:meth:`replace`) field by field, as a dataclass would be. Not a dataclass: building
+    one at import loads ``dataclasses`` and ``inspect`` (~8 ms), and a run over a shared
+    connection (qsh/entry.py) costs little more than that in all (issue 18).
     """
 
     host: str
     hostname: str = ""
     port: int = DEFAULT_PORT
-    user: str = field(default_factory=_local_user)
-    identity_files: list[Path] = field(default_factory=default_identity_files)
+    user: str
+    identity_files: list[Path]
     kems: tuple[str, ...] | None = None
     ciphers: tuple[str, ...] | None = None
     signatures: tuple[str, ...] | None = None
@@ -118,14 +123,14 @@ class ClientConfig:
     #: ObscureKeystrokeTiming: the keystroke clock in milliseconds; 0 is "no".
     obscure_keystroke_timing: int = 20
     strict_host_key_checking: str = "ask"
-    known_hosts: Path = field(default_factory=default_known_hosts)
+    known_hosts: Path
     connect_timeout: float = 30.0
     #: Seconds between keepalive probes; 0 disables them.
     server_alive_interval: float = 0.0
     request_tty: str = "auto"
     log_level: str = "INFO"
     #: Tunnels (LocalForward, RemoteForward, DynamicForward; -T/-L, -R, -D), in order.
-    forwards: list[ForwardSpec] = field(default_factory=list)
+    forwards: list[ForwardSpec]
     #: None: yes when a tunnel was asked for on the command line, no otherwise.
     exit_on_forward_failure: bool | None = None
     #: AddressFamily (-4, -6): "any", "inet" or "inet6".
@@ -146,9 +151,9 @@ class ClientConfig:
     #: ConnectionAttempts: TCP connects tried, one second apart, before giving up.
     connection_attempts: int = 1
     #: SendEnv: patterns of local variables to send (``-pattern`` removes).
-    send_env: list[str] = field(default_factory=list)
+    send_env: list[str]
     #: SetEnv: NAME=VALUE pairs sent with every session.
-    set_env: list[tuple[str, str]] = field(default_factory=list)
+    set_env: list[tuple[str, str]]
     compression: bool = False
     #: RemoteCommand: run when the command line gives none.
     remote_command: str | None = None
@@ -173,7 +178,7 @@ class ClientConfig:
     host_key_alias: str | None = None
     #: -F as given (None: the default file), for the jump hosts' own qsh. Where the
     #: settings came from, not a setting: left out of comparisons.
-    config_file: Path | None = field(default=None, compare=False)
+    config_file: Path | None = None
     #: Connection sharing (qsh.1 CONNECTION SHARING): yes, no, auto, ask or autoask.
     control_master: str = "no"
     #: The control socket, tokens expanded; None: no sharing (ControlPath none).
@@ -181,11 +186,49 @@ class ClientConfig:
     #: Seconds the master stays after its last client; 0: for ever; None: it does not.
     control_persist: float | None = None
     #: "-v" lines: the keywords accepted but without effect in qsh, and why.
-    notes: list[str] = field(default_factory=list)
+    notes: list[str]
 
-    def __post_init__(self) -> None:
+    def __init__(self, host: str, **values: Any) -> None:
+        unknown = values.keys() - _FIELD_SET
+        if unknown:
+            raise TypeError(f"ClientConfig() got unexpected keyword arguments {sorted(unknown)}")
+        self.host = host
+        for name, default in _DEFAULT_FACTORIES.items():
+            if name not in values:
+                setattr(self, name, default())
+        for name, value in values.items():
+            setattr(self, name, value)
         if not self.hostname:
-            self.hostname = self.host
+            self.hostname = host
+
+    def _compared(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _FIELDS if name != "config_file")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, ClientConfig)
+        return self._compared() == other._compared()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
+        return f"ClientConfig({shown})"
+
+    def replace(self, **changes: Any) -> ClientConfig:
+        """A copy with ``changes`` applied (``dataclasses.replace``; lists are shared)."""
+        return ClientConfig(**{**{name: getattr(self, name) for name in _FIELDS}, **changes})
+
+
+#: The fields, in order (for repr); config_file, where the settings came from and not a
+#: setting, is left out of comparisons.
+_FIELDS: tuple[str, ...] = tuple(ClientConfig.__annotations__)
+_FIELD_SET = frozenset(_FIELDS)
+#: The fields whose default is made anew for each config (mutable, or read from the system).
+_DEFAULT_FACTORIES: dict[str, Callable[[], object]] = {
+    "user": _local_user, "identity_files": default_identity_files,
+    "known_hosts": default_known_hosts, "forwards": list, "send_env": list, "set_env": list,
+    "notes": list,
+}
 
 
 # --- Lexing -----------------------------------------------------------------------------
@@ -728,12 +771,14 @@ class _Context:
         return done.returncode == 0
 
 
-@dataclass(slots=True)
 class _Block:
-    #: Every condition must hold (an Include inside a Host block adds the block's); none
-    #: for the options before the first Host or Match line.
-    conditions: tuple[_Condition, ...] = ()
-    settings: list[_Setting] = field(default_factory=list)
+    __slots__ = ("conditions", "settings")
+
+    def __init__(self, conditions: tuple[_Condition, ...] = ()) -> None:
+        #: Every condition must hold (an Include inside a Host block adds the block's);
+        #: none for the options before the first Host or Match line.
+        self.conditions = conditions
+        self.settings: list[_Setting] = []
 
     def applies(self, context: _Context) -> bool:
         return all(context.holds(condition) for condition in self.conditions)
@@ -954,7 +999,7 @@ def resolve(
         _parse_setting("IdentityFile", _quote(os.fspath(p)), f"-i {os.fspath(p)!r}")
         for p in identity_files
     ]
-    forwards: list[ForwardSpec] = []
+    forwards: list[Any] = []  # parse_forward's ForwardSpecs (ClientConfig.forwards)
     notes: list[str] = []
     send_env: list[str] = []
     def hostname_so_far() -> str:
@@ -987,7 +1032,7 @@ def resolve(
             assert isinstance(setting.value, list)
             send_env.extend(setting.value)
         elif setting.keyword.attr == "forwards":
-            forwards.append(cast("ForwardSpec", setting.value))
+            forwards.append(setting.value)
         elif setting.keyword.multiple:
             collected.append(setting)
         else:
