@@ -122,14 +122,12 @@ def shared(argv: list[str]) -> int | None:
     args = _parse(argv)
     if args is None:
         return None
-    from pathlib import Path
-
     from common.client import mux_client
     from common.client.config import ConfigError, resolve
 
     user, host = split_destination(args.destination)
     try:
-        cfg = resolve(host, path=Path(args.config_file) if args.config_file else None,
+        cfg = resolve(host, path=args.config_file or None,
                       options=[*args.extra, *args.options], user=args.user or user,
                       port=args.port)
     except ConfigError:

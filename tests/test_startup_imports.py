@@ -75,8 +75,9 @@ def test_parsing_the_command_line_loads_no_protocol_or_crypto(
 
 #: What a run over a shared connection must not load either: besides all of the above and
 #: click, the modules that cost milliseconds to build for nothing this path needs
-#: (dataclasses and inspect: a class built at import; typing).
-NOT_ON_THE_SHARED_PATH = ("click", "dataclasses", "inspect", "typing")
+#: (dataclasses and inspect: a class built at import; typing; pathlib, with the urllib.parse
+#: it loads: the configuration's paths are made Paths only when read).
+NOT_ON_THE_SHARED_PATH = ("click", "dataclasses", "inspect", "typing", "pathlib", "urllib")
 
 
 def test_a_run_over_a_shared_connection_loads_only_what_talks_to_the_master(
@@ -89,7 +90,8 @@ def test_a_run_over_a_shared_connection_loads_only_what_talks_to_the_master(
     config = tmp_path / "config"
     config.write_text("Host shared-host\n  HostName 127.0.0.1\n  Port 2200\n"
                       "  ControlMaster auto\n  ControlPath ~/.qsh/cm-%C\n"
-                      "  SendEnv LANG LC_*\n  SetEnv FOO=bar\n  User alice\n")
+                      "  SendEnv LANG LC_*\n  SetEnv FOO=bar\n  User alice\n"
+                      "  IdentityFile ~/.qsh/id_%h\n  UserKnownHostsFile ~/.qsh/kh_%h\n")
     code = ("from common.client import mux_client\n"
             "seen = []\n"
             "mux_client.try_session = lambda path, request, verbose: seen.append(path) or 7\n"

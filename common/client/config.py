@@ -44,7 +44,6 @@ import getpass
 import os
 import re
 import stat
-from pathlib import Path
 
 from common.accounts.patterns import patterns_match
 from common.wire import Record
@@ -52,6 +51,7 @@ from common.wire import Record
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (issue 18)
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
+    from pathlib import Path
     from typing import Any
 
     from common.channels.tunnel import ForwardSpec
@@ -71,11 +71,20 @@ class ConfigError(Exception):
     """A configuration the user must fix: one line, starting with where it came from."""
 
 
-def _home() -> Path:
-    try:
-        return Path.home()
-    except RuntimeError:
-        raise ConfigError("cannot determine the home directory") from None
+def _home() -> str:
+    """``~`` (Path.home()'s answer, as a string: pathlib waits until a path is used)."""
+    home = os.path.expanduser("~")
+    if home.startswith("~"):
+        raise ConfigError("cannot determine the home directory")
+    return _as_path(home)
+
+
+def _as_path(text: str) -> str:
+    """``str(Path(text))`` without loading pathlib: repeated slashes, ``.`` parts and a
+    trailing slash dropped (a leading ``//`` is kept, as POSIX allows it a meaning)."""
+    lead = "//" if text.startswith("//") and not text.startswith("///") else (
+        "/" if text.startswith("/") else "")
+    return lead + "/".join(p for p in text.split("/") if p and p != ".") or "."
 
 
 def _local_user() -> str:
@@ -85,16 +94,20 @@ def _local_user() -> str:
         raise ConfigError("cannot determine the local user name") from None
 
 
-def default_config_path() -> Path:
-    return _home() / ".qsh" / "config"
+def default_config_path() -> str:
+    return os.path.join(_home(), ".qsh", "config")
 
 
 def default_known_hosts() -> Path:
-    return _home() / ".qsh" / "known_hosts"
+    from pathlib import Path
+
+    return Path(_home(), ".qsh", "known_hosts")
 
 
 def default_identity_files() -> list[Path]:
-    qsh_dir = _home() / ".qsh"
+    from pathlib import Path
+
+    qsh_dir = Path(_home(), ".qsh")
     return [qsh_dir / "id_mldsa65", qsh_dir / "id_mldsa87"]
 
 
@@ -115,7 +128,7 @@ class ClientConfig:
     hostname: str = ""
     port: int = DEFAULT_PORT
     user: str
-    identity_files: list[Path]
+    # identity_files: list[Path] (a property, below)
     kems: tuple[str, ...] | None = None
     ciphers: tuple[str, ...] | None = None
     signatures: tuple[str, ...] | None = None
@@ -123,7 +136,7 @@ class ClientConfig:
     #: ObscureKeystrokeTiming: the keystroke clock in milliseconds; 0 is "no".
     obscure_keystroke_timing: int = 20
     strict_host_key_checking: str = "ask"
-    known_hosts: Path
+    # known_hosts: Path (a property, below)
     connect_timeout: float = 30.0
     #: Seconds between keepalive probes; 0 disables them.
     server_alive_interval: float = 0.0
@@ -178,7 +191,7 @@ class ClientConfig:
     host_key_alias: str | None = None
     #: -F as given (None: the default file), for the jump hosts' own qsh. Where the
     #: settings came from, not a setting: left out of comparisons.
-    config_file: Path | None = None
+    # config_file: Path | None (a property, below)
     #: Connection sharing (qsh.1 CONNECTION SHARING): yes, no, auto, ask or autoask.
     control_master: str = "no"
     #: The control socket, tokens expanded; None: no sharing (ControlPath none).
@@ -192,6 +205,8 @@ class ClientConfig:
         unknown = values.keys() - _FIELD_SET
         if unknown:
             raise TypeError(f"ClientConfig() got unexpected keyword arguments {sorted(unknown)}")
+        #: The path fields as given (strings or Paths), made Paths when first read.
+        self._paths: dict[str, Any] = {}
         self.host = host
         for name, default in _DEFAULT_FACTORIES.items():
             if name not in values:
@@ -200,6 +215,54 @@ class ClientConfig:
             setattr(self, name, value)
         if not self.hostname:
             self.hostname = host
+
+    # The path fields are made Paths when first read: a run that reads none (over a shared
+    # connection) does not load pathlib (~3 ms with urllib.parse, which it imports).
+
+    @property
+    def identity_files(self) -> list[Path]:
+        from pathlib import Path
+
+        if "identity_files" not in self._paths:
+            self._paths["identity_files"] = default_identity_files()
+        files = self._paths["identity_files"]
+        if not all(isinstance(f, Path) for f in files):
+            files = self._paths["identity_files"] = [Path(f) for f in files]
+        return files  # type: ignore[no-any-return]
+
+    @identity_files.setter
+    def identity_files(self, value: Sequence[str | os.PathLike[str]]) -> None:
+        self._paths["identity_files"] = list(value)
+
+    @property
+    def known_hosts(self) -> Path:
+        from pathlib import Path
+
+        value = self._paths.get("known_hosts")
+        if not isinstance(value, Path):
+            value = self._paths["known_hosts"] = (
+                default_known_hosts() if value is None else Path(value))
+        return value
+
+    @known_hosts.setter
+    def known_hosts(self, value: str | os.PathLike[str]) -> None:
+        self._paths["known_hosts"] = value
+
+    @property
+    def config_file(self) -> Path | None:
+        """-F as given (None: the default file), for the jump hosts' own qsh. Where the
+        settings came from, not a setting: left out of comparisons."""
+        from pathlib import Path
+
+        value = self._paths.get("config_file")
+        if value is None or isinstance(value, Path):
+            return value
+        made = self._paths["config_file"] = Path(value)
+        return made
+
+    @config_file.setter
+    def config_file(self, value: str | os.PathLike[str] | None) -> None:
+        self._paths["config_file"] = value
 
     def _compared(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in _FIELDS if name != "config_file")
@@ -219,15 +282,15 @@ class ClientConfig:
         return ClientConfig(**{**{name: getattr(self, name) for name in _FIELDS}, **changes})
 
 
-#: The fields, in order (for repr); config_file, where the settings came from and not a
-#: setting, is left out of comparisons.
-_FIELDS: tuple[str, ...] = tuple(ClientConfig.__annotations__)
+#: The fields (for repr and comparisons): those declared, then the path properties.
+#: config_file, where the settings came from and not a setting, is left out of comparisons.
+_FIELDS: tuple[str, ...] = (*ClientConfig.__annotations__,
+                            "identity_files", "known_hosts", "config_file")
 _FIELD_SET = frozenset(_FIELDS)
-#: The fields whose default is made anew for each config (mutable, or read from the system).
+#: The fields whose default is made anew for each config (mutable, or read from the system;
+#: the paths' when first read).
 _DEFAULT_FACTORIES: dict[str, Callable[[], object]] = {
-    "user": _local_user, "identity_files": default_identity_files,
-    "known_hosts": default_known_hosts, "forwards": list, "send_env": list, "set_env": list,
-    "notes": list,
+    "user": _local_user, "forwards": list, "send_env": list, "set_env": list, "notes": list,
 }
 
 
@@ -751,7 +814,7 @@ class _Context:
 
     def tokens(self) -> dict[str, str]:
         """ssh's %-tokens as they stand: for Match exec while reading, for the paths after."""
-        return {"%": "%", "d": str(_home()), "h": self.hostname(), "n": self.original,
+        return {"%": "%", "d": _home(), "h": self.hostname(), "n": self.original,
                 "p": str(self.port()), "r": self.user(), "u": _local_user()}
 
     def _exec(self, c: _Criterion) -> bool:
@@ -838,11 +901,11 @@ def _include(rest: str, origin: str, conditions: tuple[_Condition, ...], depth: 
     blocks: list[_Block] = []
     for name in names:
         if name.startswith("~"):
-            name = str(_home()) + name[1:] if name == "~" or name.startswith("~/") \
+            name = _home() + name[1:] if name == "~" or name.startswith("~/") \
                 else os.path.expanduser(name)
-        pattern = name if os.path.isabs(name) else str(_home() / ".qsh" / name)
+        pattern = name if os.path.isabs(name) else os.path.join(_home(), ".qsh", name)
         for path in sorted(glob.glob(pattern)):
-            text = _read(Path(path), explicit=False)
+            text = _read(path, explicit=False)
             if text is not None:
                 blocks += _parse_file(text, path, conditions, depth + 1)
     return blocks
@@ -904,7 +967,7 @@ def _quote(arg: str) -> str:
     return '"' + re.sub(r'(["\\\\])', r"\\\1", arg) + '"'
 
 
-def _read(path: Path, *, explicit: bool) -> str | None:
+def _read(path: str | Path, *, explicit: bool) -> str | None:
     """The file's text; None when the default file is absent. Like ssh, the default file
     is refused when others could have written it: it decides which host we connect to and
     which key files we use."""
@@ -941,20 +1004,20 @@ def _read(path: Path, *, explicit: bool) -> str | None:
 # --- Resolving --------------------------------------------------------------------------
 
 
-def _expand_path(value: str, tokens: Mapping[str, str], home: Path, origin: str) -> Path:
+def _expand_path(value: str, tokens: Mapping[str, str], home: str, origin: str) -> str:
     """ssh's order: ``~`` first, then %-tokens, so a token's value is never re-expanded."""
     if value == "~" or value.startswith("~/"):
-        value = str(home) + value[1:]
+        value = home + value[1:]
     elif value.startswith("~"):
         head, sep, tail = value.partition("/")
         expanded = os.path.expanduser(head)
         if expanded == head:
             raise ConfigError(f"{origin}: unknown user in {head!r}")
         value = expanded + sep + tail
-    return Path(re.sub(r"%(.)", lambda m: tokens[m.group(1)], value))
+    return _as_path(re.sub(r"%(.)", lambda m: tokens[m.group(1)], value))
 
 
-def _settings_for(context: _Context, options: Sequence[str], path: Path | None
+def _settings_for(context: _Context, options: Sequence[str], path: str | Path | None
                   ) -> Iterator[_Setting]:
     """In order: each block's conditions judged when it is reached (lazily, so that the
     settings already taken are what ``Match host``/``user`` see)."""
@@ -974,7 +1037,7 @@ def _settings_for(context: _Context, options: Sequence[str], path: Path | None
 def resolve(
     host: str,
     *,
-    path: Path | None = None,
+    path: str | Path | None = None,
     options: Sequence[str] = (),
     user: str | None = None,
     port: int | None = None,
@@ -993,6 +1056,8 @@ def resolve(
         raise ConfigError(f"bad port {port} (1-65535)")
     if user == "":
         raise ConfigError("empty user name")
+    if path is not None:
+        path = _as_path(os.fspath(path))  # as a Path would have it (-F ./none is none)
 
     first: dict[str, _Setting] = {}
     collected = [
@@ -1060,8 +1125,8 @@ def resolve(
         values["forwards"] = forwards
     if "control_path" in values:
         control = str(values["control_path"])
-        values["control_path"] = None if control.lower() == "none" else str(_expand_path(
-            control, {**tokens, **_control_tokens(tokens)}, home, first["control_path"].origin))
+        values["control_path"] = None if control.lower() == "none" else _expand_path(
+            control, {**tokens, **_control_tokens(tokens)}, home, first["control_path"].origin)
     if values.get("compression"):
         notes.append("Compression yes: ignored (qsh sends records uncompressed: compressing "
                      "before encrypting lets an observer learn about the plaintext from "
