@@ -3,7 +3,6 @@ own error handling, and every failure becomes one line ``prog: message`` and exi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -53,9 +52,11 @@ def no_core_dumps() -> None:
     byte from the network."""
     import resource  # (a C module: a fraction of a millisecond)
 
-    with contextlib.suppress(ValueError, OSError):
+    try:  # noqa: SIM105 (contextlib: ~0.5 ms this path has no other use for)
         resource.setrlimit(resource.RLIMIT_CORE,
                            (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    except (ValueError, OSError):
+        pass
 
 
 def version_line(program: str) -> str:

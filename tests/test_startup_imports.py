@@ -76,8 +76,10 @@ def test_parsing_the_command_line_loads_no_protocol_or_crypto(
 #: What a run over a shared connection must not load either: besides all of the above and
 #: click, the modules that cost milliseconds to build for nothing this path needs
 #: (dataclasses and inspect: a class built at import; typing; pathlib, with the urllib.parse
-#: it loads: the configuration's paths are made Paths only when read).
-NOT_ON_THE_SHARED_PATH = ("click", "dataclasses", "inspect", "typing", "pathlib", "urllib")
+#: it loads: the configuration's paths are made Paths only when read; getpass, which loads
+#: termios and warnings, for the user name; contextlib).
+NOT_ON_THE_SHARED_PATH = ("click", "dataclasses", "inspect", "typing", "pathlib", "urllib",
+                          "getpass", "termios", "warnings", "contextlib")
 
 
 def test_a_run_over_a_shared_connection_loads_only_what_talks_to_the_master(

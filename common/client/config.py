@@ -40,7 +40,6 @@ Decisions that differ from ssh, and why:
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 import stat
@@ -88,9 +87,16 @@ def _as_path(text: str) -> str:
 
 
 def _local_user() -> str:
+    """getpass.getuser()'s answer (the login variables, then the password database),
+    without loading getpass and, through it, termios and warnings."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if user := os.environ.get(name):
+            return user
+    import pwd
+
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
         raise ConfigError("cannot determine the local user name") from None
 
 
