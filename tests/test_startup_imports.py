@@ -77,9 +77,11 @@ def test_parsing_the_command_line_loads_no_protocol_or_crypto(
 #: click, the modules that cost milliseconds to build for nothing this path needs
 #: (dataclasses and inspect: a class built at import; typing; pathlib, with the urllib.parse
 #: it loads: the configuration's paths are made Paths only when read; getpass, which loads
-#: termios and warnings, for the user name; contextlib).
+#: termios and warnings, for the user name; contextlib; common.wire and common.errors, whose
+#: enums the configuration's records (common.value_record) have no use for).
 NOT_ON_THE_SHARED_PATH = ("click", "dataclasses", "inspect", "typing", "pathlib", "urllib",
-                          "getpass", "termios", "warnings", "contextlib")
+                          "getpass", "termios", "warnings", "contextlib",
+                          "common.wire", "common.errors")
 
 
 def test_a_run_over_a_shared_connection_loads_only_what_talks_to_the_master(

@@ -45,7 +45,7 @@ import re
 import stat
 
 from common.accounts.patterns import patterns_match
-from common.wire import Record
+from common.value_record import Record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (issue 18)
 if TYPE_CHECKING:
