@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     status = shared(args)
     if status is None:
+        # asyncio imports ssl when it can: OpenSSL's libssl loaded and initialised, ~6 ms of
+        # CPU at every start. qsh never speaks TLS (asyncio works without it), so it is
+        # marked absent; a later "import ssl" in this process fails, as without OpenSSL.
+        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
         from .cli import main as full
 
         full(args)

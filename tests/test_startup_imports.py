@@ -122,3 +122,24 @@ def test_the_copy_messages_are_records_not_dataclasses() -> None:
     _, modules = loaded_by(code, site=False)
     assert "common.channels.copy" in modules
     assert "dataclasses" not in modules
+
+
+def test_a_fresh_run_does_not_load_tls(tmp_path: Path) -> None:
+    """A qsh run that connects by itself loads asyncio, which imports ssl when it can
+    (OpenSSL's libssl loaded and initialised: ~6 ms of CPU); qsh never speaks TLS, so its
+    entry tells the interpreter there is none. The run here connects to a closed port on
+    127.0.0.1: asyncio is loaded, the connection refused, and what was loaded is listed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    # -S, the libraries' directory on the path: this machine's .pth hooks load ssl themselves.
+    code = ("import site, sys; sys.path += site.getsitepackages()\n"
+            "from qsh import entry\n"
+            f"entry.main(['-F', 'none', '-p', '{port}', '-o', 'ConnectTimeout=5', "
+            f"'-o', 'UserKnownHostsFile={tmp_path / 'kh'}', '127.0.0.1', 'true'])\n")
+    result, modules = loaded_by(code, site=False)
+    assert result.returncode == 255, result
+    assert "asyncio" in modules, result  # the run really went as far as connecting
+    assert "_ssl" not in modules
