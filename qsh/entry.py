@@ -157,9 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     status = shared(args)
     if status is None:
-        # asyncio imports ssl when it can: OpenSSL's libssl loaded and initialised, ~6 ms of
-        # CPU at every start. qsh never speaks TLS (asyncio works without it), so it is
-        # marked absent; a later "import ssl" in this process fails, as without OpenSSL.
+        # asyncio imports ssl when it can: the ssl module and OpenSSL's libssl, ~2-3 ms of
+        # CPU and ~1 MB of RSS at every start (measured: bench/README.md). qsh never speaks
+        # TLS (asyncio works without it), so it is marked absent; a later "import ssl" in
+        # this process fails, as on an interpreter built without OpenSSL.
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
         from .cli import main as full
 

@@ -126,7 +126,7 @@ def test_the_copy_messages_are_records_not_dataclasses() -> None:
 
 def test_a_fresh_run_does_not_load_tls(tmp_path: Path) -> None:
     """A qsh run that connects by itself loads asyncio, which imports ssl when it can
-    (OpenSSL's libssl loaded and initialised: ~6 ms of CPU); qsh never speaks TLS, so its
+    (the ssl module and OpenSSL's libssl: ~2-3 ms of CPU, ~1 MB); qsh never speaks TLS, so its
     entry tells the interpreter there is none. The run here connects to a closed port on
     127.0.0.1: asyncio is loaded, the connection refused, and what was loaded is listed."""
     import socket
