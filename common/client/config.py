@@ -211,8 +211,11 @@ class ClientConfig:
         unknown = values.keys() - _FIELD_SET
         if unknown:
             raise TypeError(f"ClientConfig() got unexpected keyword arguments {sorted(unknown)}")
-        #: The path fields as given (strings or Paths), made Paths when first read.
-        self._paths: dict[str, Any] = {}
+        #: The path fields as given (strings or Paths; None: the default), made Paths when
+        #: first read.
+        self._identity_files: list[Any] | None = None
+        self._known_hosts: Any = None
+        self._config_file: Any = None
         self.host = host
         for name, default in _DEFAULT_FACTORIES.items():
             if name not in values:
@@ -229,30 +232,28 @@ class ClientConfig:
     def identity_files(self) -> list[Path]:
         from pathlib import Path
 
-        if "identity_files" not in self._paths:
-            self._paths["identity_files"] = default_identity_files()
-        files = self._paths["identity_files"]
-        if not all(isinstance(f, Path) for f in files):
-            files = self._paths["identity_files"] = [Path(f) for f in files]
-        return files  # type: ignore[no-any-return]
+        if self._identity_files is None:
+            self._identity_files = default_identity_files()
+        elif not all(isinstance(f, Path) for f in self._identity_files):
+            self._identity_files = [Path(f) for f in self._identity_files]
+        return self._identity_files
 
     @identity_files.setter
     def identity_files(self, value: Sequence[str | os.PathLike[str]]) -> None:
-        self._paths["identity_files"] = list(value)
+        self._identity_files = list(value)
 
     @property
     def known_hosts(self) -> Path:
         from pathlib import Path
 
-        value = self._paths.get("known_hosts")
-        if not isinstance(value, Path):
-            value = self._paths["known_hosts"] = (
-                default_known_hosts() if value is None else Path(value))
-        return value
+        if not isinstance(self._known_hosts, Path):
+            self._known_hosts = (default_known_hosts() if self._known_hosts is None
+                                 else Path(self._known_hosts))
+        return self._known_hosts
 
     @known_hosts.setter
     def known_hosts(self, value: str | os.PathLike[str]) -> None:
-        self._paths["known_hosts"] = value
+        self._known_hosts = value
 
     @property
     def config_file(self) -> Path | None:
@@ -260,15 +261,13 @@ class ClientConfig:
         settings came from, not a setting: left out of comparisons."""
         from pathlib import Path
 
-        value = self._paths.get("config_file")
-        if value is None or isinstance(value, Path):
-            return value
-        made = self._paths["config_file"] = Path(value)
-        return made
+        if self._config_file is not None and not isinstance(self._config_file, Path):
+            self._config_file = Path(self._config_file)
+        return self._config_file
 
     @config_file.setter
     def config_file(self, value: str | os.PathLike[str] | None) -> None:
-        self._paths["config_file"] = value
+        self._config_file = value
 
     def _compared(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in _FIELDS if name != "config_file")
