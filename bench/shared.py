@@ -10,7 +10,11 @@ For each client: a master is started once (``ControlMaster=auto``, ``ControlPers
 logins are measured in the same interleaved loop. Reported: median and p90 of the client's
 CPU (user + system of the process, from ``RUSAGE_CHILDREN``; for a shared run that is the
 mux client alone -- the master's work is in the master) and of the wall time, each as a
-ratio to ssh's. The masters are told ``-O exit`` at the end. Private daemons as in
+ratio to ssh's. ``qsh`` runs three ways: ``python -m qsh`` from the tree, and the console
+script of a clean venv with the tree installed by ``pip install .`` and by ``pip install -e
+.`` (bench/startup.py's venvs); beside them the venv's floors, ``python -c pass`` and
+``python -c 'import re'`` (pip's console script imports re before our module). The masters
+are told ``-O exit`` at the end. Private daemons as in
 ``bench/sessions.py``: loopback only, the system's sshd never touched.
 
 A copy of a small file (``--copy-size`` bytes, 10 KiB by default) up to the host, in the
@@ -44,6 +48,7 @@ from bench.sessions import (  # noqa: E402
     TrueRuns,
     _children_cpu,
 )
+from bench.startup import KINDS, installed  # noqa: E402
 
 
 def _timed(command: list[str], _server: object, into: TrueRuns,
@@ -74,7 +79,7 @@ def _with_options(command: list[str], options: list[str]) -> list[str]:
 
 def _line(name: str, runs: TrueRuns) -> str:
     cpu, wall = runs.client_cpu, runs.wall
-    return (f"  {name:<26} client CPU {cpu.median * 1000:7.1f} ms (p90 {cpu.p90 * 1000:6.1f})"
+    return (f"  {name:<34} client CPU {cpu.median * 1000:7.1f} ms (p90 {cpu.p90 * 1000:6.1f})"
             f"   wall {wall.median * 1000:7.1f} ms (p90 {wall.p90 * 1000:6.1f})")
 
 
@@ -84,6 +89,9 @@ def main() -> None:
     parser.add_argument("--copy-size", type=int, default=10 * 1024)
     parser.add_argument("--openssh", action="append", default=[],
                         help="'system' or an OpenSSH prefix (repeatable; default both)")
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help="another checkout (e.g. `git archive` of an older commit): its "
+                             "installed qsh on the same master, beside this one's")
     args = parser.parse_args()
     prefixes = args.openssh or ["system", "/opt/openssh-10.5"]
     work = Path(tempfile.mkdtemp(prefix="qsh-bench-shared-"))
@@ -103,6 +111,17 @@ def main() -> None:
         qsh_path = work / "qsh-%C"
         qsh_fresh = qshd.cli("true")
         qsh_shared = _with_options(qsh_fresh, _sharing(qsh_path))
+        # The console scripts as users (pip install .) and CI (pip install -e .) have them,
+        # on the same master: a clean venv each (bench/startup.py's), nothing of the tree's
+        # environment.
+        venv_env = {k: v for k, v in os.environ.items() if k not in (
+            "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+        scripts = {kind: stack.enter_context(installed(ROOT, False, kind)) for kind in KINDS}
+        if args.before is not None:
+            scripts.update({f"{kind}, before": stack.enter_context(
+                installed(args.before.resolve(), False, kind)) for kind in KINDS})
+        qsh_installed = {kind: [str(bin_dir / "qsh"), *qsh_shared[3:]]
+                         for kind, bin_dir in scripts.items()}
         ssh_cmds = []
         for n, sshd in enumerate(sshds):
             fresh = sshd.command("true")
@@ -159,8 +178,13 @@ def main() -> None:
         for sshd, fresh, shared in ssh_cmds:
             _timed(fresh, sshd, TrueRuns())
             _timed(shared, sshd, TrueRuns())
+        for command in qsh_installed.values():
+            _timed(command, qshd, TrueRuns(), venv_env)
         results = {"qsh fresh login": TrueRuns(), "qsh shared": TrueRuns(),
-                   "mux client alone (-I -S)": TrueRuns(), "python3 -I -S -c pass": TrueRuns()}
+                   **{f"qsh shared ({kind})": TrueRuns() for kind in qsh_installed},
+                   "mux client alone (-I -S)": TrueRuns(), "python3 -I -S -c pass": TrueRuns(),
+                   "venv python -c pass": TrueRuns(), "venv python -c 'import re'": TrueRuns()}
+        venv_py = str(scripts["installed"] / "python")
         for sshd, _, _ in ssh_cmds:
             results[f"ssh {sshd.version.split(',')[0]} fresh"] = TrueRuns()
             results[f"ssh {sshd.version.split(',')[0]} shared"] = TrueRuns()
@@ -175,6 +199,12 @@ def main() -> None:
         for _ in range(args.runs):
             _timed(qsh_fresh, qshd, results["qsh fresh login"], qshd.env)
             _timed(qsh_shared, qshd, results["qsh shared"], qshd.env)
+            for kind, command in qsh_installed.items():
+                _timed(command, qshd, results[f"qsh shared ({kind})"], venv_env)
+            # The console script's floor: pip's script imports re before our module.
+            _timed([venv_py, "-c", "pass"], qshd, results["venv python -c pass"], venv_env)
+            _timed([venv_py, "-c", "import re"], qshd, results["venv python -c 'import re'"],
+                   venv_env)
             _timed(mux_floor, qshd, results["mux client alone (-I -S)"], qshd.env)
             _timed(python_floor, qshd, results["python3 -I -S -c pass"], qshd.env)
             for sshd, fresh, shared in ssh_cmds:
@@ -194,11 +224,12 @@ def main() -> None:
         for name, runs in results.items():
             print(_line(name, runs))
         for (name, baseline) in [(k, v) for k, v in results.items() if k.startswith("ssh")]:
-            mine = results["qsh shared" if name.endswith("shared") else "qsh fresh login"]
-            kind = "shared" if name.endswith("shared") else "fresh"
-            print(f"  qsh {kind} / {name}: "
-                  f"x{mine.client_cpu.median / baseline.client_cpu.median:.2f} client CPU, "
-                  f"x{mine.wall.median / baseline.wall.median:.2f} wall")
+            for mine_name in (["qsh shared", *(f"qsh shared ({k})" for k in qsh_installed)]
+                              if name.endswith("shared") else ["qsh fresh login"]):
+                mine = results[mine_name]
+                print(f"  {mine_name} / {name}: "
+                      f"x{mine.client_cpu.median / baseline.client_cpu.median:.2f} client CPU, "
+                      f"x{mine.wall.median / baseline.wall.median:.2f} wall")
         fresh, shared = results["qsh fresh login"], results["qsh shared"]
         print(f"  qsh shared / qsh fresh: "
               f"x{shared.client_cpu.median / fresh.client_cpu.median:.2f} client CPU, "

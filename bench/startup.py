@@ -18,7 +18,8 @@ next round, so load changes hit all alike), medians:
 * ``qsh --help``, ``qsh host true`` and ``qcp FILE host:`` against a private qshd (from
   ``bench/sessions.py``) on 127.0.0.1, each two ways: ``python -m qsh`` from the tree
   (``PYTHONPATH``, bytecode cached) and the installed console script of a throwaway venv in
-  /tmp (``pip install --no-deps`` of the tree: a wheel, byte-compiled as pip installs it).
+  /tmp (``pip install --no-deps`` of the tree: a wheel, byte-compiled as pip installs it),
+  and ``qsh host true`` also from a second venv with ``pip install -e`` (CI's way).
   The venv has no ``--system-site-packages``; the dependencies' directory is added to its
   path by a plain ``.pth`` line, so the machine's own ``.pth`` hooks (a sandbox's certifi
   patch, an editable install of another checkout) do not run in it, as on a user's machine.
@@ -111,8 +112,9 @@ def run_once(command: list[str], env: dict[str, str] | None = None
 # --- the installed client -------------------------------------------------------------------
 
 
-#: The console script pip writes for an entry point ``module:function`` (pip's wheel
-#: installer, pip 23): the entry point's module imported after ``re`` and ``sys``.
+#: The console script pip writes for an entry point ``module:function`` (pip 23's, from
+#: distlib): the entry point's module imported after ``re`` and ``sys``. Used only when pip
+#: cannot build the tree (no network for its build dependencies).
 CONSOLE_SCRIPT = """#!{python}
 # -*- coding: utf-8 -*-
 import re
@@ -123,40 +125,61 @@ if __name__ == '__main__':
     sys.exit({function}())
 """
 
+#: How the tree is installed: what users get, and what CI (and the README's test line) does.
+KINDS = {"installed": [], "editable": ["-e"]}
+
 
 @contextlib.contextmanager
-def installed(tree: Path, system_site: bool) -> Iterator[Path]:
-    """A throwaway venv in /tmp with ``tree`` installed as pip installs a wheel: the
-    packages in site-packages, byte-compiled (``compileall``, as pip does), and one console
-    script per ``[project.scripts]`` entry, in pip's shape. (By hand rather than by pip:
-    building a wheel offline needs the ``wheel`` package, which this machine lacks.)
-    Yields the venv's bin directory."""
-    import tomllib
-
-    venv = Path(tempfile.mkdtemp(prefix="qsh-bench-venv-"))
+def installed(tree: Path, system_site: bool, kind: str = "installed") -> Iterator[Path]:
+    """A throwaway venv in /tmp with ``tree`` installed by pip (``pip install --no-deps``,
+    ``-e`` for ``kind="editable"``: setuptools' editable finder, a ``.pth`` hook that runs
+    at every start of the venv's interpreter), byte-compiled as pip installs it, with pip's
+    console scripts. The dependencies come from this interpreter's site-packages through a
+    plain ``.pth`` line (see the module's docstring). If pip cannot build (its isolated
+    build fetches setuptools), the packages are copied in and byte-compiled, with scripts in
+    pip's shape, and a line says so. Yields the venv's bin directory."""
+    venv = Path(tempfile.mkdtemp(prefix=f"qsh-bench-venv-{kind}-"))
     try:
         flags = ["--system-site-packages"] if system_site else []
-        subprocess.run([PY, "-m", "venv", "--without-pip", *flags, str(venv)], check=True)
+        subprocess.run([PY, "-m", "venv", *flags, str(venv)], check=True)
         py = venv / "bin" / "python"
         purelib = Path(subprocess.run(
             [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
             check=True, capture_output=True, text=True).stdout.strip())
         if not system_site:  # the dependencies, without the machine's .pth hooks
             (purelib / "zz-deps.pth").write_text(site.getsitepackages()[0] + "\n")
-        project = tomllib.loads((tree / "pyproject.toml").read_text())
-        for package in ("common", "qsh", "qshd", "qcp", "qpasswd"):
-            shutil.copytree(tree / package, purelib / package,
-                            ignore=shutil.ignore_patterns("__pycache__"))
-        subprocess.run([py, "-m", "compileall", "-q", str(purelib)], check=True)
-        for name, target in project["project"]["scripts"].items():
-            module, function = target.split(":")
-            script = venv / "bin" / name
-            script.write_text(CONSOLE_SCRIPT.format(python=py, module=module,
-                                                    function=function))
-            script.chmod(0o755)
+        source = tree
+        if kind == "installed":  # pip builds in the tree: a copy, so that it stays clean
+            source = venv / "src"
+            shutil.copytree(tree, source, ignore=shutil.ignore_patterns(
+                "__pycache__", ".git", "build", "*.egg-info", ".*cache", ".hypothesis"))
+        env = {k: v for k, v in os.environ.items() if k not in (
+            "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+        done = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps",
+                               "--disable-pip-version-check", *KINDS[kind], str(source)],
+                              env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(f"pip install {' '.join(KINDS[kind])} failed ({done.stderr.strip()[-200:]});"
+                  " copying the tree in instead")
+            _copy_in(tree, py, purelib, venv)
         yield venv / "bin"
     finally:
         shutil.rmtree(venv, ignore_errors=True)
+
+
+def _copy_in(tree: Path, py: Path, purelib: Path, venv: Path) -> None:
+    import tomllib
+
+    project = tomllib.loads((tree / "pyproject.toml").read_text())
+    for package in ("common", "qsh", "qshd", "qcp", "qpasswd"):
+        shutil.copytree(tree / package, purelib / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([py, "-m", "compileall", "-q", str(purelib)], check=True)
+    for name, target in project["project"]["scripts"].items():
+        module, function = target.split(":")
+        script = venv / "bin" / name
+        script.write_text(CONSOLE_SCRIPT.format(python=py, module=module, function=function))
+        script.chmod(0o755)
 
 
 # --- measurements ---------------------------------------------------------------------------
@@ -315,6 +338,7 @@ def main() -> None:
             sshds.append(stack.enter_context(
                 openssh.PrivateSshd(SSHD_EXTRA_CONFIG, args.openssh_prefix)))
         bin_dir = stack.enter_context(installed(ROOT, args.venv_system_site))
+        editable = stack.enter_context(installed(ROOT, args.venv_system_site, "editable"))
         before = (stack.enter_context(installed(args.before, args.venv_system_site))
                   if args.before else None)
         env = qshd.env  # the tree's: PYTHONPATH, and bytecode cached outside the tree
@@ -341,12 +365,16 @@ def main() -> None:
             "python -c pass": ([PY, "-c", "pass"], env),
             "python -I -S -c pass": ([PY, "-I", "-S", "-c", "pass"], env),
             "venv python -c pass": ([venv_py, "-c", "pass"], venv_env),
+            "venv python -c 'import re, sys'": ([venv_py, "-c", "import re, sys"], venv_env),
+            "editable venv python -c pass": ([str(editable / "python"), "-c", "pass"],
+                                             venv_env),
             "venv python -c 'import click'": ([venv_py, "-c", "import click"], venv_env),
             "python -m qsh --help": ([PY, "-m", "qsh", "--help"], env),
             "qsh --help (installed)": ([str(bin_dir / "qsh"), "--help"], venv_env),
             "qcp --help (installed)": ([str(bin_dir / "qcp"), "--help"], venv_env),
             "python -m qsh host true": ([PY, "-m", "qsh", *qsh_args], env),
             "qsh host true (installed)": ([str(bin_dir / "qsh"), *qsh_args], venv_env),
+            "qsh host true (editable)": ([str(editable / "qsh"), *qsh_args], venv_env),
             "python -m qcp f host:": ([PY, "-m", "qcp", *qcp_args], env),
             "qcp f host: (installed)": ([str(bin_dir / "qcp"), *qcp_args], venv_env),
         }

@@ -7,9 +7,10 @@ pay for asyncio and the session code before it knows it needs them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (issue 18)
 if TYPE_CHECKING:
+    from typing import Any
+
     from .api import ProcessError, RunResult, connect
 
 __all__ = ["ProcessError", "RunResult", "connect"]

@@ -122,14 +122,12 @@ def shared(argv: list[str]) -> int | None:
     args = _parse(argv)
     if args is None:
         return None
-    from pathlib import Path
-
     from common.client import mux_client
     from common.client.config import ConfigError, resolve
 
     user, host = split_destination(args.destination)
     try:
-        cfg = resolve(host, path=Path(args.config_file) if args.config_file else None,
+        cfg = resolve(host, path=args.config_file or None,
                       options=[*args.extra, *args.options], user=args.user or user,
                       port=args.port)
     except ConfigError:
@@ -159,6 +157,11 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     status = shared(args)
     if status is None:
+        # asyncio imports ssl when it can: the ssl module and OpenSSL's libssl, ~2-3 ms of
+        # CPU and ~1 MB of RSS at every start (measured: bench/README.md). qsh never speaks
+        # TLS (asyncio works without it), so it is marked absent; a later "import ssl" in
+        # this process fails, as on an interpreter built without OpenSSL.
+        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
         from .cli import main as full
 
         full(args)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import os
 import secrets
@@ -318,8 +317,8 @@ class Master:
             pty = bool(flags & wire.WANT_TTY)
             ui = _ClientUi(fds[2], raw=pty and bool(flags & wire.STDIN_IS_TTY),
                            quiet=bool(flags & wire.QUIET))
-            cfg = dataclasses.replace(
-                self.cfg, session_type="subsystem" if flags & wire.SUBSYSTEM else "default")
+            cfg = self.cfg.replace(
+                session_type="subsystem" if flags & wire.SUBSYSTEM else "default")
             local = LocalEnd(stdin=fds[0], stdout=fds[1], stderr=fds[2], own_terminal=False,
                              stdin_is_tty=bool(flags & wire.STDIN_IS_TTY), term=request.term,
                              size=request.size, environment=request.environment)

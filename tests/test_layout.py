@@ -15,8 +15,8 @@ import pytest
 
 COMMON = Path(__file__).resolve().parents[1] / "common"
 #: Lowest first. A module's layer is its first component under common/.
-LAYERS = ("errors", "cli", "wire", "crypto", "accounts", "protocol", "channels", "aio",
-          "forward", "transfer", "client")
+LAYERS = ("value_record", "errors", "cli", "wire", "crypto", "accounts", "protocol", "channels",
+          "aio", "forward", "transfer", "client")
 
 
 def _layer(module: str) -> int:

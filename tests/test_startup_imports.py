@@ -30,8 +30,13 @@ exec(sys.argv[1])
 """
 
 
-def loaded_by(code: str, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    result = subprocess.run([sys.executable, "-c", _PROBE, code, *args],
+def loaded_by(code: str, *args: str, site: bool = True
+              ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``site=False``: without ``site`` (``-S``), so that what a machine's ``.pth`` hooks
+    import (this one's load typing) is not counted; only a path that needs no third-party
+    package can run so."""
+    flags = [] if site else ["-S"]
+    result = subprocess.run([sys.executable, *flags, "-c", _PROBE, code, *args],
                             capture_output=True, text=True, timeout=60, cwd=ROOT,
                             stdin=subprocess.DEVNULL,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -66,3 +71,75 @@ def test_parsing_the_command_line_loads_no_protocol_or_crypto(
     assert shown in result.stdout + result.stderr, result
     assert "click" in modules
     assert not heavy(modules), heavy(modules)
+
+
+#: What a run over a shared connection must not load either: besides all of the above and
+#: click, the modules that cost milliseconds to build for nothing this path needs
+#: (dataclasses and inspect: a class built at import; typing; pathlib, with the urllib.parse
+#: it loads: the configuration's paths are made Paths only when read; getpass, which loads
+#: termios and warnings, for the user name; contextlib; common.wire and common.errors, whose
+#: enums the configuration's records (common.value_record) have no use for).
+NOT_ON_THE_SHARED_PATH = ("click", "dataclasses", "inspect", "typing", "pathlib", "urllib",
+                          "getpass", "termios", "warnings", "contextlib",
+                          "common.wire", "common.errors")
+
+
+def test_a_run_over_a_shared_connection_loads_only_what_talks_to_the_master(
+        tmp_path: Path) -> None:
+    """qsh/entry.py's whole path up to the control socket -- the command line, the
+    configuration file (a Host block, tokens, SendEnv, SetEnv) resolved, the session request
+    built by mux_client.shared_session -- with only the socket itself left out (no master is
+    needed to see what was imported). A module-level import of any of these on that path,
+    whichever module adds it, fails here."""
+    config = tmp_path / "config"
+    config.write_text("Host shared-host\n  HostName 127.0.0.1\n  Port 2200\n"
+                      "  ControlMaster auto\n  ControlPath ~/.qsh/cm-%C\n"
+                      "  SendEnv LANG LC_*\n  SetEnv FOO=bar\n  User alice\n"
+                      "  IdentityFile ~/.qsh/id_%h\n  UserKnownHostsFile ~/.qsh/kh_%h\n")
+    code = ("from common.client import mux_client\n"
+            "seen = []\n"
+            "mux_client.try_session = lambda path, request, verbose: seen.append(path) or 7\n"
+            "from qsh import entry\n"
+            "try:\n"
+            f"    entry.main(['-F', {str(config)!r}, '-q', 'shared-host', 'true'])\n"
+            "finally:\n"
+            "    print('SHARED', seen)\n")
+    result, modules = loaded_by(code, site=False)
+    assert result.returncode == 7, result  # the path really went to the (absent) master
+    assert "SHARED ['" in result.stdout, result
+    shown = {m for m in modules if m.startswith(HEAVY + NOT_ON_THE_SHARED_PATH)}
+    shown -= {"common.accounts", "common.accounts.patterns"}  # Host patterns, no crypto
+    assert not shown, sorted(shown)
+
+
+def test_the_copy_messages_are_records_not_dataclasses() -> None:
+    """qcp's sub-protocol messages (common/channels/copy.py) are common.wire.Records: the
+    module alone (it and what it imports) builds no dataclass, which costs ~1 ms each at
+    every qcp start."""
+    # -S, and the libraries' directory on the path without the machine's .pth hooks.
+    code = ("import site, sys; sys.path += site.getsitepackages(); "
+            "import common.channels.copy")
+    _, modules = loaded_by(code, site=False)
+    assert "common.channels.copy" in modules
+    assert "dataclasses" not in modules
+
+
+def test_a_fresh_run_does_not_load_tls(tmp_path: Path) -> None:
+    """A qsh run that connects by itself loads asyncio, which imports ssl when it can
+    (the ssl module and OpenSSL's libssl: ~2-3 ms of CPU, ~1 MB); qsh never speaks TLS, so its
+    entry tells the interpreter there is none. The run here connects to a closed port on
+    127.0.0.1: asyncio is loaded, the connection refused, and what was loaded is listed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    # -S, the libraries' directory on the path: this machine's .pth hooks load ssl themselves.
+    code = ("import site, sys; sys.path += site.getsitepackages()\n"
+            "from qsh import entry\n"
+            f"entry.main(['-F', 'none', '-p', '{port}', '-o', 'ConnectTimeout=5', "
+            f"'-o', 'UserKnownHostsFile={tmp_path / 'kh'}', '127.0.0.1', 'true'])\n")
+    result, modules = loaded_by(code, site=False)
+    assert result.returncode == 255, result
+    assert "asyncio" in modules, result  # the run really went as far as connecting
+    assert "_ssl" not in modules

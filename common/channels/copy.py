@@ -24,12 +24,11 @@ Only encoding, decoding and the name rules live here: no files, no asyncio.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 from common.crypto.gmac import ONE_SHOT, Gmac, GmacKey
 from common.errors import InvalidInput
-from common.wire import Reader, Writer
+from common.wire import Reader, Record, Writer
 
 COPY = "copy"
 VERSION = 2
@@ -155,23 +154,38 @@ def file_digest(key: bytes, entry: int, data: bytes, prefix: bool = False) -> by
     return digest.digest()
 
 
-@dataclass(frozen=True, slots=True)
-class OpenRequest:
+class OpenRequest(Record):
     """CHANNEL_OPEN payload. ``paths``: an upload's one target, a download's sources,
     each exactly as typed after ``host:`` (the server resolves ``~`` and relative
     paths). ``sources``: how many sources the copy has (the receiver's rule "several
     sources need a directory"). ``limit``: bytes per second, 0 = none (the sender's).
     ``key``: the copy's digest key (:class:`FileDigest`), drawn by the client."""
 
+    __slots__ = ("direction", "paths", "sources", "recursive", "preserve", "resume", "limit",  # noqa: RUF023 (field order)
+                 "key", "version")
+
     direction: int
     paths: tuple[bytes, ...]
     sources: int
-    recursive: bool = False
-    preserve: bool = False
-    resume: bool = False
-    limit: int = 0
-    key: bytes = bytes(KEY_SIZE)
-    version: int = VERSION
+    recursive: bool
+    preserve: bool
+    resume: bool
+    limit: int
+    key: bytes
+    version: int
+
+    def __init__(self, direction: int, paths: tuple[bytes, ...], sources: int,
+                 recursive: bool = False, preserve: bool = False, resume: bool = False,
+                 limit: int = 0, key: bytes = bytes(KEY_SIZE), version: int = VERSION) -> None:
+        object.__setattr__(self, "direction", direction)
+        object.__setattr__(self, "paths", paths)
+        object.__setattr__(self, "sources", sources)
+        object.__setattr__(self, "recursive", recursive)
+        object.__setattr__(self, "preserve", preserve)
+        object.__setattr__(self, "resume", resume)
+        object.__setattr__(self, "limit", limit)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "version", version)
 
     def encode(self) -> bytes:
         flags = ((FLAG_RECURSIVE if self.recursive else 0)
@@ -216,18 +230,30 @@ class OpenRequest:
                    bool(flags & FLAG_PRESERVE), bool(flags & FLAG_RESUME), limit, key, version)
 
 
-@dataclass(frozen=True, slots=True)
-class FileEntry:
+class FileEntry(Record):
     """A regular file; ``resume``: the sender waits for :class:`Have` before the data."""
+
+    __slots__ = ("entry", "name", "mode", "size", "atime_ns", "mtime_ns",  # noqa: RUF023 (field order)
+                 "resume")
 
     TYPE: ClassVar[int] = FILE
     entry: int
     name: bytes
     mode: int
     size: int
-    atime_ns: int = 0
-    mtime_ns: int = 0
-    resume: bool = False
+    atime_ns: int
+    mtime_ns: int
+    resume: bool
+
+    def __init__(self, entry: int, name: bytes, mode: int, size: int, atime_ns: int = 0,
+                 mtime_ns: int = 0, resume: bool = False) -> None:
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "atime_ns", atime_ns)
+        object.__setattr__(self, "mtime_ns", mtime_ns)
+        object.__setattr__(self, "resume", resume)
 
     def encode(self) -> bytes:
         return _frame(FILE, Writer().u32(self.entry).vbytes(self.name).u32(self.mode & 0o7777)
@@ -243,16 +269,25 @@ class FileEntry:
         return cls(entry, name, mode & 0o7777, size, _read_time(r), _read_time(r), r.boolean())
 
 
-@dataclass(frozen=True, slots=True)
-class DirEntry:
+class DirEntry(Record):
     """A directory: the entries up to the matching :class:`EndDir` are inside it."""
+
+    __slots__ = ("entry", "name", "mode", "atime_ns", "mtime_ns")  # noqa: RUF023 (field order)
 
     TYPE: ClassVar[int] = DIR
     entry: int
     name: bytes
     mode: int
-    atime_ns: int = 0
-    mtime_ns: int = 0
+    atime_ns: int
+    mtime_ns: int
+
+    def __init__(self, entry: int, name: bytes, mode: int, atime_ns: int = 0,
+                 mtime_ns: int = 0) -> None:
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "atime_ns", atime_ns)
+        object.__setattr__(self, "mtime_ns", mtime_ns)
 
     def encode(self) -> bytes:
         return _frame(DIR, Writer().u32(self.entry).vbytes(self.name).u32(self.mode & 0o7777)
@@ -264,8 +299,9 @@ class DirEntry:
         return cls(entry, name, mode & 0o7777, _read_time(r), _read_time(r))
 
 
-@dataclass(frozen=True, slots=True)
-class EndDir:
+class EndDir(Record):
+    __slots__ = ()
+
     TYPE: ClassVar[int] = END_DIR
 
     def encode(self) -> bytes:
@@ -276,14 +312,23 @@ class EndDir:
         return cls()
 
 
-@dataclass(frozen=True, slots=True)
-class Symlink:
+class Symlink(Record):
+    __slots__ = ("entry", "name", "target", "atime_ns", "mtime_ns")  # noqa: RUF023 (field order)
+
     TYPE: ClassVar[int] = SYMLINK
     entry: int
     name: bytes
     target: bytes
-    atime_ns: int = 0
-    mtime_ns: int = 0
+    atime_ns: int
+    mtime_ns: int
+
+    def __init__(self, entry: int, name: bytes, target: bytes, atime_ns: int = 0,
+                 mtime_ns: int = 0) -> None:
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "atime_ns", atime_ns)
+        object.__setattr__(self, "mtime_ns", mtime_ns)
 
     def encode(self) -> bytes:
         return _frame(SYMLINK, Writer().u32(self.entry).vbytes(self.name).vbytes(self.target)
@@ -296,13 +341,18 @@ class Symlink:
         return cls(entry, name, target, _read_time(r), _read_time(r))
 
 
-@dataclass(frozen=True, slots=True)
-class Start:
+class Start(Record):
     """Resume only: the data that follows begins at ``offset`` (0: a fresh copy)."""
+
+    __slots__ = ("entry", "offset")
 
     TYPE: ClassVar[int] = START
     entry: int
     offset: int
+
+    def __init__(self, entry: int, offset: int) -> None:
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "offset", offset)
 
     def encode(self) -> bytes:
         return _frame(START, Writer().u32(self.entry).u64(self.offset).getvalue())
@@ -315,13 +365,18 @@ class Start:
         return cls(entry, offset)
 
 
-@dataclass(frozen=True, slots=True)
-class End:
+class End(Record):
     """The file's data is complete; ``digest`` is the whole file's (:class:`FileDigest`)."""
+
+    __slots__ = ("entry", "digest")  # noqa: RUF023 (field order)
 
     TYPE: ClassVar[int] = END
     entry: int
     digest: bytes
+
+    def __init__(self, entry: int, digest: bytes) -> None:
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "digest", digest)
 
     def encode(self) -> bytes:
         assert len(self.digest) == DIGEST_SIZE
@@ -332,13 +387,18 @@ class End:
         return cls(_read_entry(r), r.fixed(DIGEST_SIZE))
 
 
-@dataclass(frozen=True, slots=True)
-class Abort:
+class Abort(Record):
     """The sender could not read the whole file (its data was padded): discard it."""
+
+    __slots__ = ("entry", "reason")
 
     TYPE: ClassVar[int] = ABORT
     entry: int
     reason: str
+
+    def __init__(self, entry: int, reason: str) -> None:
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "reason", reason)
 
     def encode(self) -> bytes:
         return _frame(ABORT, _write_reason(Writer().u32(self.entry), self.reason).getvalue())
@@ -348,15 +408,21 @@ class Abort:
         return cls(_read_entry(r), _read_reason(r))
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
+class Failure(Record):
     """Something the sender could not send (missing source, special file, unreadable):
     ``path`` as the sender's user would recognise it, ``errno`` 0 when there is none."""
+
+    __slots__ = ("path", "errno", "reason")  # noqa: RUF023 (field order)
 
     TYPE: ClassVar[int] = FAILURE
     path: bytes
     errno: int
     reason: str
+
+    def __init__(self, path: bytes, errno: int, reason: str) -> None:
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "errno", errno)
+        object.__setattr__(self, "reason", reason)
 
     def encode(self) -> bytes:
         return _frame(FAILURE, _write_reason(Writer().vbytes(self.path[:MAX_PATH])
@@ -367,13 +433,18 @@ class Failure:
         return cls(r.vbytes(MAX_PATH), r.u32(), _read_reason(r))
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+class Done(Record):
     """The sender's last message: how many entries it sent and failures it reported."""
+
+    __slots__ = ("entries", "failures")
 
     TYPE: ClassVar[int] = DONE
     entries: int
     failures: int
+
+    def __init__(self, entries: int, failures: int) -> None:
+        object.__setattr__(self, "entries", entries)
+        object.__setattr__(self, "failures", failures)
 
     def encode(self) -> bytes:
         return _frame(DONE, Writer().u32(self.entries).u32(self.failures).getvalue())
@@ -383,15 +454,21 @@ class Done:
         return cls(r.u32(), r.u32())
 
 
-@dataclass(frozen=True, slots=True)
-class Have:
+class Have(Record):
     """Resume: the receiver holds ``have`` bytes of the file; ``digest`` is theirs
     (:class:`FileDigest` with ``prefix`` set)."""
+
+    __slots__ = ("entry", "have", "digest")  # noqa: RUF023 (field order)
 
     TYPE: ClassVar[int] = HAVE
     entry: int
     have: int
     digest: bytes
+
+    def __init__(self, entry: int, have: int, digest: bytes) -> None:
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "have", have)
+        object.__setattr__(self, "digest", digest)
 
     def encode(self) -> bytes:
         assert len(self.digest) == DIGEST_SIZE
@@ -406,16 +483,23 @@ class Have:
         return cls(entry, have, r.fixed(DIGEST_SIZE))
 
 
-@dataclass(frozen=True, slots=True)
-class Status:
+class Status(Record):
     """The receiver's word on one entry: ``errno`` 0 is "arrived (and verified)"; else
     ``reason`` and ``path`` (the receiver's, as its user would recognise it)."""
 
+    __slots__ = ("entry", "errno", "reason", "path")  # noqa: RUF023 (field order)
+
     TYPE: ClassVar[int] = STATUS
     entry: int
-    errno: int = 0
-    reason: str = ""
-    path: bytes = b""
+    errno: int
+    reason: str
+    path: bytes
+
+    def __init__(self, entry: int, errno: int = 0, reason: str = "", path: bytes = b"") -> None:
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "errno", errno)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "path", path)
 
     @property
     def ok(self) -> bool:
@@ -430,13 +514,18 @@ class Status:
         return cls(_read_entry(r), r.u32(), _read_reason(r), r.vbytes(MAX_PATH))
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
+class Finished(Record):
     """The receiver's last message, after the sender's :class:`Done` and every status."""
+
+    __slots__ = ("entries", "failures")
 
     TYPE: ClassVar[int] = FINISHED
     entries: int
     failures: int
+
+    def __init__(self, entries: int, failures: int) -> None:
+        object.__setattr__(self, "entries", entries)
+        object.__setattr__(self, "failures", failures)
 
     def encode(self) -> bytes:
         return _frame(FINISHED, Writer().u32(self.entries).u32(self.failures).getvalue())
@@ -446,12 +535,16 @@ class Finished:
         return cls(r.u32(), r.u32())
 
 
-@dataclass(frozen=True, slots=True)
-class Error:
+class Error(Record):
     """A protocol error: the last message before the channel closes."""
+
+    __slots__ = ("reason",)
 
     TYPE: ClassVar[int] = ERROR
     reason: str
+
+    def __init__(self, reason: str) -> None:
+        object.__setattr__(self, "reason", reason)
 
     def encode(self) -> bytes:
         return _frame(ERROR, _write_reason(Writer(), self.reason).getvalue())

@@ -40,19 +40,19 @@ Decisions that differ from ssh, and why:
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
 
 from common.accounts.patterns import patterns_match
-from common.wire import Record
+from common.value_record import Record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (issue 18)
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from pathlib import Path
+    from typing import Any
+
     from common.channels.tunnel import ForwardSpec
 
 DEFAULT_PORT = 2022
@@ -70,47 +70,71 @@ class ConfigError(Exception):
     """A configuration the user must fix: one line, starting with where it came from."""
 
 
-def _home() -> Path:
-    try:
-        return Path.home()
-    except RuntimeError:
-        raise ConfigError("cannot determine the home directory") from None
+def _home() -> str:
+    """``~`` (Path.home()'s answer, as a string: pathlib waits until a path is used)."""
+    home = os.path.expanduser("~")
+    if home.startswith("~"):
+        raise ConfigError("cannot determine the home directory")
+    return _as_path(home)
+
+
+def _as_path(text: str) -> str:
+    """``str(Path(text))`` without loading pathlib: repeated slashes, ``.`` parts and a
+    trailing slash dropped (a leading ``//`` is kept, as POSIX allows it a meaning)."""
+    lead = "//" if text.startswith("//") and not text.startswith("///") else (
+        "/" if text.startswith("/") else "")
+    return lead + "/".join(p for p in text.split("/") if p and p != ".") or "."
 
 
 def _local_user() -> str:
+    """getpass.getuser()'s answer (the login variables, then the password database),
+    without loading getpass and, through it, termios and warnings."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if user := os.environ.get(name):
+            return user
+    import pwd
+
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
         raise ConfigError("cannot determine the local user name") from None
 
 
-def default_config_path() -> Path:
-    return _home() / ".qsh" / "config"
+def default_config_path() -> str:
+    return os.path.join(_home(), ".qsh", "config")
 
 
 def default_known_hosts() -> Path:
-    return _home() / ".qsh" / "known_hosts"
+    from pathlib import Path
+
+    return Path(_home(), ".qsh", "known_hosts")
 
 
 def default_identity_files() -> list[Path]:
-    qsh_dir = _home() / ".qsh"
+    from pathlib import Path
+
+    qsh_dir = Path(_home(), ".qsh")
     return [qsh_dir / "id_mldsa65", qsh_dir / "id_mldsa87"]
 
 
-@dataclass
 class ClientConfig:
     """Everything qsh needs to reach one host, after all sources are merged.
 
     ``host`` is the name as typed (what Host blocks matched); ``hostname`` is where to
     connect (HostName, or ``host``). ``None`` algorithm lists mean "the defaults this
     machine supports", which only the offer builder can know.
+
+    Built with keywords, one per field below; compared, shown and copied
+    (:meth:`replace`) field by field, as a dataclass would be. Not a dataclass: building
+    one at import loads ``dataclasses`` and ``inspect`` (~8 ms), and a run over a shared
+    connection (qsh/entry.py) costs little more than that in all (issue 18).
     """
 
     host: str
     hostname: str = ""
     port: int = DEFAULT_PORT
-    user: str = field(default_factory=_local_user)
-    identity_files: list[Path] = field(default_factory=default_identity_files)
+    user: str
+    # identity_files: list[Path] (a property, below)
     kems: tuple[str, ...] | None = None
     ciphers: tuple[str, ...] | None = None
     signatures: tuple[str, ...] | None = None
@@ -118,14 +142,14 @@ class ClientConfig:
     #: ObscureKeystrokeTiming: the keystroke clock in milliseconds; 0 is "no".
     obscure_keystroke_timing: int = 20
     strict_host_key_checking: str = "ask"
-    known_hosts: Path = field(default_factory=default_known_hosts)
+    # known_hosts: Path (a property, below)
     connect_timeout: float = 30.0
     #: Seconds between keepalive probes; 0 disables them.
     server_alive_interval: float = 0.0
     request_tty: str = "auto"
     log_level: str = "INFO"
     #: Tunnels (LocalForward, RemoteForward, DynamicForward; -T/-L, -R, -D), in order.
-    forwards: list[ForwardSpec] = field(default_factory=list)
+    forwards: list[ForwardSpec]
     #: None: yes when a tunnel was asked for on the command line, no otherwise.
     exit_on_forward_failure: bool | None = None
     #: AddressFamily (-4, -6): "any", "inet" or "inet6".
@@ -146,9 +170,9 @@ class ClientConfig:
     #: ConnectionAttempts: TCP connects tried, one second apart, before giving up.
     connection_attempts: int = 1
     #: SendEnv: patterns of local variables to send (``-pattern`` removes).
-    send_env: list[str] = field(default_factory=list)
+    send_env: list[str]
     #: SetEnv: NAME=VALUE pairs sent with every session.
-    set_env: list[tuple[str, str]] = field(default_factory=list)
+    set_env: list[tuple[str, str]]
     compression: bool = False
     #: RemoteCommand: run when the command line gives none.
     remote_command: str | None = None
@@ -173,7 +197,7 @@ class ClientConfig:
     host_key_alias: str | None = None
     #: -F as given (None: the default file), for the jump hosts' own qsh. Where the
     #: settings came from, not a setting: left out of comparisons.
-    config_file: Path | None = field(default=None, compare=False)
+    # config_file: Path | None (a property, below)
     #: Connection sharing (qsh.1 CONNECTION SHARING): yes, no, auto, ask or autoask.
     control_master: str = "no"
     #: The control socket, tokens expanded; None: no sharing (ControlPath none).
@@ -181,11 +205,98 @@ class ClientConfig:
     #: Seconds the master stays after its last client; 0: for ever; None: it does not.
     control_persist: float | None = None
     #: "-v" lines: the keywords accepted but without effect in qsh, and why.
-    notes: list[str] = field(default_factory=list)
+    notes: list[str]
 
-    def __post_init__(self) -> None:
+    def __init__(self, host: str, **values: Any) -> None:
+        unknown = values.keys() - _FIELD_SET
+        if unknown:
+            raise TypeError(f"ClientConfig() got unexpected keyword arguments {sorted(unknown)}")
+        #: The path fields as given (strings or Paths; None: the default), made Paths when
+        #: first read.
+        self._identity_files: list[Any] | None = None
+        self._known_hosts: Any = None
+        self._config_file: Any = None
+        self.host = host
+        for name, default in _DEFAULT_FACTORIES.items():
+            if name not in values:
+                setattr(self, name, default())
+        for name, value in values.items():
+            setattr(self, name, value)
         if not self.hostname:
-            self.hostname = self.host
+            self.hostname = host
+
+    # The path fields are made Paths when first read: a run that reads none (over a shared
+    # connection) does not load pathlib (~3 ms with urllib.parse, which it imports).
+
+    @property
+    def identity_files(self) -> list[Path]:
+        from pathlib import Path
+
+        if self._identity_files is None:
+            self._identity_files = default_identity_files()
+        elif not all(isinstance(f, Path) for f in self._identity_files):
+            self._identity_files = [Path(f) for f in self._identity_files]
+        return self._identity_files
+
+    @identity_files.setter
+    def identity_files(self, value: Sequence[str | os.PathLike[str]]) -> None:
+        self._identity_files = list(value)
+
+    @property
+    def known_hosts(self) -> Path:
+        from pathlib import Path
+
+        if not isinstance(self._known_hosts, Path):
+            self._known_hosts = (default_known_hosts() if self._known_hosts is None
+                                 else Path(self._known_hosts))
+        return self._known_hosts
+
+    @known_hosts.setter
+    def known_hosts(self, value: str | os.PathLike[str]) -> None:
+        self._known_hosts = value
+
+    @property
+    def config_file(self) -> Path | None:
+        """-F as given (None: the default file), for the jump hosts' own qsh. Where the
+        settings came from, not a setting: left out of comparisons."""
+        from pathlib import Path
+
+        if self._config_file is not None and not isinstance(self._config_file, Path):
+            self._config_file = Path(self._config_file)
+        return self._config_file
+
+    @config_file.setter
+    def config_file(self, value: str | os.PathLike[str] | None) -> None:
+        self._config_file = value
+
+    def _compared(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _FIELDS if name != "config_file")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, ClientConfig)
+        return self._compared() == other._compared()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
+        return f"ClientConfig({shown})"
+
+    def replace(self, **changes: Any) -> ClientConfig:
+        """A copy with ``changes`` applied (``dataclasses.replace``; lists are shared)."""
+        return ClientConfig(**{**{name: getattr(self, name) for name in _FIELDS}, **changes})
+
+
+#: The fields (for repr and comparisons): those declared, then the path properties.
+#: config_file, where the settings came from and not a setting, is left out of comparisons.
+_FIELDS: tuple[str, ...] = (*ClientConfig.__annotations__,
+                            "identity_files", "known_hosts", "config_file")
+_FIELD_SET = frozenset(_FIELDS)
+#: The fields whose default is made anew for each config (mutable, or read from the system;
+#: the paths' when first read).
+_DEFAULT_FACTORIES: dict[str, Callable[[], object]] = {
+    "user": _local_user, "forwards": list, "send_env": list, "set_env": list, "notes": list,
+}
 
 
 # --- Lexing -----------------------------------------------------------------------------
@@ -708,7 +819,7 @@ class _Context:
 
     def tokens(self) -> dict[str, str]:
         """ssh's %-tokens as they stand: for Match exec while reading, for the paths after."""
-        return {"%": "%", "d": str(_home()), "h": self.hostname(), "n": self.original,
+        return {"%": "%", "d": _home(), "h": self.hostname(), "n": self.original,
                 "p": str(self.port()), "r": self.user(), "u": _local_user()}
 
     def _exec(self, c: _Criterion) -> bool:
@@ -728,12 +839,14 @@ class _Context:
         return done.returncode == 0
 
 
-@dataclass(slots=True)
 class _Block:
-    #: Every condition must hold (an Include inside a Host block adds the block's); none
-    #: for the options before the first Host or Match line.
-    conditions: tuple[_Condition, ...] = ()
-    settings: list[_Setting] = field(default_factory=list)
+    __slots__ = ("conditions", "settings")
+
+    def __init__(self, conditions: tuple[_Condition, ...] = ()) -> None:
+        #: Every condition must hold (an Include inside a Host block adds the block's);
+        #: none for the options before the first Host or Match line.
+        self.conditions = conditions
+        self.settings: list[_Setting] = []
 
     def applies(self, context: _Context) -> bool:
         return all(context.holds(condition) for condition in self.conditions)
@@ -793,11 +906,11 @@ def _include(rest: str, origin: str, conditions: tuple[_Condition, ...], depth: 
     blocks: list[_Block] = []
     for name in names:
         if name.startswith("~"):
-            name = str(_home()) + name[1:] if name == "~" or name.startswith("~/") \
+            name = _home() + name[1:] if name == "~" or name.startswith("~/") \
                 else os.path.expanduser(name)
-        pattern = name if os.path.isabs(name) else str(_home() / ".qsh" / name)
+        pattern = name if os.path.isabs(name) else os.path.join(_home(), ".qsh", name)
         for path in sorted(glob.glob(pattern)):
-            text = _read(Path(path), explicit=False)
+            text = _read(path, explicit=False)
             if text is not None:
                 blocks += _parse_file(text, path, conditions, depth + 1)
     return blocks
@@ -859,7 +972,7 @@ def _quote(arg: str) -> str:
     return '"' + re.sub(r'(["\\\\])', r"\\\1", arg) + '"'
 
 
-def _read(path: Path, *, explicit: bool) -> str | None:
+def _read(path: str | Path, *, explicit: bool) -> str | None:
     """The file's text; None when the default file is absent. Like ssh, the default file
     is refused when others could have written it: it decides which host we connect to and
     which key files we use."""
@@ -896,20 +1009,20 @@ def _read(path: Path, *, explicit: bool) -> str | None:
 # --- Resolving --------------------------------------------------------------------------
 
 
-def _expand_path(value: str, tokens: Mapping[str, str], home: Path, origin: str) -> Path:
+def _expand_path(value: str, tokens: Mapping[str, str], home: str, origin: str) -> str:
     """ssh's order: ``~`` first, then %-tokens, so a token's value is never re-expanded."""
     if value == "~" or value.startswith("~/"):
-        value = str(home) + value[1:]
+        value = home + value[1:]
     elif value.startswith("~"):
         head, sep, tail = value.partition("/")
         expanded = os.path.expanduser(head)
         if expanded == head:
             raise ConfigError(f"{origin}: unknown user in {head!r}")
         value = expanded + sep + tail
-    return Path(re.sub(r"%(.)", lambda m: tokens[m.group(1)], value))
+    return _as_path(re.sub(r"%(.)", lambda m: tokens[m.group(1)], value))
 
 
-def _settings_for(context: _Context, options: Sequence[str], path: Path | None
+def _settings_for(context: _Context, options: Sequence[str], path: str | Path | None
                   ) -> Iterator[_Setting]:
     """In order: each block's conditions judged when it is reached (lazily, so that the
     settings already taken are what ``Match host``/``user`` see)."""
@@ -929,7 +1042,7 @@ def _settings_for(context: _Context, options: Sequence[str], path: Path | None
 def resolve(
     host: str,
     *,
-    path: Path | None = None,
+    path: str | Path | None = None,
     options: Sequence[str] = (),
     user: str | None = None,
     port: int | None = None,
@@ -948,13 +1061,15 @@ def resolve(
         raise ConfigError(f"bad port {port} (1-65535)")
     if user == "":
         raise ConfigError("empty user name")
+    if path is not None:
+        path = _as_path(os.fspath(path))  # as a Path would have it (-F ./none is none)
 
     first: dict[str, _Setting] = {}
     collected = [
         _parse_setting("IdentityFile", _quote(os.fspath(p)), f"-i {os.fspath(p)!r}")
         for p in identity_files
     ]
-    forwards: list[ForwardSpec] = []
+    forwards: list[Any] = []  # parse_forward's ForwardSpecs (ClientConfig.forwards)
     notes: list[str] = []
     send_env: list[str] = []
     def hostname_so_far() -> str:
@@ -987,7 +1102,7 @@ def resolve(
             assert isinstance(setting.value, list)
             send_env.extend(setting.value)
         elif setting.keyword.attr == "forwards":
-            forwards.append(cast("ForwardSpec", setting.value))
+            forwards.append(setting.value)
         elif setting.keyword.multiple:
             collected.append(setting)
         else:
@@ -1015,8 +1130,8 @@ def resolve(
         values["forwards"] = forwards
     if "control_path" in values:
         control = str(values["control_path"])
-        values["control_path"] = None if control.lower() == "none" else str(_expand_path(
-            control, {**tokens, **_control_tokens(tokens)}, home, first["control_path"].origin))
+        values["control_path"] = None if control.lower() == "none" else _expand_path(
+            control, {**tokens, **_control_tokens(tokens)}, home, first["control_path"].origin)
     if values.get("compression"):
         notes.append("Compression yes: ignored (qsh sends records uncompressed: compressing "
                      "before encrypting lets an observer learn about the plaintext from "

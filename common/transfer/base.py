@@ -8,7 +8,6 @@ import concurrent.futures
 import contextlib
 import errno as _errno
 import os
-from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from common import aio
@@ -20,6 +19,7 @@ from common.channels.copy import (
     decode_header,
 )
 from common.errors import InvalidInput
+from common.wire import Record
 
 T = TypeVar("T")
 
@@ -44,12 +44,20 @@ class CopyError(Exception):
     server refused the channel). One line."""
 
 
-@dataclass(frozen=True)
-class CopyOptions:
-    recursive: bool = False  # -r
-    preserve: bool = False  # -p: modes, atime and mtime
-    resume: bool = False  # --resume
-    limit: int | None = None  # -l, in bytes per second; None = no limit
+class CopyOptions(Record):
+    __slots__ = ("recursive", "preserve", "resume", "limit")  # noqa: RUF023 (field order)
+
+    recursive: bool  # -r
+    preserve: bool  # -p: modes, atime and mtime
+    resume: bool  # --resume
+    limit: int | None  # -l, in bytes per second; None = no limit
+
+    def __init__(self, recursive: bool = False, preserve: bool = False, resume: bool = False,
+                 limit: int | None = None) -> None:
+        object.__setattr__(self, "recursive", recursive)
+        object.__setattr__(self, "preserve", preserve)
+        object.__setattr__(self, "resume", resume)
+        object.__setattr__(self, "limit", limit)
 
 
 class Progress(Protocol):
@@ -60,19 +68,39 @@ class Progress(Protocol):
     def end(self, name: str, ok: bool) -> None: ...
 
 
-@dataclass(frozen=True)
-class Failure:
+class Failure(Record):
+    __slots__ = ("path", "reason", "remote")
+
     path: str  # printable (control characters replaced)
     reason: str  # one line
     remote: bool  # True when the server's side saw it
 
+    def __init__(self, path: str, reason: str, remote: bool) -> None:
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "remote", remote)
 
-@dataclass
+
 class Report:
-    files: int = 0  # files that arrived and verified
-    bytes: int = 0  # their total size
-    sent: int = 0  # file bytes that crossed the connection (resume sends less)
-    failures: list[Failure] = field(default_factory=list)
+    """What a copy did, filled in as it goes. (A plain class, not a dataclass: every qcp
+    run loads this module, and a dataclass costs about a millisecond to build: issue 18.)"""
+
+    def __init__(self, files: int = 0, bytes: int = 0, sent: int = 0,
+                 failures: list[Failure] | None = None) -> None:
+        self.files = files  # files that arrived and verified
+        self.bytes = bytes  # their total size
+        self.sent = sent  # file bytes that crossed the connection (resume sends less)
+        self.failures: list[Failure] = [] if failures is None else failures
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Report):
+            return NotImplemented
+        return (self.files, self.bytes, self.sent, self.failures) == (
+            other.files, other.bytes, other.sent, other.failures)
+
+    def __repr__(self) -> str:
+        return (f"Report(files={self.files!r}, bytes={self.bytes!r}, sent={self.sent!r}, "
+                f"failures={self.failures!r})")
 
     @property
     def ok(self) -> bool:

@@ -5,7 +5,6 @@ both directions against the stored bytes, so a change of the wire format shows u
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from common.channels.copy import (
     Symlink,
     file_digest,
 )
+from common.wire import Record
 
 DIGEST = bytes(range(16))
 MESSAGES: list[Message] = [
@@ -66,15 +66,15 @@ DIGESTS = [
 ]
 
 
-def _fields(obj: object) -> dict[str, object]:
+def _fields(obj: Record) -> dict[str, object]:
     out: dict[str, object] = {}
-    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
-        value = getattr(obj, f.name)
+    for name in obj.__slots__:  # (a common.wire.Record: its fields, in order)
+        value = getattr(obj, name)
         if isinstance(value, bytes):
             value = {"hex": value.hex()}
         elif isinstance(value, tuple):
             value = [{"hex": v.hex()} for v in value]
-        out[f.name] = value
+        out[name] = value
     return out
 
 
