@@ -5,6 +5,16 @@ qshd's user process while ``bench/tunnel.py``'s connections/s part runs (issue 1
     python bench/tunnel_profile.py                  # 2000 connections, top 25 of each
     python bench/tunnel_profile.py --connections N --top K --sort tottime|cumulative
     python bench/tunnel_profile.py --no-profile --tree ../main   # CPU only, another checkout
+    python bench/tunnel_profile.py --timeline 30    # one connection's hops, qsh and ssh -L
+
+``--timeline N``: ``N`` connections 20 ms apart through ``qsh -N -T`` and through ``ssh -N -L``
+(Debian's, or ``--openssh PREFIX``), the client and the server side's processes under
+``strace -f --seccomp-bpf -ttt`` (only those calls stop); printed for each, in order, the median time (after the bench's
+``connect``) of each system call that moves a connection (accept, connect, reads, writes,
+shutdown, close): which process wakes for what, and how long each hop takes. strace slows
+every system call (tens of microseconds), so read the hops and their order, not the total;
+the connections are spaced, so the previous one's closing exchange is not in the way of the
+next (in bench/tunnel.py's back-to-back loop it is).
 
 Both programs are the real ones, started through this script in ``--wrap`` mode, which
 turns cProfile on around qsh's whole run (stats written on SIGTERM, as bench/tunnel.py
@@ -81,6 +91,104 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+#: What the timeline shows: the calls that move a connection (not epoll, not timers).
+TIMELINE_CALLS = ("accept", "accept4", "connect", "read", "recvfrom", "write", "sendto",
+                  "sendmsg", "shutdown", "close")
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for kid in children(pid):
+        found += [kid, *descendants(kid)]
+    return found
+
+
+def timeline(kind: str, count: int, tree: Path, prefix: Path | None) -> None:
+    """``count`` spaced connections through ``kind`` ("qsh" or "ssh"), traced; prints the
+    median time of each hop (see the module's docstring)."""
+    import re
+    import signal
+    import socket
+    import statistics
+    from collections import Counter, defaultdict
+
+    from bench import openssh
+    from bench.sessions import PrivateQshd
+    from bench.tunnel import HOST, FarEnd, connections, free_port, wait_ready
+
+    outdir = tempfile.mkdtemp(prefix="qsh-tunnel-timeline-")
+    far = FarEnd("echo")
+    lport = free_port()
+    daemon: PrivateQshd | openssh.PrivateSshd = (
+        PrivateQshd(tree=tree.resolve()) if kind == "qsh" else openssh.PrivateSshd(prefix=prefix))
+    with daemon:
+        if isinstance(daemon, PrivateQshd):
+            cli = daemon.cli(None)
+            command = [*cli[:-1], "-N", "-T", f"{lport}:{HOST}:{far.port}", cli[-1]]
+            env, cwd = daemon.env, daemon.tree
+        else:
+            base = daemon.command(None, openssh.CIPHERS["aes256gcm"])
+            command = [*base[:-1], "-N", "-L", f"{lport}:{HOST}:{far.port}", base[-1]]
+            env, cwd = dict(os.environ), Path.cwd()
+        client = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        tracers = []
+        try:
+            wait_ready(lport)
+            connections(lport, 20)
+            assert daemon.process is not None
+            sides = {"client": [client.pid], "server": descendants(daemon.process.pid)}
+            for side, pids in sides.items():
+                trace = ["strace", "-f", "--seccomp-bpf", "-ttt", "-e", "trace=" + ",".join(TIMELINE_CALLS),
+                         "-o", f"{outdir}/{side}"]
+                for pid in pids:
+                    trace += ["-p", str(pid)]
+                tracers.append(subprocess.Popen(trace, stderr=subprocess.DEVNULL))
+            time.sleep(1.5)  # strace attached
+            starts = []
+            for _ in range(count):
+                starts.append(time.time())
+                with socket.create_connection((HOST, lport)) as s:
+                    s.sendall(b"x" * 1024)
+                    got = 0
+                    while got < 1024:
+                        got += len(s.recv(1024 - got))
+                    starts.append(-time.time())  # (negative: the answer's arrival)
+                time.sleep(0.02)
+            time.sleep(0.2)
+        finally:
+            for tracer in tracers:
+                tracer.send_signal(signal.SIGINT)
+                tracer.wait(10)
+            client.terminate()
+            client.wait(10)
+            far.close()
+    events: list[tuple[float, str]] = [(t, "bench: connect") if t > 0 else (-t, "bench: answer")
+                                       for t in starts]
+    line_re = re.compile(r"(\d+) +([\d.]+) (\w+)\((\d*)")
+    for side in ("client", "server"):
+        for line in Path(f"{outdir}/{side}").read_text().splitlines():
+            m = line_re.match(line)
+            if m and "EAGAIN" not in line:
+                events.append((float(m.group(2)), f"{side} {m.group(1)}: {m.group(3)}"))
+    events.sort()
+    offsets: defaultdict[str, list[float]] = defaultdict(list)
+    t0 = 0.0
+    seen: Counter[str] = Counter()
+    for t, what in events:
+        if what == "bench: connect":
+            t0, seen = t, Counter()
+        if not t0 or t - t0 > 0.02:
+            continue
+        seen[what] += 1
+        offsets[f"{what} #{seen[what]}"].append((t - t0) * 1e6)
+    print(f"{kind}: {count} spaced connections under strace; median microseconds after the "
+          f"bench's connect (events seen in at least half of them)")
+    for key in sorted(offsets, key=lambda k: statistics.median(offsets[k])):
+        if len(offsets[key]) >= count / 2:
+            print(f"  {statistics.median(offsets[key]):7.0f}  {key}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=2000)
@@ -90,8 +198,17 @@ def main() -> None:
                         help="only the CPU per connection, without cProfile")
     parser.add_argument("--tree", type=Path, default=HERE.parents[1],
                         help="run qsh and qshd from this checkout (for a before and after)")
+    parser.add_argument("--timeline", type=int, default=0, metavar="N",
+                        help="trace N spaced connections through qsh -T and ssh -L and print "
+                        "each hop's median time")
+    parser.add_argument("--openssh", type=Path, default=None, metavar="PREFIX",
+                        help="with --timeline: the OpenSSH installed at PREFIX")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parents[1]))
+    if args.timeline:
+        timeline("qsh", args.timeline, args.tree, None)
+        timeline("ssh", args.timeline, args.tree, args.openssh)
+        return
 
     from bench.sessions import PrivateQshd
     from bench.tunnel import HOST, FarEnd, connections, free_port, wait_ready
