@@ -7,14 +7,16 @@ qshd's user process while ``bench/tunnel.py``'s connections/s part runs (issue 1
     python bench/tunnel_profile.py --no-profile --tree ../main   # CPU only, another checkout
     python bench/tunnel_profile.py --timeline 30    # one connection's hops, qsh and ssh -L
 
-``--timeline N``: ``N`` connections 20 ms apart through ``qsh -N -T`` and through ``ssh -N -L``
-(Debian's, or ``--openssh PREFIX``), the client and the server side's processes under
-``strace -f --seccomp-bpf -ttt`` (only those calls stop); printed for each, in order, the median time (after the bench's
-``connect``) of each system call that moves a connection (accept, connect, reads, writes,
-shutdown, close): which process wakes for what, and how long each hop takes. strace slows
-every system call (tens of microseconds), so read the hops and their order, not the total;
-the connections are spaced, so the previous one's closing exchange is not in the way of the
-next (in bench/tunnel.py's back-to-back loop it is).
+``--timeline N``: ``N`` connections 20 ms apart through ``qsh -N -T`` and through
+``ssh -N -L`` (Debian's, or ``--openssh PREFIX``), the client and the server side's
+processes under ``strace -f --seccomp-bpf -ttt`` (only the calls shown stop); printed for
+each, in order, the median time (after the bench's ``connect``) of each system call that
+moves a connection (accept, connect, reads, writes, shutdown, close): which process wakes
+for what, and how long each hop takes. strace slows each of those calls (tens of
+microseconds), and a process idle for 20 ms runs its first hop slower than a busy one, so
+read the hops and their order, not the total; the connections are spaced, so the previous
+one's closing exchange is not in the way of the next (in bench/tunnel.py's back-to-back
+loop it is).
 
 Both programs are the real ones, started through this script in ``--wrap`` mode, which
 turns cProfile on around qsh's whole run (stats written on SIGTERM, as bench/tunnel.py
@@ -139,8 +141,8 @@ def timeline(kind: str, count: int, tree: Path, prefix: Path | None) -> None:
             assert daemon.process is not None
             sides = {"client": [client.pid], "server": descendants(daemon.process.pid)}
             for side, pids in sides.items():
-                trace = ["strace", "-f", "--seccomp-bpf", "-ttt", "-e", "trace=" + ",".join(TIMELINE_CALLS),
-                         "-o", f"{outdir}/{side}"]
+                trace = ["strace", "-f", "--seccomp-bpf", "-ttt", "-o", f"{outdir}/{side}",
+                         "-e", "trace=" + ",".join(TIMELINE_CALLS)]
                 for pid in pids:
                     trace += ["-p", str(pid)]
                 tracers.append(subprocess.Popen(trace, stderr=subprocess.DEVNULL))
