@@ -189,6 +189,11 @@ class SocketChannel(asyncio.Protocol):
         available = len(self._chunks[0]) - self._offset
         return self._take(available if n < 0 else min(n, available))
 
+    async def read_view(self) -> memoryview:
+        """The next chunk, for the engine's bulk reads (:meth:`common.aio.ReadStream.read_view`:
+        the chunk is the caller's to keep)."""
+        return memoryview(await self.read())
+
     async def readexactly(self, n: int) -> bytes:
         while self._size < n:
             if self._eof:
