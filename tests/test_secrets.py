@@ -248,7 +248,13 @@ def test_every_process_dumps_no_core_and_is_closed_to_its_own_uid(
     client = qsh_client(qshd, accounts.user.name, "sleep 30")
     try:
         address = client_address(client, qshd.port)
-        procs = user_process_of(qshd, address, accounts.user.uid, timeout=20)
+        try:
+            procs = user_process_of(qshd, address, accounts.user.uid, timeout=20)
+        except AssertionError as exc:  # say what the client and the daemon saw
+            ended = client.poll() is not None
+            said = client.communicate(timeout=5)[1] if ended else b"(still running)"
+            raise AssertionError(f"{exc}; qsh {said!r}; qshd's log: "
+                                 f"{qshd.log.read_text()[-2000:]!r}") from None
         user = procs.with_uid(accounts.user.uid)
         assert_hardened(user, "the user's process")
         assert_hardened(client.pid, "the qsh client")
