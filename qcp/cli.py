@@ -40,8 +40,9 @@ from common.cli import (
 )
 
 if TYPE_CHECKING:
+    from common import aio
     from common.client.config import ClientConfig
-    from common.client.connect import StopSignals, Ui
+    from common.client.program import StopSignals, Ui
     from common.transfer import Connection, CopyOptions, Report
 
     from .progress import TtyProgress
@@ -281,14 +282,16 @@ def _run(cfg: ClientConfig, what: Plan, options: CopyOptions, verbosity: int, *,
     from common.crypto.secret import harden_process
 
     harden_process()
-    from common.client import connect, terminal
+    # The reporting of every client program, not the login stack: over a ControlMaster no
+    # handshake, transport or key code is loaded at all (run_copy loads them for a login).
+    from common.client import program, terminal
 
     from .progress import TtyProgress
 
-    connect.setup_logging(verbosity)
-    ui = connect.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter(), program="qcp")
+    program.setup_logging(verbosity)
+    ui = program.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter(), program="qcp")
     progress = None if quiet else TtyProgress.on_terminal(total=options.recursive)
-    report = connect.run_program(run_copy(cfg, ui, what, options, progress), ui, verbosity)
+    report = program.run_program(run_copy(cfg, ui, what, options, progress), ui, verbosity)
     if report is None:
         return EXIT_FAILURE
     for failure in report.failures:
@@ -308,9 +311,8 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
     engine's ``finally`` removes its temporary file (or keeps the ``--resume`` partial) and
     the connection is closed before qcp exits 1 with one line.
     """
-    from common import aio
     from common.client import mux_copy, terminal
-    from common.client.connect import StopSignals, close_connection, login
+    from common.client.program import StopSignals
     from common.client.terminal import saved_blocking_modes
 
     connection: aio.QsmpConnection | None = None
@@ -326,6 +328,8 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
                 except mux_copy.Unshared as exc:  # nothing was copied: log in ourselves
                     ui.note(1, f"not using control socket {cfg.control_path}: {exc}")
                     shared = None
+            from common.client.connect import login
+
             connection = await login(cfg, ui)
             return await _copy(connection, cfg, what, options, progress, stop)
         finally:
@@ -335,6 +339,8 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
             if shared is not None:
                 await shared.close()
             if connection is not None:
+                from common.client.connect import close_connection
+
                 await close_connection(connection)
 
 
@@ -343,7 +349,7 @@ async def _copy(connection: Connection, cfg: ClientConfig, what: Plan, options: 
     """The copy over a logged-in connection or a master's (:mod:`common.client.mux_copy`,
     whose :class:`~common.client.mux_copy.Unshared` goes up untouched)."""
     from common import aio, transfer
-    from common.client.connect import DisconnectError, QshError, describe_end
+    from common.client.program import DisconnectError, QshError, describe_end
 
     try:
         if what.upload:

@@ -346,3 +346,50 @@ def test_the_progress_meter_over_the_master(env: Env, path: Path, local: Path) -
     assert name.encode() in lines[-1] and b"100%" in lines[-1], out
     assert digest(local / name) == digest(env.home / name)
     assert env.logins() == before
+
+
+#: What a copy over a master never uses (issue 18): the key exchange, the record layer and
+#: the connection core, the key and login code, the algorithm registry and its
+#: implementations (only the GMAC digest, common.crypto.gmac, is needed), the adapter's
+#: connection and client, and click (the command line is read by qcp/entry.py).
+NOT_LOADED_OVER_A_MASTER = (
+    "common.protocol.handshake", "common.protocol.transport",
+    "common.protocol.record", "common.protocol.connection", "common.protocol.auth",
+    "common.protocol.negotiation", "common.protocol.schedule", "common.crypto.registry",
+    "common.crypto.suites", "common.crypto.algorithms", "common.crypto.pycryptodome",
+    "common.crypto.oqs", "common.accounts.keys", "common.aio.connection",
+    "common.aio.client", "common.aio.server", "common.client.connect", "Crypto", "oqs")
+
+
+@pytest.mark.parametrize("upload", [True, False], ids=["upload", "download"])
+def test_a_copy_over_the_master_loads_no_protocol_stack(env: Env, path: Path, local: Path,
+                                                        upload: bool) -> None:
+    """A real qcp over a real master: ``-X importtime`` lists every module it loaded, and
+    none of the stack a login needs is among them (they cost qcp ~110 ms of CPU at every
+    run, for nothing a relayed copy does)."""
+    master(env, path)
+    before = env.logins()
+    name = f"light-{uuid.uuid4().hex[:6]}"
+    if upload:
+        source = local / name
+        source.write_bytes(os.urandom(3000))
+        args: tuple[str | Path, ...] = (source, f"qtest:{name}")
+    else:
+        as_user(env, "dd", "if=/dev/urandom", f"of={name}", "bs=3000", "count=1",
+                "status=none")
+        source = env.home / name
+        args = (f"qtest:{name}", local)
+    result = subprocess.run([PYTHON, "-X", "importtime", *qcp_argv(path, *args)[1:]],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            env=env.environ(), stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    copied = env.home / name if upload else local / name
+    assert digest(copied) == digest(source)
+    assert env.logins() == before  # it really rode on the master
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "common.transfer" in imported  # the probe sees the engine's own imports
+    heavy = sorted(m for m in imported
+                   if m.split(".")[0] in NOT_LOADED_OVER_A_MASTER
+                   or m.startswith(NOT_LOADED_OVER_A_MASTER))
+    assert not heavy, " ".join(heavy)
