@@ -351,14 +351,16 @@ def test_the_progress_meter_over_the_master(env: Env, path: Path, local: Path) -
 #: What a copy over a master never uses (issue 18): the key exchange, the record layer and
 #: the connection core, the key and login code, the algorithm registry and its
 #: implementations (only the GMAC digest, common.crypto.gmac, is needed), the adapter's
-#: connection and client, and click (qcp/cli.py parse_argv reads the command line).
+#: connection and client, click (qcp/cli.py parse_argv reads the command line), dataclasses
+#: (~1 ms to build each) and ssl (asyncio's, for TLS qcp never speaks).
 NOT_LOADED_OVER_A_MASTER = (
     "click", "common.protocol.handshake", "common.protocol.transport",
     "common.protocol.record", "common.protocol.connection", "common.protocol.auth",
     "common.protocol.negotiation", "common.protocol.schedule", "common.crypto.registry",
     "common.crypto.suites", "common.crypto.algorithms", "common.crypto.pycryptodome",
     "common.crypto.oqs", "common.accounts.keys", "common.aio.connection",
-    "common.aio.client", "common.aio.server", "common.client.connect", "Crypto", "oqs")
+    "common.aio.client", "common.aio.server", "common.client.connect", "Crypto", "oqs",
+    "dataclasses", "_ssl")
 
 
 @pytest.mark.parametrize("upload", [True, False], ids=["upload", "download"])
