@@ -360,7 +360,7 @@ NOT_LOADED_OVER_A_MASTER = (
     "common.crypto.suites", "common.crypto.algorithms", "common.crypto.pycryptodome",
     "common.crypto.oqs", "common.accounts.keys", "common.aio.connection",
     "common.aio.client", "common.aio.server", "common.client.connect", "Crypto", "oqs",
-    "dataclasses", "_ssl")
+    "common.protocol", "dataclasses", "_ssl")
 
 
 @pytest.mark.parametrize("upload", [True, False], ids=["upload", "download"])
