@@ -20,7 +20,8 @@ are told ``-O exit`` at the end. Private daemons as in
 A copy of a small file (``--copy-size`` bytes, 10 KiB by default) up to the host, in the
 same loop: ``qcp`` over qsh's master (no login: the master relays the copy channel) and
 fresh, ``scp`` over ssh's master (``-o ControlPath`` etc., as scp passes them to ssh) and
-fresh, and the ratios qcp / scp.
+fresh, and the ratios qcp / scp. ``--qcp-before DIR`` adds another checkout's qcp (``git
+archive`` of an older commit) over the same master, in the same loop.
 
 Benchmarks are never unit tests: nothing here asserts a speed.
 """
