@@ -20,7 +20,8 @@ are told ``-O exit`` at the end. Private daemons as in
 A copy of a small file (``--copy-size`` bytes, 10 KiB by default) up to the host, in the
 same loop: ``qcp`` over qsh's master (no login: the master relays the copy channel) and
 fresh, ``scp`` over ssh's master (``-o ControlPath`` etc., as scp passes them to ssh) and
-fresh, and the ratios qcp / scp.
+fresh, and the ratios qcp / scp. ``--qcp-before DIR`` adds another checkout's qcp (``git
+archive`` of an older commit) over the same master, in the same loop.
 
 Benchmarks are never unit tests: nothing here asserts a speed.
 """
@@ -92,6 +93,9 @@ def main() -> None:
     parser.add_argument("--before", type=Path, metavar="DIR",
                         help="another checkout (e.g. `git archive` of an older commit): its "
                              "installed qsh on the same master, beside this one's")
+    parser.add_argument("--qcp-before", type=Path, metavar="DIR",
+                        help="another checkout: its `python -m qcp` over the same master, "
+                             "beside this tree's (the qcp row only; no venvs)")
     args = parser.parse_args()
     prefixes = args.openssh or ["system", "/opt/openssh-10.5"]
     work = Path(tempfile.mkdtemp(prefix="qsh-bench-shared-"))
@@ -156,6 +160,10 @@ def main() -> None:
                      "-o", f"UserKnownHostsFile={qshd.known_hosts}", "-q", str(small),
                      f"{qshd.user}@127.0.0.1:{work / 'qcp-copy'}"]
         qcp_shared = [*qcp_fresh[:3], "-o", f"ControlPath={control_path}", *qcp_fresh[3:]]
+        # The other checkout's qcp: -P so that the cwd (this tree) does not come first.
+        qcp_before = [sys.executable, "-P", *qcp_shared[1:]]
+        before_env = (dict(qshd.env, PYTHONPATH=str(args.qcp_before.resolve()))
+                      if args.qcp_before is not None else None)
         scp_cmds = []
         for n, (sshd, ssh_fresh, _) in enumerate(ssh_cmds):
             scp_bin = str(sshd.prefix / "scp") if sshd.prefix else (shutil.which("scp") or "scp")
@@ -189,6 +197,9 @@ def main() -> None:
             results[f"ssh {sshd.version.split(',')[0]} fresh"] = TrueRuns()
             results[f"ssh {sshd.version.split(',')[0]} shared"] = TrueRuns()
         copies = {"qcp fresh": TrueRuns(), "qcp shared": TrueRuns()}
+        if before_env is not None:
+            copies["qcp shared (before)"] = TrueRuns()
+            _timed(qcp_before, qshd, TrueRuns(), before_env)  # warm-up (its bytecode)
         for sshd, _, _ in scp_cmds:
             copies[f"scp {sshd.version.split(',')[0]} fresh"] = TrueRuns()
             copies[f"scp {sshd.version.split(',')[0]} shared"] = TrueRuns()
@@ -213,6 +224,8 @@ def main() -> None:
                 _timed(shared, sshd, results[f"ssh {name} shared"])
             _timed(qcp_fresh, qshd, copies["qcp fresh"], qshd.env)
             _timed(qcp_shared, qshd, copies["qcp shared"], qshd.env)
+            if before_env is not None:
+                _timed(qcp_before, qshd, copies["qcp shared (before)"], before_env)
             for sshd, scp_fresh, scp_shared in scp_cmds:
                 name = sshd.version.split(",")[0]
                 _timed(scp_fresh, sshd, copies[f"scp {name} fresh"])
@@ -245,6 +258,16 @@ def main() -> None:
                 print(f"  qcp {kind} / {name}: "
                       f"x{mine.client_cpu.median / baseline.client_cpu.median:.2f} client CPU, "
                       f"x{mine.wall.median / baseline.wall.median:.2f} wall")
+        if before_env is not None:
+            old = copies["qcp shared (before)"]
+            print(f"  qcp shared / qcp shared (before): "
+                  f"x{copies['qcp shared'].client_cpu.median / old.client_cpu.median:.2f} "
+                  "client CPU")
+            for name, baseline in copies.items():
+                if name.startswith("scp") and name.endswith("shared"):
+                    print(f"  qcp shared (before) / {name}: "
+                          f"x{old.client_cpu.median / baseline.client_cpu.median:.2f} client "
+                          f"CPU, x{old.wall.median / baseline.wall.median:.2f} wall")
         qfresh, qshared = copies["qcp fresh"], copies["qcp shared"]
         print(f"  qcp shared / qcp fresh: "
               f"x{qshared.client_cpu.median / qfresh.client_cpu.median:.2f} client CPU, "

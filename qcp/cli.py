@@ -16,8 +16,11 @@ connection that could not be made or was lost, a signal. scp also exits 1 for al
 qsh's 255 for "the connection failed" would read as a file error to scripts written for
 scp. Click would exit 2 on a usage error, so it runs with ``standalone_mode=False``.
 
-Startup is lazy as in qsh: this module imports only click; asyncio, the crypto stack and
-the copy engine load once the arguments are known to be good (``qcp --help`` loads none).
+Startup is lazy as in qsh: a command line in qcp's grammar (:func:`parse_argv`, by hand)
+runs without click; help, ``-V``, anything unknown or malformed goes to the click command
+(:func:`click_command`), which reads it and says what is wrong exactly as before. asyncio,
+the crypto code and the copy engine load once the arguments are known to be good; over a
+ControlMaster, no handshake, transport or key code at all (``qcp --help`` loads none).
 """
 
 from __future__ import annotations
@@ -25,23 +28,17 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
-from common.cli import (
-    LOG_LEVEL_VERBOSITY,
-    QUIET_LEVELS,
-    no_core_dumps,
-    sanitise_std_fds,
-    version_option,
-)
+from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, no_core_dumps, sanitise_std_fds
+from common.value_record import Record
 
 if TYPE_CHECKING:
+    import click
+
+    from common import aio
     from common.client.config import ClientConfig
-    from common.client.connect import StopSignals, Ui
+    from common.client.program import StopSignals, Ui
     from common.transfer import Connection, CopyOptions, Report
 
     from .progress import TtyProgress
@@ -51,19 +48,30 @@ EXIT_FAILURE = 1
 MAX_LIMIT_KBPS = 100 * 1024 * 1024
 
 
-class UsageProblem(click.UsageError):
+class Failure(Exception):
+    """What ends a run before any copy, as one line ``qcp: MESSAGE`` and exit 1 (what
+    click's own errors look like under :func:`main`)."""
+
+
+class UsageProblem(Failure):
     """A command line that names no copy qcp can make (one line, exit 1)."""
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(Record):
     """One SRC or DST: ``host`` None for a local path. ``path`` is bytes as typed (argv's
     bytes, which need not be UTF-8); for a remote one, everything after the colon (empty:
     the remote home)."""
 
+    __slots__ = ("path", "host", "user")  # noqa: RUF023 (field order)
     path: bytes
-    host: str | None = None
-    user: str | None = None
+    host: str | None
+    user: str | None
+
+    def __init__(self, path: bytes, host: str | None = None, user: str | None = None
+                 ) -> None:
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "user", user)
 
     @property
     def remote(self) -> bool:
@@ -108,16 +116,24 @@ def parse_location(arg: str) -> Location:
     return Location(os.fsencode(path), host, user if at else None)
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(Record):
     """What one qcp run does: ``upload`` local sources to ``target`` on the host, or
     download remote sources into the local ``target``."""
 
+    __slots__ = ("upload", "host", "user", "sources", "target")  # noqa: RUF023 (field order)
     upload: bool
     host: str
     user: str | None
     sources: tuple[bytes, ...]
     target: bytes
+
+    def __init__(self, *, upload: bool, host: str, user: str | None,
+                 sources: tuple[bytes, ...], target: bytes) -> None:
+        object.__setattr__(self, "upload", upload)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "sources", sources)
+        object.__setattr__(self, "target", target)
 
 
 def plan(paths: tuple[str, ...]) -> Plan:
@@ -180,42 +196,129 @@ def limit_bytes_per_second(kbps: int | None) -> int | None:
     return max(1, kbps * 1024 // 8)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@version_option("qcp")
-@click.option("-r", "recursive", is_flag=True, help="Copy directories recursively.")
-@click.option("-p", "preserve", is_flag=True, help="Keep modes, access and modification times.")
-@click.option("-P", "port", type=int, default=None, metavar="PORT",
-              help="Port to connect to (default 2022).")
-@click.option("-i", "identities", multiple=True, metavar="KEY",
-              help="Identity (private key) file; repeatable, tried in order.")
-@click.option("-l", "limit", type=click.IntRange(1, MAX_LIMIT_KBPS), default=None,
-              metavar="LIMIT", help="Limit the bandwidth to LIMIT Kbit/s.")
-@click.option("-q", "quiet", is_flag=True, help="No progress meter, no warnings.")
-@click.option("-v", "verbose", count=True, help="Verbose; repeat for more (up to -vvv).")
-@click.option("-F", "config_file", default=None, metavar="CONFIG",
-              help="Configuration file (default ~/.qsh/config; 'none' for none).")
-@click.option("-o", "options", multiple=True, metavar="OPT=VAL",
-              help="Option as in the configuration file; repeatable.")
-@click.option("-J", "jump", default=None, metavar="[USER@]HOST[:PORT][,...]",
-              help="Reach the host through these jump hosts (ProxyJump), as scp -J.")
-@click.option("--resume", is_flag=True,
-              help="Continue interrupted copies from their partial files.")
-@click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
-def command(recursive: bool, preserve: bool, port: int | None, identities: tuple[str, ...],
-            limit: int | None, quiet: bool, verbose: int, config_file: str | None,
-            options: tuple[str, ...], jump: str | None, resume: bool,
-            paths: tuple[str, ...]) -> int:
-    """Copy SRC... to DST, one side being [user@]host:path, over QSMP."""
+#: The options that take a value, by letter, and their keyword in :func:`copy`; the flags.
+_VALUED = {"P": "port", "i": "identities", "l": "limit", "F": "config_file", "o": "options",
+           "J": "jump"}
+_FLAGS = {"r": "recursive", "p": "preserve", "q": "quiet", "v": "verbose"}
+
+
+def parse_argv(argv: list[str]) -> dict[str, object] | None:
+    """qcp's command line as the click command reads it, without click (~10 ms of CPU at
+    every run): :func:`copy`'s keyword arguments, or None for anything else -- help,
+    ``-V``, an unknown option, a value missing or malformed, paths that name no copy
+    (:func:`plan`) -- which the click command then reads and reports as it always has.
+    Options and paths may be mixed, and ``--`` ends the options, as with click; a repeated
+    option keeps its last value, except ``-i`` and ``-o`` (every one, in order) and ``-v``
+    (counted)."""
+    found: dict[str, object] = {"recursive": False, "preserve": False, "port": None,
+                                "identities": (), "limit": None, "quiet": False,
+                                "verbose": 0, "config_file": None, "options": (),
+                                "jump": None, "resume": False}
+    paths: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            paths.extend(args)
+            break
+        if arg == "--resume":
+            found["resume"] = True
+            continue
+        if not arg.startswith("-") or arg == "-":
+            paths.append(arg)
+            continue
+        if arg.startswith("--"):
+            return None  # --help, --version, a misspelling: click's to say
+        cluster = arg[1:]
+        while cluster:
+            letter, cluster = cluster[0], cluster[1:]
+            if letter in _FLAGS:
+                name = _FLAGS[letter]
+                found[name] = found[name] + 1 if name == "verbose" else True  # type: ignore[operator]
+                continue
+            if letter not in _VALUED:
+                return None
+            value = cluster or next(args, None)
+            cluster = ""
+            if value is None:
+                return None
+            name = _VALUED[letter]
+            if name in ("identities", "options"):
+                found[name] = (*found[name], value)  # type: ignore[misc]
+            elif name in ("port", "limit"):
+                try:
+                    number = int(value)
+                except ValueError:
+                    return None
+                if name == "limit" and not 1 <= number <= MAX_LIMIT_KBPS:
+                    return None
+                found[name] = number
+            else:
+                found[name] = value
+    try:
+        plan(tuple(paths))
+    except UsageProblem:
+        return None  # said by the click command's run, as every other usage error
+    found["paths"] = tuple(paths)
+    return found
+
+
+def click_command() -> click.Command:
+    """The click command: qcp's grammar as the help shows it, and every error message of
+    a command line :func:`parse_argv` leaves to it. Built on first use (click's import is
+    most of a parse)."""
+    import click
+
+    from common.cli import version_option
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @version_option("qcp")
+    @click.option("-r", "recursive", is_flag=True, help="Copy directories recursively.")
+    @click.option("-p", "preserve", is_flag=True,
+                  help="Keep modes, access and modification times.")
+    @click.option("-P", "port", type=int, default=None, metavar="PORT",
+                  help="Port to connect to (default 2022).")
+    @click.option("-i", "identities", multiple=True, metavar="KEY",
+                  help="Identity (private key) file; repeatable, tried in order.")
+    @click.option("-l", "limit", type=click.IntRange(1, MAX_LIMIT_KBPS), default=None,
+                  metavar="LIMIT", help="Limit the bandwidth to LIMIT Kbit/s.")
+    @click.option("-q", "quiet", is_flag=True, help="No progress meter, no warnings.")
+    @click.option("-v", "verbose", count=True, help="Verbose; repeat for more (up to -vvv).")
+    @click.option("-F", "config_file", default=None, metavar="CONFIG",
+                  help="Configuration file (default ~/.qsh/config; 'none' for none).")
+    @click.option("-o", "options", multiple=True, metavar="OPT=VAL",
+                  help="Option as in the configuration file; repeatable.")
+    @click.option("-J", "jump", default=None, metavar="[USER@]HOST[:PORT][,...]",
+                  help="Reach the host through these jump hosts (ProxyJump), as scp -J.")
+    @click.option("--resume", is_flag=True,
+                  help="Continue interrupted copies from their partial files.")
+    @click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
+    def command(recursive: bool, preserve: bool, port: int | None,
+                identities: tuple[str, ...], limit: int | None, quiet: bool, verbose: int,
+                config_file: str | None, options: tuple[str, ...], jump: str | None,
+                resume: bool, paths: tuple[str, ...]) -> int:
+        """Copy SRC... to DST, one side being [user@]host:path, over QSMP."""
+        return copy(recursive, preserve, port, identities, limit, quiet, verbose,
+                    config_file, options, jump, resume, paths)
+
+    return command
+
+
+def copy(recursive: bool, preserve: bool, port: int | None, identities: tuple[str, ...],
+         limit: int | None, quiet: bool, verbose: int, config_file: str | None,
+         options: tuple[str, ...], jump: str | None, resume: bool,
+         paths: tuple[str, ...]) -> int:
+    """Copy SRC... to DST, one side being [user@]host:path, over QSMP: the run, however
+    its command line was read (:func:`parse_argv` or the click command)."""
     what = plan(paths)  # first: a usage error loads nothing more
     from common.client.config import ConfigError, resolve
 
     try:
-        cfg = resolve(what.host, path=Path(config_file) if config_file is not None else None,
+        cfg = resolve(what.host, path=config_file,
                       options=[*([f"ProxyJump={jump}"] if jump is not None else []),
                                *options], user=what.user, port=port,
                       identity_files=identities)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise Failure(str(exc)) from None
     verbosity = max(verbose, LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
     quiet = quiet or cfg.log_level in QUIET_LEVELS
     from common.transfer import CopyOptions
@@ -281,14 +384,16 @@ def _run(cfg: ClientConfig, what: Plan, options: CopyOptions, verbosity: int, *,
     from common.crypto.secret import harden_process
 
     harden_process()
-    from common.client import connect, terminal
+    # The reporting of every client program, not the login stack: over a ControlMaster no
+    # handshake, transport or key code is loaded at all (run_copy loads them for a login).
+    from common.client import program, terminal
 
     from .progress import TtyProgress
 
-    connect.setup_logging(verbosity)
-    ui = connect.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter(), program="qcp")
+    program.setup_logging(verbosity)
+    ui = program.Ui(verbosity, quiet=quiet, prompter=terminal.TtyPrompter(), program="qcp")
     progress = None if quiet else TtyProgress.on_terminal(total=options.recursive)
-    report = connect.run_program(run_copy(cfg, ui, what, options, progress), ui, verbosity)
+    report = program.run_program(run_copy(cfg, ui, what, options, progress), ui, verbosity)
     if report is None:
         return EXIT_FAILURE
     for failure in report.failures:
@@ -308,9 +413,8 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
     engine's ``finally`` removes its temporary file (or keeps the ``--resume`` partial) and
     the connection is closed before qcp exits 1 with one line.
     """
-    from common import aio
     from common.client import mux_copy, terminal
-    from common.client.connect import StopSignals, close_connection, login
+    from common.client.program import StopSignals
     from common.client.terminal import saved_blocking_modes
 
     connection: aio.QsmpConnection | None = None
@@ -326,6 +430,8 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
                 except mux_copy.Unshared as exc:  # nothing was copied: log in ourselves
                     ui.note(1, f"not using control socket {cfg.control_path}: {exc}")
                     shared = None
+            from common.client.connect import login
+
             connection = await login(cfg, ui)
             return await _copy(connection, cfg, what, options, progress, stop)
         finally:
@@ -335,6 +441,8 @@ async def run_copy(cfg: ClientConfig, ui: Ui, what: Plan, options: CopyOptions,
             if shared is not None:
                 await shared.close()
             if connection is not None:
+                from common.client.connect import close_connection
+
                 await close_connection(connection)
 
 
@@ -343,7 +451,7 @@ async def _copy(connection: Connection, cfg: ClientConfig, what: Plan, options: 
     """The copy over a logged-in connection or a master's (:mod:`common.client.mux_copy`,
     whose :class:`~common.client.mux_copy.Unshared` goes up untouched)."""
     from common import aio, transfer
-    from common.client.connect import DisconnectError, QshError, describe_end
+    from common.client.program import DisconnectError, QshError, describe_end
 
     try:
         if what.upload:
@@ -372,12 +480,17 @@ def main(argv: list[str] | None = None) -> None:
     no_core_dumps()  # first; the rest of the hardening comes before the first secret
     sanitise_std_fds()
     args = list(sys.argv[1:] if argv is None else argv)
+    # asyncio imports ssl when it can (~2-3 ms of CPU and OpenSSL's libssl); qcp never
+    # speaks TLS, so it is marked absent, as qsh/entry.py does for qsh.
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     try:
-        status = command.main(args, prog_name="qcp", standalone_mode=False)
-    except click.exceptions.Abort:
-        status = EXIT_FAILURE
-    except click.ClickException as exc:
-        click.echo(f"qcp: {exc.format_message()}", err=True)
+        parsed = parse_argv(args)
+        if parsed is not None:
+            status: object = copy(**parsed)  # type: ignore[arg-type]
+        else:
+            status = _with_click(args)
+    except Failure as exc:
+        sys.stderr.write(f"qcp: {exc}\n")
         status = EXIT_FAILURE
     except KeyboardInterrupt:
         status = EXIT_FAILURE
@@ -385,6 +498,19 @@ def main(argv: list[str] | None = None) -> None:
         status = 0
     gc.freeze()  # as qsh: keep interpreter shutdown from walking everything
     sys.exit(status)
+
+
+def _with_click(args: list[str]) -> object:
+    """The click command's run: its own errors as one line each, exit 1 (not click's 2)."""
+    import click
+
+    try:
+        return click_command().main(args, prog_name="qcp", standalone_mode=False)
+    except click.exceptions.Abort:
+        return EXIT_FAILURE
+    except click.ClickException as exc:
+        click.echo(f"qcp: {exc.format_message()}", err=True)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable
 
 from common import aio
+from common.aio import server as _server  # noqa: F401  (common.aio loads lazily: now, not later)
 from common.aio.memory import release_free_memory
 from common.protocol.mux import GlobalRequest
 

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from common import aio
 from common.accounts.keys import PublicKey
+from common.aio import server as _server  # noqa: F401  (common.aio loads lazily: now, not later)
 from common.crypto.rng import SYSTEM_RNG, Rng
 from common.errors import LocalError, UsageError
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested

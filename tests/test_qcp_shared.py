@@ -346,3 +346,82 @@ def test_the_progress_meter_over_the_master(env: Env, path: Path, local: Path) -
     assert name.encode() in lines[-1] and b"100%" in lines[-1], out
     assert digest(local / name) == digest(env.home / name)
     assert env.logins() == before
+
+
+#: What a copy over a master never uses (issue 18): the key exchange, the record layer and
+#: the connection core, the key and login code, the algorithm registry and its
+#: implementations (only the GMAC digest, common.crypto.gmac, is needed), the adapter's
+#: connection and client, click (qcp/cli.py parse_argv reads the command line), dataclasses
+#: (~1 ms to build each) and ssl (asyncio's, for TLS qcp never speaks).
+NOT_LOADED_OVER_A_MASTER = (
+    "click", "common.protocol.handshake", "common.protocol.transport",
+    "common.protocol.record", "common.protocol.connection", "common.protocol.auth",
+    "common.protocol.negotiation", "common.protocol.schedule", "common.crypto.registry",
+    "common.crypto.suites", "common.crypto.algorithms", "common.crypto.pycryptodome",
+    "common.crypto.oqs", "common.accounts.keys", "common.aio.connection",
+    "common.aio.client", "common.aio.server", "common.client.connect", "Crypto", "oqs",
+    "common.protocol", "dataclasses", "_ssl")
+
+
+@pytest.mark.parametrize("upload", [True, False], ids=["upload", "download"])
+def test_a_copy_over_the_master_loads_no_protocol_stack(env: Env, path: Path, local: Path,
+                                                        upload: bool) -> None:
+    """A real qcp over a real master: ``-X importtime`` lists every module it loaded, and
+    none of the stack a login needs is among them (they cost qcp ~110 ms of CPU at every
+    run, for nothing a relayed copy does)."""
+    master(env, path)
+    before = env.logins()
+    name = f"light-{uuid.uuid4().hex[:6]}"
+    if upload:
+        source = local / name
+        source.write_bytes(os.urandom(3000))
+        args: tuple[str | Path, ...] = (source, f"qtest:{name}")
+    else:
+        as_user(env, "dd", "if=/dev/urandom", f"of={name}", "bs=3000", "count=1",
+                "status=none")
+        source = env.home / name
+        args = (f"qtest:{name}", local)
+    result = subprocess.run([PYTHON, "-X", "importtime", *qcp_argv(path, *args)[1:]],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            env=env.environ(), stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    copied = env.home / name if upload else local / name
+    assert digest(copied) == digest(source)
+    assert env.logins() == before  # it really rode on the master
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "common.transfer" in imported  # the probe sees the engine's own imports
+    heavy = sorted(m for m in imported
+                   if m.split(".")[0] in NOT_LOADED_OVER_A_MASTER
+                   or m.startswith(NOT_LOADED_OVER_A_MASTER))
+    assert not heavy, " ".join(heavy)
+
+
+@pytest.mark.parametrize("argv", [
+    ["f", "h:"], ["-r", "-p", "-q", "d", "h:x"], ["-rpq", "-vvv", "d", "h:x"], ["h:f", "h:g", "."],
+    ["-P", "2200", "-i", "k1", "-ik2", "-l", "800", "f", "h:"], ["-P2200", "-l1", "f", "h:"],
+    ["-F", "none", "-o", "A=1", "-oB=2", "-J", "j1", "-J", "j2", "f", "h:"],
+    ["h:a", "-r", "local", "--resume", "-v"], ["--", "-r", "h:"], ["-", "h:"],
+    ["-o", "-q", "f", "h:"], ["-P", " 12 ", "f", "h:"], ["", "h:"], ["-rv", "-P", "+1_0", "f"],
+    # Left to click (None), each an error or help there:
+    ["-h"], ["--help"], ["-V"], ["--version"], ["--res", "f", "h:"], ["-x", "f", "h:"],
+    ["-P", "port", "f", "h:"], ["-l", "0", "f", "h:"], ["-l", str(100 * 1024 * 1024 + 1)],
+    ["f", "h:", "-o"], [], ["-r"], ["-5", "f", "h:"], ["--resume=1", "f", "h:"],
+    ["only-one"], ["a", "b"], ["h:a", "g:b", "."], ["h:a", "local", "h:b"],  # no copy (plan)
+])
+def test_qcp_reads_its_command_line_as_the_click_command_does(argv: list[str]) -> None:
+    """qcp/cli.py's parse_argv (no click) gives the run the same arguments as the click
+    command would, or leaves the command line to click (help, version, every error)."""
+    import click
+
+    from qcp.cli import UsageProblem, click_command, parse_argv, plan
+
+    mine = parse_argv(list(argv))
+    try:
+        with click_command().make_context("qcp", list(argv)) as ctx:
+            theirs: dict[str, object] | None = dict(ctx.params)
+        assert theirs is not None
+        plan(theirs["paths"])  # type: ignore[arg-type]
+    except (click.exceptions.Exit, click.ClickException, UsageProblem):  # help; an error
+        theirs = None
+    assert mine == theirs

@@ -35,20 +35,50 @@ The package, one concern per module: :mod:`~common.aio.limits` (sizes and time-o
 (:func:`connect`) and :mod:`~common.aio.server` (:func:`serve`, :func:`adopt`).
 """
 
-from common.aio.channel import Channel, ReadStream
-from common.aio.client import connect
-from common.aio.connection import (
-    AuthHandler,
-    ChannelHandler,
-    GlobalRequestHandler,
-    HostKeyCallback,
-    OpenAnswer,
-    QsmpConnection,
-)
-from common.aio.errors import ChannelClosedError, ChannelOpenError, ConnectionLost
-from common.aio.limits import CHANNEL_HIGH_WATER, DEFAULT_CONNECT_TIMEOUT, RECEIVE_BUFFER_SIZE
-from common.aio.memory import tune_allocator
-from common.aio.server import AdmissionTicket, AdmitHandler, Server, accept, adopt, serve
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.aio.channel import Channel, ReadStream
+    from common.aio.client import connect
+    from common.aio.connection import (
+        AuthHandler,
+        ChannelHandler,
+        GlobalRequestHandler,
+        HostKeyCallback,
+        OpenAnswer,
+        QsmpConnection,
+    )
+    from common.aio.errors import ChannelClosedError, ChannelOpenError, ConnectionLost
+    from common.aio.limits import CHANNEL_HIGH_WATER, DEFAULT_CONNECT_TIMEOUT, RECEIVE_BUFFER_SIZE
+    from common.aio.memory import tune_allocator
+    from common.aio.server import AdmissionTicket, AdmitHandler, Server, accept, adopt, serve
+
+#: Where each name lives. The names load on first use (PEP 562), so that a module of the
+#: package -- the errors, a channel's type -- can be imported without the whole stack
+#: (qcp over a ControlMaster needs no handshake, no transport, no crypto registry).
+_HOME = {
+    "Channel": "channel", "ReadStream": "channel", "connect": "client",
+    "AuthHandler": "connection", "ChannelHandler": "connection",
+    "GlobalRequestHandler": "connection", "HostKeyCallback": "connection",
+    "OpenAnswer": "connection", "QsmpConnection": "connection",
+    "ChannelClosedError": "errors", "ChannelOpenError": "errors", "ConnectionLost": "errors",
+    "CHANNEL_HIGH_WATER": "limits", "DEFAULT_CONNECT_TIMEOUT": "limits",
+    "RECEIVE_BUFFER_SIZE": "limits", "tune_allocator": "memory",
+    "AdmissionTicket": "server", "AdmitHandler": "server", "Server": "server",
+    "accept": "server", "adopt": "server", "serve": "server",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CHANNEL_HIGH_WATER",

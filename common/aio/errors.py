@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from common.errors import (
     BY_CODE,
     ConnectionClosed,
@@ -9,7 +11,9 @@ from common.errors import (
     QsmpError,
     RemoteReportedError,
 )
-from common.protocol.connection import ConnectionTerminated
+
+if TYPE_CHECKING:  # only a type here: the errors load without the protocol stack
+    from common.protocol.connection import ConnectionTerminated
 
 
 class ConnectionLost(ConnectionClosed):

@@ -285,7 +285,7 @@ class SharedConnection:
         assert kind == "copy"
         first = not self._channels
         try:
-            return cast(aio.Channel, await self._open(payload))
+            return cast("aio.Channel", await self._open(payload))
         except Unshared as exc:
             if first:
                 raise

@@ -36,7 +36,6 @@ from common.channels.copy import (
 )
 from common.channels.copy import Failure as FailureMessage
 from common.errors import InvalidInput
-from common.protocol.mux import OpenFailureReason
 from common.transfer.base import (
     CopyError,
     CopyOptions,
@@ -218,6 +217,10 @@ async def _serve(channel: aio.Channel) -> None:
     try:
         request = OpenRequest.decode(channel.payload)
     except InvalidInput as exc:
+        # Here, not at the top: the client's side (qcp over a master) needs no protocol
+        # code; the server's has it loaded already (common.aio.channel imports it).
+        from common.protocol.mux import OpenFailureReason
+
         log.info("conn=%d: refusing a copy channel: %s", number, exc)
         channel.reject(OpenFailureReason.ADMINISTRATIVELY_PROHIBITED, str(exc))
         return
