@@ -341,6 +341,8 @@ def main() -> None:
         editable = stack.enter_context(installed(ROOT, args.venv_system_site, "editable"))
         before = (stack.enter_context(installed(args.before, args.venv_system_site))
                   if args.before else None)
+        before_editable = (stack.enter_context(
+            installed(args.before, args.venv_system_site, "editable")) if args.before else None)
         env = qshd.env  # the tree's: PYTHONPATH, and bytecode cached outside the tree
         # The installed programs: nothing of the tree on the path, pip's own bytecode.
         venv_env = {k: v for k, v in os.environ.items() if k not in (
@@ -381,6 +383,9 @@ def main() -> None:
         if before is not None:
             commands["qsh --help (before)"] = ([str(before / "qsh"), "--help"], venv_env)
             commands["qsh host true (before)"] = ([str(before / "qsh"), *qsh_args], venv_env)
+        if before_editable is not None:
+            commands["qsh host true (editable, before)"] = (
+                [str(before_editable / "qsh"), *qsh_args], venv_env)
             commands["qcp f host: (before)"] = ([str(before / "qcp"), *qcp_args], venv_env)
         for sshd in sshds:
             commands[f"{_short(sshd)} host true"] = (ssh_command(sshd, "true", ssh_known), None)
@@ -407,9 +412,13 @@ def main() -> None:
             print(f"\n== 100 logins running `true`, 10 at a time; {args.rounds} rounds, "
                   "interleaved; median ==")
             pools = {"qsh (installed)": ([str(bin_dir / "qsh"), *qsh_args], venv_env),
+                     "qsh (editable)": ([str(editable / "qsh"), *qsh_args], venv_env),
                      "python -m qsh": ([PY, "-m", "qsh", *qsh_args], env)}
             if before is not None:
                 pools["qsh (before)"] = ([str(before / "qsh"), *qsh_args], venv_env)
+            if before_editable is not None:
+                pools["qsh (editable, before)"] = ([str(before_editable / "qsh"), *qsh_args],
+                                                   venv_env)
             for sshd in sshds:
                 pools[_short(sshd)] = (ssh_command(sshd, "true", ssh_known), None)
             rates: dict[str, list[tuple[float, float]]] = {name: [] for name in pools}

@@ -1,25 +1,29 @@
-"""The ``qsh`` command's first step: a run that a connection-sharing master can serve goes to
-it before click, the protocol or the crypto are loaded; every other run goes on to
-:mod:`qsh.cli`, unchanged.
+"""The ``qsh`` command's first step: a plain run is served without click -- over a
+connection-sharing master before the protocol or the crypto are loaded, or else logged in by
+itself through :func:`qsh.run.run`, the body qsh.cli's click command calls; every other run
+goes on to :mod:`qsh.cli`, unchanged.
 
-Why a step of its own: tools that run ssh per task (Ansible runs about five per task) use
-connection sharing so that a run costs no login, and then what a run costs is its start-up.
-ssh's mux client takes 6 ms of CPU; ours took ~100 ms, most of it importing click and the
-modules behind the full command line (issue 18). Here the command line is read with ssh's
-grammar alone (:mod:`qsh.argv`), the configuration resolved as always
+Why a step of its own: tools that run ssh per task (Ansible runs about five per task) start
+a client per task and per host, and then what a run costs is its start-up. ssh's mux client
+takes 6 ms of CPU, a fresh ssh ~10 ms; importing click alone costs ~6 ms in a clean venv and
+~40 ms on a loaded machine (issue 18). Here the command line is read with ssh's grammar
+alone (:mod:`qsh.argv`), the configuration resolved as always
 (:func:`common.client.config.resolve`), and the session handed to the master
-(:func:`common.client.mux_client.shared_session`).
+(:func:`common.client.mux_client.shared_session`) or run by qsh.run with the values click
+would have given it.
 
-Only the plain case is taken: options whose meaning the shared session covers (``-o -S -l
--p -F -t -q -v -s -n``, and those a shared session has no use for: ``-i -b -c -e -C -x -a
--A -k -K -4 -6 -g -y -X -Y``). Anything else (``-G -O -M -N -f -W -J -E``, tunnels, help,
-an unknown option, a bad port, an error in the configuration, a command too long for the
-control socket) and a missing or silent master go to :mod:`qsh.cli`, which reports errors
-as before and logs in by itself.
+Only the plain case is taken: ``-o -S -l -p -F -t -q -v -s -n -i -b -c -e -C -4 -6`` and
+the ignored ``-x -a -A -k -K -g -y -X -Y``. Anything else (``-G -O -M -N -f -W -J -E``,
+tunnels, help, an unknown option, a bad port) goes to :mod:`qsh.cli`; so does a run that
+qsh.run finds wrong before connecting (an error in the configuration, -4 with -6, a command
+too long), which qsh.cli then reads again and reports as before. A missing or silent
+master, or a command too long for the control socket, leaves the run to log in by itself.
 """
 
 from __future__ import annotations
 
+import errno
+import gc
 import sys
 
 from common.cli import (
@@ -32,9 +36,8 @@ from common.cli import (
 
 from .argv import VALUE_OPTIONS, hoist_options, split_destination, ssh_dash_T
 
-#: Flags of ssh's that a shared session has no use for (the connection is made already).
-_HARMLESS_FLAGS = frozenset("CxaAkK46gyXY")
-_HARMLESS_VALUES = frozenset("ibce")
+#: ssh's flags that qsh accepts and ignores (qsh.run.IGNORED_FLAGS says why, under -v).
+_IGNORED_FLAGS = frozenset("xaAkKgyXY")
 #: The command's bytes the fast path passes on; longer ones go the long way, which says
 #: whether they are too long (common.channels.session.MAX_COMMAND).
 _COMMAND_LIMIT = 32 * 1024
@@ -54,6 +57,17 @@ class _Args:
         self.stdin_null = False
         self.destination = ""
         self.command: list[str] = []
+        # What only a fresh login uses (a shared session has no use for them).
+        self.identities: list[str] = []
+        self.bind_address: str | None = None
+        self.cipher_spec: str | None = None
+        self.escape_char: str | None = None
+        self.compression = False
+        self.subsystem = False
+        self.inet4 = False
+        self.inet6 = False
+        #: ssh's flags qsh ignores, in the order first given (click's, for -v's notes).
+        self.ignored: dict[str, bool] = {}
 
 
 def _parse(argv: list[str]) -> _Args | None:
@@ -87,12 +101,20 @@ def _parse(argv: list[str]) -> _Args | None:
                 elif letter == "l":
                     args.user = value
                 elif letter == "p":
-                    if not value.isdigit():
-                        return None
+                    if not (value.isascii() and value.isdigit()):
+                        return None  # click's int() says what is wrong
                     args.port = int(value)
                 elif letter == "F":
                     args.config_file = value
-                elif letter not in _HARMLESS_VALUES:
+                elif letter == "i":
+                    args.identities.append(value)
+                elif letter == "b":
+                    args.bind_address = value
+                elif letter == "c":
+                    args.cipher_spec = value
+                elif letter == "e":
+                    args.escape_char = value
+                else:
                     return None
                 break
             if letter == "t":
@@ -103,9 +125,18 @@ def _parse(argv: list[str]) -> _Args | None:
                 args.verbose += 1
             elif letter == "s":
                 args.extra.append("SessionType=subsystem")
+                args.subsystem = True
             elif letter == "n":
                 args.stdin_null = True
-            elif letter not in _HARMLESS_FLAGS:
+            elif letter == "C":
+                args.compression = True
+            elif letter == "4":
+                args.inet4 = True
+            elif letter == "6":
+                args.inet6 = True
+            elif letter in _IGNORED_FLAGS:
+                args.ignored.setdefault(f"ignored_{letter}", True)
+            else:
                 return None
             j += 1
         i += 1
@@ -120,8 +151,10 @@ def _parse(argv: list[str]) -> _Args | None:
 def shared(argv: list[str]) -> int | None:
     """The exit code of this run's session over a master's connection, or None."""
     args = _parse(argv)
-    if args is None:
-        return None
+    return None if args is None else _shared(args)
+
+
+def _shared(args: _Args) -> int | None:
     from common.client import mux_client
     from common.client.config import ConfigError, resolve
 
@@ -151,18 +184,56 @@ def shared(argv: list[str]) -> int | None:
                                      verbose=verbosity > 0)
 
 
+def fresh(args: _Args) -> int | None:
+    """The exit code of this run, logged in by itself through :func:`qsh.run.run` -- what
+    qsh.cli calls with the same values from click -- or None when the command line or the
+    configuration is wrong: qsh.cli then reads it all again and reports it as always (the
+    run made no connection yet, and nothing it did is seen twice)."""
+    from . import run
+
+    try:
+        return run.run(
+            args.quiet, args.inet4, args.inet6, None, args.port, args.user,
+            tuple(args.identities), args.config_file, tuple(args.options), args.verbose,
+            args.force_tty, (), (), (), False, False, False, args.compression,
+            args.stdin_null, args.subsystem, args.bind_address, args.cipher_spec,
+            args.escape_char, None, None, 0, args.control_path, None, args.destination,
+            tuple(args.command), echo=print,
+            **args.ignored)
+    except (run.UsageError, run.Failure):
+        return None
+    except (EOFError, KeyboardInterrupt):  # what click's main does with them
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+        return run.EXIT_FAILURE
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        from click.utils import PacifyFlushWrapper  # as click's main: exit 1, quietly
+
+        sys.stdout = PacifyFlushWrapper(sys.stdout)
+        sys.stderr = PacifyFlushWrapper(sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> None:
     no_core_dumps()
     sanitise_std_fds()
     args = list(sys.argv[1:] if argv is None else argv)
-    status = shared(args)
+    parsed = _parse(args)
+    status = None if parsed is None else _shared(parsed)
     if status is None:
         # asyncio imports ssl when it can: the ssl module and OpenSSL's libssl, ~2-3 ms of
         # CPU and ~1 MB of RSS at every start (measured: bench/README.md). qsh never speaks
         # TLS (asyncio works without it), so it is marked absent; a later "import ssl" in
         # this process fails, as on an interpreter built without OpenSSL.
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
-        from .cli import main as full
+        if parsed is not None:
+            status = fresh(parsed)
+        if status is None:
+            from .cli import main as full
 
-        full(args)
+            full(args)
+        # As qsh.cli: keep interpreter shutdown from walking what the run leaves behind.
+        gc.freeze()
     sys.exit(status)

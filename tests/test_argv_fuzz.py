@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0,
 
 def _main(command: str) -> Callable[[list[str]], object]:
     """The command's console-script entry point, given ``argv`` the way the script is."""
-    module, name = {"qsh": ("qsh.cli", "main"), "qcp": ("qcp.cli", "main"),
+    module, name = {"qsh": ("qsh.entry", "main"), "qcp": ("qcp.cli", "main"),
                     "qshd": ("qshd.cli", "main"), "qpasswd": ("qpasswd.cli", "main"),
                     "qsh-keygen": ("qsh.keygen", "main")}[command]
     entry = getattr(__import__(module, fromlist=[name]), name)

@@ -143,3 +143,64 @@ def test_a_fresh_run_does_not_load_tls(tmp_path: Path) -> None:
     assert result.returncode == 255, result
     assert "asyncio" in modules, result  # the run really went as far as connecting
     assert "_ssl" not in modules
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed once the block ends: nothing listens there
+
+
+def _both_ways(argv: list[str]) -> dict[str, tuple[subprocess.CompletedProcess[str], set[str]]]:
+    """The same command line through qsh/entry.py and through qsh.cli (click)."""
+    runs = {}
+    for module in ("entry", "cli"):
+        code = ("import site, sys; sys.path += site.getsitepackages()\n"
+                f"from qsh import {module}\n"
+                f"{module}.main({argv!r})\n")
+        runs[module] = loaded_by(code, site=False)
+    return runs
+
+
+def _shown(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [ln for ln in result.stderr.splitlines() if not ln.startswith("MODULES ")]
+
+
+def test_a_fresh_run_does_not_load_click(tmp_path: Path) -> None:
+    """The most common run, ``qsh host true`` with no master, is read with ssh's grammar
+    (qsh/argv.py) and run by qsh.run without click (~6-40 ms of CPU at every start). The
+    run connects to a closed port on 127.0.0.1, so it goes as far as connecting; what it
+    shows (exit code, -v lines, the error) must be what qsh.cli shows for the same words."""
+    argv = ["-F", "none", "-v", "-p", str(_closed_port()), "-o", "ConnectTimeout=5", "-C",
+            "-xa", "-K", "-x", "-o", f"UserKnownHostsFile={tmp_path / 'kh'}", "127.0.0.1",
+            "true"]
+    runs = _both_ways(argv)
+    (fast, fast_modules), (full, _) = runs["entry"], runs["cli"]
+    assert fast.returncode == full.returncode == 255, fast
+    assert "asyncio" in fast_modules, fast  # the run really went as far as connecting
+    assert "click" not in fast_modules
+    assert _shown(fast) == _shown(full)
+    assert any("-x:" in ln for ln in _shown(fast)), fast  # -v shows the ignored flags
+    assert fast.stdout == full.stdout
+
+
+@pytest.mark.parametrize("words", [
+    ["-4", "-6"],  # a usage error found after parsing: qsh.cli reports it
+    ["-s"],  # -s with a command of two words
+    ["-o", "NoSuchKeyword=1"],  # an error in the configuration
+    ["-o", "Port=99999"],
+    ["-vvv", "-tnq", "-T", "-c", "aes256-gcm@openssh.com", "-e", "none", "-b", "127.0.0.1",
+     "-i", "/nonexistent/key", "-l", "someone"],
+    ["-p", "+1"],  # what click's int() takes is click's to judge
+])
+def test_a_fresh_run_shows_what_qsh_cli_shows(words: list[str], tmp_path: Path) -> None:
+    """Whatever the fast path takes or leaves: the same exit code and the same lines."""
+    argv = ["-F", "none", "-p", str(_closed_port()), "-o", "ConnectTimeout=5",
+            "-o", f"UserKnownHostsFile={tmp_path / 'kh'}", *words, "127.0.0.1", "echo", "x"]
+    runs = _both_ways(argv)
+    (fast, _), (full, _) = runs["entry"], runs["cli"]
+    assert (fast.returncode, _shown(fast), fast.stdout) == (
+        full.returncode, _shown(full), full.stdout)
+    assert _shown(fast), fast
