@@ -192,14 +192,18 @@ def fresh(args: _Args) -> int | None:
     from . import run
 
     try:
-        return run.run(
-            args.quiet, args.inet4, args.inet6, None, args.port, args.user,
-            tuple(args.identities), args.config_file, tuple(args.options), args.verbose,
-            args.force_tty, (), (), (), False, False, False, args.compression,
-            args.stdin_null, args.subsystem, args.bind_address, args.cipher_spec,
-            args.escape_char, None, None, 0, args.control_path, None, args.destination,
-            tuple(args.command), echo=print,
-            **args.ignored)
+        return run.run(  # by name: a positional slip among the many flags would type-check
+            quiet=args.quiet, inet4=args.inet4, inet6=args.inet6, log_file=None,
+            port=args.port, login=args.user, identities=tuple(args.identities),
+            config_file=args.config_file, options=tuple(args.options), verbose=args.verbose,
+            force_tty=args.force_tty, local_forwards=(), remote_forwards=(),
+            dynamic_forwards=(), no_command=False, background=False, print_config=False,
+            compression=args.compression, stdin_null=args.stdin_null,
+            subsystem=args.subsystem, bind_address=args.bind_address,
+            cipher_spec=args.cipher_spec, escape_char=args.escape_char, jump=None,
+            stdio_forward=None, master=0, control_path=args.control_path,
+            control_command=None, destination=args.destination,
+            command=tuple(args.command), echo=print, **args.ignored)
     except (run.UsageError, run.Failure):
         return None
     except (EOFError, KeyboardInterrupt):  # what click's main does with them
