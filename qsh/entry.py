@@ -213,10 +213,16 @@ def fresh(args: _Args) -> int | None:
     except OSError as exc:
         if exc.errno != errno.EPIPE:
             raise
-        from click.utils import PacifyFlushWrapper  # as click's main: exit 1, quietly
+        # As click's main: exit 1, quietly. What is still buffered for the broken pipe
+        # would fail again at the interpreter's exit: the descriptors point at /dev/null.
+        import contextlib
+        import os
 
-        sys.stdout = PacifyFlushWrapper(sys.stdout)
-        sys.stderr = PacifyFlushWrapper(sys.stderr)
+        null = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(null, stream.fileno())
+        os.close(null)
         return 1
 
 
