@@ -186,6 +186,17 @@ def test_a_fresh_run_does_not_load_click(tmp_path: Path) -> None:
     assert fast.stdout == full.stdout
 
 
+def test_a_client_run_loads_no_handoff_code(tmp_path: Path) -> None:
+    """The handoff codec (common.protocol.handoff: three frozen dataclasses, ~3 ms at every
+    start) is qshd's alone, which hands a logged-in connection from its pre-auth process to
+    the user's; a client never loads it."""
+    argv = ["-F", "none", "-p", str(_closed_port()), "-o", "ConnectTimeout=5",
+            "-o", f"UserKnownHostsFile={tmp_path / 'kh'}", "127.0.0.1", "true"]
+    fast, modules = _both_ways(argv)["entry"]
+    assert fast.returncode == 255 and "asyncio" in modules, fast  # it went as far as connecting
+    assert "common.protocol.handoff" not in modules
+
+
 @pytest.mark.parametrize("words", [
     ["-4", "-6"],  # a usage error found after parsing: qsh.cli reports it
     ["-s"],  # -s with a command of two words

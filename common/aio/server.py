@@ -14,11 +14,16 @@ from common.aio.client import _core_args
 from common.aio.connection import AuthHandler, ChannelHandler, GlobalRequestHandler, QsmpConnection
 from common.aio.memory import tune_allocator
 from common.crypto.rng import Rng
+from common.protocol import handoff  # noqa: F401  (now, before a sandbox: see below)
 from common.protocol.connection import Connection
 from common.protocol.handshake import ServerHandshake
 from common.protocol.transport import TransportSettings
 
 log = logging.getLogger("qsh.aio")
+
+# common.protocol.handoff is loaded above although nothing here names it: the core loads
+# it on first use (a client never does), and qshd's pre-auth process exports its
+# connection inside its sandbox, where nothing new can be loaded.
 
 
 class Server:

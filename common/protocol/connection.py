@@ -46,9 +46,6 @@ from common.protocol.auth import (
     password_request,
     publickey_request,
 )
-from common.protocol.handoff import HandoffError, HandoffState
-from common.protocol.handoff import decode as decode_handoff
-from common.protocol.handoff import encode as encode_handoff
 from common.protocol.handshake import ClientHandshake, Role, ServerHandshake, State, _Handshake
 from common.protocol.mux import Mux, OutgoingMessage
 from common.protocol.negotiation import Suite
@@ -541,6 +538,11 @@ class Connection:
         would reuse AEAD nonces, so there is no way back. Refused (:class:`UsageError`)
         unless the login succeeded and everything is quiet: no rekey in either
         direction, no channel, nothing queued for the socket."""
+        # Loaded here, not at import: only qshd hands connections over (common.aio.server
+        # loads the module before a process sandboxes itself), and a client saves ~3 ms.
+        from common.protocol.handoff import HandoffState
+        from common.protocol.handoff import encode as encode_handoff
+
         self.check_handoff()
         transport, auth = self.transport, self._server_auth
         assert transport is not None and auth is not None and auth.user is not None
@@ -572,6 +574,9 @@ class Connection:
         malformed), and ``user``, when given, must be the user in it: the privileged side
         that approved the login passes the name it approved, so a subverted pre-auth
         process cannot hand over a login as somebody else."""
+        from common.protocol.handoff import HandoffError
+        from common.protocol.handoff import decode as decode_handoff
+
         decoded = decode_handoff(state)
         if user is not None and decoded.user != user:
             raise HandoffError("the handed-over login is not the approved user")

@@ -49,13 +49,17 @@ from common.errors import (
     RemoteReportedError,
     UsageError,
 )
-from common.protocol.handoff import DirectionState, TransportState
 from common.protocol.handshake import Established, Role, read_kem_ciphertext
 from common.protocol.negotiation import ObscurePolicy, Suite, check_obscure_answer
 from common.protocol.obscure import EchoMimic, Held, KeystrokeClock, class_padding
 from common.protocol.record import RecordOpener, RecordSealer
 from common.protocol.schedule import LABEL_C2S, LABEL_S2C, DirectionKeys, derive_rekey, wipe
 from common.wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Writer
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing
+if TYPE_CHECKING:
+    # qshd's alone (loaded by common.aio.server): a client never hands a connection over.
+    from common.protocol.handoff import TransportState
 
 INNER_HEADER_SIZE = 3
 MAX_REASON = 1024
@@ -240,6 +244,8 @@ class Transport:
         progress (a half-done KEM exchange is not carried) and stops using this object."""
         if self.rekey_in_progress:
             raise UsageError("a rekey is in progress")
+        from common.protocol.handoff import DirectionState, TransportState
+
         tx_key, tx_iv = self.sealer.key_material()
         rx_key, rx_iv = self.opener.key_material()
         return TransportState(
