@@ -33,7 +33,7 @@ import errno
 import os
 import signal
 import stat
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,10 +54,11 @@ from common.client.connect import (
 from common.client.mux_client import wants_pty
 from common.errors import ErrorCode, QsmpError
 
-from .tunnels import ClientTunnels
-
 if TYPE_CHECKING:
+    from common.channels.tunnel import ForwardSpec
+
     from . import escapes
+    from .tunnels import ClientTunnels
 
 EXIT_FAILURE = 255
 #: Bytes per read from stdin: one record's worth, so a bulk upload costs few records.
@@ -209,11 +210,14 @@ class Session:
     def __init__(self, connection: aio.QsmpConnection, cfg: ClientConfig, ui: Ui, *,
                  command: str | None, pty: bool,
                  gate: Awaitable[None] | None = None,
-                 tunnels: ClientTunnels | None = None, local: LocalEnd | None = None) -> None:
+                 tunnels: ClientTunnels | None = None, local: LocalEnd | None = None,
+                 make_tunnels: Callable[[], ClientTunnels] | None = None) -> None:
         self.connection = connection
         self.local = local = local if local is not None else LocalEnd()
-        #: Where ``~C`` adds and cancels tunnels (None: it says it cannot).
+        #: Where ``~C`` adds and cancels tunnels (None: made by ``make_tunnels`` at the first
+        #: ``~C``, or, without it, ``~C`` says it cannot).
         self.tunnels = tunnels
+        self.make_tunnels = make_tunnels
         #: Awaited together with the channel's open, before any request: the tunnels'
         #: negotiation, which must succeed before a shell or command starts.
         self.gate = gate
@@ -457,6 +461,8 @@ class Session:
         if command.action == "help":
             self.ui.say(escapes.COMMAND_HELP)
             return
+        if self.tunnels is None and self.make_tunnels is not None:
+            self.tunnels = self.make_tunnels()
         if self.tunnels is None:
             self.ui.say("qsh: tunnels cannot be changed on this connection")
             return
@@ -603,6 +609,14 @@ async def wait_connection(connection: aio.QsmpConnection, cfg: ClientConfig) -> 
     return 0
 
 
+def new_tunnels(connection: aio.QsmpConnection, ui: Ui,
+                specs: list[ForwardSpec]) -> ClientTunnels:
+    """The connection's tunnels; the tunnel engine loads here, for a run that uses it."""
+    from .tunnels import ClientTunnels
+
+    return ClientTunnels(connection, ui, specs)
+
+
 async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tty: bool,
                      no_command: bool = False, background: bool = False,
                      quiet: bool = False) -> int:
@@ -614,6 +628,7 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
     """
     connection: aio.QsmpConnection | None = None
     tunnels: ClientTunnels | None = None
+    session: Session | None = None
     master = None
     with StopSignals(), terminal.saved_blocking_modes():
         try:
@@ -627,11 +642,13 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
                                   no_command=no_command or background, quiet=quiet,
                                   environ=os.environ)
             gate: Awaitable[None] | None = None
-            # Made for every run: ~C may add tunnels later.
-            tunnels = ClientTunnels(connection, ui, cfg.forwards)
+            # Made now for tunnels asked for and for a master (-O forward); else at the
+            # first ~C, if ever: the tunnel engine's import is ~4 ms of every start.
+            if cfg.forwards or master is not None:
+                tunnels = new_tunnels(connection, ui, cfg.forwards)
             if master is not None:
                 master.tunnels = tunnels  # -O forward / -O cancel
-            if cfg.forwards:
+            if tunnels is not None and cfg.forwards:
                 # The requests go out now, beside the session's open (one round trip).
                 gate = asyncio.ensure_future(settle_tunnels(
                     asyncio.ensure_future(tunnels.negotiate()), cfg, ui))
@@ -652,8 +669,10 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
                         return await wait_connection(connection, cfg)
                 pty = wants_pty(cfg.request_tty, command=command, stdin_is_tty=os.isatty(0),
                                 force=force_tty)
+                shared = connection
                 session = Session(connection, cfg, ui, command=command, pty=pty, gate=gate,
-                                  tunnels=tunnels)
+                                  tunnels=tunnels,
+                                  make_tunnels=lambda: new_tunnels(shared, ui, []))
                 status = await session.run()
                 if master is not None:  # the clients' sessions end before the connection
                     await master.serve(None)
@@ -665,6 +684,8 @@ async def run_client(cfg: ClientConfig, ui: Ui, *, command: str | None, force_tt
             terminal.restore_all()
             if master is not None:
                 master.close()
+            if tunnels is None and session is not None:
+                tunnels = session.tunnels  # made by a ~C
             if tunnels is not None:
                 await tunnels.close()
             if connection is not None:

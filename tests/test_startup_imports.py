@@ -186,15 +186,17 @@ def test_a_fresh_run_does_not_load_click(tmp_path: Path) -> None:
     assert fast.stdout == full.stdout
 
 
-def test_a_client_run_loads_no_handoff_code(tmp_path: Path) -> None:
+def test_a_plain_client_run_loads_no_handoff_or_tunnel_code(tmp_path: Path) -> None:
     """The handoff codec (common.protocol.handoff: three frozen dataclasses, ~3 ms at every
     start) is qshd's alone, which hands a logged-in connection from its pre-auth process to
-    the user's; a client never loads it."""
+    the user's; a client never loads it. The tunnel engine (qsh.tunnels, common.forward:
+    ~4 ms) loads for a run with tunnels, a master, or at the first ``~C``."""
     argv = ["-F", "none", "-p", str(_closed_port()), "-o", "ConnectTimeout=5",
             "-o", f"UserKnownHostsFile={tmp_path / 'kh'}", "127.0.0.1", "true"]
     fast, modules = _both_ways(argv)["entry"]
     assert fast.returncode == 255 and "asyncio" in modules, fast  # it went as far as connecting
     assert "common.protocol.handoff" not in modules
+    assert not [m for m in modules if m == "qsh.tunnels" or m.startswith("common.forward")]
 
 
 @pytest.mark.parametrize("words", [
