@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -119,24 +120,11 @@ def _query(ctx: click.Context, _param: click.Parameter, kind: str | None) -> Non
               help="Forward stdin and stdout to HOST:PORT from the server; no session.")
 @click.argument("destination")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def command(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
-            port: int | None, login: str | None, identities: tuple[str, ...],
-            config_file: str | None, options: tuple[str, ...], verbose: int,
-            force_tty: bool, local_forwards: tuple[str, ...], remote_forwards: tuple[str, ...],
-            dynamic_forwards: tuple[str, ...], no_command: bool, background: bool,
-            print_config: bool, compression: bool, stdin_null: bool, subsystem: bool,
-            bind_address: str | None, cipher_spec: str | None, escape_char: str | None,
-            jump: str | None, stdio_forward: str | None,
-            master: int, control_path: str | None, control_command: str | None,
-            destination: str, command: tuple[str, ...], **ignored: object) -> int:
+def command(**params: Any) -> int:
     """Log in to DESTINATION ([user@]host) and run a shell, or COMMAND, over QSMP."""
+    # The parameters are qsh.run.run's, by the names the options above give them.
     try:
-        return run.run(quiet, inet4, inet6, log_file, port, login, identities, config_file,
-                       options, verbose, force_tty, local_forwards, remote_forwards,
-                       dynamic_forwards, no_command, background, print_config, compression,
-                       stdin_null, subsystem, bind_address, cipher_spec, escape_char, jump,
-                       stdio_forward, master, control_path, control_command, destination,
-                       command, echo=click.echo, **ignored)
+        return run.run(**params, echo=click.echo)
     except run.UsageError as exc:
         raise click.UsageError(str(exc)) from None
     except run.Failure as exc:
