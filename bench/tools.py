@@ -56,10 +56,11 @@ REMOTE_PYTHON = "/usr/bin/python3"
 PARTS = ("ansible", "git", "rsync")
 
 
-def wrapper(path: Path, argv: list[str], env: dict[str, str]) -> Path:
+def wrapper(path: Path, argv: list[str], env: dict[str, str],
+            unset: tuple[str, ...] = ()) -> Path:
     # Bytecode cached as an installed package has it: a sandbox's PYTHONDONTWRITEBYTECODE
     # would make every qsh run compile its modules again (30-60 ms each here).
-    exports = "unset PYTHONDONTWRITEBYTECODE\n" + "".join(
+    exports = f"unset {' '.join(('PYTHONDONTWRITEBYTECODE', *unset))}\n" + "".join(
         f"export {k}='{v}'\n" for k, v in env.items())
     quoted = " ".join(f"'{a}'" for a in argv)
     path.write_text(f"#!/bin/sh\n{exports}exec {quoted} \"$@\"\n")
@@ -106,7 +107,8 @@ def make_sides(qshd: PrivateQshd, sshd: openssh.PrivateSshd, work: Path,
         q = wrapper(bin_dir / "qsh-bench", [sys.executable, "-m", "qsh", "-F", str(qconfig)],
                     {k: v for k, v in qshd.env.items() if k.startswith("PYTHON")})
     else:  # nothing of the tree's environment: the venv's script finds its own packages
-        q = wrapper(bin_dir / "qsh-bench", [str(qsh_bin / "qsh"), "-F", str(qconfig)], {})
+        q = wrapper(bin_dir / "qsh-bench", [str(qsh_bin / "qsh"), "-F", str(qconfig)], {},
+                    unset=("PYTHONPATH", "PYTHONPYCACHEPREFIX"))
     s = wrapper(bin_dir / "ssh-bench", [sshd.bin["ssh"], "-F", str(sconfig)], {})
     return [Side("qsh", q, work), Side("ssh", s, work)]
 
