@@ -10,7 +10,11 @@ round by round, with the same data on the same loopback: a private qshd
 (``bench/sessions.py``'s :class:`PrivateQshd`) and a private sshd (``bench/openssh.py``).
 Both clients are reached the way the README tells users to reach qsh: a host alias
 ``bench`` in a config file of their own, through a two-line wrapper (``qsh -F FILE`` or
-``ssh -F FILE``) that the tools are pointed at.
+``ssh -F FILE``) that the tools are pointed at. The ``qsh`` there is what users get: the
+console script of a clean venv with the tree installed by ``pip install .``
+(``bench/startup.py``'s :func:`installed`), not ``python -m qsh`` from this interpreter,
+whose site-packages may run ``.pth`` hooks at every start (~27 ms per run on the bench
+machine, and an Ansible task runs qsh six times); ``--qsh tree`` measures that way instead.
 
 - ``ansible``: a 20-task playbook (``command`` module, one host) with the stock ssh plugin
   and its default ``ssh_args`` (connection sharing on: ``ControlMaster=auto``,
@@ -27,6 +31,7 @@ faster), with every round's times, the load average and the OpenSSH version.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -43,6 +48,7 @@ if str(ROOT) not in sys.path:
 
 from bench import openssh  # noqa: E402 - ROOT is on sys.path first
 from bench.sessions import SSHD_EXTRA_CONFIG, PrivateQshd  # noqa: E402
+from bench.startup import installed  # noqa: E402
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -50,10 +56,11 @@ REMOTE_PYTHON = "/usr/bin/python3"
 PARTS = ("ansible", "git", "rsync")
 
 
-def wrapper(path: Path, argv: list[str], env: dict[str, str]) -> Path:
+def wrapper(path: Path, argv: list[str], env: dict[str, str],
+            unset: tuple[str, ...] = ()) -> Path:
     # Bytecode cached as an installed package has it: a sandbox's PYTHONDONTWRITEBYTECODE
     # would make every qsh run compile its modules again (30-60 ms each here).
-    exports = "unset PYTHONDONTWRITEBYTECODE\n" + "".join(
+    exports = f"unset {' '.join(('PYTHONDONTWRITEBYTECODE', *unset))}\n" + "".join(
         f"export {k}='{v}'\n" for k, v in env.items())
     quoted = " ".join(f"'{a}'" for a in argv)
     path.write_text(f"#!/bin/sh\n{exports}exec {quoted} \"$@\"\n")
@@ -81,7 +88,10 @@ class Side:
         return elapsed
 
 
-def make_sides(qshd: PrivateQshd, sshd: openssh.PrivateSshd, work: Path) -> list[Side]:
+def make_sides(qshd: PrivateQshd, sshd: openssh.PrivateSshd, work: Path,
+               qsh_bin: Path | None = None) -> list[Side]:
+    """The two wrappers; ``qsh_bin`` is an installed venv's bin directory (None: the
+    tree, by ``python -m qsh``)."""
     qconfig = work / "qsh_config"
     qconfig.write_text(f"Host bench\n  HostName {HOST}\n  Port {qshd.port}\n  User {qshd.user}\n"
                        f"  IdentityFile {qshd.user_key_path}\n  StrictHostKeyChecking accept-new\n"
@@ -93,8 +103,12 @@ def make_sides(qshd: PrivateQshd, sshd: openssh.PrivateSshd, work: Path) -> list
                        "  BatchMode yes\n  LogLevel ERROR\n")
     bin_dir = work / "bin"
     bin_dir.mkdir()
-    q = wrapper(bin_dir / "qsh-bench", [sys.executable, "-m", "qsh", "-F", str(qconfig)],
-                {k: v for k, v in qshd.env.items() if k.startswith("PYTHON")})
+    if qsh_bin is None:
+        q = wrapper(bin_dir / "qsh-bench", [sys.executable, "-m", "qsh", "-F", str(qconfig)],
+                    {k: v for k, v in qshd.env.items() if k.startswith("PYTHON")})
+    else:  # nothing of the tree's environment: the venv's script finds its own packages
+        q = wrapper(bin_dir / "qsh-bench", [str(qsh_bin / "qsh"), "-F", str(qconfig)], {},
+                    unset=("PYTHONPATH", "PYTHONPYCACHEPREFIX"))
     s = wrapper(bin_dir / "ssh-bench", [sshd.bin["ssh"], "-F", str(sconfig)], {})
     return [Side("qsh", q, work), Side("ssh", s, work)]
 
@@ -175,6 +189,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 round, 256 MiB for rsync")
     parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--qsh", choices=("installed", "tree"), default="installed",
+                        help="installed: the console script of a clean venv (what users "
+                        "run; default); tree: python -m qsh with this interpreter")
     args = parser.parse_args()
     parts = [p for p in args.parts.split(",") if p]
     rounds = 1 if args.quick else args.rounds
@@ -186,11 +203,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="qsh-bench-tools-", dir=shm if shm.is_dir() else None))
     os.chmod(work, 0o755)
     try:
-        with PrivateQshd() as qshd, openssh.PrivateSshd(
-                SSHD_EXTRA_CONFIG + "Subsystem sftp internal-sftp\n", prefix) as sshd:
+        with contextlib.ExitStack() as stack:
+            qsh_bin = (None if args.qsh == "tree"
+                       else stack.enter_context(installed(ROOT, False)))
+            qshd = stack.enter_context(PrivateQshd())
+            sshd = stack.enter_context(openssh.PrivateSshd(
+                SSHD_EXTRA_CONFIG + "Subsystem sftp internal-sftp\n", prefix))
             print(f"qshd on {HOST}:{qshd.port}; {sshd.version} on {HOST}:{sshd.port}; "
+                  f"qsh {'python -m qsh' if qsh_bin is None else qsh_bin / 'qsh'}; "
                   f"load average {load} at start")
-            sides = make_sides(qshd, sshd, work)
+            sides = make_sides(qshd, sshd, work, qsh_bin)
             cases: dict[str, Callable[[Side, int], float]] = {}
             if "ansible" in parts:
                 cases["ansible-playbook, 20 tasks"] = ansible_case(work, 20)

@@ -226,6 +226,7 @@ class Session:
         self.command = command
         self.want_pty = pty
         self.pty = False  # granted by the server
+        self._clock_taken = False  # this session counts in the connection's PTY sessions
         self.stdin_is_tty = (os.isatty(local.stdin) if local.stdin_is_tty is None
                              else local.stdin_is_tty)
         self.raw: terminal.RawMode | None = None
@@ -282,6 +283,7 @@ class Session:
             if ok:
                 self.pty = True
                 self.connection.set_interactive(True)  # the keystroke clock (issue 12)
+                self._clock_taken = True
             else:
                 self.ui.warn("PTY allocation request failed")
         last = replies[-1]
@@ -298,7 +300,11 @@ class Session:
         """Run to the end of the session; the exit status qsh should return."""
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
-        channel = await self._start()
+        try:
+            channel = await self._start()
+        except BaseException:
+            self._release_clock()
+            raise
         # Our handlers before raw mode: from here on a signal must never find the
         # terminal raw and nobody to restore it.
         own = self.local.own_terminal
@@ -340,7 +346,16 @@ class Session:
                 self._grace.cancel()
             if self.raw is not None:
                 self.raw.restore()
+            self._release_clock()
         return self._result()
+
+    def _release_clock(self) -> None:
+        """This session's PTY no longer keeps the keystroke clock running: over a shared
+        connection the next sessions (Ansible's sftp after its ``-tt`` module run) must
+        not wait for its ticks."""
+        if self._clock_taken:
+            self._clock_taken = False
+            self.connection.set_interactive(False)
 
     def _result(self) -> int:
         outcome = self._outcome

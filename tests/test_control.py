@@ -453,3 +453,39 @@ def test_the_fast_path_takes_only_plain_runs() -> None:
                  ["-W", "h:1", "h"], ["-J", "j", "h"], ["-E", "log", "h"], ["-p", "x", "h"],
                  ["--help"], ["-V"], ["-Z", "h"], ["-l"], []):
         assert _parse(argv) is None, argv
+
+
+def test_a_tty_session_leaves_no_keystroke_clock_behind(env: Env, path: Path) -> None:
+    """Issue 15: Ansible runs each module with ``-tt`` and then the next task's commands and
+    sftp over the same master. The keystroke clock (which holds small writes for its ticks)
+    must stop when the last PTY session ends, or every later session pays a tick per round
+    trip: 20 ms at the default, 200 ms here so that it shows above any machine's noise."""
+    import select
+
+    master = _persisted(env, path, "-o", "ObscureKeystrokeTiming=interval:200", "qtest", "true")
+    assert master.returncode == 0, master.stderr
+    tty = env.qsh("-tt", "-S", str(path), "qtest", "true")
+    assert tty.returncode == 0, tty.stderr
+    proc = subprocess.Popen([PYTHON, "-m", "qsh", "-S", str(path), "qtest", "cat"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT, env=env.environ())
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        took = []
+        for n in range(6):
+            started = time.monotonic()
+            os.write(proc.stdin.fileno(), b"ping %d\n" % n)
+            got = b""
+            while not got.endswith(b"\n"):
+                ready, _, _ = select.select([proc.stdout], [], [], 10)
+                assert ready, f"no echo of round trip {n}"
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                assert chunk, "cat ended early"
+                got += chunk
+            assert got == b"ping %d\n" % n
+            took.append(time.monotonic() - started)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+    # Held for a tick, each round trip after the first would wait up to 200 ms.
+    assert sorted(took)[len(took) // 2] < 0.1, [round(t * 1000) for t in took]

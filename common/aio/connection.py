@@ -117,6 +117,8 @@ class QsmpConnection(asyncio.BufferedProtocol):
         #: A timerfd for the keystroke clock's short deadlines (made at the first one).
         self._precise: PreciseTimer | None = None
         self._precise_tried = False
+        #: PTY sessions open on this connection (a master serves several in turn).
+        self._pty_sessions = 0
         # Sending: our own zero-copy queue on a duplicate of the socket (see _send).
         self._wsock: socket.socket | None = None
         self._wqueue: deque[bytes | bytearray | memoryview] = deque()
@@ -298,9 +300,13 @@ class QsmpConnection(asyncio.BufferedProtocol):
         return None if waiter is None else await waiter
 
     def set_interactive(self, on: bool = True) -> None:
-        """A PTY session is in use (or no longer): small channel writes go out on the
-        keystroke clock when the server agreed to keystroke obfuscation."""
-        self._core.set_interactive(on)
+        """A PTY session starts (``on``) or ends: while any is open, small channel writes
+        go out on the keystroke clock when the server agreed to keystroke obfuscation.
+        Counted, as ssh asks whether any channel still has a tty: a ControlMaster's
+        connection outlives its sessions, and a clock left running by one ``-tt`` run
+        would hold every later session's small writes for a tick (issue 15)."""
+        self._pty_sessions = max(self._pty_sessions + (1 if on else -1), 0)
+        self._core.set_interactive(self._pty_sessions > 0)
         self._pump()
 
     def request_rekey(self) -> None:
