@@ -10,6 +10,7 @@ path shows up here, whichever module adds it.
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: This interpreter's library directories, for a child run without site (-S), which cannot
+#: find them itself: in a venv, site is what makes sys.prefix the venv (Debian's Python
+#: then offers the system's dist-packages, where click is missing or another version is).
+SITE_DIRS = site.getsitepackages()
 #: Loaded only once a connection is made (or a query like -Q needs them).
 HEAVY = ("asyncio", "cryptography", "Crypto", "oqs", "common.crypto", "common.protocol",
          "common.aio", "common.accounts", "common.channels", "common.client.connect",
@@ -117,7 +122,7 @@ def test_the_copy_messages_are_records_not_dataclasses() -> None:
     module alone (it and what it imports) builds no dataclass, which costs ~1 ms each at
     every qcp start."""
     # -S, and the libraries' directory on the path without the machine's .pth hooks.
-    code = ("import site, sys; sys.path += site.getsitepackages(); "
+    code = (f"import sys; sys.path += {SITE_DIRS!r}; "
             "import common.channels.copy")
     _, modules = loaded_by(code, site=False)
     assert "common.channels.copy" in modules
@@ -135,7 +140,7 @@ def test_a_fresh_run_does_not_load_tls(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
     # -S, the libraries' directory on the path: this machine's .pth hooks load ssl themselves.
-    code = ("import site, sys; sys.path += site.getsitepackages()\n"
+    code = (f"import sys; sys.path += {SITE_DIRS!r}\n"
             "from qsh import entry\n"
             f"entry.main(['-F', 'none', '-p', '{port}', '-o', 'ConnectTimeout=5', "
             f"'-o', 'UserKnownHostsFile={tmp_path / 'kh'}', '127.0.0.1', 'true'])\n")
@@ -157,7 +162,7 @@ def _both_ways(argv: list[str]) -> dict[str, tuple[subprocess.CompletedProcess[s
     """The same command line through qsh/entry.py and through qsh.cli (click)."""
     runs = {}
     for module in ("entry", "cli"):
-        code = ("import site, sys; sys.path += site.getsitepackages()\n"
+        code = (f"import sys; sys.path += {SITE_DIRS!r}\n"
                 f"from qsh import {module}\n"
                 f"{module}.main({argv!r})\n")
         runs[module] = loaded_by(code, site=False)
