@@ -38,6 +38,12 @@ from .argv import VALUE_OPTIONS, hoist_options, split_destination, ssh_dash_T
 
 #: ssh's flags that qsh accepts and ignores (qsh.run.IGNORED_FLAGS says why, under -v).
 _IGNORED_FLAGS = frozenset("xaAkKgyXY")
+#: The options the fast path takes, by the _Args attribute each sets (as click's parameters).
+_LIST_VALUES = {"o": "options", "i": "identities"}
+_VALUES = {"S": "control_path", "l": "user", "F": "config_file", "b": "bind_address",
+           "c": "cipher_spec", "e": "escape_char"}
+_FLAGS = {"t": "force_tty", "q": "quiet", "n": "stdin_null", "C": "compression",
+          "4": "inet4", "6": "inet6"}
 #: The command's bytes the fast path passes on; longer ones go the long way, which says
 #: whether they are too long (common.channels.session.MAX_COMMAND).
 _COMMAND_LIMIT = 32 * 1024
@@ -94,46 +100,24 @@ def _parse(argv: list[str]) -> _Args | None:
                     if i >= len(words):
                         return None
                     value = words[i]
-                if letter == "o":
-                    args.options.append(value)
-                elif letter == "S":
-                    args.control_path = value  # the last -S, as click keeps it
-                elif letter == "l":
-                    args.user = value
+                if letter in _LIST_VALUES:
+                    getattr(args, _LIST_VALUES[letter]).append(value)
+                elif letter in _VALUES:
+                    setattr(args, _VALUES[letter], value)  # the last one, as click keeps it
                 elif letter == "p":
                     if not (value.isascii() and value.isdigit()):
                         return None  # click's int() says what is wrong
                     args.port = int(value)
-                elif letter == "F":
-                    args.config_file = value
-                elif letter == "i":
-                    args.identities.append(value)
-                elif letter == "b":
-                    args.bind_address = value
-                elif letter == "c":
-                    args.cipher_spec = value
-                elif letter == "e":
-                    args.escape_char = value
                 else:
                     return None
                 break
-            if letter == "t":
-                args.force_tty = True
-            elif letter == "q":
-                args.quiet = True
+            if letter in _FLAGS:
+                setattr(args, _FLAGS[letter], True)
             elif letter == "v":
                 args.verbose += 1
             elif letter == "s":
                 args.extra.append("SessionType=subsystem")
                 args.subsystem = True
-            elif letter == "n":
-                args.stdin_null = True
-            elif letter == "C":
-                args.compression = True
-            elif letter == "4":
-                args.inet4 = True
-            elif letter == "6":
-                args.inet6 = True
             elif letter in _IGNORED_FLAGS:
                 args.ignored.setdefault(f"ignored_{letter}", True)
             else:
