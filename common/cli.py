@@ -44,6 +44,14 @@ def stdin_from_null() -> None:
     os.close(null)
 
 
+def no_tls() -> None:
+    """Mark ``ssl`` absent before asyncio loads: asyncio imports it when it can, which loads
+    and initialises OpenSSL's libssl (~2-3 ms of CPU and ~1 MB of RSS at every start,
+    bench/README.md), and our clients never speak TLS. A later ``import ssl`` in the process
+    fails, as on an interpreter built without OpenSSL."""
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
+
 def no_core_dumps() -> None:
     """Soft ``RLIMIT_CORE`` 0, the client programs' first act: whatever crashes them, no core
     file. The rest of the hardening (no ptrace, the wipe at exit:

@@ -30,7 +30,13 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, no_core_dumps, sanitise_std_fds
+from common.cli import (
+    LOG_LEVEL_VERBOSITY,
+    QUIET_LEVELS,
+    no_core_dumps,
+    no_tls,
+    sanitise_std_fds,
+)
 from common.value_record import Record
 
 if TYPE_CHECKING:
@@ -480,9 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     no_core_dumps()  # first; the rest of the hardening comes before the first secret
     sanitise_std_fds()
     args = list(sys.argv[1:] if argv is None else argv)
-    # asyncio imports ssl when it can (~2-3 ms of CPU and OpenSSL's libssl); qcp never
-    # speaks TLS, so it is marked absent, as qsh/entry.py does for qsh.
-    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    no_tls()
     try:
         parsed = parse_argv(args)
         if parsed is not None:

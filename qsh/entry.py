@@ -30,6 +30,7 @@ from common.cli import (
     LOG_LEVEL_VERBOSITY,
     QUIET_LEVELS,
     no_core_dumps,
+    no_tls,
     sanitise_std_fds,
     stdin_from_null,
 )
@@ -217,11 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parsed = _parse(args)
     status = None if parsed is None else _shared(parsed)
     if status is None:
-        # asyncio imports ssl when it can: the ssl module and OpenSSL's libssl, ~2-3 ms of
-        # CPU and ~1 MB of RSS at every start (measured: bench/README.md). qsh never speaks
-        # TLS (asyncio works without it), so it is marked absent; a later "import ssl" in
-        # this process fails, as on an interpreter built without OpenSSL.
-        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+        no_tls()
         if parsed is not None:
             status = fresh(parsed)
         if status is None:
