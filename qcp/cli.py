@@ -25,7 +25,6 @@ ControlMaster, no handshake, transport or key code at all (``qcp --help`` loads 
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 from common.cli import (
     LOG_LEVEL_VERBOSITY,
     QUIET_LEVELS,
+    leave,
     no_core_dumps,
     no_tls,
     sanitise_std_fds,
@@ -500,8 +500,7 @@ def main(argv: list[str] | None = None) -> None:
         status = EXIT_FAILURE
     if not isinstance(status, int):  # --help returns None
         status = 0
-    gc.freeze()  # as qsh: keep interpreter shutdown from walking everything
-    sys.exit(status)
+    leave(status)
 
 
 def _with_click(args: list[str]) -> object:

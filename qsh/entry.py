@@ -23,12 +23,12 @@ master, or a command too long for the control socket, leaves the run to log in b
 from __future__ import annotations
 
 import errno
-import gc
 import sys
 
 from common.cli import (
     LOG_LEVEL_VERBOSITY,
     QUIET_LEVELS,
+    leave,
     no_core_dumps,
     no_tls,
     sanitise_std_fds,
@@ -225,6 +225,4 @@ def main(argv: list[str] | None = None) -> None:
             from .cli import main as full
 
             full(args)
-        # As qsh.cli: keep interpreter shutdown from walking what the run leaves behind.
-        gc.freeze()
-    sys.exit(status)
+    leave(status or 0)
