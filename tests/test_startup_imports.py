@@ -201,6 +201,18 @@ def test_a_plain_client_run_loads_no_handoff_or_tunnel_code(tmp_path: Path) -> N
     assert not [m for m in modules if m == "qsh.tunnels" or m.startswith("common.forward")]
 
 
+def test_a_fresh_run_starts_no_subprocess_to_load_pycryptodome(tmp_path: Path) -> None:
+    """pycryptodome's ctypes backend asks ``platform.architecture()`` before its first
+    library, which on Linux runs ``file`` on the interpreter (a subprocess: ~3 ms of CPU, ~5
+    ms of wall time); common.crypto.pycryptodome answers for it. The crypto is loaded before
+    the connection, so a run to a closed port shows it."""
+    argv = ["-F", "none", "-p", str(_closed_port()), "-o", "ConnectTimeout=5",
+            "-o", f"UserKnownHostsFile={tmp_path / 'kh'}", "127.0.0.1", "true"]
+    fast, modules = _both_ways(argv)["entry"]
+    assert fast.returncode == 255 and "Crypto.Hash.keccak" in modules, fast
+    assert "platform" not in modules
+
+
 @pytest.mark.parametrize("words", [
     ["-4", "-6"],  # a usage error found after parsing: qsh.cli reports it
     ["-s"],  # -s with a command of two words
