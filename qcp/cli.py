@@ -385,6 +385,11 @@ def start_master(cfg: ClientConfig, given: list[str], what: Plan) -> bool:
 
 def _run(cfg: ClientConfig, what: Plan, options: CopyOptions, verbosity: int, *,
          quiet: bool) -> int:
+    from common.client import dial, mux_copy
+
+    if (cfg.control_path is None or not mux_copy.usable(cfg.control_path, cfg.control_master)
+            or not os.path.exists(cfg.control_path)):  # a login of our own: dial.py
+        dial.start(cfg)
     # Before the first secret (a key file, a password) and the first byte from the network:
     # no ptrace, the wipe at exit. Not earlier: it loads ctypes (common/cli.py no_core_dumps).
     from common.crypto.secret import harden_process

@@ -197,6 +197,9 @@ def _shared(cfg: ClientConfig, control_command: str | None, remote: str | None, 
 def _run(cfg: ClientConfig, remote: str | None, force_tty: bool, verbosity: int, *,
          quiet: bool, no_command: bool = False, background: bool = False,
          log_fd: int = 2, stdio: tuple[str, int] | None = None) -> int:
+    from common.client import dial
+
+    dial.start(cfg)  # the server forks its processes while we import (dial.py)
     # Before the first secret (a key file, a password) and the first byte from the network:
     # no ptrace, the wipe at exit. Not earlier: it loads ctypes (common/cli.py no_core_dumps).
     from common.crypto.secret import harden_process

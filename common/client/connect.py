@@ -27,6 +27,7 @@ from common.accounts.keys import HostKey, KeyFileError, PassphraseRequired, Publ
 from common.accounts.known_hosts import Entry, KnownHosts, host_pattern
 from common.client import proxy, terminal
 from common.client.config import DEFAULT_PORT, ClientConfig, default_identity_files
+from common.client.dial import FAMILIES
 
 # The reporting half of what was here lives in common/client/program.py (qcp over a master
 # needs it without the login stack); every name is still importable from here.
@@ -55,7 +56,6 @@ PASSPHRASE_TRIES = 3
 #: How long the final close may wait for the server's goodbye.
 CLOSE_TIMEOUT = 5.0
 #: AddressFamily (-4, -6) as the socket module names it.
-FAMILIES = {"any": socket.AF_UNSPEC, "inet": socket.AF_INET, "inet6": socket.AF_INET6}
 
 CHANGED_KEY_WARNING = """\
 @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@

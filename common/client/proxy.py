@@ -281,6 +281,7 @@ async def connect(cfg: ClientConfig, ui: Ui, **kwargs: Any) -> aio.QsmpConnectio
     over a ProxyCommand's (or a ProxyJump's) socket. ``kwargs`` go to it as they are,
     except the TCP-only ``family`` and ``local_addr`` when there is a proxy."""
     from common import aio
+    from common.client import dial
     from common.client.connect import QshError, printable
 
     try:
@@ -288,6 +289,11 @@ async def connect(cfg: ClientConfig, ui: Ui, **kwargs: Any) -> aio.QsmpConnectio
     except ValueError as exc:
         raise QshError(str(exc)) from None
     if command is None:
+        sock = await dial.take(cfg, cfg.connect_timeout)
+        if sock is not None:  # connected while the client loaded (common/client/dial.py)
+            kwargs.pop("family", None)
+            kwargs.pop("local_addr", None)
+            return await aio.connect(cfg.hostname, cfg.port, sock=sock, **kwargs)
         return await aio.connect(cfg.hostname, cfg.port, **kwargs)
     kwargs.pop("family", None)
     kwargs.pop("local_addr", None)
