@@ -265,6 +265,30 @@ def test_tcp_nodelay_on_both_ends() -> None:
     run(main())
 
 
+def test_warm_runs_once_the_first_flight_is_on_its_way() -> None:
+    """``warm`` (a client's imports for the next steps) runs while the server computes its
+    answer: the first flight has already reached the server's socket when it is called."""
+    async def main() -> None:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            seen: list[int] = []
+
+            def warm() -> None:
+                accepted, _ = listener.accept()
+                with accepted:
+                    accepted.settimeout(5)
+                    seen.append(len(accepted.recv(65536)))  # then closed: the connect fails
+
+            with pytest.raises((QsmpError, OSError)):
+                await aio.connect("127.0.0.1", listener.getsockname()[1],
+                                  handshake=ClientHandshake(Offer(), None), warm=warm,
+                                  timeout=10)
+            assert len(seen) == 1 and seen[0] > HEADER_SIZE, seen
+
+    run(main())
+
+
 # --- channels --------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from common.accounts.keys import HostKey
@@ -41,7 +42,8 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
                   user: str | None = None, identity: HostKey | None = None,
                   password: bytes | None = None, family: int = 0,
                   local_addr: tuple[str, int] | None = None,
-                  sock: socket.socket | None = None) -> QsmpConnection:
+                  sock: socket.socket | None = None,
+                  warm: Callable[[], object] | None = None) -> QsmpConnection:
     """Connect over TCP and run the handshake; return the established connection.
 
     ``on_host_key`` decides on a server key that ``handshake`` does not already trust
@@ -59,6 +61,9 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
     (a source address, as ssh's -b). With ``sock`` (a connected stream socket: a
     ProxyCommand's end of a socketpair) no connect is made: the handshake runs over it,
     ``host`` and ``port`` only naming the peer, and the connection owns the socket.
+
+    ``warm`` is called once our first flight is on its way: work the next steps will need
+    (a client's lazy imports), done while the server computes its answer instead of after.
     """
     tune_allocator()
     loop = asyncio.get_running_loop()
@@ -77,6 +82,8 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
             else:
                 await loop.create_connection(lambda: connection, host, port, family=family,
                                              local_addr=local_addr)
+            if warm is not None:  # (connection_made has sent the first flight)
+                warm()
             await connection.wait_established()
     except BaseException:
         connection.abort()

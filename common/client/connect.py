@@ -162,6 +162,11 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
                 "known hosts.")
         return True
 
+    def warm() -> None:  # while the server answers our first flight (aio.connect)
+        from common.crypto.algorithms import preload_ml_dsa
+
+        preload_ml_dsa(signing=identity is not None)
+
     offer = build_offer(cfg)
     interval = cfg.server_alive_interval
     settings = TransportSettings(keepalive_interval=interval if interval > 0 else None,
@@ -182,7 +187,7 @@ async def open_connection(cfg: ClientConfig, ui: Ui, *,
                 on_host_key=on_host_key, timeout=cfg.connect_timeout,
                 user=cfg.user if identity is not None or password is not None else None,
                 identity=identity, password=password, family=FAMILIES[cfg.address_family],
-                local_addr=local_addr)
+                local_addr=local_addr, warm=warm)
         except ConnectionRefusedError as exc:
             # ConnectionAttempts: as ssh, a refused or unreachable TCP connect is tried
             # again a second later; nothing after the TCP connect is retried.

@@ -296,6 +296,20 @@ def _pc_signing_key(param_set: str, seed: bytes) -> Any:
     return MLDSA.construct(param_set=getattr(MLDSA, param_set), seed=seed)
 
 
+def preload_ml_dsa(signing: bool) -> None:
+    """Load now what the first ML-DSA verification (and, with ``signing``, the first
+    signature) would load when it runs: cryptography's backend module, which its public key
+    parser imports to check support (~3 ms), and pycryptodome's ML-DSA (~3 ms). A client
+    calls this while the server computes its answer to the first flight, so that the
+    verification of the host's signature, and the login's own, run without the wait."""
+    import cryptography.hazmat.backends.openssl.backend  # noqa: F401
+
+    if signing:
+        pycryptodome.load()
+        import Crypto.PublicKey.MLDSA
+        import Crypto.Signature.mldsa  # noqa: F401
+
+
 class MlDsa:
     """ML-DSA with the 32-byte seed as the signing key (what FIPS 204 and RFC 9881 call the
     seed format: the smallest, and the expanded key is always re-derivable from it)."""
