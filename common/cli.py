@@ -73,9 +73,13 @@ def leave(status: int) -> NoReturn:
     interpreter's finalisation, which tears down every module and object one by one: 10-15 ms
     of CPU and of wall time at the end of each ``qsh host true`` (bench/startup.py), to free
     memory the kernel frees at once anyway. Nothing else is left to wait for: the programs
-    join their threads (``asyncio.run`` shuts its executor down) before they get here."""
+    join their threads (``asyncio.run`` shuts its executor down) before they get here.
+    Under a profiler or a debugger (``python -m cProfile``, bench/startup.py) the exit is
+    the usual one: they write their report after the program returns."""
     import atexit
 
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(status)
     _flush_stdio()
     atexit._run_exitfuncs()
     _flush_stdio()
