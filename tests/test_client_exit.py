@@ -72,3 +72,15 @@ def test_output_is_complete_when_it_goes_to_a_pipe() -> None:
     lines = full.stdout.splitlines()
     assert len(lines) > 30 and lines[0] == "host somehost", lines[:3]
     assert full.stdout.endswith("\n")
+
+
+def test_a_profiled_run_still_writes_its_profile(tmp_path: Path) -> None:
+    """``python -m cProfile -o FILE -m qsh ...`` (bench/startup.py's profile) writes FILE once
+    the program returns: under a profiler the exit is the usual one."""
+    out = tmp_path / "qsh.prof"
+    result = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "qsh",
+                             "-F", "none", "-G", "somehost"], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result
+    assert out.stat().st_size > 0
