@@ -1,0 +1,80 @@
+"""common.aio.chunks.ChunkQueue: the buffer behind every channel read (ReadStream, qcp's
+relayed SocketChannel). What it hands out is the chunk as stored wherever it can (a view
+stays a view: the copy engine writes records' plaintexts to files from there), joined bytes
+only across chunks; its byte count is what flow control reads."""
+
+from __future__ import annotations
+
+from common.aio.chunks import ChunkQueue
+
+
+def _queue(*chunks: bytes | memoryview) -> ChunkQueue[bytes | memoryview]:
+    queue: ChunkQueue[bytes | memoryview] = ChunkQueue()
+    for chunk in chunks:
+        queue.append(chunk)
+    return queue
+
+
+def test_an_empty_queue_gives_empty_bytes_and_counts_nothing() -> None:
+    queue = _queue()
+    assert queue.size == 0
+    for take in (queue.take(-1), queue.take(5), queue.take(0), queue.take_first(),
+                 queue.take_first(3)):
+        assert take == b"" and type(take) is bytes
+    assert queue.size == 0
+
+
+def test_the_byte_count_follows_every_append_and_take() -> None:
+    queue = _queue(b"0123456789", memoryview(b"abcde"))
+    assert queue.size == 15
+    queue.take(3)
+    assert queue.size == 12
+    queue.take_first()
+    assert queue.size == 5
+    queue.append(b"VWXYZ")
+    assert queue.size == 10
+    queue.take(-1)
+    assert queue.size == 0
+
+
+def test_an_exact_take_of_a_whole_chunk_is_that_chunk() -> None:
+    data = b"0123456789"
+    view = memoryview(b"abcde")
+    queue = _queue(data, view)
+    assert queue.take(10) is data
+    assert queue.take(5) is view  # no copy, no new view either
+    assert queue.size == 0
+
+
+def test_a_partial_take_slices_the_first_chunk_and_the_rest_follows() -> None:
+    record = b"0123456789"
+    queue = _queue(memoryview(record))
+    head = queue.take(3)
+    assert isinstance(head, memoryview) and head.obj is record and head == b"012"
+    rest = queue.take_first()
+    assert isinstance(rest, memoryview) and rest.obj is record and rest == b"3456789"
+    queue = _queue(record)
+    head = queue.take(3)
+    assert type(head) is bytes and head == b"012"  # bytes slice as bytes do: a copy
+    assert queue.take(-1) == b"3456789"
+
+
+def test_a_take_across_chunks_joins_them_into_bytes_and_keeps_the_offset_right() -> None:
+    """After a partial read, a take that finishes the first chunk and cuts into a later
+    one: the next take starts where that cut was (ReadStream once lost bytes here)."""
+    queue = _queue(b"0123456789", memoryview(b"abcde"), b"VWXYZ")
+    assert queue.take(3) == b"012"
+    across = queue.take(10)
+    assert type(across) is bytes and across == b"3456789abc"
+    assert queue.take(4) == b"deVW"
+    assert queue.take(100) == b"XYZ"  # more than queued: what there is
+    assert queue.size == 0
+
+
+def test_a_take_of_the_first_chunk_stops_at_the_first_chunk_or_at_n() -> None:
+    queue = _queue(b"0123456789", b"abcde")
+    assert queue.take_first(4) == b"0123"
+    assert queue.take_first(0) == b""
+    assert queue.take_first(100) == b"456789"  # never into the next chunk
+    assert queue.take_first() == b"abcde"
+    assert queue.size == 0
