@@ -49,10 +49,10 @@ them from here.
 
 from __future__ import annotations
 
-from common.client.config.keywords import _KEYWORDS, AUTH_METHODS, IGNORED_KEYWORDS
+from common.client.config.keywords import AUTH_METHODS, IGNORED_KEYWORDS
 from common.client.config.loader import environment_to_send, resolve
 from common.client.config.match import MATCH_EXEC_TIMEOUT
-from common.client.config.parser import INCLUDE_DEPTH, _quote, _split_args, parse_option
+from common.client.config.parser import INCLUDE_DEPTH, parse_option
 from common.client.config.printing import dump
 from common.client.config.settings import (
     DEFAULT_PORT,
@@ -75,11 +75,8 @@ __all__ = [
     "LOG_LEVELS",
     "MATCH_EXEC_TIMEOUT",
     "REQUEST_TTY",
-    "_KEYWORDS",
     "ClientConfig",
     "ConfigError",
-    "_quote",
-    "_split_args",
     "default_config_path",
     "default_identity_files",
     "default_known_hosts",
