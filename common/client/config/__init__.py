@@ -24,7 +24,7 @@ Decisions that differ from ssh, and why:
 * Host patterns compare case-insensitively (ssh compares the name as typed): host names are
   case-insensitive, and a block that silently stops applying because of ``Web1`` vs ``web1``
   is a security surprise. This also keeps one pattern implementation for known_hosts and
-  the config (:func:`common.known_hosts.patterns_match`).
+  the config (:func:`common.accounts.patterns.patterns_match`).
 * Every other ssh_config keyword is understood (the tools that run ssh -- Ansible, git,
   rsync -- pass them): the ones that mean something for qsh are implemented; those that
   cannot apply (GSSAPI, X11, agents, OpenSSH algorithm names, ...) are accepted and ignored,
@@ -43,8 +43,8 @@ expansion, ControlPath's %C), :mod:`.keywords` (the keyword table: each keyword'
 how its value is checked; the ssh keywords ignored, and why), :mod:`.match` (Host and Match
 conditions, judged as the file is read), :mod:`.parser` (the file's grammar: lines, quotes,
 Include, ``-o`` options), :mod:`.loader` (:func:`resolve`: every source merged for one
-host), :mod:`.printing` (``qsh -G``). The names below are the package's interface; import
-them from here.
+host), :mod:`.printing` (``qsh -G``, loaded only by :func:`dump`: a run that connects does
+not need it). The names below are the package's interface; import them from here.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from common.client.config.keywords import AUTH_METHODS, IGNORED_KEYWORDS
 from common.client.config.loader import environment_to_send, resolve
 from common.client.config.match import MATCH_EXEC_TIMEOUT
 from common.client.config.parser import INCLUDE_DEPTH, parse_option
-from common.client.config.printing import dump
 from common.client.config.settings import (
     DEFAULT_PORT,
     HOST_KEY_CHECKING,
@@ -85,3 +84,10 @@ __all__ = [
     "parse_option",
     "resolve",
 ]
+
+
+def dump(cfg: ClientConfig) -> list[str]:
+    """``qsh -G``'s lines (:func:`common.client.config.printing.dump`)."""
+    from common.client.config.printing import dump
+
+    return dump(cfg)
