@@ -44,6 +44,8 @@ def test_an_exact_take_of_a_whole_chunk_is_that_chunk() -> None:
     assert queue.take(10) is data
     assert queue.take(5) is view  # no copy, no new view either
     assert queue.size == 0
+    queue.append(view)
+    assert queue.take_first() is view
 
 
 def test_a_partial_take_slices_the_first_chunk_and_the_rest_follows() -> None:
@@ -51,8 +53,10 @@ def test_a_partial_take_slices_the_first_chunk_and_the_rest_follows() -> None:
     queue = _queue(memoryview(record))
     head = queue.take(3)
     assert isinstance(head, memoryview) and head.obj is record and head == b"012"
+    part = queue.take_first(4)
+    assert isinstance(part, memoryview) and part.obj is record and part == b"3456"
     rest = queue.take_first()
-    assert isinstance(rest, memoryview) and rest.obj is record and rest == b"3456789"
+    assert isinstance(rest, memoryview) and rest.obj is record and rest == b"789"
     queue = _queue(record)
     head = queue.take(3)
     assert type(head) is bytes and head == b"012"  # bytes slice as bytes do: a copy
@@ -68,6 +72,16 @@ def test_a_take_across_chunks_joins_them_into_bytes_and_keeps_the_offset_right()
     assert type(across) is bytes and across == b"3456789abc"
     assert queue.take(4) == b"deVW"
     assert queue.take(100) == b"XYZ"  # more than queued: what there is
+    assert queue.size == 0
+
+
+def test_a_take_that_ends_on_a_chunk_boundary_starts_the_next_chunk_at_its_start() -> None:
+    """The read that lost bytes in ReadStream: after a partial take, one that takes the
+    rest of the first chunk and whole chunks after it must leave no stale offset."""
+    queue = _queue(b"0123456789", memoryview(b"abcde"), b"VWXYZ")
+    assert queue.take(3) == b"012"
+    assert queue.take(12) == b"3456789abcde"
+    assert queue.take_first() == b"VWXYZ"
     assert queue.size == 0
 
 
