@@ -92,3 +92,46 @@ def test_a_take_of_the_first_chunk_stops_at_the_first_chunk_or_at_n() -> None:
     assert queue.take_first(100) == b"456789"  # never into the next chunk
     assert queue.take_first() == b"abcde"
     assert queue.size == 0
+
+
+def test_the_relayed_copy_channel_pauses_the_socket_at_its_limit_and_resumes() -> None:
+    """qcp's SocketChannel keeps its queue's byte count under READ_LIMIT (plus one socket
+    read) by pausing the socket, and resumes once the engine has taken half: a real
+    socketpair, 4 MiB written by the master's end while nothing is read, then read in
+    message-sized pieces."""
+    import asyncio
+    import os
+    import socket
+
+    from common.client.mux_copy import READ_LIMIT, SocketChannel
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        control, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        channel = SocketChannel(control)
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        transport, _ = await loop.create_unix_connection(lambda: channel, sock=ours)
+        data = os.urandom(4 << 20)
+        sending = asyncio.ensure_future(loop.sock_sendall(theirs, data))
+        try:
+            async with asyncio.timeout(10):
+                while transport.is_reading():
+                    await asyncio.sleep(0.005)
+                assert READ_LIMIT < channel.buffered <= READ_LIMIT + (256 << 10)
+                got = [await channel.readexactly(13)]
+                resumed = False
+                while sum(map(len, got)) < len(data):
+                    got.append(await channel.read(64 << 10))
+                    resumed = resumed or transport.is_reading()
+                    assert channel.buffered <= READ_LIMIT + (256 << 10)
+                await sending
+            assert resumed and b"".join(got) == data
+        finally:
+            sending.cancel()
+            transport.abort()
+            for end in (theirs, control, other):
+                end.close()
+
+    asyncio.run(main())
