@@ -18,11 +18,10 @@ from common.client.config import (
     DEFAULT_PORT,
     ClientConfig,
     ConfigError,
-    _quote,
-    _split_args,
     parse_option,
     resolve,
 )
+from common.client.config.parser import _quote, _split_args
 from common.crypto import suites
 
 
@@ -601,7 +600,7 @@ def test_explicit_file_is_not_permission_checked(home: Path) -> None:
 def test_every_keyword_is_documented_in_qsh_config_5() -> None:
     """The reference for ~/.qsh/config is qsh_config(5): no keyword qsh accepts may be
     missing from it."""
-    from common.client.config import _KEYWORDS
+    from common.client.config.keywords import _KEYWORDS
 
     page = (Path(__file__).resolve().parents[1] / "man" / "qsh_config.5").read_text()
     documented = {word for line in page.splitlines() if line.startswith((".B ", ".BR "))

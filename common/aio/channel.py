@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from common.aio.chunks import ChunkQueue
 from common.aio.errors import ChannelClosedError, ConnectionLost
 from common.aio.limits import CHANNEL_HIGH_WATER
 from common.errors import UsageError
@@ -27,19 +28,17 @@ log = logging.getLogger("qsh.aio")
 class ReadStream:
     """Received data of one channel stream (normal or stderr), as the core's chunks.
 
-    The chunks are views of the records' plaintexts (``mux.ChannelData``), not copies.
+    The chunks (a :class:`~common.aio.chunks.ChunkQueue`) are views of the records'
+    plaintexts (``mux.ChannelData``), not copies.
     :meth:`read_view` hands them on as they are (the copy engine writes them to the file
     from there); every other read returns ``bytes``, copying a view at that point, which
     is where the mux used to copy every chunk."""
 
-    __slots__ = ("_channel", "_chunks", "_eof", "_offset", "_on_data", "_on_eof", "_size",
-                 "_waiter")
+    __slots__ = ("_channel", "_eof", "_on_data", "_on_eof", "_queue", "_waiter")
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
-        self._chunks: deque[bytes | memoryview] = deque()
-        self._offset = 0  # into _chunks[0]
-        self._size = 0
+        self._queue: ChunkQueue[bytes | memoryview] = ChunkQueue()
         self._eof = False
         self._waiter: asyncio.Future[None] | None = None
         #: Push delivery (:meth:`Channel.set_consumer`) instead of the buffer.
@@ -52,8 +51,7 @@ class ReadStream:
         if on_data is not None:
             on_data(data if type(data) is bytes else bytes(data))
             return
-        self._chunks.append(data)
-        self._size += len(data)
+        self._queue.append(data)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -74,10 +72,10 @@ class ReadStream:
 
     @property
     def buffered(self) -> int:
-        return self._size
+        return self._queue.size
 
     def at_eof(self) -> bool:
-        return self._eof and not self._size
+        return self._eof and not self._queue.size
 
     async def _wait(self) -> None:
         if self._waiter is not None:
@@ -93,44 +91,10 @@ class ReadStream:
     def _take(self, n: int, *, grant: bool = True) -> bytes:
         """Up to ``n`` (all if n < 0) buffered bytes; no copy when a whole chunk of bytes
         fits. ``grant``: reopen the peer's window by as much (else the caller grants)."""
-        data = self._take_view(n, grant)
-        return data if type(data) is bytes else bytes(data)
-
-    def _take_view(self, n: int, grant: bool = True) -> bytes | memoryview:
-        """:meth:`_take`, but a chunk (or a part of one) is returned as it is stored."""
-        chunks = self._chunks
-        first = chunks[0]
-        offset = self._offset
-        available = len(first) - offset
-        if n < 0 or n > self._size:
-            n = self._size
-        if n == available:
-            chunks.popleft()
-            self._offset = 0
-            data = first if not offset else first[offset:]
-        elif n < available:
-            data = first[offset : offset + n]
-            self._offset = offset + n
-        else:
-            parts = [memoryview(first)[offset:]]
-            chunks.popleft()
-            self._offset = 0  # into the next chunk now (the old offset was the first's)
-            need = n - available
-            while need:
-                chunk = chunks[0]
-                if len(chunk) <= need:
-                    parts.append(memoryview(chunk))
-                    chunks.popleft()
-                    need -= len(chunk)
-                else:
-                    parts.append(memoryview(chunk)[:need])
-                    self._offset = need
-                    need = 0
-            data = b"".join(parts)
-        self._size -= n
+        data = self._queue.take(n)
         if grant:
-            self._channel._consumed(n)
-        return data
+            self._channel._consumed(len(data))
+        return data if type(data) is bytes else bytes(data)
 
     async def read(self, n: int = -1) -> bytes:
         """What has arrived, waiting only if nothing has: at most ``n`` bytes, or with
@@ -138,37 +102,46 @@ class ReadStream:
         end of the stream. Like ``socket.recv``, it may return less than is buffered."""
         if n == 0:
             return b""
-        while not self._size:
+        queue = self._queue
+        while not queue.size:
             if self._eof:
                 self._channel._raise_if_lost()
                 return b""
             await self._wait()
-        if n < 0:
-            n = len(self._chunks[0]) - self._offset
-        return self._take(n)
+        data = queue.take(n) if n >= 0 else queue.take_first()
+        self._channel._consumed(len(data))
+        return data if type(data) is bytes else bytes(data)
 
     async def read_view(self) -> memoryview:
         """:meth:`read` of the next chunk as the peer's record carried it, as a view of
         the record and never a copy (empty at the end of the stream). The view is the
         caller's to keep: nothing reuses the memory behind it."""
-        while not self._size:
+        queue = self._queue
+        while not queue.size:
             if self._eof:
                 self._channel._raise_if_lost()
                 return memoryview(b"")
             await self._wait()
-        return memoryview(self._take_view(len(self._chunks[0]) - self._offset))
+        data = queue.take_first()
+        self._channel._consumed(len(data))
+        return memoryview(data)
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes; :class:`asyncio.IncompleteReadError` if the stream ends first."""
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
-        while self._size < n:
+        queue = self._queue
+        while queue.size < n:
             if self._eof:
                 self._channel._raise_if_lost()
-                partial = self._take(-1) if self._size else b""
+                partial = self._take(-1) if queue.size else b""
                 raise asyncio.IncompleteReadError(partial, n)
             await self._wait()
-        return self._take(n) if n else b""
+        if not n:
+            return b""
+        data = queue.take(n)
+        self._channel._consumed(n)
+        return data if type(data) is bytes else bytes(data)
 
     async def read_to_eof(self) -> bytes:
         parts = []
@@ -319,7 +292,7 @@ class Channel:
         stream = self.stdout
         if stream._waiter is not None:
             raise RuntimeError("a task is already reading this channel")
-        while stream._size:
+        while stream._queue.size:
             on_data(stream._take(-1, grant=False))
         stream._on_data = on_data
         if stream._eof:

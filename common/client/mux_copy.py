@@ -25,11 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections import deque
 from collections.abc import Callable
 from typing import cast
 
 from common import aio
+from common.aio.chunks import ChunkQueue
 from common.client import mux_client
 from common.client import mux_wire as wire
 
@@ -63,9 +63,7 @@ class SocketChannel(asyncio.Protocol):
         self.stdout = self  # Peer reads ``channel.stdout.buffered``
         self.high_water = HIGH_WATER
         self._transport: asyncio.Transport | None = None
-        self._chunks: deque[bytes] = deque()
-        self._offset = 0
-        self._size = 0
+        self._queue: ChunkQueue[bytes] = ChunkQueue()  # every read returns bytes
         self._eof = False
         self._lost: aio.ConnectionLost | None = None
         #: Whether the master ended the relay or died (:meth:`_ask_master`).
@@ -84,9 +82,9 @@ class SocketChannel(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        if self._size > READ_LIMIT and not self._reading_paused and self._transport:
+        queue = self._queue
+        queue.append(data)
+        if queue.size > READ_LIMIT and not self._reading_paused and self._transport:
             self._reading_paused = True
             self._transport.pause_reading()
         self._wake()
@@ -126,7 +124,7 @@ class SocketChannel(asyncio.Protocol):
 
     @property
     def buffered(self) -> int:
-        return self._size
+        return self._queue.size
 
     async def _wait(self) -> None:
         self._waiter = self._loop.create_future()
@@ -155,39 +153,23 @@ class SocketChannel(asyncio.Protocol):
         if self._lost is not None:
             raise self._lost
 
-    def _take(self, n: int) -> bytes:
-        if not n:
-            return b""
-        chunks = self._chunks
-        parts: list[bytes] = []
-        need = n
-        while need:
-            first = chunks[0]
-            available = len(first) - self._offset
-            if available <= need:
-                parts.append(first[self._offset:] if self._offset else first)
-                chunks.popleft()
-                self._offset = 0
-                need -= available
-            else:
-                parts.append(first[self._offset:self._offset + need])
-                self._offset += need
-                need = 0
-        self._size -= n
-        if self._reading_paused and self._size <= READ_LIMIT // 2 and self._transport:
+    def _resume(self) -> None:
+        """After a take while reading is paused: it goes on once half the limit is taken."""
+        if self._queue.size <= READ_LIMIT // 2 and self._transport:
             self._reading_paused = False
             self._transport.resume_reading()
-        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def read(self, n: int = -1) -> bytes:
         """The next chunk as it arrived (at most ``n`` bytes); b"" at the end."""
-        while not self._size:
+        while not self._queue.size:
             if self._eof:
                 await self._check_master()
                 return b""
             await self._wait()
-        available = len(self._chunks[0]) - self._offset
-        return self._take(available if n < 0 else min(n, available))
+        data = self._queue.take_first(n)
+        if self._reading_paused:
+            self._resume()
+        return data
 
     async def read_view(self) -> memoryview:
         """The next chunk, for the engine's bulk reads (:meth:`common.aio.ReadStream.read_view`:
@@ -195,12 +177,16 @@ class SocketChannel(asyncio.Protocol):
         return memoryview(await self.read())
 
     async def readexactly(self, n: int) -> bytes:
-        while self._size < n:
+        queue = self._queue
+        while queue.size < n:
             if self._eof:
                 await self._check_master()
-                raise asyncio.IncompleteReadError(self._take(self._size), n)
+                raise asyncio.IncompleteReadError(queue.take(-1), n)
             await self._wait()
-        return self._take(n) if n else b""
+        data = queue.take(n)  # b"" for 0
+        if self._reading_paused:
+            self._resume()
+        return data
 
     # -- writing
 
