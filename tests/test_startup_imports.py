@@ -231,3 +231,20 @@ def test_a_fresh_run_shows_what_qsh_cli_shows(words: list[str], tmp_path: Path) 
     assert (fast.returncode, _shown(fast), fast.stdout) == (
         full.returncode, _shown(full), full.stdout)
     assert _shown(fast), fast
+
+
+def test_a_fresh_run_builds_no_dataclass(tmp_path: Path) -> None:
+    """A run that connects by itself builds no dataclass at import: each costs ~0.5-1 ms
+    (dataclasses generates and execs code per class) and the module itself ~1.4 ms, and
+    nothing else on the path (asyncio, cryptography, pycryptodome) loads it. The protocol's
+    records are common.value_record.Records or plain slotted classes instead. The run
+    connects to a closed port on 127.0.0.1, so the whole stack up to the socket is loaded."""
+    argv = ["-F", "none", "-p", str(_closed_port()), "-o", "ConnectTimeout=5",
+            "-o", f"UserKnownHostsFile={tmp_path / 'kh'}", "127.0.0.1", "true"]
+    code = (f"import sys; sys.path += {SITE_DIRS!r}\n"
+            "from qsh import entry\n"
+            f"entry.main({argv!r})\n")
+    fast, modules = loaded_by(code, site=False)
+    assert fast.returncode == 255 and "asyncio" in modules, fast  # it went as far as connecting
+    assert "common.protocol.handshake" in modules and "qsh.session" in modules, fast
+    assert "dataclasses" not in modules
