@@ -15,7 +15,6 @@ request before the exstart response on the wire)::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import itertools
 from dataclasses import dataclass
@@ -867,7 +866,7 @@ def test_rogue_server_helper_is_sound() -> None:
 def test_client_refuses_a_choice_it_did_not_offer(change: dict[str, object],
                                                   code: ErrorCode) -> None:
     offer = Offer(kems=("mlkem768x25519",), aeads=("aes256gcm",), padding_max=64)
-    term = _client_reaction(offer, dataclasses.replace(HONEST_SUITE, **change))  # type: ignore[arg-type]
+    term = _client_reaction(offer, HONEST_SUITE.replace(**change))
     assert term is not None and term.code == code
 
 
@@ -879,7 +878,7 @@ def test_client_refuses_a_choice_it_did_not_offer(change: dict[str, object],
 def test_client_refuses_chaff_beyond_its_request(asked: ChaffPolicy,
                                                  answer: ChaffPolicy) -> None:
     """Otherwise a server could make the client upload 16 KiB every 10 ms."""
-    term = _client_reaction(Offer(chaff=asked), dataclasses.replace(HONEST_SUITE, chaff=answer))
+    term = _client_reaction(Offer(chaff=asked), HONEST_SUITE.replace(chaff=answer))
     assert term is not None and term.code in (E.INVALID_INPUT, E.UNKNOWN_PROTOCOL)
 
 
@@ -887,7 +886,7 @@ def test_client_accepts_chaff_sparser_and_smaller_than_asked() -> None:
     asked = ChaffPolicy(True, 100, 200, 16, 512)
     answer = ChaffPolicy(True, 500, 500, 16, 100)
     assert _client_reaction(Offer(chaff=asked),
-                            dataclasses.replace(HONEST_SUITE, chaff=answer)) is None
+                            HONEST_SUITE.replace(chaff=answer)) is None
 
 
 # --------------------------------------------------------------------------- decoders

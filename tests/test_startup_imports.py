@@ -35,16 +35,16 @@ exec(sys.argv[1])
 """
 
 
-def loaded_by(code: str, *args: str, site: bool = True
+def loaded_by(code: str, *args: str, site: bool = True, **env: str
               ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """``site=False``: without ``site`` (``-S``), so that what a machine's ``.pth`` hooks
     import (this one's load typing) is not counted; only a path that needs no third-party
-    package can run so."""
+    package can run so. ``env``: set in the child's environment (e.g. its HOME)."""
     flags = [] if site else ["-S"]
     result = subprocess.run([sys.executable, *flags, "-c", _PROBE, code, *args],
                             capture_output=True, text=True, timeout=60, cwd=ROOT,
-                            stdin=subprocess.DEVNULL,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), **env))
     line = next(ln for ln in result.stderr.splitlines() if ln.startswith("MODULES "))
     return result, set(line.split()[1:])
 
@@ -231,3 +231,36 @@ def test_a_fresh_run_shows_what_qsh_cli_shows(words: list[str], tmp_path: Path) 
     assert (fast.returncode, _shown(fast), fast.stdout) == (
         full.returncode, _shown(full), full.stdout)
     assert _shown(fast), fast
+
+
+def test_a_fresh_run_builds_no_dataclass(tmp_path: Path) -> None:
+    """A run that connects by itself builds no dataclass at import: each costs ~0.5-1 ms
+    (dataclasses generates and execs code per class) and the module itself ~1.4 ms, and
+    nothing else on the path (asyncio, cryptography, pycryptodome) loads it. The protocol's
+    records are common.value_record.Records or plain slotted classes instead. The run
+    connects to a closed port on 127.0.0.1, so the whole stack up to the socket is loaded."""
+    argv = ["-F", "none", "-p", str(_closed_port()), "-o", "ConnectTimeout=5",
+            "-o", f"UserKnownHostsFile={tmp_path / 'kh'}", "127.0.0.1", "true"]
+    code = (f"import sys; sys.path += {SITE_DIRS!r}\n"
+            "from qsh import entry\n"
+            f"entry.main({argv!r})\n")
+    fast, modules = loaded_by(code, site=False)
+    assert fast.returncode == 255 and "asyncio" in modules, fast  # it went as far as connecting
+    assert "common.protocol.handshake" in modules and "qsh.session" in modules, fast
+    assert "dataclasses" not in modules
+
+
+def test_a_login_builds_no_dataclass() -> None:
+    """The same through a real login (a throwaway account on a qshd of its own, key login,
+    ``qtest true``): what loads after the connection is made -- the host key's check, the
+    login signature, the session -- builds no dataclass either."""
+    from daemon import account_daemon
+
+    with account_daemon() as env:
+        code = (f"import sys; sys.path += {SITE_DIRS!r}\n"
+                "from qsh import entry\n"
+                "entry.main(['qtest', 'true'])\n")
+        result, modules = loaded_by(code, site=False, HOME=str(env.client_home))
+    assert result.returncode == 0, result
+    assert "qsh.session" in modules and "common.protocol.auth" in modules, result
+    assert "dataclasses" not in modules

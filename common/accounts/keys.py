@@ -68,7 +68,6 @@ import os
 import secrets
 import stat
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -287,14 +286,15 @@ class HostSigner(Protocol):
 _MAX_LENT = 8
 
 
-@dataclass(frozen=True, eq=False, init=False)
-class HostKey:
+class HostKey(Record):
     """The QSMP server key: the public key plus the signing key that goes with it, kept in
-    a :class:`Secret` (given as bytes, it is copied in)."""
+    a :class:`Secret` (given as bytes, it is copied in). Frozen; equal when both halves
+    are (compared in constant time); its repr shows the public half only."""
 
+    __slots__ = ("_lent", "public", "secret")
     public: PublicKey
-    secret: Secret = field(repr=False)
-    _lent: list[bytes] = field(init=False, repr=False, compare=False)
+    secret: Secret
+    _lent: list[bytes]
 
     def __init__(self, public: PublicKey, signing_key: bytes | bytearray | Secret) -> None:
         object.__setattr__(self, "public", public)
@@ -326,6 +326,9 @@ class HostKey:
 
     def __hash__(self) -> int:
         return hash(self.public)
+
+    def __repr__(self) -> str:
+        return f"HostKey(public={self.public!r})"
 
     @classmethod
     def generate(

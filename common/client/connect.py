@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import os
 import shlex
@@ -301,7 +300,7 @@ async def probe_host_key(cfg: ClientConfig, pinned: PublicKey, ui: Ui | None = N
     ProxyCommand or jump hosts as the connection it stands in for."""
     offer = build_offer(cfg)
     signatures = sorted(offer.signatures, key=lambda name: name != pinned.algorithm)
-    offer = dataclasses.replace(offer, signatures=tuple(signatures))
+    offer = offer.replace(signatures=tuple(signatures))
     presented: list[PublicKey] = []
 
     async def record(key: PublicKey) -> bool:

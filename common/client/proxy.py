@@ -33,8 +33,9 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from common.value_record import Record
 
 if TYPE_CHECKING:
     import asyncio
@@ -64,13 +65,18 @@ _HOST = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 _HOST6 = re.compile(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?")
 
 
-@dataclass(frozen=True, slots=True)
-class Hop:
+class Hop(Record):
     """One jump host: ``[user@]host[:port]``."""
 
+    __slots__ = ("user", "host", "port")  # noqa: RUF023 (field order)
     user: str | None
     host: str
     port: int | None
+
+    def __init__(self, user: str | None, host: str, port: int | None) -> None:
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host and self.port is not None else self.host

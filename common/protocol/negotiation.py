@@ -6,7 +6,6 @@ messages that carried this into the transcript, so a man in the middle cannot do
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import pairwise
 
 from common.crypto import suites
@@ -138,17 +137,33 @@ class ObscurePolicy(Record):
 CHAFF_POLICY_SIZE = 1 + 4 + 4 + 2 + 2
 
 
-@dataclass(frozen=True, slots=True)
-class Offer:
+class Offer(Record):
     """The client's connect-time proposal, in preference order."""
 
-    kems: tuple[str, ...] = suites.DEFAULT_KEMS
-    signatures: tuple[str, ...] = suites.DEFAULT_SIGNATURES
-    aeads: tuple[str, ...] = suites.DEFAULT_AEADS
-    chaff: ChaffPolicy = CHAFF_OFF
-    padding_max: int = 64
+    __slots__ = (  # noqa: RUF023 (field order)
+        "kems", "signatures", "aeads", "chaff", "padding_max", "obscure")
+    kems: tuple[str, ...]
+    signatures: tuple[str, ...]
+    aeads: tuple[str, ...]
+    chaff: ChaffPolicy
+    padding_max: int
     #: Keystroke obfuscation asked for (sent as extension EXT_OBSCURE); None: not offered.
-    obscure: ObscurePolicy | None = None
+    obscure: ObscurePolicy | None
+
+    def __init__(self, kems: tuple[str, ...] = suites.DEFAULT_KEMS,
+                 signatures: tuple[str, ...] = suites.DEFAULT_SIGNATURES,
+                 aeads: tuple[str, ...] = suites.DEFAULT_AEADS, chaff: ChaffPolicy = CHAFF_OFF,
+                 padding_max: int = 64, obscure: ObscurePolicy | None = None) -> None:
+        object.__setattr__(self, "kems", kems)
+        object.__setattr__(self, "signatures", signatures)
+        object.__setattr__(self, "aeads", aeads)
+        object.__setattr__(self, "chaff", chaff)
+        object.__setattr__(self, "padding_max", padding_max)
+        object.__setattr__(self, "obscure", obscure)
+
+    def replace(self, **changes: object) -> Offer:
+        """A copy with ``changes`` applied, as ``dataclasses.replace`` would make it."""
+        return Offer(**{**{name: getattr(self, name) for name in self.__slots__}, **changes})
 
 
 class ServerPolicy(Record):
@@ -186,10 +201,11 @@ class ServerPolicy(Record):
         object.__setattr__(self, "obscure_max_tail_ms", obscure_max_tail_ms)
 
 
-@dataclass(frozen=True, slots=True)
-class Suite:
+class Suite(Record):
     """The negotiated settings of one session."""
 
+    __slots__ = (  # noqa: RUF023 (field order)
+        "version", "kem", "signature", "aead", "chaff", "padding_max", "obscure")
     version: int
     kem: str
     signature: str
@@ -198,7 +214,21 @@ class Suite:
     padding_max: int
     #: Agreed keystroke obfuscation (server side from the handshake; the client learns it
     #: from the server's OBSCURE record, see transport); None: off.
-    obscure: ObscurePolicy | None = None
+    obscure: ObscurePolicy | None
+
+    def __init__(self, version: int, kem: str, signature: str, aead: str, chaff: ChaffPolicy,
+                 padding_max: int, obscure: ObscurePolicy | None = None) -> None:
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "kem", kem)
+        object.__setattr__(self, "signature", signature)
+        object.__setattr__(self, "aead", aead)
+        object.__setattr__(self, "chaff", chaff)
+        object.__setattr__(self, "padding_max", padding_max)
+        object.__setattr__(self, "obscure", obscure)
+
+    def replace(self, **changes: object) -> Suite:
+        """A copy with ``changes`` applied, as ``dataclasses.replace`` would make it."""
+        return Suite(**{**{name: getattr(self, name) for name in self.__slots__}, **changes})
 
     def configuration(self) -> bytes:
         """The QSMP "protocol string" (spec 5.1): signature, KEM, hash, cipher."""

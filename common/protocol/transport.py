@@ -32,7 +32,6 @@ rekeys its own direction: that budget guards the peer's confidentiality, not our
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
 
 from common.crypto import registry
@@ -54,7 +53,7 @@ from common.protocol.negotiation import ObscurePolicy, Suite, check_obscure_answ
 from common.protocol.obscure import EchoMimic, Held, KeystrokeClock, class_padding
 from common.protocol.record import RecordOpener, RecordSealer
 from common.protocol.schedule import LABEL_C2S, LABEL_S2C, DirectionKeys, derive_rekey, wipe
-from common.wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Writer
+from common.wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Record, Writer
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing
 if TYPE_CHECKING:
@@ -99,21 +98,34 @@ FIRST_UPPER_TYPE = 0x20
 DATA_TYPES = (0x24, 0x25)
 
 
-@dataclass(frozen=True, slots=True)
-class TransportSettings:
+class TransportSettings(Record):
+    __slots__ = (  # noqa: RUF023 (field order)
+        "keepalive_interval", "keepalive_count_max", "rekey_bytes", "rekey_interval",
+        "rekey_grace_bytes", "rekey_grace_time")
     #: Seconds between keep-alive requests we send; None = only answer the peer's.
-    keepalive_interval: float | None = None
+    keepalive_interval: float | None
     #: Intervals a request may stay unanswered before the peer is given up (ssh's
     #: ServerAliveCountMax); 1: at the first interval that finds it unanswered.
-    keepalive_count_max: int = 1
+    keepalive_count_max: int
     #: Rekey a direction after this many bytes sent under one key...
-    rekey_bytes: int = 1 << 30
+    rekey_bytes: int
     #: ...or this many seconds, whichever comes first.
-    rekey_interval: float = 3600.0
+    rekey_interval: float
     #: Once requested, the old key carries at most max(rekey_bytes, this) more bytes.
-    rekey_grace_bytes: int = REKEY_GRACE_BYTES
+    rekey_grace_bytes: int
     #: Once requested this long ago, application messages wait for the new key.
-    rekey_grace_time: float = REKEY_GRACE_TIME
+    rekey_grace_time: float
+
+    def __init__(self, keepalive_interval: float | None = None, keepalive_count_max: int = 1,
+                 rekey_bytes: int = 1 << 30, rekey_interval: float = 3600.0,
+                 rekey_grace_bytes: int = REKEY_GRACE_BYTES,
+                 rekey_grace_time: float = REKEY_GRACE_TIME) -> None:
+        object.__setattr__(self, "keepalive_interval", keepalive_interval)
+        object.__setattr__(self, "keepalive_count_max", keepalive_count_max)
+        object.__setattr__(self, "rekey_bytes", rekey_bytes)
+        object.__setattr__(self, "rekey_interval", rekey_interval)
+        object.__setattr__(self, "rekey_grace_bytes", rekey_grace_bytes)
+        object.__setattr__(self, "rekey_grace_time", rekey_grace_time)
 
 
 class Shutdown(Exception):
