@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 
 from common.channels.tunnel import ForwardSpec, parse_forward
+from common.value_record import Record
 
 ESCAPE_CHAR = 0x7E  # "~"
 #: Bytes after which ``~`` starts an escape (ssh: after CR or LF, and at session start).
@@ -39,19 +39,26 @@ class Escape(enum.Enum):
     COMMAND = "C"
 
 
-@dataclass(frozen=True)
-class Echo:
+class Echo(Record):
     """Bytes to show on the terminal for the command line being typed (raw mode: the
-    terminal does not echo)."""
+    terminal does not echo). A Record, not a dataclass: an interactive session loads this
+    module, and a dataclass costs ~1 ms to build at import (issue 18)."""
 
+    __slots__ = ("data",)
     data: bytes
 
+    def __init__(self, data: bytes) -> None:
+        object.__setattr__(self, "data", data)
 
-@dataclass(frozen=True)
-class CommandLine:
+
+class CommandLine(Record):
     """A finished ``~C`` line (empty when cancelled or left blank: nothing to do)."""
 
+    __slots__ = ("text",)
     text: str
+
+    def __init__(self, text: str) -> None:
+        object.__setattr__(self, "text", text)
 
 
 #: The longest ``~C`` line: what follows is ignored (a spec is far shorter).
@@ -61,7 +68,6 @@ _KILL_LINE = 0x15  # ^U
 _CANCEL = frozenset(b"\x03\x1b")  # ^C, ESC
 
 
-@dataclass
 class EscapeScanner:
     """ssh's ``~`` escapes on a byte stream (the keyboard, in raw mode).
 
@@ -79,9 +85,12 @@ class EscapeScanner:
     at a line start again, as after any escape.
     """
 
-    at_line_start: bool = True
-    pending: bool = False  # a line-start "~" waits for its next byte
-    command: bytearray | None = field(default=None)  # the ~C line being typed
+    __slots__ = ("at_line_start", "command", "pending")
+
+    def __init__(self) -> None:
+        self.at_line_start = True
+        self.pending = False  # a line-start "~" waits for its next byte
+        self.command: bytearray | None = None  # the ~C line being typed
 
     def feed(self, data: bytes) -> list[bytes | Escape | Echo | CommandLine]:
         out: list[bytes | Escape | Echo | CommandLine] = []
@@ -159,16 +168,24 @@ COMMAND_HELP = (
 )
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(Record):
     """A parsed ``~C`` line. ``action``: "open" (``spec``), "cancel" (``kind``, ``bind``,
     ``port``), "help", or "none" (an empty line)."""
 
+    __slots__ = ("action", "spec", "kind", "bind", "port")  # noqa: RUF023 (field order)
     action: str
-    spec: ForwardSpec | None = None
-    kind: str = ""
-    bind: str = ""
-    port: int = 0
+    spec: ForwardSpec | None
+    kind: str
+    bind: str
+    port: int
+
+    def __init__(self, action: str, spec: ForwardSpec | None = None, kind: str = "",
+                 bind: str = "", port: int = 0) -> None:
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "spec", spec)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "bind", bind)
+        object.__setattr__(self, "port", port)
 
 
 _KINDS = {"T": "local", "L": "local", "R": "remote", "D": "dynamic"}

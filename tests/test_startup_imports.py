@@ -114,15 +114,16 @@ def test_a_run_over_a_shared_connection_loads_only_what_talks_to_the_master(
     assert not shown, sorted(shown)
 
 
-def test_the_copy_messages_are_records_not_dataclasses() -> None:
-    """qcp's sub-protocol messages (common/channels/copy.py) are common.wire.Records: the
-    module alone (it and what it imports) builds no dataclass, which costs ~1 ms each at
-    every qcp start."""
+@pytest.mark.parametrize("module", ["common.channels.copy", "qsh.escapes"])
+def test_the_messages_are_records_not_dataclasses(module: str) -> None:
+    """qcp's sub-protocol messages (common/channels/copy.py) and the ``~`` escapes of an
+    interactive session (qsh/escapes.py) are Records: the module alone (it and what it
+    imports) builds no dataclass, which costs ~1 ms each at every start."""
     # -S, and the libraries' directory on the path without the machine's .pth hooks.
     code = (f"import sys; sys.path += {SITE_DIRS!r}; "
-            "import common.channels.copy")
+            f"import {module}")
     _, modules = loaded_by(code, site=False)
-    assert "common.channels.copy" in modules
+    assert module in modules
     assert "dataclasses" not in modules
 
 
