@@ -214,6 +214,32 @@ def test_a_fresh_run_starts_no_subprocess_to_load_pycryptodome(tmp_path: Path) -
     assert "platform" not in modules
 
 
+def test_a_fresh_run_with_the_default_algorithms_does_not_load_liboqs(tmp_path: Path) -> None:
+    """With the ``oqs`` extra installed, loading liboqs costs 100-250 ms of CPU (its wrapper
+    runs gcc and ldconfig to find the library); a run whose offer is all built in (the
+    default) never needs it, so it never looks (for ``oqs`` or our wrapper of it: a finder
+    in the probe says when either is asked for). The run goes as far as connecting, to a
+    closed port on 127.0.0.1."""
+    argv = ["-F", "none", "-p", str(_closed_port()), "-o", "ConnectTimeout=5",
+            "-o", f"UserKnownHostsFile={tmp_path / 'kh'}", "127.0.0.1", "true"]
+    code = (f"import sys; sys.path += {SITE_DIRS!r}\n"
+            "class Look:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name in ('oqs', 'common.crypto.oqs'):\n"
+            "            sys.stderr.write('LIBOQS LOOKED AT\\n')\n"
+            "sys.meta_path.insert(0, Look())\n"
+            "from qsh import entry\n"
+            f"entry.main({argv!r})\n")
+    result, modules = loaded_by(code, site=False)
+    assert result.returncode == 255 and "asyncio" in modules, result
+    assert "LIBOQS LOOKED AT" not in result.stderr
+    # A name that is not built in still looks (and says what is available if it is not).
+    code = code.replace("'true']", "'-o', 'KEMs=mceliece348864', 'true']")
+    result, _ = loaded_by(code, site=False)
+    assert "LIBOQS LOOKED AT" in result.stderr, result
+    assert result.returncode == 255, result
+
+
 @pytest.mark.parametrize("words", [
     ["-4", "-6"],  # a usage error found after parsing: qsh.cli reports it
     ["-s"],  # -s with a command of two words

@@ -71,7 +71,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from common.crypto.registry import available_signatures, signature
+from common.crypto.registry import available_signatures, has_signature, signature
 from common.crypto.rng import SYSTEM_RNG, Rng
 from common.crypto.secret import Secret, scrub
 from common.crypto.suites import Signature
@@ -341,7 +341,7 @@ class HostKey(Record):
     ) -> HostKey:
         """A fresh key valid for ``lifetime`` seconds from ``now``. Raises ValueError for an
         algorithm this machine does not implement (a local mistake, not a peer's)."""
-        if algorithm not in available_signatures():
+        if not has_signature(algorithm):
             raise ValueError(
                 f"unknown signature algorithm {algorithm!r}; "
                 f"available: {', '.join(available_signatures())}"

@@ -85,16 +85,18 @@ def build_offer(cfg: ClientConfig) -> Offer:
     """The algorithms to propose. Config lists are checked for syntax when read; whether
     this machine has each one (liboqs is optional) is known only here."""
     base = Offer()
-    kems = cfg.kems or tuple(k for k in base.kems if k in registry.available_kems())
-    signatures = cfg.signatures or tuple(
-        s for s in base.signatures if s in registry.available_signatures())
+    # has_*: liboqs is loaded only for a name that is not built in (common/crypto/registry.py)
+    kems = cfg.kems or tuple(k for k in base.kems if registry.has_kem(k))
+    signatures = cfg.signatures or tuple(s for s in base.signatures if registry.has_signature(s))
     aeads = cfg.ciphers or base.aeads
-    for kind, names, available in (("KEM", kems, registry.available_kems()),
-                                   ("signature", signatures, registry.available_signatures()),
-                                   ("cipher", aeads, registry.available_aeads())):
+    for kind, names, has, available in (
+            ("KEM", kems, registry.has_kem, registry.available_kems),
+            ("signature", signatures, registry.has_signature, registry.available_signatures),
+            ("cipher", aeads, registry.has_aead, registry.available_aeads)):
         for name in names:
-            if name not in available:
-                raise QshError(f"unknown {kind} {name!r}; available: {', '.join(available)}")
+            if not has(name):
+                raise QshError(f"unknown {kind} {name!r}; "
+                               f"available: {', '.join(available())}")
     chaff = ChaffPolicy(enabled=True) if cfg.chaff else base.chaff
     interval = cfg.obscure_keystroke_timing
     obscure = ObscurePolicy(interval_ms=interval) if interval else None

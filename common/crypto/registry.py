@@ -2,8 +2,13 @@
 
 Types live in :mod:`common.crypto.suites`; the implementations in
 :mod:`common.crypto.algorithms` (always present) and :mod:`common.crypto.oqs` (liboqs,
-optional) import only those types, and this module imports them: imports run one way,
-and the liboqs import is attempted once, on first use, not at start-up.
+optional) import only those types, and this module imports them: imports run one way.
+
+liboqs is loaded only when something needs more than the built-in algorithms: a name that
+is not built in (``kem``, ``has_kem``, ...), or the whole list (``available_kems``, ``qsh -Q``,
+qshd's configuration). Loading it costs 100-250 ms of CPU (liboqs-python looks for the
+library with ``ctypes.util.find_library``, which runs gcc and ldconfig, and reads package
+metadata), and a client whose offer is the default one (all built in) never needs it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import sys
 from common.crypto.suites import Aead, Kem, Registry, Signature
 
 _registry: Registry | None = None
+_builtin: Registry | None = None
 #: Why liboqs is not in use (its ImportError), or None when it is.
 _liboqs_missing: str | None = None
 _liboqs_version = ""
@@ -33,14 +39,25 @@ BUILTIN_PROVIDERS: dict[str, str] = {
 }
 
 
-def usable() -> Registry:
-    """All algorithms usable on this machine (built-in, plus liboqs ones when present)."""
-    global _registry, _liboqs_missing, _liboqs_version
-    if _registry is None:
+def builtin() -> Registry:
+    """The built-in algorithms alone: what needs no liboqs."""
+    global _builtin
+    if _builtin is None:
         from common.crypto import algorithms
 
         reg = Registry(kems={}, signatures={}, aeads={})
         algorithms.register(reg)
+        _builtin = reg
+    return _builtin
+
+
+def usable() -> Registry:
+    """All algorithms usable on this machine (built-in, plus liboqs ones when present)."""
+    global _registry, _liboqs_missing, _liboqs_version
+    if _registry is None:
+        own = builtin()
+        reg = Registry(kems=dict(own.kems), signatures=dict(own.signatures),
+                       aeads=dict(own.aeads))
         try:
             if "oqs" not in sys.modules and importlib.util.find_spec("oqs") is None:
                 # Said before loading our wrapper (ctypes.util, platform, logging): most
@@ -69,15 +86,31 @@ def liboqs_missing() -> str | None:
 
 
 def kem(name: str) -> Kem:
-    return usable().kems[name]
+    found = builtin().kems.get(name)
+    return found if found is not None else usable().kems[name]
 
 
 def signature(name: str) -> Signature:
-    return usable().signatures[name]
+    found = builtin().signatures.get(name)
+    return found if found is not None else usable().signatures[name]
 
 
 def aead(name: str) -> Aead:
-    return usable().aeads[name]
+    found = builtin().aeads.get(name)
+    return found if found is not None else usable().aeads[name]
+
+
+def has_kem(name: str) -> bool:
+    """Whether ``name`` is usable here; liboqs is looked at only for a name not built in."""
+    return name in builtin().kems or name in usable().kems
+
+
+def has_signature(name: str) -> bool:
+    return name in builtin().signatures or name in usable().signatures
+
+
+def has_aead(name: str) -> bool:
+    return name in builtin().aeads or name in usable().aeads
 
 
 def available_kems() -> tuple[str, ...]:
