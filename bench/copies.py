@@ -15,7 +15,9 @@ same machine), so the disk is out of the picture and what is measured is the too
 
 1. one big file up (``qcp f host:d``, ``scp f host:d``, ``ssh host 'cat > d' < f``) and down
    (``qcp host:f d``, ``scp host:f d``, ``ssh host 'cat f' > d``): median wall time of the
-   rounds, MB/s, the client's CPU, and the ratios (rate of qcp / rate of the other);
+   rounds, MB/s, the CPU of the client and of the server's processes (the machine is
+   saturated during a copy, so the wall ratios follow the CPU of both ends), and the ratios
+   (rate of qcp / rate of the other);
 2. N files of 1 KiB in one directory, ``qcp -r`` against ``scp -r``, both directions;
 3. ``--resume``: qcp is interrupted (SIGINT) once its partial file holds half of the big file,
    then run again with ``--resume -v``; "sent N bytes" from its report against the size;
@@ -56,7 +58,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import openssh  # noqa: E402 - ROOT is on sys.path first
-from bench.sessions import SSHD_EXTRA_CONFIG, PrivateQshd  # noqa: E402
+from bench.sessions import SSHD_EXTRA_CONFIG, PrivateQshd, Server  # noqa: E402
 
 HOST = "127.0.0.1"
 #: One timed copy of part 1.
@@ -84,6 +86,9 @@ class Timing:
     seconds: list[float] = field(default_factory=list)
     client_cpu: list[float] = field(default_factory=list)
     machine_cpu: list[float] = field(default_factory=list)
+    #: The daemon's side of each copy (part 1): every process the connection ran on the
+    #: server, counted as bench/sessions.py counts it (the listener's and what it reaped).
+    server_cpu: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -94,6 +99,19 @@ class Timing:
         return statistics.median(self.client_cpu)
 
     @property
+    def server(self) -> float | None:
+        return statistics.median(self.server_cpu) if self.server_cpu else None
+
+    @property
+    def both(self) -> float | None:
+        """Client and server CPU of one copy, median over the rounds: on a machine whose
+        cores are all busy (as here) the wall time follows it."""
+        if not self.server_cpu:
+            return None
+        return statistics.median(c + s for c, s in zip(self.client_cpu, self.server_cpu,
+                                                        strict=True))
+
+    @property
     def busy(self) -> float:
         """The machine's CPU seconds per wall second (2.0 = both cores busy), median."""
         return statistics.median(c / s for c, s in zip(self.machine_cpu, self.seconds,
@@ -101,7 +119,11 @@ class Timing:
 
 
 def run_timed(command: list[str], into: Timing, *, env: dict[str, str] | None = None,
-              cwd: Path = ROOT, stdin: Path | None = None, stdout: Path | None = None) -> None:
+              cwd: Path = ROOT, stdin: Path | None = None, stdout: Path | None = None,
+              server: Server | None = None) -> None:
+    """Run one copy; with ``server``, also its daemon's CPU (read again once every process
+    of the connection has been reaped, which is not timed)."""
+    server0 = server.server_cpu() if server is not None else 0.0
     cpu0 = _children_cpu()
     machine0 = _machine_cpu()
     start = time.perf_counter()
@@ -118,6 +140,10 @@ def run_timed(command: list[str], into: Timing, *, env: dict[str, str] | None = 
     into.seconds.append(seconds)
     into.client_cpu.append(_children_cpu() - cpu0)
     into.machine_cpu.append(machine)
+    if server is not None:
+        if not server.wait_reaped():
+            raise RuntimeError("the daemon's processes for the copy did not end in time")
+        into.server_cpu.append(server.server_cpu() - server0)
 
 
 def sha256(path: Path) -> str:
@@ -233,39 +259,44 @@ def big_file(tools: Tools, work: Path, size: int, rounds: int) -> dict[str, Timi
         def steps_of(o: Tools = other, label: str = label) -> list[tuple[str, Step]]:
             return [
                 (f"scp up {label}", lambda: run_timed(o.scp(str(data), o.sremote(out)),
-                                                      results[f"scp up {label}"])),
+                                                      results[f"scp up {label}"],
+                                                      server=o.sshd)),
                 (f"ssh cat up {label}", lambda: run_timed(o.ssh(f"cat > {out}"),
                                                           results[f"ssh cat up {label}"],
-                                                          stdin=data)),
+                                                          stdin=data, server=o.sshd)),
                 (f"scp down {label}", lambda: run_timed(o.scp(o.sremote(data), str(out)),
-                                                        results[f"scp down {label}"])),
+                                                        results[f"scp down {label}"],
+                                                        server=o.sshd)),
                 (f"ssh cat down {label}", lambda: run_timed(o.ssh(f"cat {data}"),
                                                             results[f"ssh cat down {label}"],
-                                                            stdout=out)),
+                                                            stdout=out, server=o.sshd)),
             ]
         openssh_steps.append(steps_of)
     for _ in range(rounds):
         steps: list[tuple[str, Step]] = [] if base is None else [
             ("base qcp up", lambda: run_timed(tools.qcp(str(data), tools.qremote(out), q=base),
                                               results["base qcp up"], env=base.env,
-                                              cwd=base.tree)),
+                                              cwd=base.tree, server=base)),
             ("base qcp down", lambda: run_timed(tools.qcp(tools.qremote(data), str(out), q=base),
                                                 results["base qcp down"], env=base.env,
-                                                cwd=base.tree)),
+                                                cwd=base.tree, server=base)),
         ]
         steps += [
             ("qcp up", lambda: run_timed(tools.qcp(str(data), tools.qremote(out)),
-                                         results["qcp up"], env=env, cwd=tree)),
+                                         results["qcp up"], env=env, cwd=tree,
+                                         server=tools.qshd)),
             ("scp up", lambda: run_timed(tools.scp(str(data), tools.sremote(out)),
-                                         results["scp up"])),
+                                         results["scp up"], server=tools.sshd)),
             ("ssh cat up", lambda: run_timed(tools.ssh(f"cat > {out}"), results["ssh cat up"],
-                                             stdin=data)),
+                                             stdin=data, server=tools.sshd)),
             ("qcp down", lambda: run_timed(tools.qcp(tools.qremote(data), str(out)),
-                                           results["qcp down"], env=env, cwd=tree)),
+                                           results["qcp down"], env=env, cwd=tree,
+                                           server=tools.qshd)),
             ("scp down", lambda: run_timed(tools.scp(tools.sremote(data), str(out)),
-                                           results["scp down"])),
+                                           results["scp down"], server=tools.sshd)),
             ("ssh cat down", lambda: run_timed(tools.ssh(f"cat {data}"),
-                                               results["ssh cat down"], stdout=out)),
+                                               results["ssh cat down"], stdout=out,
+                                               server=tools.sshd)),
         ]
         for more in openssh_steps:
             steps += more()
@@ -276,6 +307,7 @@ def big_file(tools: Tools, work: Path, size: int, rounds: int) -> dict[str, Timi
                 raise RuntimeError(f"{name}: the copy differs from the source")
             t = results[name]
             print(f"    {name:19} {t.seconds[-1]:6.2f} s {_rate(size, t.seconds[-1])}  "
+                  f"CPU client {t.client_cpu[-1]:5.2f} s server {t.server_cpu[-1]:5.2f} s  "
                   f"machine busy {t.machine_cpu[-1] / t.seconds[-1]:4.2f} CPUs", file=sys.stderr,
                   flush=True)
     fresh(out)
@@ -458,11 +490,12 @@ def profiled(work: Path, size: int, count: int, prefix: Path | None) -> None:
 
 def big_part(tools: Tools, work: Path, size: int, rounds: int, summary: list[str]) -> None:
     print(f"\n1. one file of {size // MiB} MiB, {rounds} round(s), interleaved "
-          "(median; client CPU)")
+          "(medians; CPU of the client, of the server's processes, of both)")
     big = big_file(tools, work, size, rounds)
     for name, t in big.items():
-        print(f"    {name:19} {t.median:6.2f} s {_rate(size, t.median)}  client CPU "
-              f"{t.cpu:5.2f} s  machine busy {t.busy:4.2f} CPUs")
+        print(f"    {name:19} {t.median:6.2f} s {_rate(size, t.median)}  CPU client "
+              f"{t.cpu:5.2f} s server {t.server or 0:5.2f} s both {t.both or 0:5.2f} s  "
+              f"machine busy {t.busy:4.2f} CPUs")
     labels = [""] + [f" {o.label}" for o in tools.others]
     for way in ("up", "down"):
         q = big[f"qcp {way}"].median
@@ -476,6 +509,10 @@ def big_part(tools: Tools, work: Path, size: int, rounds: int, summary: list[str
                 summary.append(f"  {size // MiB} MiB {way:4} qcp vs {name:15} {ratio:5.2f}x "
                                f"(per round {rounds_ratio:4.2f}x; target >= {target:g}x): "
                                f"{'MET' if ratio >= target else 'NOT MET'}")
+                mine, theirs = big[f"qcp {way}"].both, big[f"{other} {way}{label}"].both
+                if mine and theirs:
+                    summary.append(f"  {'':>{len(str(size // MiB)) + 9}}CPU, both ends: qcp "
+                                   f"{mine:4.2f} s, {name} {theirs:4.2f} s ({theirs / mine:4.2f}x)")
         if f"base qcp {way}" in big:
             base = big[f"base qcp {way}"].median
             summary.append(f"  {size // MiB} MiB {way:4} the --compare checkout's qcp: "
