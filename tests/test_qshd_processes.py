@@ -342,9 +342,11 @@ def config_text(directory: Path, *lines: str) -> str:
     return "\n".join([*lines, *base]) + "\n"
 
 
-def start_qshd(directory: Path, config: str, port: int = 0) -> Qshd:
+def start_qshd(directory: Path, config: str, port: int = 0,
+               wrapper: Sequence[str] = ()) -> Qshd:
     """``python -m qshd -D -e`` with the configuration in a file (so a reload re-reads it),
-    logging to a file; returns once it listens."""
+    logging to a file; returns once it listens. ``wrapper``: a command it runs under
+    (``strace ...``)."""
     cfg = directory / "qshd_config"
     cfg.write_text(config)
     ready = directory / "ready"
@@ -352,7 +354,7 @@ def start_qshd(directory: Path, config: str, port: int = 0) -> Qshd:
     log = directory / "qshd.log"
     with open(log, "ab") as log_file:
         process = subprocess.Popen(
-            [PYTHON, "-m", "qshd", "-D", "-e", "-p", str(port), "-f", str(cfg),
+            [*wrapper, PYTHON, "-m", "qshd", "-D", "-e", "-p", str(port), "-f", str(cfg),
              "-h", str(directory / "host_key"), "--ready-file", str(ready)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=ROOT)
     port = wait_ready(process, ready, log)
@@ -709,6 +711,38 @@ def test_the_users_process_has_the_users_rights_and_nothing_of_roots(
     run(main())
     assert re.search(rf"Accepted password for {user.name} from 127\.0\.0\.1",
                      daemon.log_text())
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_root_logins_command_is_started_without_copying_the_users_process(
+        tmp_path: Path) -> None:
+    """The user's process of a root login already has root's ids and groups
+    (become_user): it starts a command without asking for them again, so ``subprocess``
+    can ``vfork`` (the child borrows the parent's memory until it execs) instead of
+    copying the whole process with ``fork`` -- ms of every ``qsh root@host cmd`` on a
+    busy machine. Seen in an strace of the real daemon: the command's own pid (``$$``) is
+    what a ``vfork`` returned."""
+    trace = tmp_path / "trace"
+    prepare(tmp_path)
+    qshd = start_qshd(tmp_path, config_text(tmp_path), wrapper=[
+        "strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=vfork,clone,clone3",
+        "-e", "signal=none",
+        "-o", str(trace)])
+    try:
+        async def main() -> bytes:
+            client = await login(qshd)  # this account: root
+            stdout, _, status = await execute(client, "echo $$")
+            assert status == 0
+            client.close()
+            return stdout
+
+        pid = int(run(main()))
+    finally:
+        for listener in children(qshd.pid):  # strace's child: strace then ends with it
+            os.kill(listener, signal.SIGTERM)
+        stop_qshd(qshd)
+    calls = [line for line in trace.read_text().splitlines() if re.search(rf"= {pid}$", line)]
+    assert calls and all("vfork(" in line for line in calls), calls
 
 
 # --------------------------------------------------------------------------- 7. crashes

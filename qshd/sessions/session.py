@@ -12,7 +12,9 @@ on the user's behalf:
   everything it starts form one process group we can signal as a whole;
 * when qshd is root the child drops to the user before it execs anything (Popen's
   ``extra_groups`` / ``group`` / ``user``: setgroups, setregid, setreuid, in that order,
-  then the optional PTY step below, then exec): no code of the user's ever runs as root;
+  then the optional PTY step below, then exec): no code of the user's ever runs as root
+  (a root login's user's process already has root's ids and groups: nothing to drop,
+  see :func:`has_credentials_of`);
 * its stdio is either a PTY (``pty-req``: one stream, stderr merged as in ssh, the slave as
   its controlling terminal) or three pipes (stdout as data, stderr as extended data);
 * our ends of those descriptors are non-blocking and served by the event loop's reader and
@@ -95,6 +97,17 @@ READ_SIZE = 256 * 1024
 PTY_QUIET = 0.25
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def has_credentials_of(account: Account) -> bool:
+    """Does this process already have exactly ``account``'s ids and groups (the user's
+    process of a root login: :func:`qshd.privsep.become_user` made it so)? A child then
+    needs no change of identity, and ``subprocess`` starts it with ``vfork``: asking it to
+    set ids again, even the same ones, makes it copy the whole process with ``fork``
+    instead, several ms of a login's ``qsh host true`` on a busy machine."""
+    uid, gid = account.uid, account.gid
+    return (os.getresuid() == (uid, uid, uid) and os.getresgid() == (gid, gid, gid)
+            and set(os.getgroups()) == set(account.groups))
 
 
 def _signal_name(number: int) -> str:
@@ -387,7 +400,7 @@ class Session:
                 "executable": shell, "cwd": cwd, "start_new_session": True,
                 "close_fds": True, "umask": 0o022,
             }
-            if self.euid == 0:
+            if self.euid == 0 and not has_credentials_of(account):
                 kwargs.update(user=account.uid, group=account.gid,
                               extra_groups=list(account.groups))
             tty_name = None
