@@ -3,6 +3,7 @@
 
     python bench/login_timeline.py                       # 10 runs, this checkout
     python bench/login_timeline.py --compare-tree DIR    # and another (e.g. before a change)
+    python bench/login_timeline.py --wall 15 --compare-tree DIR   # wall time, no strace
 
 qshd runs under ``strace -f --seccomp-bpf -ttt -yy`` tracing only the process calls (fork,
 exec, wait, exit, set*uid) and the reads and writes: seccomp keeps every other system call
@@ -13,6 +14,14 @@ each traced call costs some tens of microseconds. The real ``qsh host true`` cli
 the ``accept``, and the median of each milestone over the runs is printed, with the time
 between consecutive milestones. Milestones a process model does not have (a single-process
 qshd forks no monitor) are left out.
+
+``--wall N`` measures instead, without strace, what a user sees of the server: the wall
+time of one client, this checkout's ``qsh`` installed by pip in a throwaway venv (as
+``bench/startup.py`` installs it), running ``host true`` against qshd from this checkout and
+from each ``--compare-tree``, beside ``ssh host true`` against a private sshd of OpenSSH
+10.5 (``--openssh-prefix``) and of the system's OpenSSH; N interleaved runs of each (so load
+changes hit all alike), medians, each as a ratio to OpenSSH 10.5's. The client is the same
+for every qshd: what differs is the server's part.
 
 A benchmark's helper, not a test: nothing here asserts a time.
 """
@@ -237,6 +246,41 @@ def timeline(tree: Path, runs: int, keep: Path | None = None
         shutil.rmtree(out, ignore_errors=True)
 
 
+def wall_times(trees: list[Path], runs: int, openssh_prefix: Path) -> None:
+    """``--wall``: see the module docstring."""
+    import os
+
+    from bench import openssh
+    from bench.sessions import SSHD_EXTRA_CONFIG, _short
+    from bench.startup import installed, interleaved, run_once, ssh_command, table
+
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with contextlib.ExitStack() as stack:
+        qshds = [stack.enter_context(PrivateQshd(tree)) for tree in trees]
+        sshds = [stack.enter_context(openssh.PrivateSshd(SSHD_EXTRA_CONFIG))]
+        if openssh.available(openssh_prefix) is None:
+            sshds.append(stack.enter_context(
+                openssh.PrivateSshd(SSHD_EXTRA_CONFIG, openssh_prefix)))
+        bin_dir = stack.enter_context(installed(ROOT, False))
+        env = {k: v for k, v in os.environ.items() if k not in (
+            "PYTHONPATH", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE")}
+        data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qsh-bench-")))
+        os.chdir(data)  # not a tree: the installed client must not import from one
+        commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}
+        for qshd in qshds:
+            name = "this checkout" if qshd.tree == ROOT else str(qshd.tree)
+            command = [str(bin_dir / "qsh"), *qshd.cli("true")[3:]]
+            run_once(command, env)  # records the host key
+            commands[f"qsh host true, qshd of {name}"] = (command, env)
+        for sshd in sshds:
+            commands[f"{_short(sshd)} host true"] = (
+                ssh_command(sshd, "true", data / "ssh_known_hosts"), None)
+        results = interleaved(commands, runs)
+        print(f"{runs} interleaved runs of each, medians; CPU is the client's")
+        table(results, f"{_short(sshds[-1])} host true")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="`qsh host true` runs (10)")
@@ -244,7 +288,14 @@ def main() -> None:
                         metavar="DIR", help="also trace qshd from this checkout; repeatable")
     parser.add_argument("--keep", type=Path, metavar="PREFIX",
                         help="keep each strace output as PREFIX.N")
+    parser.add_argument("--wall", type=int, metavar="N",
+                        help="no strace: N interleaved wall-time runs beside OpenSSH")
+    parser.add_argument("--openssh-prefix", type=Path, default=Path("/opt/openssh-10.5"))
     args = parser.parse_args()
+    if args.wall:
+        wall_times([ROOT, *(t.resolve() for t in args.compare_tree)], args.wall,
+                   args.openssh_prefix)
+        return
     if shutil.which("strace") is None:
         sys.exit("bench/login_timeline.py needs strace (apt-get install -y strace)")
     for number, tree in enumerate([ROOT, *(t.resolve() for t in args.compare_tree)]):
