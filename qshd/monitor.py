@@ -13,8 +13,10 @@ it forks two children, so neither ever has a host key in its memory:
   gid, uid, verified) and serves that connection's sessions with the user's rights.
 
 Only then does the monitor load the host keys, answer the pre-auth process (one handshake
-signature, the password and key checks), and, on a login, pass the connection's state to
-the standby, tell the listener (startup pipe) and drop the keys. It then waits for the
+signature, the password and key checks), and, on a login, drop the keys, pass the
+connection's state to the standby at once (it becomes the user and rebuilds the connection
+while the pre-auth process exits), tell it when the pre-auth process is gone (only then
+does it read the socket), and tell the listener (startup pipe). It then waits for the
 user's process to end and exits with it. A connection that never logs in ends with the
 exit status that tells the listener which penalty it earned (:mod:`qshd.outcome`).
 """
@@ -50,6 +52,7 @@ from .monitor_protocol import (
     MonitorLink,
     Ordering,
     Password,
+    PreauthGone,
     PtyClosed,
     PtyOpened,
     PublicKeyLogin,
@@ -258,14 +261,23 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         if status == outcome.EXIT_GRACE:
             log.info("Timeout before authentication for %s", where)
         return status
-    if _reap(preauth_pid, PREAUTH_EXIT_TIMEOUT) is None:
-        end_children(preauth_pid)
     user = handoff.user
     handoff = dataclasses.replace(handoff, key_options=granted.get(user, ""))
+    # The standby gets ready (becomes the user, rebuilds the connection) while the
+    # pre-auth process exits; it reads the socket only after PreauthGone.
     try:
         post_monitor.send(handoff)
     except OSError as exc:  # the standby is gone: there is nobody to hand over to
         log.warning("%s: the user's process went away before the handoff: %s", tag,
+                    exc.strerror)
+        end_children(preauth_pid, standby_pid)
+        return outcome.EXIT_CRASH
+    if _reap(preauth_pid, PREAUTH_EXIT_TIMEOUT) is None:
+        end_children(preauth_pid)
+    try:
+        post_monitor.send(PreauthGone())
+    except OSError as exc:
+        log.warning("%s: the user's process went away during the handoff: %s", tag,
                     exc.strerror)
         end_children(standby_pid)
         return outcome.EXIT_CRASH

@@ -14,9 +14,14 @@ PUBLICKEY   user, key blob, session ID, signature                          VERDI
 HANDOFF     user, the connection's exported state, key options             (none)
 ==========  =============================================================  ==============
 
-After the handoff the user's process keeps a link of its own to the monitor, for what only
-root may write: PTY_OPENED (line, pid) and PTY_CLOSED (line, pid, status) become utmp,
-wtmp and lastlog records, for a terminal the monitor checks is the user's.
+The user's process has a link of its own to the monitor. On it the monitor passes the
+HANDOFF on as soon as it has it, then PREAUTH_GONE (no body) once the pre-auth process has
+exited and been reaped: the user's process gets ready meanwhile (becomes the user, rebuilds
+the connection) but reads the socket only after PREAUTH_GONE, so the pre-auth process,
+which holds the same session keys, can never see a byte of the session. After that the
+user's process asks for what only root may write: PTY_OPENED (line, pid) and PTY_CLOSED
+(line, pid, status) become utmp, wtmp and lastlog records, for a terminal the monitor
+checks is the user's.
 
 The monitor answers in that order only: one SIGN, first (the handshake signs once; rekeys
 do not sign), then logins, then one HANDOFF after a login it accepted itself. It composes
@@ -79,6 +84,7 @@ class Type(IntEnum):
     HANDOFF = 0x04
     PTY_OPENED = 0x05
     PTY_CLOSED = 0x06
+    PREAUTH_GONE = 0x07
     SIGNATURE = 0x81
     VERDICT = 0x82
 
@@ -173,8 +179,16 @@ class PtyClosed:
                 .getvalue())
 
 
+@dataclass(frozen=True, slots=True)
+class PreauthGone:
+    """To the user's process: the pre-auth process has exited; the socket is yours alone."""
+
+    def encode(self) -> bytes:
+        return Writer().u8(Type.PREAUTH_GONE).getvalue()
+
+
 Request = Sign | Password | PublicKeyLogin | Handoff | PtyOpened | PtyClosed
-Answer = Signature | Verdict
+Answer = Signature | Verdict | PreauthGone
 Message = Request | Answer
 
 
@@ -205,6 +219,8 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
             message = Signature(r.vbytes(MAX_BLOB))
         elif kind == Type.VERDICT:
             message = Verdict(r.boolean(), r.text(MAX_TEXT))
+        elif kind == Type.PREAUTH_GONE:
+            message = PreauthGone()
         else:
             raise MonitorError(f"unknown monitor message type 0x{kind:02x}")
         r.end()

@@ -3,8 +3,10 @@
 Forked by the connection's monitor before any secret existed in it, it waits idle for the
 handoff of a login the monitor accepted. Then it becomes the user for good (groups, gid,
 uid, verified by :func:`qshd.privsep.become_user`: regaining root fails, no capability is
-left), rebuilds the connection from the handed-over state and carries on over the same
-socket (:func:`common.aio.adopt`). Every shell, command -- and, as they arrive, copy and
+left), rebuilds the connection from the handed-over state and, once the monitor says the
+pre-auth process is gone (:func:`wait_preauth_gone`; the two overlap: the handoff comes
+as soon as the pre-auth process sends it), carries on over the same socket
+(:func:`common.aio.adopt`). Every shell, command -- and, as they arrive, copy and
 tunnel -- of that connection runs here or below, so whatever a user names is opened and
 connected with that user's rights, never root's.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -26,12 +29,23 @@ from common.protocol.mux import GlobalRequest
 from . import privsep, utmp
 from .config import ConnectionSpec, ServerConfig
 from .login import Account, group_names
-from .monitor_protocol import Handoff, MonitorError, MonitorLink, PtyClosed, PtyOpened
+from .monitor_protocol import (
+    Handoff,
+    MonitorError,
+    MonitorLink,
+    PreauthGone,
+    PtyClosed,
+    PtyOpened,
+)
 from .policy import key_options, session_policy, tunnel_policy
 from .sessions import HANGUP_GRACE, Session, serve_channel
 from .tunnels import Tunnels
 
 log = logging.getLogger("qshd")
+
+#: How long the user's process waits to hear that the pre-auth process is gone: the
+#: monitor gives it 5 s to exit, then ends it (SIGTERM, SIGKILL 2 s later).
+PREAUTH_GONE_TIMEOUT = 30.0
 
 
 def wait_for_handoff(link: MonitorLink, timeout: float) -> Handoff | None:
@@ -41,6 +55,15 @@ def wait_for_handoff(link: MonitorLink, timeout: float) -> Handoff | None:
     except MonitorError:
         return None
     return message if isinstance(message, Handoff) else None
+
+
+def wait_preauth_gone(link: MonitorLink, timeout: float = PREAUTH_GONE_TIMEOUT) -> None:
+    """Block until the monitor says the pre-auth process has exited. Until then it may
+    still hold the socket (and it holds the session keys): not one byte is read before.
+    Raises :class:`MonitorError` on anything else, or when the link ends or times out."""
+    message = link.receive(timeout)
+    if not isinstance(message, PreauthGone):
+        raise MonitorError(f"expected PreauthGone, got {type(message).__name__}")
 
 
 class MonitorAccounting:
@@ -111,10 +134,14 @@ async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
                                 event: GlobalRequest) -> tuple[bool, bytes]:
         return await tunnels_of(connection).on_global_request(connection, event)
 
-    connection = await aio.adopt(sock, handoff.state, on_channel=on_channel,
-                                 on_global_request=on_global_request,
-                                 settings=config.transport_settings(), user=account.name,
-                                 number=number)
+    try:
+        connection = await aio.adopt(
+            sock, handoff.state, on_channel=on_channel, on_global_request=on_global_request,
+            settings=config.transport_settings(), user=account.name, number=number,
+            before_reading=functools.partial(wait_preauth_gone, accounting.link))
+    except MonitorError as exc:
+        log.error("%s: no word that the pre-auth process is gone (%s); not serving", tag, exc)
+        return 1
     release_free_memory()
     if config.unused_connection_timeout > 0:
         def unused() -> bool:

@@ -24,6 +24,7 @@ MESSAGES: list[mp.Message] = [
     mp.Signature(b"s" * 3309),
     mp.Verdict(True, ""),
     mp.Verdict(False, "no"),
+    mp.PreauthGone(),
 ]
 
 

@@ -46,8 +46,9 @@ from common import aio
 from common.accounts.keys import HostKey, PublicKey
 from common.accounts.passwd import PasswdFile
 from common.channels.session import EXIT_STATUS, decode_exit_status, encode_exec
+from common.protocol.auth import AuthRequested
 from common.protocol.connection import Connection
-from common.protocol.handshake import ClientHandshake, State
+from common.protocol.handshake import ClientHandshake, ServerHandshake, State
 from common.protocol.negotiation import Offer
 from qshd import monitor_protocol as mp
 from qshd.outcome import EXIT_CRASH
@@ -743,6 +744,82 @@ def test_a_root_logins_command_is_started_without_copying_the_users_process(
         stop_qshd(qshd)
     calls = [line for line in trace.read_text().splitlines() if re.search(rf"= {pid}$", line)]
     assert calls and all("vfork(" in line for line in calls), calls
+
+
+def _handoff_state(user: str) -> bytes:
+    """The state of a login of ``user``, exported as the pre-auth process exports it: a
+    client and a server core in memory, on the real clock (what a test that speaks for the
+    pre-auth process hands over; its keys are not the real client's)."""
+    now = time.time()
+    host = HostKey.generate("mldsa65", now=now)
+    client = Connection(ClientHandshake(Offer(), host.public))
+    server = Connection(ServerHandshake([host]), require_auth=True)
+    client.authenticate_password(user, b"whatever")
+    client.start(now)
+    server.start(now)
+
+    def pump() -> None:
+        for _ in range(20):
+            for sender, receiver in ((client, server), (server, client)):
+                for data in sender.data_to_send():
+                    receiver.receive_data(bytes(data), now)
+
+    pump()
+    assert any(isinstance(e, AuthRequested) for e in server.events_received())
+    server.accept_auth()
+    pump()
+    return server.export_handoff(now)
+
+
+def _rx_queue(local: tuple[str, int], remote: tuple[str, int]) -> int:
+    """Bytes waiting, unread, in the receive queue of the socket ``local`` -> ``remote``."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if _tcp_address(fields[1]) == local and _tcp_address(fields[2]) == remote:
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no socket {local} -> {remote}")
+
+
+def test_the_users_process_gets_ready_while_the_preauth_process_exits(
+        daemon: Qshd, accounts: Accounts) -> None:
+    """The monitor passes an accepted login on to the user's process at once: it becomes
+    the user and rebuilds the connection while the pre-auth process exits (the login's
+    answer has gone out: the client is waiting), instead of after. But it reads the
+    socket only once the pre-auth process, which holds the same session keys, is gone.
+
+    The test speaks for the pre-auth process on its monitor link (as above) and keeps the
+    real one stopped: the user's process must be the user within 4 s (before, the monitor
+    waited up to 5 s for the stopped process, then 2 s more to end it), with the bytes
+    the client sent meanwhile still unread; once the pre-auth process is killed, the
+    user's process reads them (garbage: it ends the connection)."""
+    user = accounts.user
+    client = StepClient(daemon, "127.0.0.50")
+    link = None
+    try:
+        client.connect_request()  # the real pre-auth process has had its one signature
+        procs = preauth_of(daemon, client.address, accounts.privsep.uid)
+        preauth = procs.with_uid(accounts.privsep.uid)
+        standby = procs.with_uid(0)
+        link = monitor_link_of(preauth)
+        os.kill(preauth, signal.SIGSTOP)
+        link.settimeout(10)
+        link.send(mp.Password(user.name, PASSWORD).encode())
+        assert mp.decode(link.recv(mp.MAX_MESSAGE)) == mp.Verdict(True)
+        client.sock.sendall(b"\x00" * 64)  # what a client sends next, for the next reader
+        link.send(mp.Handoff(user.name, _handoff_state(user.name)).encode())
+        wait_for("the user's process to become the user",
+                 lambda: proc_status(standby).uids == (user.uid,) * 4, timeout=4)
+        assert alive(preauth)
+        server_end = (LOCAL, daemon.port)
+        time.sleep(0.3)
+        assert _rx_queue(server_end, client.address) == 64, "read before the pre-auth left"
+        os.kill(preauth, signal.SIGKILL)
+        assert client.ended(10), "the user's process did not take over the socket"
+        wait_gone([procs.monitor, standby])
+    finally:
+        if link is not None:
+            link.close()
+        client.close()
 
 
 # --------------------------------------------------------------------------- 7. crashes

@@ -210,7 +210,8 @@ async def adopt(sock: socket.socket, state: bytes | bytearray | memoryview, *,
                 on_global_request: GlobalRequestHandler | None = None,
                 window: int | None = None, max_packet: int | None = None,
                 rng: Rng | None = None, user: str | None = None,
-                number: int | None = None) -> QsmpConnection:
+                number: int | None = None,
+                before_reading: Callable[[], None] | None = None) -> QsmpConnection:
     """Carry on a connection another process handed over (its
     :meth:`QsmpConnection.accept_and_hand_off` state) over ``sock``, the same TCP socket,
     already connected. Returns the logged-in server connection, which serves channels as
@@ -222,6 +223,11 @@ async def adopt(sock: socket.socket, state: bytes | bytearray | memoryview, *,
     ``max_packet`` are this process's; the suite, keys and sequence numbers come from the
     state. ``number`` names the connection in log lines (``conn=N``), as the process that
     accepted it numbered it.
+
+    ``before_reading`` is called once everything is built and before the socket is
+    touched: it may block (nothing else runs yet) until the socket is this process's alone
+    (qshd: until the pre-auth process has exited), or raise, which leaves the socket alone
+    for the caller.
     """
     tune_allocator()
     loop = asyncio.get_running_loop()
@@ -239,6 +245,8 @@ async def adopt(sock: socket.socket, state: bytes | bytearray | memoryview, *,
     connection.suite = transport.suite
     connection.session_id = transport.session_id
     connection._established.set_result(None)
+    if before_reading is not None:
+        before_reading()
     await loop.connect_accepted_socket(lambda: connection, sock=sock)
     return connection
 
