@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import os
 import re
+import select
 import socket
 import stat
 import threading
@@ -287,7 +288,10 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
     except OSError:
         pass  # the listener is gone (restarted): nobody needs to know
     del handoff
-    release_free_memory()  # what was needed to log in; an idle session keeps little
+    # What was needed to log in goes back to the kernel (an idle session keeps little),
+    # once the login's first command has had the CPU, not in competition with it.
+    select.select([post_monitor], [], [], postauth.RELEASE_DELAY)
+    release_free_memory()
     serve_user(post_monitor, user, peer[0], tag)
     post_monitor.close()
     # However accounting ended, the user's process runs to its own end.

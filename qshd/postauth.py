@@ -79,6 +79,11 @@ class MonitorAccounting:
         self.link.send(PtyClosed(line, pid, status & 0xFFFFFFFF))
 
 
+#: Seconds after the takeover before the heap's free pages go back to the kernel: not
+#: between the login and the client's first channel, and not at all for a short command.
+RELEASE_DELAY = 1.0
+
+
 def serve(config: ServerConfig, sock: socket.socket, handoff: Handoff, link: MonitorLink,
           number: int, tag: str) -> int:
     """Become the user and serve the connection; the exit status is 0 once it ends."""
@@ -142,7 +147,7 @@ async def _serve(config: ServerConfig, sock: socket.socket, handoff: Handoff,
     except MonitorError as exc:
         log.error("%s: no word that the pre-auth process is gone (%s); not serving", tag, exc)
         return 1
-    release_free_memory()
+    asyncio.get_running_loop().call_later(RELEASE_DELAY, release_free_memory)
     if config.unused_connection_timeout > 0:
         def unused() -> bool:
             listening = bool(tunnels and getattr(tunnels[0], "_listeners", None))
