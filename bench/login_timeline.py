@@ -20,8 +20,11 @@ time of one client, this checkout's ``qsh`` installed by pip in a throwaway venv
 ``bench/startup.py`` installs it), running ``host true`` against qshd from this checkout and
 from each ``--compare-tree``, beside ``ssh host true`` against a private sshd of OpenSSH
 10.5 (``--openssh-prefix``) and of the system's OpenSSH; N interleaved runs of each (so load
-changes hit all alike), medians, each as a ratio to OpenSSH 10.5's. The client is the same
-for every qshd: what differs is the server's part.
+changes hit all alike), medians, each as a ratio to OpenSSH 10.5's, and the difference
+between this checkout's qshd and each other one paired by round (the median and the middle
+half of the per-round differences: on a shared machine the load drifts between rounds far
+more than within one). The client is the same for every qshd: what differs is the
+server's part.
 
 A benchmark's helper, not a test: nothing here asserts a time.
 """
@@ -278,6 +281,15 @@ def wall_times(trees: list[Path], runs: int, openssh_prefix: Path) -> None:
         results = interleaved(commands, runs)
         print(f"{runs} interleaved runs of each, medians; CPU is the client's")
         table(results, f"{_short(sshds[-1])} host true")
+        names = list(commands)
+        for other in names[1:len(qshds)]:
+            # Paired by round: the load drifts between rounds far more than within one.
+            pairs = sorted(1000 * (a - b) for a, b in zip(
+                results[names[0]].wall, results[other].wall, strict=True))
+            quarter = len(pairs) // 4
+            print(f"this checkout's qshd minus {other.split(' of ')[-1]}'s, paired by round: "
+                  f"median {statistics.median(pairs):+.1f} ms (middle half "
+                  f"{pairs[quarter]:+.1f} .. {pairs[-1 - quarter]:+.1f})")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
