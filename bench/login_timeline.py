@@ -23,8 +23,9 @@ from each ``--compare-tree``, beside ``ssh host true`` against a private sshd of
 changes hit all alike), medians, each as a ratio to OpenSSH 10.5's, and the difference
 between this checkout's qshd and each other one paired by round (the median and the middle
 half of the per-round differences: on a shared machine the load drifts between rounds far
-more than within one). The client is the same for every qshd: what differs is the
-server's part.
+more than within one), and each qshd's own CPU per login (every process of the connection,
+from the kernel's accounting as the listener reaps them). The client is the same for every
+qshd: what differs is the server's part.
 
 A benchmark's helper, not a test: nothing here asserts a time.
 """
@@ -255,7 +256,7 @@ def wall_times(trees: list[Path], runs: int, openssh_prefix: Path) -> None:
 
     from bench import openssh
     from bench.sessions import SSHD_EXTRA_CONFIG, _short
-    from bench.startup import installed, interleaved, run_once, ssh_command, table
+    from bench.startup import Samples, installed, run_once, ssh_command, table
 
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with contextlib.ExitStack() as stack:
@@ -278,9 +279,28 @@ def wall_times(trees: list[Path], runs: int, openssh_prefix: Path) -> None:
         for sshd in sshds:
             commands[f"{_short(sshd)} host true"] = (
                 ssh_command(sshd, "true", data / "ssh_known_hosts"), None)
-        results = interleaved(commands, runs)
+        servers = dict(zip(list(commands)[:len(qshds)], qshds, strict=True))
+        results = {name: Samples() for name in commands}
+        server_cpu: dict[str, list[float]] = {name: [] for name in servers}
+        for round_number in range(runs + 1):  # round 0 warms the page cache
+            for name, (command, run_env) in commands.items():
+                qshd = servers.get(name)
+                if qshd is not None:
+                    qshd.wait_reaped()
+                    before = qshd.server_cpu()
+                cpu, wall, rss = run_once(command, run_env)
+                if qshd is not None:
+                    qshd.wait_reaped()
+                    if round_number:
+                        server_cpu[name].append(qshd.server_cpu() - before)
+                if round_number:
+                    results[name].add(cpu, wall, rss)
         print(f"{runs} interleaved runs of each, medians; CPU is the client's")
         table(results, f"{_short(sshds[-1])} host true")
+        for name, values in server_cpu.items():
+            # The mean: the kernel counts a process's CPU time in clock ticks.
+            print(f"qshd CPU per login, {name.split(' of ')[-1]}: "
+                  f"{1000 * statistics.mean(values):.1f} ms (mean of {len(values)})")
         names = list(commands)
         for other in names[1:len(qshds)]:
             # Paired by round: the load drifts between rounds far more than within one.
