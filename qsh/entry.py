@@ -140,7 +140,6 @@ def shared(argv: list[str]) -> int | None:
 
 
 def _shared(args: _Args) -> int | None:
-    from common.client import mux_client
     from common.client.config import ConfigError, resolve
 
     user, host = split_destination(args.destination)
@@ -164,6 +163,8 @@ def _shared(args: _Args) -> int | None:
     if args.stdin_null or cfg.stdin_null:
         stdin_from_null()
     verbosity = max(args.verbose, LOG_LEVEL_VERBOSITY.get(cfg.log_level, 0))
+    from common.client import mux_client  # (here: a run without ControlPath never needs it)
+
     return mux_client.shared_session(cfg, remote, force_tty=args.force_tty,
                                      quiet=cfg.log_level in QUIET_LEVELS,
                                      verbose=verbosity > 0)

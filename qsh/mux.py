@@ -46,7 +46,7 @@ from common.channels.copy import COPY
 from common.channels.tunnel import parse_forward
 from common.client import mux_client
 from common.client import mux_wire as wire
-from common.client.config import ClientConfig, environment_to_send
+from common.client.config import ClientConfig, environment_to_send, wants_pty
 from common.client.connect import QshError, Ui, describe_end
 from common.client.terminal import saved_blocking_modes
 from common.errors import UsageError
@@ -497,7 +497,7 @@ class Master:
             status = 0
             if not no_command:
                 cfg = self.cfg
-                pty = mux_client.wants_pty(cfg.request_tty, command=command,
+                pty = wants_pty(cfg.request_tty, command=command,
                                            stdin_is_tty=os.isatty(0), force=force_tty)
                 request = mux_client.session_request(
                     command=command, pty=pty, subsystem=cfg.session_type == "subsystem",

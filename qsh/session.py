@@ -40,7 +40,7 @@ from common import aio
 from common.channels import session as proto
 from common.cli import stdin_from_null
 from common.client import terminal
-from common.client.config import ClientConfig, environment_to_send
+from common.client.config import ClientConfig, environment_to_send, wants_pty
 from common.client.connect import (
     DisconnectError,
     QshError,
@@ -50,7 +50,6 @@ from common.client.connect import (
     describe_end,
     login,
 )
-from common.client.mux_client import wants_pty
 from common.errors import ErrorCode, QsmpError
 
 if TYPE_CHECKING:

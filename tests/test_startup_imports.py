@@ -200,6 +200,8 @@ def test_a_plain_client_run_loads_no_handoff_or_tunnel_code(tmp_path: Path) -> N
     assert fast.returncode == 255 and "asyncio" in modules, fast  # it went as far as connecting
     assert "common.protocol.handoff" not in modules
     assert not [m for m in modules if m == "qsh.tunnels" or m.startswith("common.forward")]
+    # Nor the control socket's client (~1.2 ms): without a ControlPath nothing is shared.
+    assert not [m for m in modules if m.startswith("common.client.mux")]
 
 
 def test_a_fresh_run_starts_no_subprocess_to_load_pycryptodome(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import stat
 import struct
 
 from common.client import mux_wire as wire
+from common.client.config.settings import wants_pty
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
@@ -208,19 +209,6 @@ def describe_failure(exc: BaseException) -> str:
 
 
 # --- A session -------------------------------------------------------------------------------
-
-
-def wants_pty(request_tty: str, *, command: str | None, stdin_is_tty: bool,
-              force: bool) -> bool:
-    """ssh's rule: a pty for an interactive login on a terminal; ``-t`` (and RequestTTY
-    force) always; RequestTTY yes when stdin is a terminal; no never."""
-    if force or request_tty == "force":
-        return True
-    if request_tty == "no":
-        return False
-    if request_tty == "yes":
-        return stdin_is_tty
-    return command is None and stdin_is_tty
 
 
 def window_size(fd: int) -> wire.Size | None:

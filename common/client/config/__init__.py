@@ -63,6 +63,7 @@ from common.client.config.settings import (
     default_config_path,
     default_identity_files,
     default_known_hosts,
+    wants_pty,
 )
 
 __all__ = [
@@ -83,6 +84,7 @@ __all__ = [
     "environment_to_send",
     "parse_option",
     "resolve",
+    "wants_pty",
 ]
 
 

@@ -257,3 +257,18 @@ _FIELD_SET = frozenset(_FIELDS)
 _DEFAULT_FACTORIES: dict[str, Callable[[], object]] = {
     "user": _local_user, "forwards": list, "send_env": list, "set_env": list, "notes": list,
 }
+
+
+def wants_pty(request_tty: str, *, command: str | None, stdin_is_tty: bool,
+              force: bool) -> bool:
+    """ssh's rule for ``RequestTTY``: a pty for an interactive login on a terminal; ``-t``
+    (and RequestTTY force) always; RequestTTY yes when stdin is a terminal; no never. Here,
+    with the setting, because a session logged in by itself (qsh/session.py) and one over a
+    shared connection (common/client/mux_client.py) decide alike."""
+    if force or request_tty == "force":
+        return True
+    if request_tty == "no":
+        return False
+    if request_tty == "yes":
+        return stdin_is_tty
+    return command is None and stdin_is_tty
