@@ -84,7 +84,6 @@ def run(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
         **ignored: object) -> int:
     """Log in to DESTINATION ([user@]host) and run a shell, or COMMAND, over QSMP: the exit
     status. ``echo`` prints -G's output (click.echo under qsh.cli, as before)."""
-    from common.channels.tunnel import parse_forward
     from common.client.config import ConfigError, dump, resolve
 
     notes: list[str] = []
@@ -134,12 +133,16 @@ def run(quiet: bool, inet4: bool, inet6: bool, log_file: str | None,
         command = (cfg.remote_command,)
     if cfg.session_type == "subsystem" and len(command) != 1:
         raise UsageError("-s takes one subsystem name, as the command")
-    try:
-        given = [parse_forward(kind, text) for kind, texts in (
-            ("local", local_forwards), ("remote", remote_forwards),
-            ("dynamic", dynamic_forwards)) for text in texts]
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    given = []
+    if local_forwards or remote_forwards or dynamic_forwards:  # (a run without loads none)
+        from common.channels.tunnel import parse_forward
+
+        try:
+            given = [parse_forward(kind, text) for kind, texts in (
+                ("local", local_forwards), ("remote", remote_forwards),
+                ("dynamic", dynamic_forwards)) for text in texts]
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     # Command-line tunnels first, then the config's (ssh adds both); ExitOnForwardFailure
     # defaults to yes when the command line asked for a tunnel.
     cfg.forwards = [] if cfg.clear_all_forwardings else [*given, *cfg.forwards]

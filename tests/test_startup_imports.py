@@ -199,7 +199,8 @@ def test_a_plain_client_run_loads_no_handoff_or_tunnel_code(tmp_path: Path) -> N
     fast, modules = _both_ways(argv)["entry"]
     assert fast.returncode == 255 and "asyncio" in modules, fast  # it went as far as connecting
     assert "common.protocol.handoff" not in modules
-    assert not [m for m in modules if m == "qsh.tunnels" or m.startswith("common.forward")]
+    assert not [m for m in modules if m in ("qsh.tunnels", "common.channels.tunnel")
+                or m.startswith("common.forward")]
     # Nor the control socket's client (~1.2 ms): without a ControlPath nothing is shared.
     assert not [m for m in modules if m.startswith("common.client.mux")]
 
