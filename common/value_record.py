@@ -10,7 +10,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (issue 18)
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import NoReturn, Self
 
 
 class Record:
@@ -38,6 +38,13 @@ class Record:
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"{type(self).__qualname__}({shown})"
+
+    def replace(self, **changes: object) -> Self:
+        """A copy with ``changes`` applied, as ``dataclasses.replace`` makes one: for a
+        record whose ``__init__`` takes every field by name (a name that is not one is the
+        constructor's TypeError)."""
+        return type(self)(**{**{name: getattr(self, name) for name in self.__slots__},
+                             **changes})
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         from dataclasses import FrozenInstanceError  # only on the way to an error

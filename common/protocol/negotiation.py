@@ -161,10 +161,6 @@ class Offer(Record):
         object.__setattr__(self, "padding_max", padding_max)
         object.__setattr__(self, "obscure", obscure)
 
-    def replace(self, **changes: object) -> Offer:
-        """A copy with ``changes`` applied, as ``dataclasses.replace`` would make it."""
-        return Offer(**{**{name: getattr(self, name) for name in self.__slots__}, **changes})
-
 
 class ServerPolicy(Record):
     """What the server allows. ``None`` lists mean "everything this machine supports"."""
@@ -226,9 +222,6 @@ class Suite(Record):
         object.__setattr__(self, "padding_max", padding_max)
         object.__setattr__(self, "obscure", obscure)
 
-    def replace(self, **changes: object) -> Suite:
-        """A copy with ``changes`` applied, as ``dataclasses.replace`` would make it."""
-        return Suite(**{**{name: getattr(self, name) for name in self.__slots__}, **changes})
 
     def configuration(self) -> bytes:
         """The QSMP "protocol string" (spec 5.1): signature, KEM, hash, cipher."""
