@@ -54,7 +54,6 @@ PASSWORD_TRIES = 3
 PASSPHRASE_TRIES = 3
 #: How long the final close may wait for the server's goodbye.
 CLOSE_TIMEOUT = 5.0
-#: AddressFamily (-4, -6) as the socket module names it.
 
 CHANGED_KEY_WARNING = """\
 @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
