@@ -61,6 +61,7 @@ _MLKEM_SEED_SIZE = 64
 _MLKEM_COINS_SIZE = 32
 # FIPS 204: the 32-byte seed xi of ML-DSA.KeyGen_internal.
 _MLDSA_SEED_SIZE = 32
+_MLDSA65_PUBLIC_KEY_SIZE = 1952
 
 _X25519_SIZE = 32
 _XWING_SEED_SIZE = 32
@@ -307,7 +308,7 @@ def preload_ml_dsa(signing: bool) -> None:
     import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 
     with contextlib.suppress(Exception):  # a warm-up: whatever it meets, the real use says
-        mldsa.MLDSA65PublicKey.from_public_bytes(bytes(1952))
+        mldsa.MLDSA65PublicKey.from_public_bytes(bytes(_MLDSA65_PUBLIC_KEY_SIZE))
 
     if signing:
         pycryptodome.load()
@@ -469,7 +470,7 @@ def register(reg: Registry) -> None:
             private_from_seed=mldsa.MLDSA65PrivateKey.from_seed_bytes,
             public_from_bytes=mldsa.MLDSA65PublicKey.from_public_bytes,
             pc_param_set="ML_DSA_65",
-            public_key_size=1952,
+            public_key_size=_MLDSA65_PUBLIC_KEY_SIZE,
             signature_size=3309,
         ),
         MlDsa(
