@@ -14,7 +14,9 @@ next round, so load changes hit all alike), medians:
 
 * the interpreter's floors: ``python -c pass`` (this machine's site-packages: its ``.pth``
   files run at every start), ``python -I -S -c pass`` (no site at all), and ``-c pass`` in
-  the clean venv below;
+  the clean venv below; the dependencies' floor: the venv's python importing only what a
+  key login needs of cryptography and pycryptodome (:data:`CRYPTO_FLOOR`), then that and
+  asyncio -- what any client built on them pays before its first line of its own;
 * ``qsh --help``, ``qsh host true`` and ``qcp FILE host:`` against a private qshd (from
   ``bench/sessions.py``) on 127.0.0.1, each two ways: ``python -m qsh`` from the tree
   (``PYTHONPATH``, bytecode cached) and the installed console script of a throwaway venv in
@@ -74,6 +76,23 @@ class Samples:
         self.cpu.append(cpu)
         self.wall.append(wall)
         self.rss.append(rss)
+
+
+#: The dependencies' floor (issue 18): what a key login imports from the two crypto libraries
+#: the project is built on, loaded as qsh loads them (pycryptodome on its ctypes backend,
+#: common/crypto/pycryptodome.py) and nothing of qsh's own: cryptography for X25519, the
+#: AEADs and ML-DSA verification, pycryptodome for ML-KEM, ML-DSA signing and KMAC.
+CRYPTO_FLOOR = (
+    "import common.crypto.pycryptodome as p; p.load()\n"
+    "from cryptography.exceptions import InvalidSignature, InvalidTag\n"
+    "from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem, x25519\n"
+    "from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305\n"
+    "import cryptography.hazmat.backends.openssl.backend\n"
+    "from Crypto.PublicKey import MLKEM, MLDSA\n"
+    "from Crypto.Signature import mldsa as signing\n"
+    "from Crypto.Hash.keccak import _raw_keccak_lib\n")
+#: ... and the event loop, as a fresh run imports it (no ssl: qsh/run.py marks it absent).
+ASYNCIO_FLOOR = "import sys; sys.modules['ssl'] = None; import asyncio\n"
 
 
 def spawn(command: list[str], env: dict[str, str] | None = None) -> int:
@@ -371,6 +390,9 @@ def main() -> None:
             "editable venv python -c pass": ([str(editable / "python"), "-c", "pass"],
                                              venv_env),
             "venv python -c 'import click'": ([venv_py, "-c", "import click"], venv_env),
+            "venv python: the crypto a login needs": ([venv_py, "-c", CRYPTO_FLOOR], venv_env),
+            "venv python: that crypto + asyncio": (
+                [venv_py, "-c", CRYPTO_FLOOR + ASYNCIO_FLOOR], venv_env),
             "python -m qsh --help": ([PY, "-m", "qsh", "--help"], env),
             "qsh --help (installed)": ([str(bin_dir / "qsh"), "--help"], venv_env),
             "qcp --help (installed)": ([str(bin_dir / "qcp"), "--help"], venv_env),
