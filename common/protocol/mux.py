@@ -6,46 +6,8 @@ cannot stall the other channels. The :class:`Mux` never touches a socket or a cl
 hands it ``(msg_type, body)`` pairs, the application calls methods, and both get back plain
 values (events to act on, messages to send).
 
-Message layouts
-===============
-
-The transport reserves inner record types 0x00-0x1F; the mux owns 0x20-0x3F. Integers are
-big-endian. Field encodings are those of :mod:`common.wire`:
-
-* ``u32``       4 bytes, unsigned.
-* ``bool``      1 byte, 0 or 1 (anything else is refused).
-* ``name``      u8 length (1..64) then that many printable-ASCII bytes (0x21..0x7E).
-* ``vbytes``    u32 length then that many bytes; at most 64 KiB (:data:`MAX_PAYLOAD`).
-* ``text``      u32 length then UTF-8; at most 1 KiB here (:data:`MAX_FAILURE_TEXT`).
-* ``raw``       everything to the end of the record: the record already carries the length,
-                so bulk data needs no prefix of its own.
-
-"recipient" is the id the *receiver* of the message chose for the channel; "sender" is the id
-the sender of the message chose. Each side picks its own ids, as in SSH.
-
-::
-
-    0x20 CHANNEL_OPEN            name kind | u32 sender | u32 initial_window | u32 max_packet
-                                 | vbytes payload
-    0x21 CHANNEL_OPEN_CONFIRM    u32 recipient | u32 sender | u32 initial_window
-                                 | u32 max_packet | vbytes payload
-    0x22 CHANNEL_OPEN_FAILURE    u32 recipient | u32 reason | text message
-    0x23 CHANNEL_WINDOW_ADJUST   u32 recipient | u32 bytes_to_add
-    0x24 CHANNEL_DATA            u32 recipient | raw data
-    0x25 CHANNEL_EXTENDED_DATA   u32 recipient | u32 data_type | raw data
-    0x26 CHANNEL_EOF             u32 recipient
-    0x27 CHANNEL_CLOSE           u32 recipient
-    0x28 CHANNEL_REQUEST         u32 recipient | name request | bool want_reply | vbytes payload
-    0x29 CHANNEL_SUCCESS         u32 recipient | vbytes payload
-    0x2A CHANNEL_FAILURE         u32 recipient | vbytes payload
-    0x2B GLOBAL_REQUEST          name request | bool want_reply | vbytes payload
-    0x2C REQUEST_SUCCESS         vbytes payload
-    0x2D REQUEST_FAILURE         vbytes payload
-
-Differences from RFC 4254, and why: lengths are our wire codec's (u8-prefixed names, no
-length on bulk data because the record frames it); replies carry a payload so an answer needs
-no second message (SSH special-cases this per request); ``max_packet`` counts *data* bytes
-only, so both sides agree on it whatever the framing overhead.
+The message layouts (types 0x20-0x2D, their fields, and how they differ from RFC 4254) are
+in :mod:`common.protocol.mux_messages`, beside the enum and limits they describe.
 
 Flow control
 ============
