@@ -6,46 +6,8 @@ cannot stall the other channels. The :class:`Mux` never touches a socket or a cl
 hands it ``(msg_type, body)`` pairs, the application calls methods, and both get back plain
 values (events to act on, messages to send).
 
-Message layouts
-===============
-
-The transport reserves inner record types 0x00-0x1F; the mux owns 0x20-0x3F. Integers are
-big-endian. Field encodings are those of :mod:`common.wire`:
-
-* ``u32``       4 bytes, unsigned.
-* ``bool``      1 byte, 0 or 1 (anything else is refused).
-* ``name``      u8 length (1..64) then that many printable-ASCII bytes (0x21..0x7E).
-* ``vbytes``    u32 length then that many bytes; at most 64 KiB (:data:`MAX_PAYLOAD`).
-* ``text``      u32 length then UTF-8; at most 1 KiB here (:data:`MAX_FAILURE_TEXT`).
-* ``raw``       everything to the end of the record: the record already carries the length,
-                so bulk data needs no prefix of its own.
-
-"recipient" is the id the *receiver* of the message chose for the channel; "sender" is the id
-the sender of the message chose. Each side picks its own ids, as in SSH.
-
-::
-
-    0x20 CHANNEL_OPEN            name kind | u32 sender | u32 initial_window | u32 max_packet
-                                 | vbytes payload
-    0x21 CHANNEL_OPEN_CONFIRM    u32 recipient | u32 sender | u32 initial_window
-                                 | u32 max_packet | vbytes payload
-    0x22 CHANNEL_OPEN_FAILURE    u32 recipient | u32 reason | text message
-    0x23 CHANNEL_WINDOW_ADJUST   u32 recipient | u32 bytes_to_add
-    0x24 CHANNEL_DATA            u32 recipient | raw data
-    0x25 CHANNEL_EXTENDED_DATA   u32 recipient | u32 data_type | raw data
-    0x26 CHANNEL_EOF             u32 recipient
-    0x27 CHANNEL_CLOSE           u32 recipient
-    0x28 CHANNEL_REQUEST         u32 recipient | name request | bool want_reply | vbytes payload
-    0x29 CHANNEL_SUCCESS         u32 recipient | vbytes payload
-    0x2A CHANNEL_FAILURE         u32 recipient | vbytes payload
-    0x2B GLOBAL_REQUEST          name request | bool want_reply | vbytes payload
-    0x2C REQUEST_SUCCESS         vbytes payload
-    0x2D REQUEST_FAILURE         vbytes payload
-
-Differences from RFC 4254, and why: lengths are our wire codec's (u8-prefixed names, no
-length on bulk data because the record frames it); replies carry a payload so an answer needs
-no second message (SSH special-cases this per request); ``max_packet`` counts *data* bytes
-only, so both sides agree on it whatever the framing overhead.
+The message layouts (types 0x20-0x2D, their fields, and how they differ from RFC 4254) are
+in :mod:`common.protocol.mux_messages`, beside the enum and limits they describe.
 
 Flow control
 ============
@@ -87,14 +49,47 @@ after EOF, a reply nobody asked for, an unknown type) raises
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
-from enum import IntEnum
-from typing import NamedTuple
 
 from common.errors import InvalidInput, InvalidRequest, UsageError
-from common.wire import MAX_NAME_LENGTH, MAX_RECORD_PAYLOAD, Reader, Record, Writer
+from common.protocol.mux_channel import _ACCEPTING, _OPEN, _OPENING, _Channel
+from common.protocol.mux_events import (
+    ChannelClosed,
+    ChannelData,
+    ChannelEof,
+    ChannelOpened,
+    ChannelOpenFailed,
+    ChannelOpenRequest,
+    ChannelRequest,
+    ChannelRequestReply,
+    ChannelWritable,
+    Event,
+    GlobalRequest,
+    GlobalRequestReply,
+)
+from common.protocol.mux_messages import (
+    _U32_MAX,
+    DEFAULT_MAX_PACKET,
+    DEFAULT_WINDOW,
+    EXTENDED_DATA_STDERR,
+    MAX_CHANNELS,
+    MAX_FAILURE_TEXT,
+    MAX_PACKET_CEILING,
+    MAX_PAYLOAD,
+    MIN_PEER_MAX_PACKET,
+    MuxMessage,
+    OpenFailureReason,
+    OutgoingMessage,
+    _check_name,
+    _check_payload,
+    _check_u32,
+    _peer_max_packet,
+)
+from common.wire import Reader, Writer
 
+# re-exported: importers predate the split. Every name below (and MIN_PEER_MAX_PACKET, which
+# tests and fuzz/ import) stays importable from here; all but Mux are defined in mux_events
+# and mux_messages.
 __all__ = [
     "DEFAULT_MAX_PACKET",
     "DEFAULT_WINDOW",
@@ -121,297 +116,12 @@ __all__ = [
     "OutgoingMessage",
 ]
 
-#: Keeps a 1 Gbit/s x 60 ms path full. It is also what a peer can make us hold per channel
-#: that our application stops reading, so it is a memory bound as much as a speed knob.
-DEFAULT_WINDOW = 8 * 1024 * 1024
-#: Big records amortise Python's per-call cost (DESIGN.md section 5).
-DEFAULT_MAX_PACKET = 256 * 1024
-#: Room in a record for the 8-byte extended-data head and the transport's inner type byte.
-MAX_PACKET_CEILING = MAX_RECORD_PAYLOAD - 16
-#: Channels each side may have open at once; the peer's excess gets RESOURCE_SHORTAGE.
-MAX_CHANNELS = 256
-#: Non-data payloads (open, request, reply): control messages, not bulk transfer.
-MAX_PAYLOAD = 64 * 1024
-#: An open failure's human-readable message.
-MAX_FAILURE_TEXT = 1024
-#: SSH's one defined extended data type.
-EXTENDED_DATA_STDERR = 1
+# Limits, message types and argument checks: common/protocol/mux_messages.py
 
-_U32_MAX = 0xFFFFFFFF
 # Both sides' channels share our id space; ids stay below this, so they stay small.
 _ID_SPACE = 2 * MAX_CHANNELS
 
-
-class MuxMessage(IntEnum):
-    """Inner record types owned by the mux (the transport reserves 0x00-0x1F)."""
-
-    CHANNEL_OPEN = 0x20
-    CHANNEL_OPEN_CONFIRM = 0x21
-    CHANNEL_OPEN_FAILURE = 0x22
-    CHANNEL_WINDOW_ADJUST = 0x23
-    CHANNEL_DATA = 0x24
-    CHANNEL_EXTENDED_DATA = 0x25
-    CHANNEL_EOF = 0x26
-    CHANNEL_CLOSE = 0x27
-    CHANNEL_REQUEST = 0x28
-    CHANNEL_SUCCESS = 0x29
-    CHANNEL_FAILURE = 0x2A
-    GLOBAL_REQUEST = 0x2B
-    REQUEST_SUCCESS = 0x2C
-    REQUEST_FAILURE = 0x2D
-
-
-class OpenFailureReason(IntEnum):
-    """RFC 4254 section 5.1 reason codes, kept so SSH users recognise them."""
-
-    ADMINISTRATIVELY_PROHIBITED = 1
-    CONNECT_FAILED = 2
-    UNKNOWN_CHANNEL_TYPE = 3
-    RESOURCE_SHORTAGE = 4
-
-
-class OutgoingMessage(NamedTuple):
-    """One message for the transport; its body is ``head + payload``.
-
-    Split in two so bulk data reaches the transport as a view of the application's buffer:
-    the transport copies both pieces straight into its plaintext buffer, the only copy on the
-    send path. Control messages have everything in ``head``.
-    """
-
-    msg_type: int
-    head: bytes
-    payload: bytes | memoryview = b""
-
-
-# ---------------------------------------------------------------------------------------------
-# Events
-
-
-class ChannelOpenRequest(Record):
-    """The peer wants a channel; answer with accept_channel or reject_channel."""
-
-    __slots__ = ("channel_id", "kind", "payload")
-    channel_id: int
-    kind: str
-    payload: bytes
-
-    def __init__(self, channel_id: int, kind: str, payload: bytes) -> None:
-        object.__setattr__(self, "channel_id", channel_id)
-        object.__setattr__(self, "kind", kind)
-        object.__setattr__(self, "payload", payload)
-
-
-class ChannelOpened(Record):
-    __slots__ = ("channel_id", "payload")
-    channel_id: int
-    payload: bytes
-
-    def __init__(self, channel_id: int, payload: bytes) -> None:
-        object.__setattr__(self, "channel_id", channel_id)
-        object.__setattr__(self, "payload", payload)
-
-
-class ChannelOpenFailed(Record):
-    """Our open was refused; the id is already free again."""
-
-    __slots__ = ("channel_id", "reason", "message")  # noqa: RUF023 (field order)
-    channel_id: int
-    reason: int
-    message: str
-
-    def __init__(self, channel_id: int, reason: int, message: str) -> None:
-        object.__setattr__(self, "channel_id", channel_id)
-        object.__setattr__(self, "reason", reason)
-        object.__setattr__(self, "message", message)
-
-
-class ChannelData(Record):
-    """Received bytes: a read-only view of the record's plaintext, not a copy (the record
-    layer gives every record a buffer of its own, never reused; :meth:`Mux.handle_message`
-    callers must do the same), or a copy when the data is less than half of its record (a
-    view would pin the rest). ``bytes(data)`` where a bytes object is needed.
-
-    Call :meth:`Mux.acknowledge` with ``len(data)`` once consumed, or the peer stalls.
-    """
-
-    __slots__ = ("channel_id", "data", "ext")
-    channel_id: int
-    data: bytes | memoryview
-    ext: int | None
-
-    def __init__(self, channel_id: int, data: bytes | memoryview, ext: int | None) -> None:
-        object.__setattr__(self, "channel_id", channel_id)
-        object.__setattr__(self, "data", data)
-        object.__setattr__(self, "ext", ext)
-
-
-class ChannelEof(Record):
-    __slots__ = ("channel_id",)
-    channel_id: int
-
-    def __init__(self, channel_id: int) -> None:
-        object.__setattr__(self, "channel_id", channel_id)
-
-
-class ChannelClosed(Record):
-    """Both sides sent CLOSE; the id is free and may be reused by a later open."""
-
-    __slots__ = ("channel_id",)
-    channel_id: int
-
-    def __init__(self, channel_id: int) -> None:
-        object.__setattr__(self, "channel_id", channel_id)
-
-
-class ChannelRequest(Record):
-    """If ``want_reply``, answer with :meth:`Mux.reply`; replies go out in request order."""
-
-    __slots__ = ("channel_id", "name", "payload", "want_reply")
-    channel_id: int
-    name: str
-    payload: bytes
-    want_reply: bool
-
-    def __init__(self, channel_id: int, name: str, payload: bytes, want_reply: bool) -> None:
-        object.__setattr__(self, "channel_id", channel_id)
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "payload", payload)
-        object.__setattr__(self, "want_reply", want_reply)
-
-
-class ChannelRequestReply(Record):
-    """The answer to our oldest outstanding request on this channel."""
-
-    __slots__ = ("channel_id", "ok", "payload")
-    channel_id: int
-    ok: bool
-    payload: bytes
-
-    def __init__(self, channel_id: int, ok: bool, payload: bytes) -> None:
-        object.__setattr__(self, "channel_id", channel_id)
-        object.__setattr__(self, "ok", ok)
-        object.__setattr__(self, "payload", payload)
-
-
-class GlobalRequest(Record):
-    __slots__ = ("name", "payload", "want_reply")
-    name: str
-    payload: bytes
-    want_reply: bool
-
-    def __init__(self, name: str, payload: bytes, want_reply: bool) -> None:
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "payload", payload)
-        object.__setattr__(self, "want_reply", want_reply)
-
-
-class GlobalRequestReply(Record):
-    __slots__ = ("ok", "payload")
-    ok: bool
-    payload: bytes
-
-    def __init__(self, ok: bool, payload: bytes) -> None:
-        object.__setattr__(self, "ok", ok)
-        object.__setattr__(self, "payload", payload)
-
-
-class ChannelWritable(Record):
-    """A window adjust (or the open confirmation) sent everything that was buffered, so a
-    writer paused on :meth:`Mux.pending` may resume."""
-
-    __slots__ = ("channel_id",)
-    channel_id: int
-
-    def __init__(self, channel_id: int) -> None:
-        object.__setattr__(self, "channel_id", channel_id)
-
-
-Event = (
-    ChannelOpenRequest | ChannelOpened | ChannelOpenFailed | ChannelData | ChannelEof
-    | ChannelClosed | ChannelRequest | ChannelRequestReply | GlobalRequest
-    | GlobalRequestReply | ChannelWritable
-)
-
-# ---------------------------------------------------------------------------------------------
-# Channel state
-
-_ACCEPTING = 0  # the peer opened it; we have not answered yet
-_OPENING = 1  # we opened it; the peer has not answered yet
-_OPEN = 2
-
-
-class _Channel:
-    """Book-keeping for one channel. Receive accounting keeps an invariant that makes
-    overflow impossible: recv_window + recv_outstanding + recv_unacked == our initial window."""
-
-    __slots__ = (
-        "close_pending", "close_sent", "data_head", "early_requests", "eof_pending",
-        "eof_received", "eof_sent", "local_id", "pending", "recv_outstanding", "recv_unacked",
-        "recv_window", "remote_id",
-        "replies_expected", "replies_owed", "send_buf", "send_chunk", "send_window", "state",
-        "we_opened",
-    )
-
-    def __init__(self, local_id: int, state: int, recv_window: int) -> None:
-        self.local_id = local_id
-        self.state = state
-        self.we_opened = state == _OPENING
-        self.remote_id = 0
-        self.data_head = b""
-        # Sending
-        self.send_window = 0
-        self.send_chunk = 0
-        self.send_buf: deque[tuple[int | None, memoryview]] = deque()
-        self.pending = 0
-        self.eof_pending = False
-        self.eof_sent = False
-        self.close_pending = False
-        self.close_sent = False
-        self.replies_expected = 0
-        #: Requests made while the channel is still opening: sent on confirmation, before
-        #: any queued data, so "open, exec, stdin" costs no extra round trip.
-        self.early_requests: list[bytes] = []
-        # Receiving
-        self.recv_window = recv_window
-        self.recv_outstanding = 0
-        self.recv_unacked = 0
-        self.eof_received = False
-        self.replies_owed = 0
-
-    def set_peer(self, remote_id: int, window: int, max_packet: int) -> None:
-        self.remote_id = remote_id
-        self.data_head = remote_id.to_bytes(4, "big")
-        self.send_window = window
-        self.send_chunk = min(max_packet, MAX_PACKET_CEILING)
-
-
-def _check_name(name: str) -> None:
-    raw = name.encode("utf-8")
-    if not 1 <= len(raw) <= MAX_NAME_LENGTH or not all(0x21 <= b <= 0x7E for b in raw):
-        raise UsageError(f"name {name!r} is not 1-{MAX_NAME_LENGTH} printable ASCII bytes")
-
-
-def _check_payload(payload: bytes | bytearray | memoryview) -> bytes:
-    if len(payload) > MAX_PAYLOAD:
-        raise UsageError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    return bytes(payload)
-
-
-def _check_u32(value: int, what: str) -> None:
-    if not 0 <= value <= _U32_MAX:
-        raise UsageError(f"{what} {value} does not fit in 32 bits")
-
-
-#: The smallest packet size a peer may ask for. Smaller would let it make us spend a record
-#: (37+ bytes on the wire, ~12 us of CPU) per byte we send.
-MIN_PEER_MAX_PACKET = 1024
-
-
-def _peer_max_packet(value: int) -> int:
-    if value < MIN_PEER_MAX_PACKET:
-        raise InvalidInput(f"maximum packet size {value} is below {MIN_PEER_MAX_PACKET}")
-    return value
-
+# Events: common/protocol/mux_events.py; per-channel state: common/protocol/mux_channel.py
 
 # ---------------------------------------------------------------------------------------------
 
