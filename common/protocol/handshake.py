@@ -33,10 +33,8 @@ this suite could send; it is refused on its header.
 
 from __future__ import annotations
 
-import functools
 import hmac
-from collections.abc import Callable, Sequence
-from enum import Enum, auto
+from collections.abc import Sequence
 
 from common.accounts.keys import HostSigner, PublicKey
 from common.crypto import registry
@@ -44,17 +42,13 @@ from common.crypto.rng import SYSTEM_RNG, Rng
 from common.crypto.secret import scrub
 from common.crypto.suites import KemPrivateKey
 from common.errors import (
-    ConnectFailure,
     EstablishFailure,
-    ExchangeFailure,
     ExstartFailure,
     HashInvalid,
     InvalidInput,
-    InvalidRequest,
     KeyExpired,
     KeyUnrecognized,
     LocalError,
-    PacketUnsequenced,
     QsmpError,
     UnknownProtocol,
     UsageError,
@@ -66,6 +60,7 @@ from common.protocol.handshake_messages import (
     _confirmation,
     connect_response_limit,
 )
+from common.protocol.handshake_state import _Handler
 from common.protocol.negotiation import (
     MAX_PADDING,
     SUPPORTED_VERSIONS,
@@ -83,7 +78,6 @@ from common.protocol.schedule import (
     LABEL_C2S,
     LABEL_S2C,
     MAC_KEY_SIZE,
-    Transcript,
     derive_direction,
     exchange_mac,
     session_cookie,
@@ -91,14 +85,11 @@ from common.protocol.schedule import (
 )
 from common.wire import (
     MAX_CONNECT_REQUEST_BODY,
-    MAX_HANDSHAKE_BODY,
     Flag,
     Header,
     Reader,
-    Record,
     Writer,
     encode_header,
-    encode_packet,
 )
 
 # isort: split
@@ -108,13 +99,11 @@ from common.protocol.handshake_messages import ConnectRequest as ConnectRequest
 from common.protocol.handshake_messages import ConnectResponse as ConnectResponse
 from common.protocol.handshake_messages import handshake_limits as handshake_limits
 from common.protocol.handshake_messages import read_kem_ciphertext as read_kem_ciphertext
+from common.protocol.handshake_state import Established as Established
+from common.protocol.handshake_state import Role as Role
+from common.protocol.handshake_state import State as State
+from common.protocol.handshake_state import _Handshake as _Handshake
 
-#: A packet handler: header, header bytes (hashed and authenticated), body, now.
-_Handler = Callable[[Header, bytes, memoryview, float], None]
-
-#: An error packet's body (one code byte); CONNECTION_TERMINATED has none. Both are honoured
-#: in every state, so no state bounds a packet below this.
-ENDING_BODY = 1
 #: Seconds allowed for each step of the exchange.
 DEFAULT_STEP_TIMEOUT = 30.0
 #: The server's wait for the exstart request may include a person reading a fingerprint
@@ -122,191 +111,11 @@ DEFAULT_STEP_TIMEOUT = 30.0
 DEFAULT_HOST_KEY_GRACE = 120.0
 
 
-class Role(Enum):
-    CLIENT = auto()
-    SERVER = auto()
-
-
-class State(Enum):
-    START = auto()
-    AWAIT_CONNECT_REQUEST = auto()
-    AWAIT_CONNECT_RESPONSE = auto()
-    AWAIT_HOST_KEY_DECISION = auto()
-    AWAIT_EXSTART_REQUEST = auto()
-    AWAIT_EXSTART_RESPONSE = auto()
-    AWAIT_EXCHANGE_REQUEST = auto()
-    AWAIT_EXCHANGE_RESPONSE = auto()
-    AWAIT_ESTABLISH_REQUEST = auto()
-    AWAIT_ESTABLISH_RESPONSE = auto()
-    ESTABLISHED = auto()
-    FAILED = auto()
-
-
-#: Which error code a failure in each state is reported with, when no more specific one fits.
-PHASE_ERROR: dict[State, type[QsmpError]] = {
-    State.AWAIT_CONNECT_REQUEST: ConnectFailure,
-    State.AWAIT_CONNECT_RESPONSE: ConnectFailure,
-    State.AWAIT_HOST_KEY_DECISION: ConnectFailure,
-    State.AWAIT_EXSTART_REQUEST: ExstartFailure,
-    State.AWAIT_EXSTART_RESPONSE: ExstartFailure,
-    State.AWAIT_EXCHANGE_REQUEST: ExchangeFailure,
-    State.AWAIT_EXCHANGE_RESPONSE: ExchangeFailure,
-    State.AWAIT_ESTABLISH_REQUEST: EstablishFailure,
-    State.AWAIT_ESTABLISH_RESPONSE: EstablishFailure,
-}
-
-
 # The messages, their wire constants and size bounds: common.protocol.handshake_messages.
-
-
-
-
-def _bounded(limit: int) -> int:
-    """A state's bound: never below an error packet, never above the absolute ceiling."""
-    return min(max(limit, ENDING_BODY), MAX_HANDSHAKE_BODY)
+# The states, the result and the base both machines share: common.protocol.handshake_state.
 
 
 # --------------------------------------------------------------------------- machines
-
-
-class Established(Record):
-    """What a finished handshake hands to the transport."""
-
-    __slots__ = (  # noqa: RUF023 (field order)
-        "suite", "sealer", "opener", "session_id", "host_key", "tx_chain", "rx_chain")
-    suite: Suite
-    sealer: RecordSealer
-    opener: RecordOpener
-    session_id: bytes
-    host_key: PublicKey
-    tx_chain: bytearray
-    rx_chain: bytearray
-
-    def __init__(self, suite: Suite, sealer: RecordSealer, opener: RecordOpener, session_id: bytes,
-                 host_key: PublicKey, tx_chain: bytearray, rx_chain: bytearray) -> None:
-        object.__setattr__(self, "suite", suite)
-        object.__setattr__(self, "sealer", sealer)
-        object.__setattr__(self, "opener", opener)
-        object.__setattr__(self, "session_id", session_id)
-        object.__setattr__(self, "host_key", host_key)
-        object.__setattr__(self, "tx_chain", tx_chain)
-        object.__setattr__(self, "rx_chain", rx_chain)
-
-
-class _Common:
-    """What both handshake roles keep. (A plain slotted class, not a dataclass: building
-    one costs ~1 ms at every client start, issue 18.)"""
-
-    __slots__ = ("deadline", "outgoing", "rng", "rx_seq", "state", "step_timeout",
-                 "transcript", "tx_seq")
-
-    def __init__(self, rng: Rng, step_timeout: float) -> None:
-        self.rng = rng
-        self.step_timeout = step_timeout
-        self.state = State.START
-        self.deadline: float | None = None
-        self.tx_seq = 0
-        self.rx_seq = 0
-        self.outgoing: list[bytes | bytearray] = []
-        self.transcript = Transcript()
-
-
-class _Handshake:
-    """Shared mechanics: sequencing, deadlines, the failure mapping."""
-
-    role: Role
-
-    def __init__(self, rng: Rng, step_timeout: float) -> None:
-        self._c = _Common(rng=rng, step_timeout=step_timeout)
-        self.result: Established | None = None
-        #: The transcript hash through the establish request: known to the client as soon
-        #: as it sends that request, so pipelined authentication can sign it.
-        self.session_id = b""
-
-    # -- state as seen by the connection
-    @property
-    def state(self) -> State:
-        return self._c.state
-
-    @property
-    def deadline(self) -> float | None:
-        return self._c.deadline
-
-    @property
-    def tx_seq(self) -> int:
-        return self._c.tx_seq
-
-    def take_outgoing(self) -> list[bytes | bytearray]:
-        out, self._c.outgoing = self._c.outgoing, []
-        return out
-
-    def phase_error(self) -> type[QsmpError]:
-        return PHASE_ERROR.get(self._c.state, ConnectFailure)
-
-    def check_deadline(self, now: float) -> None:
-        if self._c.deadline is not None and now >= self._c.deadline:
-            raise self.phase_error()(f"timed out in {self._c.state.name.lower()}")
-
-    def fail(self) -> None:
-        self._c.state = State.FAILED
-        self._c.deadline = None
-
-    # -- helpers
-    def _send_plain(self, flag: Flag, body: bytes) -> bytes:
-        packet = encode_packet(flag, self._c.tx_seq, body)
-        self._c.tx_seq += 1
-        self._c.outgoing.append(packet)
-        return packet
-
-    def _send_sealed(self, sealer: RecordSealer, flag: Flag, plaintext: bytes) -> bytearray:
-        sealer.sequence = self._c.tx_seq
-        packet = sealer.seal(flag, plaintext)
-        self._c.tx_seq += 1
-        self._c.outgoing.append(packet)
-        return packet
-
-    def _expect(self, header: Header, flag: Flag) -> None:
-        if header.sequence != self._c.rx_seq:
-            raise PacketUnsequenced(
-                f"packet sequence {header.sequence}, expected {self._c.rx_seq}"
-            )
-        if header.flag != flag:
-            raise InvalidRequest(
-                f"expected {flag.name.lower()}, got flag 0x{header.flag:02x}"
-            )
-        self._c.rx_seq += 1
-
-    def _arm(self, state: State, now: float | None) -> None:
-        self._c.state = state
-        self._c.deadline = None if now is None else now + self._c.step_timeout
-
-    def max_body(self) -> int:
-        """The largest body the packet this state waits for can have (see the module
-        docstring); in a state that waits for nothing, room for an error packet only."""
-        entry = self._handlers.get(self._c.state)
-        if entry is None:
-            return ENDING_BODY
-        return _bounded(self._limit(entry[0]))
-
-    def _limit(self, flag: Flag) -> int:
-        raise NotImplementedError
-
-    def _table(self) -> dict[State, tuple[Flag, _Handler]]:
-        """Each waiting state: the one packet flag it accepts and what handles it."""
-        raise NotImplementedError
-
-    @functools.cached_property
-    def _handlers(self) -> dict[State, tuple[Flag, _Handler]]:
-        return self._table()
-
-    def receive(self, header: Header, header_bytes: memoryview, body: memoryview,
-                now: float) -> None:
-        entry = self._handlers.get(self._c.state)
-        if entry is None:
-            raise InvalidRequest(f"unexpected packet in state {self._c.state.name.lower()}")
-        flag, handler = entry
-        self._expect(header, flag)
-        handler(header, bytes(header_bytes), body, now)
 
 
 class ClientHandshake(_Handshake):
