@@ -33,47 +33,42 @@ this suite could send; it is refused on its header.
 
 from __future__ import annotations
 
-import functools
 import hmac
-from collections.abc import Callable, Sequence
-from enum import Enum, auto
+from collections.abc import Sequence
 
-from common.accounts.keys import MAX_PUBLIC_BLOB, HostSigner, PublicKey
+from common.accounts.keys import HostSigner, PublicKey
 from common.crypto import registry
 from common.crypto.rng import SYSTEM_RNG, Rng
 from common.crypto.secret import scrub
 from common.crypto.suites import KemPrivateKey
 from common.errors import (
-    ConnectFailure,
-    DecapsulationFailure,
     EstablishFailure,
-    ExchangeFailure,
     ExstartFailure,
     HashInvalid,
     InvalidInput,
-    InvalidRequest,
     KeyExpired,
     KeyUnrecognized,
     LocalError,
-    PacketUnsequenced,
     QsmpError,
     UnknownProtocol,
     UsageError,
     VerifyFailure,
 )
+from common.protocol.handshake_messages import (
+    REMOTE_CONNECTED,
+    TOKEN_SIZE,
+    _confirmation,
+    connect_response_limit,
+)
+from common.protocol.handshake_state import _Handler
 from common.protocol.negotiation import (
-    CHAFF_POLICY_SIZE,
-    EXT_OBSCURE,
     MAX_PADDING,
     SUPPORTED_VERSIONS,
-    ChaffPolicy,
-    ObscurePolicy,
     Offer,
     ServerPolicy,
     Suite,
     agree_chaff,
     agree_obscure,
-    check_chaff_answer,
     pick,
     pick_version,
 )
@@ -83,7 +78,6 @@ from common.protocol.schedule import (
     LABEL_C2S,
     LABEL_S2C,
     MAC_KEY_SIZE,
-    Transcript,
     derive_direction,
     exchange_mac,
     session_cookie,
@@ -91,29 +85,25 @@ from common.protocol.schedule import (
 )
 from common.wire import (
     MAX_CONNECT_REQUEST_BODY,
-    MAX_HANDSHAKE_BODY,
     Flag,
     Header,
     Reader,
-    Record,
     Writer,
     encode_header,
-    encode_packet,
 )
 
-#: A packet handler: header, header bytes (hashed and authenticated), body, now.
-_Handler = Callable[[Header, bytes, memoryview, float], None]
+# isort: split
+# re-exported: importers predate the split
+from common.protocol.handshake_messages import NO_KEY_ID as NO_KEY_ID
+from common.protocol.handshake_messages import ConnectRequest as ConnectRequest
+from common.protocol.handshake_messages import ConnectResponse as ConnectResponse
+from common.protocol.handshake_messages import handshake_limits as handshake_limits
+from common.protocol.handshake_messages import read_kem_ciphertext as read_kem_ciphertext
+from common.protocol.handshake_state import Established as Established
+from common.protocol.handshake_state import Role as Role
+from common.protocol.handshake_state import State as State
+from common.protocol.handshake_state import _Handshake as _Handshake
 
-MAGIC = b"QSMP"
-KEY_ID_SIZE = 16
-TOKEN_SIZE = 32
-NO_KEY_ID = bytes(KEY_ID_SIZE)
-MAX_EXTENSIONS = 4096
-#: The single byte of an exstart response (spec 6.5: the "remote connected" flag).
-REMOTE_CONNECTED = int(Flag.REMOTE_CONNECTED)
-#: An error packet's body (one code byte); CONNECTION_TERMINATED has none. Both are honoured
-#: in every state, so no state bounds a packet below this.
-ENDING_BODY = 1
 #: Seconds allowed for each step of the exchange.
 DEFAULT_STEP_TIMEOUT = 30.0
 #: The server's wait for the exstart request may include a person reading a fingerprint
@@ -121,366 +111,11 @@ DEFAULT_STEP_TIMEOUT = 30.0
 DEFAULT_HOST_KEY_GRACE = 120.0
 
 
-class Role(Enum):
-    CLIENT = auto()
-    SERVER = auto()
-
-
-class State(Enum):
-    START = auto()
-    AWAIT_CONNECT_REQUEST = auto()
-    AWAIT_CONNECT_RESPONSE = auto()
-    AWAIT_HOST_KEY_DECISION = auto()
-    AWAIT_EXSTART_REQUEST = auto()
-    AWAIT_EXSTART_RESPONSE = auto()
-    AWAIT_EXCHANGE_REQUEST = auto()
-    AWAIT_EXCHANGE_RESPONSE = auto()
-    AWAIT_ESTABLISH_REQUEST = auto()
-    AWAIT_ESTABLISH_RESPONSE = auto()
-    ESTABLISHED = auto()
-    FAILED = auto()
-
-
-#: Which error code a failure in each state is reported with, when no more specific one fits.
-PHASE_ERROR: dict[State, type[QsmpError]] = {
-    State.AWAIT_CONNECT_REQUEST: ConnectFailure,
-    State.AWAIT_CONNECT_RESPONSE: ConnectFailure,
-    State.AWAIT_HOST_KEY_DECISION: ConnectFailure,
-    State.AWAIT_EXSTART_REQUEST: ExstartFailure,
-    State.AWAIT_EXSTART_RESPONSE: ExstartFailure,
-    State.AWAIT_EXCHANGE_REQUEST: ExchangeFailure,
-    State.AWAIT_EXCHANGE_RESPONSE: ExchangeFailure,
-    State.AWAIT_ESTABLISH_REQUEST: EstablishFailure,
-    State.AWAIT_ESTABLISH_RESPONSE: EstablishFailure,
-}
-
-
-# --------------------------------------------------------------------------- messages
-
-
-class ConnectRequest(Record):
-    __slots__ = (  # noqa: RUF023 (field order)
-        "versions", "key_id", "session_token", "offer", "extensions")
-    versions: tuple[int, ...]
-    key_id: bytes
-    session_token: bytes
-    offer: Offer
-    extensions: bytes
-
-    def __init__(self, versions: tuple[int, ...], key_id: bytes, session_token: bytes,
-                 offer: Offer, extensions: bytes = b"") -> None:
-        object.__setattr__(self, "versions", versions)
-        object.__setattr__(self, "key_id", key_id)
-        object.__setattr__(self, "session_token", session_token)
-        object.__setattr__(self, "offer", offer)
-        object.__setattr__(self, "extensions", extensions)
-
-    def encode(self) -> bytes:
-        w = Writer().fixed(MAGIC).u8(len(self.versions))
-        for v in self.versions:
-            w.u8(v)
-        w.fixed(self.key_id).fixed(self.session_token)
-        w.names(self.offer.kems).names(self.offer.signatures).names(self.offer.aeads)
-        self.offer.chaff.encode(w)
-        extensions = self.extensions
-        if self.offer.obscure is not None:  # an extension, so servers without it ignore it
-            policy = self.offer.obscure.encoded()
-            extensions += Writer().u16(EXT_OBSCURE).u16(len(policy)).fixed(policy).getvalue()
-        w.u16(self.offer.padding_max).vbytes(extensions)
-        return w.getvalue()
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> ConnectRequest:
-        r = Reader(body)
-        if r.fixed(4) != MAGIC:
-            raise UnknownProtocol("not a QSMP connect request")
-        count = r.u8()
-        if not 1 <= count <= 16:
-            raise InvalidInput("bad version list")
-        versions = tuple(r.u8() for _ in range(count))
-        key_id = r.fixed(KEY_ID_SIZE)
-        token = r.fixed(TOKEN_SIZE)
-        kems, sigs, aeads = r.names(), r.names(), r.names()
-        chaff = ChaffPolicy.decode(r)
-        padding = r.u16()
-        if padding > MAX_PADDING:
-            raise InvalidInput(f"padding of {padding} bytes exceeds {MAX_PADDING}")
-        extensions = r.vbytes(MAX_EXTENSIONS)
-        found = parse_extensions(extensions)
-        r.end()
-        obscure = None
-        if EXT_OBSCURE in found:
-            er = Reader(found.pop(EXT_OBSCURE))
-            obscure = ObscurePolicy.decode(er)
-            er.end()
-        return cls(versions, key_id, token,
-                   Offer(kems, sigs, aeads, chaff, padding, obscure), extensions)
-
-
-class ConnectResponse(Record):
-    __slots__ = ("suite", "host_key", "ephemeral_key", "signature")  # noqa: RUF023 (field order)
-    suite: Suite
-    host_key: bytes  # PublicKey blob
-    ephemeral_key: bytes
-    signature: bytes
-
-    def __init__(self, suite: Suite, host_key: bytes, ephemeral_key: bytes,
-                 signature: bytes) -> None:
-        object.__setattr__(self, "suite", suite)
-        object.__setattr__(self, "host_key", host_key)
-        object.__setattr__(self, "ephemeral_key", ephemeral_key)
-        object.__setattr__(self, "signature", signature)
-
-    def encode_unsigned(self) -> bytes:
-        s = self.suite
-        w = Writer().u8(s.version).name(s.kem).name(s.signature).name(s.aead)
-        s.chaff.encode(w)
-        w.u16(s.padding_max).vbytes(self.host_key).vbytes(self.ephemeral_key)
-        return w.getvalue()
-
-    def encode(self) -> bytes:
-        return self.encode_unsigned() + Writer().vbytes(self.signature).getvalue()
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview, offer: Offer) -> tuple[ConnectResponse, int]:
-        """Return the message and the length of its signed prefix."""
-        r = Reader(body)
-        version = r.u8()
-        if version not in SUPPORTED_VERSIONS:
-            raise UnknownProtocol(f"server chose unsupported version {version}")
-        kem_name, sig_name, aead_name = r.name(), r.name(), r.name()
-        if (kem_name not in offer.kems or sig_name not in offer.signatures
-                or aead_name not in offer.aeads):
-            raise UnknownProtocol("server chose an algorithm we did not offer")
-        chaff = ChaffPolicy.decode(r)
-        check_chaff_answer(offer.chaff, chaff)
-        padding = r.u16()
-        if padding > offer.padding_max:
-            raise InvalidInput("server chose more padding than offered")
-        host_key = r.vbytes(MAX_PUBLIC_BLOB)
-        kem = registry.kem(kem_name)
-        ephemeral = r.vbytes(kem.public_key_size)
-        if len(ephemeral) != kem.public_key_size:
-            raise InvalidInput("ephemeral key has the wrong size")
-        signed_len = len(body) - r.remaining
-        signature = r.vbytes(registry.signature(sig_name).max_signature_size)
-        r.end()
-        suite = Suite(version, kem_name, sig_name, aead_name, chaff, padding)
-        return cls(suite, host_key, ephemeral, signature), signed_len
-
-
-def read_kem_ciphertext(r: Reader, size: int) -> bytes:
-    """A length-prefixed KEM ciphertext of exactly ``size`` bytes; any other size is one
-    failure, reported as a decapsulation failure."""
-    if r.u32() != size:
-        raise DecapsulationFailure("KEM ciphertext has the wrong size")
-    return r.fixed(size)
-
-
-def parse_extensions(blob: bytes) -> dict[int, bytes]:
-    """Extensions: ``u16 type | u16 length | data`` entries. None are defined in version 1;
-    unknown types are ignored (so later versions can add some), duplicates are refused."""
-    r = Reader(blob)
-    found: dict[int, bytes] = {}
-    while r.remaining:
-        kind, length = r.u16(), r.u16()
-        if kind in found:
-            raise InvalidInput(f"extension {kind} appears twice")
-        found[kind] = r.fixed(length)
-    return found
-
-
-def _confirmation(key_id: bytes, transcript_hash: bytes) -> bytes:
-    return key_id + transcript_hash
-
-
-# --------------------------------------------------------------------------- size bounds
-
-
-def _host_key_blob_size(signature: str) -> int:
-    """A host key blob of this algorithm (keys.PublicKey): magic, key ID, expiration,
-    name, and a verification key of the scheme's size (any other size cannot verify)."""
-    key_size = registry.signature(signature).public_key_size
-    return 4 + KEY_ID_SIZE + 8 + 1 + len(signature) + 4 + key_size
-
-
-def connect_response_limit(kems: tuple[str, ...], signatures: tuple[str, ...],
-                           aeads: tuple[str, ...]) -> int:
-    """The largest CONNECT_RESPONSE body a server can send when it picks from these names:
-    the client's bound for P2, before it knows the server's choice. Each field takes its
-    largest candidate, so this is an upper bound on every combination."""
-    names = sum(1 + max(map(len, group)) for group in (kems, signatures, aeads))
-    return (1 + names + CHAFF_POLICY_SIZE + 2
-            + 4 + max(map(_host_key_blob_size, signatures))
-            + 4 + max(registry.kem(k).public_key_size for k in kems)
-            + 4 + max(registry.signature(s).max_signature_size for s in signatures))
-
-
-def handshake_limits(suite: Suite) -> dict[Flag, int]:
-    """The largest body each handshake packet after P1 can have with ``suite``. With one
-    suite every field has a single size (a host key of any other size cannot verify), so
-    these are the honest packets' exact sizes."""
-    kem = registry.kem(suite.kem)
-    tag = registry.aead(suite.aead).tag_size
-    confirmation = KEY_ID_SIZE + HASH_SIZE + tag
-    return {
-        Flag.CONNECT_RESPONSE: connect_response_limit((suite.kem,), (suite.signature,),
-                                                      (suite.aead,)),
-        Flag.EXSTART_REQUEST: 4 + kem.ciphertext_size,
-        Flag.EXSTART_RESPONSE: 1,
-        Flag.EXCHANGE_REQUEST: 4 + kem.public_key_size + MAC_KEY_SIZE + tag,
-        Flag.EXCHANGE_RESPONSE: HASH_SIZE + 4 + kem.ciphertext_size,
-        Flag.ESTABLISH_REQUEST: confirmation,
-        Flag.ESTABLISH_RESPONSE: confirmation,
-    }
-
-
-def _bounded(limit: int) -> int:
-    """A state's bound: never below an error packet, never above the absolute ceiling."""
-    return min(max(limit, ENDING_BODY), MAX_HANDSHAKE_BODY)
+# The messages, their wire constants and size bounds: common.protocol.handshake_messages.
+# The states, the result and the base both machines share: common.protocol.handshake_state.
 
 
 # --------------------------------------------------------------------------- machines
-
-
-class Established(Record):
-    """What a finished handshake hands to the transport."""
-
-    __slots__ = (  # noqa: RUF023 (field order)
-        "suite", "sealer", "opener", "session_id", "host_key", "tx_chain", "rx_chain")
-    suite: Suite
-    sealer: RecordSealer
-    opener: RecordOpener
-    session_id: bytes
-    host_key: PublicKey
-    tx_chain: bytearray
-    rx_chain: bytearray
-
-    def __init__(self, suite: Suite, sealer: RecordSealer, opener: RecordOpener, session_id: bytes,
-                 host_key: PublicKey, tx_chain: bytearray, rx_chain: bytearray) -> None:
-        object.__setattr__(self, "suite", suite)
-        object.__setattr__(self, "sealer", sealer)
-        object.__setattr__(self, "opener", opener)
-        object.__setattr__(self, "session_id", session_id)
-        object.__setattr__(self, "host_key", host_key)
-        object.__setattr__(self, "tx_chain", tx_chain)
-        object.__setattr__(self, "rx_chain", rx_chain)
-
-
-class _Common:
-    """What both handshake roles keep. (A plain slotted class, not a dataclass: building
-    one costs ~1 ms at every client start, issue 18.)"""
-
-    __slots__ = ("deadline", "outgoing", "rng", "rx_seq", "state", "step_timeout",
-                 "transcript", "tx_seq")
-
-    def __init__(self, rng: Rng, step_timeout: float) -> None:
-        self.rng = rng
-        self.step_timeout = step_timeout
-        self.state = State.START
-        self.deadline: float | None = None
-        self.tx_seq = 0
-        self.rx_seq = 0
-        self.outgoing: list[bytes | bytearray] = []
-        self.transcript = Transcript()
-
-
-class _Handshake:
-    """Shared mechanics: sequencing, deadlines, the failure mapping."""
-
-    role: Role
-
-    def __init__(self, rng: Rng, step_timeout: float) -> None:
-        self._c = _Common(rng=rng, step_timeout=step_timeout)
-        self.result: Established | None = None
-        #: The transcript hash through the establish request: known to the client as soon
-        #: as it sends that request, so pipelined authentication can sign it.
-        self.session_id = b""
-
-    # -- state as seen by the connection
-    @property
-    def state(self) -> State:
-        return self._c.state
-
-    @property
-    def deadline(self) -> float | None:
-        return self._c.deadline
-
-    @property
-    def tx_seq(self) -> int:
-        return self._c.tx_seq
-
-    def take_outgoing(self) -> list[bytes | bytearray]:
-        out, self._c.outgoing = self._c.outgoing, []
-        return out
-
-    def phase_error(self) -> type[QsmpError]:
-        return PHASE_ERROR.get(self._c.state, ConnectFailure)
-
-    def check_deadline(self, now: float) -> None:
-        if self._c.deadline is not None and now >= self._c.deadline:
-            raise self.phase_error()(f"timed out in {self._c.state.name.lower()}")
-
-    def fail(self) -> None:
-        self._c.state = State.FAILED
-        self._c.deadline = None
-
-    # -- helpers
-    def _send_plain(self, flag: Flag, body: bytes) -> bytes:
-        packet = encode_packet(flag, self._c.tx_seq, body)
-        self._c.tx_seq += 1
-        self._c.outgoing.append(packet)
-        return packet
-
-    def _send_sealed(self, sealer: RecordSealer, flag: Flag, plaintext: bytes) -> bytearray:
-        sealer.sequence = self._c.tx_seq
-        packet = sealer.seal(flag, plaintext)
-        self._c.tx_seq += 1
-        self._c.outgoing.append(packet)
-        return packet
-
-    def _expect(self, header: Header, flag: Flag) -> None:
-        if header.sequence != self._c.rx_seq:
-            raise PacketUnsequenced(
-                f"packet sequence {header.sequence}, expected {self._c.rx_seq}"
-            )
-        if header.flag != flag:
-            raise InvalidRequest(
-                f"expected {flag.name.lower()}, got flag 0x{header.flag:02x}"
-            )
-        self._c.rx_seq += 1
-
-    def _arm(self, state: State, now: float | None) -> None:
-        self._c.state = state
-        self._c.deadline = None if now is None else now + self._c.step_timeout
-
-    def max_body(self) -> int:
-        """The largest body the packet this state waits for can have (see the module
-        docstring); in a state that waits for nothing, room for an error packet only."""
-        entry = self._handlers.get(self._c.state)
-        if entry is None:
-            return ENDING_BODY
-        return _bounded(self._limit(entry[0]))
-
-    def _limit(self, flag: Flag) -> int:
-        raise NotImplementedError
-
-    def _table(self) -> dict[State, tuple[Flag, _Handler]]:
-        """Each waiting state: the one packet flag it accepts and what handles it."""
-        raise NotImplementedError
-
-    @functools.cached_property
-    def _handlers(self) -> dict[State, tuple[Flag, _Handler]]:
-        return self._table()
-
-    def receive(self, header: Header, header_bytes: memoryview, body: memoryview,
-                now: float) -> None:
-        entry = self._handlers.get(self._c.state)
-        if entry is None:
-            raise InvalidRequest(f"unexpected packet in state {self._c.state.name.lower()}")
-        flag, handler = entry
-        self._expect(header, flag)
-        handler(header, bytes(header_bytes), body, now)
 
 
 class ClientHandshake(_Handshake):
