@@ -1,11 +1,13 @@
 """Putting a verified file in place: a temporary name (or none: O_TMPFILE) next to the
 destination, fsync, an atomic rename, then mode and times; small files a batch at a time.
 A module of its own because this is what commit threads run: plain file-system calls, no
-event loop and no peer, so what "never a wrong file" rests on reads in one place.
+peer, so what "never a wrong file" rests on reads in one place, with the umask new files
+start from and the directory fsync that makes their renames durable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -161,3 +163,22 @@ def _link_anonymous(fd: int, parent: int, name: bytes) -> bytes:
             continue
         return temp
     raise OSError(errno.EEXIST, "no free temporary name")
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux allows: setting it to learn
+    it would, for an instant, apply to what other threads create, and to a session's
+    shell forked in that instant (qshd's user process runs both)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+async def _fsync_dir(fd: int) -> None:
+    # an O_PATH descriptor, or a filesystem without directory fsync, refuses: harmless
+    with contextlib.suppress(OSError):
+        await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)

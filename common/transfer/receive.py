@@ -65,8 +65,10 @@ from common.transfer.commit import (
     SMALL,
     _commit_batch,
     _commit_file,
+    _fsync_dir,
     _open_temp,
     _Small,
+    _umask,
     temp_name,
 )
 
@@ -80,7 +82,7 @@ OnRemoteFailure = Callable[[FailureMessage], None]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _MISMATCH = "checksum mismatch: the file changed while being read, or was damaged in transit"
 
-# Temporary names and the commit (small files in batches): common.transfer.commit.
+# Temporary names, the commit (small files in batches), umask, dir fsync: common.transfer.commit.
 
 
 class _Refused(Exception):
@@ -114,19 +116,6 @@ class _Dir:
 
 
 # The file being written, and the thread that writes it: common.transfer.writer.
-
-
-def _umask() -> int:
-    """The process's umask, read without setting it where Linux allows: setting it to learn
-    it would, for an instant, apply to what other threads create, and to a session's
-    shell forked in that instant (qshd's user process runs both)."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as status:
-        for line in status:
-            if line.startswith(b"Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
 
 
 class Receiver:
@@ -655,9 +644,3 @@ class Receiver:
                     self._status(m.entry, display, None)
                 else:
                     self._status(m.entry, display, reason_of(exc))
-
-
-async def _fsync_dir(fd: int) -> None:
-    # an O_PATH descriptor, or a filesystem without directory fsync, refuses: harmless
-    with contextlib.suppress(OSError):
-        await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
