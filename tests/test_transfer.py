@@ -29,7 +29,7 @@ from common.accounts.keys import HostKey
 from common.accounts.passwd import PasswdFile
 from common.protocol.handshake import ClientHandshake
 from common.protocol.negotiation import Offer
-from common.transfer import CopyError, CopyOptions, Report, receive
+from common.transfer import CopyError, CopyOptions, Report, commit
 from qshd.config import ServerConfig
 from qshd.server import Daemon
 
@@ -525,7 +525,7 @@ def test_named_temporary_files_where_anonymous_ones_are_unavailable(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Without O_TMPFILE (or /proc) the file is written under ``.NAME.qcp-XXXXXXXX``: it
     must still be removed when the connection is cut, and renamed when it completes."""
-    monkeypatch.setattr(receive, "_ANONYMOUS", False)
+    monkeypatch.setattr(commit, "_ANONYMOUS", False)
     source = tmp_path / "big"
     source.write_bytes(os.urandom(20 * MB))
     out = tmp_path / "out"
@@ -558,7 +558,7 @@ def test_a_cancelled_download_cleans_up_at_once(config: ServerConfig, tmp_path: 
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """What qcp does on SIGINT: cancel the engine's task. Its ``finally`` removes the
     temporary file before the cancellation returns (or keeps the --resume partial)."""
-    monkeypatch.setattr(receive, "_ANONYMOUS", False)  # a name, so there is something to see
+    monkeypatch.setattr(commit, "_ANONYMOUS", False)  # a name, so there is something to see
     source = tmp_path / "big"
     source.write_bytes(os.urandom(20 * MB))
     out = tmp_path / "out"

@@ -21,7 +21,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
-import hashlib
 import hmac
 import os
 import secrets
@@ -54,34 +53,36 @@ from common.transfer.base import (
     CopyOptions,
     Peer,
     Progress,
-    finished,
     join,
     printable,
     reason_of,
 )
+from common.transfer.commit import (
+    BATCH_BYTES,
+    BATCH_FILES,
+    COMMIT_THREADS,
+    MAX_COMMITS,
+    SMALL,
+    _commit_batch,
+    _commit_file,
+    _fsync_dir,
+    _open_temp,
+    _Small,
+    _umask,
+    temp_name,
+)
+
+# re-exported: importers predate the split
+from common.transfer.commit import partial_name as partial_name
+from common.transfer.writer import INLINE, _hash_file, _Temp, _Writer
 
 #: (path as the user would recognise it, errno, reason): a failure this side saw.
 OnFailure = Callable[[bytes, int, str], None]
 OnRemoteFailure = Callable[[FailureMessage], None]
-PARTIAL = b"partial"
-#: Files are written unnamed (O_TMPFILE) where the system allows, and named at the end
-#: through /proc: a process killed mid-file then leaves nothing behind.
-_ANONYMOUS = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _MISMATCH = "checksum mismatch: the file changed while being read, or was damaged in transit"
 
-
-def temp_name(name: bytes, suffix: bytes) -> bytes:
-    """``.NAME.qcp-SUFFIX``, NAME shortened (with a hash of it) so the whole stays a
-    valid component."""
-    if len(name) > 200:
-        name = name[:160] + hashlib.sha256(name).hexdigest()[:16].encode()
-    return b"." + name + b".qcp-" + suffix
-
-
-def partial_name(name: bytes) -> bytes:
-    """Where ``--resume`` keeps an interrupted file: ``.NAME.qcp-partial``."""
-    return temp_name(name, PARTIAL)
+# Temporary names, the commit (small files in batches), umask, dir fsync: common.transfer.commit.
 
 
 class _Refused(Exception):
@@ -114,147 +115,7 @@ class _Dir:
         self.error = error
 
 
-class _Temp:
-    """The file being written, so whatever ends the copy can clean it up."""
-
-    __slots__ = ("fd", "keep", "name", "parent", "writer")
-
-    def __init__(self, parent: int, name: bytes, fd: int | None, keep: bool,
-                 writer: _Writer | None = None) -> None:
-        self.parent = parent
-        self.name = name  # b"": anonymous (O_TMPFILE), nothing to remove
-        self.fd = fd
-        self.keep = keep  # a --resume partial: kept on failure
-        self.writer = writer
-
-
-def _hash_file(fd: int, length: int, key: DigestKey, entry: int
-               ) -> tuple[bytes, FileDigest]:
-    """HAVE's digest of the first ``length`` bytes, and the whole file's digest fed with
-    them (to go on with the rest): one read for both."""
-    prefix, digest = FileDigest(key, entry, prefix=True), FileDigest(key, entry)
-    position = 0
-    while position < length:
-        data = os.pread(fd, min(CHUNK, length - position), position)
-        if not data:
-            break
-        prefix.update(data)
-        digest.update(data)
-        position += len(data)
-    return prefix.digest(), digest
-
-
-#: A file's data goes to the writer thread in batches of this size (4 MiB rather than 1:
-#: a quarter of the hand-offs, measured 5-10% faster for 512 MiB here)...
-BATCH = 4 * 1024 * 1024
-#: ...with at most this much handed over and not yet written (the window refills meanwhile).
-IN_FLIGHT = 16 * 1024 * 1024
-#: Files up to this size are written by the event loop itself: a thread would cost more.
-INLINE = 1024 * 1024
-#: Commit jobs (fsync, rename: one big file, or a batch of small ones) in flight at once,
-#: and the threads that run them.
-MAX_COMMITS = 16
-COMMIT_THREADS = 8
-#: Files up to this size, not resumed, are taken whole into memory and checked by the
-#: event loop, which then touches no file for them: creating, writing, fsync and rename
-#: are a commit thread's, for a batch at a time. (Per file, a syscall in the event loop's
-#: thread and a job handed to a thread each cost a wait for the GIL while commit threads
-#: run; that, not the syscalls, was most of a small file's cost.)
-SMALL = 64 * 1024
-#: A batch of small files goes to a commit thread at this many files or bytes.
-BATCH_FILES = 64
-BATCH_BYTES = 1024 * 1024
-
-
-class _Writer:
-    """Hashes and writes one file's data in order, in a thread of its own, while the
-    event loop goes on receiving (and decrypting) the next records: the two overlap on
-    a machine with more than one core. Small files are written inline."""
-
-    def __init__(self, pool: concurrent.futures.ThreadPoolExecutor | None, fd: int,
-                 digest: FileDigest, position: int) -> None:
-        self.pool = pool
-        self.fd = fd
-        self.digest = digest
-        self.position = position
-        self.error: OSError | None = None
-        self._batch: list[memoryview] = []
-        self._batch_size = 0
-        self._jobs: deque[tuple[concurrent.futures.Future[None], int]] = deque()
-        self._in_flight = 0
-
-    def _run(self, buffers: list[memoryview], position: int) -> None:
-        if self.error is not None:
-            return
-        try:
-            for buffer in buffers:
-                self.digest.update(buffer)
-            while buffers:
-                n = os.pwritev(self.fd, buffers, position)
-                position += n
-                while buffers and n >= len(buffers[0]):
-                    n -= len(buffers.pop(0))
-                if n:
-                    buffers[0] = buffers[0][n:]
-        except OSError as exc:
-            self.error = exc
-
-    def _submit(self) -> None:
-        if not self._batch:
-            return
-        buffers, size = self._batch, self._batch_size
-        self._batch, self._batch_size = [], 0
-        if self.pool is None:
-            self._run(buffers, self.position)
-        else:
-            self._jobs.append((self.pool.submit(self._run, buffers, self.position), size))
-            self._in_flight += size
-        self.position += size
-
-    async def write(self, data: memoryview) -> None:
-        self._batch.append(data)
-        self._batch_size += len(data)
-        if self._batch_size >= BATCH or len(self._batch) >= 256:
-            self._submit()
-        while self._in_flight > IN_FLIGHT:
-            await self._oldest()
-
-    async def _oldest(self) -> None:
-        future, size = self._jobs[0]
-        await finished(future)  # stays listed until done, for wait()
-        self._jobs.popleft()
-        self._in_flight -= size
-
-    async def flush(self) -> OSError | None:
-        self._submit()
-        while self._jobs:
-            await self._oldest()
-        return self.error
-
-    def wait(self, *, keep: bool = False) -> None:
-        """Block until no job runs: before the descriptor is closed, whatever ended the
-        copy (a number reused by another open must never receive our writes). ``keep``:
-        the file is a --resume partial, so what arrived and is not written yet (up to a
-        batch) is written now, here, for the next --resume to start after it."""
-        concurrent.futures.wait([future for future, _ in self._jobs])
-        self._jobs.clear()
-        if keep and self._batch and self.error is None:
-            self._run(self._batch, self.position)
-        self._batch.clear()
-        self.error = self.error or OSError(errno.ECANCELED, "cancelled")
-
-
-def _umask() -> int:
-    """The process's umask, read without setting it where Linux allows: setting it to learn
-    it would, for an instant, apply to what other threads create, and to a session's
-    shell forked in that instant (qshd's user process runs both)."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as status:
-        for line in status:
-            if line.startswith(b"Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
+# The file being written, and the thread that writes it: common.transfer.writer.
 
 
 class Receiver:
@@ -783,123 +644,3 @@ class Receiver:
                     self._status(m.entry, display, None)
                 else:
                     self._status(m.entry, display, reason_of(exc))
-
-
-class _Small:
-    """A verified small file waiting for a commit thread."""
-
-    __slots__ = ("data", "default", "display", "message", "mode", "name", "parent", "times")
-
-    def __init__(self, parent: int, name: bytes, data: bytes, mode: int | None, default: int,
-                 times: tuple[int, int] | None, message: FileEntry, display: bytes) -> None:
-        self.parent = parent
-        self.name = name
-        self.data = data
-        self.mode = mode  # -p: the source's; None: an existing destination's, else ``default``
-        self.default = default
-        self.times = times
-        self.message = message
-        self.display = display
-
-
-def _commit_batch(batch: list[_Small]) -> list[OSError | None]:
-    """In a commit thread: each file of the batch, one result each (None: in place)."""
-    results: list[OSError | None] = []
-    for small in batch:
-        try:
-            _write_small(small)
-        except OSError as exc:
-            results.append(exc)
-        else:
-            results.append(None)
-    return results
-
-
-def _write_small(small: _Small) -> None:
-    parent, name, mode = small.parent, small.name, small.mode
-    if mode is None:  # keep an existing destination's mode; a directory is not replaced
-        try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        except FileNotFoundError:
-            mode = small.default
-        else:
-            if stat.S_ISDIR(st.st_mode):
-                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
-            mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else small.default
-    fd, temp = _open_temp(parent, name)
-    try:
-        data = memoryview(small.data)
-        position = 0
-        while position < len(data):
-            position += os.pwrite(fd, data[position:], position)
-    except OSError:
-        os.close(fd)
-        if temp:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=parent)
-        raise
-    _commit_file(fd, parent, temp, name, mode, small.times)
-
-
-def _open_temp(parent: int, name: bytes) -> tuple[int, bytes]:
-    """A new file to write in the directory ``parent``: (fd, its temporary name, or b""
-    when it has none: O_TMPFILE, where the filesystem allows)."""
-    if _ANONYMOUS:
-        try:
-            fd = os.open(b".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600,
-                         dir_fd=parent)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                raise
-        else:  # no name until it is complete: even a killed process leaves nothing
-            return fd, b""
-    for _ in range(16):
-        temp = temp_name(name, secrets.token_hex(4).encode())
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
-        except FileExistsError:
-            continue
-        return fd, temp
-    raise OSError(errno.EEXIST, "no free temporary name")
-
-
-def _commit_file(fd: int, parent: int, temp: bytes, name: bytes, mode: int,
-                 times: tuple[int, int] | None) -> None:
-    """In a commit thread: make the file durable, put it in place, then set its mode and
-    times through the descriptor (the name may already be another file's again)."""
-    try:
-        try:
-            os.fsync(fd)
-            if not temp:  # anonymous (O_TMPFILE): named only now, next to its destination
-                temp = _link_anonymous(fd, parent, name)
-            os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=parent)
-            raise
-        os.chmod(fd, mode)
-        if times is not None:
-            os.utime(fd, ns=times)
-    finally:
-        os.close(fd)
-
-
-def _link_anonymous(fd: int, parent: int, name: bytes) -> bytes:
-    """Give an O_TMPFILE file a temporary name (linkat through /proc, which needs no
-    privilege), to be renamed over the destination: a rename replaces atomically, a link
-    cannot."""
-    for _ in range(16):
-        temp = temp_name(name, secrets.token_hex(4).encode())
-        try:
-            os.link(f"/proc/self/fd/{fd}", temp, dst_dir_fd=parent, follow_symlinks=True)
-        except FileExistsError:
-            continue
-        return temp
-    raise OSError(errno.EEXIST, "no free temporary name")
-
-
-async def _fsync_dir(fd: int) -> None:
-    # an O_PATH descriptor, or a filesystem without directory fsync, refuses: harmless
-    with contextlib.suppress(OSError):
-        await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
