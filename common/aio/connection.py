@@ -15,6 +15,8 @@ from typing import Any
 
 from common.accounts.keys import HostKey, PublicKey
 from common.aio.channel import _ACCEPTING, _OPEN, _OPENING, Channel
+from common.aio.channel_events import ChannelEvents
+from common.aio.engine import Engine
 from common.aio.errors import (
     ChannelClosedError,
     ChannelOpenError,
@@ -35,7 +37,9 @@ from common.aio.limits import (
     WRITE_HIGH_WATER,
     WRITE_LOW_WATER,
 )
+from common.aio.login import Login
 from common.aio.memory import _receive_buffer
+from common.aio.socket_side import SocketSide
 from common.aio.timer import PRECISE_WITHIN, PreciseTimer, precise_timer
 from common.errors import (
     ErrorCode,
@@ -86,7 +90,7 @@ _ids = itertools.count(1)
 # The connection
 
 
-class QsmpConnection(asyncio.BufferedProtocol):
+class QsmpConnection(SocketSide, Engine, Login, ChannelEvents, asyncio.BufferedProtocol):
     """One QSMP connection over TCP. Created by :func:`connect` and :func:`serve`.
 
     The protocol methods (``connection_made``, ``get_buffer`` ...) are asyncio's; the rest
