@@ -14,12 +14,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from common.accounts.keys import PublicKey
-from common.aio.channel import _ACCEPTING, _OPEN, _OPENING, Channel
+from common.aio.channel import _ACCEPTING, _OPENING, Channel
 from common.aio.channel_events import ChannelEvents
 from common.aio.engine import Engine, _retrieve
 from common.aio.errors import (
     ChannelClosedError,
-    ChannelOpenError,
     ConnectionLost,
     _termination_error,
 )
@@ -43,7 +42,6 @@ from common.protocol.connection import (
 )
 from common.protocol.handshake import Role
 from common.protocol.mux import (
-    EXTENDED_DATA_STDERR,
     ChannelClosed,
     ChannelData,
     ChannelEof,
@@ -424,21 +422,7 @@ class QsmpConnection(SocketSide, Engine, Login, ChannelEvents, asyncio.BufferedP
         self._timer_when = None
         # The _pump that delivered this event writes the core's last words, then closes.
 
-    def _on_data(self, event: ChannelData) -> None:
-        channel = self._channels.get(event.channel_id)
-        if channel is None:
-            return
-        if event.ext is None:
-            channel.stdout._feed(event.data)
-        elif event.ext == EXTENDED_DATA_STDERR:
-            channel.stderr._feed(event.data)
-        else:  # a type nobody reads: drop it, but keep the window moving
-            channel._consumed(len(event.data))
-
-    def _on_writable(self, event: ChannelWritable) -> None:
-        channel = self._channels.get(event.channel_id)
-        if channel is not None:
-            channel._wake_drain()
+    # -- events on channels we have, answers to ours: common/aio/channel_events.py
 
     def _on_open_request(self, event: ChannelOpenRequest) -> None:
         channel = Channel(self, event.channel_id, event.kind, event.payload, _ACCEPTING)
@@ -488,53 +472,6 @@ class QsmpConnection(SocketSide, Engine, Login, ChannelEvents, asyncio.BufferedP
         except Exception as exc:
             self._crash(exc)
 
-    def _on_opened(self, event: ChannelOpened) -> None:
-        channel = self._channels[event.channel_id]
-        channel._state = _OPEN
-        channel.reply_payload = event.payload
-        waiter = self._opening.pop(event.channel_id, None)
-        if waiter is not None and not isinstance(waiter, asyncio.Future):
-            self._answer_open(waiter, channel, None)
-        elif waiter is not None and not waiter.done():
-            waiter.set_result(channel)
-        else:  # the opener gave up waiting
-            channel.abort()
-
-    def _on_open_failed(self, event: ChannelOpenFailed) -> None:
-        channel = self._channels.pop(event.channel_id, None)
-        if channel is not None:
-            channel._finish(None)
-        waiter = self._opening.pop(event.channel_id, None)
-        error = ChannelOpenError(event.reason, event.message)
-        if waiter is not None and not isinstance(waiter, asyncio.Future):
-            self._answer_open(waiter, None, error)
-        elif waiter is not None and not waiter.done():
-            waiter.set_exception(error)
-
-    def _on_eof(self, event: ChannelEof) -> None:
-        channel = self._channels.get(event.channel_id)
-        if channel is not None:
-            channel.stdout._set_eof()
-            channel.stderr._set_eof()
-
-    def _on_closed(self, event: ChannelClosed) -> None:
-        channel = self._channels.pop(event.channel_id, None)
-        if channel is not None:
-            channel._finish(None)
-
-    def _on_request(self, event: ChannelRequest) -> None:
-        channel = self._channels.get(event.channel_id)
-        if channel is not None:
-            channel._requests.append(event)
-            channel._wake_requests()
-
-    def _on_request_reply(self, event: ChannelRequestReply) -> None:
-        channel = self._channels.get(event.channel_id)
-        if channel is not None and channel._replies:
-            waiter = channel._replies.popleft()
-            if not waiter.done():
-                waiter.set_result((event.ok, event.payload))
-
     def _on_global(self, event: GlobalRequest) -> None:
         handler = self._on_global_request
         if handler is None:
@@ -552,12 +489,6 @@ class QsmpConnection(SocketSide, Engine, Login, ChannelEvents, asyncio.BufferedP
             if event.want_reply and not self._core.closed:
                 self._core.mux.global_reply(ok, payload)
                 self._pump()
-
-    def _on_global_reply(self, event: GlobalRequestReply) -> None:
-        if self._global_replies:
-            waiter = self._global_replies.popleft()
-            if not waiter.done():
-                waiter.set_result((event.ok, event.payload))
 
 
 # Handing a logged-in connection to another process: common/aio/handoff.py
