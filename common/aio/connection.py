@@ -82,6 +82,13 @@ class QsmpConnection(SocketSide, Engine, Login, ChannelEvents, asyncio.BufferedP
 
     The protocol methods (``connection_made``, ``get_buffer`` ...) are asyncio's; the rest
     is the application's API.
+
+    One class in parts, one concern each: :class:`SocketSide` (socket_side.py, every byte
+    in or out of the socket), :class:`Engine` (engine.py, the pump, timer and failures),
+    :class:`Login` (login.py, the client's login and host keys) and :class:`ChannelEvents`
+    (channel_events.py, events on channels we have). Here: the state, the API, and what
+    hands the connection itself to others (to a :class:`Channel`, to the application's
+    handlers, to the hand-off), since only this class is a QsmpConnection to mypy.
     """
 
     def __init__(self, core: Connection, *, loop: asyncio.AbstractEventLoop,
