@@ -23,7 +23,7 @@ import pytest
 
 from common import aio
 from common.accounts.keys import HostKey, PublicKey
-from common.aio import connection as aio_connection
+from common.aio import socket_side as aio_connection
 from common.aio.channel import ReadStream
 from common.errors import (
     ConnectFailure,

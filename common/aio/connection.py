@@ -13,33 +13,25 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from common.accounts.keys import HostKey, PublicKey
-from common.aio.channel import _ACCEPTING, _OPEN, _OPENING, Channel
+from common.accounts.keys import PublicKey
+from common.aio.channel import _ACCEPTING, _OPENING, Channel
+from common.aio.channel_events import ChannelEvents
+from common.aio.engine import Engine, _retrieve
 from common.aio.errors import (
     ChannelClosedError,
-    ChannelOpenError,
     ConnectionLost,
     _termination_error,
 )
+from common.aio.handoff import HANDOFF_FLUSH_TIMEOUT, _accept_and_hand_off
 from common.aio.limits import (
-    _IOV_BATCH,
-    _ZERO_COPY_SEND,
-    CLOSE_FLUSH_TIMEOUT,
     PRE_AUTH_READ_SIZE,
-    PRE_AUTH_SEND_HIGH_WATER,
-    PRE_AUTH_SEND_LOW_WATER,
-    READ_PAUSE_HIGH_WATER,
-    READ_PAUSE_LOW_WATER,
-    TRANSPORT_HIGH_WATER,
-    TRANSPORT_LOW_WATER,
-    WRITE_HIGH_WATER,
-    WRITE_LOW_WATER,
 )
+from common.aio.login import Login
 from common.aio.memory import _receive_buffer
-from common.aio.timer import PRECISE_WITHIN, PreciseTimer, precise_timer
+from common.aio.socket_side import SocketSide
+from common.aio.timer import PreciseTimer
 from common.errors import (
     ErrorCode,
-    UsageError,
 )
 from common.protocol.auth import AuthFailed, AuthRequested, AuthSucceeded
 from common.protocol.connection import (
@@ -50,7 +42,6 @@ from common.protocol.connection import (
 )
 from common.protocol.handshake import Role
 from common.protocol.mux import (
-    EXTENDED_DATA_STDERR,
     ChannelClosed,
     ChannelData,
     ChannelEof,
@@ -86,11 +77,18 @@ _ids = itertools.count(1)
 # The connection
 
 
-class QsmpConnection(asyncio.BufferedProtocol):
+class QsmpConnection(SocketSide, Engine, Login, ChannelEvents, asyncio.BufferedProtocol):
     """One QSMP connection over TCP. Created by :func:`connect` and :func:`serve`.
 
     The protocol methods (``connection_made``, ``get_buffer`` ...) are asyncio's; the rest
     is the application's API.
+
+    One class in parts, one concern each: :class:`SocketSide` (socket_side.py, every byte
+    in or out of the socket), :class:`Engine` (engine.py, the pump, timer and failures),
+    :class:`Login` (login.py, the client's login and host keys) and :class:`ChannelEvents`
+    (channel_events.py, events on channels we have). Here: the state, the API, and what
+    hands the connection itself to others (to a :class:`Channel`, to the application's
+    handlers, to the hand-off), since only this class is a QsmpConnection to mypy.
     """
 
     def __init__(self, core: Connection, *, loop: asyncio.AbstractEventLoop,
@@ -343,313 +341,9 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self.close()
         await self.wait_closed()
 
-    # -- asyncio protocol
+    # -- asyncio protocol, sending: common/aio/socket_side.py (SocketSide)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self.peername = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._pre_auth:
-            transport.set_write_buffer_limits(PRE_AUTH_SEND_HIGH_WATER, PRE_AUTH_SEND_LOW_WATER)
-        else:
-            transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER, TRANSPORT_LOW_WATER)
-        if sock is not None and _ZERO_COPY_SEND:
-            try:
-                self._wsock = sock.dup()
-            except OSError:
-                self._wsock = None
-            else:
-                self._wsock.setblocking(False)
-        log.debug("conn=%d: connected to %s", self.number, self.peer)
-        try:
-            self._core.start(self._now())
-            self._pump()
-        except Exception as exc:
-            self._crash(exc)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._recv_pre_auth if self._pre_auth else self._recv
-
-    def buffer_updated(self, nbytes: int) -> None:
-        try:
-            self._core.receive_data(self._recv[:nbytes], self.loop.time() + self._offset)
-            self._pump()
-        except Exception as exc:
-            self._crash(exc)
-
-    def eof_received(self) -> bool | None:
-        try:
-            self._core.receive_data(b"", self._now())
-            self._pump()
-        except Exception as exc:
-            self._crash(exc)
-        return None  # let the transport close
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        log.debug("conn=%d: socket closed%s", self.number, f": {exc}" if exc else "")
-        self._release_socket()
-        try:
-            if not self._core.closed:
-                self._core.receive_data(b"", self._now())
-            self._pump()
-        except Exception as error:
-            self._crash(error)
-        self._transport = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.terminated is None:  # the core never reported it (a crash)
-            self._on_terminated(ConnectionTerminated(ErrorCode.CHANNEL_DOWN,
-                                                     str(exc or "connection lost"), True))
-        if not self._closed.done():
-            self._closed.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._transport_paused = True
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._transport_paused = False
-        if self._wqueued <= WRITE_LOW_WATER:
-            self._resume()
-        self._gate()
-
-    def _resume(self) -> None:
-        self._write_paused = False
-        for channel in list(self._channels.values()):
-            channel._wake_drain()
-
-    # -- sending
-
-    def _send(self, out: list[bytes | bytearray | memoryview]) -> None:
-        """Write the core's records without copying them.
-
-        Python 3.11's ``transport.writelines`` joins its arguments into one new bytes
-        object and copies whatever the kernel does not take at once into a bytearray
-        (py-spy: a fifth of the sender's samples). We send with ``sendmsg`` (scatter/
-        gather) on a duplicate of the socket, and keep what did not fit as views in a
-        queue that a writer callback drains; the transport still reads and closes.
-        Measured with :func:`tune_allocator` in effect: 0.35 instead of 0.45 CPU seconds
-        per GiB sent. (Without it, keeping records alive until sent makes glibc mmap each
-        one afresh and this path is slower, 0.85 s: the two go together.)
-        """
-        sock = self._wsock
-        if sock is None:
-            transport = self._transport
-            if transport is not None and not transport.is_closing():
-                transport.writelines(out)
-            return
-        queue = self._wqueue
-        if queue:
-            queue.extend(out)
-            self._wqueued += sum(map(len, out))
-        else:
-            queue.extend(out)
-            self._wqueued = sum(map(len, out))
-            self._flush_queue()
-            if queue and not self._writing:
-                self.loop.add_writer(sock.fileno(), self._on_socket_writable)
-                self._writing = True
-        if self._wqueued > WRITE_HIGH_WATER:
-            self._write_paused = True
-
-    def _flush_queue(self) -> None:
-        """Send from the queue until it is empty or the kernel is full."""
-        sock = self._wsock
-        queue = self._wqueue
-        assert sock is not None
-        while queue:
-            batch = list(itertools.islice(queue, _IOV_BATCH)) if len(queue) > 1 else [queue[0]]
-            try:
-                sent = sock.sendmsg(batch)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.debug("conn=%d: send failed: %s", self.number, exc)
-                queue.clear()
-                self._wqueued = 0
-                if self._transport is not None:
-                    self._transport.abort()
-                return
-            self._wqueued -= sent
-            for buf in batch:
-                size = len(buf)
-                if sent >= size:
-                    queue.popleft()
-                    sent -= size
-                else:
-                    if sent:
-                        queue[0] = memoryview(buf)[sent:]
-                    return  # the kernel took less than offered: it is full
-
-    def _on_socket_writable(self) -> None:
-        try:
-            self._flush_queue()
-            if not self._wqueue:
-                self._stop_writing()
-                if self._closing:
-                    self._close_transport()
-            if self._write_paused and self._wqueued <= WRITE_LOW_WATER \
-                    and not self._transport_paused:
-                self._resume()
-            self._gate()
-        except Exception as exc:
-            self._crash(exc)
-
-    def _gate(self) -> None:
-        """Server: pause reading while more than the high-water mark of our bytes wait for
-        the peer, resume at the low mark; the marks are the pre-login budget's until the
-        core admits the peer. Called whenever the amount waiting may have crossed one."""
-        transport = self._transport
-        if not self._gate_reading or transport is None:
-            return
-        if self._pre_auth and not self._core.pre_auth:
-            self._pre_auth = False
-            transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER, TRANSPORT_LOW_WATER)
-        if self._pre_auth:
-            high, low = PRE_AUTH_SEND_HIGH_WATER, PRE_AUTH_SEND_LOW_WATER
-        else:
-            high, low = READ_PAUSE_HIGH_WATER, READ_PAUSE_LOW_WATER
-        waiting = self._wqueued + transport.get_write_buffer_size()
-        if self._read_paused:
-            if waiting <= low:
-                self._read_paused = False
-                transport.resume_reading()
-        elif waiting > high and not transport.is_closing():
-            self._read_paused = True
-            transport.pause_reading()
-
-    def _stop_writing(self) -> None:
-        if self._writing and self._wsock is not None:
-            self.loop.remove_writer(self._wsock.fileno())
-        self._writing = False
-
-    def _close_when_flushed(self) -> None:
-        """Close the socket once everything queued has been sent (or after a grace
-        period, so a peer that stops reading cannot keep a dead connection open)."""
-        transport = self._transport
-        if transport is None or self._closing:
-            return
-        self._closing = True
-        if not self._wqueue:
-            self._close_transport()
-        else:
-            self._close_timer = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, self.abort)
-
-    def _close_transport(self) -> None:
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.close()
-
-    def _release_socket(self) -> None:
-        self._stop_writing()
-        self._wqueue.clear()
-        self._wqueued = 0
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
-        if self._precise is not None:
-            self._precise.close()
-            self._precise = None
-        if self._wsock is not None:
-            self._wsock.close()
-            self._wsock = None
-
-    # -- the engine
-
-    def _pump(self) -> None:
-        """After every input or application call: act on events, send what the core
-        produced, re-arm the timer. Event handlers never call user code synchronously, but
-        some answer the core at once (refusing a channel nobody serves); their own pump
-        call is deferred to the running one, which loops until the core is quiet."""
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            core = self._core
-            core.note_time(self._now())
-            dispatch = self._dispatch
-            while True:
-                events = core.events_received()
-                if not events:
-                    break
-                for event in events:
-                    dispatch[type(event)](event)
-            out = core.data_to_send()
-            if out and not self._closing:
-                self._send(out)
-            if core.terminated is not None:
-                if self.terminated is None:  # it failed while sealing just now
-                    for event in core.events_received():
-                        dispatch[type(event)](event)
-                self._close_when_flushed()  # after the core's last words, sent above
-            when = core.next_timer()
-            if when != self._timer_when:
-                self._arm_timer(when)
-            self._gate()
-        finally:
-            self._pumping = False
-
-    def _arm_timer(self, when: float | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_when = when
-        if when is not None and self._transport is not None:
-            if when - self._now() < PRECISE_WITHIN and not self._precise_tried:
-                # The keystroke clock and its echo replies: call_at may fire up to 1 ms
-                # late, by an amount that tells typing from idle (common/aio/timer.py).
-                self._precise_tried = True
-                self._precise = precise_timer(self.loop, self._fire_timer)
-            if self._precise is not None:
-                self._timer = self._precise.call_at(when - self._offset)
-            else:
-                self._timer = self.loop.call_at(when - self._offset, self._fire_timer)
-
-    def _fire_timer(self) -> None:
-        when = self._timer_when
-        self._timer = None
-        self._timer_when = None
-        try:
-            now = self._now()
-            if when is not None and now < when:
-                now = when  # the loop may run a timer up to its clock resolution early
-            self._core.handle_timer(now)
-            self._pump()
-        except Exception as exc:
-            self._crash(exc)
-
-    def _crash(self, exc: BaseException) -> None:
-        """A bug of ours while serving this connection: log it and end this connection
-        only (the peer gets an error packet if the core can still make one)."""
-        log.error("conn=%d: internal error, closing the connection", self.number,
-                  exc_info=exc)
-        if self.terminated is None:
-            try:
-                self._core.close("internal error")
-                out = self._core.data_to_send()
-                if out and not self._closing:
-                    self._send(out)
-            except Exception:
-                log.debug("conn=%d: could not send the shutdown", self.number, exc_info=True)
-            self._on_terminated(ConnectionTerminated(ErrorCode.CONNECTION_FAILURE,
-                                                     f"internal error: {exc!r}", False))
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _spawn(self, coro: Awaitable[Any], what: str) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._task_done(t, what))
-
-    def _task_done(self, task: asyncio.Task[Any], what: str) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("conn=%d: %s failed", self.number, what, exc_info=task.exception())
+    # -- the engine (pump, timer, crash, tasks): common/aio/engine.py (Engine)
 
     # -- events
 
@@ -662,46 +356,7 @@ class QsmpConnection(asyncio.BufferedProtocol):
         if not self._established.done():
             self._established.set_result(None)
 
-    # -- authentication
-
-    @property
-    def user(self) -> str | None:
-        """The authenticated user (either side), once login succeeded."""
-        return self._core.authenticated_user
-
-    def _start_login(self, start: Callable[[], None]) -> asyncio.Future[AuthFailed | None]:
-        if self._auth_answer is not None and not self._auth_answer.done():
-            raise UsageError("a login attempt is already waiting for its answer")
-        self._auth_answer = self.loop.create_future()
-        self._auth_answer.add_done_callback(_retrieve)
-        terminated = self._core.terminated
-        if terminated is not None:  # no answer can come: say why now, not never
-            self._auth_answer.set_exception(_termination_error(terminated))
-            return self._auth_answer
-        start()
-        if self._transport is not None:
-            self._pump()
-        return self._auth_answer
-
-    async def login_password(self, user: str, password: bytes) -> AuthFailed | None:
-        """Client: one password attempt. None on success; the server's refusal otherwise
-        (it arrives after the server's growing delay)."""
-        return await self._start_login(lambda: self._core.authenticate_password(user, password))
-
-    async def login_publickey(self, user: str, key: HostKey) -> AuthFailed | None:
-        """Client: one user-key attempt (the key signs this session's ID)."""
-        return await self._start_login(lambda: self._core.authenticate_publickey(user, key))
-
-    async def wait_authenticated(self) -> AuthFailed | None:
-        """Client: the answer to the attempt :func:`connect` pipelined."""
-        if self._auth_answer is None:
-            raise UsageError("no login attempt was made")
-        return await asyncio.shield(self._auth_answer)
-
-    def _on_auth_answer(self, event: AuthSucceeded | AuthFailed) -> None:
-        waiter = self._auth_answer
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None if isinstance(event, AuthSucceeded) else event)
+    # -- login: the server's decision here; the client's and host keys: common/aio/login.py
 
     def _on_auth_requested(self, event: AuthRequested) -> None:
         self._spawn(self._decide_auth(event), "login decision")
@@ -741,40 +396,6 @@ class QsmpConnection(asyncio.BufferedProtocol):
         return await _accept_and_hand_off(
             self, HANDOFF_FLUSH_TIMEOUT if timeout is None else timeout)
 
-    def _on_host_key_unverified(self, event: HostKeyUnverified) -> None:
-        self._spawn(self._decide_host_key(event.host_key), "host key decision")
-
-    async def _decide_host_key(self, key: PublicKey) -> None:
-        accept = False
-        if self._on_host_key is not None:
-            # Reading a fingerprint is a person's time, not the network's: the connect
-            # timeout stops while the callback runs and resumes with what was left.
-            deadline = self._connect_deadline
-            when = deadline.when() if deadline is not None else None
-            remaining = None if when is None else when - self.loop.time()
-            if deadline is not None and remaining is not None:
-                deadline.reschedule(None)
-            try:
-                accept = bool(await self._on_host_key(key))
-            except Exception:
-                log.exception("conn=%d: host key callback failed; rejecting", self.number)
-            finally:
-                # connect() may have ended meanwhile (the peer closed, or gave up on us):
-                # its timeout is then finished and must not be restarted.
-                if deadline is not None and remaining is not None and not self._core.closed:
-                    with contextlib.suppress(RuntimeError):
-                        deadline.reschedule(self.loop.time() + max(remaining, 0.0))
-        if self._core.closed:
-            return
-        try:
-            if accept:
-                self._core.accept_host_key()
-            else:
-                self._core.reject_host_key()
-            self._pump()
-        except Exception as exc:
-            self._crash(exc)
-
     def _on_terminated(self, event: ConnectionTerminated) -> None:
         if self.terminated is not None:
             return
@@ -808,21 +429,7 @@ class QsmpConnection(asyncio.BufferedProtocol):
         self._timer_when = None
         # The _pump that delivered this event writes the core's last words, then closes.
 
-    def _on_data(self, event: ChannelData) -> None:
-        channel = self._channels.get(event.channel_id)
-        if channel is None:
-            return
-        if event.ext is None:
-            channel.stdout._feed(event.data)
-        elif event.ext == EXTENDED_DATA_STDERR:
-            channel.stderr._feed(event.data)
-        else:  # a type nobody reads: drop it, but keep the window moving
-            channel._consumed(len(event.data))
-
-    def _on_writable(self, event: ChannelWritable) -> None:
-        channel = self._channels.get(event.channel_id)
-        if channel is not None:
-            channel._wake_drain()
+    # -- events on channels we have, answers to ours: common/aio/channel_events.py
 
     def _on_open_request(self, event: ChannelOpenRequest) -> None:
         channel = Channel(self, event.channel_id, event.kind, event.payload, _ACCEPTING)
@@ -872,53 +479,6 @@ class QsmpConnection(asyncio.BufferedProtocol):
         except Exception as exc:
             self._crash(exc)
 
-    def _on_opened(self, event: ChannelOpened) -> None:
-        channel = self._channels[event.channel_id]
-        channel._state = _OPEN
-        channel.reply_payload = event.payload
-        waiter = self._opening.pop(event.channel_id, None)
-        if waiter is not None and not isinstance(waiter, asyncio.Future):
-            self._answer_open(waiter, channel, None)
-        elif waiter is not None and not waiter.done():
-            waiter.set_result(channel)
-        else:  # the opener gave up waiting
-            channel.abort()
-
-    def _on_open_failed(self, event: ChannelOpenFailed) -> None:
-        channel = self._channels.pop(event.channel_id, None)
-        if channel is not None:
-            channel._finish(None)
-        waiter = self._opening.pop(event.channel_id, None)
-        error = ChannelOpenError(event.reason, event.message)
-        if waiter is not None and not isinstance(waiter, asyncio.Future):
-            self._answer_open(waiter, None, error)
-        elif waiter is not None and not waiter.done():
-            waiter.set_exception(error)
-
-    def _on_eof(self, event: ChannelEof) -> None:
-        channel = self._channels.get(event.channel_id)
-        if channel is not None:
-            channel.stdout._set_eof()
-            channel.stderr._set_eof()
-
-    def _on_closed(self, event: ChannelClosed) -> None:
-        channel = self._channels.pop(event.channel_id, None)
-        if channel is not None:
-            channel._finish(None)
-
-    def _on_request(self, event: ChannelRequest) -> None:
-        channel = self._channels.get(event.channel_id)
-        if channel is not None:
-            channel._requests.append(event)
-            channel._wake_requests()
-
-    def _on_request_reply(self, event: ChannelRequestReply) -> None:
-        channel = self._channels.get(event.channel_id)
-        if channel is not None and channel._replies:
-            waiter = channel._replies.popleft()
-            if not waiter.done():
-                waiter.set_result((event.ok, event.payload))
-
     def _on_global(self, event: GlobalRequest) -> None:
         handler = self._on_global_request
         if handler is None:
@@ -937,70 +497,5 @@ class QsmpConnection(asyncio.BufferedProtocol):
                 self._core.mux.global_reply(ok, payload)
                 self._pump()
 
-    def _on_global_reply(self, event: GlobalRequestReply) -> None:
-        if self._global_replies:
-            waiter = self._global_replies.popleft()
-            if not waiter.done():
-                waiter.set_result((event.ok, event.payload))
 
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-# ---------------------------------------------------------------------------------------------
-# Handing a logged-in connection to another process (privilege separation)
-
-#: How long :meth:`QsmpConnection.accept_and_hand_off` waits for the kernel to take the
-#: login's answer (a client that stops reading right after logging in cannot hold the
-#: pre-auth process longer than this).
-HANDOFF_FLUSH_TIMEOUT = 10.0
-
-
-async def _accept_and_hand_off(connection: QsmpConnection, timeout: float) -> bytes:
-    """See :meth:`QsmpConnection.accept_and_hand_off`."""
-    core, transport, loop = connection._core, connection._transport, connection.loop
-    if transport is None or connection._closing or core.closed:
-        raise ConnectionLost(connection.terminated)
-    # Before anything changes (a refusal here can still refuse the login): the checks, and
-    # accepting, which raises if no login is waiting and otherwise only queues a record.
-    core.check_handoff(accepting=True)
-    core.accept_auth()
-    # Not one more byte from the socket: what the client sends from now on is the next
-    # process's to read. Nothing from here awaits until the core is spent, so nothing else
-    # can read, seal or fire a timer in between.
-    connection._gate_reading = False
-    transport.pause_reading()
-    connection._read_paused = True
-    connection._pump()  # the AUTH_SUCCESS record goes to the socket
-    if core.closed:
-        raise ConnectionLost(connection.terminated)
-    state = core.export_handoff(connection._now())
-    connection._arm_timer(None)
-    # Everything sealed so far must reach the kernel before the next process seals the
-    # next record, or the peer would see a gap in the sequence.
-    deadline = loop.time() + timeout
-    delay = 0.001
-    while connection._wqueue or transport.get_write_buffer_size():
-        if connection._transport is None or transport.is_closing():
-            raise ConnectionLost(connection.terminated, "connection lost while handing over")
-        if loop.time() >= deadline:
-            connection.abort()
-            raise TimeoutError("the peer did not take the login's answer in time")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    if connection._transport is None:
-        raise ConnectionLost(connection.terminated, "connection lost while handing over")
-    # Detach: forget the socket without closing or shutting it down (the next process
-    # serves it; this one is about to exit). The transport stays referenced, so that
-    # garbage collection does not close our descriptor early either.
-    connection._release_socket()
-    connection._handed_off_transport = transport
-    connection._transport = None
-    assert core.terminated is not None
-    connection._on_terminated(core.terminated)
-    if not connection._closed.done():
-        connection._closed.set_result(None)
-    log.debug("conn=%d: handed over to another process", connection.number)
-    return state
+# Handing a logged-in connection to another process: common/aio/handoff.py
