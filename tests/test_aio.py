@@ -35,7 +35,7 @@ from common.errors import (
 from common.protocol.auth import AuthRequested
 from common.protocol.connection import Connection
 from common.protocol.handshake import ClientHandshake, ServerHandshake
-from common.protocol.mux import OpenFailureReason
+from common.protocol.mux import GlobalRequest, OpenFailureReason
 from common.protocol.negotiation import Offer
 from common.protocol.transport import TransportSettings
 from common.wire import HEADER_SIZE, Flag
@@ -354,6 +354,25 @@ def test_requests_replies_and_refusals() -> None:
                 await client.open_channel("teleport")
             assert refused.value.reason == OpenFailureReason.UNKNOWN_CHANNEL_TYPE
             assert await client.global_request("anything") == (False, b"")
+            client.close()
+
+    run(main())
+
+
+def test_a_global_request_handler_answers_at_once() -> None:
+    """The handler's reply goes out when the handler returns, not with the connection's next
+    input or timer: here nothing else is sent, so a reply left in the core would wait for a
+    keep-alive (the connection's pump after the reply is what sends it)."""
+    async def answer(_conn: aio.QsmpConnection, event: GlobalRequest) -> tuple[bool, bytes]:
+        await asyncio.sleep(0.05)  # answers after the pump that delivered the request
+        return True, bytes(event.payload).upper()
+
+    async def main() -> None:
+        async with await start_server(on_global_request=answer) as server:
+            client = await dial(server)
+            for word in (b"ping", b"again"):
+                reply = await asyncio.wait_for(client.global_request("echo", word), 5)
+                assert reply == (True, word.upper())
             client.close()
 
     run(main())
