@@ -143,8 +143,9 @@ def _check_outgoing(mux: Mux) -> None:
 
 
 def _check_invariants(mux: Mux) -> None:
-    """Internal bookkeeping, read directly: these invariants are documented in mux.py and a
-    break in any of them is a flow-control bug even before it shows on the wire."""
+    """Internal bookkeeping, read directly: these invariants are documented in mux.py and
+    mux_channel.py; a break in any of them is a flow-control bug even before it shows on
+    the wire."""
     channels = mux._channels
     for cid, ch in channels.items():
         if ch.local_id != cid:

@@ -31,7 +31,10 @@ expiration checks, which compare ``now`` with a Unix time).
 The package, one concern per module: :mod:`~common.aio.limits` (sizes and time-outs),
 :mod:`~common.aio.memory` (receive buffer, malloc tuning), :mod:`~common.aio.errors`,
 :mod:`~common.aio.channel` (:class:`Channel`), :mod:`~common.aio.connection`
-(:class:`QsmpConnection`, the only class that touches the socket), :mod:`~common.aio.client`
+(:class:`QsmpConnection`, the only class that touches the socket; its parts by concern, as
+mixins, in :mod:`~common.aio.socket_side`, :mod:`~common.aio.engine`,
+:mod:`~common.aio.login`, :mod:`~common.aio.channel_events` and :mod:`~common.aio.handoff`),
+:mod:`~common.aio.chunks` (the received-bytes queue), :mod:`~common.aio.client`
 (:func:`connect`) and :mod:`~common.aio.server` (:func:`serve`, :func:`adopt`).
 """
 

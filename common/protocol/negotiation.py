@@ -76,7 +76,7 @@ MAX_OBSCURE_TAIL_MS = 60_000
 MAX_SIZE_CLASSES = 4
 MIN_SIZE_CLASS = 16
 MAX_SIZE_CLASS = 4096
-#: ConnectRequest extension that offers keystroke obfuscation (handshake.parse_extensions).
+#: ConnectRequest extension that offers keystroke obfuscation (handshake_messages.parse_extensions).
 EXT_OBSCURE = 1
 
 
