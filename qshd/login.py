@@ -41,7 +41,6 @@ import fnmatch
 import grp
 import logging
 import os
-import pwd
 import select
 import signal
 import stat
@@ -62,13 +61,18 @@ from common.accounts.key_options import (
     split_options,
 )
 from common.accounts.keys import LINE_PREFIX, PublicKey, read_limited
-from common.accounts.passwd import InvalidUserName, PasswdError, PasswdFile, check_user_name
+from common.accounts.passwd import PasswdError, PasswdFile
 from common.errors import InvalidInput
 from common.protocol.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthRequested
 
 from . import children
+from .account import DEFAULT_SHELL
 from .config import ConnectionSpec, ServerConfig, expand_tokens
 from .loglevel import VERBOSE
+
+# isort: split
+# re-exported: importers predate the split
+from .account import Account as Account
 
 log = logging.getLogger("qshd")
 
@@ -77,41 +81,13 @@ MAX_AUTHORIZED_KEYS = 4 * 1024 * 1024
 #: Seconds the reader of an authorized_keys file may take (a home on a stalled network
 #: file system); then it is killed and the key login refused.
 READ_TIMEOUT = 10.0
-#: Used when an account has no shell, as login(1) does.
-DEFAULT_SHELL = "/bin/sh"
 #: bcrypt threads: half the CPUs, one at least, eight at most. Guessers can then never
 #: take every core from the handshakes, key logins and sessions of everybody else.
 PASSWORD_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))
 #: Password checks that may wait for a bcrypt thread; one more is refused at once.
 PASSWORD_QUEUE = 32
 
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    """A system account as a session needs it; looked up afresh for each login and each
-    session, so an edit of /etc/passwd or /etc/group applies from the next one on."""
-
-    name: str
-    uid: int
-    gid: int
-    home: str
-    shell: str
-    groups: tuple[int, ...]
-
-    @classmethod
-    def lookup(cls, name: str) -> Account | None:
-        """None for a name that is not a valid portable login name or has no account."""
-        try:
-            check_user_name(name)
-            entry = pwd.getpwnam(name)
-        except (InvalidUserName, KeyError):
-            return None
-        try:
-            groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-        except OSError:
-            groups = (entry.pw_gid,)
-        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir or "/",
-                   entry.pw_shell or DEFAULT_SHELL, groups)
+# Account (a system account and its look-up): qshd.account.
 
 
 #: Whose authorized_keys a publickey request for an unknown name reads: nobody's, in a
