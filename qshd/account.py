@@ -1,8 +1,9 @@
 """A system account as qshd looks it up (``pwd``, the account's groups).
 
-Every process role needs it, and needs nothing else of the login decision: the monitor and
-the in-process server look the account up to decide a login, the user's process
-(qshd.postauth) and the channels it serves look it up again to run as that user.
+Its own module because every process role needs it, and most need nothing else of the
+login decision: the connection's monitor and the in-process server look the account up to
+decide a login; the user's process (qshd.postauth) and the channels it serves
+(qshd.sessions) look it up again to run as that user.
 """
 
 from __future__ import annotations
