@@ -11,6 +11,11 @@ person to ask and no terminal to drive:
 * :class:`Session` -- the ``session`` channel: pty-req / shell / exec, the byte pumps between
   the local fds and the channel with flow control both ways, the terminal in raw mode, the
   ``~`` escapes, SIGWINCH, signals, and the remote exit status.
+
+The first two are in common/client/connect.py, :class:`Session` (and the exit status and
+signal rules) in qsh/session_channel.py, the fds it moves bytes through in qsh/local_end.py.
+This module is the run around them (:func:`run_client`): the login, a ControlMaster, the
+tunnels, ``-N`` and ``-f``, the session, and the connection's close.
 """
 
 from __future__ import annotations
