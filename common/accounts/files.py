@@ -2,6 +2,9 @@
 known_hosts, the password file. A module of its own because known_hosts and passwd use it as
 much as the key classes do, and because how a file is written so that a crash leaves the old
 one or the new one (O_EXCL, fsync, rename) is a concern apart from what the file holds.
+
+Files are written atomically (temporary file in the same directory, fsync, rename, fsync of the
+directory), so a crash or a full disk never leaves a half-written key where the old one was.
 """
 
 from __future__ import annotations

@@ -6,46 +6,9 @@ holds to authenticate a server, and the private half the *server key* (5.3). We 
 :class:`PublicKey` and :class:`HostKey`; user keys reuse the same two classes, since a user key
 is the same structure in the opposite direction.
 
-Public key blob (used in the handshake, in ``.pub`` files and in ``known_hosts``)::
+The public key blob is described in public_key.py, the private key file in
+private_key_file.py, how files are written in files.py.
 
-    magic        4 bytes   b"QSK1"
-    key_id      16 bytes   random; identifies the key (spec: "Key ID")
-    expiration   u64       seconds since 1970-01-01 UTC (see below)
-    algorithm    u8 len + printable ASCII, <= 64 bytes: the signature's wire name
-    verify_key   u32 len + bytes, 1..65536 bytes
-
-All integers are big-endian (common/wire.py). The encoding is canonical: every byte is
-accounted for and trailing bytes are refused, so two different blobs never decode to the same
-key and a fingerprint identifies exactly one key.
-
-Deviations from the spec, and why:
-
-* ``expiration`` counts from the Unix epoch, not 1900: every OS clock, file timestamp and
-  library speaks Unix time, and a second epoch is a standing invitation to off-by-70-years bugs.
-* The spec's 40-byte "configuration" (a whole protocol string) becomes just the signature
-  algorithm's name. KEM and AEAD are negotiated per connection now (DESIGN.md section 2); the
-  only thing a long-term key is bound to is its signature scheme.
-
-Private key file (``HostKey.save``), PEM-like armour around base64 wrapped at 64 columns::
-
-    -----BEGIN QSH HOST KEY-----            blob: b"QSH1" | public blob (vbytes)
-    ...                                           | signing key (vbytes)
-    -----END QSH HOST KEY-----
-
-With a passphrase the armour is ``QSH ENCRYPTED PRIVATE KEY`` around::
-
-    b"QSE1" | kdf name "scrypt" | salt (u8 len, 16) | log2(N) u8 | r u8 | p u8
-            | cipher name "aes256gcm" | nonce (12) | public blob (vbytes)
-            | AES-256-GCM(signing key) (vbytes)
-
-The AEAD key is ``scrypt(passphrase, salt, N=2**15, r=8, p=1)``; everything before the
-ciphertext is the associated data, so the public half stays readable without the passphrase (as
-in OpenSSH: ``-y`` and fingerprints need no prompt) yet cannot be swapped. The scrypt parameters
-are stored so they can be raised later without breaking old files, and are bounded on read so a
-hostile file cannot make us allocate gigabytes.
-
-Files are written atomically (temporary file in the same directory, fsync, rename, fsync of the
-directory), so a crash or a full disk never leaves a half-written key where the old one was.
 Private files are 0600 and loading refuses a file that group or others can access, like OpenSSH.
 The signing key lives in a :class:`~common.crypto.secret.Secret` (locked pages, left out of core
 dumps, zeroed by :meth:`HostKey.close`). Python cannot wipe ``bytes``: the file's text, its

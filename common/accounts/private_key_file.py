@@ -2,6 +2,24 @@
 and the passphrase encryption (scrypt, then AES-256-GCM) with the bounds that keep a
 hostile file from costing gigabytes. On its own so that the key classes read as keys, and
 the cryptography of a file at rest can be reviewed in one place.
+
+Private key file (``HostKey.save``), PEM-like armour around base64 wrapped at 64 columns::
+
+    -----BEGIN QSH HOST KEY-----            blob: b"QSH1" | public blob (vbytes)
+    ...                                           | signing key (vbytes)
+    -----END QSH HOST KEY-----
+
+With a passphrase the armour is ``QSH ENCRYPTED PRIVATE KEY`` around::
+
+    b"QSE1" | kdf name "scrypt" | salt (u8 len, 16) | log2(N) u8 | r u8 | p u8
+            | cipher name "aes256gcm" | nonce (12) | public blob (vbytes)
+            | AES-256-GCM(signing key) (vbytes)
+
+The AEAD key is ``scrypt(passphrase, salt, N=2**15, r=8, p=1)``; everything before the
+ciphertext is the associated data, so the public half stays readable without the passphrase (as
+in OpenSSH: ``-y`` and fingerprints need no prompt) yet cannot be swapped. The scrypt parameters
+are stored so they can be raised later without breaking old files, and are bounded on read so a
+hostile file cannot make us allocate gigabytes.
 """
 
 from __future__ import annotations

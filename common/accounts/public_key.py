@@ -2,6 +2,26 @@
 fingerprint, the one-line text of ``.pub`` files and known_hosts, and signature checks. On its
 own because the handshake, known_hosts and authorized_keys need only this half, and the
 private key file's format (HostKey's) is built on top of it.
+
+Public key blob (used in the handshake, in ``.pub`` files and in ``known_hosts``)::
+
+    magic        4 bytes   b"QSK1"
+    key_id      16 bytes   random; identifies the key (spec: "Key ID")
+    expiration   u64       seconds since 1970-01-01 UTC (see below)
+    algorithm    u8 len + printable ASCII, <= 64 bytes: the signature's wire name
+    verify_key   u32 len + bytes, 1..65536 bytes
+
+All integers are big-endian (common/wire.py). The encoding is canonical: every byte is
+accounted for and trailing bytes are refused, so two different blobs never decode to the same
+key and a fingerprint identifies exactly one key.
+
+Deviations from the spec, and why:
+
+* ``expiration`` counts from the Unix epoch, not 1900: every OS clock, file timestamp and
+  library speaks Unix time, and a second epoch is a standing invitation to off-by-70-years bugs.
+* The spec's 40-byte "configuration" (a whole protocol string) becomes just the signature
+  algorithm's name. KEM and AEAD are negotiated per connection now (DESIGN.md section 2); the
+  only thing a long-term key is bound to is its signature scheme.
 """
 
 from __future__ import annotations
