@@ -6,46 +6,9 @@ holds to authenticate a server, and the private half the *server key* (5.3). We 
 :class:`PublicKey` and :class:`HostKey`; user keys reuse the same two classes, since a user key
 is the same structure in the opposite direction.
 
-Public key blob (used in the handshake, in ``.pub`` files and in ``known_hosts``)::
+The public key blob is described in public_key.py, the private key file in
+private_key_file.py, how files are written in files.py.
 
-    magic        4 bytes   b"QSK1"
-    key_id      16 bytes   random; identifies the key (spec: "Key ID")
-    expiration   u64       seconds since 1970-01-01 UTC (see below)
-    algorithm    u8 len + printable ASCII, <= 64 bytes: the signature's wire name
-    verify_key   u32 len + bytes, 1..65536 bytes
-
-All integers are big-endian (common/wire.py). The encoding is canonical: every byte is
-accounted for and trailing bytes are refused, so two different blobs never decode to the same
-key and a fingerprint identifies exactly one key.
-
-Deviations from the spec, and why:
-
-* ``expiration`` counts from the Unix epoch, not 1900: every OS clock, file timestamp and
-  library speaks Unix time, and a second epoch is a standing invitation to off-by-70-years bugs.
-* The spec's 40-byte "configuration" (a whole protocol string) becomes just the signature
-  algorithm's name. KEM and AEAD are negotiated per connection now (DESIGN.md section 2); the
-  only thing a long-term key is bound to is its signature scheme.
-
-Private key file (``HostKey.save``), PEM-like armour around base64 wrapped at 64 columns::
-
-    -----BEGIN QSH HOST KEY-----            blob: b"QSH1" | public blob (vbytes)
-    ...                                           | signing key (vbytes)
-    -----END QSH HOST KEY-----
-
-With a passphrase the armour is ``QSH ENCRYPTED PRIVATE KEY`` around::
-
-    b"QSE1" | kdf name "scrypt" | salt (u8 len, 16) | log2(N) u8 | r u8 | p u8
-            | cipher name "aes256gcm" | nonce (12) | public blob (vbytes)
-            | AES-256-GCM(signing key) (vbytes)
-
-The AEAD key is ``scrypt(passphrase, salt, N=2**15, r=8, p=1)``; everything before the
-ciphertext is the associated data, so the public half stays readable without the passphrase (as
-in OpenSSH: ``-y`` and fingerprints need no prompt) yet cannot be swapped. The scrypt parameters
-are stored so they can be raised later without breaking old files, and are bounded on read so a
-hostile file cannot make us allocate gigabytes.
-
-Files are written atomically (temporary file in the same directory, fsync, rename, fsync of the
-directory), so a crash or a full disk never leaves a half-written key where the old one was.
 Private files are 0600 and loading refuses a file that group or others can access, like OpenSSH.
 The signing key lives in a :class:`~common.crypto.secret.Secret` (locked pages, left out of core
 dumps, zeroed by :meth:`HostKey.close`). Python cannot wipe ``bytes``: the file's text, its
@@ -59,218 +22,62 @@ file is neither. Time still comes in as ``now``.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
-import hashlib
 import hmac
 import os
-import secrets
-import stat
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from common.accounts.files import _read_text
+from common.accounts.private_key_file import (
+    CIPHER_NAME,
+    ENCRYPTED_MAGIC,
+    KDF_NAME,
+    MAX_SIGNING_KEY,
+    NONCE_SIZE,
+    SALT_SIZE,
+    SCRYPT_LOG_N,
+    SCRYPT_P,
+    SCRYPT_R,
+    _aesgcm,
+    _armour,
+    _dearmour,
+    _parse_encrypted,
+    _scrypt,
+)
+from common.accounts.public_key import _U64_MAX, KEY_ID_SIZE, _signature
 from common.crypto.registry import available_signatures, has_signature, signature
 from common.crypto.rng import SYSTEM_RNG, Rng
 from common.crypto.secret import Secret, scrub
-from common.crypto.suites import Signature
-from common.errors import InvalidInput, UnknownProtocol
-from common.wire import MAX_NAME_LENGTH, Reader, Record, Writer
+from common.errors import InvalidInput
+from common.wire import Reader, Record, Writer
 
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+# isort: split
+# re-exported: importers predate the split
+from common.accounts.files import MAX_KEY_FILE as MAX_KEY_FILE
+from common.accounts.files import KeyFileError as KeyFileError
+from common.accounts.files import atomic_write as atomic_write
+from common.accounts.files import read_limited as read_limited
+from common.accounts.private_key_file import ENCRYPTED_KEY_LABEL as ENCRYPTED_KEY_LABEL
+from common.accounts.private_key_file import HOST_KEY_LABEL as HOST_KEY_LABEL
+from common.accounts.public_key import LINE_PREFIX as LINE_PREFIX
+from common.accounts.public_key import MAX_PUBLIC_BLOB as MAX_PUBLIC_BLOB
+from common.accounts.public_key import PublicKey as PublicKey
 
-PUBLIC_MAGIC = b"QSK1"
 PRIVATE_MAGIC = b"QSH1"
-ENCRYPTED_MAGIC = b"QSE1"
-KEY_ID_SIZE = 16
-MAX_VERIFICATION_KEY = 64 * 1024
-MAX_SIGNING_KEY = 64 * 1024
-#: magic + key id + expiration + name + vbytes length + key.
-MAX_PUBLIC_BLOB = 4 + KEY_ID_SIZE + 8 + 1 + MAX_NAME_LENGTH + 4 + MAX_VERIFICATION_KEY
-_U64_MAX = (1 << 64) - 1
 
 #: Ten years, the default lifetime of a generated key (leap days ignored on purpose).
 DEFAULT_LIFETIME = 10 * 365 * 24 * 3600
 DEFAULT_ALGORITHM = "mldsa65"
-LINE_PREFIX = "qsh-"
-FINGERPRINT_PREFIX = "SHA3-256:"
-
-HOST_KEY_LABEL = "QSH HOST KEY"
-ENCRYPTED_KEY_LABEL = "QSH ENCRYPTED PRIVATE KEY"
-_ARMOUR_WIDTH = 64
-#: Bigger than any private key file we write; bounds what load() reads from disk.
-MAX_KEY_FILE = 1024 * 1024
-
-KDF_NAME = "scrypt"
-CIPHER_NAME = "aes256gcm"
-SALT_SIZE = 16
-NONCE_SIZE = 12
-SCRYPT_LOG_N = 15
-SCRYPT_R = 8
-SCRYPT_P = 1
-#: hashlib.scrypt's memory ceiling; N=2**15, r=8 needs 32 MiB.
-SCRYPT_MAXMEM = 64 * 1024 * 1024
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 
 
-class KeyFileError(Exception):
-    """A key or known_hosts file could not be read, written or understood.
-
-    Not a :class:`~common.errors.QsmpError`: it is a problem with a local file, never a
-    protocol event, and nothing about it goes on the wire. ``str()`` is one line, fit to
-    print after the program's name.
-    """
-
-
+# The armour and passphrase encryption of key files (_armour, _scrypt ...): private_key_file.py
+# PublicKey (its blob, fingerprint, line and .pub file): public_key.py
+# KeyFileError, MAX_KEY_FILE and the file helpers (read_limited, atomic_write): files.py
 class PassphraseRequired(KeyFileError):
     """The key file is encrypted and no passphrase was given; the CLI should prompt."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{what} is not valid base64") from exc
-
-
-class PublicKey(Record):
-    """The QSMP client key: what a peer needs to check our signatures, and nothing secret."""
-
-    __slots__ = (  # noqa: RUF023 (field order)
-        "key_id", "expiration", "algorithm", "verification_key")
-    key_id: bytes
-    expiration: int
-    algorithm: str
-    verification_key: bytes
-
-    def __init__(self, key_id: bytes, expiration: int, algorithm: str,
-                 verification_key: bytes) -> None:
-        object.__setattr__(self, "key_id", key_id)
-        object.__setattr__(self, "expiration", expiration)
-        object.__setattr__(self, "algorithm", algorithm)
-        object.__setattr__(self, "verification_key", verification_key)
-        self.__post_init__()
-
-    def __post_init__(self) -> None:
-        # Constructed locally with bad values is our bug (ValueError); decode() only ever
-        # builds valid instances because the Reader enforces the same bounds.
-        if len(self.key_id) != KEY_ID_SIZE:
-            raise ValueError(f"key_id must be {KEY_ID_SIZE} bytes")
-        if not 0 <= self.expiration <= _U64_MAX:
-            raise ValueError("expiration out of the u64 range")
-        if not (
-            0 < len(self.algorithm) <= MAX_NAME_LENGTH
-            and all(0x21 <= ord(c) <= 0x7E for c in self.algorithm)
-        ):
-            raise ValueError("algorithm must be a short printable-ASCII name")
-        if not 0 < len(self.verification_key) <= MAX_VERIFICATION_KEY:
-            raise ValueError("verification key is empty or too large")
-
-    def encode(self) -> bytes:
-        return (
-            Writer()
-            .fixed(PUBLIC_MAGIC)
-            .fixed(self.key_id)
-            .u64(self.expiration)
-            .name(self.algorithm)
-            .vbytes(self.verification_key)
-            .getvalue()
-        )
-
-    @classmethod
-    def decode(cls, blob: bytes | bytearray | memoryview) -> PublicKey:
-        """Parse a blob from the wire or a file; raise InvalidInput on anything malformed."""
-        r = Reader(blob)
-        if r.fixed(len(PUBLIC_MAGIC)) != PUBLIC_MAGIC:
-            raise InvalidInput("not a qsh public key (bad magic)")
-        key_id = r.fixed(KEY_ID_SIZE)
-        expiration = r.u64()
-        algorithm = r.name()
-        verification_key = r.vbytes(MAX_VERIFICATION_KEY)
-        r.end()
-        if not verification_key:
-            raise InvalidInput("empty verification key")
-        return cls(key_id, expiration, algorithm, verification_key)
-
-    def fingerprint(self) -> str:
-        """OpenSSH-style, so users compare it the way they already compare SHA256:... ."""
-        digest = hashlib.sha3_256(self.encode()).digest()
-        return FINGERPRINT_PREFIX + _b64(digest).rstrip("=")
-
-    def is_expired(self, now: float) -> bool:
-        """The key is valid strictly before ``expiration`` (like a certificate's notAfter
-        taken as exclusive); ``now`` is passed in because ``common/`` never reads the clock."""
-        return now >= self.expiration
-
-    def matches(self, other: PublicKey) -> bool:
-        """Same key in every field: a reused key_id with another key must not pass."""
-        return hmac.compare_digest(self.encode(), other.encode())
-
-    @property
-    def line_type(self) -> str:
-        return LINE_PREFIX + self.algorithm
-
-    def verify(self, message: bytes, sig: bytes) -> bool:
-        """True only for a valid signature. Raises UnknownProtocol when this machine has no
-        implementation of the key's algorithm (e.g. an SLH-DSA key without liboqs)."""
-        return _signature(self.algorithm).verify(self.verification_key, message, sig)
-
-    def openssh_line(self, comment: str = "") -> str:
-        """``qsh-<alg> <base64 blob> [comment]``, the shape of ``.pub`` and known_hosts keys."""
-        if "\n" in comment or "\r" in comment:
-            raise ValueError("a key comment cannot contain a line break")
-        line = f"{self.line_type} {_b64(self.encode())}"
-        comment = comment.strip()
-        return f"{line} {comment}" if comment else line
-
-    @classmethod
-    def parse_line(cls, line: str) -> tuple[PublicKey, str]:
-        """Parse ``qsh-<alg> <base64> [comment]``; return the key and the comment.
-
-        The type word must agree with the blob's algorithm, so a line cannot claim one
-        algorithm in text while carrying another. Raises InvalidInput.
-        """
-        parts = line.strip().split(None, 2)
-        if len(parts) < 2:
-            raise InvalidInput("expected '<type> <base64 key> [comment]'")
-        key_type, encoded = parts[0], parts[1]
-        if not key_type.startswith(LINE_PREFIX):
-            raise InvalidInput(f"unknown key type {key_type[:40]!r}")
-        # Bound the text before decoding it, as the Reader bounds binary lengths.
-        if len(encoded) > (MAX_PUBLIC_BLOB + 2) // 3 * 4:
-            raise InvalidInput("public key too large")
-        key = cls.decode(_unb64(encoded, "public key"))
-        if key_type != key.line_type:
-            raise InvalidInput(f"key type {key_type!r} does not match the key ({key.algorithm})")
-        return key, parts[2] if len(parts) > 2 else ""
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> tuple[PublicKey, str]:
-        """Read a ``.pub`` file (one openssh_line); return the key and its comment."""
-        text = _read_text(path, MAX_KEY_FILE)
-        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        if len(lines) != 1:
-            raise KeyFileError(f"{path}: expected exactly one public key line")
-        try:
-            return cls.parse_line(lines[0])
-        except InvalidInput as exc:
-            raise KeyFileError(f"{path}: malformed public key: {exc}") from exc
-
-
-def _signature(name: str) -> Signature:
-    try:
-        return signature(name)
-    except KeyError:
-        raise UnknownProtocol(f"signature algorithm {name!r} is not available") from None
-
 
 
 class HostSigner(Protocol):
@@ -513,178 +320,3 @@ class HostKey(Record):
             scrub(blob)
             scrub(text)
         raise KeyFileError(f"{path}: unsupported key file type {label!r}")
-
-
-_ScryptParams = tuple[bytes, int, int, int, bytes]
-
-
-def _parse_encrypted(blob: bytes) -> tuple[PublicKey, _ScryptParams, bytes, bytes]:
-    r = Reader(blob)
-    if r.fixed(len(ENCRYPTED_MAGIC)) != ENCRYPTED_MAGIC:
-        raise InvalidInput("not an encrypted qsh private key (bad magic)")
-    if r.name() != KDF_NAME:
-        raise InvalidInput("unsupported key derivation function")
-    salt = r.short_bytes()
-    if len(salt) < SALT_SIZE:
-        raise InvalidInput("salt too short")
-    log_n, r_param, p = r.u8(), r.u8(), r.u8()
-    # Bounded so a hostile file cannot ask for gigabytes or hours: scrypt needs about
-    # 128 * r * N bytes, and p multiplies the time.
-    if not (1 <= log_n <= 22 and 1 <= r_param <= 32 and 1 <= p <= 16):
-        raise InvalidInput("scrypt parameters out of range")
-    if 128 * r_param * ((1 << log_n) + 2) + 128 * r_param * p > SCRYPT_MAXMEM:
-        raise InvalidInput("scrypt parameters exceed the memory limit")
-    if r.name() != CIPHER_NAME:
-        raise InvalidInput("unsupported cipher")
-    nonce = r.fixed(NONCE_SIZE)
-    public = PublicKey.decode(r.vbytes(MAX_PUBLIC_BLOB))
-    header = bytes(blob[: len(blob) - r.remaining])
-    ciphertext = r.vbytes(MAX_SIGNING_KEY + 16)
-    r.end()
-    return public, (salt, log_n, r_param, p, nonce), ciphertext, header
-
-
-def _scrypt(passphrase: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes:
-    try:
-        return hashlib.scrypt(
-            passphrase, salt=salt, n=1 << log_n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=32
-        )
-    except (ValueError, MemoryError) as exc:
-        raise InvalidInput(f"scrypt failed: {exc}") from exc
-
-
-def _aesgcm(key: bytes) -> AESGCM:
-    # Imported lazily: only passphrase-protected keys need it, and CLI startup time counts.
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    return AESGCM(key)
-
-
-# -- armour ------------------------------------------------------------------------------
-
-
-def _armour(label: str, blob: bytes) -> str:
-    body = _b64(blob)
-    lines = [body[i : i + _ARMOUR_WIDTH] for i in range(0, len(body), _ARMOUR_WIDTH)]
-    return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----", ""])
-
-
-def _dearmour(text: str) -> tuple[str, bytes]:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if len(lines) < 2:
-        raise InvalidInput("no armoured key found")
-    first, last = lines[0], lines[-1]
-    if not (first.startswith("-----BEGIN ") and first.endswith("-----")):
-        raise InvalidInput("missing BEGIN line")
-    label = first[len("-----BEGIN ") : -len("-----")]
-    if last != f"-----END {label}-----":
-        raise InvalidInput("missing or mismatched END line")
-    return label, _unb64("".join(lines[1:-1]), "key body")
-
-
-# -- file helpers ------------------------------------------------------------------------
-
-
-def _read_text(path: str | os.PathLike[str], limit: int, *, private: bool = False) -> str:
-    """Read a small text file; with ``private``, refuse it if group or others can access it.
-
-    The mode is checked on the opened descriptor, not the path, so the file cannot be swapped
-    between the check and the read.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise KeyFileError(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{path}: not a regular file")
-        if private and st.st_mode & 0o077:
-            raise KeyFileError(
-                f"permissions {stat.S_IMODE(st.st_mode):04o} for {path} are too open: a private"
-                f" key must not be accessible by group or others (chmod 600 {path})"
-            )
-        data = read_limited(fd, limit) if st.st_size <= limit else None
-        if data is None:
-            raise KeyFileError(f"{path}: file too large for a key file")
-    except OSError as exc:
-        raise KeyFileError(f"cannot read {path}: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise KeyFileError(f"{path}: malformed key file: not UTF-8 text") from None
-    finally:
-        scrub(data)  # the file's bytes: the caller gets the text
-
-
-def read_limited(fd: int, limit: int) -> bytes | None:
-    """All of ``fd``, or None as soon as it exceeds ``limit`` bytes: a file that grows while
-    we read (or lies in fstat) still cannot make us hold more than the limit."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return None
-    return b"".join(chunks)
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never
-    a mixture, and a failure at any step leaves the old file untouched.
-
-    The temporary file is created with O_EXCL and ``mode`` from the start, so a private key is
-    never readable by others, not even for an instant. A path that exists as anything but a
-    regular file or a symlink (a device, a FIFO, a directory) is refused, never replaced.
-    Raises KeyFileError.
-    """
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    try:
-        kind = stat.S_IFMT(target.lstat().st_mode)
-    except FileNotFoundError:
-        kind = stat.S_IFREG
-    except OSError as exc:
-        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from exc
-    if kind not in (stat.S_IFREG, stat.S_IFLNK):
-        # The rename would put a regular file in the place of a device or FIFO: with
-        # ``UserKnownHostsFile=/dev/null`` (an ssh idiom), root's /dev/null for everyone.
-        raise KeyFileError(f"cannot write {path}: not a regular file")
-    tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    flags |= getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(tmp, flags, mode)
-    except OSError as exc:
-        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from exc
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have narrowed a 0644 .pub file
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise KeyFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable. Best effort: some filesystems refuse it."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(dfd)
-    finally:
-        os.close(dfd)
