@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
+from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey
 from common.crypto import registry
 from common.crypto.rng import SYSTEM_RNG, Rng
 from common.errors import (
@@ -66,10 +66,16 @@ from common.wire import (
     MAX_RECORD_BODY,
     Flag,
     FrameBuffer,
-    Record,
     Writer,
     encode_packet,
 )
+
+# isort: split
+# re-exported: importers predate the split
+from common.protocol.connection_events import ConnectionTerminated as ConnectionTerminated
+from common.protocol.connection_events import HandshakeComplete as HandshakeComplete
+from common.protocol.connection_events import HostKeyUnverified as HostKeyUnverified
+from common.protocol.connection_events import not_qsmp as not_qsmp
 
 log = logging.getLogger("qsh.connection")
 
@@ -98,56 +104,6 @@ def max_preauth_record_body(suite: Suite) -> int:
     )
     tag = registry.aead(suite.aead).tag_size
     return min(INNER_HEADER_SIZE + message + suite.padding_max + tag, MAX_RECORD_BODY)
-
-
-class HostKeyUnverified(Record):
-    """Client only: the server's key is not in known_hosts. Call accept_host_key() or
-    reject_host_key(); nothing proceeds until one is called."""
-
-    __slots__ = ("host_key",)
-    host_key: PublicKey
-
-    def __init__(self, host_key: PublicKey) -> None:
-        object.__setattr__(self, "host_key", host_key)
-
-
-class HandshakeComplete(Record):
-    __slots__ = ("suite", "session_id", "host_key")  # noqa: RUF023 (field order)
-    suite: Suite
-    session_id: bytes
-    host_key: PublicKey
-
-    def __init__(self, suite: Suite, session_id: bytes, host_key: PublicKey) -> None:
-        object.__setattr__(self, "suite", suite)
-        object.__setattr__(self, "session_id", session_id)
-        object.__setattr__(self, "host_key", host_key)
-
-
-def not_qsmp(first: bytes) -> str:
-    """Why a server's first bytes are not a QSMP packet, in words for the person who pointed
-    qsh at it: most often an sshd (it greets with its version line) or a web server."""
-    if first.startswith(b"SSH-"):
-        line = first.split(b"\n", 1)[0].rstrip(b"\r")[:100]
-        shown = "".join(c if c.isprintable() else "?" for c in line.decode("ascii", "replace"))
-        return f"this is an SSH server ({shown}), not qshd"
-    if first.startswith((b"HTTP/", b"<!DOCTYPE", b"<html", b"<HTML")):
-        return "not a qshd server: it answered in HTTP (a web server?)"
-    return "not a qshd server: its answer is not QSMP"
-
-
-class ConnectionTerminated(Record):
-    """The connection is over. ``code`` NONE means a clean shutdown; ``by_peer`` tells who
-    ended it."""
-
-    __slots__ = ("code", "reason", "by_peer")  # noqa: RUF023 (field order)
-    code: ErrorCode
-    reason: str
-    by_peer: bool
-
-    def __init__(self, code: ErrorCode, reason: str, by_peer: bool) -> None:
-        object.__setattr__(self, "code", code)
-        object.__setattr__(self, "reason", reason)
-        object.__setattr__(self, "by_peer", by_peer)
 
 
 class Connection:
