@@ -19,8 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey
-from common.crypto import registry
+from common.accounts.keys import HostKey
 from common.crypto.rng import SYSTEM_RNG, Rng
 from common.errors import (
     AuthenticationFailure,
@@ -35,9 +34,6 @@ from common.protocol.auth import (
     DEFAULT_MAX_ATTEMPTS,
     FIRST_AUTH_TYPE,
     LAST_AUTH_TYPE,
-    MAX_PASSWORD,
-    MAX_SIGNATURE,
-    MAX_USER_NAME,
     METHODS,
     AuthMessage,
     ClientAuth,
@@ -48,11 +44,7 @@ from common.protocol.auth import (
 )
 from common.protocol.handshake import ClientHandshake, Role, ServerHandshake, State, _Handshake
 from common.protocol.mux import Mux, OutgoingMessage
-from common.protocol.negotiation import Suite
 from common.protocol.transport import (
-    INNER_HEADER_SIZE,
-    MAX_REASON,
-    REKEY_FRAGMENT,
     InnerType,
     Randomness,
     Shutdown,
@@ -62,7 +54,6 @@ from common.protocol.transport import (
     shutdown_reason,
 )
 from common.wire import (
-    MAX_NAME_LENGTH,
     MAX_RECORD_BODY,
     Flag,
     FrameBuffer,
@@ -76,34 +67,10 @@ from common.protocol.connection_events import ConnectionTerminated as Connection
 from common.protocol.connection_events import HandshakeComplete as HandshakeComplete
 from common.protocol.connection_events import HostKeyUnverified as HostKeyUnverified
 from common.protocol.connection_events import not_qsmp as not_qsmp
+from common.protocol.preauth_limits import DEFAULT_LOGIN_GRACE as DEFAULT_LOGIN_GRACE
+from common.protocol.preauth_limits import max_preauth_record_body as max_preauth_record_body
 
 log = logging.getLogger("qsh.connection")
-
-#: Seconds from a server connection's start to a successful login (OpenSSH's default).
-DEFAULT_LOGIN_GRACE = 120.0
-
-#: The largest AUTH_REQUEST: user name, method name, then a key blob and a signature
-#: (a password is far smaller).
-MAX_AUTH_REQUEST = ((1 + MAX_USER_NAME) + (1 + MAX_NAME_LENGTH)
-                    + max(4 + MAX_PASSWORD, 4 + MAX_PUBLIC_BLOB + 4 + MAX_SIGNATURE))
-
-
-def max_preauth_record_body(suite: Suite) -> int:
-    """The largest record a client sends a server that requires login before it has
-    logged in: a login request, or transport business (keep-alive, chaff within the agreed
-    size, a rekey offer fragment or ciphertext, a shutdown or error), with the agreed
-    padding and the AEAD's tag. About 128 KiB for every suite without McEliece: a client
-    that has not logged in cannot make us buffer a 1 MiB record."""
-    kem = registry.kem(suite.kem)
-    message = max(
-        MAX_AUTH_REQUEST,
-        4 + min(kem.public_key_size, REKEY_FRAGMENT),
-        4 + kem.ciphertext_size,
-        suite.chaff.size_max if suite.chaff.enabled else 0,
-        1 + 4 + MAX_REASON,
-    )
-    tag = registry.aead(suite.aead).tag_size
-    return min(INNER_HEADER_SIZE + message + suite.padding_max + tag, MAX_RECORD_BODY)
 
 
 class Connection:
