@@ -42,7 +42,8 @@ from common.protocol.auth import (
     password_request,
     publickey_request,
 )
-from common.protocol.handshake import ClientHandshake, Role, ServerHandshake, State, _Handshake
+from common.protocol.handoff_handshake import _HandedOver
+from common.protocol.handshake import ClientHandshake, Role, ServerHandshake, State
 from common.protocol.mux import Mux, OutgoingMessage
 from common.protocol.transport import (
     InnerType,
@@ -589,28 +590,6 @@ class _EarlySender:
                               inner_type, head, payload)
         self._hs.note_early_record()
         return record
-
-
-class _HandedOver(_Handshake):
-    """Stands in for the handshake of a connection taken over from another process
-    (:meth:`Connection.from_handoff`): that handshake happened there, so nothing is left to
-    do here; the transport is up from the start and the handshake is never consulted."""
-
-    role = Role.SERVER
-
-    def __init__(self, session_id: bytes, rng: Rng) -> None:
-        super().__init__(rng, 0.0)
-        self.session_id = session_id
-        self._c.state = State.ESTABLISHED
-
-    def start(self, now: float) -> None:
-        """Nothing to start: the connection already runs."""
-
-    def _limit(self, flag: Flag) -> int:
-        raise UsageError("a handed-over connection has no handshake")
-
-    def _table(self) -> dict[State, tuple[Flag, Any]]:
-        return {}
 
 
 __all__ = [
