@@ -42,16 +42,15 @@ from common.protocol.auth import (
     password_request,
     publickey_request,
 )
+from common.protocol.early_records import _EarlySender
 from common.protocol.handoff_handshake import _HandedOver
 from common.protocol.handshake import ClientHandshake, Role, ServerHandshake, State
 from common.protocol.mux import Mux, OutgoingMessage
 from common.protocol.transport import (
     InnerType,
-    Randomness,
     Shutdown,
     Transport,
     TransportSettings,
-    seal_message,
     shutdown_reason,
 )
 from common.wire import (
@@ -574,22 +573,6 @@ def _plaintext_ending(flag: int, body: memoryview, *, established: bool) -> None
     if code == ErrorCode.NONE:
         code = ErrorCode.INVALID_INPUT  # an "error" without one is itself malformed
     raise RemoteReportedError(code)
-
-
-class _EarlySender:
-    """Seals application records on the client between its establish request and the
-    server's establish response, with the handshake's c2s sealer and sequence."""
-
-    def __init__(self, handshake: ClientHandshake, rng: Rng, padding_max: int) -> None:
-        self._hs = handshake
-        self._random = Randomness(rng)
-        self._padding_max = padding_max
-
-    def seal(self, inner_type: int, head: bytes, payload: bytes | memoryview = b"") -> bytearray:
-        record = seal_message(self._hs.early_sealer, self._random, self._padding_max,
-                              inner_type, head, payload)
-        self._hs.note_early_record()
-        return record
 
 
 __all__ = [
