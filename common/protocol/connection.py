@@ -19,8 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
-from common.crypto import registry
+from common.accounts.keys import HostKey
 from common.crypto.rng import SYSTEM_RNG, Rng
 from common.errors import (
     AuthenticationFailure,
@@ -35,9 +34,6 @@ from common.protocol.auth import (
     DEFAULT_MAX_ATTEMPTS,
     FIRST_AUTH_TYPE,
     LAST_AUTH_TYPE,
-    MAX_PASSWORD,
-    MAX_SIGNATURE,
-    MAX_USER_NAME,
     METHODS,
     AuthMessage,
     ClientAuth,
@@ -46,108 +42,35 @@ from common.protocol.auth import (
     password_request,
     publickey_request,
 )
-from common.protocol.handshake import ClientHandshake, Role, ServerHandshake, State, _Handshake
+from common.protocol.early_records import _EarlySender
+from common.protocol.handoff_handshake import _HandedOver
+from common.protocol.handshake import ClientHandshake, Role, ServerHandshake, State
 from common.protocol.mux import Mux, OutgoingMessage
-from common.protocol.negotiation import Suite
 from common.protocol.transport import (
-    INNER_HEADER_SIZE,
-    MAX_REASON,
-    REKEY_FRAGMENT,
     InnerType,
-    Randomness,
     Shutdown,
     Transport,
     TransportSettings,
-    seal_message,
     shutdown_reason,
 )
 from common.wire import (
-    MAX_NAME_LENGTH,
     MAX_RECORD_BODY,
     Flag,
     FrameBuffer,
-    Record,
     Writer,
     encode_packet,
 )
 
+# isort: split
+# re-exported: importers predate the split
+from common.protocol.connection_events import ConnectionTerminated as ConnectionTerminated
+from common.protocol.connection_events import HandshakeComplete as HandshakeComplete
+from common.protocol.connection_events import HostKeyUnverified as HostKeyUnverified
+from common.protocol.connection_events import not_qsmp as not_qsmp
+from common.protocol.preauth_limits import DEFAULT_LOGIN_GRACE as DEFAULT_LOGIN_GRACE
+from common.protocol.preauth_limits import max_preauth_record_body as max_preauth_record_body
+
 log = logging.getLogger("qsh.connection")
-
-#: Seconds from a server connection's start to a successful login (OpenSSH's default).
-DEFAULT_LOGIN_GRACE = 120.0
-
-#: The largest AUTH_REQUEST: user name, method name, then a key blob and a signature
-#: (a password is far smaller).
-MAX_AUTH_REQUEST = ((1 + MAX_USER_NAME) + (1 + MAX_NAME_LENGTH)
-                    + max(4 + MAX_PASSWORD, 4 + MAX_PUBLIC_BLOB + 4 + MAX_SIGNATURE))
-
-
-def max_preauth_record_body(suite: Suite) -> int:
-    """The largest record a client sends a server that requires login before it has
-    logged in: a login request, or transport business (keep-alive, chaff within the agreed
-    size, a rekey offer fragment or ciphertext, a shutdown or error), with the agreed
-    padding and the AEAD's tag. About 128 KiB for every suite without McEliece: a client
-    that has not logged in cannot make us buffer a 1 MiB record."""
-    kem = registry.kem(suite.kem)
-    message = max(
-        MAX_AUTH_REQUEST,
-        4 + min(kem.public_key_size, REKEY_FRAGMENT),
-        4 + kem.ciphertext_size,
-        suite.chaff.size_max if suite.chaff.enabled else 0,
-        1 + 4 + MAX_REASON,
-    )
-    tag = registry.aead(suite.aead).tag_size
-    return min(INNER_HEADER_SIZE + message + suite.padding_max + tag, MAX_RECORD_BODY)
-
-
-class HostKeyUnverified(Record):
-    """Client only: the server's key is not in known_hosts. Call accept_host_key() or
-    reject_host_key(); nothing proceeds until one is called."""
-
-    __slots__ = ("host_key",)
-    host_key: PublicKey
-
-    def __init__(self, host_key: PublicKey) -> None:
-        object.__setattr__(self, "host_key", host_key)
-
-
-class HandshakeComplete(Record):
-    __slots__ = ("suite", "session_id", "host_key")  # noqa: RUF023 (field order)
-    suite: Suite
-    session_id: bytes
-    host_key: PublicKey
-
-    def __init__(self, suite: Suite, session_id: bytes, host_key: PublicKey) -> None:
-        object.__setattr__(self, "suite", suite)
-        object.__setattr__(self, "session_id", session_id)
-        object.__setattr__(self, "host_key", host_key)
-
-
-def not_qsmp(first: bytes) -> str:
-    """Why a server's first bytes are not a QSMP packet, in words for the person who pointed
-    qsh at it: most often an sshd (it greets with its version line) or a web server."""
-    if first.startswith(b"SSH-"):
-        line = first.split(b"\n", 1)[0].rstrip(b"\r")[:100]
-        shown = "".join(c if c.isprintable() else "?" for c in line.decode("ascii", "replace"))
-        return f"this is an SSH server ({shown}), not qshd"
-    if first.startswith((b"HTTP/", b"<!DOCTYPE", b"<html", b"<HTML")):
-        return "not a qshd server: it answered in HTTP (a web server?)"
-    return "not a qshd server: its answer is not QSMP"
-
-
-class ConnectionTerminated(Record):
-    """The connection is over. ``code`` NONE means a clean shutdown; ``by_peer`` tells who
-    ended it."""
-
-    __slots__ = ("code", "reason", "by_peer")  # noqa: RUF023 (field order)
-    code: ErrorCode
-    reason: str
-    by_peer: bool
-
-    def __init__(self, code: ErrorCode, reason: str, by_peer: bool) -> None:
-        object.__setattr__(self, "code", code)
-        object.__setattr__(self, "reason", reason)
-        object.__setattr__(self, "by_peer", by_peer)
 
 
 class Connection:
@@ -650,44 +573,6 @@ def _plaintext_ending(flag: int, body: memoryview, *, established: bool) -> None
     if code == ErrorCode.NONE:
         code = ErrorCode.INVALID_INPUT  # an "error" without one is itself malformed
     raise RemoteReportedError(code)
-
-
-class _EarlySender:
-    """Seals application records on the client between its establish request and the
-    server's establish response, with the handshake's c2s sealer and sequence."""
-
-    def __init__(self, handshake: ClientHandshake, rng: Rng, padding_max: int) -> None:
-        self._hs = handshake
-        self._random = Randomness(rng)
-        self._padding_max = padding_max
-
-    def seal(self, inner_type: int, head: bytes, payload: bytes | memoryview = b"") -> bytearray:
-        record = seal_message(self._hs.early_sealer, self._random, self._padding_max,
-                              inner_type, head, payload)
-        self._hs.note_early_record()
-        return record
-
-
-class _HandedOver(_Handshake):
-    """Stands in for the handshake of a connection taken over from another process
-    (:meth:`Connection.from_handoff`): that handshake happened there, so nothing is left to
-    do here; the transport is up from the start and the handshake is never consulted."""
-
-    role = Role.SERVER
-
-    def __init__(self, session_id: bytes, rng: Rng) -> None:
-        super().__init__(rng, 0.0)
-        self.session_id = session_id
-        self._c.state = State.ESTABLISHED
-
-    def start(self, now: float) -> None:
-        """Nothing to start: the connection already runs."""
-
-    def _limit(self, flag: Flag) -> int:
-        raise UsageError("a handed-over connection has no handshake")
-
-    def _table(self) -> dict[State, tuple[Flag, Any]]:
-        return {}
 
 
 __all__ = [
