@@ -35,7 +35,7 @@ from common.client.connect import (
 )
 from common.errors import InvalidInput
 
-from .session import READ_SIZE, FdReader, FdWriter
+from .local_end import READ_SIZE, FdReader, FdWriter
 
 #: The originator named in the channel's open (ssh names it the same way).
 ORIGINATOR = "stdio-forward"

@@ -258,8 +258,10 @@ def test_the_mux_client_imports_no_protocol_stack(env: Env, path: Path) -> None:
     heavy = sorted(m for m in imported
                    if m.split(".")[0] in ("asyncio", "cryptography", "click", "Crypto")
                    or m.startswith(("common.protocol", "common.aio", "common.crypto",
-                                    "common.accounts.keys", "common.channels", "qsh.cli",
-                                    "qsh.session", "qsh.mux")))
+                                    "common.accounts.keys", "common.accounts.public_key",
+                                    "common.accounts.private_key_file", "common.accounts.files",
+                                    "common.channels", "qsh.cli",
+                                    "qsh.session", "qsh.local_end", "qsh.mux")))
     assert not heavy, heavy
 
 
