@@ -1,4 +1,4 @@
-"""Who may log in: the daemon's answer to each :class:`~common.auth.AuthRequested`.
+"""Who may log in: the daemon's answer to each :class:`~common.protocol.auth.AuthRequested`.
 
 The core has already checked the request's syntax and, for a key, its signature over this
 session's ID; what is left is policy and files, decided here:
@@ -28,7 +28,7 @@ but never the threads a key login needs, and never every CPU.
 
 Each decision is logged in sshd's words (``Accepted``/``Failed <method> for <user> from
 <ip> port <n>``) so existing log watchers (fail2ban and friends) need little change. A
-password never reaches a log line; :class:`~common.auth.AuthRequested`'s repr hides it too.
+password never reaches a log line; :class:`~common.protocol.auth.AuthRequested`'s repr hides it too.
 """
 
 from __future__ import annotations

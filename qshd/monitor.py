@@ -220,7 +220,7 @@ def run(config: ServerConfig, shared: Shared, sock: socket.socket, peer: tuple[s
         request = AuthRequested(user, METHOD_PASSWORD, password=password)
         verdict = shared.password_slots.run(lambda: authenticator.decide(request, where),
                                             config.login_grace_time)
-        if verdict is None:  # the in-process pool's words (qshd.login.PasswordChecks)
+        if verdict is None:  # the in-process pool's words (qshd.password_limits.PasswordChecks)
             log.warning("password check for %s from %s refused: %d checks are already "
                         "running or waiting", user, where, len(shared.password_slots.waiting))
         return bool(verdict)

@@ -23,11 +23,11 @@ password when it is set, and :meth:`PasswdFile.verify` never accepts one, so a p
 cannot silently mean less than the user typed.
 
 Edits are read-modify-write under an exclusive ``flock`` on ``<file>.lock`` and land with an
-atomic rename (:func:`common.keys.atomic_write`), so two concurrent ``qpasswd`` runs cannot
-lose each other's change, and a reader -- qshd -- sees the old file or the new one, never a
-torn one. The lock lives in a separate file because the rename replaces the passwd file's
-inode: a lock taken on the old inode would not exclude a process that opened the new one.
-The lock file is never removed (removing it would reopen exactly that race).
+atomic rename (:func:`common.accounts.files.atomic_write`), so two concurrent ``qpasswd``
+runs cannot lose each other's change, and a reader -- qshd -- sees the old file or the new
+one, never a torn one. The lock lives in a separate file because the rename replaces the
+passwd file's inode: a lock taken on the old inode would not exclude a process that opened
+the new one. The lock file is never removed (removing it would reopen exactly that race).
 
 File I/O is fine under the sans-IO rule; this module never reads the clock, sleeps or opens
 a socket. bcrypt is deliberately slow: qshd must call :meth:`PasswdFile.verify` off its
