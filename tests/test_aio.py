@@ -28,6 +28,7 @@ from common.aio.channel import ReadStream
 from common.errors import (
     ConnectFailure,
     ErrorCode,
+    InvalidRequest,
     QsmpError,
     RemoteReportedError,
     VerifyFailure,
@@ -1004,5 +1005,46 @@ def test_read_view_hands_on_the_records_without_a_copy_and_read_still_gives_byte
             assert len(await channel.read_view()) == 0 and channel.at_eof()
             await channel.wait_closed()
             client.close()
+
+    run(main())
+
+
+def test_an_error_record_survives_a_peer_that_is_still_sending() -> None:
+    """The server ends a connection with an error while what it sent last still waits in
+    its kernel (the peer reads slowly) and the peer, not knowing yet, sends more. A
+    close() there made the kernel answer those bytes with RST and drop the unsent tail,
+    the ERROR record included: the peer saw "connection closed by peer", not the error
+    (the real-qshd rekey test in tests/test_transport.py failed so about once in five
+    runs on a loaded machine). The server half-closes instead and reads until the peer
+    closes."""
+    size = MiB
+
+    async def main() -> None:
+        async with await start_server() as server:
+            client = await dial(server)
+            channel = await client.open_channel("echo")
+            ours = await server_side(server, client)
+            transport = client._transport
+            assert transport is not None
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+            transport.pause_reading()  # the echo waits in the server's kernel
+            channel.write(os.urandom(size))
+            await asyncio.sleep(0.5)
+            ours._core._fail(InvalidRequest("the test ends it"))
+            ours._pump()
+            await asyncio.sleep(0.2)  # the server has closed (or half-closed) by now
+            channel.write(b"more")  # reaches the server after that
+            await asyncio.sleep(0.2)
+            transport.resume_reading()
+            received = 0
+            with contextlib.suppress(aio.ConnectionLost):
+                while data := await asyncio.wait_for(channel.read(1 << 20), 10):
+                    received += len(data)
+            await asyncio.wait_for(client.wait_closed(), 10)
+            end = client.terminated
+            assert end is not None and end.by_peer and end.code == ErrorCode.INVALID_REQUEST, (
+                end, received)
+            assert "the test ends it" in end.reason and received == size
 
     run(main())

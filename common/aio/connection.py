@@ -124,6 +124,7 @@ class QsmpConnection(SocketSide, Engine, Login, ChannelEvents, asyncio.BufferedP
         self._writing = False  # a writer callback is registered
         self._closing = False  # close the transport once the queue is flushed
         self._close_timer: asyncio.TimerHandle | None = None
+        self._lingering = False  # half-closed after our error record: see SocketSide._linger
         self._write_paused = False  # our queue is above its high-water mark
         self._pumping = False
         self._transport_paused = False  # the asyncio transport's buffer is

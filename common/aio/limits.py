@@ -38,6 +38,9 @@ PRE_AUTH_SEND_HIGH_WATER = 64 * 1024
 PRE_AUTH_SEND_LOW_WATER = 16 * 1024
 #: How long a closing connection may take to flush its last records to a slow peer.
 CLOSE_FLUSH_TIMEOUT = 10.0
+#: How long a connection that ended with an error of ours keeps reading (and dropping) what
+#: the peer still sends, so that the kernel never resets it under our error record.
+LINGER_TIMEOUT = 2.0
 #: Buffers per sendmsg call (IOV_MAX is 1024 on Linux).
 _IOV_BATCH = 512
 #: False falls back to transport.writelines (e.g. to compare).

@@ -17,6 +17,7 @@ from common.aio.limits import (
     _IOV_BATCH,
     _ZERO_COPY_SEND,
     CLOSE_FLUSH_TIMEOUT,
+    LINGER_TIMEOUT,
     PRE_AUTH_SEND_HIGH_WATER,
     PRE_AUTH_SEND_LOW_WATER,
     READ_PAUSE_HIGH_WATER,
@@ -60,6 +61,7 @@ class SocketSide:
     _writing: bool
     _closing: bool
     _close_timer: asyncio.TimerHandle | None
+    _lingering: bool
     _write_paused: bool
     _transport_paused: bool
     _channels: dict[int, Channel]
@@ -106,6 +108,8 @@ class SocketSide:
         return self._recv_pre_auth if self._pre_auth else self._recv
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._lingering:
+            return  # after our last words: read only to keep the socket from resetting
         try:
             self._core.receive_data(self._recv[:nbytes], self.loop.time() + self._offset)
             self._pump()
@@ -113,6 +117,8 @@ class SocketSide:
             self._crash(exc)
 
     def eof_received(self) -> bool | None:
+        if self._lingering:
+            return None  # the peer closed too: the transport closes now
         try:
             self._core.receive_data(b"", self._now())
             self._pump()
@@ -273,8 +279,29 @@ class SocketSide:
 
     def _close_transport(self) -> None:
         transport = self._transport
-        if transport is not None and not transport.is_closing():
+        if transport is None or transport.is_closing() or self._lingering:
+            return
+        ended = self.terminated
+        if ended is not None and not ended.by_peer and ended.code != ErrorCode.NONE \
+                and transport.can_write_eof():
+            self._linger(transport)
+        else:
             transport.close()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Half-close after our error record, read and drop what the peer still sends, and
+        close when it does (or after :data:`LINGER_TIMEOUT`). A close() now would let the
+        kernel answer the peer's next bytes (a window adjust of a stream it is still
+        reading) with RST, which drops whatever of ours the peer had not received yet, the
+        error record included: the peer would see "connection closed", not why."""
+        self._lingering = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._close_timer = self.loop.call_later(LINGER_TIMEOUT, transport.close)
+        transport.write_eof()
+        if self._read_paused:
+            self._read_paused = False
+        transport.resume_reading()
 
     def _release_socket(self) -> None:
         self._stop_writing()
