@@ -294,13 +294,16 @@ class SocketSide:
         kernel answer the peer's next bytes (a window adjust of a stream it is still
         reading) with RST, which drops whatever of ours the peer had not received yet, the
         error record included: the peer would see "connection closed", not why."""
+        try:
+            transport.write_eof()
+        except OSError:  # the peer is gone already (reset, or it closed first): nothing to
+            transport.close()  # wait for
+            return
         self._lingering = True
         if self._close_timer is not None:
             self._close_timer.cancel()
         self._close_timer = self.loop.call_later(LINGER_TIMEOUT, transport.close)
-        transport.write_eof()
-        if self._read_paused:
-            self._read_paused = False
+        self._read_paused = False
         transport.resume_reading()
 
     def _release_socket(self) -> None:
