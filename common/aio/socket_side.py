@@ -296,8 +296,8 @@ class SocketSide:
         error record included: the peer would see "connection closed", not why."""
         try:
             transport.write_eof()
-        except OSError:  # the peer is gone already (reset, or it closed first): nothing to
-            transport.close()  # wait for
+        except OSError:  # the peer is gone already (a reset, or it closed first)
+            transport.close()
             return
         self._lingering = True
         if self._close_timer is not None:
