@@ -48,7 +48,7 @@ from pathlib import Path
 
 import bcrypt
 
-from common.accounts.keys import KeyFileError, atomic_write, read_limited
+from common.accounts.files import KeyFileError, atomic_write, read_limited
 
 DEFAULT_COST = 12
 MIN_COST = 4
