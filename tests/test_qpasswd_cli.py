@@ -272,3 +272,19 @@ def test_tty_with_stdin_flag_does_not_prompt(pw: Path) -> None:
     assert b"New password" not in output
     assert proc.exitstatus == 0, output
     assert PasswdFile(pw).verify("alice", b"piped")
+
+
+def test_qpasswd_loads_no_key_or_algorithm_code(pw: Path) -> None:
+    """The passwd file needs bounded reads and atomic writes, nothing of the key classes:
+    loading them (and the algorithm registry behind them) cost qpasswd ~17 ms per run."""
+    assert add(pw, "alice").returncode == 0
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "qpasswd", "-l", "-f",
+                             str(pw)], capture_output=True, cwd=ROOT, env=ENV, timeout=30)
+    assert result.returncode == 0 and result.stdout == b"alice\n", result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines()
+                if line.startswith("import time:")}
+    heavy = sorted(m for m in imported
+                   if m.startswith(("common.accounts.keys", "common.accounts.public_key",
+                                    "common.crypto.registry", "common.crypto.algorithms",
+                                    "cryptography.hazmat.primitives.asymmetric")))
+    assert not heavy, heavy
