@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.sessions import smaps_rollup  # noqa: E402
+
 
 def _load_like_the_listener() -> None:
     sys.modules["ssl"] = None  # type: ignore[assignment]  # as qshd and qsh run
@@ -82,13 +84,9 @@ def _idle_child(sock: socket.socket) -> None:
 
 
 def smaps(pid: int) -> dict[str, int]:
-    """KiB figures of ``/proc/PID/smaps_rollup``."""
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == "kB":
-                values[parts[0].rstrip(":")] = int(parts[1])
+    values = smaps_rollup(pid)
+    if values is None:
+        raise RuntimeError(f"process {pid} ended before it was measured")
     return values
 
 

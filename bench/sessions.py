@@ -188,16 +188,25 @@ class Memory:
                       self.processes - other.processes)
 
 
-def memory(pid: int) -> Memory:
+def smaps_rollup(pid: int) -> dict[str, int] | None:
+    """The KiB figures of ``/proc/PID/smaps_rollup`` (Rss, Pss, Private_Dirty, ...), or
+    None when the process is gone."""
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
-        return Memory()
+        return None
     values: dict[str, int] = {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
             values[parts[0][:-1]] = int(parts[1])
+    return values
+
+
+def memory(pid: int) -> Memory:
+    values = smaps_rollup(pid)
+    if values is None:
+        return Memory()
     return Memory(values.get("Pss", 0),
                   values.get("Private_Clean", 0) + values.get("Private_Dirty", 0), 1)
 

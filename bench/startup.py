@@ -61,7 +61,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import openssh  # noqa: E402
-from bench.sessions import SSHD_EXTRA_CONFIG, PrivateQshd, _short  # noqa: E402
+from bench.sessions import (  # noqa: E402
+    SSHD_EXTRA_CONFIG,
+    PrivateQshd,
+    _short,
+    smaps_rollup,
+)
 
 PY = sys.executable
 
@@ -223,15 +228,7 @@ def interleaved(commands: dict[str, tuple[list[str], dict[str, str] | None]], ru
 
 
 def _pss_rss(pid: int) -> tuple[int, int]:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0, 0
-    values = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].isdigit():
-            values[parts[0].rstrip(":")] = int(parts[1])
+    values = smaps_rollup(pid) or {}
     return values.get("Pss", 0), values.get("Rss", 0)
 
 
