@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from daemon import Env as DaemonEnv
 from daemon import account_daemon
+from importtime import imported
 
 from common.client.config import dump, resolve
 
@@ -253,9 +254,8 @@ def test_the_mux_client_imports_no_protocol_stack(env: Env, path: Path) -> None:
                              "echo via-master"], capture_output=True, text=True, timeout=30,
                             cwd=ROOT, env=env.environ(), stdin=subprocess.DEVNULL)
     assert result.stdout == "via-master\n", result.stderr
-    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
-                if line.startswith("import time:")}
-    heavy = sorted(m for m in imported
+    loaded = imported(result.stderr)
+    heavy = sorted(m for m in loaded
                    if m.split(".")[0] in ("asyncio", "cryptography", "click", "Crypto")
                    or m.startswith(("common.protocol", "common.aio", "common.crypto",
                                     "common.accounts.keys", "common.accounts.public_key",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from daemon import Env, account_daemon
+from importtime import imported
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -388,10 +389,9 @@ def test_a_copy_over_the_master_loads_no_protocol_stack(env: Env, path: Path, lo
     copied = env.home / name if upload else local / name
     assert digest(copied) == digest(source)
     assert env.logins() == before  # it really rode on the master
-    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
-                if line.startswith("import time:")}
-    assert "common.transfer" in imported  # the probe sees the engine's own imports
-    heavy = sorted(m for m in imported
+    loaded = imported(result.stderr)
+    assert "common.transfer" in loaded  # the probe sees the engine's own imports
+    heavy = sorted(m for m in loaded
                    if m.split(".")[0] in NOT_LOADED_OVER_A_MASTER
                    or m.startswith(NOT_LOADED_OVER_A_MASTER))
     assert not heavy, " ".join(heavy)

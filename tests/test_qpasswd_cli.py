@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from importtime import imported
 from ptyio import read_to_eof, read_until
 from ptyprocess import PtyProcess
 
@@ -281,9 +282,8 @@ def test_qpasswd_loads_no_key_or_algorithm_code(pw: Path) -> None:
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "qpasswd", "-l", "-f",
                              str(pw)], capture_output=True, cwd=ROOT, env=ENV, timeout=30)
     assert result.returncode == 0 and result.stdout == b"alice\n", result.stderr
-    imported = {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines()
-                if line.startswith("import time:")}
-    heavy = sorted(m for m in imported
+    loaded = imported(result.stderr.decode())
+    heavy = sorted(m for m in loaded
                    if m.startswith(("common.accounts.keys", "common.accounts.public_key",
                                     "common.crypto.registry", "common.crypto.algorithms",
                                     "cryptography.hazmat.primitives.asymmetric")))
