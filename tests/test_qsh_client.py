@@ -800,7 +800,7 @@ def test_escape_command_line_adds_a_tunnel_and_cancels_it(server: Server) -> Non
     finally:
         listener.close()
     assert status == 0, bytes(seen) + out
-    assert b"got:x" in out and b"got:-L" not in bytes(seen) + out
+    assert b"got:x" in out and b"got:-L" not in bytes(seen) + out, bytes(seen) + out
 
 
 def test_escape_command_line_remote_tunnel_and_cancel_tcpip_forward(server: Server) -> None:
