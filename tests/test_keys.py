@@ -510,7 +510,7 @@ def test_hostile_scrypt_parameters_are_refused(
     monkeypatch.setattr(keys, "SCRYPT_LOG_N", 22)  # 128 * 8 * 2**22 = 4 GiB
     path = tmp_path / "k"
     # Build the file by hand: encoding with these parameters would itself be too costly.
-    monkeypatch.setattr(keys, "_scrypt", lambda *a: bytes(32))
+    monkeypatch.setattr(keys, "scrypt_key", lambda *a: bytes(32))
     host_key.save(path, b"p")
     monkeypatch.undo()
     with pytest.raises(KeyFileError, match="memory limit"):

@@ -30,7 +30,7 @@ class KeyFileError(Exception):
     """
 
 
-def _read_text(path: str | os.PathLike[str], limit: int, *, private: bool = False) -> str:
+def read_text(path: str | os.PathLike[str], limit: int, *, private: bool = False) -> str:
     """Read a small text file; with ``private``, refuse it if group or others can access it.
 
     The mode is checked on the opened descriptor, not the path, so the file cannot be swapped

@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Protocol
 
-from common.accounts.files import _read_text
+from common.accounts.files import read_text
 from common.accounts.private_key_file import (
     CIPHER_NAME,
     ENCRYPTED_MAGIC,
@@ -38,13 +38,13 @@ from common.accounts.private_key_file import (
     SCRYPT_LOG_N,
     SCRYPT_P,
     SCRYPT_R,
-    _aesgcm,
-    _armour,
-    _dearmour,
-    _parse_encrypted,
-    _scrypt,
+    aesgcm,
+    armour_text,
+    dearmour_text,
+    parse_encrypted,
+    scrypt_key,
 )
-from common.accounts.public_key import _U64_MAX, KEY_ID_SIZE, _signature
+from common.accounts.public_key import KEY_ID_SIZE, U64_MAX, signature_scheme
 from common.crypto.registry import available_signatures, has_signature, signature
 from common.crypto.rng import SYSTEM_RNG, Rng
 from common.crypto.secret import Secret, scrub
@@ -73,7 +73,8 @@ PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 
 
-# The armour and passphrase encryption of key files (_armour, _scrypt ...): private_key_file.py
+# The armour and passphrase encryption of key files (armour_text, scrypt_key ...):
+# private_key_file.py
 # PublicKey (its blob, fingerprint, line and .pub file): public_key.py
 # KeyFileError, MAX_KEY_FILE and the file helpers (read_limited, atomic_write): files.py
 class PassphraseRequired(KeyFileError):
@@ -157,13 +158,13 @@ class HostKey(Record):
             raise ValueError("lifetime must be positive")
         signing_key, verification_key = signature(algorithm).generate(rng)
         key_id = rng(KEY_ID_SIZE)
-        expiration = min(int(now) + lifetime, _U64_MAX)
+        expiration = min(int(now) + lifetime, U64_MAX)
         return cls(PublicKey(key_id, expiration, algorithm, verification_key), signing_key)
 
     def sign(self, message: bytes, rng: Rng = SYSTEM_RNG) -> bytes:
         key = self.signing_key
         try:
-            return _signature(self.public.algorithm).sign(key, message, rng)
+            return signature_scheme(self.public.algorithm).sign(key, message, rng)
         finally:
             # Ours alone (this name and getrefcount's argument): zeroed now. Kept by the
             # backend (its cache): zeroed by close().
@@ -225,20 +226,20 @@ class HostKey(Record):
             .vbytes(self.public.encode())
             .getvalue()
         )
-        key = _scrypt(passphrase, salt, SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P)
-        ciphertext = _aesgcm(key).encrypt(nonce, self.signing_key, header)
+        key = scrypt_key(passphrase, salt, SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P)
+        ciphertext = aesgcm(key).encrypt(nonce, self.signing_key, header)
         return header + Writer().vbytes(ciphertext).getvalue()
 
     @classmethod
     def decode_encrypted(cls, blob: bytes, passphrase: bytes) -> HostKey:
         """Raises InvalidInput for a malformed blob and KeyFileError for a wrong passphrase."""
-        public, params, ciphertext, header = _parse_encrypted(blob)
+        public, params, ciphertext, header = parse_encrypted(blob)
         salt, log_n, r, p, nonce = params
-        key = _scrypt(passphrase, salt, log_n, r, p)
+        key = scrypt_key(passphrase, salt, log_n, r, p)
         from cryptography.exceptions import InvalidTag
 
         try:
-            signing_key = _aesgcm(key).decrypt(nonce, ciphertext, header)
+            signing_key = aesgcm(key).decrypt(nonce, ciphertext, header)
         except InvalidTag:
             raise KeyFileError("incorrect passphrase") from None
         finally:
@@ -262,9 +263,9 @@ class HostKey(Record):
         """Write the private key file atomically with mode 0600. An empty passphrase means
         no encryption, as in ssh-keygen ("empty for no passphrase")."""
         if passphrase:
-            text = _armour(ENCRYPTED_KEY_LABEL, self.encode_encrypted(passphrase, rng))
+            text = armour_text(ENCRYPTED_KEY_LABEL, self.encode_encrypted(passphrase, rng))
         else:
-            text = _armour(HOST_KEY_LABEL, self.encode_private())
+            text = armour_text(HOST_KEY_LABEL, self.encode_private())
         atomic_write(path, text.encode("ascii"), PRIVATE_MODE)
 
     def save_public(self, path: str | os.PathLike[str], comment: str = "") -> None:
@@ -284,10 +285,10 @@ class HostKey(Record):
         ``check_mode`` is False; raises :class:`PassphraseRequired` for an encrypted file
         without a passphrase and KeyFileError for everything else that is wrong. A
         passphrase given for an unencrypted file is ignored, as ssh does."""
-        text = _read_text(path, MAX_KEY_FILE, private=check_mode)
+        text = read_text(path, MAX_KEY_FILE, private=check_mode)
         blob = b""
         try:
-            label, blob = _dearmour(text)
+            label, blob = dearmour_text(text)
             if label == HOST_KEY_LABEL:
                 return cls.decode_private(blob)
             if label == ENCRYPTED_KEY_LABEL:
@@ -304,16 +305,16 @@ class HostKey(Record):
     @staticmethod
     def load_public_part(path: str | os.PathLike[str], *, check_mode: bool = True) -> PublicKey:
         """The public key of a private key file, encrypted or not, without a passphrase."""
-        text = _read_text(path, MAX_KEY_FILE, private=check_mode)
+        text = read_text(path, MAX_KEY_FILE, private=check_mode)
         blob = b""
         try:
-            label, blob = _dearmour(text)
+            label, blob = dearmour_text(text)
             if label == HOST_KEY_LABEL:
                 key = HostKey.decode_private(blob)
                 key.close()
                 return key.public
             if label == ENCRYPTED_KEY_LABEL:
-                return _parse_encrypted(blob)[0]
+                return parse_encrypted(blob)[0]
         except InvalidInput as exc:
             raise KeyFileError(f"{path}: malformed key file: {exc}") from exc
         finally:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from common.accounts.public_key import MAX_PUBLIC_BLOB, PublicKey, _b64, _unb64
+from common.accounts.public_key import MAX_PUBLIC_BLOB, PublicKey, b64, unb64
 from common.errors import InvalidInput
 from common.wire import Reader
 
@@ -55,7 +55,7 @@ SCRYPT_MAXMEM = 64 * 1024 * 1024
 _ScryptParams = tuple[bytes, int, int, int, bytes]
 
 
-def _parse_encrypted(blob: bytes) -> tuple[PublicKey, _ScryptParams, bytes, bytes]:
+def parse_encrypted(blob: bytes) -> tuple[PublicKey, _ScryptParams, bytes, bytes]:
     r = Reader(blob)
     if r.fixed(len(ENCRYPTED_MAGIC)) != ENCRYPTED_MAGIC:
         raise InvalidInput("not an encrypted qsh private key (bad magic)")
@@ -81,7 +81,7 @@ def _parse_encrypted(blob: bytes) -> tuple[PublicKey, _ScryptParams, bytes, byte
     return public, (salt, log_n, r_param, p, nonce), ciphertext, header
 
 
-def _scrypt(passphrase: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes:
+def scrypt_key(passphrase: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes:
     try:
         return hashlib.scrypt(
             passphrase, salt=salt, n=1 << log_n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=32
@@ -90,7 +90,7 @@ def _scrypt(passphrase: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes
         raise InvalidInput(f"scrypt failed: {exc}") from exc
 
 
-def _aesgcm(key: bytes) -> AESGCM:
+def aesgcm(key: bytes) -> AESGCM:
     # Imported lazily: only passphrase-protected keys need it, and CLI startup time counts.
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -100,13 +100,13 @@ def _aesgcm(key: bytes) -> AESGCM:
 # -- armour ------------------------------------------------------------------------------
 
 
-def _armour(label: str, blob: bytes) -> str:
-    body = _b64(blob)
+def armour_text(label: str, blob: bytes) -> str:
+    body = b64(blob)
     lines = [body[i : i + _ARMOUR_WIDTH] for i in range(0, len(body), _ARMOUR_WIDTH)]
     return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----", ""])
 
 
-def _dearmour(text: str) -> tuple[str, bytes]:
+def dearmour_text(text: str) -> tuple[str, bytes]:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(lines) < 2:
         raise InvalidInput("no armoured key found")
@@ -116,5 +116,5 @@ def _dearmour(text: str) -> tuple[str, bytes]:
     label = first[len("-----BEGIN ") : -len("-----")]
     if last != f"-----END {label}-----":
         raise InvalidInput("missing or mismatched END line")
-    return label, _unb64("".join(lines[1:-1]), "key body")
+    return label, unb64("".join(lines[1:-1]), "key body")
 

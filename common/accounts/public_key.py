@@ -32,7 +32,7 @@ import hashlib
 import hmac
 import os
 
-from common.accounts.files import MAX_KEY_FILE, KeyFileError, _read_text
+from common.accounts.files import MAX_KEY_FILE, KeyFileError, read_text
 from common.crypto.registry import signature
 from common.crypto.suites import Signature
 from common.errors import InvalidInput, UnknownProtocol
@@ -43,16 +43,16 @@ KEY_ID_SIZE = 16
 MAX_VERIFICATION_KEY = 64 * 1024
 #: magic + key id + expiration + name + vbytes length + key.
 MAX_PUBLIC_BLOB = 4 + KEY_ID_SIZE + 8 + 1 + MAX_NAME_LENGTH + 4 + MAX_VERIFICATION_KEY
-_U64_MAX = (1 << 64) - 1
+U64_MAX = (1 << 64) - 1
 LINE_PREFIX = "qsh-"
 FINGERPRINT_PREFIX = "SHA3-256:"
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: str, what: str) -> bytes:
+def unb64(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
@@ -82,7 +82,7 @@ class PublicKey(Record):
         # builds valid instances because the Reader enforces the same bounds.
         if len(self.key_id) != KEY_ID_SIZE:
             raise ValueError(f"key_id must be {KEY_ID_SIZE} bytes")
-        if not 0 <= self.expiration <= _U64_MAX:
+        if not 0 <= self.expiration <= U64_MAX:
             raise ValueError("expiration out of the u64 range")
         if not (
             0 < len(self.algorithm) <= MAX_NAME_LENGTH
@@ -121,7 +121,7 @@ class PublicKey(Record):
     def fingerprint(self) -> str:
         """OpenSSH-style, so users compare it the way they already compare SHA256:... ."""
         digest = hashlib.sha3_256(self.encode()).digest()
-        return FINGERPRINT_PREFIX + _b64(digest).rstrip("=")
+        return FINGERPRINT_PREFIX + b64(digest).rstrip("=")
 
     def is_expired(self, now: float) -> bool:
         """The key is valid strictly before ``expiration`` (like a certificate's notAfter
@@ -139,13 +139,13 @@ class PublicKey(Record):
     def verify(self, message: bytes, sig: bytes) -> bool:
         """True only for a valid signature. Raises UnknownProtocol when this machine has no
         implementation of the key's algorithm (e.g. an SLH-DSA key without liboqs)."""
-        return _signature(self.algorithm).verify(self.verification_key, message, sig)
+        return signature_scheme(self.algorithm).verify(self.verification_key, message, sig)
 
     def openssh_line(self, comment: str = "") -> str:
         """``qsh-<alg> <base64 blob> [comment]``, the shape of ``.pub`` and known_hosts keys."""
         if "\n" in comment or "\r" in comment:
             raise ValueError("a key comment cannot contain a line break")
-        line = f"{self.line_type} {_b64(self.encode())}"
+        line = f"{self.line_type} {b64(self.encode())}"
         comment = comment.strip()
         return f"{line} {comment}" if comment else line
 
@@ -165,7 +165,7 @@ class PublicKey(Record):
         # Bound the text before decoding it, as the Reader bounds binary lengths.
         if len(encoded) > (MAX_PUBLIC_BLOB + 2) // 3 * 4:
             raise InvalidInput("public key too large")
-        key = cls.decode(_unb64(encoded, "public key"))
+        key = cls.decode(unb64(encoded, "public key"))
         if key_type != key.line_type:
             raise InvalidInput(f"key type {key_type!r} does not match the key ({key.algorithm})")
         return key, parts[2] if len(parts) > 2 else ""
@@ -173,7 +173,7 @@ class PublicKey(Record):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> tuple[PublicKey, str]:
         """Read a ``.pub`` file (one openssh_line); return the key and its comment."""
-        text = _read_text(path, MAX_KEY_FILE)
+        text = read_text(path, MAX_KEY_FILE)
         lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         if len(lines) != 1:
             raise KeyFileError(f"{path}: expected exactly one public key line")
@@ -183,7 +183,7 @@ class PublicKey(Record):
             raise KeyFileError(f"{path}: malformed public key: {exc}") from exc
 
 
-def _signature(name: str) -> Signature:
+def signature_scheme(name: str) -> Signature:
     try:
         return signature(name)
     except KeyError:

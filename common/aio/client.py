@@ -22,7 +22,7 @@ from common.protocol.handshake import ClientHandshake
 from common.protocol.transport import TransportSettings
 
 
-def _core_args(settings: TransportSettings | None, window: int | None,
+def core_args(settings: TransportSettings | None, window: int | None,
                max_packet: int | None, rng: Rng | None, **extra: Any) -> dict[str, Any]:
     args: dict[str, Any] = {"settings": settings, "window": window, "max_packet": max_packet}
     if rng is not None:
@@ -67,7 +67,7 @@ async def connect(host: str, port: int, *, handshake: ClientHandshake,
     """
     tune_allocator()
     loop = asyncio.get_running_loop()
-    core = Connection(handshake, **_core_args(settings, window, max_packet, rng))
+    core = Connection(handshake, **core_args(settings, window, max_packet, rng))
     connection = QsmpConnection(core, loop=loop, on_channel=on_channel,
                                 on_host_key=on_host_key, on_global_request=on_global_request)
     if user is not None and identity is not None:

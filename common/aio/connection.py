@@ -16,18 +16,18 @@ from typing import Any
 from common.accounts.keys import PublicKey
 from common.aio.channel import _ACCEPTING, _OPENING, Channel
 from common.aio.channel_events import ChannelEvents
-from common.aio.engine import Engine, _retrieve
+from common.aio.engine import Engine, retrieve
 from common.aio.errors import (
     ChannelClosedError,
     ConnectionLost,
-    _termination_error,
+    termination_error,
 )
-from common.aio.handoff import HANDOFF_FLUSH_TIMEOUT, _accept_and_hand_off
+from common.aio.handoff import HANDOFF_FLUSH_TIMEOUT, accept_then_hand_off
 from common.aio.limits import (
     PRE_AUTH_READ_SIZE,
 )
 from common.aio.login import Login
-from common.aio.memory import _receive_buffer
+from common.aio.memory import receive_buffer
 from common.aio.socket_side import SocketSide
 from common.aio.timer import PreciseTimer
 from common.errors import (
@@ -108,7 +108,7 @@ class QsmpConnection(SocketSide, Engine, Login, ChannelEvents, asyncio.BufferedP
         self._connect_deadline: asyncio.Timeout | None = None
         self._on_global_request = on_global_request
         self._transport: asyncio.Transport | None = None
-        self._recv = _receive_buffer(loop)
+        self._recv = receive_buffer(loop)
         self._offset = time.time() - loop.time()
         self._timer: asyncio.TimerHandle | PreciseTimer | None = None
         self._timer_when: float | None = None
@@ -169,8 +169,8 @@ class QsmpConnection(SocketSide, Engine, Login, ChannelEvents, asyncio.BufferedP
         }
         # Nobody may ever await these (a server connection's handshake, say): mark their
         # exceptions retrieved so asyncio does not log them as lost.
-        self._established.add_done_callback(_retrieve)
-        self._closed.add_done_callback(_retrieve)
+        self._established.add_done_callback(retrieve)
+        self._closed.add_done_callback(retrieve)
 
     def __repr__(self) -> str:
         return f"<QsmpConnection {self.number} {self.peer}>"
@@ -394,7 +394,7 @@ class QsmpConnection(SocketSide, Engine, Login, ChannelEvents, asyncio.BufferedP
         connection cannot be handed over now (a rekey in progress, say): refuse the login
         then. :class:`ConnectionLost` or :class:`TimeoutError` after accepting: the
         connection is gone."""
-        return await _accept_and_hand_off(
+        return await accept_then_hand_off(
             self, HANDOFF_FLUSH_TIMEOUT if timeout is None else timeout)
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
@@ -407,9 +407,9 @@ class QsmpConnection(SocketSide, Engine, Login, ChannelEvents, asyncio.BufferedP
         lost = ConnectionLost(event)
         self._lost = lost
         if not self._established.done():
-            self._established.set_exception(_termination_error(event))
+            self._established.set_exception(termination_error(event))
         if self._auth_answer is not None and not self._auth_answer.done():
-            self._auth_answer.set_exception(_termination_error(event))
+            self._auth_answer.set_exception(termination_error(event))
         opening = list(self._opening.values())
         self._opening.clear()
         for waiter in opening:

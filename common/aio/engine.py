@@ -137,6 +137,6 @@ class Engine:
             log.error("conn=%d: %s failed", self.number, what, exc_info=task.exception())
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
+def retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()

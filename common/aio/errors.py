@@ -41,7 +41,7 @@ class ChannelClosedError(ConnectionError):
     """Writing to (or requesting on) a channel that is closed or half-closed by us."""
 
 
-def _termination_error(t: ConnectionTerminated) -> QsmpError:
+def termination_error(t: ConnectionTerminated) -> QsmpError:
     """The exception that best describes a termination, for callers of :func:`connect`:
     the peer's reported error, our own failure by its code, or :class:`ConnectionLost`."""
     if t.code in (ErrorCode.NONE, ErrorCode.CHANNEL_DOWN):

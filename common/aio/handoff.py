@@ -22,7 +22,7 @@ log = logging.getLogger("qsh.aio")
 HANDOFF_FLUSH_TIMEOUT = 10.0
 
 
-async def _accept_and_hand_off(connection: QsmpConnection, timeout: float) -> bytes:
+async def accept_then_hand_off(connection: QsmpConnection, timeout: float) -> bytes:
     """See :meth:`QsmpConnection.accept_and_hand_off`."""
     core, transport, loop = connection._core, connection._transport, connection.loop
     if transport is None or connection._closing or core.closed:

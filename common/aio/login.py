@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from common.accounts.keys import HostKey, PublicKey
-from common.aio.engine import _retrieve
-from common.aio.errors import _termination_error
+from common.aio.engine import retrieve
+from common.aio.errors import termination_error
 from common.errors import UsageError
 from common.protocol.auth import AuthFailed, AuthSucceeded
 from common.protocol.connection import Connection, HostKeyUnverified
@@ -52,10 +52,10 @@ class Login:
         if self._auth_answer is not None and not self._auth_answer.done():
             raise UsageError("a login attempt is already waiting for its answer")
         self._auth_answer = self.loop.create_future()
-        self._auth_answer.add_done_callback(_retrieve)
+        self._auth_answer.add_done_callback(retrieve)
         terminated = self._core.terminated
         if terminated is not None:  # no answer can come: say why now, not never
-            self._auth_answer.set_exception(_termination_error(terminated))
+            self._auth_answer.set_exception(termination_error(terminated))
             return self._auth_answer
         start()
         if self._transport is not None:

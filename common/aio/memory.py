@@ -23,7 +23,7 @@ _receive_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryvie
 )
 
 
-def _receive_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
+def receive_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
     """The loop's shared receive buffer. Sharing is safe because the selector loop calls
     ``get_buffer``, ``recv_into`` and ``buffer_updated`` back to back, and the core copies
     what it keeps during ``buffer_updated``. Windows' proactor loop receives into buffers

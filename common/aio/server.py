@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from common.aio.client import _core_args
+from common.aio.client import core_args
 from common.aio.connection import AuthHandler, ChannelHandler, GlobalRequestHandler, QsmpConnection
 from common.aio.memory import tune_allocator
 from common.crypto.rng import Rng
@@ -119,7 +119,7 @@ async def serve(host: str | None, port: int, *,
         server = server_ref[0]
         try:
             core = Connection(make_handshake(),
-                              **_core_args(settings, window, max_packet, rng, **auth_args))
+                              **core_args(settings, window, max_packet, rng, **auth_args))
         except Exception:
             log.exception("could not set up a connection; dropping it")
             return None
@@ -233,7 +233,7 @@ async def adopt(sock: socket.socket, state: bytes | bytearray | memoryview, *,
     loop = asyncio.get_running_loop()
     offset = time.time() - loop.time()
     core = Connection.from_handoff(state, now=loop.time() + offset, user=user,
-                                   **_core_args(settings, window, max_packet, rng))
+                                   **core_args(settings, window, max_packet, rng))
     connection = QsmpConnection(core, loop=loop, on_channel=on_channel,
                                 on_global_request=on_global_request)
     if number is not None:
@@ -264,7 +264,7 @@ async def accept(sock: socket.socket, handshake: ServerHandshake, *,
     :meth:`QsmpConnection.wait_closed`."""
     auth_args = _auth_args(max_auth_attempts, login_grace, auth_methods)
     loop = asyncio.get_running_loop()
-    core = Connection(handshake, **_core_args(settings, window, max_packet, rng, **auth_args))
+    core = Connection(handshake, **core_args(settings, window, max_packet, rng, **auth_args))
     connection = QsmpConnection(core, loop=loop, on_channel=None, on_auth=on_auth)
     await loop.connect_accepted_socket(lambda: connection, sock=sock)
     return connection

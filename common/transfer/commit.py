@@ -51,7 +51,7 @@ BATCH_FILES = 64
 BATCH_BYTES = 1024 * 1024
 
 
-class _Small:
+class SmallFile:
     """A verified small file waiting for a commit thread."""
 
     __slots__ = ("data", "default", "display", "message", "mode", "name", "parent", "times")
@@ -68,7 +68,7 @@ class _Small:
         self.display = display
 
 
-def _commit_batch(batch: list[_Small]) -> list[OSError | None]:
+def commit_batch(batch: list[SmallFile]) -> list[OSError | None]:
     """In a commit thread: each file of the batch, one result each (None: in place)."""
     results: list[OSError | None] = []
     for small in batch:
@@ -81,7 +81,7 @@ def _commit_batch(batch: list[_Small]) -> list[OSError | None]:
     return results
 
 
-def _write_small(small: _Small) -> None:
+def _write_small(small: SmallFile) -> None:
     parent, name, mode = small.parent, small.name, small.mode
     if mode is None:  # keep an existing destination's mode; a directory is not replaced
         try:
@@ -92,7 +92,7 @@ def _write_small(small: _Small) -> None:
             if stat.S_ISDIR(st.st_mode):
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
             mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else small.default
-    fd, temp = _open_temp(parent, name)
+    fd, temp = open_temp(parent, name)
     try:
         data = memoryview(small.data)
         position = 0
@@ -104,10 +104,10 @@ def _write_small(small: _Small) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=parent)
         raise
-    _commit_file(fd, parent, temp, name, mode, small.times)
+    commit_file(fd, parent, temp, name, mode, small.times)
 
 
-def _open_temp(parent: int, name: bytes) -> tuple[int, bytes]:
+def open_temp(parent: int, name: bytes) -> tuple[int, bytes]:
     """A new file to write in the directory ``parent``: (fd, its temporary name, or b""
     when it has none: O_TMPFILE, where the filesystem allows)."""
     if _ANONYMOUS:
@@ -130,7 +130,7 @@ def _open_temp(parent: int, name: bytes) -> tuple[int, bytes]:
     raise OSError(errno.EEXIST, "no free temporary name")
 
 
-def _commit_file(fd: int, parent: int, temp: bytes, name: bytes, mode: int,
+def commit_file(fd: int, parent: int, temp: bytes, name: bytes, mode: int,
                  times: tuple[int, int] | None) -> None:
     """In a commit thread: make the file durable, put it in place, then set its mode and
     times through the descriptor (the name may already be another file's again)."""
@@ -165,7 +165,7 @@ def _link_anonymous(fd: int, parent: int, name: bytes) -> bytes:
     raise OSError(errno.EEXIST, "no free temporary name")
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask, read without setting it where Linux allows: setting it to learn
     it would, for an instant, apply to what other threads create, and to a session's
     shell forked in that instant (qshd's user process runs both)."""
@@ -178,7 +178,7 @@ def _umask() -> int:
     return mask
 
 
-async def _fsync_dir(fd: int) -> None:
+async def fsync_dir(fd: int) -> None:
     # an O_PATH descriptor, or a filesystem without directory fsync, refuses: harmless
     with contextlib.suppress(OSError):
         await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)

@@ -63,18 +63,18 @@ from common.transfer.commit import (
     COMMIT_THREADS,
     MAX_COMMITS,
     SMALL,
-    _commit_batch,
-    _commit_file,
-    _fsync_dir,
-    _open_temp,
-    _Small,
-    _umask,
+    SmallFile,
+    commit_batch,
+    commit_file,
+    current_umask,
+    fsync_dir,
+    open_temp,
     temp_name,
 )
 
 # re-exported: importers predate the split
 from common.transfer.commit import partial_name as partial_name
-from common.transfer.writer import INLINE, _hash_file, _Temp, _Writer
+from common.transfer.writer import INLINE, DataWriter, TempFile, hash_file
 
 #: (path as the user would recognise it, errno, reason): a failure this side saw.
 OnFailure = Callable[[bytes, int, str], None]
@@ -137,20 +137,20 @@ class Receiver:
         self.received = 0  # file bytes that crossed the connection
         self.failures = 0
         self.entries = 0
-        self._umask = _umask()
+        self.current_umask = current_umask()
         self._stack: list[_Dir] = []
         self._top = 0
         self._target_fd: int | None = None  # the target is an existing directory
         self._parent_fd: int | None = None  # ...else the directory of the new name
         self._target_name = b""
         self._target_error: tuple[int, str] | None = None
-        self._temp: _Temp | None = None
+        self._temp: TempFile | None = None
         self._dirty: set[int] = set()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._commit_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._commits: deque[tuple[concurrent.futures.Future[list[OSError | None]],
                                    list[tuple[FileEntry, bytes]]]] = deque()
-        self._batch: list[_Small] = []
+        self._batch: list[SmallFile] = []
         self._batch_bytes = 0
 
     # -- the destination
@@ -242,7 +242,7 @@ class Receiver:
                     await self._harvest(0)
                     for fd in (self._target_fd, self._parent_fd):
                         if fd is not None and fd in self._dirty:
-                            await _fsync_dir(fd)
+                            await fsync_dir(fd)
                     peer.send(Finished(self.entries, self.failures).encode())
                     peer.flush()
                     await peer.drain()
@@ -350,10 +350,10 @@ class Receiver:
                     os.chmod(d.fd, m.mode)
                     os.utime(d.fd, ns=(m.atime_ns, m.mtime_ns))
                 elif d.created:
-                    os.chmod(d.fd, m.mode & 0o777 & ~self._umask)
+                    os.chmod(d.fd, m.mode & 0o777 & ~self.current_umask)
                 if d.fd in self._dirty:
                     self._dirty.discard(d.fd)
-                    await _fsync_dir(d.fd)
+                    await fsync_dir(d.fd)
             except OSError as exc:
                 error = reason_of(exc)
             finally:
@@ -398,7 +398,7 @@ class Receiver:
             except FileNotFoundError:
                 pass
             else:
-                self._temp = _Temp(parent, partial, fd, keep=True)
+                self._temp = TempFile(parent, partial, fd, keep=True)
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
                     raise OSError(errno.EEXIST, f"{printable(partial)} is not a regular file "
@@ -406,10 +406,10 @@ class Receiver:
                 return fd, st.st_size if st.st_size <= size else 0
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=parent)
-            self._temp = _Temp(parent, partial, fd, keep=True)
+            self._temp = TempFile(parent, partial, fd, keep=True)
             return fd, 0
-        fd, temp = _open_temp(parent, name)
-        self._temp = _Temp(parent, temp, fd, keep=False)
+        fd, temp = open_temp(parent, name)
+        self._temp = TempFile(parent, temp, fd, keep=False)
         return fd, 0
 
     def _open_big(self, m: FileEntry, parent: int, name: bytes
@@ -455,7 +455,7 @@ class Receiver:
         offset = 0
         if m.resume:
             if fd is not None and have:
-                prefix, digest = await loop.run_in_executor(None, _hash_file, fd, have,
+                prefix, digest = await loop.run_in_executor(None, hash_file, fd, have,
                                                             self.key, m.entry)
             else:
                 have = 0
@@ -491,7 +491,7 @@ class Receiver:
                 if self._pool is None:
                     self._pool = concurrent.futures.ThreadPoolExecutor(1, "qcp-write")
                 pool = self._pool
-            writer = self._temp.writer = _Writer(pool, fd, digest, offset)
+            writer = self._temp.writer = DataWriter(pool, fd, digest, offset)
         peer = self.peer
         while remaining:
             data = await peer.raw(remaining if remaining < 4 * CHUNK else 4 * CHUNK)
@@ -529,7 +529,7 @@ class Receiver:
                     progress.end(shown, True)  # arrived and verified; committed below
                 mode = m.mode if self.options.preserve else (
                     existing_mode if existing_mode is not None
-                    else m.mode & 0o777 & ~self._umask)
+                    else m.mode & 0o777 & ~self.current_umask)
                 await self._commit(fd, parent, name, mode,
                                    (m.atime_ns, m.mtime_ns) if self.options.preserve
                                    else None, m, display)
@@ -574,9 +574,9 @@ class Receiver:
         if progress is not None:
             progress.end(shown, True)  # arrived and verified; committed below
         preserve = self.options.preserve
-        self._batch.append(_Small(
+        self._batch.append(SmallFile(
             parent, name, content, m.mode if preserve else None,
-            m.mode & 0o777 & ~self._umask, (m.atime_ns, m.mtime_ns) if preserve else None,
+            m.mode & 0o777 & ~self.current_umask, (m.atime_ns, m.mtime_ns) if preserve else None,
             m, display))
         self._batch_bytes += len(content)
         self._dirty.add(parent)
@@ -598,7 +598,7 @@ class Receiver:
         if not batch:
             return
         self._batch, self._batch_bytes = [], 0
-        self._submit(lambda: _commit_batch(batch), [(s.message, s.display) for s in batch])
+        self._submit(lambda: commit_batch(batch), [(s.message, s.display) for s in batch])
 
     async def _commit(self, fd: int, parent: int, name: bytes, mode: int,
                       times: tuple[int, int] | None, m: FileEntry, display: bytes) -> None:
@@ -612,7 +612,7 @@ class Receiver:
 
         def job() -> list[OSError | None]:
             try:
-                _commit_file(fd, parent, temp.name, name, mode, times)
+                commit_file(fd, parent, temp.name, name, mode, times)
             except OSError as exc:
                 return [exc]
             return [None]

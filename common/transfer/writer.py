@@ -15,13 +15,13 @@ from common.channels.copy import DigestKey, FileDigest
 from common.transfer.base import CHUNK, finished
 
 
-class _Temp:
+class TempFile:
     """The file being written, so whatever ends the copy can clean it up."""
 
     __slots__ = ("fd", "keep", "name", "parent", "writer")
 
     def __init__(self, parent: int, name: bytes, fd: int | None, keep: bool,
-                 writer: _Writer | None = None) -> None:
+                 writer: DataWriter | None = None) -> None:
         self.parent = parent
         self.name = name  # b"": anonymous (O_TMPFILE), nothing to remove
         self.fd = fd
@@ -29,7 +29,7 @@ class _Temp:
         self.writer = writer
 
 
-def _hash_file(fd: int, length: int, key: DigestKey, entry: int
+def hash_file(fd: int, length: int, key: DigestKey, entry: int
                ) -> tuple[bytes, FileDigest]:
     """HAVE's digest of the first ``length`` bytes, and the whole file's digest fed with
     them (to go on with the rest): one read for both."""
@@ -54,7 +54,7 @@ IN_FLIGHT = 16 * 1024 * 1024
 INLINE = 1024 * 1024
 
 
-class _Writer:
+class DataWriter:
     """Hashes and writes one file's data in order, in a thread of its own, while the
     event loop goes on receiving (and decrypting) the next records: the two overlap on
     a machine with more than one core. Small files are written inline."""

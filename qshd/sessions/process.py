@@ -106,7 +106,7 @@ def _raw_status(result: os.waitid_result) -> int:
     return result.si_status  # CLD_KILLED
 
 
-def _set_pipe_size(fd: int) -> None:
+def set_pipe_size(fd: int) -> None:
     setter = getattr(fcntl, "F_SETPIPE_SZ", None)
     if setter is not None:
         with contextlib.suppress(OSError):
@@ -118,7 +118,7 @@ _CAN_PEEK = all(hasattr(os, name) for name in ("waitid", "WNOWAIT", "P_PID"))
 
 
 @dataclass
-class _Child:
+class Child:
     """A started program and our ends of its descriptors.
 
     The child is reaped only by :meth:`release`, once the session is over (see "Signalling
@@ -238,7 +238,7 @@ class _Child:
         return delivered
 
 
-def _popen(argv: list[str], kwargs: dict[str, Any]
+def start_process(argv: list[str], kwargs: dict[str, Any]
            ) -> tuple[subprocess.Popen[bytes], int | None]:
     """Start the program and hold it by a pidfd at once (nothing reaps it before us)."""
     popen: subprocess.Popen[bytes] = subprocess.Popen(argv, **kwargs)

@@ -83,8 +83,13 @@ from common.protocol.mux import ChannelRequest
 
 from ..login import Account
 from ..policy import SessionPolicy
-from .process import _Child, _popen, _set_pipe_size, session_pids
-from .terminal import TerminalAccounting, _acquire_controlling_terminal, _pack_winsize, _tell
+from .process import Child, session_pids, set_pipe_size, start_process
+from .terminal import (
+    TerminalAccounting,
+    acquire_controlling_terminal,
+    pack_winsize,
+    tell_accounting,
+)
 
 log = logging.getLogger("qshd")
 
@@ -141,7 +146,7 @@ class Session:
         self.pty: PtyRequest | None = None
         self.size: WindowSize | None = None
         self.env: dict[str, str] = {}
-        self.child: _Child | None = None
+        self.child: Child | None = None
         #: The exit status went out: the session ended normally, nothing to hang up.
         self.completed = False
         self._done = asyncio.Event()
@@ -216,7 +221,7 @@ class Session:
             if self._terminal is not None and self.accounting is not None:
                 exited = child.exited if child is not None else None
                 status = exited.result() if exited is not None and exited.done() else 0
-                _tell(self.accounting.closed, *self._terminal, status)
+                tell_accounting(self.accounting.closed, *self._terminal, status)
                 self._terminal = None
 
     async def _stop_pumps(self) -> None:
@@ -224,7 +229,7 @@ class Session:
             task.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
 
-    async def _hang_up(self, child: _Child) -> None:
+    async def _hang_up(self, child: Child) -> None:
         """The client went away first: SIGHUP, then SIGKILL after the grace period, until
         neither the child nor anything in its session is left."""
         await self._stop_pumps()
@@ -252,7 +257,7 @@ class Session:
             await asyncio.wait_for(asyncio.shield(child.exited), HANGUP_GRACE)
 
     @staticmethod
-    def _leftovers(child: _Child) -> bool:
+    def _leftovers(child: Child) -> bool:
         """Is anything of the child's group or session still alive? (Unknowable, and
         nothing we may signal, once the child was reaped.)"""
         if child.reaped:
@@ -287,7 +292,7 @@ class Session:
             if self.child is not None and self.child.master is not None:
                 with contextlib.suppress(OSError):  # the terminal may be gone already
                     fcntl.ioctl(self.child.master, termios.TIOCSWINSZ,
-                                _pack_winsize(self.size))
+                                pack_winsize(self.size))
             return self.pty is not None
         if name == SIGNAL:
             return self._signal(decode_signal(payload))
@@ -409,12 +414,12 @@ class Session:
                 ours.append(master)
                 theirs.append(slave)
                 if self.size is not None:
-                    fcntl.ioctl(slave, termios.TIOCSWINSZ, _pack_winsize(self.size))
+                    fcntl.ioctl(slave, termios.TIOCSWINSZ, pack_winsize(self.size))
                 tty_name = os.ttyname(slave)
                 if self.euid == 0:
                     self._give_terminal(slave)
                 kwargs.update(stdin=slave, stdout=slave, stderr=slave,
-                              preexec_fn=_acquire_controlling_terminal)
+                              preexec_fn=acquire_controlling_terminal)
                 io: tuple[int | None, int | None, int | None, int | None] = (
                     master, None, None, None)
             else:
@@ -423,12 +428,12 @@ class Session:
                 stderr_r, stderr_w = os.pipe()
                 ours += [stdin_w, stdout_r, stderr_r]
                 theirs += [stdin_r, stdout_w, stderr_w]
-                _set_pipe_size(stdin_w)
-                _set_pipe_size(stdout_r)
+                set_pipe_size(stdin_w)
+                set_pipe_size(stdout_r)
                 kwargs.update(stdin=stdin_r, stdout=stdout_w, stderr=stderr_w)
                 io = (None, stdin_w, stdout_r, stderr_r)
             kwargs["env"] = self.environment(tty_name)
-            popen, pidfd = await self.loop.run_in_executor(None, _popen, argv, kwargs)
+            popen, pidfd = await self.loop.run_in_executor(None, start_process, argv, kwargs)
         except (OSError, subprocess.SubprocessError) as exc:
             for fd in ours:
                 os.close(fd)
@@ -440,14 +445,14 @@ class Session:
                 os.close(fd)
         for fd in ours:
             os.set_blocking(fd, False)
-        child = _Child(popen, pidfd, *io, exited=self.loop.create_future(), fds=ours)
+        child = Child(popen, pidfd, *io, exited=self.loop.create_future(), fds=ours)
         self.child = child
         log.info("%s: %s for %s started, pid %d%s", self.tag,
                  "command" if command is not None else "shell", account.name, child.pid,
                  f" on {tty_name}" if tty_name else "")
         if tty_name is not None and self.accounting is not None:
             self._terminal = (tty_name.removeprefix("/dev/"), child.pid)
-            _tell(self.accounting.opened, *self._terminal)
+            tell_accounting(self.accounting.opened, *self._terminal)
         # Not cancelled by the teardown: it must go on to reap the child after a hangup.
         self._watcher = self._start_task(functools.partial(self._watch, child),
                                          "exit watcher", ends_session=False)
@@ -466,7 +471,7 @@ class Session:
 
     # -- running
 
-    async def _watch(self, child: _Child) -> None:
+    async def _watch(self, child: Child) -> None:
         """Learn the child's exit as soon as it happens; the status goes to
         ``child.exited``. It is reaped only once the session let go of it."""
         delay = 0.01
@@ -482,7 +487,7 @@ class Session:
         if child.released:
             child.reap()
 
-    async def _supervise(self, child: _Child) -> None:
+    async def _supervise(self, child: Child) -> None:
         """Move data while the program runs; once it exited and its output is out,
         report how it ended and close the channel."""
         channel = self.channel

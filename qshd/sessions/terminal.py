@@ -17,13 +17,13 @@ log = logging.getLogger("qshd")
 _MAX_WINSIZE = 0xFFFF
 
 
-def _pack_winsize(size: WindowSize) -> bytes:
+def pack_winsize(size: WindowSize) -> bytes:
     """struct winsize: rows, columns, x pixels, y pixels (unsigned shorts)."""
     return struct.pack("HHHH", min(size.rows, _MAX_WINSIZE), min(size.columns, _MAX_WINSIZE),
                        min(size.width_px, _MAX_WINSIZE), min(size.height_px, _MAX_WINSIZE))
 
 
-def _acquire_controlling_terminal() -> None:
+def acquire_controlling_terminal() -> None:
     """Runs in the child after setsid and the privilege drop, right before exec: make the
     PTY slave (already on fd 0) the session's controlling terminal, so ^C, job control and
     /dev/tty work. A session leader without one may take a terminal nobody else holds."""
@@ -38,7 +38,7 @@ class TerminalAccounting(Protocol):
     def closed(self, line: str, pid: int, status: int) -> None: ...
 
 
-def _tell(hook: Callable[..., None], *args: Any) -> None:
+def tell_accounting(hook: Callable[..., None], *args: Any) -> None:
     """Accounting is a record of the session, never a reason to fail it."""
     try:
         hook(*args)
