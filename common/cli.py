@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 #: The client programs' ``-v`` count for each LogLevel of the config (ssh's DEBUG1..3: -v..-vvv).
 LOG_LEVEL_VERBOSITY = {"DEBUG1": 1, "DEBUG2": 2, "DEBUG3": 3}
 QUIET_LEVELS = ("QUIET", "FATAL", "ERROR")
+#: What qsh returns for a failure of its own rather than the remote command's: ssh's 255.
+EXIT_FAILURE = 255
 
 
 def sanitise_std_fds() -> None:

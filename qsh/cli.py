@@ -22,11 +22,10 @@ from typing import Any
 
 import click
 
-from common.cli import leave, no_core_dumps, sanitise_std_fds, version_option
+from common.cli import EXIT_FAILURE, leave, no_core_dumps, sanitise_std_fds, version_option
 
 from . import run
 from .argv import hoist_options, ssh_dash_T
-from .run import EXIT_FAILURE
 
 USAGE = ("usage: qsh [-46AaCfGgKkMNnqstVvXxYy] [-B bind_interface] [-b bind_address] "
          "[-c cipher_spec] [-D [bind:]port] [-E log_file] [-e escape_char] [-F config] "

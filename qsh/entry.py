@@ -26,6 +26,7 @@ import errno
 import sys
 
 from common.cli import (
+    EXIT_FAILURE,
     LOG_LEVEL_VERBOSITY,
     QUIET_LEVELS,
     leave,
@@ -195,7 +196,7 @@ def fresh(args: _Args) -> int | None:
     except (EOFError, KeyboardInterrupt):  # what click's main does with them
         sys.stderr.write("\n")
         sys.stderr.flush()
-        return run.EXIT_FAILURE
+        return EXIT_FAILURE
     except OSError as exc:
         if exc.errno != errno.EPIPE:
             raise

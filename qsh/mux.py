@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from common import aio
 from common.channels.copy import COPY
 from common.channels.tunnel import parse_forward
+from common.cli import EXIT_FAILURE
 from common.client import mux_client
 from common.client import mux_wire as wire
 from common.client.config import ClientConfig, environment_to_send, wants_pty
@@ -68,7 +69,6 @@ COPY_OPEN_TIMEOUT = 30.0
 MAX_SOCKET_PATH = 108
 _RECV_SIZE = 64 * 1024
 _STOP_SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM, "HUP": signal.SIGHUP}
-EXIT_FAILURE = 255
 
 
 class _ClientUi(Ui):

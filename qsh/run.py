@@ -15,14 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.cli import LOG_LEVEL_VERBOSITY, QUIET_LEVELS, stdin_from_null
+from common.cli import EXIT_FAILURE, LOG_LEVEL_VERBOSITY, QUIET_LEVELS, stdin_from_null
 
 from .argv import split_destination
 
 if TYPE_CHECKING:
     from common.client.config import ClientConfig
 
-EXIT_FAILURE = 255
 
 
 class UsageError(Exception):

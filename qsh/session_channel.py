@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from common import aio
 from common.channels import session as proto
+from common.cli import EXIT_FAILURE
 from common.client import terminal
 from common.client.config import ClientConfig, environment_to_send
 from common.client.connect import DisconnectError, QshError, Ui, describe_end
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from . import escapes
     from .tunnels import ClientTunnels
 
-EXIT_FAILURE = 255
 
 
 # --- The session --------------------------------------------------------------------------

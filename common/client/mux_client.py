@@ -28,6 +28,7 @@ import select
 import stat
 import struct
 
+from common.cli import EXIT_FAILURE
 from common.client import mux_wire as wire
 from common.client.config.settings import wants_pty
 
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 REPLY_TIMEOUT = 10.0
 #: After this many stop signals the client gives up on the master and exits by itself.
 SIGNALS_BEFORE_GIVING_UP = 3
-EXIT_FAILURE = 255
 #: common/channels/session.py's MAX_ENV_VALUE (not imported: this path stays small).
 MAX_ENV_VALUE = 32 * 1024
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
