@@ -77,6 +77,16 @@ class Header(Record):
         return HEADER.pack(self.flag, self.sequence, self.length)
 
 
+def cut_utf8(text: str, limit: int) -> bytes:
+    """``text`` as UTF-8 of at most ``limit`` bytes, cut on a character boundary. Readers
+    bound text fields in bytes (:meth:`Reader.text`), so a sender cutting by characters
+    would send more than the peer reads, and the peer would end the connection."""
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return raw
+    return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
 def encode_header(flag: int, sequence: int, length: int) -> bytes:
     return HEADER.pack(flag, sequence, length)
 

@@ -55,6 +55,17 @@ def test_malformed_payloads_are_invalid_input(decode: object, payload: bytes) ->
         decode(payload)
 
 
+def test_an_exit_signal_message_is_cut_by_bytes_as_the_reader_bounds_it() -> None:
+    """1,024 two-byte characters are 2,048 bytes: cut by characters, the message was more
+    than the peer reads, and the peer ended the connection (PROTOCOL.md section 16, Q22)."""
+    sig = s.ExitSignal("TERM", True, "\u00e9" * s.MAX_MESSAGE)
+    decoded = s.ExitSignal.decode(sig.encode())
+    assert decoded.message == "\u00e9" * (s.MAX_MESSAGE // 2)
+    assert (decoded.signal, decoded.core_dumped) == ("TERM", True)
+    odd = s.ExitSignal("TERM", False, "a" + "\u00e9" * s.MAX_MESSAGE)  # a boundary mid-character
+    assert s.ExitSignal.decode(odd.encode()).message == "a" + "\u00e9" * (s.MAX_MESSAGE // 2 - 1)
+
+
 def test_unknown_signal_and_bad_env_name() -> None:
     with pytest.raises(InvalidInput):
         s.decode_signal(b"\x04NOPE")

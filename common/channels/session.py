@@ -24,7 +24,7 @@ from __future__ import annotations
 import signal as _signal
 
 from common.errors import InvalidInput
-from common.wire import Reader, Record, Writer
+from common.wire import Reader, Record, Writer, cut_utf8
 
 SESSION = "session"
 MAX_TERM = 64
@@ -116,7 +116,7 @@ class ExitSignal(Record):
 
     def encode(self) -> bytes:
         return (Writer().name(self.signal).boolean(self.core_dumped)
-                .text(self.message[:MAX_MESSAGE]).getvalue())
+                .vbytes(cut_utf8(self.message, MAX_MESSAGE)).getvalue())
 
     @classmethod
     def decode(cls, payload: bytes) -> ExitSignal:

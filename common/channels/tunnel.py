@@ -35,7 +35,7 @@ no control character, a port 1..65535 (0 only where it means "any"), an originat
 from __future__ import annotations
 
 from common.errors import InvalidInput
-from common.wire import Reader, Record, Writer
+from common.wire import Reader, Record, Writer, cut_utf8
 
 DIRECT_TCPIP = "direct-tcpip"
 FORWARDED_TCPIP = "forwarded-tcpip"
@@ -221,8 +221,7 @@ def decode_bound_port(payload: bytes) -> int:
 
 
 def encode_reason(reason: str) -> bytes:
-    raw = reason.encode("utf-8")[:MAX_REASON]
-    return Writer().vbytes(raw.decode("utf-8", "ignore").encode("utf-8")).getvalue()
+    return Writer().vbytes(cut_utf8(reason, MAX_REASON)).getvalue()
 
 
 def decode_reason(payload: bytes) -> str:

@@ -27,7 +27,7 @@ from enum import IntEnum
 from common.accounts.keys import MAX_PUBLIC_BLOB, HostKey, PublicKey
 from common.crypto.rng import Rng
 from common.errors import AuthenticationFailure, InvalidInput, InvalidRequest, UsageError
-from common.wire import MAX_NAME_LENGTH, Reader, Record, Writer
+from common.wire import MAX_NAME_LENGTH, Reader, Record, Writer, cut_utf8
 
 MAX_USER_NAME = 32
 MAX_PASSWORD = 1024
@@ -213,8 +213,7 @@ class ServerAuth:
         self._pending = None
         self.failures += 1
         delay = min(FIRST_FAILURE_DELAY * 2 ** (self.failures - 1), MAX_FAILURE_DELAY)
-        text = message.encode("utf-8")[:MAX_MESSAGE].decode("utf-8", "ignore")
-        body = Writer().names(self.methods).text(text).getvalue()
+        body = Writer().names(self.methods).vbytes(cut_utf8(message, MAX_MESSAGE)).getvalue()
         self.deferred = (now + delay, body)
 
     def due(self, now: float) -> bytes | None:

@@ -53,7 +53,7 @@ from common.protocol.negotiation import ObscurePolicy, Suite, check_obscure_answ
 from common.protocol.obscure import EchoMimic, Held, KeystrokeClock, class_padding
 from common.protocol.record import RecordOpener, RecordSealer
 from common.protocol.schedule import LABEL_C2S, LABEL_S2C, DirectionKeys, derive_rekey, wipe
-from common.wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Record, Writer
+from common.wire import MAX_RECORD_PAYLOAD, Flag, Header, Reader, Record, Writer, cut_utf8
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ REKEY_GRACE_TIME = 60.0
 
 def shutdown_reason(text: str) -> bytes:
     """A reason cut to MAX_REASON *bytes* on a character boundary (the receiver's bound)."""
-    return text.encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore").encode("utf-8")
+    return cut_utf8(text, MAX_REASON)
 
 
 class InnerType(IntEnum):
