@@ -7,7 +7,7 @@ stdout as data, stderr as extended data of type 1, and these requests::
     client -> server
       "pty-req"        text term | u32 columns | u32 rows | u32 width_px | u32 height_px
       "env"            name variable | text value
-      "shell"          (empty)
+      "shell"          (empty; a server ignores any payload)
       "exec"           text command
       "subsystem"      name subsystem         (e.g. "sftp"; the server's Subsystem command)
       "window-change"  u32 columns | u32 rows | u32 width_px | u32 height_px

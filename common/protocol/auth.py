@@ -3,7 +3,7 @@
 The host is already authenticated by the handshake; this layer proves the *user*. Messages::
 
     0x40 AUTH_REQUEST   name user | name method | method data
-         "password":    text password
+         "password":    vbytes password (bytes as typed; no UTF-8 check)
          "publickey":   vbytes public key blob | vbytes signature
     0x41 AUTH_SUCCESS   (empty)
     0x42 AUTH_FAILURE   names methods that may still succeed | text message

@@ -33,8 +33,8 @@ exactly one :class:`ChannelOpened` or :class:`ChannelOpenFailed`; an opened chan
 exactly one :class:`ChannelClosed`. As in SSH each side sends CLOSE once: when the peer's
 arrives first we answer it at once (dropping anything still buffered, which the peer would
 ignore anyway); when ours went first we drop whatever the peer had in flight until its CLOSE
-arrives. Data and EOF may be queued on a channel we are still opening; they wait for the
-confirmation.
+arrives. Data, EOF and requests may be queued on a channel we are still opening; they wait
+for the confirmation.
 
 Errors
 ======
@@ -194,8 +194,8 @@ class Mux:
     # -- channel lifecycle (application side) -------------------------------------------------
 
     def open_channel(self, kind: str, payload: bytes = b"") -> int:
-        """Ask the peer for a channel. Data and EOF may be queued at once: they wait for the
-        confirmation (and go nowhere if it fails)."""
+        """Ask the peer for a channel. Data, EOF and requests may be queued at once: they wait
+        for the confirmation (and go nowhere if it fails)."""
         _check_name(kind)
         body = _check_payload(payload)
         if self._opened_by_us >= MAX_CHANNELS:
