@@ -11,6 +11,7 @@ may not write is tested against a real ``python -m qshd`` in tests/test_copy_dae
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -30,6 +31,7 @@ from common.accounts.passwd import PasswdFile
 from common.protocol.handshake import ClientHandshake
 from common.protocol.negotiation import Offer
 from common.transfer import CopyError, CopyOptions, Report, commit
+from common.transfer import base as transfer_base
 from qshd.config import ServerConfig
 from qshd.server import Daemon
 
@@ -129,8 +131,21 @@ DIRECTIONS = ["up", "down"]
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("threads", [False, True], ids=["inline", "file-threads"])
 def test_50_megabytes_arrive_with_the_same_digest(config: ServerConfig, tmp_path: Path,
-                                                  direction: str) -> None:
+                                                  direction: str, threads: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways a big file is read and written: in the event loop (fewer than four CPUs)
+    and in a thread of its own (more); the daemon runs in this process, so both ends."""
+    monkeypatch.setattr(transfer_base, "FILE_THREADS", threads)
+    pools: list[str] = []
+
+    class Recorded(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            pools.append(self._thread_name_prefix)
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", Recorded)
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(50 * MB))
     target = tmp_path / "out"
@@ -141,6 +156,8 @@ def test_50_megabytes_arrive_with_the_same_digest(config: ServerConfig, tmp_path
     assert (report.files, report.bytes, report.sent) == (1, 50 * MB, 50 * MB)
     assert digest(target / "big.bin") == digest(source)
     assert progress.moved == 50 * MB
+    file_pools = {"qcp-read", "qcp-write"} & set(pools)
+    assert file_pools == ({"qcp-read", "qcp-write"} if threads else set()), pools
     assert progress.events == [("start", str(source if direction == "up" else
                                              target / "big.bin"), 50 * MB, 0),
                                ("end", str(source if direction == "up" else

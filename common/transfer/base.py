@@ -39,6 +39,22 @@ MAX_OUTSTANDING = 65536
 SKIPPED = 0xFFFFFFFF
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+#: Whether a big file is read (sending) or written (receiving) by a thread of its own while
+#: the event loop encrypts or decrypts. The overlap pays only where a core is free for that
+#: thread; with two, the hand-offs (a thread woken, the GIL passed back and forth) cost more
+#: than it gives: 1 GiB down 1.39 -> 1.08 s and up 1.17 -> 1.06 s with both ends inline, on
+#: this project's 2-CPU benchmark machine (interleaved runs, bench/README.md). From four CPUs
+#: on the threads stay (not measured here). Read at each file, so a test can choose.
+FILE_THREADS = _usable_cpus() >= 4
+
+
 class CopyError(Exception):
     """The copy as a whole failed (connection lost, the peer broke the protocol, the
     server refused the channel). One line."""

@@ -47,6 +47,7 @@ from common.channels.copy import (
 )
 from common.channels.copy import Failure as FailureMessage
 from common.errors import InvalidInput
+from common.transfer import base
 from common.transfer.base import (
     CHUNK,
     SKIPPED,
@@ -487,7 +488,7 @@ class Receiver:
         writer = None
         if fd is not None and self._temp is not None:
             pool = None
-            if remaining > INLINE:
+            if remaining > INLINE and base.FILE_THREADS:
                 if self._pool is None:
                     self._pool = concurrent.futures.ThreadPoolExecutor(1, "qcp-write")
                 pool = self._pool

@@ -28,6 +28,7 @@ from common.channels.copy import (
     Status,
     Symlink,
 )
+from common.transfer import base
 from common.transfer.base import (
     CHUNK,
     MAX_OUTSTANDING,
@@ -252,9 +253,10 @@ class Sender:
         remaining = size - offset
         problem = ""
         limit = self.options.limit
-        if remaining > CHUNK and self._pool is None:
+        threaded = remaining > CHUNK and base.FILE_THREADS
+        if threaded and self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, "qcp-read")
-        reader = _Reader(self._pool if remaining > CHUNK else None, fd, digest, offset,
+        reader = _Reader(self._pool if threaded else None, fd, digest, offset,
                          remaining, CHUNK if limit else READ_SIZE)
         try:
             while remaining:
@@ -305,8 +307,9 @@ READ_SIZE = 4 * CHUNK
 
 
 class _Reader:
-    """Reads and hashes one file's chunks in order, ahead of the event loop, which
-    meanwhile encrypts and sends the previous ones. A short read is the file's end (the
+    """Reads and hashes one file's chunks in order: with a pool (``base.FILE_THREADS``)
+    ahead of the event loop, which meanwhile encrypts and sends the previous ones; without
+    one, a chunk at a time when asked. A short read is the file's end (the
     caller reports a file that shrank); later chunks are then not asked for."""
 
     def __init__(self, pool: concurrent.futures.ThreadPoolExecutor | None, fd: int,

@@ -1,5 +1,6 @@
-"""Writing one large file's data as it arrives: a thread hashes and writes it while the
-event loop receives (and decrypts) the next records, within a bounded amount in flight;
+"""Writing one large file's data as it arrives: in batches, by a thread while the event
+loop receives (and decrypts) the next records where CPUs are to spare, within a bounded
+amount in flight, else by the event loop itself;
 and, for --resume, the digest of what a partial file already holds. On its own because it
 is the data path of a big copy, tuned by its own sizes, apart from the receiver's protocol.
 """
@@ -50,14 +51,15 @@ def hash_file(fd: int, length: int, key: DigestKey, entry: int
 BATCH = 4 * 1024 * 1024
 #: ...with at most this much handed over and not yet written (the window refills meanwhile).
 IN_FLIGHT = 16 * 1024 * 1024
-#: Files up to this size are written by the event loop itself: a thread would cost more.
+#: Files up to this size are written by the event loop itself: a thread would cost more
+#: (and every file is, where ``base.FILE_THREADS`` says a thread would not pay).
 INLINE = 1024 * 1024
 
 
 class DataWriter:
-    """Hashes and writes one file's data in order, in a thread of its own, while the
-    event loop goes on receiving (and decrypting) the next records: the two overlap on
-    a machine with more than one core. Small files are written inline."""
+    """Hashes and writes one file's data in order. With a pool (``base.FILE_THREADS``, four
+    CPUs or more) in a thread of its own, while the event loop goes on receiving (and
+    decrypting) the next records; without one (small files, fewer CPUs) inline."""
 
     def __init__(self, pool: concurrent.futures.ThreadPoolExecutor | None, fd: int,
                  digest: FileDigest, position: int) -> None:
