@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The floor under qcp's download: the least a Python program doing the same job takes (issue 9).
 
-    python bench/copy_floor.py SRC DST                       # every variant, 3 rounds, + cp
-    python bench/copy_floor.py SRC DST --variants 2t-256k --rounds 5
+    python bench/copy_floor.py SRC DST                      # every variant, 3 rounds, + cp
+    python bench/copy_floor.py SRC DST --variants 1t-1m,2t-256k --rounds 5
+    python bench/copies.py --parts 1 --floor --openssh system --openssh /opt/openssh-10.5
     python bench/copy_floor.py serve                        # a listener, prints its port
     python bench/copy_floor.py get PORT SRC DST [--variant 1t-1m]
 
@@ -19,7 +20,7 @@ before the copy, and its CPU is counted as bench/copies.py counts a daemon's) re
 into reused buffers (``os.preadv``), seals it with AES-256-GCM (cryptography's ``AESGCM``,
 ``encrypt_into`` a reused buffer) in fixed-size records and sends them; the *client* (the
 process a user would start: its interpreter start and imports are in the timing, as qcp's and
-scp's are) receives each record whole (``recv_into`` with ``MSG_WAITALL``), opens it
+scp's are) receives each record whole (``recv_into``, ``MSG_WAITALL``), opens it
 (``decrypt_into``), writes it into a temporary file in the destination directory, fsyncs it
 and renames it over the destination at the end. Left out, because qcp's cost for them is not
 the question here: a key exchange and login (the client sends a fresh random key in the
@@ -29,7 +30,8 @@ is the associated data of every record, so a changed size fails the first record
 digest beyond the AEAD tags, progress, errors reported to the peer (any failure ends the
 connection and the client exits 1).
 
-Variants (``--variant``, named ``<threads>-<record size>[-aio]``):
+Variants (``--variant``, named ``<threads>-<record size>[-aio|-blk][-lowat][-falloc]``, e.g.
+``1t-1m``, ``2t-256k-aio``):
 
 - ``1t``: one thread on each side: read, seal, send (or receive, open, write) in turn;
 - ``2t``: a reader thread on the server and a writer thread on the client, handing filled
@@ -38,6 +40,12 @@ Variants (``--variant``, named ``<threads>-<record size>[-aio]``):
 - ``aio``: the client's and the server's socket ends on asyncio's event loop
   (``sock_recv_into``/``sock_sendall``), file I/O inline (qcp's transport is asyncio);
 - the record size, ``256k`` (qcp's) or ``1m``;
+- ``blk``: blocking sockets with the kernel's timeouts (``SO_RCVTIMEO``/``SO_SNDTIMEO``)
+  instead of Python's socket timeouts (a non-blocking socket and a ``poll`` before each
+  call, where ``MSG_WAITALL`` returns what has arrived): one ``recv_into`` per record;
+- ``lowat``: the client's socket wakes it only once a whole record has arrived
+  (``SO_RCVLOWAT``, record + tag), not at each segment (blocking: one ``recv_into``;
+  ``aio``: the loop sees the socket readable only then);
 - ``falloc``: one more thread on the client, allocating the temporary file's pages
   (``posix_fallocate``, 8 MiB at a time) ahead of the writes: on this VM the first touch of a
   fresh page is the largest single cost of the copy, and this moves it to the other core (not
@@ -47,7 +55,13 @@ Run alone, it times every variant (and ``cp SRC DST``, the no-crypto, no-network
 copy into fresh tmpfs pages that every tool pays) in interleaved rounds, checks every result
 (size and SHA-256) and prints the medians with the CPU of each side. A benchmark, not a test:
 nothing asserts a speed. Loopback only. Keep SRC and DST in /dev/shm for the numbers issue 9
-is about (the disk out of the picture).
+is about (the disk out of the picture). Every wait has a timeout (60 s), every queue a limit.
+
+Found here (December 2026, 1 GiB, load ~1.5, two ``copies.py --floor --rounds 5`` runs): the
+fastest is the simplest, ``1t-1m``: 0.71-0.72 s, 1.26-1.28 CPU s for both ends (client
+~0.68, server ~0.58), 3.6x scp (9.2 and 10.5) where qcp was 1.4-1.8x; threads, asyncio,
+blocking sockets, SO_RCVLOWAT and preallocation do not make it faster (within the noise or
+slower); 256 KiB records cost ~0.2 s more than 1 MiB ones in every shape; ``cp`` takes 0.46 s.
 """
 
 from __future__ import annotations
@@ -79,14 +93,16 @@ HOST = "127.0.0.1"
 KiB = 1024
 MiB = 1024 * KiB
 TAG = 16
-#: The request: key (32), record size (4), flags (1: THREADS, 2: AIO), path length (2), path.
+#: The request: key (32), record size (4), flags (1: THREADS, 2: AIO, 4: BLOCKING), path
+#: length (2), path.
 REQUEST = struct.Struct("!32sIBH")
-THREADS, AIO = 1, 2
+THREADS, AIO, BLOCKING = 1, 2, 4
 #: Buffers in flight between a thread and its peer thread (each a record): the queues' limit.
 DEPTH = 4
 #: Every wait: the copy of 1 GiB takes about a second; a peer stuck for this long is dead.
 TIMEOUT = 60.0
 VARIANTS = ("1t-256k", "2t-256k", "1t-1m", "2t-1m", "1t-256k-aio", "2t-256k-aio",
+            "1t-1m-aio", "2t-1m-aio", "1t-1m-blk", "1t-1m-lowat", "1t-1m-blk-lowat",
             "2t-1m-falloc")
 #: ``-falloc``: the preallocating thread's step (tmpfs holds the inode's lock for each call).
 FALLOC_CHUNK = 8 * MiB
@@ -97,20 +113,32 @@ class Variant(NamedTuple):
     record: int
     aio: bool
     falloc: bool = False
+    lowat: bool = False
+    blocking: bool = False
 
     @classmethod
     def parse(cls, name: str) -> Variant:
         parts = name.split("-")
         extra = set(parts[2:])
         if len(parts) < 2 or parts[0] not in ("1t", "2t") or parts[1] not in ("256k", "1m") \
-                or not extra <= {"aio", "falloc"} or len(extra) != len(parts) - 2:
+                or not extra <= {"aio", "falloc", "lowat", "blk"} \
+                or len(extra) != len(parts) - 2 or {"aio", "blk"} <= extra:
             raise ValueError(f"unknown variant {name!r} (e.g. {', '.join(VARIANTS)})")
         return cls(parts[0] == "2t", 256 * KiB if parts[1] == "256k" else MiB,
-                   "aio" in extra, "falloc" in extra)
+                   "aio" in extra, "falloc" in extra, "lowat" in extra, "blk" in extra)
 
     @property
     def flags(self) -> int:
-        return (THREADS if self.threads else 0) | (AIO if self.aio else 0)
+        return (THREADS if self.threads else 0) | (AIO if self.aio else 0) | \
+            (BLOCKING if self.blocking else 0)
+
+
+def _blocking(conn: socket.socket) -> None:
+    """``blk``: blocking mode with the kernel's timeouts rather than Python's."""
+    conn.settimeout(None)
+    timeval = struct.pack("@ll", int(TIMEOUT), 0)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def _nonce(seq: int) -> bytes:
@@ -230,6 +258,8 @@ def serve_one(conn: socket.socket) -> None:
     """One copy, in the forked process: the request, the size, then the sealed records."""
     conn.settimeout(TIMEOUT)
     key, record, flags, path = _read_request(conn)
+    if flags & BLOCKING:
+        _blocking(conn)
     aead = AESGCM(key)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -411,6 +441,8 @@ def get(port: int, src: str, dst: str, variant: Variant) -> None:
     key = secrets.token_bytes(32)
     path = os.fsencode(src)
     conn = socket.create_connection((HOST, port), timeout=TIMEOUT)
+    if variant.blocking:
+        _blocking(conn)
     head, name = os.path.split(dst)
     tmp = os.path.join(head, f".{name}.floor-{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -423,6 +455,8 @@ def get(port: int, src: str, dst: str, variant: Variant) -> None:
             size = int.from_bytes(ad, "big")
             aead = AESGCM(key)
             record, ad_ = variant.record, bytes(ad)
+            if variant.lowat:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, record + TAG)
             if variant.falloc:
                 prealloc = threading.Thread(target=_preallocate, args=(fd, size), daemon=True)
                 prealloc.start()
@@ -573,8 +607,13 @@ def bench(src: Path, dst: Path, variants: list[str], rounds: int) -> None:
                     server.command(src, dst, name)
                 cpu0, server0 = _children_cpu(), server.server_cpu()
                 start = time.perf_counter()
-                subprocess.run(command, check=True, timeout=600)
+                # Pipes, as bench/copies.py's run_timed: a bare wait with a timeout polls,
+                # sleeping up to 50 ms between looks, which would round every time up.
+                done = subprocess.run(command, capture_output=True, timeout=600)
                 runs.seconds.append(time.perf_counter() - start)
+                if done.returncode != 0:
+                    raise RuntimeError(f"{name} exited {done.returncode}: "
+                                       f"{done.stderr.decode(errors='replace').strip()[-400:]}")
                 runs.client.append(_children_cpu() - cpu0)
                 if not server.wait_reaped():
                     raise RuntimeError("the server's copy did not end")
