@@ -351,7 +351,7 @@ def many_files(tools: Tools, work: Path, count: int, rounds: int) -> dict[str, T
     results = {k: Timing() for k in ("qcp -r up", "scp -r up", "qcp -r down", "scp -r down")}
     env, cwd = tools.qshd.env, tools.qshd.tree
     for _ in range(rounds):
-        steps = [
+        steps: list[tuple[str, Step]] = [
             ("qcp -r up", lambda: run_timed(tools.qcp("-r", str(tree), tools.qremote(out)),
                                             results["qcp -r up"], env=env, cwd=cwd)),
             ("scp -r up", lambda: run_timed(tools.scp("-r", str(tree), tools.sremote(out)),
