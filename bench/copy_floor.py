@@ -57,9 +57,9 @@ copy into fresh tmpfs pages that every tool pays) in interleaved rounds, checks 
 nothing asserts a speed. Loopback only. Keep SRC and DST in /dev/shm for the numbers issue 9
 is about (the disk out of the picture). Every wait has a timeout (60 s), every queue a limit.
 
-Found here (December 2026, 1 GiB, load ~1.5, two ``copies.py --floor --rounds 5`` runs): the
-fastest is the simplest, ``1t-1m``: 0.71-0.72 s, 1.26-1.28 CPU s for both ends (client
-~0.68, server ~0.58), 3.6x scp (9.2 and 10.5) where qcp was 1.4-1.8x; threads, asyncio,
+Found here (December 2026, 1 GiB, load ~1.5, three ``copies.py --floor --rounds 5`` runs):
+the fastest is the simplest, ``1t-1m``: 0.66-0.72 s, 1.23-1.28 CPU s for both ends (client
+~0.67, server ~0.58), 3.6-4.0x scp (9.2 and 10.5) where qcp was 1.4-1.9x; threads, asyncio,
 blocking sockets, SO_RCVLOWAT and preallocation do not make it faster (within the noise or
 slower); 256 KiB records cost ~0.2 s more than 1 MiB ones in every shape; ``cp`` takes 0.46 s.
 """
