@@ -31,6 +31,13 @@ Every copy is checked (size and SHA-256 of the result) so that a fast wrong copy
 ``--openssh`` given twice or more: part 1 runs the scp and ``ssh cat`` of every build listed,
 each against its own private sshd, in the same interleaved rounds (the first build is the one
 parts 2-5 use), so the ratios against each are taken under the same load.
+
+``--floor`` adds to part 1's rounds the least a Python download can take here
+(``bench/copy_floor.py``: one file read, sealed with AES-256-GCM, sent over one loopback TCP
+connection, opened and written to a temporary file, fsynced, renamed; nothing else), in each
+variant given (``--floor-variants``), and ``cp f d`` (no crypto, no network): each is checked
+as every copy is, printed in the same table, with its ratio against each scp and qcp's time
+against it.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +67,9 @@ if str(ROOT) not in sys.path:
 
 from bench import openssh  # noqa: E402 - ROOT is on sys.path first
 from bench.sessions import SSHD_EXTRA_CONFIG, PrivateQshd, Server  # noqa: E402
+
+if typing.TYPE_CHECKING:
+    from bench.copy_floor import FloorServer
 
 HOST = "127.0.0.1"
 #: One timed copy of part 1.
@@ -182,7 +193,8 @@ class Tools:
     """The command lines of the three tools against their private daemons."""
 
     def __init__(self, qshd: PrivateQshd, sshd: openssh.PrivateSshd,
-                 baseline: PrivateQshd | None = None, others: list[Tools] | None = None
+                 baseline: PrivateQshd | None = None, others: list[Tools] | None = None,
+                 floor: FloorServer | None = None, floor_variants: list[str] | None = None
                  ) -> None:
         self.qshd = qshd
         self.sshd = sshd
@@ -190,6 +202,9 @@ class Tools:
         self.others = others or []
         #: ``--compare``: qcp and qshd of another checkout, run in the same rounds.
         self.baseline = baseline
+        #: ``--floor``: bench/copy_floor.py's server, and the variants its client runs.
+        self.floor = floor
+        self.floor_variants = floor_variants or []
         prefix = sshd.prefix
         self.scp_bin = str(prefix / "scp") if prefix else (shutil.which("scp") or "scp")
 
@@ -272,6 +287,20 @@ def big_file(tools: Tools, work: Path, size: int, rounds: int) -> dict[str, Timi
                                                             stdout=out, server=o.sshd)),
             ]
         openssh_steps.append(steps_of)
+    floor_steps: list[tuple[str, Step]] = []
+    if tools.floor is not None:
+        floor = tools.floor
+
+        def floor_step(variant: str, name: str) -> Step:
+            return lambda: run_timed(floor.command(data, out, variant), results[name],
+                                     server=floor)
+
+        for variant in tools.floor_variants:
+            results[f"floor {variant}"] = Timing()
+            floor_steps.append((f"floor {variant}", floor_step(variant, f"floor {variant}")))
+        results["cp"] = Timing()
+        floor_steps.append(("cp", lambda: run_timed(["cp", str(data), str(out)], results["cp"],
+                                                    server=floor)))
     for _ in range(rounds):
         steps: list[tuple[str, Step]] = [] if base is None else [
             ("base qcp up", lambda: run_timed(tools.qcp(str(data), tools.qremote(out), q=base),
@@ -300,6 +329,7 @@ def big_file(tools: Tools, work: Path, size: int, rounds: int) -> dict[str, Timi
         ]
         for more in openssh_steps:
             steps += more()
+        steps += floor_steps
         for name, step in steps:
             fresh(out)
             step()
@@ -321,7 +351,7 @@ def many_files(tools: Tools, work: Path, count: int, rounds: int) -> dict[str, T
     results = {k: Timing() for k in ("qcp -r up", "scp -r up", "qcp -r down", "scp -r down")}
     env, cwd = tools.qshd.env, tools.qshd.tree
     for _ in range(rounds):
-        steps = [
+        steps: list[tuple[str, Step]] = [
             ("qcp -r up", lambda: run_timed(tools.qcp("-r", str(tree), tools.qremote(out)),
                                             results["qcp -r up"], env=env, cwd=cwd)),
             ("scp -r up", lambda: run_timed(tools.scp("-r", str(tree), tools.sremote(out)),
@@ -497,6 +527,7 @@ def big_part(tools: Tools, work: Path, size: int, rounds: int, summary: list[str
               f"{t.cpu:5.2f} s server {t.server or 0:5.2f} s both {t.both or 0:5.2f} s  "
               f"machine busy {t.busy:4.2f} CPUs")
     labels = [""] + [f" {o.label}" for o in tools.others]
+    floor_summary(tools, big, size, labels, summary)
     for way in ("up", "down"):
         q = big[f"qcp {way}"].median
         for label in labels:
@@ -519,6 +550,31 @@ def big_part(tools: Tools, work: Path, size: int, rounds: int, summary: list[str
                            f"{big[f'scp {way}'].median / base:5.2f}x scp, "
                            f"{big[f'ssh cat {way}'].median / base:5.2f}x ssh cat; this "
                            f"checkout's is {base / q:4.2f}x as fast")
+
+
+def floor_summary(tools: Tools, big: dict[str, Timing], size: int, labels: list[str],
+                  summary: list[str]) -> None:
+    """``--floor``: each floor variant's (and cp's) ratio against each scp's download, and
+    qcp's download time over the fastest floor's, all from the same rounds."""
+    names = [f"floor {v}" for v in tools.floor_variants] + (["cp"] if tools.floor else [])
+    if not names:
+        return
+    for name in names:
+        t = big[name]
+        against = ", ".join(
+            f"scp{label or ' ' + tools.label} {big[f'scp down{label}'].median / t.median:4.2f}x"
+            for label in labels)
+        summary.append(f"  {size // MiB} MiB down {name:19} {t.median:5.2f} s: vs {against}; "
+                       f"CPU client {t.cpu:4.2f} s server {t.server or 0:4.2f} s")
+    floors = [f"floor {v}" for v in tools.floor_variants]
+    if floors:
+        best = min(floors, key=lambda n: big[n].median)
+        q = big["qcp down"]
+        per_round = statistics.median(
+            a / b for a, b in zip(q.seconds, big[best].seconds, strict=True))
+        summary.append(f"  {size // MiB} MiB down qcp takes {q.median / big[best].median:4.2f}x "
+                       f"the fastest floor's time ({best}; per round {per_round:4.2f}x); CPU, "
+                       f"both ends: qcp {q.both or 0:4.2f} s, {best} {big[best].both or 0:4.2f} s")
 
 
 def small_part(tools: Tools, work: Path, count: int, rounds: int, summary: list[str]) -> None:
@@ -558,6 +614,12 @@ def main() -> int:
     parser.add_argument("--compare", type=Path, metavar="TREE",
                         help="part 1 also runs qcp and qshd of this checkout (e.g. a worktree "
                              "of an older commit), in the same rounds")
+    parser.add_argument("--floor", action="store_true",
+                        help="part 1 also runs bench/copy_floor.py's least Python download "
+                             "(and cp) in the same rounds")
+    parser.add_argument("--floor-variants", default="1t-1m,2t-1m,2t-256k,1t-256k-aio",
+                        help="comma-separated copy_floor.py variants for --floor "
+                             "(default 1t-1m,2t-1m,2t-256k,1t-256k-aio)")
     parser.add_argument("--parts", default="1234",
                         help="which parts to run, e.g. 1 for the big file only (default 1234)")
     args = parser.parse_args()
@@ -579,11 +641,23 @@ def main() -> int:
         baseline = stack.enter_context(PrivateQshd(args.compare)) if args.compare else None
         others = [Tools(qshd, stack.enter_context(openssh.PrivateSshd(extra, each)))
                   for each in prefixes[1:]]
-        tools = Tools(qshd, sshd, baseline, others)
+        floor = None
+        if args.floor:
+            from bench.copy_floor import FloorServer, Variant
+
+            variants = args.floor_variants.split(",")
+            for variant in variants:
+                Variant.parse(variant)
+            floor = stack.enter_context(FloorServer())
+        tools = Tools(qshd, sshd, baseline, others, floor,
+                      variants if args.floor else None)
         print(f"qshd on {HOST}:{qshd.port}; {sshd.version} on {HOST}:{sshd.port}; "
               f"data in {work}")
         for other in others:
             print(f"also {other.sshd.version} on {HOST}:{other.sshd.port}")
+        if floor is not None:
+            print(f"bench/copy_floor.py's server on {HOST}:{floor.port}, variants "
+                  f"{', '.join(tools.floor_variants)}")
         summary: list[str] = []
 
         if "1" in args.parts:
