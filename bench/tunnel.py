@@ -335,7 +335,7 @@ def main() -> None:
         for name, o in medians.items():
             if name.startswith("ssh"):
                 label = f"ratio {qname} / {name[8:-1]}"
-                print(f"{label[:44]:44} {q['upload'] / o['upload']:12.2f} "
+                print(f"{label[:46]:46} {q['upload'] / o['upload']:12.2f} "
                       f"{q['download'] / o['download']:14.2f} "
                       f"{q['connections'] / o['connections']:9.2f}")
     if args.cpu or args.floor:
@@ -369,7 +369,7 @@ def floors() -> dict[str, Callable[[int, int], Commands]]:
 
     return {"floor: relays, plain": relays([]),
             "floor: relays, AES-GCM": relays(["--seal"]),
-            "floor: direct (1 process)": direct}
+            "floor: direct (no relay)": direct}
 
 
 if __name__ == "__main__":
