@@ -369,7 +369,7 @@ def floors() -> dict[str, Callable[[int, int], Commands]]:
 
     return {"floor: relays, plain": relays([]),
             "floor: relays, AES-GCM": relays(["--seal"]),
-            "floor: direct (no relay)": direct}
+            "floor: direct": direct}
 
 
 if __name__ == "__main__":
