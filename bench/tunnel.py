@@ -353,7 +353,8 @@ def main() -> None:
 
 def floors() -> dict[str, Callable[[int, int], Commands]]:
     """bench/tunnel_floor.py's tunnels, run by this Python (the sealed one needs
-    ``cryptography``): a remote and a local relay (plain, sealed), and the direct pipe."""
+    ``cryptography``): a remote and a local relay (plain, sealed, and plain over raw
+    sockets instead of asyncio's transports), and the direct pipe."""
     key = secrets.token_hex(32)  # this run's, for the sealed relays
 
     def relays(seal: list[str]) -> Callable[[int, int], Commands]:
@@ -369,6 +370,7 @@ def floors() -> dict[str, Callable[[int, int], Commands]]:
 
     return {"floor: relays, plain": relays([]),
             "floor: relays, AES-GCM": relays(["--seal"]),
+            "floor: relays, raw": relays(["--raw"]),
             "floor: direct": direct}
 
 

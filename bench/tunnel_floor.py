@@ -2,8 +2,8 @@
 """The floor under a Python tunnel: the least a tunnel written with asyncio can cost per
 connection, to put ``qsh -T``'s connections/s next to (issue 10).
 
-    python bench/tunnel_floor.py remote RPORT [--seal]             # the far relay
-    python bench/tunnel_floor.py local LPORT RPORT HOST:PORT [--seal]   # the near relay
+    python bench/tunnel_floor.py remote RPORT [--seal] [--raw]     # the far relay
+    python bench/tunnel_floor.py local LPORT RPORT HOST:PORT [--seal] [--raw]  # near relay
     python bench/tunnel_floor.py direct LPORT HOST:PORT             # one hop, no relay
     python bench/tunnel.py --only connections --floor --openssh /opt/openssh-10.5 --rounds 5
 
@@ -31,6 +31,11 @@ makes a new one per run) seals every frame with AES-256-GCM (``cryptography``): 
 stays clear and authenticated, the rest is ciphertext + 16-byte tag, the nonce a per
 direction counter. That is what any secure tunnel must add at least (qsh and ssh both use
 AES-256-GCM in the bench), without the handshake, rekeying or windows.
+
+``--raw`` (both relays): the tunnelled connections without asyncio's transports and
+Protocols: each socket under ``loop.add_reader`` and read and written directly (what qsh's
+pump does), to see what the transport layer itself costs; the relay's own connection stays
+a Protocol.
 
 ``direct``: one process that accepts and connects straight to HOST:PORT and pipes the two:
 no second hop, no frames: the floor of floors.
@@ -185,19 +190,166 @@ class Stream(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def pause(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+
+class RawStream:
+    """``--raw``: a tunnelled connection without asyncio's transport: its socket under
+    ``add_reader`` (and ``add_writer`` while a write waits), read and written directly, as
+    qsh's pump does. Same duties as :class:`Stream`."""
+
+    def __init__(self, relay: Relay, sid: int, sock: socket.socket) -> None:
+        self.relay = relay
+        self.sid = sid
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.loop = relay.loop
+        self.wbuf = bytearray()
+        self.reading = False
+        self.eof_in = False
+        self.eof_out = False
+        self.gone = False
+        self.ok_timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if not self.relay.paused:
+            self.reading = True
+            self.loop.add_reader(self.fd, self.readable)
+
+    def readable(self) -> None:
+        try:
+            data = self.sock.recv(MAX_PAYLOAD)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._lost()
+            return
+        if self.ok_timer is not None:
+            self.send_ok()
+        if data:
+            self.relay.send(self.sid, DATA, data)
+            self.relay.flush()
+            return
+        self.eof_in = True
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.fd)
+        self.relay.send(self.sid, EOF, b"")
+        self.relay.flush()
+        if self.eof_out and not self.wbuf:
+            self._finish()
+
+    def send_ok(self, flush: bool = False) -> None:
+        if self.ok_timer is not None:
+            self.ok_timer.cancel()
+            self.ok_timer = None
+            self.relay.send(self.sid, OK, b"")
+            if flush:
+                self.relay.flush()
+
+    def write(self, data: bytes) -> None:
+        if self.wbuf:
+            self.wbuf += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._lost()
+            return
+        if sent < len(data):
+            self.wbuf += data[sent:]
+            self.loop.add_writer(self.fd, self.writable)
+            self.relay.stream_blocked(+1)
+
+    def writable(self) -> None:
+        try:
+            sent = self.sock.send(self.wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._lost()
+            return
+        del self.wbuf[:sent]
+        if not self.wbuf:
+            self.loop.remove_writer(self.fd)
+            self.relay.stream_blocked(-1)
+            if self.eof_out:
+                self._end_output()
+
+    def peer_eof(self) -> None:
+        self.eof_out = True
+        if not self.wbuf:
+            self._end_output()
+
+    def _end_output(self) -> None:
+        if self.eof_in:
+            self._finish()
+        else:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._lost()
+
+    def _finish(self) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        self.relay.streams.pop(self.sid, None)
+        if self.ok_timer is not None:
+            self.ok_timer.cancel()
+            self.ok_timer = None
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+        if self.wbuf:
+            self.loop.remove_writer(self.fd)
+            self.relay.stream_blocked(-1)
+        self.sock.close()
+
+    def _lost(self) -> None:
+        if self.gone:
+            return
+        mine = self.sid in self.relay.streams
+        self._finish()
+        if mine:
+            self.relay.send(self.sid, CLOSE, b"")
+            self.relay.flush()
+
+    def peer_close(self) -> None:
+        self._finish()
+
+    def pause(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.fd)
+
+    def resume(self) -> None:
+        if not self.reading and not self.eof_in and not self.gone:
+            self.reading = True
+            self.loop.add_reader(self.fd, self.readable)
+
 
 class Relay(asyncio.Protocol):
     """The one connection between the relays, either end."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sealer: Sealer | None,
-                 opener: Sealer | None, target: tuple[str, int] | None) -> None:
+                 opener: Sealer | None, target: tuple[str, int] | None,
+                 raw: bool = False) -> None:
         self.loop = loop
+        self.raw = raw
         self.sealer = sealer
         self.opener = opener
         self.target = target  # local: what the open frames name
         self.open_payload = f"{target[0]}:{target[1]}".encode() if target else b""
         self.transport: asyncio.Transport | None = None
-        self.streams: dict[int, Stream] = {}
+        self.streams: dict[int, Stream | RawStream] = {}
         self.next_sid = 0
         self.out: list[bytes] = []
         self.buf = b""
@@ -223,6 +375,15 @@ class Relay(asyncio.Protocol):
     # go right behind the open, in the same write.
     def accept(self, sock: socket.socket) -> None:
         self.next_sid += 1
+        if self.raw:
+            raw = RawStream(self, self.next_sid, sock)
+            self.streams[raw.sid] = raw
+            self.send(raw.sid, OPEN, self.open_payload)
+            raw.readable()  # the first bytes if there, and the flush
+            self.flush()
+            if not raw.gone and not raw.eof_in:
+                raw.start()
+            return
         stream = Stream(self, self.next_sid)
         self.streams[stream.sid] = stream
         self.send(stream.sid, OPEN, self.open_payload)
@@ -314,14 +475,19 @@ class Relay(asyncio.Protocol):
         if sid in self.streams:
             raise ValueError(f"stream {sid} opened twice")
         host, _, port = payload.decode().rpartition(":")
-        stream = Stream(self, sid)
-        self.streams[sid] = stream
         try:
             sock = connect_now((host, int(port)))
         except OSError:
-            self.streams.pop(sid, None)
             self.send(sid, CLOSE, b"")
             return
+        if self.raw:
+            raw = RawStream(self, sid, sock)
+            self.streams[sid] = raw
+            raw.ok_timer = self.loop.call_later(OK_HOLD, raw.send_ok, True)
+            raw.start()
+            return
+        stream = Stream(self, sid)
+        self.streams[sid] = stream
         stream.ok_timer = self.loop.call_later(OK_HOLD, stream.send_ok, True)
         stream.attach(wrap(self.loop, sock, stream))
 
@@ -330,14 +496,12 @@ class Relay(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.paused = True
         for stream in self.streams.values():
-            if stream.transport is not None:
-                stream.transport.pause_reading()
+            stream.pause()
 
     def resume_writing(self) -> None:
         self.paused = False
         for stream in self.streams.values():
-            if stream.transport is not None:
-                stream.transport.resume_reading()
+            stream.resume()
 
     def stream_blocked(self, delta: int) -> None:
         was = self.blocked
@@ -479,10 +643,10 @@ def sealers(seal: bool, local: bool) -> tuple[Sealer | None, Sealer | None]:
     return Sealer(key, 1 if local else 2), Sealer(key, 2 if local else 1)
 
 
-async def remote(port: int, seal: bool) -> None:
+async def remote(port: int, seal: bool, raw: bool) -> None:
     loop = asyncio.get_running_loop()
     out, into = sealers(seal, local=False)
-    relay = Relay(loop, out, into, None)
+    relay = Relay(loop, out, into, None, raw)
     accepted = loop.create_future()
 
     def factory() -> Relay:
@@ -497,10 +661,11 @@ async def remote(port: int, seal: bool) -> None:
     await relay.done
 
 
-async def local(lport: int, rport: int, target: tuple[str, int], seal: bool) -> None:
+async def local(lport: int, rport: int, target: tuple[str, int], seal: bool, raw: bool
+                ) -> None:
     loop = asyncio.get_running_loop()
     out, into = sealers(seal, local=True)
-    relay = Relay(loop, out, into, target)
+    relay = Relay(loop, out, into, target, raw)
     deadline = time.monotonic() + 30
     while True:  # the remote relay starts at the same time
         try:
@@ -529,19 +694,21 @@ def main() -> None:
     p = sub.add_parser("remote", help="the far relay")
     p.add_argument("rport", type=int)
     p.add_argument("--seal", action="store_true")
+    p.add_argument("--raw", action="store_true")
     p = sub.add_parser("local", help="the near relay")
     p.add_argument("lport", type=int)
     p.add_argument("rport", type=int)
     p.add_argument("target", type=parse_target, metavar="HOST:PORT")
     p.add_argument("--seal", action="store_true")
+    p.add_argument("--raw", action="store_true")
     p = sub.add_parser("direct", help="one process, no relay")
     p.add_argument("lport", type=int)
     p.add_argument("target", type=parse_target, metavar="HOST:PORT")
     args = parser.parse_args()
     if args.role == "remote":
-        asyncio.run(remote(args.rport, args.seal))
+        asyncio.run(remote(args.rport, args.seal, args.raw))
     elif args.role == "local":
-        asyncio.run(local(args.lport, args.rport, args.target, args.seal))
+        asyncio.run(local(args.lport, args.rport, args.target, args.seal, args.raw))
     else:
         asyncio.run(direct(args.lport, args.target))
 
