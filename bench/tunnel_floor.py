@@ -34,8 +34,8 @@ AES-256-GCM in the bench), without the handshake, rekeying or windows.
 
 ``--raw`` (both relays): the tunnelled connections without asyncio's transports and
 Protocols: each socket under ``loop.add_reader`` and read and written directly (what qsh's
-pump does), to see what the transport layer itself costs; the relay's own connection stays
-a Protocol.
+pump does), and the relays' own connection likewise (:class:`RawTransport`): what
+asyncio's transport layer itself costs.
 
 ``direct``: one process that accepts and connects straight to HOST:PORT and pipes the two:
 no second hop, no frames: the floor of floors.
@@ -208,6 +208,7 @@ class RawStream:
         self.relay = relay
         self.sid = sid
         self.sock = sock
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's, qsh's
         self.fd = sock.fileno()
         self.loop = relay.loop
         self.wbuf = bytearray()
@@ -334,6 +335,103 @@ class RawStream:
         if not self.reading and not self.eof_in and not self.gone:
             self.reading = True
             self.loop.add_reader(self.fd, self.readable)
+
+
+class RawTransport(asyncio.Transport):
+    """``--raw``: the relays' own connection on its raw socket too (read under
+    ``add_reader``, written directly), with just what :class:`Relay` asks of a transport."""
+
+    HIGH = 1024 * 1024  # buffered beyond this: the relay pauses its connections
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 protocol: Relay) -> None:
+        super().__init__()
+        self.loop = loop
+        self.sock = sock
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.fd = sock.fileno()
+        self.protocol = protocol
+        self.wbuf = bytearray()
+        self.closed = False
+        self.paused_writing = False
+        self.reading = True
+        protocol.connection_made(self)
+        loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(MAX_PAYLOAD + 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.protocol.data_received(data)
+        else:
+            self.abort()
+
+    def write(self, data: Any) -> None:
+        if self.closed:
+            return
+        if not self.wbuf:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.abort()
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+            self.loop.add_writer(self.fd, self._writable)
+        self.wbuf += data
+        if len(self.wbuf) > self.HIGH and not self.paused_writing:
+            self.paused_writing = True
+            self.protocol.pause_writing()
+
+    def _writable(self) -> None:
+        try:
+            sent = self.sock.send(self.wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.abort()
+            return
+        del self.wbuf[:sent]
+        if not self.wbuf:
+            self.loop.remove_writer(self.fd)
+        if self.paused_writing and len(self.wbuf) <= self.HIGH // 4:
+            self.paused_writing = False
+            self.protocol.resume_writing()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        if self.reading and not self.closed:
+            self.reading = False
+            self.loop.remove_reader(self.fd)
+
+    def resume_reading(self) -> None:
+        if not self.reading and not self.closed:
+            self.reading = True
+            self.loop.add_reader(self.fd, self._readable)
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+        if self.wbuf:
+            self.loop.remove_writer(self.fd)
+        self.sock.close()
+        self.protocol.connection_lost(None)
+
+    def close(self) -> None:
+        self.abort()
 
 
 class Relay(asyncio.Protocol):
@@ -655,6 +753,14 @@ async def remote(port: int, seal: bool, raw: bool) -> None:
         accepted.set_result(None)
         return relay
 
+    if raw:
+        listener = socket.create_server((HOST, port))
+        listener.setblocking(False)
+        sock, _ = await loop.sock_accept(listener)
+        listener.close()
+        RawTransport(loop, sock, relay)
+        await relay.done
+        return
     server = await loop.create_server(factory, HOST, port)
     await accepted
     server.close()
@@ -675,7 +781,10 @@ async def local(lport: int, rport: int, target: tuple[str, int], seal: bool, raw
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.02)
-    await loop.create_connection(lambda: relay, sock=sock)
+    if raw:
+        RawTransport(loop, sock, relay)
+    else:
+        await loop.create_connection(lambda: relay, sock=sock)
     listener = listen(loop, lport, relay.accept)
     await relay.done
     loop.remove_reader(listener.fileno())
