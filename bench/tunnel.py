@@ -353,7 +353,7 @@ def main() -> None:
 
 def floors() -> dict[str, Callable[[int, int], Commands]]:
     """bench/tunnel_floor.py's tunnels, run by this Python (the sealed one needs
-    ``cryptography``): a remote and a local relay (plain, sealed, and plain over raw
+    ``cryptography``): a remote and a local relay (plain, sealed, and both over raw
     sockets instead of asyncio's transports), and the direct pipe."""
     key = secrets.token_hex(32)  # this run's, for the sealed relays
 
@@ -371,6 +371,7 @@ def floors() -> dict[str, Callable[[int, int], Commands]]:
     return {"floor: relays, plain": relays([]),
             "floor: relays, AES-GCM": relays(["--seal"]),
             "floor: relays, raw": relays(["--raw"]),
+            "floor: raw, AES-GCM": relays(["--raw", "--seal"]),
             "floor: direct": direct}
 
 
