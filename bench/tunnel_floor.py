@@ -40,6 +40,32 @@ asyncio's transport layer itself costs.
 ``direct``: one process that accepts and connects straight to HOST:PORT and pipes the two:
 no second hop, no frames: the floor of floors.
 
+What it found (this 2-CPU machine, shared, load average 1.5-2.7; ``bench/tunnel.py
+--only connections --floor --openssh /opt/openssh-10.5 --rounds 5``, five runs, each the
+median of 5 interleaved rounds of 1,000 connections; CPU per connection is client side +
+server side; ranges over the runs):
+
+=========================  ===========  ============  ===========  ==================
+tunnel                     conn/s       / ssh 9.2     / ssh 10.5   CPU ms/connection
+=========================  ===========  ============  ===========  ==================
+ssh -L (OpenSSH 9.2)       1859-2046    1             -            0.37-0.42
+ssh -L (OpenSSH 10.5)      1869-2376    -             1            0.32-0.39
+qsh -T                     964-1029     0.49-0.54     0.43-0.52    1.00-1.07
+floor: relays, plain       1695-1844    0.87-0.97     0.76-0.91    0.49-0.52
+floor: relays, AES-GCM     1481-1683    0.78-0.91     0.70-0.90    0.54-0.59
+floor: relays, raw         1855-2050    0.93-1.06     0.86-1.01    0.41-0.45
+floor: raw, AES-GCM        1622-1689    0.84-0.91     0.68-0.90    0.50-0.52
+floor: direct (one hop)    2808-3165    1.37-1.63     1.33-1.51    0.23-0.25
+=========================  ===========  ============  ===========  ==================
+
+So a CPython asyncio tunnel of this shape reaches ssh -L's rate only in its barest form
+(no encryption, no asyncio transports: 0.86-1.06x, at ~1.1x ssh's CPU); sealed with the
+AES-GCM any secure tunnel needs it is 0.7-0.9x, and that is before a handshake, windows,
+rekeying, a real protocol's parser or a login. qsh -T spends twice this floor's CPU per
+connection. One process with no second hop beats ssh -L by 1.3-1.6x: the relay hop (two
+more sockets, frames, a second process woken) is what the floor pays, and ssh pays it in
+C.
+
 bench/tunnel.py ``--floor`` runs all three as extra "tunnels" in the same interleaved rounds
 as qsh -T and ssh -L, and prints each one's CPU per connection. Benchmarks are never unit
 tests: nothing here asserts a speed. Not a tunnel to use: loopback only, no
