@@ -49,9 +49,10 @@ def _usable_cpus() -> int:
 #: Whether a big file is read (sending) or written (receiving) by a thread of its own while
 #: the event loop encrypts or decrypts. The overlap pays only where a core is free for that
 #: thread; with two, the hand-offs (a thread woken, the GIL passed back and forth) cost more
-#: than it gives: 1 GiB down 1.39 -> 1.08 s and up 1.17 -> 1.06 s with both ends inline, on
-#: this project's 2-CPU benchmark machine (interleaved runs, bench/README.md). From four CPUs
-#: on the threads stay (not measured here). Read at each file, so a test can choose.
+#: than it gives: 1 GiB down 1.39 -> 1.10 s with both ends inline (interleaved runs), 1.03-1.31x
+#: as fast either way in bench/copies.py's rounds, on this project's 2-CPU benchmark machine
+#: (bench/README.md). From four CPUs on the threads stay (not measured here). Read at each
+#: file, so a test can choose.
 FILE_THREADS = _usable_cpus() >= 4
 
 
