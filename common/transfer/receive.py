@@ -138,7 +138,7 @@ class Receiver:
         self.received = 0  # file bytes that crossed the connection
         self.failures = 0
         self.entries = 0
-        self.current_umask = current_umask()
+        self._umask = current_umask()
         self._stack: list[_Dir] = []
         self._top = 0
         self._target_fd: int | None = None  # the target is an existing directory
@@ -351,7 +351,7 @@ class Receiver:
                     os.chmod(d.fd, m.mode)
                     os.utime(d.fd, ns=(m.atime_ns, m.mtime_ns))
                 elif d.created:
-                    os.chmod(d.fd, m.mode & 0o777 & ~self.current_umask)
+                    os.chmod(d.fd, m.mode & 0o777 & ~self._umask)
                 if d.fd in self._dirty:
                     self._dirty.discard(d.fd)
                     await fsync_dir(d.fd)
@@ -530,7 +530,7 @@ class Receiver:
                     progress.end(shown, True)  # arrived and verified; committed below
                 mode = m.mode if self.options.preserve else (
                     existing_mode if existing_mode is not None
-                    else m.mode & 0o777 & ~self.current_umask)
+                    else m.mode & 0o777 & ~self._umask)
                 await self._commit(fd, parent, name, mode,
                                    (m.atime_ns, m.mtime_ns) if self.options.preserve
                                    else None, m, display)
@@ -577,7 +577,7 @@ class Receiver:
         preserve = self.options.preserve
         self._batch.append(SmallFile(
             parent, name, content, m.mode if preserve else None,
-            m.mode & 0o777 & ~self.current_umask, (m.atime_ns, m.mtime_ns) if preserve else None,
+            m.mode & 0o777 & ~self._umask, (m.atime_ns, m.mtime_ns) if preserve else None,
             m, display))
         self._batch_bytes += len(content)
         self._dirty.add(parent)
