@@ -167,15 +167,15 @@ def _read_request(conn: socket.socket) -> tuple[bytes, int, int, bytes]:
     return key, record, flags, path
 
 
-def _send_plain(conn: socket.socket, fd: int, size: int, aead: AESGCM, record: int,
-                ad: bytes) -> None:
+def _sealed(fd: int, size: int, aead: AESGCM, record: int, ad: bytes) -> Iterator[memoryview]:
+    """The file's sealed records, read when asked for; each view is valid until the next."""
     plain, sealed = bytearray(record), bytearray(record + TAG)
     pview, sview = memoryview(plain), memoryview(sealed)
     for seq, (offset, length) in enumerate(_records(size, record)):
         if os.preadv(fd, [pview[:length]], offset) != length:
             raise OSError("the file shrank")
         aead.encrypt_into(_nonce(seq), pview[:length], ad, sview[:length + TAG])
-        conn.sendall(sview[:length + TAG])
+        yield sview[:length + TAG]
 
 
 def _reader(fd: int, size: int, record: int, free: queue.Queue[bytearray],
@@ -203,8 +203,9 @@ def _start_reader(fd: int, size: int, record: int
     return free, full, reader
 
 
-def _send_threaded(conn: socket.socket, fd: int, size: int, aead: AESGCM, record: int,
-                   ad: bytes) -> None:
+def _sealed_read_ahead(fd: int, size: int, aead: AESGCM, record: int, ad: bytes
+                       ) -> Iterator[memoryview]:
+    """:func:`_sealed`, the file read ahead by a thread of its own (``2t``)."""
     free, full, reader = _start_reader(fd, size, record)
     sview = memoryview(bytearray(record + TAG))
     seq = 0
@@ -212,46 +213,21 @@ def _send_threaded(conn: socket.socket, fd: int, size: int, aead: AESGCM, record
         buf, length = item
         aead.encrypt_into(_nonce(seq), memoryview(buf)[:length], ad, sview[:length + TAG])
         free.put(buf)
-        conn.sendall(sview[:length + TAG])
+        yield sview[:length + TAG]
         seq += 1
     reader.join(TIMEOUT)
     if seq != len(range(0, size, record)):
         raise OSError("the reader failed")
 
 
-async def _send_threaded_aio(conn: socket.socket, fd: int, size: int, aead: AESGCM,
-                             record: int, ad: bytes) -> None:
-    """As :func:`_send_threaded`, the socket on the event loop (the queue waits block the
-    loop, which has nothing else to do)."""
+async def _send_aio(conn: socket.socket, records: Iterator[memoryview]) -> None:
+    """The records through the event loop's socket calls (``aio``; the reader thread's
+    queue waits block the loop, which has nothing else to do)."""
     import asyncio
 
     loop = asyncio.get_running_loop()
-    free, full, reader = _start_reader(fd, size, record)
-    sview = memoryview(bytearray(record + TAG))
-    seq = 0
-    while (item := full.get(timeout=TIMEOUT)) is not None:
-        buf, length = item
-        aead.encrypt_into(_nonce(seq), memoryview(buf)[:length], ad, sview[:length + TAG])
-        free.put(buf)
-        await loop.sock_sendall(conn, sview[:length + TAG])
-        seq += 1
-    reader.join(TIMEOUT)
-    if seq != len(range(0, size, record)):
-        raise OSError("the reader failed")
-
-
-async def _send_aio(conn: socket.socket, fd: int, size: int, aead: AESGCM, record: int,
-                    ad: bytes) -> None:
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    plain, sealed = bytearray(record), bytearray(record + TAG)
-    pview, sview = memoryview(plain), memoryview(sealed)
-    for seq, (offset, length) in enumerate(_records(size, record)):
-        if os.preadv(fd, [pview[:length]], offset) != length:
-            raise OSError("the file shrank")
-        aead.encrypt_into(_nonce(seq), pview[:length], ad, sview[:length + TAG])
-        await loop.sock_sendall(conn, sview[:length + TAG])
+    for view in records:
+        await loop.sock_sendall(conn, view)
 
 
 def serve_one(conn: socket.socket) -> None:
@@ -266,16 +242,16 @@ def serve_one(conn: socket.socket) -> None:
         size = os.fstat(fd).st_size
         ad = size.to_bytes(8, "big")
         conn.sendall(ad)
+        records = (_sealed_read_ahead if flags & THREADS else _sealed)(fd, size, aead, record,
+                                                                        ad)
         if flags & AIO:
             import asyncio
 
             conn.setblocking(False)
-            send = _send_threaded_aio if flags & THREADS else _send_aio
-            asyncio.run(send(conn, fd, size, aead, record, ad))
-        elif flags & THREADS:
-            _send_threaded(conn, fd, size, aead, record, ad)
+            asyncio.run(_send_aio(conn, records))
         else:
-            _send_plain(conn, fd, size, aead, record, ad)
+            for view in records:
+                conn.sendall(view)
     finally:
         os.close(fd)
 
