@@ -301,14 +301,20 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def _get_plain(conn: socket.socket, fd: int, size: int, aead: AESGCM, record: int,
-               ad: bytes) -> None:
-    sealed, plain = bytearray(record + TAG), bytearray(record)
-    sview, pview = memoryview(sealed), memoryview(plain)
-    for seq, (_, length) in enumerate(_records(size, record)):
-        _recv_record(conn, sview[:length + TAG])
-        aead.decrypt_into(_nonce(seq), sview[:length + TAG], ad, pview[:length])
-        _write_all(fd, pview[:length])
+class _Inline:
+    """Where the opened records go with one thread (``1t``): one reused buffer, written at once."""
+
+    def __init__(self, fd: int, record: int) -> None:
+        self.fd = fd
+        self.plain = memoryview(bytearray(record))
+
+    def take(self, aead: AESGCM, seq: int, sealed: memoryview, length: int, ad: bytes) -> bool:
+        aead.decrypt_into(_nonce(seq), sealed, ad, self.plain[:length])
+        _write_all(self.fd, self.plain[:length])
+        return True
+
+    def end(self) -> None:
+        pass
 
 
 def _writer(fd: int, free: queue.Queue[bytearray],
@@ -338,6 +344,13 @@ class _Writer:
                                        daemon=True)
         self.thread.start()
 
+    def take(self, aead: AESGCM, seq: int, sealed: memoryview, length: int, ad: bytes) -> bool:
+        """Opens the record into a free buffer for the thread; False once the thread failed."""
+        buf = self.free.get(timeout=TIMEOUT)
+        aead.decrypt_into(_nonce(seq), sealed, ad, memoryview(buf)[:length])
+        self.full.put((buf, length), timeout=TIMEOUT)
+        return not self.failed
+
     def end(self) -> None:
         self.full.put(None, timeout=TIMEOUT)
         self.thread.join(TIMEOUT)
@@ -345,40 +358,32 @@ class _Writer:
             raise self.failed[0]
 
 
-def _get_threaded(conn: socket.socket, fd: int, size: int, aead: AESGCM, record: int,
-                  ad: bytes) -> None:
-    w = _Writer(fd, record)
+def _receive(conn: socket.socket, size: int, aead: AESGCM, record: int, ad: bytes,
+             sink: _Inline | _Writer) -> None:
     sview = memoryview(bytearray(record + TAG))
     try:
         for seq, (_, length) in enumerate(_records(size, record)):
             _recv_record(conn, sview[:length + TAG])
-            buf = w.free.get(timeout=TIMEOUT)
-            aead.decrypt_into(_nonce(seq), sview[:length + TAG], ad, memoryview(buf)[:length])
-            w.full.put((buf, length), timeout=TIMEOUT)
-            if w.failed:
+            if not sink.take(aead, seq, sview[:length + TAG], length, ad):
                 break
     finally:
-        w.end()
+        sink.end()
 
 
-async def _get_threaded_aio(conn: socket.socket, fd: int, size: int, aead: AESGCM,
-                            record: int, ad: bytes) -> None:
-    """As :func:`_get_threaded`, the socket on the event loop."""
+async def _receive_aio(conn: socket.socket, size: int, aead: AESGCM, record: int, ad: bytes,
+                       sink: _Inline | _Writer) -> None:
+    """As :func:`_receive`, the socket on the event loop (``aio``)."""
     import asyncio
 
     loop = asyncio.get_running_loop()
-    w = _Writer(fd, record)
     sview = memoryview(bytearray(record + TAG))
     try:
         for seq, (_, length) in enumerate(_records(size, record)):
             await _recv_aio(loop, conn, sview[:length + TAG])
-            buf = w.free.get(timeout=TIMEOUT)
-            aead.decrypt_into(_nonce(seq), sview[:length + TAG], ad, memoryview(buf)[:length])
-            w.full.put((buf, length), timeout=TIMEOUT)
-            if w.failed:
+            if not sink.take(aead, seq, sview[:length + TAG], length, ad):
                 break
     finally:
-        w.end()
+        sink.end()
 
 
 async def _recv_aio(loop: asyncio.AbstractEventLoop, conn: socket.socket,
@@ -389,19 +394,6 @@ async def _recv_aio(loop: asyncio.AbstractEventLoop, conn: socket.socket,
         if not more:
             raise ConnectionError("the server ended the copy early")
         got += more
-
-
-async def _get_aio(conn: socket.socket, fd: int, size: int, aead: AESGCM, record: int,
-                   ad: bytes) -> None:
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    sealed, plain = bytearray(record + TAG), bytearray(record)
-    sview, pview = memoryview(sealed), memoryview(plain)
-    for seq, (_, length) in enumerate(_records(size, record)):
-        await _recv_aio(loop, conn, sview[:length + TAG])
-        aead.decrypt_into(_nonce(seq), sview[:length + TAG], ad, pview[:length])
-        _write_all(fd, pview[:length])
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -436,16 +428,14 @@ def get(port: int, src: str, dst: str, variant: Variant) -> None:
             if variant.falloc:
                 prealloc = threading.Thread(target=_preallocate, args=(fd, size), daemon=True)
                 prealloc.start()
+            sink = (_Writer if variant.threads else _Inline)(fd, record)
             if variant.aio:
                 import asyncio
 
                 conn.setblocking(False)
-                receive = _get_threaded_aio if variant.threads else _get_aio
-                asyncio.run(receive(conn, fd, size, aead, record, ad_))
-            elif variant.threads:
-                _get_threaded(conn, fd, size, aead, record, ad_)
+                asyncio.run(_receive_aio(conn, size, aead, record, ad_, sink))
             else:
-                _get_plain(conn, fd, size, aead, record, ad_)
+                _receive(conn, size, aead, record, ad_, sink)
         if prealloc is not None:
             prealloc.join(TIMEOUT)
         os.fsync(fd)
